@@ -1,0 +1,590 @@
+package proto
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"unicode/utf8"
+)
+
+// Decoding limits. A batch that exceeds one is refused with the reason in parentheses.
+const (
+	MaxBatchBytes  = 1 << 20 // whole encoded batch ("oversized")
+	MaxStrings     = 4096    // string table entries ("too_many_strings")
+	MaxStringBytes = 1024    // one string ("bad_string")
+	MaxSeries      = 4096    // series in one batch ("too_many_series")
+	MaxLabels      = 32      // labels of one series ("too_many_labels")
+	MaxSpans       = 256     // bucket spans of one histogram side ("bad_histogram")
+	MaxCount       = 1 << 53 // one bucket count, exactly representable as float64 ("bad_histogram")
+	MaxInterval    = 3600e9  // End - Start in nanoseconds ("bad_interval")
+)
+
+// magic starts every batch: "hb" (herd batch).
+var magic = [2]byte{'h', 'b'}
+
+const flagFinal = 1
+
+// DecodeError is the error of a batch that cannot be decoded. Reason is a short bounded label
+// for counters (see the Max* constants and docs/wire-format.md for the full list).
+type DecodeError struct {
+	Reason string
+	Detail string
+}
+
+func (e *DecodeError) Error() string {
+	return "cannot decode batch: " + e.Reason + ": " + e.Detail
+}
+
+func decodeErr(reason, format string, args ...any) error {
+	return &DecodeError{Reason: reason, Detail: fmt.Sprintf(format, args...)}
+}
+
+// Reason returns the counter label of a decode error, or "other" for any other error.
+func Reason(err error) string {
+	if de, ok := errors.AsType[*DecodeError](err); ok {
+		return de.Reason
+	}
+	return "other"
+}
+
+// Encoder writes batches in the binary format of docs/wire-format.md. It keeps a string table
+// map between calls to avoid allocation; it is not safe for concurrent use.
+type Encoder struct {
+	index map[string]uint64
+	strs  []string
+}
+
+// Append appends the encoding of b to dst. It returns an error, and dst unchanged, for a
+// batch that a Decoder would refuse (bad tokens, unsorted labels, bad values, limits).
+func (e *Encoder) Append(dst []byte, b *Batch) ([]byte, error) {
+	if err := ValidService(b.Service); err != nil {
+		return dst, decodeErr("bad_token", "%v", err)
+	}
+	if err := ValidVersion(b.Version); err != nil {
+		return dst, decodeErr("bad_token", "%v", err)
+	}
+	if !(b.Start < b.End && b.End-b.Start <= MaxInterval) {
+		return dst, decodeErr("bad_interval", "interval [%d, %d) is empty or longer than %d ns", b.Start, b.End, int64(MaxInterval))
+	}
+	if len(b.Series) > MaxSeries {
+		return dst, decodeErr("too_many_series", "%d series, limit %d", len(b.Series), MaxSeries)
+	}
+	if e.index == nil {
+		e.index = make(map[string]uint64)
+	}
+	clear(e.index)
+	e.strs = e.strs[:0]
+	e.intern(b.Service)
+	e.intern(b.Version)
+	for i := range b.Series {
+		s := &b.Series[i]
+		if err := checkSeries(s); err != nil {
+			return dst, err
+		}
+		e.intern(s.Name)
+		for _, l := range s.Labels {
+			e.intern(l.Name)
+			e.intern(l.Value)
+		}
+	}
+	if len(e.strs) > MaxStrings {
+		return dst, decodeErr("too_many_strings", "%d strings, limit %d", len(e.strs), MaxStrings)
+	}
+	start := len(dst)
+	dst = append(dst, magic[0], magic[1], FormatVersion)
+	var flags byte
+	if b.Final {
+		flags |= flagFinal
+	}
+	dst = append(dst, flags)
+	dst = append(dst, b.Instance[:]...)
+	dst = binary.AppendVarint(dst, b.InstanceStart)
+	dst = binary.AppendUvarint(dst, b.Seq)
+	dst = binary.AppendVarint(dst, b.Start)
+	dst = binary.AppendUvarint(dst, uint64(b.End-b.Start))
+	dst = binary.AppendUvarint(dst, uint64(len(e.strs)))
+	for _, s := range e.strs {
+		dst = binary.AppendUvarint(dst, uint64(len(s)))
+		dst = append(dst, s...)
+	}
+	dst = binary.AppendUvarint(dst, e.index[b.Service])
+	dst = binary.AppendUvarint(dst, e.index[b.Version])
+	dst = binary.AppendUvarint(dst, uint64(len(b.Series)))
+	for i := range b.Series {
+		s := &b.Series[i]
+		dst = binary.AppendUvarint(dst, e.index[s.Name])
+		dst = binary.AppendUvarint(dst, uint64(len(s.Labels)))
+		for _, l := range s.Labels {
+			dst = binary.AppendUvarint(dst, e.index[l.Name])
+			dst = binary.AppendUvarint(dst, e.index[l.Value])
+		}
+		dst = append(dst, byte(s.Kind))
+		switch s.Kind {
+		case KindCounter, KindGauge:
+			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(s.Value))
+		case KindHistogram:
+			h := &s.Hist
+			dst = binary.AppendUvarint(dst, h.Count)
+			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(h.Sum))
+			dst = binary.AppendUvarint(dst, h.ZeroCount)
+			dst = appendBuckets(dst, &h.Positive)
+			dst = appendBuckets(dst, &h.Negative)
+		}
+	}
+	if len(dst)-start > MaxBatchBytes {
+		return dst[:start], decodeErr("oversized", "%d bytes, limit %d", len(dst)-start, MaxBatchBytes)
+	}
+	return dst, nil
+}
+
+func (e *Encoder) intern(s string) {
+	if _, ok := e.index[s]; !ok {
+		e.index[s] = uint64(len(e.strs))
+		e.strs = append(e.strs, s)
+	}
+}
+
+// checkSeries applies the decoder's rules to one series before it is written.
+func checkSeries(s *Series) error {
+	if s.Name == "" || len(s.Name) > MaxStringBytes || !utf8.ValidString(s.Name) {
+		return decodeErr("bad_string", "series name %q", clip(s.Name))
+	}
+	if len(s.Labels) > MaxLabels {
+		return decodeErr("too_many_labels", "series %s has %d labels, limit %d", clip(s.Name), len(s.Labels), MaxLabels)
+	}
+	for j, l := range s.Labels {
+		if l.Name == "" || len(l.Name) > MaxStringBytes || len(l.Value) > MaxStringBytes ||
+			!utf8.ValidString(l.Name) || !utf8.ValidString(l.Value) {
+			return decodeErr("bad_string", "label %q of series %s", clip(l.Name), clip(s.Name))
+		}
+		if j > 0 && s.Labels[j-1].Name >= l.Name {
+			return decodeErr("bad_labels", "labels of series %s are not sorted and unique", clip(s.Name))
+		}
+	}
+	switch s.Kind {
+	case KindCounter:
+		if !(s.Value >= 0) || math.IsInf(s.Value, 0) {
+			return decodeErr("bad_value", "counter %s delta %v is not finite and ≥ 0", clip(s.Name), s.Value)
+		}
+	case KindGauge:
+		if math.IsNaN(s.Value) || math.IsInf(s.Value, 0) {
+			return decodeErr("bad_value", "gauge %s value %v is not finite", clip(s.Name), s.Value)
+		}
+	case KindHistogram:
+		h := &s.Hist
+		if math.IsNaN(h.Sum) || math.IsInf(h.Sum, 0) {
+			return decodeErr("bad_histogram", "histogram %s sum is not finite", clip(s.Name))
+		}
+		if h.ZeroCount+h.Positive.Total()+h.Negative.Total() != h.Count {
+			return decodeErr("bad_histogram", "histogram %s count %d is not the sum of its buckets", clip(s.Name), h.Count)
+		}
+		for _, b := range []*Buckets{&h.Positive, &h.Negative} {
+			if len(b.Counts) > MaxBuckets || int(b.Offset) < -MaxBucketIndex ||
+				int(b.Offset)+len(b.Counts)-1 > MaxBucketIndex {
+				return decodeErr("bad_histogram", "histogram %s buckets out of range", clip(s.Name))
+			}
+		}
+	default:
+		return decodeErr("bad_kind", "series %s has kind %d", clip(s.Name), s.Kind)
+	}
+	return nil
+}
+
+// appendBuckets writes the non-zero runs of b as spans. A run of two or more zero buckets
+// splits a span; a single zero bucket is cheaper to write as a count.
+func appendBuckets(dst []byte, b *Buckets) []byte {
+	c := b.Counts
+	type span struct{ lo, hi int } // indexes into c, inclusive
+	var spans [MaxSpans]span
+	n := 0
+	for i := 0; i < len(c); {
+		if c[i] == 0 {
+			i++
+			continue
+		}
+		lo := i
+		hi := i
+		for j := i + 1; j < len(c); j++ {
+			if c[j] != 0 {
+				hi = j
+			} else if j+1 >= len(c) || c[j+1] == 0 {
+				break
+			}
+		}
+		if n == MaxSpans {
+			// Too fragmented: merge into the last span (zeros are written as counts).
+			spans[n-1].hi = hi
+		} else {
+			spans[n] = span{lo, hi}
+			n++
+		}
+		i = hi + 1
+	}
+	dst = binary.AppendUvarint(dst, uint64(n))
+	prevEnd := 0
+	var prev int64
+	for k := 0; k < n; k++ {
+		s := spans[k]
+		if k == 0 {
+			dst = binary.AppendVarint(dst, int64(int(b.Offset)+s.lo))
+		} else {
+			dst = binary.AppendVarint(dst, int64(s.lo-prevEnd))
+		}
+		dst = binary.AppendUvarint(dst, uint64(s.hi-s.lo+1))
+		for _, v := range c[s.lo : s.hi+1] {
+			dst = binary.AppendVarint(dst, int64(v)-prev)
+			prev = int64(v)
+		}
+		prevEnd = s.hi + 1
+	}
+	return dst
+}
+
+// Decoder reads batches. It interns the strings it sees (bounded), so decoding a stream of
+// batches with recurring names allocates nothing in steady state. Not safe for concurrent use.
+type Decoder struct {
+	strs   []string
+	intern map[string]string
+}
+
+// maxInterned bounds the Decoder's string cache; it is cleared when full.
+const maxInterned = 1 << 16
+
+// Decode decodes data into b, reusing b's slices. On error b holds partial garbage and the
+// error is a *DecodeError naming the reason. Decode never panics and never reads or allocates
+// beyond what the bounded lengths in data allow.
+func (d *Decoder) Decode(data []byte, b *Batch) error {
+	if len(data) > MaxBatchBytes {
+		return decodeErr("oversized", "%d bytes, limit %d", len(data), MaxBatchBytes)
+	}
+	r := reader{buf: data}
+	if len(data) < 4 {
+		return decodeErr("truncated", "%d bytes is shorter than the header", len(data))
+	}
+	if data[0] != magic[0] || data[1] != magic[1] {
+		return decodeErr("bad_magic", "first bytes %#x %#x", data[0], data[1])
+	}
+	if data[2] != FormatVersion {
+		return decodeErr("unknown_version", "format version %d, this herd reads %d", data[2], FormatVersion)
+	}
+	flags := data[3]
+	if flags&^flagFinal != 0 {
+		return decodeErr("bad_flags", "unknown flags %#x", flags)
+	}
+	r.off = 4
+	b.Final = flags&flagFinal != 0
+	if !r.bytes(b.Instance[:]) {
+		return r.err("instance id")
+	}
+	var ok bool
+	var u uint64
+	if b.InstanceStart, ok = r.varint(); !ok {
+		return r.err("instance start")
+	}
+	if b.Seq, ok = r.uvarint(); !ok {
+		return r.err("sequence")
+	}
+	if b.Start, ok = r.varint(); !ok {
+		return r.err("interval start")
+	}
+	if u, ok = r.uvarint(); !ok {
+		return r.err("interval length")
+	}
+	if u == 0 || u > MaxInterval || b.Start > math.MaxInt64-int64(u) {
+		return decodeErr("bad_interval", "interval length %d ns", u)
+	}
+	b.End = b.Start + int64(u)
+
+	if u, ok = r.uvarint(); !ok {
+		return r.err("string count")
+	}
+	if u > MaxStrings {
+		return decodeErr("too_many_strings", "%d strings, limit %d", u, MaxStrings)
+	}
+	d.strs = d.strs[:0]
+	if d.intern == nil {
+		d.intern = make(map[string]string)
+	}
+	for range u {
+		l, ok := r.uvarint()
+		if !ok {
+			return r.err("string length")
+		}
+		if l > MaxStringBytes {
+			return decodeErr("bad_string", "string of %d bytes, limit %d", l, MaxStringBytes)
+		}
+		raw, ok := r.next(int(l))
+		if !ok {
+			return r.err("string")
+		}
+		if !utf8.Valid(raw) {
+			return decodeErr("bad_string", "string %d is not UTF-8", len(d.strs))
+		}
+		s, hit := d.intern[string(raw)]
+		if !hit {
+			if len(d.intern) >= maxInterned {
+				clear(d.intern)
+			}
+			s = string(raw)
+			d.intern[s] = s
+		}
+		d.strs = append(d.strs, s)
+	}
+	var err error
+	if b.Service, err = d.str(&r, "service"); err != nil {
+		return err
+	}
+	if b.Version, err = d.str(&r, "version"); err != nil {
+		return err
+	}
+	if err := ValidService(b.Service); err != nil {
+		return decodeErr("bad_token", "%v", err)
+	}
+	if err := ValidVersion(b.Version); err != nil {
+		return decodeErr("bad_token", "%v", err)
+	}
+	if u, ok = r.uvarint(); !ok {
+		return r.err("series count")
+	}
+	if u > MaxSeries {
+		return decodeErr("too_many_series", "%d series, limit %d", u, MaxSeries)
+	}
+	b.Series = b.Series[:0]
+	for range u {
+		if len(b.Series) < cap(b.Series) {
+			b.Series = b.Series[:len(b.Series)+1]
+		} else {
+			b.Series = append(b.Series, Series{})
+		}
+		if err := d.series(&r, &b.Series[len(b.Series)-1]); err != nil {
+			return err
+		}
+	}
+	if r.off != len(data) {
+		return decodeErr("trailing_bytes", "%d bytes after the last series", len(data)-r.off)
+	}
+	return nil
+}
+
+func (d *Decoder) str(r *reader, what string) (string, error) {
+	i, ok := r.uvarint()
+	if !ok {
+		return "", r.err(what)
+	}
+	if i >= uint64(len(d.strs)) {
+		return "", decodeErr("bad_index", "%s string index %d, table has %d", what, i, len(d.strs))
+	}
+	return d.strs[i], nil
+}
+
+func (d *Decoder) series(r *reader, s *Series) error {
+	var err error
+	if s.Name, err = d.str(r, "series name"); err != nil {
+		return err
+	}
+	if s.Name == "" {
+		return decodeErr("bad_string", "empty series name")
+	}
+	n, ok := r.uvarint()
+	if !ok {
+		return r.err("label count")
+	}
+	if n > MaxLabels {
+		return decodeErr("too_many_labels", "series %s has %d labels, limit %d", clip(s.Name), n, MaxLabels)
+	}
+	s.Labels = s.Labels[:0]
+	for range n {
+		var l Label
+		if l.Name, err = d.str(r, "label name"); err != nil {
+			return err
+		}
+		if l.Value, err = d.str(r, "label value"); err != nil {
+			return err
+		}
+		if l.Name == "" || (len(s.Labels) > 0 && s.Labels[len(s.Labels)-1].Name >= l.Name) {
+			return decodeErr("bad_labels", "labels of series %s are not sorted, unique and non-empty", clip(s.Name))
+		}
+		s.Labels = append(s.Labels, l)
+	}
+	k, ok := r.byte()
+	if !ok {
+		return r.err("kind")
+	}
+	s.Kind = Kind(k)
+	s.Value = 0
+	switch s.Kind {
+	case KindCounter, KindGauge:
+		bits, ok := r.uint64()
+		if !ok {
+			return r.err("value")
+		}
+		s.Value = math.Float64frombits(bits)
+		if math.IsNaN(s.Value) || math.IsInf(s.Value, 0) || (s.Kind == KindCounter && s.Value < 0) {
+			return decodeErr("bad_value", "%s %s value %v", s.Kind, clip(s.Name), s.Value)
+		}
+		s.Hist.Reset()
+	case KindHistogram:
+		return d.histogram(r, s)
+	default:
+		return decodeErr("bad_kind", "series %s has kind %d", clip(s.Name), k)
+	}
+	return nil
+}
+
+func (d *Decoder) histogram(r *reader, s *Series) error {
+	h := &s.Hist
+	h.Reset()
+	var ok bool
+	if h.Count, ok = r.uvarint(); !ok {
+		return r.err("histogram count")
+	}
+	bits, ok := r.uint64()
+	if !ok {
+		return r.err("histogram sum")
+	}
+	h.Sum = math.Float64frombits(bits)
+	if math.IsNaN(h.Sum) || math.IsInf(h.Sum, 0) {
+		return decodeErr("bad_histogram", "histogram %s sum is not finite", clip(s.Name))
+	}
+	if h.ZeroCount, ok = r.uvarint(); !ok {
+		return r.err("histogram zero count")
+	}
+	if h.ZeroCount > MaxCount {
+		return decodeErr("bad_histogram", "histogram %s zero count too large", clip(s.Name))
+	}
+	total := h.ZeroCount
+	for _, b := range []*Buckets{&h.Positive, &h.Negative} {
+		n, err := readBuckets(r, b, s.Name)
+		if err != nil {
+			return err
+		}
+		total += n
+	}
+	if total != h.Count {
+		return decodeErr("bad_histogram", "histogram %s count %d, buckets hold %d", clip(s.Name), h.Count, total)
+	}
+	return nil
+}
+
+// readBuckets reads the spans of one side into b (dense) and returns the total count.
+func readBuckets(r *reader, b *Buckets, name string) (uint64, error) {
+	n, ok := r.uvarint()
+	if !ok {
+		return 0, r.err("span count")
+	}
+	if n > MaxSpans {
+		return 0, decodeErr("bad_histogram", "histogram %s has %d spans, limit %d", clip(name), n, MaxSpans)
+	}
+	var total uint64
+	var prev int64
+	next := 0 // absolute index after the previous span
+	for k := range n {
+		off, ok := r.varint()
+		if !ok {
+			return 0, r.err("span offset")
+		}
+		l, ok := r.uvarint()
+		if !ok {
+			return 0, r.err("span length")
+		}
+		if l == 0 || l > MaxBuckets || (k > 0 && off < 0) || off > 2*MaxBucketIndex || off < -2*MaxBucketIndex {
+			return 0, decodeErr("bad_histogram", "histogram %s span %d offset %d length %d", clip(name), k, off, l)
+		}
+		lo := int(off)
+		if k > 0 {
+			lo = next + int(off)
+		}
+		hi := lo + int(l) - 1
+		if lo < -MaxBucketIndex || hi > MaxBucketIndex || (len(b.Counts) > 0 && hi-int(b.Offset)+1 > MaxBuckets) {
+			return 0, decodeErr("bad_histogram", "histogram %s buckets [%d, %d] out of range", clip(name), lo, hi)
+		}
+		if len(b.Counts) == 0 {
+			b.Offset = int32(lo)
+		}
+		// Zero-fill the gap, then append the span's counts.
+		for len(b.Counts) < lo-int(b.Offset) {
+			b.Counts = append(b.Counts, 0)
+		}
+		for range l {
+			dv, ok := r.varint()
+			if !ok {
+				return 0, r.err("bucket count")
+			}
+			v := prev + dv
+			if (dv > 0 && v < prev) || v < 0 || v > MaxCount {
+				return 0, decodeErr("bad_histogram", "histogram %s bucket count out of range", clip(name))
+			}
+			prev = v
+			b.Counts = append(b.Counts, uint64(v))
+			total += uint64(v)
+		}
+		next = hi + 1
+	}
+	if total > MaxCount {
+		return 0, decodeErr("bad_histogram", "histogram %s total count too large", clip(name))
+	}
+	return total, nil
+}
+
+// reader reads from buf with bounds checks; every method reports false instead of panicking.
+type reader struct {
+	buf []byte
+	off int
+}
+
+func (r *reader) err(what string) error {
+	return decodeErr("truncated", "%s at byte %d of %d", what, r.off, len(r.buf))
+}
+
+func (r *reader) next(n int) ([]byte, bool) {
+	if n < 0 || n > len(r.buf)-r.off {
+		return nil, false
+	}
+	b := r.buf[r.off : r.off+n]
+	r.off += n
+	return b, true
+}
+
+func (r *reader) bytes(dst []byte) bool {
+	b, ok := r.next(len(dst))
+	if ok {
+		copy(dst, b)
+	}
+	return ok
+}
+
+func (r *reader) byte() (byte, bool) {
+	if r.off >= len(r.buf) {
+		return 0, false
+	}
+	c := r.buf[r.off]
+	r.off++
+	return c, true
+}
+
+func (r *reader) uint64() (uint64, bool) {
+	b, ok := r.next(8)
+	if !ok {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(b), true
+}
+
+func (r *reader) uvarint() (uint64, bool) {
+	v, n := binary.Uvarint(r.buf[r.off:])
+	if n <= 0 {
+		return 0, false
+	}
+	r.off += n
+	return v, true
+}
+
+func (r *reader) varint() (int64, bool) {
+	v, n := binary.Varint(r.buf[r.off:])
+	if n <= 0 {
+		return 0, false
+	}
+	r.off += n
+	return v, true
+}

@@ -1,0 +1,201 @@
+package proto
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+)
+
+// Window is the merged result of all instances of one group (service, version) over one
+// aligned interval [StartMs, EndMs). Rollup workers publish it as JSON on
+// herd.rollup.<service>.<escaped version> when it closes (see docs/wire-format.md).
+type Window struct {
+	Service string `json:"service"`
+	Version string `json:"version"`
+	StartMs int64  `json:"start_unix_ms"`
+	EndMs   int64  `json:"end_unix_ms"`
+	// Instances is the number of distinct instances whose batches were merged.
+	Instances int `json:"instances"`
+	// InstancesStarted counts instances seen for the first time in this window;
+	// InstancesStopped counts final batches merged into it.
+	InstancesStarted int `json:"instances_started"`
+	InstancesStopped int `json:"instances_stopped"`
+	// ClosedMs is when the window was closed, unix milliseconds.
+	ClosedMs int64          `json:"closed_unix_ms"`
+	Series   []WindowSeries `json:"series"`
+}
+
+// Find returns the series with the given name and no labels, or nil.
+func (w *Window) Find(name string) *WindowSeries {
+	for i := range w.Series {
+		if s := &w.Series[i]; s.Name == name && len(s.Labels) == 0 {
+			return s
+		}
+	}
+	return nil
+}
+
+// WindowSeries is one merged series of a Window.
+//
+//   - counter: Value is the sum of the instances' deltas.
+//   - gauge: Value is the mean of the reporting instances' values; Sum, Min, Max and Count
+//     (the number of reporting instances) are set too.
+//   - histogram: Hist is the exact merge of the instances' sketches; Count and Sum repeat its
+//     totals and P50, P90, P99 are its quantiles, for readers that do not need the buckets.
+type WindowSeries struct {
+	Name   string     `json:"name"`
+	Labels Labels     `json:"labels,omitempty"`
+	Kind   Kind       `json:"kind"`
+	Value  float64    `json:"value"`
+	Sum    float64    `json:"sum,omitempty"`
+	Min    float64    `json:"min,omitempty"`
+	Max    float64    `json:"max,omitempty"`
+	Count  uint64     `json:"count,omitempty"`
+	P50    float64    `json:"p50,omitempty"`
+	P90    float64    `json:"p90,omitempty"`
+	P99    float64    `json:"p99,omitempty"`
+	Hist   *Histogram `json:"hist,omitempty"`
+}
+
+// Labels are sorted, unique labels. In JSON they are an object {"name": "value", …}.
+type Labels []Label
+
+// MarshalJSON writes the labels as a JSON object with keys in sorted order.
+func (ls Labels) MarshalJSON() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, l := range ls {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k, _ := json.Marshal(l.Name)
+		v, _ := json.Marshal(l.Value)
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(v)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+// UnmarshalJSON reads a JSON object into sorted labels.
+func (ls *Labels) UnmarshalJSON(data []byte) error {
+	var m map[string]string
+	if err := json.Unmarshal(data, &m); err != nil {
+		return fmt.Errorf("cannot decode labels: %w", err)
+	}
+	out := make(Labels, 0, len(m))
+	for k, v := range m {
+		out = append(out, Label{Name: k, Value: v})
+	}
+	slices.SortFunc(out, func(a, b Label) int { return strings.Compare(a.Name, b.Name) })
+	*ls = out
+	return nil
+}
+
+// histogramJSON is the JSON form of a Histogram.
+type histogramJSON struct {
+	Count     uint64   `json:"count"`
+	Sum       float64  `json:"sum"`
+	ZeroCount uint64   `json:"zero,omitempty"`
+	Positive  *Buckets `json:"positive,omitempty"`
+	Negative  *Buckets `json:"negative,omitempty"`
+}
+
+// bucketsJSON is the JSON form of Buckets.
+type bucketsJSON struct {
+	Offset int32    `json:"offset"`
+	Counts []uint64 `json:"counts"`
+}
+
+// MarshalJSON writes b as {"offset": i, "counts": […]}.
+func (b Buckets) MarshalJSON() ([]byte, error) {
+	return json.Marshal(bucketsJSON{Offset: b.Offset, Counts: b.Counts})
+}
+
+// UnmarshalJSON reads {"offset": i, "counts": […]}, checking the bounds.
+func (b *Buckets) UnmarshalJSON(data []byte) error {
+	var j bucketsJSON
+	if err := json.Unmarshal(data, &j); err != nil {
+		return fmt.Errorf("cannot decode buckets: %w", err)
+	}
+	if len(j.Counts) > MaxBuckets || int(j.Offset) < -MaxBucketIndex || int(j.Offset)+len(j.Counts)-1 > MaxBucketIndex {
+		return fmt.Errorf("cannot decode buckets: offset %d with %d counts is out of range", j.Offset, len(j.Counts))
+	}
+	b.Offset, b.Counts = j.Offset, j.Counts
+	return nil
+}
+
+// MarshalJSON writes h as {"count", "sum", "zero", "positive", "negative"}.
+func (h *Histogram) MarshalJSON() ([]byte, error) {
+	j := histogramJSON{Count: h.Count, Sum: h.Sum, ZeroCount: h.ZeroCount}
+	if len(h.Positive.Counts) > 0 {
+		j.Positive = &h.Positive
+	}
+	if len(h.Negative.Counts) > 0 {
+		j.Negative = &h.Negative
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON reads the form MarshalJSON writes and checks that the count adds up.
+func (h *Histogram) UnmarshalJSON(data []byte) error {
+	var j histogramJSON
+	if err := json.Unmarshal(data, &j); err != nil {
+		return fmt.Errorf("cannot decode histogram: %w", err)
+	}
+	*h = Histogram{Count: j.Count, Sum: j.Sum, ZeroCount: j.ZeroCount}
+	if j.Positive != nil {
+		h.Positive = *j.Positive
+	}
+	if j.Negative != nil {
+		h.Negative = *j.Negative
+	}
+	if h.ZeroCount+h.Positive.Total()+h.Negative.Total() != h.Count {
+		return fmt.Errorf("cannot decode histogram: count %d is not the sum of its buckets", h.Count)
+	}
+	return nil
+}
+
+// SetQuantiles fills Count, Sum, P50, P90 and P99 of a histogram series from Hist.
+func (s *WindowSeries) SetQuantiles() {
+	if s.Hist == nil {
+		return
+	}
+	s.Count, s.Sum = s.Hist.Count, s.Hist.Sum
+	s.P50, s.P90, s.P99 = finite(s.Hist.Quantile(0.5)), finite(s.Hist.Quantile(0.9)), finite(s.Hist.Quantile(0.99))
+}
+
+func finite(v float64) float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0
+	}
+	return v
+}
+
+// MarshalWindow encodes w as the JSON published on herd.rollup subjects.
+func MarshalWindow(w *Window) ([]byte, error) {
+	b, err := json.Marshal(w)
+	if err != nil {
+		return nil, fmt.Errorf("cannot encode window %s/%s@%d: %w", w.Service, w.Version, w.StartMs, err)
+	}
+	return b, nil
+}
+
+// UnmarshalWindow decodes a window published on a herd.rollup subject and checks its group.
+func UnmarshalWindow(data []byte) (*Window, error) {
+	var w Window
+	if err := json.Unmarshal(data, &w); err != nil {
+		return nil, fmt.Errorf("cannot decode window: %w", err)
+	}
+	if err := ValidService(w.Service); err != nil {
+		return nil, fmt.Errorf("cannot decode window: %w", err)
+	}
+	if err := ValidVersion(w.Version); err != nil {
+		return nil, fmt.Errorf("cannot decode window: %w", err)
+	}
+	return &w, nil
+}
