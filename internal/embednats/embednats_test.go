@@ -22,6 +22,9 @@ func TestStartConnectPublish(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := nc.Flush(); err != nil { // the server knows the subscription from here on
+		t.Fatal(err)
+	}
 	ip, err := Connect(s)
 	if err != nil {
 		t.Fatal(err)
