@@ -1,0 +1,86 @@
+package rollup
+
+import (
+	"flag"
+	"fmt"
+	"time"
+)
+
+// Config configures a Rollup. The zero value is not valid; start from DefaultConfig or
+// RegisterFlags.
+type Config struct {
+	// Window is the length of the aligned tumbling windows. It must be a whole number of
+	// milliseconds, because windows are published in unix milliseconds.
+	Window time.Duration
+	// Lateness is how long after its end a window stays open for late batches. A window closes
+	// once now ≥ window end + Lateness.
+	Lateness time.Duration
+	// MaxFuture is how far ahead of the local clock a batch's interval end may lie before the
+	// batch is refused as "future" (clock skew).
+	MaxFuture time.Duration
+	// InstanceTTL is how long the state of a silent instance is kept. It is also how long a
+	// group keeps emitting empty windows after its last batch (see Rollup).
+	InstanceTTL time.Duration
+	// MaxGroups bounds the number of (service, version) groups.
+	MaxGroups int
+	// MaxSeriesPerGroup bounds the number of distinct series of one group.
+	MaxSeriesPerGroup int
+	// MaxInstances bounds the number of instances whose state is kept; beyond it the least
+	// recently seen instance is forgotten.
+	MaxInstances int
+}
+
+// DefaultConfig returns the defaults that RegisterFlags registers.
+func DefaultConfig() Config {
+	return Config{
+		Window:            250 * time.Millisecond,
+		Lateness:          500 * time.Millisecond,
+		MaxFuture:         2 * time.Second,
+		InstanceTTL:       10 * time.Second,
+		MaxGroups:         10_000,
+		MaxSeriesPerGroup: 1_000,
+		MaxInstances:      100_000,
+	}
+}
+
+// RegisterFlags registers the -rollup.* flags on fs, writing into c. Defaults are those of
+// DefaultConfig.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	d := DefaultConfig()
+	fs.DurationVar(&c.Window, "rollup.window", d.Window,
+		"length of the aligned rollup windows, a whole number of milliseconds (duration, default 250ms)")
+	fs.DurationVar(&c.Lateness, "rollup.lateness", d.Lateness,
+		"how long after its end a window waits for late batches before it closes (duration, default 500ms)")
+	fs.DurationVar(&c.MaxFuture, "rollup.max-future", d.MaxFuture,
+		"batches whose interval ends further than this ahead of the local clock are refused as future (duration, default 2s)")
+	fs.DurationVar(&c.InstanceTTL, "rollup.instance-ttl", d.InstanceTTL,
+		"forget a silent instance after this long; groups emit empty windows this long after their last batch (duration, default 10s)")
+	fs.IntVar(&c.MaxGroups, "rollup.max-groups", d.MaxGroups,
+		"maximum number of (service, version) groups; batches of further groups are refused (count, default 10000)")
+	fs.IntVar(&c.MaxSeriesPerGroup, "rollup.max-series-per-group", d.MaxSeriesPerGroup,
+		"maximum number of distinct series per group; further series are refused (count, default 1000)")
+	fs.IntVar(&c.MaxInstances, "rollup.max-instances", d.MaxInstances,
+		"maximum number of instances whose dedup state is kept; the least recently seen is forgotten beyond it (count, default 100000)")
+}
+
+// Validate checks c and names the offending flag.
+func (c *Config) Validate() error {
+	switch {
+	case c.Window < time.Millisecond || c.Window%time.Millisecond != 0 || c.Window > time.Hour:
+		return fmt.Errorf("-rollup.window %s must be a whole number of milliseconds between 1ms and 1h", c.Window)
+	case c.Lateness < 0 || c.Lateness > time.Hour:
+		return fmt.Errorf("-rollup.lateness %s must be between 0 and 1h", c.Lateness)
+	case c.MaxFuture < 0 || c.MaxFuture > time.Hour:
+		return fmt.Errorf("-rollup.max-future %s must be between 0 and 1h", c.MaxFuture)
+	case c.InstanceTTL <= c.Window+c.Lateness+c.MaxFuture:
+		return fmt.Errorf("-rollup.instance-ttl %s must be longer than -rollup.window + -rollup.lateness + -rollup.max-future (%s)",
+			c.InstanceTTL, c.Window+c.Lateness+c.MaxFuture)
+	case c.MaxGroups < 1:
+		return fmt.Errorf("-rollup.max-groups %d must be at least 1", c.MaxGroups)
+	case c.MaxSeriesPerGroup < 1:
+		return fmt.Errorf("-rollup.max-series-per-group %d must be at least 1", c.MaxSeriesPerGroup)
+	case c.MaxInstances < 1:
+		return fmt.Errorf("-rollup.max-instances %d must be at least 1", c.MaxInstances)
+	}
+	return nil
+}

@@ -1,0 +1,109 @@
+package rollup
+
+import "math/bits"
+
+// reorderWindow is how many sequence numbers behind an instance's newest batch are still
+// accepted (tolerating reordering). A missing sequence number that falls further behind is
+// counted lost; a batch that old is refused as a duplicate, because a redelivery is far more
+// likely than a batch delayed by reorderWindow intervals (whose window is closed anyway).
+const reorderWindow = 64
+
+// instance is the dedup state of one agent instance. It is owned by Rollup.insts and guarded
+// by Rollup.mu.
+type instance struct {
+	service, version string
+	start            int64 // InstanceStart of the incarnation this state belongs to
+
+	// maxSeq is the newest sequence number seen; bit k of seen is set when maxSeq-k was seen.
+	// firstSeq is the oldest one seen: numbers before it were sent before this worker knew
+	// the instance, so they are accepted if they arrive but never counted lost.
+	maxSeq, firstSeq uint64
+	seen             uint64
+
+	// winIdx is the index (start / window) of the newest window the instance contributed to;
+	// bit k of wins is set when it contributed to window winIdx-k. It makes Window.Instances a
+	// count of distinct instances even when one instance sends several batches into a window.
+	winIdx int64
+	wins   uint64
+
+	lastSeen int64 // unix nanos of the last batch, any outcome
+	stopped  bool  // a final batch was seen; the state is a tombstone that refuses redeliveries
+}
+
+// reset makes in the state of a new instance whose first batch has sequence number seq and
+// lands in window index idx.
+func (in *instance) reset(service, version string, start int64, seq uint64, idx int64, now int64) {
+	*in = instance{
+		service: service, version: version, start: start,
+		maxSeq: seq, firstSeq: seq, seen: 1,
+		winIdx:   idx,
+		lastSeen: now,
+	}
+}
+
+// dup reports whether seq was seen before or is too old to tell.
+func (in *instance) dup(seq uint64) bool {
+	if seq > in.maxSeq {
+		return false
+	}
+	d := in.maxSeq - seq
+	return d >= reorderWindow || in.seen&(1<<d) != 0
+}
+
+// mark records seq as seen (dup(seq) must be false) and returns how many missing sequence
+// numbers fell out of the reorder window.
+func (in *instance) mark(seq uint64) (lost uint64) {
+	if seq <= in.maxSeq {
+		in.seen |= 1 << (in.maxSeq - seq)
+		in.firstSeq = min(in.firstSeq, seq)
+		return 0
+	}
+	d := seq - in.maxSeq
+	if d >= reorderWindow {
+		lost = in.pending() + (d - reorderWindow)
+		in.seen = 1
+	} else {
+		missing := ^in.seen & in.valid()
+		lost = uint64(bits.OnesCount64(missing >> (reorderWindow - d)))
+		in.seen = in.seen<<d | 1
+	}
+	in.maxSeq = seq
+	return lost
+}
+
+// valid returns the bits of seen that stand for sequence numbers ≥ firstSeq.
+func (in *instance) valid() uint64 {
+	if k := in.maxSeq - in.firstSeq; k < reorderWindow-1 {
+		return 1<<(k+1) - 1
+	}
+	return ^uint64(0)
+}
+
+// pending returns the number of missing sequence numbers still inside the reorder window.
+func (in *instance) pending() uint64 {
+	return uint64(bits.OnesCount64(^in.seen & in.valid()))
+}
+
+// contribute records a merge into window index idx and reports whether it is the instance's
+// first merge into that window.
+func (in *instance) contribute(idx int64) bool {
+	if idx > in.winIdx {
+		d := idx - in.winIdx
+		if d >= 64 {
+			in.wins = 1
+		} else {
+			in.wins = in.wins<<d | 1
+		}
+		in.winIdx = idx
+		return true
+	}
+	d := in.winIdx - idx
+	if d >= 64 {
+		return true // far older than any open window; cannot be told apart
+	}
+	if in.wins&(1<<d) != 0 {
+		return false
+	}
+	in.wins |= 1 << d
+	return true
+}

@@ -1,0 +1,362 @@
+// Package rollup merges the batches of many agent instances into closed windows per group
+// (service, version): aligned tumbling windows, deduplicated on (instance, sequence), with
+// late, future, lost and refused input counted by reason.
+//
+// # Windows
+//
+// A batch covering [Start, End) belongs to the window [s, s+W) with s = floor((End-1)/W)·W,
+// so a batch aligned at t lands in [t-W, t). A window closes once now ≥ its end + lateness;
+// Run does that on a timer aligned to those instants, Advance does it for a given time and
+// Flush closes everything. A batch for a closed window is refused as "late" and merged
+// nowhere; a batch ending more than MaxFuture ahead of the local clock is refused as "future".
+//
+// Windows of a group are emitted in time order, one per window interval, from the first
+// interval with a batch until InstanceTTL after the last interval with one: an interval
+// without batches in that span is emitted as an empty window (Instances 0, no series), so
+// consumers see a group whose instances are all gone instead of silence. After that the group
+// is forgotten and emits nothing until its next batch.
+//
+// # Merging
+//
+// Counters sum; gauges give mean (Value), Sum, Min, Max and Count (samples merged, which is the
+// number of reporting instances when agents send one batch per window); histograms merge
+// exactly and carry their quantiles. Window.Instances counts distinct instances merged,
+// InstancesStarted the instances first seen in that window and InstancesStopped the final
+// batches merged into it.
+//
+// # Dedup and loss
+//
+// Every (instance, sequence number) is accounted exactly once: merged, refused by reason, or
+// lost. A batch whose sequence number was already seen, or that lies more than 64 behind the
+// instance's newest, is refused as "duplicate". A missing sequence number is counted lost
+// when it can no longer arrive: when it falls 64 sequence numbers behind the newest or when
+// the instance's state is dropped (expired after InstanceTTL, evicted by MaxInstances, or
+// replaced by a restart). A batch that fills a gap before then is merged (or refused as late)
+// and never counted lost. A final batch marks the instance stopped at once: it no longer
+// counts as a live instance, and its state stays as a tombstone that refuses redeliveries
+// until it expires.
+package rollup
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+// Emit receives each closed window, in time order per group, from one goroutine at a time
+// (the one calling Run, Advance or Flush). The window is the receiver's to keep but must be
+// treated as read-only: label slices are shared between windows of the same series. Emit
+// should not block for long: Add is not blocked by it, but closing the next windows is.
+type Emit func(*proto.Window)
+
+// Rollup merges batches into windows. Add may be called concurrently with Run, Advance and
+// Flush (the intended use is one intake goroutine calling Add).
+type Rollup struct {
+	cfg    Config
+	emit   Emit
+	logger *slog.Logger
+	m      *rollupMetrics
+
+	// Config in nanoseconds.
+	w, lateness, maxFuture, ttl int64
+
+	// now is the clock; tests and benchmarks replace it.
+	now func() time.Time
+
+	// emitMu serializes closing and emitting so windows reach Emit in order. It is taken
+	// before mu and held while Emit runs (mu is not).
+	emitMu sync.Mutex
+
+	// mu guards the fields below.
+	mu sync.Mutex
+	// closedBefore: every window ending at or before it is closed (unix nanos).
+	closedBefore int64
+	groups       map[groupKey]*group
+	insts        *simplelru.LRU[[16]byte, *instance]
+	live         int // instances not stopped
+	series       int // series over all groups
+	key          []byte
+	freeWindows  []*window
+	freeInsts    []*instance
+	// dropReason labels the next LRU eviction callback (forgot* constants).
+	dropReason     string
+	lastSweep      int64 // unix nanos of the last series sweep
+	groupsFullLogs bool
+}
+
+// maxFree bounds the recycled windows and instance states kept.
+const maxFree = 4096
+
+// New returns a Rollup handing closed windows to emit. It starts nothing: call Run (or drive
+// Advance) to close windows.
+func New(cfg Config, emit Emit, logger *slog.Logger) (*Rollup, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("cannot create rollup: %w", err)
+	}
+	if emit == nil {
+		return nil, errors.New("cannot create rollup: emit function is nil")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Rollup{
+		cfg:        cfg,
+		emit:       emit,
+		logger:     logger.With("component", "rollup"),
+		m:          newRollupMetrics(),
+		w:          int64(cfg.Window),
+		lateness:   int64(cfg.Lateness),
+		maxFuture:  int64(cfg.MaxFuture),
+		ttl:        int64(cfg.InstanceTTL),
+		now:        time.Now,
+		groups:     make(map[groupKey]*group),
+		dropReason: forgotEvicted,
+	}
+	insts, err := simplelru.NewLRU(cfg.MaxInstances, r.onDropLocked)
+	if err != nil {
+		return nil, fmt.Errorf("cannot create rollup instance cache: %w", err)
+	}
+	r.insts = insts
+	return r, nil
+}
+
+// Metrics returns the Rollup's self-metrics for registration (metrics.RegisterSet).
+func (r *Rollup) Metrics() *metrics.Set { return r.m.set }
+
+// Stats returns a snapshot of the Rollup's counters and sizes.
+func (r *Rollup) Stats() Stats { return r.m.stats() }
+
+// Add merges b into its group's window, or counts why it cannot. b is used only during the
+// call. Add never blocks on Emit.
+func (r *Rollup) Add(b *proto.Batch) {
+	now := r.now().UnixNano()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.m.batches.Inc()
+
+	start := floorDiv(b.End-1, r.w) * r.w
+	var refuse string
+	switch {
+	case b.End-now > r.maxFuture:
+		refuse = ReasonFuture
+	case start < r.closedBefore || start+r.w+r.lateness <= now:
+		refuse = ReasonLate
+	}
+
+	in, known := r.insts.Get(b.Instance)
+	if known {
+		in.lastSeen = now
+		if in.service != b.Service || in.version != b.Version {
+			r.refuseLocked(ReasonInstanceConflict)
+			return
+		}
+		if in.start != b.InstanceStart {
+			// Same id, new incarnation: settle the old one and start over.
+			r.dropReason = forgotRestarted
+			r.insts.Remove(b.Instance)
+			r.dropReason = forgotEvicted
+			in, known = nil, false
+		} else if in.dup(b.Seq) {
+			r.refuseLocked(ReasonDuplicate)
+			return
+		}
+	}
+	if refuse != "" {
+		// The batch arrived, so its sequence number is not lost; unknown instances get no
+		// state from a refused batch.
+		if known {
+			r.m.lost.Add(int(in.mark(b.Seq)))
+			if b.Final {
+				r.stopLocked(in)
+			}
+		}
+		r.refuseLocked(refuse)
+		return
+	}
+
+	gk := groupKey{b.Service, b.Version}
+	g := r.groups[gk]
+	if g == nil {
+		if len(r.groups) >= r.cfg.MaxGroups {
+			if !r.groupsFullLogs {
+				r.groupsFullLogs = true
+				r.logger.Warn("refusing new groups: limit reached", "limit", r.cfg.MaxGroups, "service", b.Service, "version", b.Version)
+			}
+			r.refuseLocked(ReasonTooManyGroups)
+			return
+		}
+		g = newGroup(gk, r.closedBefore)
+		r.groups[gk] = g
+		r.m.groups.Store(int64(len(r.groups)))
+		r.logger.Info("group appeared", "service", b.Service, "version", b.Version)
+	}
+
+	idx := start / r.w
+	started := false
+	if known {
+		if in.stopped && b.Seq > in.maxSeq {
+			// Data after a final batch: the instance is alive after all.
+			in.stopped = false
+			r.live++
+			r.m.instances.Store(int64(r.live))
+			started = true
+		}
+		r.m.lost.Add(int(in.mark(b.Seq)))
+	} else {
+		in = r.newInstanceLocked(b, idx, now)
+		started = true
+	}
+
+	w := g.findWindow(start)
+	if w == nil {
+		w = r.newWindowLocked(start)
+		g.insertWindow(w)
+	}
+	if in.contribute(idx) {
+		w.instances++
+	}
+	if started {
+		w.started++
+	}
+	r.mergeLocked(g, w, b, now)
+	r.m.batchesMerged.Inc()
+	if b.Final {
+		w.stopped++
+		r.stopLocked(in)
+	}
+}
+
+// mergeLocked merges the series of b into w.
+func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, now int64) {
+	merged := 0
+	for i := range b.Series {
+		s := &b.Series[i]
+		r.key = s.Key(r.key[:0])
+		id, ok := g.ids[string(r.key)]
+		if !ok {
+			if len(g.ids) >= r.cfg.MaxSeriesPerGroup {
+				if !g.seriesFullLogged {
+					g.seriesFullLogged = true
+					r.logger.Warn("refusing new series: group limit reached", "service", g.key.service,
+						"version", g.key.version, "limit", r.cfg.MaxSeriesPerGroup, "series", s.String())
+				}
+				r.m.seriesRefused[ReasonTooManySeries].Inc()
+				continue
+			}
+			id = g.addSeries(string(r.key), s)
+			r.series++
+			r.m.series.Store(int64(r.series))
+		}
+		info := &g.series[id]
+		if info.kind != s.Kind {
+			r.m.seriesRefused[ReasonKindMismatch].Inc()
+			continue
+		}
+		a := w.acc(id, len(g.series))
+		switch s.Kind {
+		case proto.KindCounter:
+			a.sum += s.Value
+		case proto.KindGauge:
+			if a.n == 0 || s.Value < a.min {
+				a.min = s.Value
+			}
+			if a.n == 0 || s.Value > a.max {
+				a.max = s.Value
+			}
+			a.sum += s.Value
+		case proto.KindHistogram:
+			if !a.hist.Merge(&s.Hist) {
+				r.m.seriesRefused[ReasonBadHistogram].Inc()
+				continue
+			}
+		}
+		if a.n == 0 {
+			w.touched = append(w.touched, id)
+		}
+		a.n++
+		info.lastUsed = now
+		merged++
+	}
+	r.m.samples.Add(merged)
+}
+
+func (r *Rollup) refuseLocked(reason string) {
+	r.m.batchesRefused[reason].Inc()
+}
+
+// newInstanceLocked creates and caches the state of an instance first seen with b.
+func (r *Rollup) newInstanceLocked(b *proto.Batch, idx, now int64) *instance {
+	var in *instance
+	if n := len(r.freeInsts); n > 0 {
+		in = r.freeInsts[n-1]
+		r.freeInsts = r.freeInsts[:n-1]
+	} else {
+		in = new(instance)
+	}
+	in.reset(b.Service, b.Version, b.InstanceStart, b.Seq, idx, now)
+	r.insts.Add(b.Instance, in) // may evict the least recently seen instance
+	r.live++
+	r.m.instances.Store(int64(r.live))
+	return in
+}
+
+// stopLocked marks in stopped after its final batch.
+func (r *Rollup) stopLocked(in *instance) {
+	if in.stopped {
+		return
+	}
+	in.stopped = true
+	r.live--
+	r.m.instances.Store(int64(r.live))
+	r.m.forgotten[forgotFinal].Inc()
+}
+
+// onDropLocked is the LRU's callback for every removal: it settles the instance's pending
+// gaps as lost and recycles the state. r.dropReason names the cause.
+func (r *Rollup) onDropLocked(_ [16]byte, in *instance) {
+	r.m.lost.Add(int(in.pending()))
+	if !in.stopped {
+		r.live--
+		r.m.instances.Store(int64(r.live))
+		r.m.forgotten[r.dropReason].Inc()
+	}
+	if len(r.freeInsts) < maxFree {
+		*in = instance{}
+		r.freeInsts = append(r.freeInsts, in)
+	}
+}
+
+func (r *Rollup) newWindowLocked(start int64) *window {
+	var w *window
+	if n := len(r.freeWindows); n > 0 {
+		w = r.freeWindows[n-1]
+		r.freeWindows = r.freeWindows[:n-1]
+	} else {
+		w = new(window)
+	}
+	w.start = start
+	return w
+}
+
+func (r *Rollup) recycleWindowLocked(w *window) {
+	if len(r.freeWindows) < maxFree {
+		w.reset()
+		r.freeWindows = append(r.freeWindows, w)
+	}
+}
+
+// floorDiv returns ⌊a/b⌋ for b > 0.
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}

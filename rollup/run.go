@@ -1,0 +1,170 @@
+package rollup
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"time"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+// Run closes windows until ctx is done, on a timer aligned to the instants windows become
+// due (window end + lateness), counting ticks it could not keep. It returns nil once ctx is
+// done and its timer is stopped; it does not flush (call Flush after stopping intake).
+func (r *Rollup) Run(ctx context.Context) error {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	now := r.now().UnixNano()
+	due := r.nextDue(now)
+	for {
+		timer.Reset(time.Duration(due - now))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		}
+		r.Advance(r.now())
+		// A slow Emit or a late timer skips due instants; the next Advance closes their
+		// windows too, late, and the skipped ticks are counted.
+		now = r.now().UnixNano()
+		next := r.nextDue(now)
+		if skipped := (next-due)/r.w - 1; skipped > 0 {
+			r.m.ticksMissed.Add(int(skipped))
+		}
+		due = next
+	}
+}
+
+// nextDue returns the first instant after now at which a window becomes due.
+func (r *Rollup) nextDue(now int64) int64 {
+	return (floorDiv(now-r.lateness, r.w)+1)*r.w + r.lateness
+}
+
+// Advance closes and emits every window due at now (end + lateness ≤ now), in time order,
+// including the empty windows of recently active groups, and forgets instances silent for
+// InstanceTTL. Run calls it; tests and one-shot tools may call it directly.
+func (r *Rollup) Advance(now time.Time) {
+	r.emitMu.Lock()
+	defer r.emitMu.Unlock()
+	nowNs := now.UnixNano()
+	r.mu.Lock()
+	cb := floorDiv(nowNs-r.lateness, r.w) * r.w
+	out := r.closeLocked(max(cb, r.closedBefore), nowNs)
+	r.expireLocked(nowNs)
+	r.mu.Unlock()
+	r.emitAll(out)
+}
+
+// Flush closes and emits every open window now, whatever its time; batches for those windows
+// are late afterwards. Call it on shutdown after intake stopped, so the last windows are not
+// lost.
+func (r *Rollup) Flush() {
+	r.emitMu.Lock()
+	defer r.emitMu.Unlock()
+	nowNs := r.now().UnixNano()
+	r.mu.Lock()
+	to := r.closedBefore
+	for _, g := range r.groups {
+		if n := len(g.windows); n > 0 {
+			to = max(to, g.windows[n-1].start+r.w)
+		}
+	}
+	out := r.closeLocked(to, nowNs)
+	r.mu.Unlock()
+	r.emitAll(out)
+	r.logger.Info("flushed open windows", "windows", len(out))
+}
+
+// closeLocked closes every window interval ending at or before cb and returns the results in
+// order of start, then group.
+func (r *Rollup) closeLocked(cb, nowNs int64) []*proto.Window {
+	r.closedBefore = cb
+	var out []*proto.Window
+	for k, g := range r.groups {
+		out = r.closeGroupLocked(g, cb, nowNs, out)
+		if len(g.windows) == 0 && g.next >= g.lastData+r.ttl {
+			delete(r.groups, k)
+			r.series -= len(g.ids)
+			r.m.groups.Store(int64(len(r.groups)))
+			r.m.series.Store(int64(r.series))
+			r.logger.Info("group expired", "service", k.service, "version", k.version)
+		}
+	}
+	if len(r.groups) < r.cfg.MaxGroups {
+		r.groupsFullLogs = false
+	}
+	slices.SortFunc(out, func(a, b *proto.Window) int {
+		return cmp.Or(cmp.Compare(a.StartMs, b.StartMs), cmp.Compare(a.Service, b.Service), cmp.Compare(a.Version, b.Version))
+	})
+	return out
+}
+
+// closeGroupLocked appends g's windows ending at or before cb to out, in time order.
+func (r *Rollup) closeGroupLocked(g *group, cb, nowNs int64, out []*proto.Window) []*proto.Window {
+	for g.next < cb {
+		if len(g.windows) > 0 && g.windows[0].start <= g.next {
+			w := g.windows[0]
+			if w.start < g.next {
+				panic("BUG: rollup: open window before the next interval to close")
+			}
+			out = append(out, g.result(w, r.w, nowNs))
+			g.windows = slices.Delete(g.windows, 0, 1)
+			g.lastData = w.start + r.w
+			g.next += r.w
+			r.recycleWindowLocked(w)
+			continue
+		}
+		if g.next+r.w <= g.lastData+r.ttl {
+			out = append(out, g.emptyResult(g.next, r.w, nowNs))
+			g.next += r.w
+			continue
+		}
+		// Nothing due until the next open window (or cb): skip the silent span.
+		next := cb
+		if len(g.windows) > 0 && g.windows[0].start < next {
+			next = g.windows[0].start
+		}
+		g.next = next
+	}
+	return out
+}
+
+// expireLocked forgets instances silent for InstanceTTL and, every half TTL, series unused
+// for InstanceTTL.
+func (r *Rollup) expireLocked(nowNs int64) {
+	r.dropReason = forgotExpired
+	for {
+		_, in, ok := r.insts.GetOldest()
+		if !ok || nowNs-in.lastSeen < r.ttl {
+			break
+		}
+		r.insts.RemoveOldest()
+	}
+	r.dropReason = forgotEvicted
+	if nowNs-r.lastSweep < r.ttl/2 {
+		return
+	}
+	r.lastSweep = nowNs
+	for _, g := range r.groups {
+		n := g.sweepSeries(nowNs - r.ttl)
+		if n > 0 {
+			r.series -= n
+			g.seriesFullLogged = false
+		}
+	}
+	r.m.series.Store(int64(r.series))
+}
+
+// emitAll hands out to Emit. The caller holds emitMu but not mu.
+func (r *Rollup) emitAll(out []*proto.Window) {
+	for _, w := range out {
+		delay := r.now().UnixMilli() - w.EndMs
+		r.m.emitDelay.Update(float64(delay) / 1e3)
+		r.m.windows.Inc()
+		if len(w.Series) == 0 && w.Instances == 0 {
+			r.m.emptyWindows.Inc()
+		}
+		r.emit(w)
+	}
+}
