@@ -1,0 +1,310 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/herd-dev/herd/proto"
+	"github.com/nats-io/nats.go"
+)
+
+// Refusal reasons of the intake besides proto.Reason's decode reasons.
+const (
+	ReasonBadSubject      = "bad_subject"      // the subject does not name a valid service and version
+	ReasonSubjectMismatch = "subject_mismatch" // the batch names another service or version than its subject
+	ReasonSlowConsumer    = "slow_consumer"    // the NATS client dropped messages: the handler is too slow
+)
+
+// IntakeConfig configures an Intake.
+type IntakeConfig struct {
+	// Subject is subscribed to (default proto.SubjectInAll, "herd.in.>").
+	Subject string
+	// Prefix precedes <service>.<version> in the subjects received (default proto.PrefixIn).
+	Prefix string
+	// PendingMsgs and PendingBytes bound the subscription's buffer; beyond them the NATS
+	// client drops messages, counted with reason "slow_consumer".
+	PendingMsgs  int
+	PendingBytes int
+	// DrainTimeout bounds how long Run waits, on cancellation, for buffered messages to be
+	// handled (default 5 s).
+	DrainTimeout time.Duration
+
+	envErr error // a bad HERD_INTAKE_* value, reported by Validate
+}
+
+// Defaults of IntakeConfig.
+const (
+	DefaultPendingMsgs  = 500_000
+	DefaultPendingBytes = 64 << 20
+	DefaultDrainTimeout = 5 * time.Second
+)
+
+// RegisterFlags registers -intake.* flags on fs with defaults from HERD_INTAKE_* variables.
+func (c *IntakeConfig) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Subject, "intake.subject", proto.SubjectInAll, "NATS `subject` the intake subscribes to for agent batches (env HERD_INTAKE_SUBJECT)")
+	fs.StringVar(&c.Prefix, "intake.prefix", proto.PrefixIn, "subject `prefix` before <service>.<version> in received subjects (env HERD_INTAKE_PREFIX)")
+	fs.IntVar(&c.PendingMsgs, "intake.pending-msgs", DefaultPendingMsgs, "messages buffered for the intake before the NATS client drops them (`count`, env HERD_INTAKE_PENDING_MSGS)")
+	fs.IntVar(&c.PendingBytes, "intake.pending-bytes", DefaultPendingBytes, "bytes buffered for the intake before the NATS client drops messages (`bytes`, env HERD_INTAKE_PENDING_BYTES)")
+	fs.DurationVar(&c.DrainTimeout, "intake.drain-timeout", DefaultDrainTimeout, "how long shutdown waits for buffered batches (`duration`, env HERD_INTAKE_DRAIN_TIMEOUT)")
+	c.envErr = applyEnv(fs, os.Getenv, "intake.subject", "intake.prefix", "intake.pending-msgs", "intake.pending-bytes", "intake.drain-timeout")
+}
+
+func (c *IntakeConfig) setDefaults() {
+	if c.Subject == "" {
+		c.Subject = proto.SubjectInAll
+	}
+	if c.Prefix == "" {
+		c.Prefix = proto.PrefixIn
+	}
+	if c.PendingMsgs == 0 {
+		c.PendingMsgs = DefaultPendingMsgs
+	}
+	if c.PendingBytes == 0 {
+		c.PendingBytes = DefaultPendingBytes
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+}
+
+// Validate checks the config; zero fields take their defaults.
+func (c *IntakeConfig) Validate() error {
+	d := *c
+	d.setDefaults()
+	if c.envErr != nil {
+		return c.envErr
+	}
+	if strings.ContainsAny(d.Subject, " \t\r\n") || strings.HasPrefix(d.Subject, ".") || strings.HasSuffix(d.Subject, ".") {
+		return fmt.Errorf("-intake.subject %q is not a valid NATS subject", d.Subject)
+	}
+	if !strings.HasSuffix(d.Prefix, ".") {
+		return fmt.Errorf("-intake.prefix %q must end with '.'", d.Prefix)
+	}
+	if d.PendingMsgs < 1 || d.PendingBytes < 1<<20 {
+		return fmt.Errorf("-intake.pending-msgs %d must be ≥ 1 and -intake.pending-bytes %d ≥ 1 MiB", d.PendingMsgs, d.PendingBytes)
+	}
+	if d.DrainTimeout < 0 {
+		return fmt.Errorf("-intake.drain-timeout %v must be ≥ 0", d.DrainTimeout)
+	}
+	return nil
+}
+
+// Intake receives agent batches from NATS: it decodes each message with one reused
+// proto.Decoder on the subscription's goroutine, checks that the subject's service and
+// version match the batch's, and hands good batches to the handler. Refusals are counted in
+// herd_ingest_dropped_total{reason} (decode reasons of proto.Reason, "bad_subject",
+// "subject_mismatch", "slow_consumer") and logged at most every 10 s.
+type Intake struct {
+	cfg     IntakeConfig
+	nc      *nats.Conn
+	fn      func(*proto.Batch)
+	log     *slog.Logger
+	set     *metrics.Set
+	ready   chan struct{}
+	batches *metrics.Counter
+	bytes   *metrics.Counter
+	dropped *metrics.Counter // slow consumer
+
+	mu sync.Mutex // Guards the fields below; held while a message is handled.
+	// stopped is set when Run returns: the handler is never called after that.
+	stopped    bool
+	dec        proto.Decoder
+	batch      proto.Batch
+	subjects   map[string]subjectInfo // parsed subjects, bounded
+	reasons    map[string]*metrics.Counter
+	lastLog    time.Time
+	suppressed int
+}
+
+type subjectInfo struct {
+	service, version string
+	bad              bool
+}
+
+// maxSubjects bounds the parsed-subject cache; it is cleared when full.
+const maxSubjects = 4096
+
+// NewIntake builds an intake reading from nc. handle is called on the subscription's
+// goroutine with each good batch; the batch and everything it points to are valid only
+// during the call. NewIntake subscribes nothing; Run does.
+//
+// Slow-consumer drops are read from the subscription (nats.Subscription.Dropped), so the
+// connection's own async error handler stays the caller's; HandleAsyncError may be called
+// from it to log them as the intake's.
+func NewIntake(cfg IntakeConfig, nc *nats.Conn, handle func(*proto.Batch), logger *slog.Logger) (*Intake, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	if nc == nil || handle == nil {
+		return nil, errors.New("cannot create intake: nil connection or handler")
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	set := metrics.NewSet()
+	in := &Intake{
+		cfg:      cfg,
+		nc:       nc,
+		fn:       handle,
+		log:      logger,
+		set:      set,
+		ready:    make(chan struct{}),
+		batches:  set.NewCounter("herd_ingest_batches_total"),
+		bytes:    set.NewCounter("herd_ingest_bytes_total"),
+		dropped:  set.NewCounter(`herd_ingest_dropped_total{reason="` + ReasonSlowConsumer + `"}`),
+		subjects: make(map[string]subjectInfo),
+		reasons:  make(map[string]*metrics.Counter),
+	}
+	for _, r := range []string{ReasonBadSubject, ReasonSubjectMismatch, "truncated", "bad_magic", "unknown_version", "oversized"} {
+		in.reasonCounter(r)
+	}
+	return in, nil
+}
+
+// Metrics returns the intake's metrics (herd_ingest_*).
+func (in *Intake) Metrics() *metrics.Set { return in.set }
+
+// Ready is closed once Run's subscription is registered with the server.
+func (in *Intake) Ready() <-chan struct{} { return in.ready }
+
+// Run subscribes and handles messages until ctx is cancelled; then it drains the
+// subscription (handling what is buffered, up to DrainTimeout), unsubscribes and returns.
+// The handler is not called after Run returns.
+func (in *Intake) Run(ctx context.Context) error {
+	sub, err := in.nc.Subscribe(in.cfg.Subject, in.onMsg)
+	if err != nil {
+		return fmt.Errorf("cannot subscribe to %s: %w", in.cfg.Subject, err)
+	}
+	if err := sub.SetPendingLimits(in.cfg.PendingMsgs, in.cfg.PendingBytes); err != nil {
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("cannot set pending limits of %s: %w", in.cfg.Subject, err)
+	}
+	if err := in.nc.FlushTimeout(5 * time.Second); err != nil {
+		// The subscription is re-sent on reconnect; say so and go on.
+		in.log.Warn("cannot confirm the subscription with the NATS server", "subject", in.cfg.Subject, "err", err)
+	} else {
+		in.log.Info("intake subscribed", "subject", in.cfg.Subject)
+	}
+	close(in.ready)
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-tick.C:
+			in.pollDropped(sub)
+		}
+	}
+	in.pollDropped(sub)
+	if err := sub.Drain(); err == nil {
+		deadline := time.Now().Add(in.cfg.DrainTimeout)
+		for sub.IsValid() && time.Now().Before(deadline) && !in.nc.IsClosed() {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	in.pollDropped(sub)
+	if sub.IsValid() {
+		_ = sub.Unsubscribe()
+	}
+	in.mu.Lock()
+	in.stopped = true
+	in.mu.Unlock()
+	in.log.Info("intake stopped", "subject", in.cfg.Subject)
+	return nil
+}
+
+func (in *Intake) pollDropped(sub *nats.Subscription) {
+	if n, err := sub.Dropped(); err == nil && n > 0 && uint64(n) > in.dropped.Get() {
+		in.dropped.Set(uint64(n))
+	}
+}
+
+// HandleAsyncError logs a slow-consumer error of the intake's subscription; the drop count
+// itself is read from the subscription by Run. cmd may call it from its connection's
+// error handler.
+func (in *Intake) HandleAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
+	if errors.Is(err, nats.ErrSlowConsumer) && sub != nil && sub.Subject == in.cfg.Subject {
+		n, _ := sub.Dropped()
+		in.log.Warn("intake is a slow consumer: NATS client dropped batches", "subject", sub.Subject, "dropped", n)
+	}
+}
+
+func (in *Intake) onMsg(m *nats.Msg) { in.handleMsg(m.Subject, m.Data) }
+
+// handleMsg checks, decodes and hands on one message.
+func (in *Intake) handleMsg(subject string, data []byte) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.stopped {
+		return
+	}
+	in.bytes.Add(len(data))
+	si := in.parseSubject(subject)
+	if si.bad {
+		in.refuse(ReasonBadSubject, subject, fmt.Errorf("subject %q does not name a service and version after %q", subject, in.cfg.Prefix))
+		return
+	}
+	b := &in.batch
+	if err := in.dec.Decode(data, b); err != nil {
+		in.refuse(proto.Reason(err), subject, err)
+		return
+	}
+	if b.Service != si.service || b.Version != si.version {
+		in.refuse(ReasonSubjectMismatch, subject, fmt.Errorf("batch of %s/%s arrived on %s", b.Service, b.Version, subject))
+		return
+	}
+	in.batches.Inc()
+	in.fn(b)
+}
+
+// parseSubjectLocked returns the service and version a subject names, cached.
+func (in *Intake) parseSubject(subject string) subjectInfo {
+	if si, ok := in.subjects[subject]; ok {
+		return si
+	}
+	var si subjectInfo
+	svc, ver, err := proto.ParseGroupSubject(in.cfg.Prefix, subject)
+	if err != nil {
+		si.bad = true
+	} else {
+		si.service, si.version = svc, ver
+	}
+	if len(in.subjects) >= maxSubjects {
+		clear(in.subjects)
+	}
+	in.subjects[subject] = si
+	return si
+}
+
+func (in *Intake) reasonCounter(reason string) *metrics.Counter {
+	c, ok := in.reasons[reason]
+	if !ok {
+		c = in.set.GetOrCreateCounter(`herd_ingest_dropped_total{reason="` + reason + `"}`)
+		in.reasons[reason] = c
+	}
+	return c
+}
+
+// refuse counts a refused message and logs at most one line every 10 s.
+func (in *Intake) refuse(reason, subject string, err error) {
+	in.reasonCounter(reason).Inc()
+	now := time.Now()
+	if now.Sub(in.lastLog) < 10*time.Second {
+		in.suppressed++
+		return
+	}
+	in.log.Warn("batch refused", "reason", reason, "subject", subject, "err", err, "suppressed_since_last_log", in.suppressed)
+	in.lastLog = now
+	in.suppressed = 0
+}

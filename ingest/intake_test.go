@@ -1,0 +1,252 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/proto"
+	"github.com/nats-io/nats.go"
+)
+
+// checkFor polls f every interval until it returns nil or timeout passes.
+func checkFor(t *testing.T, timeout, interval time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %v", timeout, err)
+		}
+		time.Sleep(interval)
+	}
+}
+
+// encodeRED returns an encoded batch of a RED client for service/version.
+func encodeRED(t testing.TB, service, version string, seq uint64) []byte {
+	t.Helper()
+	var b proto.Batch
+	b.Service, b.Version, b.Seq = service, version, seq
+	b.Start, b.End = int64(seq)*250e6, int64(seq+1)*250e6
+	var h proto.Histogram
+	for k := range 100 {
+		h.Observe(float64(5+k%40)/1000, 1)
+	}
+	b.Series = []proto.Series{
+		{Name: proto.SeriesRequests, Kind: proto.KindCounter, Value: 100},
+		{Name: proto.SeriesErrors, Kind: proto.KindCounter, Value: 1},
+		{Name: proto.SeriesLatency, Kind: proto.KindHistogram, Hist: h},
+	}
+	var enc proto.Encoder
+	data, err := enc.Append(nil, &b)
+	if err != nil {
+		t.Fatalf("encode: %v", err)
+	}
+	return data
+}
+
+func TestIntake(t *testing.T) {
+	s, err := embednats.Start(embednats.Config{Port: -1, MaxPayload: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer embednats.Shutdown(s)
+	nc, err := embednats.Connect(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+
+	var mu sync.Mutex
+	var got []string
+	in, err := NewIntake(IntakeConfig{}, nc, func(b *proto.Batch) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, fmt.Sprintf("%s/%s#%d", b.Service, b.Version, b.Seq))
+	}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- in.Run(ctx) }()
+	select {
+	case <-in.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("intake not ready after 10s")
+	}
+
+	pub, err := embednats.Connect(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	good := encodeRED(t, "checkout", "1.4.2", 0)
+	subj, _ := proto.InSubject("checkout", "1.4.2")
+	future := append([]byte(nil), good...)
+	future[2] = proto.FormatVersion + 1
+	msgs := []struct {
+		subject string
+		data    []byte
+	}{
+		{subj, good},
+		{subj, []byte("GET / HTTP/1.1\r\n\r\n")},    // bad_magic
+		{subj, good[:len(good)/2]},                  // truncated
+		{subj, good[:2]},                            // truncated
+		{subj, future},                              // unknown_version
+		{"herd.in.payments.1_2e4_2e2", good},        // subject_mismatch
+		{"herd.in.checkout", good},                  // bad_subject
+		{"herd.in.Checkout.1", good},                // bad_subject
+		{subj, make([]byte, proto.MaxBatchBytes+1)}, // oversized
+		{subj, encodeRED(t, "checkout", "1.4.2", 1)},
+		{subj, nil}, // truncated
+	}
+	for _, m := range msgs {
+		if err := pub.Publish(m.subject, m.data); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+	}
+	if err := pub.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]uint64{
+		"bad_magic": 1, "truncated": 3, "unknown_version": 1, ReasonSubjectMismatch: 1,
+		ReasonBadSubject: 2, "oversized": 1, ReasonSlowConsumer: 0,
+	}
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := in.Metrics().GetOrCreateCounter("herd_ingest_batches_total").Get(); n != 2 {
+			return fmt.Errorf("got %d good batches; want 2", n)
+		}
+		for r, w := range want {
+			if n := in.Metrics().GetOrCreateCounter(`herd_ingest_dropped_total{reason="` + r + `"}`).Get(); n != w {
+				return fmt.Errorf("reason %s: got %d; want %d", r, n, w)
+			}
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(got) != "[checkout/1.4.2#0 checkout/1.4.2#1]" {
+		t.Errorf("got %v; want [checkout/1.4.2#0 checkout/1.4.2#1]", got)
+	}
+}
+
+// TestIntakeClientEndToEnd publishes through a Client on a real connection.
+func TestIntakeClientEndToEnd(t *testing.T) {
+	s, err := embednats.Start(embednats.Config{Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer embednats.Shutdown(s)
+	nc, err := embednats.Connect(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var mu sync.Mutex
+	var requests float64
+	var finals int
+	in, err := NewIntake(IntakeConfig{}, nc, func(b *proto.Batch) {
+		mu.Lock()
+		defer mu.Unlock()
+		if s := find(b, proto.SeriesRequests); s != nil {
+			requests += s.Value
+		}
+		if b.Final {
+			finals++
+		}
+	}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- in.Run(ctx) }()
+	<-in.Ready()
+
+	c, err := NewClient(ClientConfig{Service: "checkout", Version: "2026-11-26.3", Publish: nc.Publish, Logger: quiet, Interval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, ccancel := context.WithCancel(t.Context())
+	cdone := make(chan error, 1)
+	go func() { cdone <- c.Run(cctx) }()
+	red := c.RED()
+	for i := range 500 {
+		red.Observe(time.Millisecond, i%50 == 0)
+	}
+	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if n := c.Stats().Sent; n < 2 {
+			return fmt.Errorf("got %d batches sent; want ≥ 2 before stopping", n)
+		}
+		return nil
+	})
+	ccancel()
+	if err := <-cdone; err != nil {
+		t.Fatalf("client Run: %v", err)
+	}
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if requests != 500 || finals != 1 {
+			return fmt.Errorf("got %v requests and %d final batches; want 500 and 1", requests, finals)
+		}
+		return nil
+	})
+	cancel()
+	<-done
+}
+
+func TestIntakeConfigEnv(t *testing.T) {
+	var c IntakeConfig
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	c.RegisterFlags(fs)
+	env := map[string]string{"HERD_INTAKE_SUBJECT": "herd.p.3.>", "HERD_INTAKE_PENDING_MSGS": "many"}
+	c.envErr = applyEnv(fs, func(k string) string { return env[k] }, "intake.subject", "intake.pending-msgs")
+	if c.Subject != "herd.p.3.>" {
+		t.Errorf("got subject %q; want herd.p.3.> from the environment", c.Subject)
+	}
+	if err := c.Validate(); err == nil {
+		t.Errorf("got nil error for HERD_INTAKE_PENDING_MSGS=many; want an error")
+	}
+	if err := fs.Parse([]string{"-intake.subject", "herd.in.>"}); err != nil {
+		t.Fatal(err)
+	}
+	if c.Subject != "herd.in.>" {
+		t.Errorf("got subject %q; want the flag to win", c.Subject)
+	}
+	if err := (&IntakeConfig{Prefix: "herd.in"}).Validate(); err == nil {
+		t.Errorf("got nil error for a prefix without a trailing dot")
+	}
+}
+
+// BenchmarkIntakeHandle is decode + subject check + a no-op handler for one RED batch.
+func BenchmarkIntakeHandle(b *testing.B) {
+	in, err := NewIntake(IntakeConfig{}, &nats.Conn{}, func(*proto.Batch) {}, quiet)
+	if err != nil {
+		b.Fatal(err)
+	}
+	data := encodeRED(b, "checkout", "1.4.2", 7)
+	subj, _ := proto.InSubject("checkout", "1.4.2")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		in.handleMsg(subj, data)
+	}
+	if in.batches.Get() == 0 {
+		b.Fatal(errors.New("no batch handled"))
+	}
+}
