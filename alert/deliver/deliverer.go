@@ -1,0 +1,754 @@
+package deliver
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/google/uuid"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+// Redeliver errors.
+var (
+	ErrUnknownDecision = errors.New("unknown decision")
+	ErrUnknownTarget   = errors.New("unknown target")
+	ErrInProgress      = errors.New("delivery in progress")
+	// ErrNotResendable refuses a second send to a Spinnaker trigger.
+	ErrNotResendable = errNotResendable
+	ErrNothingToDo   = errors.New("nothing to redeliver")
+)
+
+// schedule is the retry schedule inside herd's 10 s budget: offsets of the attempts from
+// the first one. Afterwards the gap doubles up to maxGap.
+var schedule = []time.Duration{0, 250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second}
+
+const (
+	maxGap       = 60 * time.Second
+	jitter       = 0.1 // ±10 % of each gap
+	storeTimeout = 5 * time.Second
+)
+
+// Deliverer delivers decisions to their targets. Its methods are safe for concurrent use.
+type Deliverer struct {
+	cfg     Config
+	store   Store
+	log     *slog.Logger
+	targets map[string]target // by name; immutable after New
+	order   []target          // in configuration order
+	client  *http.Client
+	flagger map[string]string // "namespace/name" → service
+
+	schedule []time.Duration
+	maxGap   time.Duration
+
+	set          *metrics.Set
+	escalations  *metrics.Counter
+	rowsDropped  *metrics.Counter
+	storeErrFunc func(reason string) *metrics.Counter
+
+	wake chan struct{} // capacity 1: "todo changed"
+
+	// mu guards the fields below. Lock order: mu before entry.mu; never hold mu across I/O.
+	mu      sync.Mutex
+	entries map[string]*entry
+	todo    map[workKey]struct{} // deliveries to (re)start
+	active  map[workKey]struct{} // deliveries with a running goroutine
+}
+
+type workKey struct{ id, target string }
+
+// entry is one decision in memory.
+type entry struct {
+	// mu guards rec and rev, and serializes the entry's store writes (it is held across
+	// them, so that the stored revisions follow the in-memory ones).
+	mu  sync.Mutex
+	rec record
+	rev uint64 // stored revision; 0: not stored yet
+
+	open      atomic.Bool  // some target is unfinished
+	createdMs atomic.Int64 // copy of rec.CreatedMs for pruning without mu
+}
+
+// New builds a Deliverer from a validated cfg (Config.Validate decodes the secrets); it
+// starts nothing. store keeps the decisions; logger gets component=deliver.
+func New(cfg Config, store Store, logger *slog.Logger) (*Deliverer, error) {
+	if store == nil {
+		return nil, errors.New("cannot create deliverer: no store")
+	}
+	if len(cfg.Webhooks) > 0 && len(cfg.secrets) == 0 {
+		return nil, errors.New("cannot create deliverer: webhooks without signing secrets (was Config.Validate called?)")
+	}
+	if cfg.Timeout <= 0 || cfg.MaxRetry <= 0 {
+		return nil, errors.New("cannot create deliverer: Timeout and MaxRetry must be positive (was Config.Validate called?)")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	d := &Deliverer{
+		cfg:   cfg,
+		store: store,
+		log:   logger.With("component", "deliver"),
+		client: &http.Client{
+			Transport: http.DefaultTransport.(*http.Transport).Clone(),
+			// A redirected POST would become a GET; a redirect is a misconfigured target.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		targets:  map[string]target{},
+		flagger:  map[string]string{},
+		schedule: schedule,
+		maxGap:   maxGap,
+		set:      metrics.NewSet(),
+		wake:     make(chan struct{}, 1),
+		entries:  map[string]*entry{},
+		todo:     map[workKey]struct{}{},
+		active:   map[workKey]struct{}{},
+	}
+	add := func(t target) error {
+		if _, dup := d.targets[t.name()]; dup {
+			return fmt.Errorf("cannot create deliverer: target %s is configured twice", t.name())
+		}
+		d.targets[t.name()] = t
+		d.order = append(d.order, t)
+		return nil
+	}
+	for _, u := range cfg.Webhooks {
+		if err := add(&webhook{url: u, label: "webhook:" + redactURL(u), secrets: cfg.secrets, pass: cfg.DeliverPass}); err != nil {
+			return nil, err
+		}
+	}
+	for _, a := range cfg.Targets.Argo {
+		t, err := newArgo(a, d.client)
+		if err != nil {
+			return nil, fmt.Errorf("cannot create deliverer: %w", err)
+		}
+		if err := add(t); err != nil {
+			return nil, err
+		}
+	}
+	for _, s := range cfg.Targets.Spinnaker {
+		if err := add(newSpinnaker(s)); err != nil {
+			return nil, err
+		}
+	}
+	for _, f := range cfg.Targets.Flagger {
+		d.flagger[f.Namespace+"/"+f.Name] = f.Service
+	}
+	d.escalations = d.set.NewCounter("herd_deliver_escalations_total")
+	d.rowsDropped = d.set.NewCounter("herd_deliver_log_rows_dropped_total")
+	d.set.NewGauge("herd_deliver_decisions_open", func() float64 {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		n := 0
+		for _, e := range d.entries {
+			if e.open.Load() {
+				n++
+			}
+		}
+		return float64(n)
+	})
+	d.set.NewGauge("herd_deliver_targets", func() float64 { return float64(len(d.order)) })
+	return d, nil
+}
+
+// Metrics returns the deliverer's self-metrics: herd_deliver_attempts_total{target_kind,
+// outcome}, herd_deliver_attempt_duration_seconds{target_kind},
+// herd_deliver_escalations_total, herd_deliver_decisions_total{verdict},
+// herd_deliver_decisions_refused_total{reason}, herd_deliver_store_errors_total{reason},
+// herd_deliver_flagger_requests_total{hook,answer}, herd_deliver_flagger_refused_total{reason},
+// herd_deliver_api_refused_total{reason}, herd_deliver_log_rows_dropped_total,
+// herd_deliver_decisions_open and herd_deliver_targets.
+func (d *Deliverer) Metrics() *metrics.Set { return d.set }
+
+func (d *Deliverer) counter(format string, args ...any) *metrics.Counter {
+	return d.set.GetOrCreateCounter(fmt.Sprintf(format, args...))
+}
+
+func (d *Deliverer) storeError(reason string, err error, id string) {
+	d.counter(`herd_deliver_store_errors_total{reason=%q}`, reason).Inc()
+	d.log.Error("decision store error", "decision_id", id, "op", reason, "err", err)
+}
+
+func (d *Deliverer) refuse(reason string) {
+	d.counter(`herd_deliver_decisions_refused_total{reason=%q}`, reason).Inc()
+}
+
+// Decide takes a final verdict (pass or rollback) with its DecisionID and queues its
+// deliveries. It is idempotent on DecisionID: a decision already known, or created in the
+// store by another herd (first writer wins), is not delivered again and returns nil. If the
+// store fails, the decision is still delivered from memory and Decide returns the error.
+func (d *Deliverer) Decide(v proto.Verdict) error {
+	if _, err := uuid.Parse(v.DecisionID); err != nil {
+		d.refuse("bad_id")
+		return fmt.Errorf("cannot take decision for %s: decision_id %q is not a UUID", v.Service, v.DecisionID)
+	}
+	if v.State != proto.StateRollback && v.State != proto.StatePass {
+		d.refuse("not_final")
+		return fmt.Errorf("cannot take decision %s: verdict %q is not final (pass or rollback)", v.DecisionID, v.State)
+	}
+	if err := proto.ValidService(v.Service); err != nil {
+		d.refuse("bad_service")
+		return fmt.Errorf("cannot take decision %s: %w", v.DecisionID, err)
+	}
+	d.mu.Lock()
+	_, known := d.entries[v.DecisionID]
+	d.mu.Unlock()
+	if known {
+		d.refuse("duplicate")
+		return nil
+	}
+	now := time.Now()
+	e := &entry{rec: record{Decision: proto.Decision{
+		ID:         v.DecisionID,
+		Verdict:    v,
+		CreatedMs:  now.UnixMilli(),
+		Deliveries: []proto.Delivery{},
+	}, Targets: []TargetState{}}}
+	for _, t := range d.order {
+		if t.wants(&v) {
+			e.rec.Targets = append(e.rec.Targets, TargetState{Target: t.name(), Kind: t.kind(), State: statePending})
+		}
+	}
+	e.rec.Status = e.rec.status()
+	e.open.Store(e.rec.Status == "delivering")
+	e.createdMs.Store(e.rec.CreatedMs)
+	data, err := json.Marshal(&e.rec)
+	if err != nil {
+		d.refuse("encode")
+		return fmt.Errorf("cannot encode decision %s: %w", v.DecisionID, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	rev, serr := d.store.Create(ctx, v.DecisionID, data)
+	cancel()
+	if errors.Is(serr, ErrExists) {
+		d.refuse("exists")
+		return nil
+	}
+	if serr != nil {
+		d.storeError("create", serr, v.DecisionID)
+		serr = fmt.Errorf("decision %s is delivered from memory only: %w", v.DecisionID, serr)
+	}
+	e.rev = rev
+	d.mu.Lock()
+	if _, known := d.entries[v.DecisionID]; known { // a concurrent Decide won
+		d.mu.Unlock()
+		d.refuse("duplicate")
+		return nil
+	}
+	d.entries[v.DecisionID] = e
+	d.pruneLocked(now)
+	for _, t := range e.rec.Targets {
+		d.todo[workKey{v.DecisionID, t.Target}] = struct{}{}
+	}
+	d.mu.Unlock()
+	d.signal()
+	d.counter(`herd_deliver_decisions_total{verdict=%q}`, v.State).Inc()
+	d.log.Info("decision", "decision_id", v.DecisionID, "service", v.Service, "verdict", v.State,
+		"baseline", v.Baseline, "canary", v.Canary, "targets", len(e.rec.Targets))
+	return serr
+}
+
+// maxEntries bounds the decisions held in memory; the oldest finished ones are forgotten
+// beyond it (they stay in the store).
+const maxEntries = 10000
+
+// pruneLocked forgets the oldest finished decisions beyond maxEntries.
+func (d *Deliverer) pruneLocked(now time.Time) {
+	if len(d.entries) <= maxEntries {
+		return
+	}
+	type aged struct {
+		id string
+		ms int64
+	}
+	var done []aged
+	for id, e := range d.entries {
+		if !e.open.Load() {
+			done = append(done, aged{id, e.createdMs.Load()})
+		}
+	}
+	slices.SortFunc(done, func(a, b aged) int { return cmp.Compare(a.ms, b.ms) })
+	for _, a := range done[:min(len(done), len(d.entries)-maxEntries)] {
+		delete(d.entries, a.id)
+	}
+}
+
+func (d *Deliverer) signal() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run loads the stored decisions, resumes their unfinished deliveries, and delivers new
+// decisions until ctx is cancelled; then it waits for every delivery goroutine to stop
+// and returns nil. An attempt cut short by cancellation is not logged and is made again
+// by the next Run (a Spinnaker trigger only if it was surely not sent). Run is called once.
+func (d *Deliverer) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if err := d.load(ctx); err != nil {
+		return err
+	}
+	for {
+		d.mu.Lock()
+		for k := range d.todo {
+			if _, busy := d.active[k]; busy {
+				continue // started again when the running one exits
+			}
+			delete(d.todo, k)
+			e := d.entries[k.id]
+			if e == nil {
+				continue
+			}
+			d.active[k] = struct{}{}
+			wg.Go(func() {
+				defer func() {
+					d.mu.Lock()
+					delete(d.active, k)
+					d.mu.Unlock()
+					d.signal()
+				}()
+				d.deliver(ctx, e, k.target)
+			})
+		}
+		d.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.wake:
+		}
+	}
+}
+
+// load reads every stored decision, retrying while the store is unavailable.
+func (d *Deliverer) load(ctx context.Context) error {
+	var keys []string
+	for try := 0; ; try++ {
+		lctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		var err error
+		keys, err = d.store.Keys(lctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		d.storeError("list", err, "")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(min(time.Duration(try+1)*time.Second, 10*time.Second)):
+		}
+	}
+	resumed := 0
+	for _, key := range keys {
+		gctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		data, rev, err := d.store.Get(gctx, key)
+		cancel()
+		if errors.Is(err, ErrNotFound) {
+			continue // expired between Keys and Get
+		}
+		if err != nil {
+			d.storeError("get", err, key)
+			continue
+		}
+		e := &entry{rev: rev}
+		if err := json.Unmarshal(data, &e.rec); err == nil {
+			err = e.rec.validate(key)
+		}
+		if err != nil {
+			d.storeError("decode", err, key)
+			continue
+		}
+		e.open.Store(e.rec.Status == "delivering" || e.rec.Status == "escalated")
+		e.createdMs.Store(e.rec.CreatedMs)
+		d.mu.Lock()
+		if _, known := d.entries[key]; !known {
+			d.entries[key] = e
+			for _, t := range e.rec.Targets {
+				if !t.finished() {
+					d.todo[workKey{key, t.Target}] = struct{}{}
+					resumed++
+				}
+			}
+		}
+		d.mu.Unlock()
+	}
+	d.log.Info("decisions loaded", "decisions", len(keys), "resumed_deliveries", resumed)
+	return nil
+}
+
+// errStale aborts an update whose precondition no longer holds.
+var errStale = errors.New("target state changed")
+
+// update applies mut to a copy of e's record and stores it with compare-and-set. On a
+// revision conflict it reloads the stored record and applies mut to that. If the store is
+// unavailable the change is kept in memory, to be stored with the next write, unless
+// mustPersist: then the change is dropped and the error returned. An error from mut aborts
+// the update.
+func (d *Deliverer) update(e *entry, mustPersist bool, mut func(r *record) error) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	id := e.rec.ID
+	for try := 0; ; try++ {
+		next := e.rec.clone()
+		if err := mut(&next); err != nil {
+			return err
+		}
+		next.Status = next.status()
+		data, err := json.Marshal(&next)
+		if err != nil {
+			return fmt.Errorf("cannot encode decision %s: %w", id, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		var rev uint64
+		if e.rev == 0 {
+			rev, err = d.store.Create(ctx, id, data)
+		} else {
+			rev, err = d.store.Update(ctx, id, data, e.rev)
+		}
+		cancel()
+		if err == nil {
+			e.rec, e.rev = next, rev
+			e.open.Store(next.Status == "delivering" || next.Status == "escalated")
+			return nil
+		}
+		if (errors.Is(err, ErrConflict) || errors.Is(err, ErrExists)) && try < 3 {
+			d.storeError("conflict", err, id)
+			ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+			data, rev, gerr := d.store.Get(ctx, id)
+			cancel()
+			var cur record
+			if gerr == nil {
+				gerr = json.Unmarshal(data, &cur)
+			}
+			if gerr == nil {
+				e.rec, e.rev = cur, rev
+				continue
+			}
+			err = gerr
+		}
+		d.storeError("update", err, id)
+		if mustPersist {
+			return fmt.Errorf("cannot store decision %s: %w", id, err)
+		}
+		e.rec = next
+		e.open.Store(next.Status == "delivering" || next.Status == "escalated")
+		return nil
+	}
+}
+
+// deliver runs the attempts of one decision at one target until the target's state is
+// final or ctx is cancelled.
+func (d *Deliverer) deliver(ctx context.Context, e *entry, name string) {
+	t := d.targets[name]
+	for {
+		e.mu.Lock()
+		ts := e.rec.target(name)
+		if ts == nil || ts.finished() {
+			e.mu.Unlock()
+			return
+		}
+		state := ts.State
+		dec := proto.Decision{ID: e.rec.ID, Verdict: e.rec.Verdict, CreatedMs: e.rec.CreatedMs}
+		e.mu.Unlock()
+
+		if t == nil {
+			d.finish(e, name, "", result{class: classFailed, err: errors.New("target is no longer configured")}, time.Now())
+			return
+		}
+		if state == stateSending {
+			// A previous run stopped while sending to a non-idempotent target.
+			d.finish(e, name, t.kind(), result{class: classUnknown,
+				err: errors.New("outcome unknown: herd stopped while sending; not resent")}, time.Now())
+			return
+		}
+		if t.kind() == KindSpinnaker {
+			err := d.update(e, true, func(r *record) error {
+				ts := r.target(name)
+				if ts == nil || ts.State != statePending {
+					return errStale
+				}
+				ts.State = stateSending
+				return nil
+			})
+			if errors.Is(err, errStale) {
+				return
+			}
+			if err != nil {
+				// Never send what could not be marked as sent; try again later.
+				if !d.sleep(ctx, d.gap(1)) {
+					return
+				}
+				continue
+			}
+		}
+
+		start := time.Now()
+		actx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
+		res := t.attempt(actx, d.client, &dec)
+		cancel()
+		if ctx.Err() != nil && res.class == classRetry {
+			// Stopping: the attempt was cut short, not answered; the next Run makes it.
+			if t.kind() == KindSpinnaker {
+				d.update(e, false, func(r *record) error {
+					if ts := r.target(name); ts != nil && ts.State == stateSending {
+						ts.State = statePending
+					}
+					return nil
+				})
+			}
+			return
+		}
+		gap, final := d.finish(e, name, t.kind(), res, start)
+		if final || !d.sleep(ctx, gap) {
+			return
+		}
+	}
+}
+
+// sleep waits for gap or ctx; it reports whether the gap elapsed.
+func (d *Deliverer) sleep(ctx context.Context, gap time.Duration) bool {
+	tm := time.NewTimer(gap)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-tm.C:
+		return true
+	}
+}
+
+// gap returns the jittered wait after the n-th attempt (n ≥ 1) of a round.
+func (d *Deliverer) gap(n int) time.Duration {
+	s := d.schedule
+	var g time.Duration
+	if n < len(s) {
+		g = s[n] - s[n-1]
+	} else {
+		g = d.maxGap
+		if shift := n - len(s) + 1; shift < 16 {
+			g = min(d.maxGap, (s[len(s)-1]-s[len(s)-2])<<shift)
+		}
+	}
+	return g + time.Duration((rand.Float64()*2-1)*jitter*float64(g))
+}
+
+// finish logs one attempt's row and moves the target's state; it returns the gap before
+// the next attempt and whether the target is finished.
+func (d *Deliverer) finish(e *entry, name, kind string, res result, start time.Time) (time.Duration, bool) {
+	now := time.Now()
+	var (
+		outcome   string
+		escalated bool
+		final     bool
+		n         int
+		dropped   bool
+	)
+	d.update(e, false, func(r *record) error {
+		ts := r.target(name)
+		if ts == nil {
+			return errStale
+		}
+		ts.Attempts++
+		ts.RoundAttempts++
+		if ts.RoundStartMs == 0 {
+			ts.RoundStartMs = start.UnixMilli()
+		}
+		n = ts.RoundAttempts
+		msg := ""
+		if res.err != nil {
+			msg = res.err.Error()
+		}
+		escalated, final = false, true
+		switch res.class {
+		case classDone:
+			outcome, ts.State = outcomeDone, stateDone
+		case classSkipped:
+			outcome, ts.State = outcomeSkipped, stateSkipped
+		case classFailed:
+			outcome, ts.State = outcomeFailed, stateFailed
+		case classUnknown:
+			outcome, ts.State = outcomeUnknown, stateUnknown
+		case classRetry:
+			final = false
+			outcome, ts.State = outcomeRetry, statePending
+			switch {
+			case now.Sub(time.UnixMilli(ts.RoundStartMs)) >= d.cfg.MaxRetry:
+				outcome, ts.State, final = outcomeFailed, stateFailed, true
+				msg = fmt.Sprintf("given up after %s: %s", d.cfg.MaxRetry, msg)
+			case n >= len(d.schedule) && !ts.Escalated:
+				outcome, ts.Escalated, escalated = outcomeEscalated, true, true
+			}
+		}
+		dropped = r.addRow(proto.Delivery{
+			DecisionID: r.ID,
+			Target:     name,
+			Attempt:    ts.Attempts,
+			UnixMs:     start.UnixMilli(),
+			Status:     res.status,
+			Error:      msg,
+			Outcome:    outcome,
+			DurationMs: now.Sub(start).Milliseconds(),
+		})
+		return nil
+	})
+	if outcome == "" { // the target vanished from the record
+		return 0, true
+	}
+	if kind == "" {
+		kind = "unknown"
+	}
+	d.counter(`herd_deliver_attempts_total{target_kind=%q,outcome=%q}`, kind, outcome).Inc()
+	d.set.GetOrCreateHistogram(fmt.Sprintf(`herd_deliver_attempt_duration_seconds{target_kind=%q}`, kind)).Update(now.Sub(start).Seconds())
+	if dropped {
+		d.rowsDropped.Inc()
+	}
+	id := e.rec.ID // immutable
+	switch {
+	case escalated:
+		d.escalations.Inc()
+		d.log.Warn("delivery escalated: retry budget spent, still retrying", "decision_id", id, "target", name, "attempts", n, "err", res.err)
+	case final && outcome == outcomeDone:
+		d.log.Info("delivered", "decision_id", id, "target", name, "attempts", n, "status", res.status)
+	case final:
+		d.log.Warn("delivery finished without success", "decision_id", id, "target", name, "outcome", outcome, "attempts", n, "status", res.status, "err", res.err)
+	}
+	return d.gap(n), final
+}
+
+// Redeliver delivers decision id again to target, or to every target when target is "".
+// A finished webhook or Argo target starts a new round of attempts (receivers dedupe on
+// the decision id). A Spinnaker target that was ever attempted is refused with
+// ErrNotResendable: its trigger is not idempotent. A target still being delivered gives
+// ErrInProgress. With target "", refused targets are left out and ErrNothingToDo is
+// returned when none is left.
+func (d *Deliverer) Redeliver(id, target string) error {
+	d.mu.Lock()
+	e := d.entries[id]
+	d.mu.Unlock()
+	if e == nil {
+		return fmt.Errorf("cannot redeliver %q: %w", id, ErrUnknownDecision)
+	}
+	var names []string
+	err := d.update(e, false, func(r *record) error {
+		names = names[:0]
+		for i := range r.Targets {
+			ts := &r.Targets[i]
+			if target != "" && ts.Target != target {
+				continue
+			}
+			var refuse error
+			switch {
+			case d.targets[ts.Target] == nil:
+				refuse = fmt.Errorf("target %s is no longer configured: %w", ts.Target, ErrUnknownTarget)
+			case !ts.finished():
+				refuse = fmt.Errorf("target %s: %w", ts.Target, ErrInProgress)
+			case ts.Kind == KindSpinnaker:
+				refuse = fmt.Errorf("target %s: %w", ts.Target, ErrNotResendable)
+			}
+			if refuse != nil {
+				if target != "" {
+					return refuse
+				}
+				continue
+			}
+			ts.State, ts.RoundAttempts, ts.RoundStartMs, ts.Escalated = statePending, 0, 0, false
+			names = append(names, ts.Target)
+		}
+		if len(names) == 0 {
+			if target != "" {
+				return fmt.Errorf("decision has no target %q: %w", target, ErrUnknownTarget)
+			}
+			return ErrNothingToDo
+		}
+		return nil
+	})
+	if err != nil {
+		d.counter(`herd_deliver_api_refused_total{reason=%q}`, refuseReason(err)).Inc()
+		return fmt.Errorf("cannot redeliver %s: %w", id, err)
+	}
+	d.mu.Lock()
+	for _, n := range names {
+		d.todo[workKey{id, n}] = struct{}{}
+	}
+	d.mu.Unlock()
+	d.signal()
+	d.log.Info("redeliver", "decision_id", id, "targets", names)
+	return nil
+}
+
+func refuseReason(err error) string {
+	switch {
+	case errors.Is(err, ErrUnknownTarget):
+		return "unknown_target"
+	case errors.Is(err, ErrInProgress):
+		return "in_progress"
+	case errors.Is(err, ErrNotResendable):
+		return "not_resendable"
+	case errors.Is(err, ErrNothingToDo):
+		return "nothing_to_do"
+	}
+	return "other"
+}
+
+// records returns copies of the decisions, newest first.
+func (d *Deliverer) records() []record {
+	d.mu.Lock()
+	es := make([]*entry, 0, len(d.entries))
+	for _, e := range d.entries {
+		es = append(es, e)
+	}
+	d.mu.Unlock()
+	out := make([]record, 0, len(es))
+	for _, e := range es {
+		e.mu.Lock()
+		out = append(out, e.rec.clone())
+		e.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b record) int {
+		if c := cmp.Compare(b.CreatedMs, a.CreatedMs); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	return out
+}
+
+func (d *Deliverer) record(id string) (record, bool) {
+	d.mu.Lock()
+	e := d.entries[id]
+	d.mu.Unlock()
+	if e == nil {
+		return record{}, false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.rec.clone(), true
+}
+
+// Decisions returns copies of the known decisions with their delivery logs, newest first.
+func (d *Deliverer) Decisions() []proto.Decision {
+	rs := d.records()
+	out := make([]proto.Decision, len(rs))
+	for i := range rs {
+		out[i] = rs[i].Decision
+	}
+	return out
+}
+
+// Decision returns a copy of decision id with its delivery log.
+func (d *Deliverer) Decision(id string) (proto.Decision, bool) {
+	r, ok := d.record(id)
+	return r.Decision, ok
+}
