@@ -92,7 +92,7 @@ func newRollupMetrics() *rollupMetrics {
 type Stats struct {
 	Batches       uint64            // batches passed to Add
 	BatchesMerged uint64            // batches merged into a window
-	Refused       map[string]uint64 // refused batches by reason (Reason* batch constants)
+	RefusedBy     map[string]uint64 // refused batches by reason (Reason* batch constants)
 	Samples       uint64            // series samples merged
 	SeriesRefused map[string]uint64 // refused series by reason (Reason* series constants)
 	// Lost counts missing sequence numbers, once they can no longer arrive (see Rollup).
@@ -111,7 +111,7 @@ func (m *rollupMetrics) stats() Stats {
 	st := Stats{
 		Batches:             m.batches.Get(),
 		BatchesMerged:       m.batchesMerged.Get(),
-		Refused:             make(map[string]uint64, len(batchReasons)),
+		RefusedBy:           make(map[string]uint64, len(batchReasons)),
 		Samples:             m.samples.Get(),
 		SeriesRefused:       make(map[string]uint64, len(seriesReasons)),
 		Lost:                m.lost.Get(),
@@ -124,7 +124,7 @@ func (m *rollupMetrics) stats() Stats {
 		Series:              int(m.series.Load()),
 	}
 	for r, c := range m.batchesRefused {
-		st.Refused[r] = c.Get()
+		st.RefusedBy[r] = c.Get()
 	}
 	for r, c := range m.seriesRefused {
 		st.SeriesRefused[r] = c.Get()
@@ -133,4 +133,13 @@ func (m *rollupMetrics) stats() Stats {
 		st.Forgotten[r] = c.Get()
 	}
 	return st
+}
+
+// Refused returns the number of refused batches over all reasons.
+func (s Stats) Refused() uint64 {
+	var n uint64
+	for _, c := range s.RefusedBy {
+		n += c
+	}
+	return n
 }

@@ -95,7 +95,7 @@ type Rollup struct {
 const maxFree = 4096
 
 // New returns a Rollup handing closed windows to emit. It starts nothing: call Run (or drive
-// Advance) to close windows.
+// Advance) to close windows. logger should carry component=rollup; nil discards logs.
 func New(cfg Config, emit Emit, logger *slog.Logger) (*Rollup, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cannot create rollup: %w", err)

@@ -215,7 +215,7 @@ func TestRedeliveredBatchCountedOnce(t *testing.T) {
 		if ws[0].Instances != 2 {
 			t.Errorf("instances: got %d; want 2", ws[0].Instances)
 		}
-		if got := r.Stats().Refused[ReasonDuplicate]; got != 2 {
+		if got := r.Stats().RefusedBy[ReasonDuplicate]; got != 2 {
 			t.Errorf("duplicates: got %d; want 2", got)
 		}
 	})
@@ -241,8 +241,8 @@ func TestReorderedBatchesMergedOnceAndDistinctInstances(t *testing.T) {
 		if ws[0].Instances != 1 || ws[0].InstancesStarted != 1 {
 			t.Errorf("instances: got %d started %d; want 1 1", ws[0].Instances, ws[0].InstancesStarted)
 		}
-		if st := r.Stats(); st.Refused[ReasonDuplicate] != 2 || st.Lost != 0 {
-			t.Errorf("got duplicates %d lost %d; want 2 0", st.Refused[ReasonDuplicate], st.Lost)
+		if st := r.Stats(); st.RefusedBy[ReasonDuplicate] != 2 || st.Lost != 0 {
+			t.Errorf("got duplicates %d lost %d; want 2 0", st.RefusedBy[ReasonDuplicate], st.Lost)
 		}
 	})
 }
@@ -273,8 +273,8 @@ func TestLateBatchNotMerged(t *testing.T) {
 			}
 		}
 		st := r.Stats()
-		if st.Refused[ReasonLate] != 2 || st.BatchesMerged != 2 {
-			t.Errorf("got late %d merged %d; want 2 2", st.Refused[ReasonLate], st.BatchesMerged)
+		if st.RefusedBy[ReasonLate] != 2 || st.BatchesMerged != 2 {
+			t.Errorf("got late %d merged %d; want 2 2", st.RefusedBy[ReasonLate], st.BatchesMerged)
 		}
 		if st.Instances != 1 {
 			t.Errorf("instances: got %d; want 1 (late batches create no state)", st.Instances)
@@ -296,7 +296,7 @@ func TestLateWithoutTick(t *testing.T) {
 		if len(ws) != 1 || find(ws[0], proto.SeriesRequests).Value != 1 {
 			t.Fatalf("got %d windows (%+v); want 1 with requests 1", len(ws), ws)
 		}
-		if got := r.Stats().Refused[ReasonLate]; got != 1 {
+		if got := r.Stats().RefusedBy[ReasonLate]; got != 1 {
 			t.Errorf("late: got %d; want 1", got)
 		}
 	})
@@ -319,7 +319,7 @@ func TestFutureBatchRefused(t *testing.T) {
 		if total != 5 {
 			t.Errorf("requests: got %v; want 5", total)
 		}
-		if got := r.Stats().Refused[ReasonFuture]; got != 1 {
+		if got := r.Stats().RefusedBy[ReasonFuture]; got != 1 {
 			t.Errorf("future: got %d; want 1", got)
 		}
 	})
@@ -381,9 +381,9 @@ func TestFinalForgetsInstance(t *testing.T) {
 			t.Errorf("window 2 requests: got %v; want 3", got)
 		}
 		st := r.Stats()
-		if st.Refused[ReasonDuplicate] != 1 || st.Forgotten[forgotFinal] != 1 || st.Instances != 1 {
+		if st.RefusedBy[ReasonDuplicate] != 1 || st.Forgotten[forgotFinal] != 1 || st.Instances != 1 {
 			t.Errorf("got duplicates %d final %d live %d; want 1 1 1",
-				st.Refused[ReasonDuplicate], st.Forgotten[forgotFinal], st.Instances)
+				st.RefusedBy[ReasonDuplicate], st.Forgotten[forgotFinal], st.Instances)
 		}
 	})
 }
@@ -449,9 +449,9 @@ func TestInstanceRestartAndConflict(t *testing.T) {
 			t.Fatalf("got %+v; want one window with requests 2 and 2 started", ws)
 		}
 		st := r.Stats()
-		if st.Forgotten[forgotRestarted] != 1 || st.Refused[ReasonInstanceConflict] != 1 || st.Instances != 1 {
+		if st.Forgotten[forgotRestarted] != 1 || st.RefusedBy[ReasonInstanceConflict] != 1 || st.Instances != 1 {
 			t.Errorf("got restarted %d conflicts %d live %d; want 1 1 1",
-				st.Forgotten[forgotRestarted], st.Refused[ReasonInstanceConflict], st.Instances)
+				st.Forgotten[forgotRestarted], st.RefusedBy[ReasonInstanceConflict], st.Instances)
 		}
 	})
 }
@@ -523,7 +523,7 @@ func TestTooManyGroups(t *testing.T) {
 		if got := find(ws[0], proto.SeriesRequests).Value; got != 2 {
 			t.Errorf("version 1 requests: got %v; want 2", got)
 		}
-		if got := r.Stats().Refused[ReasonTooManyGroups]; got != 1 {
+		if got := r.Stats().RefusedBy[ReasonTooManyGroups]; got != 1 {
 			t.Errorf("too_many_groups: got %d; want 1", got)
 		}
 	})
@@ -652,7 +652,7 @@ func TestFlush(t *testing.T) {
 		}
 		// Batches for flushed windows are late.
 		r.Add(batch(3, 0, base.Add(2*win), counter(proto.SeriesRequests, 1)))
-		if got := r.Stats().Refused[ReasonLate]; got != 1 {
+		if got := r.Stats().RefusedBy[ReasonLate]; got != 1 {
 			t.Errorf("late after flush: got %d; want 1", got)
 		}
 	})
@@ -686,7 +686,7 @@ func TestAddConcurrentWithAdvance(t *testing.T) {
 			total += c.Value
 		}
 	}
-	if st := r.Stats(); total+float64(st.Refused[ReasonLate]) != n {
-		t.Errorf("merged %v + late %d; want %d", total, st.Refused[ReasonLate], n)
+	if st := r.Stats(); total+float64(st.RefusedBy[ReasonLate]) != n {
+		t.Errorf("merged %v + late %d; want %d", total, st.RefusedBy[ReasonLate], n)
 	}
 }
