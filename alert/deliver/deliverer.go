@@ -240,6 +240,7 @@ func (d *Deliverer) Decide(v proto.Verdict) error {
 		serr = fmt.Errorf("decision %s is delivered from memory only: %w", v.DecisionID, serr)
 	}
 	e.rev = rev
+	ntargets := len(e.rec.Targets) // e is shared once in entries
 	d.mu.Lock()
 	if _, known := d.entries[v.DecisionID]; known { // a concurrent Decide won
 		d.mu.Unlock()
@@ -255,7 +256,7 @@ func (d *Deliverer) Decide(v proto.Verdict) error {
 	d.signal()
 	d.counter(`herd_deliver_decisions_total{verdict=%q}`, v.State).Inc()
 	d.log.Info("decision", "decision_id", v.DecisionID, "service", v.Service, "verdict", v.State,
-		"baseline", v.Baseline, "canary", v.Canary, "targets", len(e.rec.Targets))
+		"baseline", v.Baseline, "canary", v.Canary, "targets", ntargets)
 	return serr
 }
 
