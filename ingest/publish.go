@@ -263,12 +263,13 @@ func (c *Client) Close() error {
 // stalled publish, a suspended process) are counted as missed ticks; the next batch then
 // covers the whole gap. Run returns at once, flushing nothing more, if the client was closed.
 func (c *Client) Run(ctx context.Context) error {
-	return c.runAligned(ctx, func(boundary time.Time) {})
+	return c.runAligned(ctx, nil)
 }
 
-// runAligned calls before then Flush at every aligned boundary, and the final flush on
-// cancellation.
-func (c *Client) runAligned(ctx context.Context, before func(boundary time.Time)) error {
+// runAligned calls collect (if set) then Flush at every aligned boundary. On cancellation it
+// calls collect once more with a context that is not cancelled (collect bounds it itself)
+// and flushes the final batch.
+func (c *Client) runAligned(ctx context.Context, collect func(ctx context.Context)) error {
 	iv := c.cfg.Interval
 	next := alignUp(time.Now(), iv)
 	t := time.NewTimer(time.Until(next))
@@ -276,6 +277,9 @@ func (c *Client) runAligned(ctx context.Context, before func(boundary time.Time)
 	for {
 		select {
 		case <-ctx.Done():
+			if collect != nil {
+				collect(context.WithoutCancel(ctx))
+			}
 			return c.Close()
 		case <-t.C:
 		}
@@ -289,7 +293,9 @@ func (c *Client) runAligned(ctx context.Context, before func(boundary time.Time)
 		if n := b.Sub(next) / iv; n > 0 {
 			c.stats.missedAdd(uint64(n))
 		}
-		before(b)
+		if collect != nil {
+			collect(ctx)
+		}
 		if err := c.Flush(b, false); errors.Is(err, ErrClosed) {
 			return nil
 		}

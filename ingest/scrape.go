@@ -1,0 +1,647 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/herd-dev/herd/proto"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// ScraperConfig configures a Scraper.
+type ScraperConfig struct {
+	// URL is the Prometheus / OpenMetrics endpoint, e.g. http://127.0.0.1:9100/metrics.
+	URL string
+	// Timeout bounds one scrape (default: the client's interval).
+	Timeout time.Duration
+	// MaxSeries bounds the series tracked from the target (default 1000). Series beyond it
+	// are skipped and counted with reason "limit".
+	MaxSeries int
+	// MaxBodyBytes bounds a response body (default 16 MiB).
+	MaxBodyBytes int64
+	// StaleAfter is how long the baseline of a series that disappeared from the target is
+	// kept (default 5 min): if it comes back within that time its delta continues from the
+	// baseline instead of counting its whole value again.
+	StaleAfter time.Duration
+	// HTTPClient is used for requests (nil: a client of its own).
+	HTTPClient *http.Client
+}
+
+// Defaults of ScraperConfig.
+const (
+	DefaultMaxBodyBytes = 16 << 20
+	DefaultStaleAfter   = 5 * time.Minute
+)
+
+// acceptHeader prefers the protobuf format (the only one carrying native histograms in this
+// expfmt version), then the classic text format, then OpenMetrics (its parser is slower).
+const acceptHeader = `application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,` +
+	`text/plain;version=0.0.4;q=0.5,application/openmetrics-text;version=1.0.0;q=0.3,*/*;q=0.1`
+
+// Scrape failure reasons (herd_agent_scrape_errors_total) and series skip reasons
+// (herd_agent_scrape_series_skipped_total).
+var (
+	scrapeErrorReasons = []string{"http", "status", "too_large", "parse"}
+	skipReasons        = []string{"limit", "bad_value", "bad_histogram", "unsupported_schema", "gauge_histogram", "unsupported_type"}
+)
+
+// Scraper turns a Prometheus / OpenMetrics endpoint into deltas on a Client.
+//
+// Conversion rules (see docs/agent.md):
+//   - counters: delta = value - previous value; a decrease means the target restarted and the
+//     new value is the delta. The first successful scrape only sets baselines; a series that
+//     first appears in a later scrape counts its whole value (client libraries create
+//     labelled series at their first increment).
+//   - gauges and untyped: the value, as a herd gauge.
+//   - summaries: <name>_count and <name>_sum as counters (quantiles cannot be merged: skipped).
+//   - native histograms: schema 5 bucket j is herd bucket j-1 exactly; finer schemas (6–8)
+//     fold exactly into herd buckets; coarser ones (-4–4) put each bucket's count in the herd
+//     bucket at its geometric midpoint. Deltas are taken bucket by bucket.
+//   - classic histograms: each bucket's count at a representative value (geometric midpoint
+//     of its bounds; arithmetic midpoint when the lower bound is ≤ 0; the first bucket at
+//     half its upper bound; +Inf at the last finite bound); sum and count are exact.
+//   - gauge histograms are skipped and counted.
+//
+// Scrape is not safe for concurrent use; Run calls it from one goroutine.
+type Scraper struct {
+	cfg    ScraperConfig
+	client *Client
+	http   *http.Client
+	log    *slog.Logger
+
+	scrapes, fallbacks, resets *metrics.Counter
+	errs                       map[string]*metrics.Counter
+	skips                      map[string]*metrics.Counter
+
+	mu      sync.Mutex // Guards the fields below; held by Scrape.
+	primed  bool       // a scrape succeeded: later new series count from zero
+	state   map[string]*scrapeSeries
+	key     []byte
+	labels  []proto.Label
+	body    bytes.Buffer
+	failing bool // the last scrape failed (logged on change only)
+	scratch proto.Histogram
+	delta   proto.Histogram
+}
+
+// scrapeSeries is the baseline of one target series.
+type scrapeSeries struct {
+	kind     proto.Kind
+	counter  *Counter
+	gauge    *Gauge
+	hist     *Histogram
+	prev     float64         // counter baseline
+	prevH    proto.Histogram // histogram baseline (cumulative, in herd buckets)
+	lastSeen time.Time
+}
+
+// NewScraper builds a scraper feeding c. It starts nothing. set (may be nil) receives the
+// herd_agent_scrape_* metrics.
+func NewScraper(cfg ScraperConfig, c *Client, logger *slog.Logger, set *metrics.Set) (*Scraper, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("invalid scrape URL %q: want http(s)://host[:port]/path", cfg.URL)
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = c.Interval()
+	}
+	if cfg.MaxSeries == 0 {
+		cfg.MaxSeries = DefaultMaxSeries
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.StaleAfter == 0 {
+		cfg.StaleAfter = DefaultStaleAfter
+	}
+	if cfg.Timeout < 0 || cfg.MaxSeries < 0 || cfg.MaxBodyBytes < 0 || cfg.StaleAfter < 0 {
+		return nil, errors.New("invalid scraper config: negative timeout, series, body or stale limit")
+	}
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = &http.Client{}
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	s := &Scraper{
+		cfg:       cfg,
+		client:    c,
+		http:      hc,
+		log:       logger,
+		scrapes:   set.GetOrCreateCounter("herd_agent_scrapes_total"),
+		fallbacks: set.GetOrCreateCounter("herd_agent_scrape_format_fallbacks_total"),
+		resets:    set.GetOrCreateCounter("herd_agent_scrape_counter_resets_total"),
+		errs:      make(map[string]*metrics.Counter),
+		skips:     make(map[string]*metrics.Counter),
+		state:     make(map[string]*scrapeSeries),
+	}
+	for _, r := range scrapeErrorReasons {
+		s.errs[r] = set.GetOrCreateCounter(`herd_agent_scrape_errors_total{reason="` + r + `"}`)
+	}
+	for _, r := range skipReasons {
+		s.skips[r] = set.GetOrCreateCounter(`herd_agent_scrape_series_skipped_total{reason="` + r + `"}`)
+	}
+	return s, nil
+}
+
+// ScrapeError is a failed scrape; Reason is the herd_agent_scrape_errors_total label.
+type ScrapeError struct {
+	Reason string
+	Err    error
+}
+
+func (e *ScrapeError) Error() string { return e.Err.Error() }
+func (e *ScrapeError) Unwrap() error { return e.Err }
+
+func (s *Scraper) fail(reason string, err error) error {
+	s.errs[reason].Inc()
+	return &ScrapeError{Reason: reason, Err: err}
+}
+
+// Run scrapes and flushes the client at every aligned interval boundary until ctx is
+// cancelled, then scrapes once more (bounded by Timeout) and flushes the final batch. Scrape
+// failures are counted and logged when the state changes (failing / recovered); the
+// interval's batch is published anyway.
+func (s *Scraper) Run(ctx context.Context) error {
+	return s.client.runAligned(ctx, func(ctx context.Context) {
+		err := s.Scrape(ctx)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		switch {
+		case err != nil && !s.failing:
+			s.failing = true
+			s.log.Warn("scrape failing", "url", s.cfg.URL, "err", err)
+		case err == nil && s.failing:
+			s.failing = false
+			s.log.Info("scrape recovered", "url", s.cfg.URL)
+		}
+	})
+}
+
+// Scrape fetches the target once and adds the deltas since the previous scrape to the
+// client. A failed scrape (network, status, size, parse error) changes no baseline and is
+// returned as a *ScrapeError.
+func (s *Scraper) Scrape(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.scrapes.Inc()
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.cfg.URL, nil)
+	if err != nil {
+		return s.fail("http", fmt.Errorf("cannot build request for %s: %w", s.cfg.URL, err))
+	}
+	req.Header.Set("Accept", acceptHeader)
+	resp, err := s.http.Do(req)
+	if err != nil {
+		return s.fail("http", fmt.Errorf("cannot scrape %s: %w", s.cfg.URL, err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		return s.fail("status", fmt.Errorf("cannot scrape %s: status %s", s.cfg.URL, resp.Status))
+	}
+	s.body.Reset()
+	n, err := s.body.ReadFrom(io.LimitReader(resp.Body, s.cfg.MaxBodyBytes+1))
+	if err != nil {
+		return s.fail("http", fmt.Errorf("cannot read the body of %s: %w", s.cfg.URL, err))
+	}
+	if n > s.cfg.MaxBodyBytes {
+		return s.fail("too_large", fmt.Errorf("cannot scrape %s: body exceeds %d bytes", s.cfg.URL, s.cfg.MaxBodyBytes))
+	}
+	fams, err := s.parse(resp.Header, s.body.Bytes())
+	if err != nil {
+		return s.fail("parse", fmt.Errorf("cannot parse the response of %s: %w", s.cfg.URL, err))
+	}
+	now := time.Now()
+	for _, f := range fams {
+		s.family(f, now)
+	}
+	s.primed = true
+	for k, st := range s.state {
+		if now.Sub(st.lastSeen) > s.cfg.StaleAfter {
+			delete(s.state, k)
+		}
+	}
+	return nil
+}
+
+// parse decodes the body by its Content-Type; an unknown or missing one falls back to the
+// text format and is counted.
+func (s *Scraper) parse(h http.Header, body []byte) ([]*dto.MetricFamily, error) {
+	format := expfmt.ResponseFormat(h)
+	var fams []*dto.MetricFamily
+	switch format.FormatType() {
+	case expfmt.TypeProtoDelim, expfmt.TypeOpenMetrics:
+		dec := expfmt.NewDecoder(bytes.NewReader(body), format)
+		for {
+			f := &dto.MetricFamily{}
+			err := dec.Decode(f)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return nil, err
+			}
+			fams = append(fams, f)
+		}
+		return fams, nil
+	case expfmt.TypeTextPlain:
+	default:
+		s.fallbacks.Inc()
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	m, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range m {
+		fams = append(fams, f)
+	}
+	return fams, nil
+}
+
+func (s *Scraper) skip(reason string) { s.skips[reason].Inc() }
+
+// family converts one metric family.
+func (s *Scraper) family(f *dto.MetricFamily, now time.Time) {
+	name := f.GetName()
+	for _, m := range f.GetMetric() {
+		s.labels = s.labels[:0]
+		for _, lp := range m.GetLabel() {
+			if lp.GetValue() != "" { // an empty value is an absent label
+				s.labels = append(s.labels, proto.Label{Name: lp.GetName(), Value: lp.GetValue()})
+			}
+		}
+		slices.SortFunc(s.labels, func(a, b proto.Label) int { return strings.Compare(a.Name, b.Name) })
+		switch f.GetType() {
+		case dto.MetricType_COUNTER:
+			s.counter(name, m.GetCounter().GetValue(), now)
+		case dto.MetricType_GAUGE:
+			s.gaugeValue(name, m.GetGauge().GetValue(), now)
+		case dto.MetricType_UNTYPED:
+			s.gaugeValue(name, m.GetUntyped().GetValue(), now)
+		case dto.MetricType_SUMMARY:
+			sm := m.GetSummary()
+			s.counter(name+"_count", float64(sm.GetSampleCount()), now)
+			s.counter(name+"_sum", sm.GetSampleSum(), now)
+		case dto.MetricType_HISTOGRAM:
+			s.histogram(name, m.GetHistogram(), now)
+		case dto.MetricType_GAUGE_HISTOGRAM:
+			s.skip("gauge_histogram")
+		default:
+			s.skip("unsupported_type")
+		}
+	}
+}
+
+// series returns the state of name{s.labels}, creating it; nil if the limit is reached or
+// the name is used by another kind.
+func (s *Scraper) series(name string, kind proto.Kind, now time.Time) (st *scrapeSeries, isNew bool) {
+	s.key = seriesKey(s.key[:0], name, s.labels)
+	if st, ok := s.state[string(s.key)]; ok {
+		if st.kind != kind {
+			s.skip("unsupported_type")
+			return nil, false
+		}
+		st.lastSeen = now
+		return st, false
+	}
+	if len(s.state) >= s.cfg.MaxSeries {
+		s.skip("limit")
+		return nil, false
+	}
+	st = &scrapeSeries{kind: kind, lastSeen: now}
+	labels := slices.Clone(s.labels)
+	switch kind {
+	case proto.KindCounter:
+		st.counter = s.client.Counter(name, labels...)
+	case proto.KindGauge:
+		st.gauge = s.client.Gauge(name, labels...)
+	case proto.KindHistogram:
+		st.hist = s.client.Histogram(name, labels...)
+	}
+	s.state[string(s.key)] = st
+	return st, true
+}
+
+func (s *Scraper) counter(name string, v float64, now time.Time) {
+	if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+		s.skip("bad_value")
+		return
+	}
+	st, isNew := s.series(name, proto.KindCounter, now)
+	if st == nil {
+		return
+	}
+	var d float64
+	switch {
+	case isNew:
+		if s.primed {
+			d = v
+		}
+	case v < st.prev:
+		s.resets.Inc()
+		d = v
+	default:
+		d = v - st.prev
+	}
+	st.prev = v
+	if d > 0 {
+		st.counter.Add(d)
+	}
+}
+
+func (s *Scraper) gaugeValue(name string, v float64, now time.Time) {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		s.skip("bad_value")
+		return
+	}
+	if st, _ := s.series(name, proto.KindGauge, now); st != nil {
+		st.gauge.Set(v)
+	}
+}
+
+func (s *Scraper) histogram(name string, h *dto.Histogram, now time.Time) {
+	cur := &s.scratch
+	var reason string
+	if isNative(h) {
+		reason = nativeToHerd(cur, h)
+		if reason == "unsupported_schema" && len(h.GetBucket()) > 0 {
+			reason = classicToHerd(cur, h)
+		}
+	} else {
+		reason = classicToHerd(cur, h)
+	}
+	if reason != "" {
+		s.skip(reason)
+		return
+	}
+	st, isNew := s.series(name, proto.KindHistogram, now)
+	if st == nil {
+		return
+	}
+	d := &s.delta
+	switch {
+	case isNew:
+		if s.primed {
+			d.CopyFrom(cur)
+		} else {
+			d.Reset()
+		}
+	case !histSub(d, cur, &st.prevH):
+		s.resets.Inc()
+		d.CopyFrom(cur)
+	}
+	st.prevH.CopyFrom(cur)
+	if d.Count > 0 {
+		st.hist.merge(d)
+	}
+}
+
+// isNative reports whether h carries native (exponential) buckets.
+func isNative(h *dto.Histogram) bool {
+	return h.Schema != nil || h.GetZeroThreshold() > 0 || len(h.GetPositiveSpan()) > 0 || len(h.GetNegativeSpan()) > 0
+}
+
+// herdIndex maps bucket j of a native histogram of the given schema to a herd bucket, and
+// reports whether the mapping is exact (up to which side of a shared boundary an exact
+// boundary value falls: Prometheus buckets are (lower, upper], herd's [lower, upper)).
+//
+// Schema s bucket j covers (2^((j-1)·2^-s), 2^(j·2^-s)]; herd bucket i covers
+// [2^(i/32), 2^((i+1)/32)).
+//   - s = 5: i = j-1.
+//   - s > 5: m = 2^(s-5) source buckets tile one herd bucket: i = floor((j-1)/m).
+//   - s < 5: one source bucket spans k = 2^(5-s) herd buckets (j-1)·k … j·k-1; its count
+//     goes to the herd bucket at its geometric midpoint, i = (j-1)·k + k/2.
+func herdIndex(j int, schema int32) int {
+	switch {
+	case schema == 5:
+		return j - 1
+	case schema > 5:
+		m := 1 << (schema - 5)
+		return floorDiv(j-1, m)
+	default:
+		k := 1 << (5 - schema)
+		return (j-1)*k + k/2
+	}
+}
+
+func floorDiv(a, b int) int {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
+}
+
+// nativeToHerd sets dst to the cumulative contents of a native histogram in herd buckets.
+// It returns a skip reason, or "".
+func nativeToHerd(dst *proto.Histogram, h *dto.Histogram) string {
+	schema := h.GetSchema()
+	if schema < -4 || schema > 8 {
+		return "unsupported_schema"
+	}
+	dst.Reset()
+	zero := h.GetZeroCount()
+	if zf := h.GetZeroCountFloat(); zf > 0 {
+		zero = uint64(math.Round(zf))
+	}
+	dst.ZeroCount = zero
+	total := zero
+	sides := []struct {
+		spans  []*dto.BucketSpan
+		deltas []int64
+		counts []float64
+		dst    *proto.Buckets
+	}{
+		{h.GetPositiveSpan(), h.GetPositiveDelta(), h.GetPositiveCount(), &dst.Positive},
+		{h.GetNegativeSpan(), h.GetNegativeDelta(), h.GetNegativeCount(), &dst.Negative},
+	}
+	for _, side := range sides {
+		k := 0 // bucket number across spans
+		var abs int64
+		idx := 0
+		for si, sp := range side.spans {
+			if si == 0 {
+				idx = int(sp.GetOffset())
+			} else {
+				idx += int(sp.GetOffset())
+			}
+			for range sp.GetLength() {
+				var n uint64
+				switch {
+				case k < len(side.counts):
+					c := side.counts[k]
+					if !(c >= 0) || math.IsInf(c, 0) {
+						return "bad_histogram"
+					}
+					n = uint64(math.Round(c))
+				case k < len(side.deltas):
+					abs += side.deltas[k]
+					if abs < 0 {
+						return "bad_histogram"
+					}
+					n = uint64(abs)
+				default:
+					return "bad_histogram"
+				}
+				if n > 0 {
+					if !bucketsAdd(side.dst, herdIndex(idx, schema), n) {
+						return "bad_histogram"
+					}
+					total += n
+				}
+				k++
+				idx++
+			}
+		}
+	}
+	dst.Count = total
+	dst.Sum = h.GetSampleSum()
+	if math.IsNaN(dst.Sum) || math.IsInf(dst.Sum, 0) {
+		return "bad_value"
+	}
+	return ""
+}
+
+// classicRepresentative returns the value a classic bucket's count is placed at: the
+// geometric midpoint of (lo, hi] when lo > 0, the arithmetic midpoint when lo ≤ 0 (half the
+// upper bound for a first bucket above zero), the upper bound for a first bucket at or below
+// zero, and the last finite bound for the +Inf bucket.
+func classicRepresentative(lo, hi float64, first bool) float64 {
+	switch {
+	case math.IsInf(hi, 1):
+		return lo
+	case first && hi > 0:
+		return hi / 2
+	case first:
+		return hi
+	case lo > 0:
+		return math.Sqrt(lo * hi)
+	}
+	return (lo + hi) / 2
+}
+
+// classicToHerd sets dst to the cumulative contents of a classic bucket histogram placed at
+// representative values. It returns a skip reason, or "".
+func classicToHerd(dst *proto.Histogram, h *dto.Histogram) string {
+	dst.Reset()
+	bs := h.GetBucket()
+	finite := 0
+	for _, b := range bs {
+		if !math.IsInf(b.GetUpperBound(), 1) {
+			finite++
+		}
+	}
+	if finite == 0 {
+		return "bad_histogram"
+	}
+	var prevCum uint64
+	lo := math.Inf(-1)
+	for i, b := range bs {
+		hi := b.GetUpperBound()
+		cum := b.GetCumulativeCount()
+		if cf := b.GetCumulativeCountFloat(); cf > 0 {
+			cum = uint64(math.Round(cf))
+		}
+		if math.IsNaN(hi) || hi <= lo || cum < prevCum {
+			return "bad_histogram"
+		}
+		if n := cum - prevCum; n > 0 {
+			if !dst.Observe(classicRepresentative(lo, hi, i == 0), n) {
+				return "bad_histogram"
+			}
+		}
+		prevCum, lo = cum, hi
+	}
+	count := h.GetSampleCount()
+	if cf := h.GetSampleCountFloat(); cf > 0 {
+		count = uint64(math.Round(cf))
+	}
+	if count > prevCum && !math.IsInf(lo, 1) {
+		// No +Inf bucket exposed: the rest lies above the last bound.
+		if !dst.Observe(lo, count-prevCum) {
+			return "bad_histogram"
+		}
+	}
+	dst.Sum = h.GetSampleSum()
+	if math.IsNaN(dst.Sum) || math.IsInf(dst.Sum, 0) {
+		return "bad_value"
+	}
+	return ""
+}
+
+// bucketsAdd adds n to herd bucket i of b, keeping b within proto's bucket bounds.
+func bucketsAdd(b *proto.Buckets, i int, n uint64) bool {
+	if i > proto.MaxBucketIndex || i < -proto.MaxBucketIndex {
+		return false
+	}
+	if len(b.Counts) == 0 {
+		b.Offset = int32(i)
+		b.Counts = append(b.Counts[:0], n)
+		return true
+	}
+	lo := int(b.Offset)
+	hi := lo + len(b.Counts) - 1
+	if max(hi, i)-min(lo, i)+1 > proto.MaxBuckets {
+		return false
+	}
+	switch {
+	case i < lo:
+		grow := lo - i
+		b.Counts = append(b.Counts, make([]uint64, grow)...)
+		copy(b.Counts[grow:], b.Counts[:len(b.Counts)-grow])
+		clear(b.Counts[:grow])
+		b.Offset = int32(i)
+	case i > hi:
+		b.Counts = append(b.Counts, make([]uint64, i-hi)...)
+	}
+	b.Counts[i-int(b.Offset)] += n
+	return true
+}
+
+// histSub sets dst = cur - prev bucket by bucket. It reports false if any count of prev
+// exceeds cur's (the target restarted or changed its buckets); dst is then undefined.
+func histSub(dst, cur, prev *proto.Histogram) bool {
+	if cur.Count < prev.Count || cur.ZeroCount < prev.ZeroCount {
+		return false
+	}
+	dst.CopyFrom(cur)
+	dst.Count -= prev.Count
+	dst.ZeroCount -= prev.ZeroCount
+	dst.Sum = cur.Sum - prev.Sum
+	return bucketsSub(&dst.Positive, &prev.Positive) && bucketsSub(&dst.Negative, &prev.Negative)
+}
+
+func bucketsSub(d, p *proto.Buckets) bool {
+	for k, c := range p.Counts {
+		if c == 0 {
+			continue
+		}
+		j := int(p.Offset) + k - int(d.Offset)
+		if j < 0 || j >= len(d.Counts) || d.Counts[j] < c {
+			return false
+		}
+		d.Counts[j] -= c
+	}
+	return true
+}
