@@ -58,7 +58,8 @@ type Deliverer struct {
 	rowsDropped  *metrics.Counter
 	storeErrFunc func(reason string) *metrics.Counter
 
-	wake chan struct{} // capacity 1: "todo changed"
+	wake   chan struct{} // capacity 1: "todo changed"
+	loaded chan struct{} // closed once Run has loaded the stored decisions
 
 	// mu guards the fields below. Lock order: mu before entry.mu; never hold mu across I/O.
 	mu      sync.Mutex
@@ -111,6 +112,7 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Deliverer, error) {
 		maxGap:   maxGap,
 		set:      metrics.NewSet(),
 		wake:     make(chan struct{}, 1),
+		loaded:   make(chan struct{}),
 		entries:  map[string]*entry{},
 		todo:     map[workKey]struct{}{},
 		active:   map[workKey]struct{}{},
@@ -299,9 +301,8 @@ func (d *Deliverer) signal() {
 func (d *Deliverer) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	if err := d.load(ctx); err != nil {
-		return err
-	}
+	d.load(ctx)
+	close(d.loaded)
 	for {
 		d.mu.Lock()
 		for k := range d.todo {
@@ -333,8 +334,9 @@ func (d *Deliverer) Run(ctx context.Context) error {
 	}
 }
 
-// load reads every stored decision, retrying while the store is unavailable.
-func (d *Deliverer) load(ctx context.Context) error {
+// load reads every stored decision, retrying while the store is unavailable, and queues
+// the unfinished deliveries.
+func (d *Deliverer) load(ctx context.Context) {
 	var keys []string
 	for try := 0; ; try++ {
 		lctx, cancel := context.WithTimeout(ctx, storeTimeout)
@@ -347,7 +349,7 @@ func (d *Deliverer) load(ctx context.Context) error {
 		d.storeError("list", err, "")
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-time.After(min(time.Duration(try+1)*time.Second, 10*time.Second)):
 		}
 	}
@@ -386,7 +388,6 @@ func (d *Deliverer) load(ctx context.Context) error {
 		d.mu.Unlock()
 	}
 	d.log.Info("decisions loaded", "decisions", len(keys), "resumed_deliveries", resumed)
-	return nil
 }
 
 // errStale aborts an update whose precondition no longer holds.

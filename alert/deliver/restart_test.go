@@ -340,6 +340,8 @@ func TestKVFirstWriterWins(t *testing.T) {
 	d2 := newTestDeliverer(t, cfg, js.kv)
 	startRun(t, d1)
 	startRun(t, d2)
+	<-d1.loaded // else a Run starting after Decide would resume the stored decision
+	<-d2.loaded
 	v := testVerdict(proto.StateRollback)
 	if err := d1.Decide(v); err != nil {
 		t.Fatal(err)
