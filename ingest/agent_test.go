@@ -1,0 +1,130 @@
+package ingest
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/proto"
+)
+
+func TestAgentConfigEnv(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		args    []string
+		service string
+		version string
+		wantErr string
+	}{
+		{name: "herd env", env: map[string]string{"HERD_SERVICE": "checkout", "HERD_VERSION": "1.4.2", "HERD_SCRAPE": "http://127.0.0.1:9100/metrics"},
+			service: "checkout", version: "1.4.2"},
+		{name: "otel", env: map[string]string{"OTEL_SERVICE_NAME": "payments", "OTEL_RESOURCE_ATTRIBUTES": "service.name=ignored, service.version=2026-11-26%2B3,k8s.pod.name=p"},
+			args: []string{"-scrape", "http://localhost:8080/metrics"}, service: "payments", version: "2026-11-26+3"},
+		{name: "otel resource only", env: map[string]string{"OTEL_RESOURCE_ATTRIBUTES": "service.name=cart,service.version=7"},
+			args: []string{"-scrape", "http://localhost/metrics"}, service: "cart", version: "7"},
+		{name: "flags win", env: map[string]string{"HERD_SERVICE": "checkout", "HERD_VERSION": "1"},
+			args: []string{"-service", "web", "-version", "2", "-scrape", "https://x/metrics", "-interval", "1s"}, service: "web", version: "2"},
+		{name: "bad env service", env: map[string]string{"OTEL_SERVICE_NAME": "Checkout Service", "HERD_VERSION": "1"},
+			args: []string{"-scrape", "http://x/metrics"}, service: "Checkout Service", version: "1", wantErr: "-service (from OTEL_SERVICE_NAME)"},
+		{name: "bad interval env", env: map[string]string{"HERD_SERVICE": "a", "HERD_VERSION": "1", "HERD_INTERVAL": "fast"},
+			args: []string{"-scrape", "http://x/metrics"}, service: "a", version: "1", wantErr: "HERD_INTERVAL"},
+		{name: "missing scrape", env: map[string]string{"HERD_SERVICE": "a", "HERD_VERSION": "1"},
+			service: "a", version: "1", wantErr: "-scrape is required"},
+		{name: "missing version", env: map[string]string{"HERD_SERVICE": "a"},
+			service: "a", wantErr: "-version is required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var c AgentConfig
+			fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+			c.registerFlags(fs, func(k string) string { return tc.env[k] })
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			if c.Service != tc.service || c.Version != tc.version {
+				t.Errorf("got service %q version %q; want %q %q", c.Service, c.Version, tc.service, tc.version)
+			}
+			err := c.Validate()
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("Validate: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("Validate: got %v; want an error containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestAgent runs the agent against a real target and a real nats-server, received by an
+// Intake.
+func TestAgent(t *testing.T) {
+	ns, err := embednats.Start(embednats.Config{Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer embednats.Shutdown(ns)
+	nc, err := embednats.Connect(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+
+	var mu sync.Mutex
+	var requests float64
+	var final bool
+	in, err := NewIntake(IntakeConfig{}, nc, func(b *proto.Batch) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range b.Series {
+			if s.Name == "http_requests_total" {
+				requests += s.Value
+			}
+		}
+		final = final || b.Final
+	}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ictx, icancel := context.WithCancel(t.Context())
+	idone := make(chan error, 1)
+	go func() { idone <- in.Run(ictx) }()
+	<-in.Ready()
+
+	tg := &target{status: 200, contentType: textType, body: exposition(10, 0, "", classic(1, 1, 1, 1, 0.1))}
+	srv := httptest.NewServer(tg)
+	defer srv.Close()
+	a, err := NewAgent(AgentConfig{Service: "checkout", Version: "1.4.2", Scrape: srv.URL + "/metrics", Interval: 20 * time.Millisecond}, nc.Publish, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if n := a.Metrics().GetOrCreateCounter("herd_agent_scrapes_total").Get(); n < 2 {
+			return fmt.Errorf("got %d scrapes; want ≥ 2", n)
+		}
+		return nil
+	})
+	tg.set(200, textType, exposition(25, 0, "", classic(1, 1, 1, 1, 0.1)))
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if requests != 15 || !final {
+			return fmt.Errorf("got %v requests, final %v; want 15 and a final batch", requests, final)
+		}
+		return nil
+	})
+	icancel()
+	<-idone
+}
