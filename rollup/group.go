@@ -101,13 +101,24 @@ func (g *group) openHolds(id int32) bool {
 	return false
 }
 
-// window is one open window of a group. Windows are recycled, keeping their memory.
+// window is one window of a group. While open it is in group.windows and guarded by
+// Rollup.mu; once closed it is detached and read only by the goroutine emitting it, then
+// recycled, keeping its memory.
 type window struct {
 	start   int64 // unix nanos
 	accs    []acc // indexed by series id
 	touched []int32
+	// meta[i] describes series touched[i], so a detached window needs no group state.
+	meta []seriesMeta
 	// Instance counts (see proto.Window).
 	instances, started, stopped int
+}
+
+// seriesMeta is what a window result needs of a series; label slices are read-only.
+type seriesMeta struct {
+	name   string
+	labels proto.Labels
+	kind   proto.Kind
 }
 
 // acc accumulates one series in one window.
@@ -141,6 +152,8 @@ func (w *window) reset() {
 		a.hist.Reset()
 	}
 	w.touched = w.touched[:0]
+	clear(w.meta) // drop references to deleted series' strings
+	w.meta = w.meta[:0]
 	w.instances, w.started, w.stopped = 0, 0, 0
 }
 
@@ -166,11 +179,11 @@ func (g *group) insertWindow(w *window) {
 	g.windows = slices.Insert(g.windows, i, w)
 }
 
-// result builds the published form of w, copying everything it keeps.
-func (g *group) result(w *window, windowLen, closedNs int64) *proto.Window {
+// result builds the published form of w (of group k), copying everything it keeps.
+func (w *window) result(k groupKey, windowLen, closedNs int64) *proto.Window {
 	out := &proto.Window{
-		Service:          g.key.service,
-		Version:          g.key.version,
+		Service:          k.service,
+		Version:          k.version,
 		StartMs:          w.start / 1e6,
 		EndMs:            (w.start + windowLen) / 1e6,
 		Instances:        w.instances,
@@ -179,11 +192,11 @@ func (g *group) result(w *window, windowLen, closedNs int64) *proto.Window {
 		ClosedMs:         closedNs / 1e6,
 		Series:           make([]proto.WindowSeries, 0, len(w.touched)),
 	}
-	for _, id := range w.touched {
+	for i, id := range w.touched {
 		a := &w.accs[id]
-		info := &g.series[id]
-		s := proto.WindowSeries{Name: info.name, Labels: info.labels, Kind: info.kind}
-		switch info.kind {
+		m := &w.meta[i]
+		s := proto.WindowSeries{Name: m.name, Labels: m.labels, Kind: m.kind}
+		switch m.kind {
 		case proto.KindCounter:
 			s.Value = a.sum
 		case proto.KindGauge:
@@ -217,11 +230,11 @@ func compareSeries(a, b proto.WindowSeries) int {
 	return len(a.Labels) - len(b.Labels)
 }
 
-// emptyResult builds the published form of an interval without batches.
-func (g *group) emptyResult(start, windowLen, closedNs int64) *proto.Window {
+// emptyResult builds the published form of an interval of group k without batches.
+func emptyResult(k groupKey, start, windowLen, closedNs int64) *proto.Window {
 	return &proto.Window{
-		Service:  g.key.service,
-		Version:  g.key.version,
+		Service:  k.service,
+		Version:  k.version,
 		StartMs:  start / 1e6,
 		EndMs:    (start + windowLen) / 1e6,
 		ClosedMs: closedNs / 1e6,

@@ -28,6 +28,9 @@ type instance struct {
 
 	lastSeen int64 // unix nanos of the last batch, any outcome
 	stopped  bool  // a final batch was seen; the state is a tombstone that refuses redeliveries
+	// unannounced is set until a batch of the instance is merged, which counts the instance
+	// in that window's InstancesStarted.
+	unannounced bool
 }
 
 // reset makes in the state of a new instance whose first batch has sequence number seq and
@@ -37,7 +40,7 @@ func (in *instance) reset(service, version string, start int64, seq uint64, idx 
 		service: service, version: version, start: start,
 		maxSeq: seq, firstSeq: seq, seen: 1,
 		winIdx:   idx,
-		lastSeen: now,
+		lastSeen: now, unannounced: true,
 	}
 }
 

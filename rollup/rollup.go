@@ -26,15 +26,24 @@
 //
 // # Dedup and loss
 //
-// Every (instance, sequence number) is accounted exactly once: merged, refused by reason, or
-// lost. A batch whose sequence number was already seen, or that lies more than 64 behind the
-// instance's newest, is refused as "duplicate". A missing sequence number is counted lost
-// when it can no longer arrive: when it falls 64 sequence numbers behind the newest or when
-// the instance's state is dropped (expired after InstanceTTL, evicted by MaxInstances, or
-// replaced by a restart). A batch that fills a gap before then is merged (or refused as late)
-// and never counted lost. A final batch marks the instance stopped at once: it no longer
-// counts as a live instance, and its state stays as a tombstone that refuses redeliveries
-// until it expires.
+// Every sequence number of an instance, from the first to the newest this worker saw, is
+// accounted exactly once: merged, refused by reason (late, future, …), or lost; redeliveries
+// are counted as "duplicate" on top. A batch whose sequence number was already seen, or that
+// lies more than 64 behind the instance's newest, is refused as "duplicate". A missing
+// sequence number is counted lost when it can no longer arrive: when it falls 64 sequence
+// numbers behind the newest, or when the instance's state is dropped (expired after
+// InstanceTTL, evicted by MaxInstances, or replaced by a restart with a new InstanceStart).
+// A batch that fills a gap before then is merged (or refused as late) and never counted lost.
+// Batches dropped after an instance's last one are not detectable; a final batch ends that
+// uncertainty. A final batch marks the instance stopped at once: it no longer counts as a
+// live instance, and its state stays as a tombstone that refuses redeliveries until it
+// expires.
+//
+// # Concurrency
+//
+// One mutex guards the groups and instance states; Add holds it for one batch. Closing holds
+// it only to detach the due windows: building the results (histogram copies, quantiles) and
+// calling Emit happen outside it, so a slow consumer delays the next close, never Add.
 package rollup
 
 import (
@@ -71,8 +80,11 @@ type Rollup struct {
 	now func() time.Time
 
 	// emitMu serializes closing and emitting so windows reach Emit in order. It is taken
-	// before mu and held while Emit runs (mu is not).
+	// before mu and held while results are built and Emit runs; mu is held only to detach
+	// the closed windows and to recycle them, so Add waits for neither.
 	emitMu sync.Mutex
+	// closing is the reused list of windows being closed. Guarded by emitMu.
+	closing []closing
 
 	// mu guards the fields below.
 	mu sync.Mutex
@@ -168,16 +180,19 @@ func (r *Rollup) Add(b *proto.Batch) {
 			return
 		}
 	}
+	idx := start / r.w
 	if refuse != "" {
-		// The batch arrived, so its sequence number is not lost; unknown instances get no
-		// state from a refused batch.
-		if known {
-			r.m.lost.Add(int(in.mark(b.Seq)))
+		if in == nil {
+			// Keep state even for a refused first batch: it settles which sequence numbers
+			// count as lost and makes a redelivery a duplicate.
+			in = r.newInstanceLocked(b, idx, now)
+			r.refuseArrivedLocked(nil, b, refuse)
 			if b.Final {
 				r.stopLocked(in)
 			}
+			return
 		}
-		r.refuseLocked(refuse)
+		r.refuseArrivedLocked(in, b, refuse)
 		return
 	}
 
@@ -189,7 +204,7 @@ func (r *Rollup) Add(b *proto.Batch) {
 				r.groupsFullLogs = true
 				r.logger.Warn("refusing new groups: limit reached", "limit", r.cfg.MaxGroups, "service", b.Service, "version", b.Version)
 			}
-			r.refuseLocked(ReasonTooManyGroups)
+			r.refuseArrivedLocked(in, b, ReasonTooManyGroups)
 			return
 		}
 		g = newGroup(gk, r.closedBefore)
@@ -198,21 +213,20 @@ func (r *Rollup) Add(b *proto.Batch) {
 		r.logger.Info("group appeared", "service", b.Service, "version", b.Version)
 	}
 
-	idx := start / r.w
-	started := false
 	if known {
 		if in.stopped && b.Seq > in.maxSeq {
 			// Data after a final batch: the instance is alive after all.
 			in.stopped = false
+			in.unannounced = true
 			r.live++
 			r.m.instances.Store(int64(r.live))
-			started = true
 		}
 		r.m.lost.Add(int(in.mark(b.Seq)))
 	} else {
 		in = r.newInstanceLocked(b, idx, now)
-		started = true
 	}
+	started := in.unannounced
+	in.unannounced = false
 
 	w := g.findWindow(start)
 	if w == nil {
@@ -279,12 +293,26 @@ func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, now int64) {
 		}
 		if a.n == 0 {
 			w.touched = append(w.touched, id)
+			w.meta = append(w.meta, seriesMeta{name: info.name, labels: info.labels, kind: info.kind})
 		}
 		a.n++
 		info.lastUsed = now
 		merged++
 	}
 	r.m.samples.Add(merged)
+}
+
+// refuseArrivedLocked refuses b after the dedup check. The batch arrived, so for a known
+// instance (in non-nil) its sequence number is marked seen, never counted lost; an unknown
+// instance gets no state from a refused batch.
+func (r *Rollup) refuseArrivedLocked(in *instance, b *proto.Batch, reason string) {
+	if in != nil {
+		r.m.lost.Add(int(in.mark(b.Seq)))
+		if b.Final {
+			r.stopLocked(in)
+		}
+	}
+	r.refuseLocked(reason)
 }
 
 func (r *Rollup) refuseLocked(reason string) {
@@ -347,7 +375,6 @@ func (r *Rollup) newWindowLocked(start int64) *window {
 
 func (r *Rollup) recycleWindowLocked(w *window) {
 	if len(r.freeWindows) < maxFree {
-		w.reset()
 		r.freeWindows = append(r.freeWindows, w)
 	}
 }

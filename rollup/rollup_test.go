@@ -1,8 +1,10 @@
 package rollup
 
 import (
+	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
@@ -276,8 +278,8 @@ func TestLateBatchNotMerged(t *testing.T) {
 		if st.RefusedBy[ReasonLate] != 2 || st.BatchesMerged != 2 {
 			t.Errorf("got late %d merged %d; want 2 2", st.RefusedBy[ReasonLate], st.BatchesMerged)
 		}
-		if st.Instances != 1 {
-			t.Errorf("instances: got %d; want 1 (late batches create no state)", st.Instances)
+		if st.Instances != 3 {
+			t.Errorf("instances: got %d; want 3", st.Instances)
 		}
 	})
 }
@@ -689,4 +691,90 @@ func TestAddConcurrentWithAdvance(t *testing.T) {
 	if st := r.Stats(); total+float64(st.RefusedBy[ReasonLate]) != n {
 		t.Errorf("merged %v + late %d; want %d", total, st.RefusedBy[ReasonLate], n)
 	}
+}
+
+func TestEveryBatchAccountedOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := DefaultConfig()
+		r, s := newTestRollup(t, cfg)
+		ctx, cancel := context.WithCancel(t.Context())
+		var wg sync.WaitGroup
+		wg.Go(func() { r.Run(ctx) })
+
+		// 20 instances send one batch per window for 200 windows. The network drops 10 %,
+		// duplicates 10 % and delays each copy by up to 1 s, so some arrive after their window
+		// closed and some out of order.
+		const instances, seqs = 20, 200
+		rng := rand.New(rand.NewPCG(7, 8))
+		base := time.Now()
+		type delivery struct {
+			at  time.Time
+			b   *proto.Batch
+			dup bool
+		}
+		var ds []delivery
+		for i := range instances {
+			for q := range seqs {
+				if rng.Float64() < 0.1 {
+					continue
+				}
+				end := base.Add(time.Duration(q+1) * win)
+				b := batch(i, uint64(q), end, counter(proto.SeriesRequests, 1))
+				copies := 1
+				if rng.Float64() < 0.1 {
+					copies = 2
+				}
+				for c := range copies {
+					ds = append(ds, delivery{at: end.Add(time.Duration(rng.Int64N(int64(time.Second)))), b: b, dup: c > 0})
+				}
+			}
+		}
+		slices.SortFunc(ds, func(a, b delivery) int { return a.at.Compare(b.at) })
+		for _, d := range ds {
+			time.Sleep(time.Until(d.at))
+			r.Add(d.b)
+		}
+		time.Sleep(cfg.InstanceTTL + time.Second) // every instance expires: pending gaps settle
+		synctest.Wait()
+		cancel()
+		wg.Wait()
+
+		var dups uint64
+		for _, d := range ds {
+			if d.dup {
+				dups++
+			}
+		}
+		var requests float64
+		for _, w := range s.take() {
+			if c := find(w, proto.SeriesRequests); c != nil {
+				requests += c.Value
+			}
+		}
+		st := r.Stats()
+		late := st.RefusedBy[ReasonLate]
+		// Sequence numbers before an instance's first arrival, or after its last, are not
+		// known to exist; all between are accounted.
+		var want uint64
+		for i := range instances {
+			lo, hi := uint64(seqs), uint64(0)
+			for _, d := range ds {
+				if d.b.Instance == instanceID(i) {
+					lo, hi = min(lo, d.b.Seq), max(hi, d.b.Seq)
+				}
+			}
+			want += hi - lo + 1
+		}
+		if got := st.BatchesMerged + late + st.RefusedBy[ReasonFuture] + st.Lost; got != want {
+			t.Errorf("merged %d + late %d + lost %d = %d; want %d sequence numbers accounted once",
+				st.BatchesMerged, late, st.Lost, got, want)
+		}
+		if st.RefusedBy[ReasonDuplicate] != dups {
+			t.Errorf("duplicates: got %d; want %d", st.RefusedBy[ReasonDuplicate], dups)
+		}
+		if requests != float64(st.BatchesMerged) || late == 0 || st.Lost == 0 {
+			t.Errorf("got requests %v, merged %d, late %d, lost %d; want requests = merged and some late and lost",
+				requests, st.BatchesMerged, late, st.Lost)
+		}
+	})
 }

@@ -50,10 +50,10 @@ func (r *Rollup) Advance(now time.Time) {
 	nowNs := now.UnixNano()
 	r.mu.Lock()
 	cb := floorDiv(nowNs-r.lateness, r.w) * r.w
-	out := r.closeLocked(max(cb, r.closedBefore), nowNs)
+	r.closeLocked(max(cb, r.closedBefore))
 	r.expireLocked(nowNs)
 	r.mu.Unlock()
-	r.emitAll(out)
+	r.emitClosing(nowNs)
 }
 
 // Flush closes and emits every open window now, whatever its time; batches for those windows
@@ -70,19 +70,27 @@ func (r *Rollup) Flush() {
 			to = max(to, g.windows[n-1].start+r.w)
 		}
 	}
-	out := r.closeLocked(to, nowNs)
+	r.closeLocked(to)
 	r.mu.Unlock()
-	r.emitAll(out)
-	r.logger.Info("flushed open windows", "windows", len(out))
+	n := len(r.closing)
+	r.emitClosing(nowNs)
+	r.logger.Info("flushed open windows", "windows", n)
 }
 
-// closeLocked closes every window interval ending at or before cb and returns the results in
-// order of start, then group.
-func (r *Rollup) closeLocked(cb, nowNs int64) []*proto.Window {
+// closing is a window interval being closed: an open window, or an empty interval (w nil).
+type closing struct {
+	key   groupKey
+	start int64
+	w     *window
+}
+
+// closeLocked detaches every window interval ending at or before cb into r.closing, in order
+// of start, then group. The caller holds emitMu and mu.
+func (r *Rollup) closeLocked(cb int64) {
 	r.closedBefore = cb
-	var out []*proto.Window
+	r.closing = r.closing[:0]
 	for k, g := range r.groups {
-		out = r.closeGroupLocked(g, cb, nowNs, out)
+		r.closeGroupLocked(g, cb)
 		if len(g.windows) == 0 && g.next >= g.lastData+r.ttl {
 			delete(r.groups, k)
 			r.series -= len(g.ids)
@@ -94,29 +102,28 @@ func (r *Rollup) closeLocked(cb, nowNs int64) []*proto.Window {
 	if len(r.groups) < r.cfg.MaxGroups {
 		r.groupsFullLogs = false
 	}
-	slices.SortFunc(out, func(a, b *proto.Window) int {
-		return cmp.Or(cmp.Compare(a.StartMs, b.StartMs), cmp.Compare(a.Service, b.Service), cmp.Compare(a.Version, b.Version))
+	slices.SortFunc(r.closing, func(a, b closing) int {
+		return cmp.Or(cmp.Compare(a.start, b.start), cmp.Compare(a.key.service, b.key.service), cmp.Compare(a.key.version, b.key.version))
 	})
-	return out
 }
 
-// closeGroupLocked appends g's windows ending at or before cb to out, in time order.
-func (r *Rollup) closeGroupLocked(g *group, cb, nowNs int64, out []*proto.Window) []*proto.Window {
+// closeGroupLocked appends g's window intervals ending at or before cb to r.closing, in
+// time order.
+func (r *Rollup) closeGroupLocked(g *group, cb int64) {
 	for g.next < cb {
 		if len(g.windows) > 0 && g.windows[0].start <= g.next {
 			w := g.windows[0]
 			if w.start < g.next {
 				panic("BUG: rollup: open window before the next interval to close")
 			}
-			out = append(out, g.result(w, r.w, nowNs))
+			r.closing = append(r.closing, closing{key: g.key, start: w.start, w: w})
 			g.windows = slices.Delete(g.windows, 0, 1)
 			g.lastData = w.start + r.w
 			g.next += r.w
-			r.recycleWindowLocked(w)
 			continue
 		}
 		if g.next+r.w <= g.lastData+r.ttl {
-			out = append(out, g.emptyResult(g.next, r.w, nowNs))
+			r.closing = append(r.closing, closing{key: g.key, start: g.next})
 			g.next += r.w
 			continue
 		}
@@ -127,7 +134,6 @@ func (r *Rollup) closeGroupLocked(g *group, cb, nowNs int64, out []*proto.Window
 		}
 		g.next = next
 	}
-	return out
 }
 
 // expireLocked forgets instances silent for InstanceTTL and, every half TTL, series unused
@@ -156,15 +162,30 @@ func (r *Rollup) expireLocked(nowNs int64) {
 	r.m.series.Store(int64(r.series))
 }
 
-// emitAll hands out to Emit. The caller holds emitMu but not mu.
-func (r *Rollup) emitAll(out []*proto.Window) {
-	for _, w := range out {
-		delay := r.now().UnixMilli() - w.EndMs
-		r.m.emitDelay.Update(float64(delay) / 1e3)
-		r.m.windows.Inc()
-		if len(w.Series) == 0 && w.Instances == 0 {
+// emitClosing builds the results of r.closing, hands them to Emit in order and recycles the
+// windows. The caller holds emitMu but not mu.
+func (r *Rollup) emitClosing(closedNs int64) {
+	for _, c := range r.closing {
+		var out *proto.Window
+		if c.w != nil {
+			out = c.w.result(c.key, r.w, closedNs)
+			c.w.reset()
+		} else {
+			out = emptyResult(c.key, c.start, r.w, closedNs)
 			r.m.emptyWindows.Inc()
 		}
-		r.emit(w)
+		// Flush closes windows before their end: those count as no delay.
+		r.m.emitDelay.Update(float64(max(r.now().UnixMilli()-out.EndMs, 0)) / 1e3)
+		r.m.windows.Inc()
+		r.emit(out)
 	}
+	r.mu.Lock()
+	for i, c := range r.closing {
+		if c.w != nil {
+			r.recycleWindowLocked(c.w)
+		}
+		r.closing[i] = closing{}
+	}
+	r.mu.Unlock()
+	r.closing = r.closing[:0]
 }

@@ -208,7 +208,7 @@ func TestMetricsExposed(t *testing.T) {
 		`herd_rollup_batches_lost_total 0`,
 		`herd_rollup_windows_emitted_total 0`,
 		`herd_rollup_groups 0`,
-		`herd_rollup_instances 0`,
+		`herd_rollup_instances 1`,
 	} {
 		if !strings.Contains(b.String(), want+"\n") {
 			t.Errorf("metrics: missing %q in\n%s", want, b.String())
