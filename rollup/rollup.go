@@ -66,7 +66,8 @@ import (
 type Emit func(*proto.Window)
 
 // Rollup merges batches into windows. Add may be called concurrently with Run, Advance and
-// Flush (the intended use is one intake goroutine calling Add).
+// Flush (the intended use is one intake goroutine calling Add). A Rollup holds no resources
+// beyond memory, so it has no Close: stop Run, then Flush.
 type Rollup struct {
 	cfg    Config
 	emit   Emit
@@ -121,7 +122,7 @@ func New(cfg Config, emit Emit, logger *slog.Logger) (*Rollup, error) {
 	r := &Rollup{
 		cfg:        cfg,
 		emit:       emit,
-		logger:     logger.With("component", "rollup"),
+		logger:     logger,
 		m:          newRollupMetrics(),
 		w:          int64(cfg.Window),
 		lateness:   int64(cfg.Lateness),
