@@ -26,7 +26,7 @@ var (
 	ErrUnknownTarget   = errors.New("unknown target")
 	ErrInProgress      = errors.New("delivery in progress")
 	// ErrNotResendable refuses a second send to a Spinnaker trigger.
-	ErrNotResendable = errNotResendable
+	ErrNotResendable = errors.New("spinnaker triggers are not idempotent: a decision is sent at most once")
 	ErrNothingToDo   = errors.New("nothing to redeliver")
 )
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptrace"
@@ -115,6 +114,3 @@ func (s *spinnaker) attempt(ctx context.Context, c *http.Client, d *proto.Decisi
 	}
 	return r
 }
-
-// errNotResendable refuses a second send to a non-idempotent target.
-var errNotResendable = errors.New("spinnaker triggers are not idempotent: a decision is sent at most once")
