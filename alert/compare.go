@@ -1,0 +1,399 @@
+package alert
+
+import (
+	"math"
+	"time"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+// maxThresholds bounds the latency thresholds of a comparison (quantiles plus the SLO).
+const maxThresholds = 9
+
+// minRefCount is the least number of baseline latency observations to freeze thresholds from.
+const minRefCount = 50
+
+// passCheckEvery is how many window pairs pass between two pass checks (each costs one
+// confidence-sequence evaluation per test).
+const passCheckEvery = 4
+
+// record is what a comparison keeps of one group's window until the partner window arrives.
+type record struct {
+	startMs, endMs int64
+	n, e           float64 // requests and errors
+	hn             float64 // latency observations
+	slow           [maxThresholds]float64
+	hist           proto.Histogram // latency histogram, kept when the DKW test runs
+	hasHist        bool
+}
+
+// countTest is one e-process test on counts (errors, or requests slower than a threshold).
+type countTest struct {
+	name      string
+	latency   bool
+	slowIdx   int     // index into record.slow for latency tests
+	bucket    int     // frozen threshold bucket index (latency)
+	threshold float64 // frozen threshold in seconds (latency)
+	quantile  float64 // baseline quantile the threshold was frozen at; 0 for the SLO
+	logW      float64 // ln of the normalised weight
+	weight    float64
+	ep        EProcess
+	cs        ConfSeq
+	nA, nB    float64
+	eA, eB    float64
+}
+
+// comparison is the state of one canary against its baseline. The Detector's mutex guards it.
+type comparison struct {
+	service, baseline, canary string
+	set                       *settings
+	announced                 bool
+
+	createdMs     int64 // announcement or inference time
+	firstCanaryMs int64 // start of the first canary window seen; 0 before
+	startMs       int64 // first window start the tests use: firstCanaryMs + warm-up
+	final         bool
+
+	// Latency thresholds, frozen from the baseline's reference before the tests start.
+	thresholds []threshold
+	frozen     bool
+
+	testsReady bool
+	psi0       float64
+	tests      []*countTest
+	dkw        *dkwTest
+	dkwLogW    float64
+	dkwWeight  float64
+	logTh      float64 // ln(1/α)
+
+	// Pairing: windows waiting for their partner, oldest first.
+	pendA, pendB []*record
+	free         []*record
+
+	// Lattice logs of the last π, shared by the tests of one window.
+	logsPi float64
+	logs   [csN]float64
+
+	windows         int
+	firstMs, lastMs int64
+
+	lastCanaryEndMs, lastBaselineEndMs int64
+	lastTrafficMs                      int64
+	canaryInstances, baselineInstances int
+	noTraffic                          bool // inconclusive for lack of canary traffic
+
+	verdict proto.Verdict
+}
+
+// threshold is a frozen latency threshold.
+type threshold struct {
+	name     string
+	bucket   int
+	seconds  float64
+	quantile float64
+}
+
+func newComparison(service, baseline, canary string, set *settings, createdMs int64, announced bool) *comparison {
+	c := &comparison{
+		service: service, baseline: baseline, canary: canary, set: set,
+		createdMs: createdMs, announced: announced, logsPi: -1,
+	}
+	c.verdict = proto.Verdict{
+		Service: service, Baseline: baseline, Canary: canary,
+		State: proto.StatePending, UnixMs: createdMs, StartedMs: createdMs,
+		Evidence: proto.Evidence{Alpha: set.alpha, Threshold: 1 / set.alpha, EValue: 1},
+	}
+	return c
+}
+
+// freeze sets the latency thresholds from the baseline's reference histogram. It reports
+// false when the reference holds too few observations.
+func (c *comparison) freeze(ref *proto.Histogram) bool {
+	if ref == nil || ref.Positive.Total() < minRefCount {
+		return false
+	}
+	c.thresholds = c.thresholds[:0]
+	add := func(name string, bucket int, q float64) {
+		for _, t := range c.thresholds {
+			if t.bucket == bucket {
+				return // two quantiles in one bucket: one test
+			}
+		}
+		c.thresholds = append(c.thresholds, threshold{name: name, bucket: bucket, seconds: proto.BucketLower(bucket), quantile: q})
+	}
+	for _, q := range c.set.quantiles {
+		v := ref.Quantile(q)
+		if !(v > 0) {
+			continue
+		}
+		// Slow means "above the bucket holding the quantile": at or above the next edge.
+		add(quantileName(q), proto.BucketIndex(v)+1, q)
+	}
+	if slo := c.set.sloSeconds; slo > 0 {
+		i := proto.BucketIndex(slo)
+		if proto.BucketLower(i) < slo*(1-1e-12) {
+			i++
+		}
+		add("latency_slo", i, 0)
+	}
+	c.frozen = true
+	return true
+}
+
+// initTests builds the tests at the first compared window, freezing the margin from the
+// instance counts.
+func (c *comparison) initTests() {
+	s := c.set
+	c.psi0 = s.margin
+	if s.spread > 0 {
+		kA, kB := max(c.baselineInstances, 1), max(c.canaryInstances, 1)
+		c.psi0 = max(s.margin, math.Exp(3*s.spread*math.Sqrt(1/float64(kB)+1/float64(kA))))
+	}
+	w := s.weights
+	lat := w.Latency
+	if len(c.thresholds) == 0 {
+		lat = 0
+	}
+	dkw := w.DKW
+	if len(c.thresholds) == 0 {
+		dkw = 0
+	}
+	total := w.Errors + lat + dkw
+	if total <= 0 { // only latency weights but no latency data: errors decide alone
+		w.Errors, total = 1, 1
+	}
+	c.tests = c.tests[:0]
+	if w.Errors > 0 {
+		t := &countTest{name: "errors", weight: w.Errors / total}
+		c.tests = append(c.tests, t)
+	}
+	if lat > 0 {
+		for j, th := range c.thresholds {
+			t := &countTest{name: th.name, latency: true, slowIdx: j, bucket: th.bucket,
+				threshold: th.seconds, quantile: th.quantile, weight: lat / total / float64(len(c.thresholds))}
+			c.tests = append(c.tests, t)
+		}
+	}
+	for _, t := range c.tests {
+		t.ep.init(c.psi0)
+		t.logW = math.Log(t.weight)
+	}
+	if dkw > 0 {
+		c.dkwWeight = dkw / total
+		c.dkwLogW = math.Log(c.dkwWeight)
+		// Band level α·w makes the flag alone reach the threshold: w·(1/(α·w)) = 1/α.
+		c.dkw = &dkwTest{alpha: s.alpha * c.dkwWeight, margin: s.dkwMargin}
+	}
+	c.logTh = math.Log(1 / s.alpha)
+	c.testsReady = true
+}
+
+// newRecord returns a record from the free list or a new one.
+func (c *comparison) newRecord() *record {
+	if n := len(c.free); n > 0 {
+		r := c.free[n-1]
+		c.free = c.free[:n-1]
+		return r
+	}
+	return &record{}
+}
+
+func (c *comparison) release(r *record) {
+	if len(c.free) < 8 {
+		c.free = append(c.free, r)
+	}
+}
+
+// fill sets r from a window's extracted values.
+func (c *comparison) fill(r *record, w *proto.Window, x *extract) {
+	r.startMs, r.endMs = w.StartMs, w.EndMs
+	r.n, r.e = x.requests, x.errors
+	r.hn, r.hasHist = 0, false
+	if x.hasLatency {
+		r.hn = float64(x.latency.Count)
+		for j, th := range c.thresholds {
+			r.slow[j] = float64(x.latency.CountAtOrAbove(th.bucket))
+		}
+		if c.dkw != nil {
+			r.hist.CopyFrom(&x.latency)
+			r.hasHist = true
+		}
+	} else {
+		clear(r.slow[:])
+	}
+}
+
+// latticeFor returns the lattice logs for π, computing them when π changed.
+func (c *comparison) latticeFor(pi float64) *[csN]float64 {
+	if pi != c.logsPi {
+		latticeLogs(pi, &c.logs)
+		c.logsPi = pi
+	}
+	return &c.logs
+}
+
+// update adds one window pair to the tests and returns ln of the weighted average e-value.
+func (c *comparison) update(a, b *record) float64 {
+	c.windows++
+	if c.firstMs == 0 {
+		c.firstMs = a.startMs
+	}
+	c.lastMs = max(c.lastMs, b.endMs)
+	for _, t := range c.tests {
+		var nA, nB, eA, eB float64
+		if t.latency {
+			nA, nB, eA, eB = a.hn, b.hn, a.slow[t.slowIdx], b.slow[t.slowIdx]
+		} else {
+			nA, nB, eA, eB = a.n, b.n, a.e, b.e
+		}
+		t.nA += nA
+		t.nB += nB
+		t.eA += eA
+		t.eB += eB
+		if !(nA > 0 && nB > 0 && eA+eB > 0) {
+			continue
+		}
+		t.ep.Update(nA, nB, eA, eB)
+		t.cs.Update(eA+eB, eB, c.latticeFor(nB/(nA+nB)))
+	}
+	if c.dkw != nil {
+		var ha, hb *proto.Histogram
+		if a.hasHist {
+			ha = &a.hist
+		}
+		if b.hasHist {
+			hb = &b.hist
+		}
+		c.dkw.add(ha, hb)
+		c.dkw.check()
+	}
+	return c.logAverage()
+}
+
+// logAverage returns ln Σ_i w_i·E_i over the tests.
+func (c *comparison) logAverage() float64 {
+	var terms [maxThresholds + 2]float64
+	k := 0
+	for _, t := range c.tests {
+		terms[k] = t.logW + t.ep.LogE()
+		k++
+	}
+	if c.dkw != nil && c.dkw.flagged {
+		terms[k] = c.dkwLogW + math.Log(1/c.dkw.alpha)
+		k++
+	}
+	return logSumExp(terms[:k])
+}
+
+// decisive returns the name of the test contributing most to the average.
+func (c *comparison) decisive() string {
+	if c.dkw != nil && c.dkw.flagged {
+		return "dkw"
+	}
+	best, name := math.Inf(-1), ""
+	for _, t := range c.tests {
+		if v := t.logW + t.ep.LogE(); v > best {
+			best, name = v, t.name
+		}
+	}
+	return name
+}
+
+// acceptMargin is the ratio every confidence sequence must lie below for a pass.
+func (c *comparison) acceptMargin() float64 { return max(c.set.accept, c.psi0) }
+
+// passes reports whether every count test's confidence sequence lies below the accept
+// margin. A test without any event in either group has nothing to compare and does not block.
+func (c *comparison) passes() bool {
+	if len(c.tests) == 0 {
+		return false
+	}
+	var served bool
+	for _, t := range c.tests {
+		if !t.latency && t.nB > 0 {
+			served = true
+		}
+		if t.eA+t.eB == 0 {
+			continue
+		}
+		_, hi, ok := t.cs.Bounds(c.set.alpha)
+		if !ok || hi >= c.acceptMargin() {
+			return false
+		}
+	}
+	return served
+}
+
+// evidence fills the verdict's evidence from the tests.
+func (c *comparison) evidence(decisive string) proto.Evidence {
+	ev := proto.Evidence{
+		Alpha: c.set.alpha, Threshold: 1 / c.set.alpha, EValue: 1, Decisive: decisive,
+		Windows: c.windows, FirstMs: c.firstMs, LastMs: c.lastMs,
+		CanaryInstances: c.canaryInstances, BaselineInstances: c.baselineInstances,
+	}
+	if !c.testsReady {
+		return ev
+	}
+	ev.EValue = math.Exp(min(c.logAverage(), maxLogE))
+	for _, t := range c.tests {
+		te := proto.TestEvidence{
+			Name: t.name, EValue: math.Exp(t.ep.LogE()), Weight: t.weight,
+			ThresholdSeconds: t.threshold,
+			BaselineN:        uint64(t.nA), BaselineE: uint64(t.eA),
+			CanaryN: uint64(t.nB), CanaryE: uint64(t.eB),
+			Effect: rateRatio(t.nA, t.nB, t.eA, t.eB),
+		}
+		if lo, hi, ok := t.cs.Bounds(c.set.alpha); ok {
+			te.CSLow, te.CSHigh = lo, hi
+		} else {
+			te.CSLow, te.CSHigh = te.Effect, te.Effect
+		}
+		ev.Tests = append(ev.Tests, te)
+	}
+	if d := c.dkw; d != nil {
+		te := proto.TestEvidence{
+			Name: "dkw", Weight: c.dkwWeight, ThresholdSeconds: d.edgeSeconds,
+			BaselineN: d.a.Count, CanaryN: d.b.Count, Effect: max(d.gap, 0),
+			CSLow: max(d.gap-d.band, 0), CSHigh: min(d.gap+d.band, 1),
+		}
+		if d.flagged {
+			te.EValue = 1 / d.alpha
+		}
+		ev.Tests = append(ev.Tests, te)
+	}
+	return ev
+}
+
+// test returns the count test with the given name, or nil.
+func (c *comparison) test(name string) *countTest {
+	for _, t := range c.tests {
+		if t.name == name {
+			return t
+		}
+	}
+	return nil
+}
+
+// setState records a state change and returns the verdict to publish.
+func (c *comparison) setState(state proto.State, unixMs int64, decisive string, ev proto.Evidence, sentence string) proto.Verdict {
+	v := proto.Verdict{
+		Service: c.service, Baseline: c.baseline, Canary: c.canary, State: state,
+		UnixMs: unixMs, StartedMs: c.createdMs, Sentence: sentence, Evidence: ev,
+	}
+	v.Evidence.Decisive = decisive
+	if state == proto.StatePass || state == proto.StateRollback {
+		v.DecisionID = newDecisionID()
+		c.final = true
+	}
+	c.verdict = v
+	return v
+}
+
+// elapsed is the time since the canary started (its first window, else the creation).
+func (c *comparison) elapsed(unixMs int64) time.Duration {
+	from := c.createdMs
+	if c.firstCanaryMs != 0 {
+		from = c.firstCanaryMs
+	}
+	return time.Duration(max(unixMs-from, 0)) * time.Millisecond
+}

@@ -1,0 +1,171 @@
+package alert
+
+import (
+	"flag"
+	"fmt"
+	"math"
+	"time"
+)
+
+// Config is the detector's configuration: the defaults every service gets, which a policy
+// file may override per service (see Policy). Build it with DefaultConfig or RegisterFlags.
+type Config struct {
+	// Alpha is the false-rollback bound α of every comparison: the tests roll back when the
+	// weighted average e-value reaches 1/α.
+	Alpha float64
+	// Margin is the smallest margin ψ0 of the count tests: the canary/baseline event-rate
+	// ratio tolerated without rollback (1 = "no worse").
+	Margin float64
+	// InstanceSpread is the assumed log-scale standard deviation s of the event rates of
+	// instances of one version. The margin of a comparison is
+	// max(Margin, exp(3·s·sqrt(1/k_canary + 1/k_baseline))) with the instance counts k at the
+	// start of the comparison, so that a canary of few instances is not rolled back because
+	// its instances differ from the baseline's by chance.
+	InstanceSpread float64
+	// AcceptMargin: a canary passes when, after MinExposure, the confidence sequence of ψ of
+	// every count test lies below max(AcceptMargin, margin).
+	AcceptMargin float64
+	// Warmup is how long after a canary group first reports its windows are left out of the
+	// statistical tests (the guards still apply).
+	Warmup time.Duration
+	// MinExposure is the least comparison time before a pass.
+	MinExposure time.Duration
+	// MaxDuration ends an undecided comparison as inconclusive.
+	MaxDuration time.Duration
+	// ErrorCeiling is the canary error ratio (errors/requests, over the last second) that
+	// rolls back at once, while the baseline's own ratio stays below half of it.
+	ErrorCeiling float64
+	// GuardMinRequests is the least number of canary requests over which the ceiling applies.
+	GuardMinRequests int
+	// GoneAfter: the canary is rolled back when it has no window for this long while the
+	// baseline still reports.
+	GoneAfter time.Duration
+	// NoTrafficAfter: a canary that reports zero requests for this long while the baseline
+	// serves is inconclusive until its traffic resumes.
+	NoTrafficAfter time.Duration
+	// NoCanaryAfter: an announced canary with no window at all for this long is inconclusive.
+	NoCanaryAfter time.Duration
+	// EstablishAfter is how long a version must have reported before a new version appearing
+	// beside it is inferred to be its canary.
+	EstablishAfter time.Duration
+	// DKWMargin is the CDF distance beyond the DKW bands at which the whole-distribution
+	// latency test flags.
+	DKWMargin float64
+	// Window is the rollup window length; Run ticks at this interval.
+	Window time.Duration
+	// MaxUnpaired bounds the windows of one comparison waiting for their partner window.
+	MaxUnpaired int
+	// MaxGroups bounds the (service, version) groups tracked.
+	MaxGroups int
+	// PolicyFile is the path of the JSON policy file; empty means none.
+	PolicyFile string
+}
+
+// DefaultConfig returns the defaults of every flag.
+func DefaultConfig() Config {
+	return Config{
+		Alpha:            0.01,
+		Margin:           1,
+		InstanceSpread:   0.1,
+		AcceptMargin:     1.5,
+		Warmup:           5 * time.Second,
+		MinExposure:      5 * time.Minute,
+		MaxDuration:      30 * time.Minute,
+		ErrorCeiling:     0.5,
+		GuardMinRequests: 10,
+		GoneAfter:        time.Second,
+		NoTrafficAfter:   10 * time.Second,
+		NoCanaryAfter:    time.Minute,
+		EstablishAfter:   30 * time.Second,
+		DKWMargin:        0.05,
+		Window:           250 * time.Millisecond,
+		MaxUnpaired:      64,
+		MaxGroups:        10000,
+	}
+}
+
+// RegisterFlags registers the detector's flags on fs with c's current values as defaults
+// (call it on DefaultConfig()).
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.Float64Var(&c.Alpha, "detect.alpha", c.Alpha, "false-rollback bound α of each comparison (0 < α < 0.5)")
+	fs.Float64Var(&c.Margin, "detect.margin", c.Margin, "least margin ψ0: canary/baseline event-rate ratio tolerated without rollback (≥ 1; 1 = no worse)")
+	fs.Float64Var(&c.InstanceSpread, "detect.instance-spread", c.InstanceSpread, "assumed log-sd of event rates between instances of one version; widens the margin for small groups (≥ 0; 0 = off)")
+	fs.Float64Var(&c.AcceptMargin, "detect.accept-margin", c.AcceptMargin, "pass when every ratio's confidence sequence lies below this (≥ 1)")
+	fs.DurationVar(&c.Warmup, "detect.warmup", c.Warmup, "leave a new canary group's first windows out of the tests for this long")
+	fs.DurationVar(&c.MinExposure, "detect.min-exposure", c.MinExposure, "least comparison time before a pass")
+	fs.DurationVar(&c.MaxDuration, "detect.max-duration", c.MaxDuration, "undecided comparisons end as inconclusive after this long")
+	fs.Float64Var(&c.ErrorCeiling, "detect.error-ceiling", c.ErrorCeiling, "canary error ratio (0–1, over 1 s) that rolls back at once")
+	fs.IntVar(&c.GuardMinRequests, "detect.guard-min-requests", c.GuardMinRequests, "least canary requests (count) for the error ceiling to apply")
+	fs.DurationVar(&c.GoneAfter, "detect.gone-after", c.GoneAfter, "roll back when the canary has no window for this long while the baseline reports")
+	fs.DurationVar(&c.NoTrafficAfter, "detect.no-traffic-after", c.NoTrafficAfter, "inconclusive while the canary serves no requests for this long")
+	fs.DurationVar(&c.NoCanaryAfter, "detect.no-canary-after", c.NoCanaryAfter, "inconclusive when an announced canary sends no window for this long")
+	fs.DurationVar(&c.EstablishAfter, "detect.establish-after", c.EstablishAfter, "a version reporting this long is the baseline of a new version appearing beside it")
+	fs.Float64Var(&c.DKWMargin, "detect.dkw-margin", c.DKWMargin, "CDF distance (0–1) beyond the DKW bands at which the distribution test flags")
+	fs.DurationVar(&c.Window, "detect.window", c.Window, "rollup window length; the detector's tick interval")
+	fs.IntVar(&c.MaxUnpaired, "detect.max-unpaired", c.MaxUnpaired, "windows (count) per comparison kept waiting for their partner window")
+	fs.IntVar(&c.MaxGroups, "detect.max-groups", c.MaxGroups, "most (service, version) groups (count) tracked")
+	fs.StringVar(&c.PolicyFile, "detect.policy", c.PolicyFile, "JSON policy file with per-service overrides and selectors (empty: none)")
+}
+
+// Validate checks c, naming the flag of a bad value.
+func (c *Config) Validate() error {
+	s := settings{
+		alpha: c.Alpha, margin: c.Margin, spread: c.InstanceSpread, accept: c.AcceptMargin,
+		warmup: c.Warmup, minExposure: c.MinExposure, maxDuration: c.MaxDuration,
+		ceiling: c.ErrorCeiling, dkwMargin: c.DKWMargin,
+	}
+	if err := s.validate("detect."); err != nil {
+		return err
+	}
+	switch {
+	case c.GuardMinRequests < 1:
+		return fmt.Errorf("bad -detect.guard-min-requests %d: want ≥ 1", c.GuardMinRequests)
+	case c.GoneAfter <= 0:
+		return fmt.Errorf("bad -detect.gone-after %s: want > 0", c.GoneAfter)
+	case c.NoTrafficAfter <= 0:
+		return fmt.Errorf("bad -detect.no-traffic-after %s: want > 0", c.NoTrafficAfter)
+	case c.NoCanaryAfter <= 0:
+		return fmt.Errorf("bad -detect.no-canary-after %s: want > 0", c.NoCanaryAfter)
+	case c.EstablishAfter < 0:
+		return fmt.Errorf("bad -detect.establish-after %s: want ≥ 0", c.EstablishAfter)
+	case c.Window <= 0:
+		return fmt.Errorf("bad -detect.window %s: want > 0", c.Window)
+	case c.MaxUnpaired < 1:
+		return fmt.Errorf("bad -detect.max-unpaired %d: want ≥ 1", c.MaxUnpaired)
+	case c.MaxGroups < 1:
+		return fmt.Errorf("bad -detect.max-groups %d: want ≥ 1", c.MaxGroups)
+	}
+	return nil
+}
+
+// validate checks the settings a policy may override; prefix is "detect." for flags and
+// "" for policy fields.
+func (s *settings) validate(prefix string) error {
+	name := func(flagName, field string) string {
+		if prefix == "" {
+			return field
+		}
+		return "-" + prefix + flagName
+	}
+	switch {
+	case !(s.alpha > 0 && s.alpha < 0.5):
+		return fmt.Errorf("bad %s %g: want 0 < α < 0.5", name("alpha", "alpha"), s.alpha)
+	case !(s.margin >= 1) || math.IsInf(s.margin, 0):
+		return fmt.Errorf("bad %s %g: want a finite ratio ≥ 1", name("margin", "margin"), s.margin)
+	case !(s.spread >= 0 && s.spread <= 2):
+		return fmt.Errorf("bad %s %g: want 0 ≤ s ≤ 2", name("instance-spread", "instance_spread"), s.spread)
+	case !(s.accept >= 1) || math.IsInf(s.accept, 0):
+		return fmt.Errorf("bad %s %g: want a finite ratio ≥ 1", name("accept-margin", "accept_margin"), s.accept)
+	case s.warmup < 0:
+		return fmt.Errorf("bad %s %s: want ≥ 0", name("warmup", "warmup"), s.warmup)
+	case s.minExposure < 0:
+		return fmt.Errorf("bad %s %s: want ≥ 0", name("min-exposure", "min_exposure"), s.minExposure)
+	case s.maxDuration <= 0:
+		return fmt.Errorf("bad %s %s: want > 0", name("max-duration", "max_duration"), s.maxDuration)
+	case !(s.ceiling > 0 && s.ceiling <= 1):
+		return fmt.Errorf("bad %s %g: want 0 < ratio ≤ 1", name("error-ceiling", "error_ceiling"), s.ceiling)
+	case !(s.dkwMargin >= 0 && s.dkwMargin <= 1):
+		return fmt.Errorf("bad %s %g: want 0 ≤ distance ≤ 1", name("dkw-margin", "dkw_margin"), s.dkwMargin)
+	}
+	return nil
+}

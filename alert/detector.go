@@ -1,0 +1,603 @@
+// Package alert is herd's detector: per service it compares canary groups (new versions)
+// with their baseline group (the version they replace) on closed rollup windows, using
+// anytime-valid sequential tests (mixture e-processes on conditional-binomial counts), and
+// reports every verdict change (pending, pass, rollback, inconclusive) with its evidence.
+//
+// Rollback delivery lives in the subpackage alert/deliver. See docs/detector.md for the
+// method, the settings and measured figures.
+package alert
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+// Retention of idle state.
+const (
+	// groupIdle is how long a group that sends no window is remembered.
+	groupIdle = 10 * time.Minute
+	// finalRetention is how long a final verdict stays in Verdicts.
+	finalRetention = time.Hour
+	// activeWithin: a version is a baseline candidate only if it reported this recently.
+	activeWithin = 10 * time.Second
+	// refSpan is the span of each half of a group's reference latency histogram.
+	refSpanMs = 30_000
+	// maxGuardWindows bounds the windows the error-ceiling guard sums (1 s of windows).
+	maxGuardWindows = 16
+)
+
+// Detector compares canaries with baselines. It is safe for concurrent use. OnVerdict is
+// called without the Detector's lock held, in order, from the goroutine whose call
+// (AddWindow, Announce, Tick) caused the change; it must not call AddWindow, Announce or Tick
+// (Verdicts is fine).
+type Detector struct {
+	cfg       Config
+	policy    *Policy
+	onVerdict func(proto.Verdict)
+	logger    *slog.Logger
+	set       *metrics.Set
+	m         detectorMetrics
+
+	// emitMu orders OnVerdict calls; it is taken before mu is released.
+	emitMu sync.Mutex
+
+	// mu guards the fields below.
+	mu       sync.Mutex
+	services map[string]*service
+	groups   int
+	x        extract // scratch for the window being added
+	out      []proto.Verdict
+}
+
+type detectorMetrics struct {
+	windows, pairs, announcements         *metrics.Counter
+	badWindow, outOfOrder, tooManyGroups  *metrics.Counter
+	unpairedEvicted, unpairedOverflow     *metrics.Counter
+	wrongKind                             *metrics.Counter
+	badAnnouncement                       *metrics.Counter
+	pending, pass, rollback, inconclusive *metrics.Counter
+	comparisonsActive                     atomic.Int64
+}
+
+// service is the detector state of one service.
+type service struct {
+	name   string
+	set    settings
+	groups map[string]*group      // by version
+	comps  map[string]*comparison // by canary version
+}
+
+// group is one (service, version) group as the detector sees it.
+type group struct {
+	version                         string
+	firstMs, lastStartMs, lastEndMs int64
+	instances                       int
+	// Reference latency histogram: cur collects since curStartMs, prev the span before.
+	refCur, refPrev proto.Histogram
+	refCurStartMs   int64
+	// The last windows' requests and errors, for the error-ceiling guard.
+	recentN, recentE [maxGuardWindows]float64
+	recentPos        int
+}
+
+// extract holds the role values of one window.
+type extract struct {
+	requests, errors float64
+	hasLatency       bool
+	latency          proto.Histogram
+}
+
+// New returns a Detector. It reads the policy file named by cfg.PolicyFile; it starts nothing.
+// onVerdict receives every verdict change; logger may be nil.
+func New(cfg Config, onVerdict func(proto.Verdict), logger *slog.Logger) (*Detector, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("cannot create detector: %w", err)
+	}
+	var pol *Policy
+	if cfg.PolicyFile != "" {
+		p, err := LoadPolicy(cfg.PolicyFile, &cfg)
+		if err != nil {
+			return nil, fmt.Errorf("cannot create detector: %w", err)
+		}
+		pol = p
+	}
+	return newDetector(cfg, pol, onVerdict, logger), nil
+}
+
+// NewWithPolicy is New with a policy already parsed (nil for none); cfg.PolicyFile is ignored.
+func NewWithPolicy(cfg Config, pol *Policy, onVerdict func(proto.Verdict), logger *slog.Logger) (*Detector, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("cannot create detector: %w", err)
+	}
+	return newDetector(cfg, pol, onVerdict, logger), nil
+}
+
+func newDetector(cfg Config, pol *Policy, onVerdict func(proto.Verdict), logger *slog.Logger) *Detector {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if onVerdict == nil {
+		onVerdict = func(proto.Verdict) {}
+	}
+	d := &Detector{
+		cfg: cfg, policy: pol, onVerdict: onVerdict,
+		logger:   logger.With("component", "detector"),
+		set:      metrics.NewSet(),
+		services: map[string]*service{},
+	}
+	s := d.set
+	d.m = detectorMetrics{
+		windows:          s.NewCounter("herd_detector_windows_total"),
+		pairs:            s.NewCounter("herd_detector_window_pairs_total"),
+		announcements:    s.NewCounter("herd_detector_announcements_total"),
+		badWindow:        s.NewCounter(`herd_detector_windows_dropped_total{reason="bad_window"}`),
+		outOfOrder:       s.NewCounter(`herd_detector_windows_dropped_total{reason="out_of_order"}`),
+		tooManyGroups:    s.NewCounter(`herd_detector_windows_dropped_total{reason="too_many_groups"}`),
+		unpairedEvicted:  s.NewCounter(`herd_detector_windows_unpaired_total{reason="partner_missing"}`),
+		unpairedOverflow: s.NewCounter(`herd_detector_windows_unpaired_total{reason="overflow"}`),
+		wrongKind:        s.NewCounter(`herd_detector_series_skipped_total{reason="wrong_kind"}`),
+		badAnnouncement:  s.NewCounter(`herd_detector_announcements_rejected_total{reason="invalid"}`),
+		pending:          s.NewCounter(`herd_detector_verdicts_total{state="pending"}`),
+		pass:             s.NewCounter(`herd_detector_verdicts_total{state="pass"}`),
+		rollback:         s.NewCounter(`herd_detector_verdicts_total{state="rollback"}`),
+		inconclusive:     s.NewCounter(`herd_detector_verdicts_total{state="inconclusive"}`),
+	}
+	s.NewGauge("herd_detector_comparisons_active", func() float64 { return float64(d.m.comparisonsActive.Load()) })
+	return d
+}
+
+// Metrics returns the detector's self-metrics.
+func (d *Detector) Metrics() *metrics.Set { return d.set }
+
+// unlockAndEmit releases mu and calls OnVerdict for the verdicts collected under it, in order.
+func (d *Detector) unlockAndEmit() {
+	if len(d.out) == 0 {
+		d.mu.Unlock()
+		return
+	}
+	out := d.out
+	d.out = nil
+	d.emitMu.Lock()
+	d.mu.Unlock()
+	defer d.emitMu.Unlock()
+	for _, v := range out {
+		d.onVerdict(v)
+	}
+}
+
+// emitLocked records a verdict change.
+func (d *Detector) emitLocked(v proto.Verdict) {
+	switch v.State {
+	case proto.StatePending:
+		d.m.pending.Inc()
+	case proto.StatePass:
+		d.m.pass.Inc()
+	case proto.StateRollback:
+		d.m.rollback.Inc()
+	case proto.StateInconclusive:
+		d.m.inconclusive.Inc()
+	}
+	if v.State != proto.StatePending {
+		d.logger.Info("verdict", "service", v.Service, "baseline", v.Baseline, "canary", v.Canary,
+			"state", v.State, "decision_id", v.DecisionID, "sentence", v.Sentence)
+	}
+	d.out = append(d.out, v)
+}
+
+// serviceLocked returns the state of a service, creating it.
+func (d *Detector) serviceLocked(name string) *service {
+	s := d.services[name]
+	if s == nil {
+		s = &service{name: name, set: settingsFor(&d.cfg, d.policy, name),
+			groups: map[string]*group{}, comps: map[string]*comparison{}}
+		d.services[name] = s
+	}
+	return s
+}
+
+// AddWindow feeds one closed window. It does not keep w or anything w points to.
+// Windows of a group must arrive in order of StartMs; a window not after the group's last one
+// is dropped and counted (reason out_of_order).
+func (d *Detector) AddWindow(w *proto.Window) {
+	d.m.windows.Inc()
+	if w == nil || proto.ValidService(w.Service) != nil || proto.ValidVersion(w.Version) != nil || w.EndMs <= w.StartMs {
+		d.m.badWindow.Inc()
+		return
+	}
+	d.mu.Lock()
+	defer d.unlockAndEmit()
+	s := d.serviceLocked(w.Service)
+	g := s.groups[w.Version]
+	if g == nil {
+		if d.groups >= d.cfg.MaxGroups {
+			d.m.tooManyGroups.Inc()
+			return
+		}
+		g = &group{version: w.Version, firstMs: w.StartMs, refCurStartMs: w.StartMs}
+		s.groups[w.Version] = g
+		d.groups++
+	} else if w.StartMs <= g.lastStartMs {
+		d.m.outOfOrder.Inc()
+		return
+	}
+	x := &d.x
+	d.extractLocked(&s.set, w, x)
+	g.observe(w, x)
+	if s.comps[w.Version] == nil {
+		d.inferLocked(s, g, w.StartMs)
+	}
+	for _, c := range s.comps {
+		if c.final {
+			continue
+		}
+		switch w.Version {
+		case c.canary:
+			d.canaryWindowLocked(s, c, g, w, x)
+		case c.baseline:
+			d.baselineWindowLocked(s, c, w, x)
+		}
+	}
+}
+
+// extractLocked reads the role values of w with the service's selectors.
+func (d *Detector) extractLocked(set *settings, w *proto.Window, x *extract) {
+	var bad, b int
+	x.requests, bad = set.requests.SumCounters(w)
+	x.errors, b = set.errors.SumCounters(w)
+	bad += b
+	x.hasLatency, b = set.latency.MergeHistograms(w, &x.latency)
+	bad += b
+	if bad > 0 {
+		d.m.wrongKind.Add(bad)
+	}
+}
+
+// observe updates the group's bookkeeping with a window.
+func (g *group) observe(w *proto.Window, x *extract) {
+	g.lastStartMs, g.lastEndMs = w.StartMs, w.EndMs
+	g.instances = w.Instances
+	g.recentPos = (g.recentPos + 1) % maxGuardWindows
+	g.recentN[g.recentPos], g.recentE[g.recentPos] = x.requests, x.errors
+	if x.hasLatency {
+		if w.StartMs-g.refCurStartMs >= refSpanMs {
+			g.refPrev, g.refCur = g.refCur, g.refPrev
+			g.refCur.Reset()
+			g.refCurStartMs = w.StartMs
+		}
+		g.refCur.Merge(&x.latency)
+	}
+}
+
+// reference returns the group's recent latency histogram (30–60 s of windows).
+func (g *group) reference() *proto.Histogram {
+	var h proto.Histogram
+	h.CopyFrom(&g.refPrev)
+	h.Merge(&g.refCur)
+	return &h
+}
+
+// recent sums requests and errors over the last k windows.
+func (g *group) recent(k int) (n, e float64) {
+	for i := range min(k, maxGuardWindows) {
+		j := (g.recentPos - i + maxGuardWindows) % maxGuardWindows
+		n += g.recentN[j]
+		e += g.recentE[j]
+	}
+	return n, e
+}
+
+// inferLocked starts a comparison when g is a new version beside an established one.
+func (d *Detector) inferLocked(s *service, g *group, nowMs int64) {
+	for _, c := range s.comps {
+		if c.baseline == g.version && !c.final {
+			return // g is a baseline already
+		}
+	}
+	est := d.cfg.EstablishAfter.Milliseconds()
+	var base *group
+	var baseN float64
+	for _, o := range s.groups {
+		if o == g || o.firstMs+est > g.firstMs || o.lastEndMs < nowMs-activeWithin.Milliseconds() {
+			continue
+		}
+		if c := s.comps[o.version]; c != nil && !c.final {
+			continue // a pending canary is no baseline
+		}
+		n, _ := o.recent(maxGuardWindows)
+		if base == nil || n > baseN {
+			base, baseN = o, n
+		}
+	}
+	if base == nil {
+		return
+	}
+	d.startLocked(s, base.version, g.version, g.firstMs, false)
+}
+
+// startLocked creates a comparison and publishes its pending verdict.
+func (d *Detector) startLocked(s *service, baseline, canary string, createdMs int64, announced bool) *comparison {
+	if old := s.comps[canary]; old != nil && !old.final {
+		d.m.comparisonsActive.Add(-1)
+	}
+	c := newComparison(s.name, baseline, canary, &s.set, createdMs, announced)
+	if b := s.groups[baseline]; b != nil {
+		c.freeze(b.reference())
+	}
+	s.comps[canary] = c
+	d.m.comparisonsActive.Add(1)
+	d.logger.Info("comparison started", "service", s.name, "baseline", baseline, "canary", canary, "announced", announced)
+	c.verdict.Sentence = c.pendingSentence()
+	d.emitLocked(c.verdict)
+	return c
+}
+
+// Announce registers a deployment: Canary is compared with Baseline from now (or from
+// dep.UnixMs). A deployment of a canary whose comparison is final, or with another baseline,
+// restarts its comparison.
+func (d *Detector) Announce(dep proto.Deployment) error {
+	d.m.announcements.Inc()
+	if err := dep.Validate(); err != nil {
+		d.m.badAnnouncement.Inc()
+		return fmt.Errorf("cannot announce deployment: %w", err)
+	}
+	created := dep.UnixMs
+	if created == 0 {
+		created = time.Now().UnixMilli()
+	}
+	d.mu.Lock()
+	defer d.unlockAndEmit()
+	s := d.serviceLocked(dep.Service)
+	if c := s.comps[dep.Canary]; c != nil && !c.final && c.baseline == dep.Baseline {
+		c.announced = true
+		return nil
+	}
+	d.startLocked(s, dep.Baseline, dep.Canary, created, true)
+	return nil
+}
+
+// canaryWindowLocked handles a window of c's canary group.
+func (d *Detector) canaryWindowLocked(s *service, c *comparison, g *group, w *proto.Window, x *extract) {
+	set := c.set
+	if w.Instances == 0 && x.requests == 0 {
+		return // nobody reported: counts as absent for the gone guard
+	}
+	if c.firstCanaryMs == 0 {
+		c.firstCanaryMs = w.StartMs
+		c.startMs = w.StartMs + set.warmup.Milliseconds()
+		c.lastTrafficMs = w.StartMs
+	}
+	c.lastCanaryEndMs = w.EndMs
+	c.canaryInstances = w.Instances
+	if x.requests > 0 {
+		c.lastTrafficMs = w.EndMs
+		if c.noTraffic || c.verdict.State == proto.StateInconclusive {
+			c.noTraffic = false
+			d.emitLocked(c.setState(proto.StatePending, w.EndMs, "", c.evidence(""), c.pendingSentence()))
+		}
+	}
+	// Error ceiling, over the last second, warm-up or not.
+	k := max(int(time.Second/d.cfg.Window), 1)
+	if n, e := g.recent(k); n >= float64(d.cfg.GuardMinRequests) && e/n >= set.ceiling {
+		var bn, be float64
+		if b := s.groups[c.baseline]; b != nil && b.lastEndMs >= w.EndMs-time.Second.Milliseconds() {
+			bn, be = b.recent(k)
+		}
+		if bn == 0 || be/bn < set.ceiling/2 {
+			ev := c.evidence("guard_error_ceiling")
+			ev.Tests = append(ev.Tests, proto.TestEvidence{Name: "guard_error_ceiling", EValue: 1, Weight: 0,
+				BaselineN: uint64(bn), BaselineE: uint64(be), CanaryN: uint64(n), CanaryE: uint64(e), Effect: e / n})
+			base := "no baseline traffic"
+			if bn > 0 {
+				base = fmt.Sprintf("baseline %.1f %%", 100*be/bn)
+			}
+			sentence := fmt.Sprintf("canary error ratio %.0f %% over the last %s (ceiling %.0f %%, %s), decided after %s",
+				100*e/n, after(time.Duration(k)*d.cfg.Window), 100*set.ceiling, base, after(c.elapsed(w.EndMs)))
+			d.finishLocked(c, proto.StateRollback, w.EndMs, "guard_error_ceiling", ev, sentence)
+			return
+		}
+	}
+	if w.StartMs < c.startMs {
+		return // warm-up
+	}
+	d.pairLocked(c, w, x, false)
+}
+
+// baselineWindowLocked handles a window of c's baseline group.
+func (d *Detector) baselineWindowLocked(s *service, c *comparison, w *proto.Window, x *extract) {
+	c.lastBaselineEndMs = w.EndMs
+	c.baselineInstances = w.Instances
+	if c.firstCanaryMs == 0 {
+		return
+	}
+	if gone := time.Duration(w.EndMs-c.lastCanaryEndMs) * time.Millisecond; gone >= d.cfg.GoneAfter {
+		ev := c.evidence("guard_canary_gone")
+		ev.Tests = append(ev.Tests, proto.TestEvidence{Name: "guard_canary_gone", EValue: 1, Effect: gone.Seconds()})
+		sentence := fmt.Sprintf("canary crash-looping: no canary instance reporting for %s", after(gone))
+		d.finishLocked(c, proto.StateRollback, w.EndMs, "guard_canary_gone", ev, sentence)
+		return
+	}
+	if x.requests > 0 && !c.noTraffic {
+		if quiet := time.Duration(w.EndMs-c.lastTrafficMs) * time.Millisecond; quiet >= d.cfg.NoTrafficAfter {
+			c.noTraffic = true
+			ev := c.evidence("guard_no_traffic")
+			sentence := fmt.Sprintf("no canary traffic for %s while the baseline serves: cannot judge", after(quiet))
+			d.emitLocked(c.setState(proto.StateInconclusive, w.EndMs, "guard_no_traffic", ev, sentence))
+		}
+	}
+	if w.StartMs < c.startMs {
+		return
+	}
+	d.pairLocked(c, w, x, true)
+}
+
+// pairLocked buffers a window's record and runs the tests when its partner is there.
+func (d *Detector) pairLocked(c *comparison, w *proto.Window, x *extract, isBaseline bool) {
+	if !c.testsReady {
+		groups := d.services[c.service].groups
+		if b := groups[c.baseline]; b != nil {
+			c.baselineInstances = b.instances
+			if !c.frozen {
+				c.freeze(b.reference())
+			}
+		}
+		if g := groups[c.canary]; g != nil {
+			c.canaryInstances = g.instances
+		}
+		c.initTests()
+	}
+	mine, other := &c.pendB, &c.pendA
+	if isBaseline {
+		mine, other = &c.pendA, &c.pendB
+	}
+	var partner *record
+	for i, r := range *other {
+		if r.startMs == w.StartMs {
+			partner = r
+			*other = slices.Delete(*other, i, i+1)
+			break
+		}
+	}
+	if partner == nil {
+		if len(*mine) >= d.cfg.MaxUnpaired {
+			c.release((*mine)[0])
+			*mine = slices.Delete(*mine, 0, 1)
+			d.m.unpairedOverflow.Inc()
+		}
+		r := c.newRecord()
+		c.fill(r, w, x)
+		*mine = append(*mine, r)
+		return
+	}
+	r := c.newRecord()
+	c.fill(r, w, x)
+	a, b := partner, r
+	if isBaseline {
+		a, b = r, partner
+	}
+	logAvg := c.update(a, b)
+	c.release(a)
+	c.release(b)
+	d.m.pairs.Inc()
+	// Windows older than this pair by more than the lateness slack will find no partner.
+	cut := w.StartMs - 8*d.cfg.Window.Milliseconds()
+	for _, p := range []*[]*record{&c.pendA, &c.pendB} {
+		for len(*p) > 0 && (*p)[0].startMs < cut {
+			c.release((*p)[0])
+			*p = slices.Delete(*p, 0, 1)
+			d.m.unpairedEvicted.Inc()
+		}
+	}
+	d.judgeLocked(c, logAvg, w.EndMs)
+}
+
+// judgeLocked decides after a compared window pair.
+func (d *Detector) judgeLocked(c *comparison, logAvg float64, nowMs int64) {
+	set := c.set
+	if logAvg >= c.logTh {
+		dec := c.decisive()
+		ev := c.evidence(dec)
+		d.finishLocked(c, proto.StateRollback, nowMs, dec, ev, c.rollbackSentence(&ev, dec, c.elapsed(nowMs)))
+		return
+	}
+	exposure := time.Duration(nowMs-c.startMs) * time.Millisecond
+	if exposure >= set.minExposure && c.windows%passCheckEvery == 0 && c.passes() {
+		ev := c.evidence("")
+		d.finishLocked(c, proto.StatePass, nowMs, "", ev, c.passSentence(&ev, c.elapsed(nowMs)))
+		return
+	}
+	if time.Duration(nowMs-c.createdMs)*time.Millisecond >= set.maxDuration {
+		d.expireLocked(c, nowMs)
+	}
+}
+
+// expireLocked ends a comparison that ran out of time as inconclusive.
+func (d *Detector) expireLocked(c *comparison, nowMs int64) {
+	ev := c.evidence("")
+	d.finishLocked(c, proto.StateInconclusive, nowMs, "max_duration", ev,
+		c.undecidedSentence(&ev, time.Duration(nowMs-c.createdMs)*time.Millisecond))
+}
+
+// finishLocked publishes a final verdict and stops the comparison.
+func (d *Detector) finishLocked(c *comparison, state proto.State, nowMs int64, decisive string, ev proto.Evidence, sentence string) {
+	d.emitLocked(c.setState(state, nowMs, decisive, ev, sentence))
+	c.final = true
+	d.m.comparisonsActive.Add(-1)
+	c.pendA, c.pendB, c.free = nil, nil, nil
+}
+
+// Tick applies the time-based rules at wall-clock time now: an announced canary that never
+// reports, comparisons past their maximum duration, and the forgetting of idle groups and
+// old final verdicts.
+func (d *Detector) Tick(now time.Time) {
+	nowMs := now.UnixMilli()
+	d.mu.Lock()
+	defer d.unlockAndEmit()
+	for name, s := range d.services {
+		for v, c := range s.comps {
+			switch {
+			case c.final:
+				if time.Duration(nowMs-c.verdict.UnixMs)*time.Millisecond > finalRetention {
+					delete(s.comps, v)
+				}
+			case time.Duration(nowMs-c.createdMs)*time.Millisecond >= c.set.maxDuration:
+				d.expireLocked(c, nowMs)
+			case c.firstCanaryMs == 0 && c.verdict.State == proto.StatePending &&
+				time.Duration(nowMs-c.createdMs)*time.Millisecond >= d.cfg.NoCanaryAfter:
+				ev := c.evidence("guard_no_canary")
+				sentence := fmt.Sprintf("canary %s has sent no window for %s since the deployment: cannot judge",
+					c.canary, after(time.Duration(nowMs-c.createdMs)*time.Millisecond))
+				d.emitLocked(c.setState(proto.StateInconclusive, nowMs, "guard_no_canary", ev, sentence))
+			}
+		}
+		for v, g := range s.groups {
+			if time.Duration(nowMs-g.lastEndMs)*time.Millisecond > groupIdle {
+				delete(s.groups, v)
+				d.groups--
+			}
+		}
+		if len(s.groups) == 0 && len(s.comps) == 0 {
+			delete(d.services, name)
+		}
+	}
+}
+
+// Run calls Tick every window length until ctx is done, then returns nil.
+func (d *Detector) Run(ctx context.Context) error {
+	t := time.NewTicker(d.cfg.Window)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			d.Tick(now)
+		}
+	}
+}
+
+// Verdicts returns the current verdict of every comparison (pending ones included, final
+// ones for an hour), ordered by service and canary. The slice is the caller's.
+func (d *Detector) Verdicts() []proto.Verdict {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []proto.Verdict
+	for _, s := range d.services {
+		for _, c := range s.comps {
+			out = append(out, c.verdict)
+		}
+	}
+	slices.SortFunc(out, func(a, b proto.Verdict) int {
+		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Canary, b.Canary))
+	})
+	return out
+}
