@@ -231,3 +231,39 @@ func TestDecideRefusesBadVerdicts(t *testing.T) {
 		t.Errorf("got %d decisions; want 0", got)
 	}
 }
+
+func TestAllTargetsOneDecision(t *testing.T) {
+	rc := &recorder{}
+	hook := httptest.NewServer(rc)
+	defer hook.Close()
+	f := &fakeArgo{t: t, rollout: rolloutJSON("1.4.2", "6f9c7", "5d8b4", false)}
+	k8s := httptest.NewServer(f)
+	defer k8s.Close()
+	g := &gate{posts: map[string]int{}}
+	gs := httptest.NewServer(g)
+	defer gs.Close()
+	cfg := spinnakerConfig(gs.URL)
+	cfg.Webhooks = []string{hook.URL}
+	cfg.WebhookSecrets = []string{testSecret}
+	cfg.Targets.Argo = []ArgoTarget{argoTarget(t, k8s.URL)}
+	d := newTestDeliverer(t, cfg, nil)
+	startRun(t, d)
+	v := testVerdict(proto.StateRollback)
+	if err := d.Decide(v); err != nil {
+		t.Fatal(err)
+	}
+	dec := waitStatus(t, d, v.DecisionID, "delivered")
+	if len(dec.Deliveries) != 3 {
+		t.Errorf("got %d rows; want 3 (one per target)", len(dec.Deliveries))
+	}
+	if err := d.Redeliver(v.DecisionID, ""); err != nil {
+		t.Fatalf("Redeliver all: %v", err)
+	}
+	dec = waitStatus(t, d, v.DecisionID, "delivered")
+	if len(dec.Deliveries) != 5 {
+		t.Errorf("got %d rows; want 5 (webhook and Argo twice, Spinnaker once)", len(dec.Deliveries))
+	}
+	if got := g.count(v.DecisionID); got != 1 {
+		t.Errorf("got %d Spinnaker triggers; want 1", got)
+	}
+}

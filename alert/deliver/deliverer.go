@@ -72,6 +72,8 @@ type workKey struct{ id, target string }
 
 // entry is one decision in memory.
 type entry struct {
+	id string // the decision id; immutable
+
 	// mu guards rec and rev, and serializes the entry's store writes (it is held across
 	// them, so that the stored revisions follow the in-memory ones).
 	mu  sync.Mutex
@@ -211,7 +213,7 @@ func (d *Deliverer) Decide(v proto.Verdict) error {
 		return nil
 	}
 	now := time.Now()
-	e := &entry{rec: record{Decision: proto.Decision{
+	e := &entry{id: v.DecisionID, rec: record{Decision: proto.Decision{
 		ID:         v.DecisionID,
 		Verdict:    v,
 		CreatedMs:  now.UnixMilli(),
@@ -250,7 +252,7 @@ func (d *Deliverer) Decide(v proto.Verdict) error {
 		return nil
 	}
 	d.entries[v.DecisionID] = e
-	d.pruneLocked(now)
+	d.pruneLocked()
 	for _, t := range e.rec.Targets {
 		d.todo[workKey{v.DecisionID, t.Target}] = struct{}{}
 	}
@@ -267,7 +269,7 @@ func (d *Deliverer) Decide(v proto.Verdict) error {
 const maxEntries = 10000
 
 // pruneLocked forgets the oldest finished decisions beyond maxEntries.
-func (d *Deliverer) pruneLocked(now time.Time) {
+func (d *Deliverer) pruneLocked() {
 	if len(d.entries) <= maxEntries {
 		return
 	}
@@ -365,7 +367,7 @@ func (d *Deliverer) load(ctx context.Context) {
 			d.storeError("get", err, key)
 			continue
 		}
-		e := &entry{rev: rev}
+		e := &entry{id: key, rev: rev}
 		if err := json.Unmarshal(data, &e.rec); err == nil {
 			err = e.rec.validate(key)
 		}
@@ -399,9 +401,9 @@ var errStale = errors.New("target state changed")
 // mustPersist: then the change is dropped and the error returned. An error from mut aborts
 // the update.
 func (d *Deliverer) update(e *entry, mustPersist bool, mut func(r *record) error) error {
+	id := e.id
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	id := e.rec.ID
 	for try := 0; ; try++ {
 		next := e.rec.clone()
 		if err := mut(&next); err != nil {
@@ -616,7 +618,7 @@ func (d *Deliverer) finish(e *entry, name, kind string, res result, start time.T
 	if dropped {
 		d.rowsDropped.Inc()
 	}
-	id := e.rec.ID // immutable
+	id := e.id
 	switch {
 	case escalated:
 		d.escalations.Inc()
