@@ -157,7 +157,7 @@ func (r *Rollup) Add(b *proto.Batch) {
 	start := floorDiv(b.End-1, r.w) * r.w
 	var refuse string
 	switch {
-	case b.End-now > r.maxFuture:
+	case b.End > now+r.maxFuture:
 		refuse = ReasonFuture
 	case start < r.closedBefore || start+r.w+r.lateness <= now:
 		refuse = ReasonLate
