@@ -456,6 +456,7 @@ func (d *Deliverer) update(e *entry, mustPersist bool, mut func(r *record) error
 // final or ctx is cancelled.
 func (d *Deliverer) deliver(ctx context.Context, e *entry, name string) {
 	t := d.targets[name]
+	storeFails := 0
 	for {
 		e.mu.Lock()
 		ts := e.rec.target(name)
@@ -490,12 +491,15 @@ func (d *Deliverer) deliver(ctx context.Context, e *entry, name string) {
 				return
 			}
 			if err != nil {
-				// Never send what could not be marked as sent; try again later.
-				if !d.sleep(ctx, d.gap(1)) {
+				// Never send what could not be marked as sent; try again later, backing
+				// off like the attempts do.
+				storeFails++
+				if !d.sleep(ctx, d.gap(storeFails)) {
 					return
 				}
 				continue
 			}
+			storeFails = 0
 		}
 
 		start := time.Now()

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -355,5 +356,51 @@ func TestKVFirstWriterWins(t *testing.T) {
 	}
 	if got := len(rc.requests()); got != 1 {
 		t.Errorf("got %d webhooks; want 1", got)
+	}
+}
+
+// flakyStore fails every Update while down is set.
+type flakyStore struct {
+	Store
+	down atomic.Bool
+}
+
+func (s *flakyStore) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	if s.down.Load() {
+		return 0, errors.New("store unavailable")
+	}
+	return s.Store.Update(ctx, key, value, rev)
+}
+
+func TestSpinnakerWaitsForTheStore(t *testing.T) {
+	g := &gate{posts: map[string]int{}}
+	srv := httptest.NewServer(g)
+	defer srv.Close()
+	fs, err := NewFileStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &flakyStore{Store: fs}
+	d := newTestDeliverer(t, spinnakerConfig(srv.URL), st)
+	v := testVerdict(proto.StateRollback)
+	if err := d.Decide(v); err != nil {
+		t.Fatal(err)
+	}
+	st.down.Store(true)
+	startRun(t, d)
+	errs := d.set.GetOrCreateCounter(`herd_deliver_store_errors_total{reason="update"}`)
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := errs.Get(); n < 2 {
+			return fmt.Errorf("got %d store errors; want at least 2", n)
+		}
+		return nil
+	})
+	if got := g.count(v.DecisionID); got != 0 {
+		t.Fatalf("got %d triggers while the send could not be recorded; want 0", got)
+	}
+	st.down.Store(false)
+	waitStatus(t, d, v.DecisionID, "delivered")
+	if got := g.count(v.DecisionID); got != 1 {
+		t.Errorf("got %d triggers; want 1", got)
 	}
 }
