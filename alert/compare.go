@@ -81,6 +81,9 @@ type comparison struct {
 	lastTrafficMs                      int64
 	canaryInstances, baselineInstances int
 	noTraffic                          bool // inconclusive for lack of canary traffic
+	// The canary's last windows since this comparison began, for the error-ceiling guard.
+	recentN, recentE [maxGuardWindows]float64
+	recentPos        int
 
 	verdict proto.Verdict
 }
@@ -387,6 +390,24 @@ func (c *comparison) setState(state proto.State, unixMs int64, decisive string, 
 	}
 	c.verdict = v
 	return v
+}
+
+// recentCanary records a canary window and sums requests and errors over the last k
+// windows of this comparison.
+func (c *comparison) recentCanary(n, e float64, k int) (sumN, sumE float64) {
+	c.recentPos = (c.recentPos + 1) % maxGuardWindows
+	c.recentN[c.recentPos], c.recentE[c.recentPos] = n, e
+	return sumRing(&c.recentN, &c.recentE, c.recentPos, k)
+}
+
+// sumRing sums the last k entries of a ring ending at pos.
+func sumRing(ns, es *[maxGuardWindows]float64, pos, k int) (n, e float64) {
+	for i := range min(k, maxGuardWindows) {
+		j := (pos - i + maxGuardWindows) % maxGuardWindows
+		n += ns[j]
+		e += es[j]
+	}
+	return n, e
 }
 
 // elapsed is the time since the canary started (its first window, else the creation).

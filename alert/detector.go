@@ -242,7 +242,7 @@ func (d *Detector) AddWindow(w *proto.Window) {
 		}
 		switch w.Version {
 		case c.canary:
-			d.canaryWindowLocked(s, c, g, w, x)
+			d.canaryWindowLocked(s, c, w, x)
 		case c.baseline:
 			d.baselineWindowLocked(s, c, w, x)
 		}
@@ -288,12 +288,7 @@ func (g *group) reference() *proto.Histogram {
 
 // recent sums requests and errors over the last k windows.
 func (g *group) recent(k int) (n, e float64) {
-	for i := range min(k, maxGuardWindows) {
-		j := (g.recentPos - i + maxGuardWindows) % maxGuardWindows
-		n += g.recentN[j]
-		e += g.recentE[j]
-	}
-	return n, e
+	return sumRing(&g.recentN, &g.recentE, g.recentPos, k)
 }
 
 // inferLocked starts a comparison when g is a new version beside an established one.
@@ -366,7 +361,7 @@ func (d *Detector) Announce(dep proto.Deployment) error {
 }
 
 // canaryWindowLocked handles a window of c's canary group.
-func (d *Detector) canaryWindowLocked(s *service, c *comparison, g *group, w *proto.Window, x *extract) {
+func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window, x *extract) {
 	set := c.set
 	if w.Instances == 0 && x.requests == 0 {
 		return // nobody reported: counts as absent for the gone guard
@@ -387,7 +382,7 @@ func (d *Detector) canaryWindowLocked(s *service, c *comparison, g *group, w *pr
 	}
 	// Error ceiling, over the last second, warm-up or not.
 	k := max(int(time.Second/d.cfg.Window), 1)
-	if n, e := g.recent(k); n >= float64(d.cfg.GuardMinRequests) && e/n >= set.ceiling {
+	if n, e := c.recentCanary(x.requests, x.errors, k); n >= float64(d.cfg.GuardMinRequests) && e/n >= set.ceiling {
 		var bn, be float64
 		if b := s.groups[c.baseline]; b != nil && b.lastEndMs >= w.EndMs-time.Second.Milliseconds() {
 			bn, be = b.recent(k)

@@ -1,0 +1,425 @@
+package alert
+
+import (
+	"context"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+// fleet feeds a Detector with simulated windows of a baseline v1 and a canary v2.
+type fleet struct {
+	t        *testing.T
+	r        *rand.Rand
+	bins     *simBins
+	a, b     *simGroup
+	d        *Detector
+	nowMs    int64
+	mu       sync.Mutex
+	verdicts []proto.Verdict
+}
+
+// fleetOpts describe the simulated traffic.
+type fleetOpts struct {
+	rps, share float64
+	errA, errB float64 // error ratios
+	scaleB     float64 // canary latency multiplier
+}
+
+func newFleet(t *testing.T, cfg Config, pol *Policy, o fleetOpts) *fleet {
+	t.Helper()
+	f := &fleet{t: t, r: rand.New(rand.NewPCG(11, 13)), nowMs: 1_700_000_000_000}
+	d, err := NewWithPolicy(cfg, pol, func(v proto.Verdict) {
+		f.mu.Lock()
+		f.verdicts = append(f.verdicts, v)
+		f.mu.Unlock()
+	}, nil)
+	if err != nil {
+		t.Fatalf("NewWithPolicy: got %v; want no error", err)
+	}
+	f.d = d
+	base := latencyModel{median: 0.05, sigma: 0.5, scale: 1}
+	f.bins = newSimBins(base)
+	f.a, f.b = newSimGroup("v1", f.bins), newSimGroup("v2", f.bins)
+	f.a.w.Service, f.b.w.Service = "shop", "shop"
+	f.a.w.Instances, f.b.w.Instances = 10, 2
+	if o.scaleB == 0 {
+		o.scaleB = 1
+	}
+	per := o.rps * cfg.Window.Seconds()
+	canary := base
+	canary.scale = o.scaleB
+	f.a.means[0] = groupMeans(f.bins, base, per*(1-o.share), nil)
+	f.b.means[0] = groupMeans(f.bins, canary, per*o.share, nil)
+	f.a.errP[0], f.b.errP[0] = o.errA, o.errB
+	return f
+}
+
+// step feeds n windows of the groups selected; errFrac overrides the canary's error ratio.
+func (f *fleet) step(n int, feedA, feedB bool, loadB, errFracA, errFracB float64) {
+	win := f.d.cfg.Window.Milliseconds()
+	for range n {
+		if feedA {
+			f.d.AddWindow(f.a.fill(f.r, f.bins, f.nowMs, f.nowMs+win, 1, 0, errFracA))
+		}
+		if feedB {
+			f.d.AddWindow(f.b.fill(f.r, f.bins, f.nowMs, f.nowMs+win, loadB, 0, errFracB))
+		}
+		f.nowMs += win
+	}
+}
+
+func (f *fleet) announce() {
+	f.t.Helper()
+	if err := f.d.Announce(proto.Deployment{Service: "shop", Baseline: "v1", Canary: "v2", UnixMs: f.nowMs}); err != nil {
+		f.t.Fatalf("Announce: got %v; want no error", err)
+	}
+}
+
+func (f *fleet) states() []proto.State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []proto.State
+	for _, v := range f.verdicts {
+		out = append(out, v.State)
+	}
+	return out
+}
+
+func (f *fleet) last() proto.Verdict {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.verdicts) == 0 {
+		f.t.Fatalf("got no verdict; want at least one")
+	}
+	return f.verdicts[len(f.verdicts)-1]
+}
+
+func testConfig() Config {
+	c := DefaultConfig()
+	c.MinExposure = 30 * time.Second
+	return c
+}
+
+func TestDetectorCrashLoopRollsBackInFirstWindow(t *testing.T) {
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
+	f.step(40, true, false, 1, 0, 0)
+	f.announce()
+	start := f.nowMs
+	f.step(1, true, true, 1, 0, 0.95) // first canary window, inside the 5 s warm-up
+	v := f.last()
+	if v.State != proto.StateRollback || v.Evidence.Decisive != "guard_error_ceiling" {
+		t.Fatalf("after the first crash-looping window: got %s by %q (%s); want rollback by guard_error_ceiling", v.State, v.Evidence.Decisive, v.Sentence)
+	}
+	if got, want := v.UnixMs-start, int64(250); got != want {
+		t.Fatalf("decision time: got %d ms; want %d ms", got, want)
+	}
+	if v.DecisionID == "" || !strings.Contains(v.Sentence, "canary error ratio") {
+		t.Fatalf("got decision id %q, sentence %q; want a UUID and a ceiling sentence", v.DecisionID, v.Sentence)
+	}
+	f.step(20, true, true, 1, 0, 0.95)
+	if got := f.states(); len(got) != 2 {
+		t.Fatalf("verdicts: got %v; want [pending rollback] and nothing after a final verdict", got)
+	}
+}
+
+func TestDetectorAAPassesAfterMinExposure(t *testing.T) {
+	cfg := testConfig()
+	f := newFleet(t, cfg, nil, fleetOpts{rps: 40000, share: 0.2, errA: 0.01, errB: 0.01})
+	f.step(40, true, false, 1, 0, 0)
+	f.announce()
+	start := f.nowMs
+	for range 4 * 120 {
+		f.step(1, true, true, 1, 0, 0)
+		if s := f.last().State; s != proto.StatePending {
+			break
+		}
+	}
+	v := f.last()
+	if v.State != proto.StatePass {
+		t.Fatalf("A/A after 2 min: got %s (%s); want pass", v.State, v.Sentence)
+	}
+	minMs := (cfg.Warmup + cfg.MinExposure).Milliseconds()
+	if got := v.UnixMs - start; got < minMs {
+		t.Fatalf("pass after %d ms; want ≥ %d ms (warm-up + min exposure)", got, minMs)
+	}
+	if !strings.HasPrefix(v.Sentence, "no regression after") || v.DecisionID == "" {
+		t.Fatalf("pass verdict: got sentence %q, id %q; want 'no regression after …' and an id", v.Sentence, v.DecisionID)
+	}
+	for _, te := range v.Evidence.Tests {
+		if te.Name != "dkw" && !(te.CSHigh < cfg.AcceptMargin) {
+			t.Errorf("test %s: got CS high %g; want < %g at a pass", te.Name, te.CSHigh, cfg.AcceptMargin)
+		}
+	}
+}
+
+func TestDetectorErrorsRegression(t *testing.T) {
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.2, errA: 0.005, errB: 0.05})
+	f.step(40, true, false, 1, 0, 0)
+	f.announce()
+	f.step(4*60, true, true, 1, 0, 0)
+	v := f.last()
+	if v.State != proto.StateRollback || v.Evidence.Decisive != "errors" {
+		t.Fatalf("errors ×10: got %s by %q (%s); want rollback by errors", v.State, v.Evidence.Decisive, v.Sentence)
+	}
+	if !strings.HasPrefix(v.Sentence, "errors ") || !strings.Contains(v.Sentence, "× baseline, 99 % CS [") || !strings.Contains(v.Sentence, "decided after") {
+		t.Fatalf("sentence: got %q; want 'errors N× baseline, 99 %% CS [lo, hi], decided after T s'", v.Sentence)
+	}
+	if !(v.Evidence.EValue >= 100) {
+		t.Fatalf("evidence e-value: got %g; want ≥ 1/α = 100", v.Evidence.EValue)
+	}
+}
+
+func TestDetectorLatencyTail(t *testing.T) {
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.2, errA: 0.005, errB: 0.005, scaleB: 3})
+	f.step(40, true, false, 1, 0, 0)
+	f.announce()
+	f.step(4*60, true, true, 1, 0, 0)
+	v := f.last()
+	if v.State != proto.StateRollback || !strings.HasPrefix(v.Evidence.Decisive, "latency_") && v.Evidence.Decisive != "dkw" {
+		t.Fatalf("latency ×3: got %s by %q (%s); want rollback by a latency test", v.State, v.Evidence.Decisive, v.Sentence)
+	}
+}
+
+func TestDetectorCanaryGone(t *testing.T) {
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
+	f.step(40, true, false, 1, 0, 0)
+	f.announce()
+	f.step(40, true, true, 1, 0, 0)
+	if s := f.last().State; s != proto.StatePending {
+		t.Fatalf("before the canary vanishes: got %s; want pending", s)
+	}
+	f.step(3, true, false, 1, 0, 0)
+	if s := f.last().State; s != proto.StatePending {
+		t.Fatalf("canary silent 0.75 s: got %s; want pending", s)
+	}
+	f.step(1, true, false, 1, 0, 0)
+	v := f.last()
+	if v.State != proto.StateRollback || v.Sentence != "canary crash-looping: no canary instance reporting for 1.0 s" {
+		t.Fatalf("canary silent 1 s: got %s %q; want rollback 'canary crash-looping: no canary instance reporting for 1.0 s'", v.State, v.Sentence)
+	}
+}
+
+func TestDetectorSharedOutageDoesNotFire(t *testing.T) {
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
+	f.step(40, true, false, 1, 0, 0)
+	f.announce()
+	f.step(40, true, true, 1, 0, 0)
+	f.step(4*20, true, true, 1, 0.6, 0.6) // both versions fail 60 % for 20 s
+	f.step(40, true, true, 1, 0, 0)
+	if got := f.states(); len(got) != 1 || got[0] != proto.StatePending {
+		t.Fatalf("shared outage: got verdicts %v; want [pending]", got)
+	}
+}
+
+func TestDetectorInfersCanary(t *testing.T) {
+	cfg := testConfig()
+	f := newFleet(t, cfg, nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
+	f.step(4*20, true, false, 1, 0, 0)
+	f.step(4, true, true, 1, 0, 0) // v2 appears 20 s after v1: not established yet
+	if got := f.states(); len(got) != 0 {
+		t.Fatalf("v2 beside a 20 s old v1: got verdicts %v; want none (establish-after %s)", got, cfg.EstablishAfter)
+	}
+	g := newFleet(t, cfg, nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
+	g.step(4*40, true, false, 1, 0, 0)
+	g.step(1, true, true, 1, 0, 0)
+	v := g.last()
+	if v.State != proto.StatePending || v.Baseline != "v1" || v.Canary != "v2" || !strings.Contains(v.Sentence, "inferred") {
+		t.Fatalf("v2 beside a 40 s old v1: got %+v; want pending v2 against v1, inferred", v)
+	}
+	if got := g.d.Verdicts(); len(got) != 1 || got[0].Canary != "v2" {
+		t.Fatalf("Verdicts: got %+v; want one for v2", got)
+	}
+}
+
+func TestDetectorAnnounceRestartsFinalComparison(t *testing.T) {
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
+	f.step(40, true, false, 1, 0, 0)
+	f.announce()
+	f.step(1, true, true, 1, 0, 0.95)
+	f.announce() // the comparison is final: a new deployment of v2 restarts it
+	f.step(40, true, true, 1, 0, 0)
+	want := []proto.State{proto.StatePending, proto.StateRollback, proto.StatePending}
+	if got := f.states(); len(got) != 3 || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
+		t.Fatalf("verdicts: got %v (%s); want %v", got, f.last().Sentence, want)
+	}
+	err := f.d.Announce(proto.Deployment{Service: "Shop!", Baseline: "v1", Canary: "v2"})
+	if err == nil || !strings.Contains(err.Error(), "cannot announce deployment") {
+		t.Fatalf("bad announcement: got %v; want 'cannot announce deployment: …'", err)
+	}
+	if got := f.d.m.badAnnouncement.Get(); got != 1 {
+		t.Fatalf("rejected announcements: got %d; want 1", got)
+	}
+}
+
+func TestDetectorNoTrafficIsInconclusiveUntilTrafficResumes(t *testing.T) {
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
+	f.step(40, true, false, 1, 0, 0)
+	f.announce()
+	f.step(40, true, true, 1, 0, 0)
+	f.step(4*11, true, true, 0, 0, 0) // canary instances report, but serve nothing
+	if v := f.last(); v.State != proto.StateInconclusive || !strings.Contains(v.Sentence, "no canary traffic") {
+		t.Fatalf("no canary traffic for 11 s: got %s %q; want inconclusive, no canary traffic", v.State, v.Sentence)
+	}
+	f.step(1, true, true, 1, 0, 0)
+	if v := f.last(); v.State != proto.StatePending {
+		t.Fatalf("traffic resumed: got %s; want pending", v.State)
+	}
+}
+
+func TestDetectorDropsBadWindows(t *testing.T) {
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
+	f.step(2, true, false, 1, 0, 0)
+	w := f.a.fill(f.r, f.bins, f.nowMs-500, f.nowMs-250, 1, 0, 0) // replays an older window
+	f.d.AddWindow(w)
+	f.d.AddWindow(&proto.Window{Service: "Bad Service", Version: "v1", StartMs: 0, EndMs: 250})
+	f.d.AddWindow(nil)
+	if got := f.d.m.outOfOrder.Get(); got != 1 {
+		t.Errorf("out-of-order drops: got %d; want 1", got)
+	}
+	if got := f.d.m.badWindow.Get(); got != 2 {
+		t.Errorf("bad-window drops: got %d; want 2", got)
+	}
+}
+
+func TestDetectorPolicySelectors(t *testing.T) {
+	cfg := testConfig()
+	pol, err := ParsePolicy([]byte(`{"services": {"shop": {
+		"requests": "http_requests_total",
+		"errors": "http_requests_total{code=~'5..'}",
+		"latency": "http_request_duration_seconds"}}}`), &cfg)
+	if err != nil {
+		t.Fatalf("ParsePolicy: got %v; want no error", err)
+	}
+	f := newFleet(t, cfg, pol, fleetOpts{rps: 2000, share: 0.2, errA: 0.005, errB: 0.05})
+	// Rename the simulated RED series into Prometheus-style series with a code label.
+	prom := func(w *proto.Window) *proto.Window {
+		n, e := w.Series[0].Value, w.Series[1].Value
+		out := *w
+		out.Series = []proto.WindowSeries{
+			{Name: "http_requests_total", Labels: proto.Labels{{Name: "code", Value: "200"}}, Kind: proto.KindCounter, Value: n - e},
+			{Name: "http_requests_total", Labels: proto.Labels{{Name: "code", Value: "503"}}, Kind: proto.KindCounter, Value: e},
+			{Name: "http_request_duration_seconds", Kind: proto.KindHistogram, Hist: w.Series[2].Hist},
+		}
+		return &out
+	}
+	win := cfg.Window.Milliseconds()
+	feed := func(n int, canary bool) {
+		for range n {
+			f.d.AddWindow(prom(f.a.fill(f.r, f.bins, f.nowMs, f.nowMs+win, 1, 0, 0)))
+			if canary {
+				f.d.AddWindow(prom(f.b.fill(f.r, f.bins, f.nowMs, f.nowMs+win, 1, 0, 0)))
+			}
+			f.nowMs += win
+		}
+	}
+	feed(40, false)
+	f.announce()
+	feed(4*60, true)
+	if v := f.last(); v.State != proto.StateRollback || v.Evidence.Decisive != "errors" {
+		t.Fatalf("errors ×10 via selectors: got %s by %q (%s); want rollback by errors", v.State, v.Evidence.Decisive, v.Sentence)
+	}
+}
+
+func TestDetectorRunTicksNoCanary(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		var mu sync.Mutex
+		var got []proto.Verdict
+		d, err := New(cfg, func(v proto.Verdict) { mu.Lock(); got = append(got, v); mu.Unlock() }, nil)
+		if err != nil {
+			t.Fatalf("New: got %v; want no error", err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error)
+		go func() { done <- d.Run(ctx) }()
+		if err := d.Announce(proto.Deployment{Service: "shop", Baseline: "v1", Canary: "v2"}); err != nil {
+			t.Fatalf("Announce: got %v; want no error", err)
+		}
+		time.Sleep(cfg.NoCanaryAfter - time.Second)
+		synctest.Wait()
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n != 1 {
+			t.Fatalf("verdicts before %s: got %d; want 1 (pending)", cfg.NoCanaryAfter, n)
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		mu.Lock()
+		last := got[len(got)-1]
+		mu.Unlock()
+		if last.State != proto.StateInconclusive || last.Evidence.Decisive != "guard_no_canary" {
+			t.Fatalf("after %s without canary windows: got %s by %q; want inconclusive by guard_no_canary", cfg.NoCanaryAfter, last.State, last.Evidence.Decisive)
+		}
+		time.Sleep(cfg.MaxDuration)
+		synctest.Wait()
+		if v := d.Verdicts(); len(v) != 1 || v[0].State != proto.StateInconclusive || v[0].Evidence.Decisive != "max_duration" {
+			t.Fatalf("after max duration: got %+v; want one inconclusive verdict by max_duration", v)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Run: got %v; want nil", err)
+		}
+	})
+}
+
+func TestVerdictJSONIsFinite(t *testing.T) {
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0, errB: 0.5})
+	f.step(40, true, false, 1, 0, 0)
+	f.announce()
+	f.step(40, true, true, 1, 0, 0)
+	v := f.last()
+	if _, err := proto.MarshalVerdict(&v); err != nil {
+		t.Fatalf("MarshalVerdict(%s): got %v; want no error", v.State, err)
+	}
+}
+
+// BenchmarkDetectorAddWindowPair measures one compared window pair (baseline and canary
+// window with counters and a latency histogram) through AddWindow.
+func BenchmarkDetectorAddWindowPair(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.Warmup = 0
+	cfg.MinExposure = 1000 * time.Hour
+	cfg.MaxDuration = 1000 * time.Hour
+	d, _ := NewWithPolicy(cfg, nil, nil, nil)
+	r := rand.New(rand.NewPCG(1, 1))
+	bins := newSimBins(latencyModel{median: 0.05, sigma: 0.5, scale: 1})
+	ga, gb := newSimGroup("v1", bins), newSimGroup("v2", bins)
+	m := latencyModel{median: 0.05, sigma: 0.5, scale: 1}
+	ga.means[0], gb.means[0] = groupMeans(bins, m, 475, nil), groupMeans(bins, m, 25, nil)
+	ga.errP[0], gb.errP[0] = 0.005, 0.005
+	ms := int64(1_700_000_000_000)
+	for range 40 {
+		d.AddWindow(ga.fill(r, bins, ms, ms+250, 1, 0, 0))
+		ms += 250
+	}
+	_ = d.Announce(proto.Deployment{Service: "bench", Baseline: "v1", Canary: "v2", UnixMs: ms})
+	wa, wb := make([]proto.Window, 64), make([]proto.Window, 64)
+	for i := range wa {
+		wa[i] = cloneWindow(ga.fill(r, bins, 0, 250, 1, 0, 0))
+		wb[i] = cloneWindow(gb.fill(r, bins, 0, 250, 1, 0, 0))
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		a, c := &wa[i%64], &wb[i%64]
+		a.StartMs, a.EndMs, c.StartMs, c.EndMs = ms, ms+250, ms, ms+250
+		d.AddWindow(a)
+		d.AddWindow(c)
+		ms += 250
+	}
+}
+
+func cloneWindow(w *proto.Window) proto.Window {
+	out := *w
+	out.Series = append([]proto.WindowSeries(nil), w.Series...)
+	h := &proto.Histogram{}
+	h.CopyFrom(w.Series[2].Hist)
+	out.Series[2].Hist = h
+	return out
+}

@@ -1,0 +1,118 @@
+package alert
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// examplePolicy is the example of docs/detector.md.
+const examplePolicy = `{
+  "defaults": {
+    "warmup": "10s",
+    "instance_spread": 0.15
+  },
+  "services": {
+    "checkout": {
+      "alpha": 0.001,
+      "margin": 1.2,
+      "accept_margin": 1.3,
+      "min_exposure": "10m",
+      "max_duration": "1h",
+      "error_ceiling": 0.3,
+      "dkw_margin": 0.03,
+      "slo_latency": "300ms",
+      "quantiles": [0.5, 0.99],
+      "requests": "http_requests_total{job=\"checkout\"}",
+      "errors": "http_requests_total{job=\"checkout\",code=~'5..'}",
+      "latency": "http_request_duration_seconds{route!~'/health.*'}",
+      "weights": {"errors": 0.6, "latency": 0.3, "dkw": 0.1}
+    }
+  }
+}`
+
+func TestParsePolicyExample(t *testing.T) {
+	cfg := DefaultConfig()
+	p, err := ParsePolicy([]byte(examplePolicy), &cfg)
+	if err != nil {
+		t.Fatalf("ParsePolicy: got %v; want no error", err)
+	}
+	s := settingsFor(&cfg, p, "checkout")
+	if s.alpha != 0.001 || s.margin != 1.2 || s.spread != 0.15 || s.warmup != 10*time.Second || s.sloSeconds != 0.3 {
+		t.Fatalf("checkout settings: got α=%g margin=%g spread=%g warmup=%s slo=%g; want 0.001 1.2 0.15 10s 0.3",
+			s.alpha, s.margin, s.spread, s.warmup, s.sloSeconds)
+	}
+	if got := s.errors.String(); !strings.Contains(got, "code=~'5..'") {
+		t.Fatalf("errors selector: got %q; want the policy's", got)
+	}
+	other := settingsFor(&cfg, p, "search")
+	if other.alpha != cfg.Alpha || other.warmup != 10*time.Second || other.requests != defaultRequests {
+		t.Fatalf("search settings: got α=%g warmup=%s requests=%s; want flag α, policy default warm-up, requests_total",
+			other.alpha, other.warmup, other.requests)
+	}
+}
+
+func TestParsePolicyBad(t *testing.T) {
+	cfg := DefaultConfig()
+	for _, c := range []struct{ in, wantErr string }{
+		{`{`, "cannot decode policy"},
+		{`{"services": {"a": {"alpah": 0.1}}}`, "unknown field"},
+		{`{"services": {"a": {"alpha": 0.7}}}`, "bad alpha 0.7"},
+		{`{"services": {"a": {"margin": 0.5}}}`, "bad margin 0.5"},
+		{`{"services": {"a": {"warmup": "5"}}}`, "missing unit"},
+		{`{"services": {"a": {"warmup": 5}}}`, "want a string"},
+		{`{"services": {"a": {"errors": "x{code=~\"5(\"}"}}}`, "bad errors: cannot parse selector"},
+		{`{"services": {"a": {"quantiles": [1.5]}}}`, "bad quantile 1.5"},
+		{`{"services": {"a": {"weights": {"errors": -1}}}}`, "bad weights"},
+		{`{"services": {"a": {"slo_latency": "-1s"}}}`, "bad slo_latency"},
+		{`{"services": {"Bad Name": {}}}`, "bad policy service"},
+		{`{"defaults": {"error_ceiling": 2}}`, "bad policy defaults: bad error_ceiling 2"},
+		{`{} {}`, "trailing data"},
+	} {
+		_, err := ParsePolicy([]byte(c.in), &cfg)
+		if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+			t.Errorf("ParsePolicy(%s): got %v; want an error containing %q", c.in, err, c.wantErr)
+		}
+	}
+}
+
+func TestNewLoadsPolicyFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.PolicyFile = filepath.Join(dir, "policy.json")
+	if _, err := New(cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "cannot read policy file") {
+		t.Fatalf("New with a missing policy file: got %v; want 'cannot read policy file'", err)
+	}
+	if err := os.WriteFile(cfg.PolicyFile, []byte(examplePolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(cfg, nil, nil); err != nil {
+		t.Fatalf("New with the example policy: got %v; want no error", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, c := range []struct {
+		mod     func(*Config)
+		wantErr string
+	}{
+		{func(c *Config) { c.Alpha = 0 }, "-detect.alpha"},
+		{func(c *Config) { c.Margin = 0.9 }, "-detect.margin"},
+		{func(c *Config) { c.AcceptMargin = 0 }, "-detect.accept-margin"},
+		{func(c *Config) { c.Window = 0 }, "-detect.window"},
+		{func(c *Config) { c.ErrorCeiling = 1.5 }, "-detect.error-ceiling"},
+		{func(c *Config) { c.MaxUnpaired = 0 }, "-detect.max-unpaired"},
+	} {
+		cfg := DefaultConfig()
+		c.mod(&cfg)
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), c.wantErr) {
+			t.Errorf("Validate: got %v; want an error naming %s", err, c.wantErr)
+		}
+	}
+	cfg := DefaultConfig()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("Validate(defaults): got %v; want nil", err)
+	}
+}

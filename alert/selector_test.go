@@ -1,0 +1,121 @@
+package alert
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+func TestParseSelectorBad(t *testing.T) {
+	for _, c := range []struct{ in, wantErr string }{
+		{``, "empty selector"},
+		{`{code="5"}`, "want a metric name"},
+		{`9metric`, "want a metric name"},
+		{`m{`, "missing '}'"},
+		{`m{code}`, "want one of = != =~ !~"},
+		{`m{code=5}`, "want a quoted label value"},
+		{`m{code="5}`, "unterminated quoted value"},
+		{`m{code="5\`, "unterminated escape"},
+		{`m{code="\x"}`, "unknown escape"},
+		{`m{code=~"5(.."}`, "bad regular expression"},
+		{`m{code="5" code="6"}`, "want ',' or '}'"},
+		{`m{code="5",code="6"}`, "given twice"},
+		{`m{__name__="x"}`, "__name__ matchers are not supported"},
+		{`m{code="5"} x`, "unexpected"},
+		{`m x`, "want '{' or the end"},
+		{`m{,}`, "want a label name"},
+		{`m{1a="x"}`, "want a label name"},
+		{`m{a="x"`, "missing '}'"},
+	} {
+		_, err := ParseSelector(c.in)
+		if err == nil {
+			t.Errorf("ParseSelector(%q): got no error; want %q", c.in, c.wantErr)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.wantErr) || !strings.Contains(err.Error(), "cannot parse selector") {
+			t.Errorf("ParseSelector(%q): got %q; want it to contain %q", c.in, err, c.wantErr)
+		}
+	}
+}
+
+func TestParseSelectorGood(t *testing.T) {
+	s, err := ParseSelector(` http_requests_total { code =~ "5..", job!="x", path!~'/health.*', env="a\"b" , } `)
+	if err != nil {
+		t.Fatalf("ParseSelector: got %v; want no error", err)
+	}
+	if s.Name != "http_requests_total" || len(s.Matchers) != 4 {
+		t.Fatalf("got name %q with %d matchers; want http_requests_total with 4", s.Name, len(s.Matchers))
+	}
+	if m := s.Matchers[3]; m.Name != "env" || m.Op != MatchEqual || m.Value != `a"b` {
+		t.Fatalf("matcher 3: got %+v; want env=\"a\\\"b\"", m)
+	}
+	if _, err := ParseSelector("ns:metric_total"); err != nil {
+		t.Fatalf("ParseSelector(ns:metric_total): got %v; want no error", err)
+	}
+}
+
+func TestSelectorMatches(t *testing.T) {
+	s := MustSelector(`http_requests_total{code=~"5..",job!="batch",path!~"/health.*"}`)
+	ls := func(kv ...string) proto.Labels {
+		var out proto.Labels
+		for i := 0; i < len(kv); i += 2 {
+			out = append(out, proto.Label{Name: kv[i], Value: kv[i+1]})
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name   string
+		labels proto.Labels
+		want   bool
+	}{
+		{"http_requests_total", ls("code", "503"), true},
+		{"http_requests_total", ls("code", "200"), false},
+		{"http_requests_total", ls("code", "5000"), false}, // anchored
+		{"http_requests_total", nil, false},                // missing code is ""
+		{"http_requests_total", ls("code", "500", "job", "batch"), false},
+		{"http_requests_total", ls("code", "500", "path", "/healthz"), false},
+		{"http_requests_total", ls("code", "500", "path", "/api"), true},
+		{"other_total", ls("code", "500"), false},
+	} {
+		if got := s.Matches(c.name, c.labels); got != c.want {
+			t.Errorf("Matches(%s%v): got %v; want %v", c.name, c.labels, got, c.want)
+		}
+	}
+}
+
+func TestSelectorSumAndMerge(t *testing.T) {
+	h1, h2 := &proto.Histogram{}, &proto.Histogram{}
+	h1.Observe(0.1, 3)
+	h2.Observe(0.2, 2)
+	w := &proto.Window{Series: []proto.WindowSeries{
+		{Name: "http_requests_total", Labels: proto.Labels{{Name: "code", Value: "200"}}, Kind: proto.KindCounter, Value: 90},
+		{Name: "http_requests_total", Labels: proto.Labels{{Name: "code", Value: "500"}}, Kind: proto.KindCounter, Value: 7},
+		{Name: "http_requests_total", Labels: proto.Labels{{Name: "code", Value: "503"}}, Kind: proto.KindGauge, Value: 1},
+		{Name: "dur", Labels: proto.Labels{{Name: "route", Value: "a"}}, Kind: proto.KindHistogram, Hist: h1},
+		{Name: "dur", Labels: proto.Labels{{Name: "route", Value: "b"}}, Kind: proto.KindHistogram, Hist: h2},
+	}}
+	if sum, bad := MustSelector("http_requests_total").SumCounters(w); sum != 97 || bad != 1 {
+		t.Fatalf("all requests: got sum %g, skipped %d; want 97, 1", sum, bad)
+	}
+	if sum, bad := MustSelector(`http_requests_total{code=~"5.."}`).SumCounters(w); sum != 7 || bad != 1 {
+		t.Fatalf("errors: got sum %g, skipped %d; want 7, 1", sum, bad)
+	}
+	var dst proto.Histogram
+	found, bad := MustSelector("dur").MergeHistograms(w, &dst)
+	if !found || bad != 0 || dst.Count != 5 {
+		t.Fatalf("latency: got found=%v skipped=%d count=%d; want true, 0, 5", found, bad, dst.Count)
+	}
+}
+
+func FuzzParseSelector(f *testing.F) {
+	for _, s := range []string{`m`, `m{a="b"}`, `m{a=~"x|y",b!~'z'}`, `m{`, `{}`, `m{a="\"}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		sel, err := ParseSelector(s)
+		if err == nil && sel.Name == "" {
+			t.Fatalf("ParseSelector(%q): got a selector without a name", s)
+		}
+	})
+}
