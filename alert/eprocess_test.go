@@ -162,3 +162,17 @@ func BenchmarkConfSeqUpdate(b *testing.B) {
 		cs.Update(3, float64(i%2), &logs)
 	}
 }
+
+// TestEventsNeeded checks the worked example of docs/detector.md: ψ = 3 against ψ0 = 1.36 at
+// π = 0.05. q(3) = 0.15/1.1 = 0.13636, q(1.36) = 0.068/1.018 = 0.066798;
+// KL = 0.13636·ln(0.13636/0.066798) + 0.86364·ln(0.86364/0.93320) = 0.097325 − 0.066900
+// = 0.030425 nats per event; the threshold ln(100) − ln(0.5) + ln 8 = 7.3778 needs ≈ 242.5.
+func TestEventsNeeded(t *testing.T) {
+	got := eventsNeeded(3, 1.36, 0.05, math.Log(100)-math.Log(0.5))
+	if math.Abs(got-242.5) > 1 {
+		t.Fatalf("eventsNeeded: got %.1f; want ≈ 242.5", got)
+	}
+	if got := eventsNeeded(1, 1.36, 0.05, 5); !math.IsInf(got, 1) {
+		t.Fatalf("eventsNeeded below the margin: got %g; want +Inf", got)
+	}
+}

@@ -2,6 +2,7 @@ package alert
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -120,6 +121,31 @@ func (c *comparison) undecidedSentence(ev *proto.Evidence, d time.Duration) stri
 	if len(parts) == 0 {
 		return fmt.Sprintf("no decision after %s: no window pair was compared", after(d))
 	}
-	return fmt.Sprintf("no decision after %s: %s; rollback needs evidence above margin %s×, a pass every CS below %s× — more traffic or time would decide",
-		after(d), strings.Join(parts, ", "), ratio(c.psi0), ratio(c.acceptMargin()))
+	need := ""
+	if t := c.test("errors"); t != nil && t.nA > 0 && t.nB > 0 && t.eA+t.eB > 0 && d > 0 {
+		pi := t.nB / (t.nA + t.nB)
+		rate := (t.eA + t.eB) / d.Seconds()
+		if secs := eventsNeeded(2*c.psi0, c.psi0, pi, c.logTh-t.logW) / rate; secs < 1e7 {
+			need = fmt.Sprintf("; at this traffic errors %s× baseline would take ≈ %s to detect", ratio(2*c.psi0), after(time.Duration(secs*float64(time.Second))))
+		}
+	}
+	return fmt.Sprintf("no decision after %s: %s; rollback needs evidence above margin %s×, a pass every CS below %s×%s",
+		after(d), strings.Join(parts, ", "), ratio(c.psi0), ratio(c.acceptMargin()), need)
+}
+
+// eventsNeeded estimates how many events (errors of both groups) the e-process needs to
+// reach ln(1/α) − ln(w) when the true ratio is psi, the margin psi0 and the canary's share of
+// requests pi: the threshold plus ln 8 (one grid point carries the evidence) over the
+// Kullback–Leibler divergence per event between Bernoulli(q(ψ)) and Bernoulli(q(ψ0)).
+func eventsNeeded(psi, psi0, pi, logTh float64) float64 {
+	if !(psi > psi0) {
+		return math.Inf(1) // the e-process does not grow at or below its margin
+	}
+	q := func(x float64) float64 { return pi * x / (pi*x + 1 - pi) }
+	q1, q0 := q(psi), q(psi0)
+	kl := q1*math.Log(q1/q0) + (1-q1)*math.Log((1-q1)/(1-q0))
+	if !(kl > 0) {
+		return math.Inf(1)
+	}
+	return (logTh + math.Log(float64(len(grid)))) / kl
 }
