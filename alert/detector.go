@@ -88,6 +88,9 @@ type group struct {
 	// The last windows' requests and errors, for the error-ceiling guard.
 	recentN, recentE [maxGuardWindows]float64
 	recentPos        int
+	// judged: a comparison with this group as canary reached a final verdict, so it is not
+	// inferred to be a canary again (an announcement still restarts it).
+	judged bool
 }
 
 // extract holds the role values of one window.
@@ -293,6 +296,9 @@ func (g *group) recent(k int) (n, e float64) {
 
 // inferLocked starts a comparison when g is a new version beside an established one.
 func (d *Detector) inferLocked(s *service, g *group, nowMs int64) {
+	if g.judged {
+		return
+	}
 	for _, c := range s.comps {
 		if c.baseline == g.version && !c.final {
 			return // g is a baseline already
@@ -526,6 +532,9 @@ func (d *Detector) expireLocked(c *comparison, nowMs int64) {
 func (d *Detector) finishLocked(c *comparison, state proto.State, nowMs int64, decisive string, ev proto.Evidence, sentence string) {
 	d.emitLocked(c.setState(state, nowMs, decisive, ev, sentence))
 	c.final = true
+	if g := d.services[c.service].groups[c.canary]; g != nil {
+		g.judged = true
+	}
 	d.m.comparisonsActive.Add(-1)
 	c.pendA, c.pendB, c.free = nil, nil, nil
 }

@@ -423,3 +423,19 @@ func cloneWindow(w *proto.Window) proto.Window {
 	out.Series[2].Hist = h
 	return out
 }
+
+func TestDetectorDoesNotReinferJudgedCanary(t *testing.T) {
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
+	f.step(4*40, true, false, 1, 0, 0)
+	f.step(1, true, true, 1, 0, 0.95) // inferred, then rolled back by the ceiling
+	f.mu.Lock()
+	f.verdicts = nil
+	f.mu.Unlock()
+	f.d.mu.Lock()
+	delete(f.d.services["shop"].comps, "v2") // as Tick does an hour after the final verdict
+	f.d.mu.Unlock()
+	f.step(8, true, true, 1, 0, 0)
+	if got := f.states(); len(got) != 0 {
+		t.Fatalf("windows of a judged canary after its verdict was forgotten: got verdicts %v; want none", got)
+	}
+}
