@@ -72,6 +72,9 @@ func (p *EProcess) LogE() float64 {
 	return min(logSumExp(p.sums[:])-math.Log(float64(len(grid))), maxLogE)
 }
 
+// E returns E_t (capped at e^700).
+func (p *EProcess) E() float64 { return math.Exp(p.LogE()) }
+
 // logSumExp returns ln Σ exp(x_i) without overflow; -Inf for an empty slice.
 func logSumExp(xs []float64) float64 {
 	m := math.Inf(-1)

@@ -116,3 +116,19 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("Validate(defaults): got %v; want nil", err)
 	}
 }
+
+func FuzzParsePolicy(f *testing.F) {
+	f.Add(examplePolicy)
+	f.Add(`{"services": {"a": {"errors": "x{code=~'5..'}"}}}`)
+	f.Add(`{"defaults": {"weights": {"errors": 0}}}`)
+	f.Fuzz(func(t *testing.T, s string) {
+		cfg := DefaultConfig()
+		p, err := ParsePolicy([]byte(s), &cfg)
+		if err != nil {
+			return
+		}
+		for name := range p.Services {
+			settingsFor(&cfg, p, name) // must not panic on a checked policy
+		}
+	})
+}
