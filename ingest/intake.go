@@ -47,6 +47,13 @@ const (
 	DefaultDrainTimeout = 5 * time.Second
 )
 
+// DefaultIntakeConfig returns the config with every default filled in.
+func DefaultIntakeConfig() IntakeConfig {
+	var c IntakeConfig
+	c.setDefaults()
+	return c
+}
+
 // RegisterFlags registers -intake.* flags on fs with defaults from HERD_INTAKE_* variables.
 func (c *IntakeConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Subject, "intake.subject", proto.SubjectInAll, "NATS `subject` the intake subscribes to for agent batches (env HERD_INTAKE_SUBJECT)")
@@ -119,9 +126,11 @@ type Intake struct {
 	dec        proto.Decoder
 	batch      proto.Batch
 	subjects   map[string]subjectInfo // parsed subjects, bounded
-	reasons    map[string]*metrics.Counter
 	lastLog    time.Time
 	suppressed int
+
+	reasonsMu sync.Mutex // Guards reasons (Stats reads it while a handler may block).
+	reasons   map[string]*metrics.Counter
 }
 
 type subjectInfo struct {
@@ -172,6 +181,39 @@ func NewIntake(cfg IntakeConfig, nc *nats.Conn, handle func(*proto.Batch), logge
 
 // Metrics returns the intake's metrics (herd_ingest_*).
 func (in *Intake) Metrics() *metrics.Set { return in.set }
+
+// IntakeStats are the intake's totals.
+type IntakeStats struct {
+	Batches uint64            // good batches handed on
+	Bytes   uint64            // bytes received, good or not
+	Dropped map[string]uint64 // refused or dropped messages by reason
+}
+
+// Refused returns the total of Dropped.
+func (s IntakeStats) Refused() uint64 {
+	var n uint64
+	for _, v := range s.Dropped {
+		n += v
+	}
+	return n
+}
+
+// Stats returns the intake's totals. The slow-consumer count is as of Run's last poll
+// (every second).
+func (in *Intake) Stats() IntakeStats {
+	st := IntakeStats{Batches: in.batches.Get(), Bytes: in.bytes.Get(), Dropped: make(map[string]uint64)}
+	if n := in.dropped.Get(); n > 0 {
+		st.Dropped[ReasonSlowConsumer] = n
+	}
+	in.reasonsMu.Lock()
+	defer in.reasonsMu.Unlock()
+	for r, c := range in.reasons {
+		if n := c.Get(); n > 0 {
+			st.Dropped[r] = n
+		}
+	}
+	return st
+}
 
 // Ready is closed once Run's subscription is registered with the server.
 func (in *Intake) Ready() <-chan struct{} { return in.ready }
@@ -288,6 +330,8 @@ func (in *Intake) parseSubject(subject string) subjectInfo {
 }
 
 func (in *Intake) reasonCounter(reason string) *metrics.Counter {
+	in.reasonsMu.Lock()
+	defer in.reasonsMu.Unlock()
 	c, ok := in.reasons[reason]
 	if !ok {
 		c = in.set.GetOrCreateCounter(`herd_ingest_dropped_total{reason="` + reason + `"}`)

@@ -132,6 +132,9 @@ func TestIntake(t *testing.T) {
 		}
 		return nil
 	})
+	if st := in.Stats(); st.Batches != 2 || st.Refused() != 9 || st.Dropped["truncated"] != 3 {
+		t.Errorf("got stats %+v (refused %d); want 2 batches, 9 refused, 3 truncated", st, st.Refused())
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
@@ -248,5 +251,49 @@ func BenchmarkIntakeHandle(b *testing.B) {
 	}
 	if in.batches.Get() == 0 {
 		b.Fatal(errors.New("no batch handled"))
+	}
+}
+
+// TestIntakeSlowConsumer blocks the handler so the NATS client drops messages.
+func TestIntakeSlowConsumer(t *testing.T) {
+	s, err := embednats.Start(embednats.Config{Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer embednats.Shutdown(s)
+	nc, err := embednats.Connect(s, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	release := make(chan struct{})
+	in, err := NewIntake(IntakeConfig{PendingMsgs: 5}, nc, func(*proto.Batch) { <-release }, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- in.Run(ctx) }()
+	<-in.Ready()
+	data := encodeRED(t, "checkout", "1", 0)
+	for range 50 {
+		if err := nc.Publish("herd.in.checkout.1", data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		if n := in.Stats().Dropped[ReasonSlowConsumer]; n < 40 {
+			return fmt.Errorf("got %d slow-consumer drops; want ≥ 40", n)
+		}
+		return nil
+	})
+	close(release)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	st := in.Stats()
+	if st.Batches+st.Dropped[ReasonSlowConsumer] != 50 {
+		t.Errorf("got %d handled + %d dropped; want 50 in all", st.Batches, st.Dropped[ReasonSlowConsumer])
 	}
 }
