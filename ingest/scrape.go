@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -251,6 +252,11 @@ func (s *Scraper) parse(h http.Header, body []byte) ([]*dto.MetricFamily, error)
 	var fams []*dto.MetricFamily
 	switch format.FormatType() {
 	case expfmt.TypeProtoDelim, expfmt.TypeOpenMetrics:
+		if format.FormatType() == expfmt.TypeProtoDelim {
+			if err := checkDelimited(body); err != nil {
+				return nil, err
+			}
+		}
 		dec := expfmt.NewDecoder(bytes.NewReader(body), format)
 		for {
 			f := &dto.MetricFamily{}
@@ -279,6 +285,19 @@ func (s *Scraper) parse(h http.Header, body []byte) ([]*dto.MetricFamily, error)
 	return fams, nil
 }
 
+// checkDelimited checks that every length prefix of a delimited protobuf body fits in the
+// body: expfmt's decoder allocates a message's claimed length before reading it.
+func checkDelimited(body []byte) error {
+	for off := 0; off < len(body); {
+		n, k := binary.Uvarint(body[off:])
+		if k <= 0 || n > uint64(len(body)-off-k) {
+			return fmt.Errorf("bad protobuf length prefix at byte %d", off)
+		}
+		off += k + int(n)
+	}
+	return nil
+}
+
 func (s *Scraper) skip(reason string) { s.skips[reason].Inc() }
 
 // family converts one metric family.
@@ -292,6 +311,10 @@ func (s *Scraper) family(f *dto.MetricFamily, now time.Time) {
 			}
 		}
 		slices.SortFunc(s.labels, func(a, b proto.Label) int { return strings.Compare(a.Name, b.Name) })
+		if !hasValue(f.GetType(), m) {
+			s.skip("bad_value") // a protobuf metric without a value of its type
+			continue
+		}
 		switch f.GetType() {
 		case dto.MetricType_COUNTER:
 			s.counter(name, m.GetCounter().GetValue(), now)
@@ -311,6 +334,23 @@ func (s *Scraper) family(f *dto.MetricFamily, now time.Time) {
 			s.skip("unsupported_type")
 		}
 	}
+}
+
+// hasValue reports whether m carries the value its family's type needs.
+func hasValue(t dto.MetricType, m *dto.Metric) bool {
+	switch t {
+	case dto.MetricType_COUNTER:
+		return m.Counter != nil
+	case dto.MetricType_GAUGE:
+		return m.Gauge != nil
+	case dto.MetricType_UNTYPED:
+		return m.Untyped != nil
+	case dto.MetricType_SUMMARY:
+		return m.Summary != nil
+	case dto.MetricType_HISTOGRAM:
+		return m.Histogram != nil
+	}
+	return true
 }
 
 // series returns the state of name{s.labels}, creating it; nil if the limit is reached or
@@ -381,6 +421,10 @@ func (s *Scraper) gaugeValue(name string, v float64, now time.Time) {
 }
 
 func (s *Scraper) histogram(name string, h *dto.Histogram, now time.Time) {
+	if h == nil {
+		s.skip("bad_histogram")
+		return
+	}
 	cur := &s.scratch
 	var reason string
 	if isNative(h) {

@@ -248,7 +248,7 @@ func nativeFamily(schema int32, counts map[int]uint64, zero uint64, sum float64)
 		Metric: []*dto.Metric{{Histogram: h}}}
 }
 
-func protoBody(t *testing.T, fams ...*dto.MetricFamily) []byte {
+func protoBody(t testing.TB, fams ...*dto.MetricFamily) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeProtoDelim))
