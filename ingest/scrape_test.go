@@ -388,3 +388,24 @@ func BenchmarkScrape(b *testing.B) {
 		}
 	}
 }
+
+func TestScraperOpenMetrics(t *testing.T) {
+	e := newScrapeEnv(t)
+	ct := string(expfmt.NewFormat(expfmt.TypeOpenMetrics))
+	om := func(n int) []byte {
+		return fmt.Appendf(nil, "# TYPE jobs counter\njobs_total{queue=\"a\"} %d\n# TYPE up gauge\nup 1\n# EOF\n", n)
+	}
+	e.tg.set(200, ct, om(5))
+	e.step(t, "")
+	e.tg.set(200, ct, om(9))
+	b := e.step(t, "")
+	if s := findLabel(b, "jobs_total", "queue", "a"); s == nil || s.Value != 4 {
+		t.Errorf("got %v; want jobs_total delta 4", s)
+	}
+	if s := find(b, "up"); s == nil || s.Value != 1 {
+		t.Errorf("got %v; want gauge up 1", s)
+	}
+	if n := e.counter("herd_agent_scrape_format_fallbacks_total"); n != 0 {
+		t.Errorf("got %d fallbacks; want 0", n)
+	}
+}
