@@ -1,0 +1,32 @@
+# herd's everyday targets. `make test` is what CI runs (see .ci/run).
+GO      ?= go
+PKGS    ?= ./...
+BENCH   ?= .
+FUZZTIME ?= 30s
+
+.PHONY: build test test-short bench fuzz vet screenshots clean
+
+build:
+	$(GO) build -o bin/herd ./cmd/herd
+
+vet:
+	$(GO) vet $(PKGS)
+
+# The README's test command: every test, with the race detector.
+test:
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+test-short:
+	$(GO) test -short -count=1 $(PKGS)
+
+# Benchmarks of every hot path; compare runs with benchstat (see docs/BENCHMARKS.md).
+bench:
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -count=6 ./proto ./ingest ./rollup | tee bench.txt
+
+# Run each fuzz target for FUZZTIME.
+fuzz:
+	$(GO) test ./proto -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf bin bench.txt

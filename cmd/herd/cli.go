@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"time"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// env holds what a command needs from its surroundings; tests build their own.
+type env struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	logger         *slog.Logger
+}
+
+// command is one herd subcommand.
+type command struct {
+	name  string
+	usage string // one line after "herd <name> "
+	short string
+	// flags registers the command's flags and returns the function that runs it after
+	// parsing. The function returns the process exit status.
+	flags func(fs *flag.FlagSet, e *env) func(ctx context.Context) error
+	// raw, if set, replaces flag parsing: it gets the arguments after the command name
+	// (for commands with subcommands).
+	raw func(ctx context.Context, e *env, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		demoCommand(),
+		serveCommand(),
+		agentCommand(),
+		simCommand(),
+		tailCommand(),
+		benchCommand(),
+		{name: "version", short: "print herd's version", flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
+			return func(context.Context) error {
+				fmt.Fprintln(e.stdout, "herd", version)
+				return nil
+			}
+		}},
+	}
+}
+
+// errUsage marks an error that should print the command's usage.
+var errUsage = errors.New("usage")
+
+// run runs herd with the arguments after the program name and returns the exit status.
+func run(ctx context.Context, args []string, e *env) int {
+	if e.logger == nil {
+		e.logger = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		topUsage(e.stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		if c.raw != nil {
+			return exitStatus(c.name, c.raw(ctx, e, args[1:]), e)
+		}
+		fs := flag.NewFlagSet("herd "+c.name, flag.ContinueOnError)
+		fs.SetOutput(e.stderr)
+		runFn := c.flags(fs, e)
+		fs.Usage = func() {
+			fmt.Fprintf(e.stderr, "usage: herd %s %s\n\n%s.\n\nFlags (each falls back to the environment variable shown):\n", c.name, c.usage, capitalize(c.short))
+			printFlags(e.stderr, fs)
+		}
+		if err := fs.Parse(args[1:]); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
+			return 2
+		}
+		if err := applyEnv(fs, e.getenv); err != nil {
+			fmt.Fprintf(e.stderr, "herd %s: %v\n", c.name, err)
+			return 2
+		}
+		if fs.NArg() > 0 {
+			fmt.Fprintf(e.stderr, "herd %s: unexpected arguments %q\n", c.name, fs.Args())
+			return 2
+		}
+		return exitStatus(c.name, runFn(ctx), e)
+	}
+	fmt.Fprintf(e.stderr, "herd: unknown command %q\n\n", args[0])
+	topUsage(e.stderr)
+	return 2
+}
+
+// exitStatus reports err and maps it to an exit status: 0 ok, 2 usage, 1 anything else.
+func exitStatus(name string, err error, e *env) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		if err != errUsage {
+			fmt.Fprintf(e.stderr, "herd %s: %v\n", name, err)
+		}
+		return 2
+	}
+	fmt.Fprintf(e.stderr, "herd %s: %v\n", name, err)
+	return 1
+}
+
+func topUsage(w io.Writer) {
+	fmt.Fprintf(w, "herd %s: is the version you just pushed worse than the one it replaces?\n\nusage: herd <command> [flags]\n\ncommands:\n", version)
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.short)
+	}
+	fmt.Fprintln(w, "\nRun 'herd <command> --help' for a command's flags.")
+}
+
+func capitalize(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// envName is the environment variable a flag falls back to: HERD_ + upper case, with '.' and
+// '-' as '_' (rollup.window → HERD_ROLLUP_WINDOW).
+func envName(flagName string) string {
+	return "HERD_" + strings.NewReplacer(".", "_", "-", "_").Replace(strings.ToUpper(flagName))
+}
+
+// applyEnv sets every flag not given on the command line from its environment variable.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		if v := getenv(envName(f.Name)); v != "" {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("invalid value %q for %s (-%s): %w", v, envName(f.Name), f.Name, e)
+			}
+		}
+	})
+	return err
+}
+
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	var lines []string
+	fs.VisitAll(func(f *flag.Flag) {
+		name, usage := flag.UnquoteUsage(f)
+		l := "  --" + f.Name
+		if name != "" {
+			l += " " + name
+		}
+		l += "  [" + envName(f.Name) + "]\n      " + usage
+		if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" && f.DefValue != "[]" {
+			l += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		lines = append(lines, l)
+	})
+	sort.Strings(lines)
+	fmt.Fprintln(w, strings.Join(lines, "\n"))
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+// Set appends one value (a comma-separated value from the environment adds several).
+func (l *listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}
+
+// sleepCtx waits for d or until ctx is done; it reports whether the full time passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func osEnv() *env {
+	return &env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+}

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"strings"
+	"testing"
+	"time"
+)
+
+func runHerd(t *testing.T, vars map[string]string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), args, &env{stdout: &out, stderr: &errb, getenv: func(k string) string { return vars[k] },
+		logger: testLogger(t)})
+	return code, out.String(), errb.String()
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	if code, out, _ := runHerd(t, nil, "version"); code != 0 || !strings.HasPrefix(out, "herd ") {
+		t.Errorf("herd version: got %d %q; want 0 and \"herd …\"", code, out)
+	}
+	for _, c := range commands() {
+		code, _, errOut := runHerd(t, nil, c.name, "--help")
+		if code != 0 || !strings.Contains(errOut, "usage: herd "+c.name) {
+			t.Errorf("herd %s --help: got exit %d, output %q; want 0 and a usage line", c.name, code, errOut)
+		}
+	}
+	if code, _, _ := runHerd(t, nil, "nonsense"); code != 2 {
+		t.Errorf("unknown command: got exit %d; want 2", code)
+	}
+}
+
+func TestEnvFallback(t *testing.T) {
+	if got := envName("rollup.max-series-per-group"); got != "HERD_ROLLUP_MAX_SERIES_PER_GROUP" {
+		t.Errorf("envName = %q; want HERD_ROLLUP_MAX_SERIES_PER_GROUP", got)
+	}
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	window := fs.Duration("rollup.window", time.Second, "")
+	nats := fs.String("nats", "a", "")
+	if err := fs.Parse([]string{"-nats", "flag"}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"HERD_ROLLUP_WINDOW": "500ms", "HERD_NATS": "env"}
+	if err := applyEnv(fs, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if *window != 500*time.Millisecond || *nats != "flag" {
+		t.Errorf("got window=%s nats=%q; want 500ms from the environment and \"flag\" from the command line", *window, *nats)
+	}
+	env["HERD_ROLLUP_WINDOW"] = "soon"
+	fs2 := flag.NewFlagSet("x", flag.ContinueOnError)
+	fs2.Duration("rollup.window", time.Second, "")
+	if err := applyEnv(fs2, func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "HERD_ROLLUP_WINDOW") {
+		t.Errorf("bad env value: got %v; want an error naming HERD_ROLLUP_WINDOW", err)
+	}
+}
+
+func TestServeRefusesBadFlags(t *testing.T) {
+	code, _, errOut := runHerd(t, map[string]string{"HERD_ROLLUP_WINDOW": "7us"}, "serve")
+	if code != 2 || !strings.Contains(errOut, "rollup.window") {
+		t.Errorf("got exit %d, %q; want 2 and the flag named", code, errOut)
+	}
+}

@@ -1,0 +1,492 @@
+package main
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/herd-dev/herd/alert"
+	"github.com/herd-dev/herd/alert/deliver"
+	"github.com/herd-dev/herd/ingest"
+	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/rollup"
+)
+
+// demoEvent is one line of `herd demo --json`.
+type demoEvent struct {
+	Type         string `json:"type"`
+	UnixMs       int64  `json:"unix_ms"`
+	SinceOnsetMs *int64 `json:"since_onset_ms,omitempty"`
+	Service      string `json:"service,omitempty"`
+	Version      string `json:"version,omitempty"`
+	Text         string `json:"text"`
+	// Type-specific fields.
+	State      string          `json:"state,omitempty"`
+	DecisionID string          `json:"decision_id,omitempty"`
+	Evidence   *proto.Evidence `json:"evidence,omitempty"`
+	Summary    *demoSummary    `json:"summary,omitempty"`
+}
+
+// demoSummary ends the story.
+type demoSummary struct {
+	Scenario         string  `json:"scenario"`
+	Outcome          string  `json:"outcome"` // rollback, pass, none
+	Expected         string  `json:"expected"`
+	OK               bool    `json:"ok"`
+	TimeToDetectMs   *int64  `json:"time_to_detect_ms,omitempty"`
+	TimeToWebhookMs  *int64  `json:"time_to_webhook_ms,omitempty"`
+	TimeToStoppedMs  *int64  `json:"time_to_instances_stopped_ms,omitempty"`
+	Sentence         string  `json:"sentence,omitempty"`
+	WebhooksReceived int     `json:"webhooks_received"`
+	DashboardURL     string  `json:"dashboard_url"`
+	CanaryRPS        float64 `json:"canary_rps"`
+	BaselineRPS      float64 `json:"baseline_rps"`
+}
+
+// demoScenarios maps --scenario to the regression applied at onset.
+var demoScenarios = map[string]string{
+	"errors":  "canary error rate ×5",
+	"latency": "canary latency ×3",
+	"crash":   "canary instances crash-loop",
+	"good":    "no regression (canary as good as baseline)",
+}
+
+func demoCommand() command {
+	return command{
+		name:  "demo",
+		usage: "[--scenario errors|latency|crash|good] [--seed N] [--duration D] [--json]",
+		short: "run herd with a simulated fleet and a canary: steady v1 → canary v2 → regression → rollback",
+		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
+			d := demo{detect: alert.DefaultConfig(), stack: stackConfig{Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig()}}
+			d.stack.registerFlags(fs)
+			d.detect.RegisterFlags(fs)
+			fs.StringVar(&d.scenario, "scenario", "errors", "what goes wrong with the canary: errors, latency, crash or good")
+			fs.Uint64Var(&d.seed, "seed", 1, "random seed of the simulated fleet")
+			fs.DurationVar(&d.duration, "duration", 0, "stop after this long; 0 keeps running after the story until interrupted (duration)")
+			fs.BoolVar(&d.json, "json", false, "print one JSON event per line instead of the timeline")
+			fs.IntVar(&d.baseline, "baseline-instances", 20, "instances of the baseline version (count)")
+			fs.IntVar(&d.canary, "canary-instances", 5, "instances of the canary version (count)")
+			fs.Float64Var(&d.rps, "rps", 100, "requests per second per instance (rate)")
+			fs.DurationVar(&d.deployAfter, "deploy-after", 3*time.Second, "when the canary is deployed, after start (duration)")
+			fs.DurationVar(&d.onsetAfter, "onset-after", 8*time.Second, "when the canary regresses, after its deploy (duration)")
+			// The demo serves on its own ports unless told otherwise.
+			fs.Lookup("nats.listen").DefValue = "127.0.0.1:0"
+			_ = fs.Set("nats.listen", "127.0.0.1:0")
+			return func(ctx context.Context) error {
+				d.out = e
+				return d.run(ctx)
+			}
+		},
+	}
+}
+
+// demo is one run of `herd demo`.
+type demo struct {
+	stack                   stackConfig
+	detect                  alert.Config
+	scenario                string
+	seed                    uint64
+	duration                time.Duration
+	json                    bool
+	baseline, canary        int
+	rps                     float64
+	deployAfter, onsetAfter time.Duration
+
+	out *env
+
+	mu        sync.Mutex // guards the fields below and output
+	onset     time.Time
+	verdict   *proto.Verdict
+	webhookAt time.Time
+	stoppedAt time.Time
+	hooks     int
+	done      chan struct{} // closed when the story has ended
+}
+
+const (
+	demoService  = "checkout"
+	demoBaseline = "1.4.2"
+	demoCanary   = "1.5.0"
+	demoOther    = "search"
+)
+
+func (d *demo) run(ctx context.Context) error {
+	if _, ok := demoScenarios[d.scenario]; !ok {
+		return fmt.Errorf("%w: -scenario %q: want errors, latency, crash or good", errUsage, d.scenario)
+	}
+	if d.stack.DataDir == "herd-data" {
+		d.stack.DataDir = tempDir()
+	}
+	if err := d.stack.validate(); err != nil {
+		return err
+	}
+	if err := d.detect.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	d.done = make(chan struct{})
+	logger := d.out.logger
+	s, err := newStack(d.stack, logger)
+	if err != nil {
+		return err
+	}
+
+	// The deploy tool: a local receiver of herd's signed rollback webhook.
+	secret := make([]byte, 24)
+	_, _ = rand.Read(secret)
+	whsec := "whsec_" + base64.StdEncoding.EncodeToString(secret)
+	recvLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("cannot listen for the demo's webhook receiver: %w", err)
+	}
+	var fl *fleet
+	recv := &http.Server{Handler: d.receiver(secret, func() { fl.group(demoService, demoCanary).target.Store(0) }),
+		ReadHeaderTimeout: 5 * time.Second}
+
+	store, err := deliver.NewFileStore(d.stack.DataDir + "/decisions")
+	if err != nil {
+		return err
+	}
+	dcfg := deliver.Config{Webhooks: []string{"http://" + recvLn.Addr().String() + "/hooks/herd"},
+		WebhookSecrets: []string{whsec}, Timeout: 2 * time.Second, MaxRetry: time.Minute}
+	if err := dcfg.Validate(); err != nil {
+		return err
+	}
+	dl, err := deliver.New(dcfg, store, logger.With("component", "deliver"))
+	if err != nil {
+		return err
+	}
+	det, err := alert.New(d.detect, func(v proto.Verdict) { d.onVerdict(s, dl, v) }, logger.With("component", "detect"))
+	if err != nil {
+		return err
+	}
+	s.onWindow(det.AddWindow)
+
+	pc, err := connectNATS(s.NATSURL(), "herd-demo-fleet", logger)
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	fl, err = newFleet(fleetConfig{
+		Groups: []groupSpec{
+			{Service: demoService, Version: demoBaseline, Instances: d.baseline, RPS: d.rps, ErrorRate: 0.005,
+				LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond},
+			{Service: demoService, Version: demoCanary, Instances: 0, RPS: d.rps, ErrorRate: 0.005,
+				LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond},
+			{Service: demoOther, Version: "2.0.1", Instances: 6, RPS: d.rps, ErrorRate: 0.002,
+				LatencyMedian: 15 * time.Millisecond, LatencyP99: 90 * time.Millisecond},
+		},
+		LifetimeMin: 20 * time.Second, LifetimeMax: 60 * time.Second, Interval: d.stack.Rollup.Window,
+		Seed: d.seed, Publish: pc.Publish, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	errc := make(chan error, 5)
+	wg.Go(func() { errc <- s.run(runCtx) })
+	wg.Go(func() { errc <- det.Run(runCtx) })
+	wg.Go(func() { errc <- dl.Run(runCtx) })
+	wg.Go(func() {
+		if err := recv.Serve(recvLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	})
+	fleetDone := make(chan struct{})
+	wg.Go(func() {
+		defer close(fleetDone)
+		if err := fl.Run(runCtx, time.Time{}); err != nil {
+			errc <- err
+		}
+	})
+
+	start := time.Now()
+	d.emit(demoEvent{Type: "start", Text: fmt.Sprintf("herd demo (%s): dashboard %s, NATS %s, %d × %s %s at %.0f rps each",
+		d.scenario, s.HTTPURL(), s.NATSURL(), d.baseline, demoService, demoBaseline, d.rps)})
+	storyErr := d.story(runCtx, s, det, fl, start)
+
+	if d.duration > 0 {
+		// With --duration the demo ends when the story has ended or the time is up.
+		select {
+		case <-d.done:
+		case <-time.After(time.Until(start.Add(d.duration))):
+		case <-ctx.Done():
+		}
+	} else {
+		<-ctx.Done()
+	}
+	ok := d.summary(s.HTTPURL(), start)
+	stop()
+	shut, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	_ = recv.Shutdown(shut)
+	cancel()
+	<-fleetDone
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+	}
+	if storyErr != nil {
+		return storyErr
+	}
+	if !ok {
+		return errors.New("the story did not end as the scenario expects")
+	}
+	return nil
+}
+
+// story deploys the canary, applies the scenario's regression, and waits for the verdict.
+func (d *demo) story(ctx context.Context, s *stack, det *alert.Detector, fl *fleet, start time.Time) error {
+	if !sleepUntil(ctx, start.Add(d.deployAfter)) {
+		return nil
+	}
+	canary := fl.group(demoService, demoCanary)
+	canary.target.Store(int64(d.canary))
+	dep := proto.Deployment{Service: demoService, Baseline: demoBaseline, Canary: demoCanary, UnixMs: time.Now().UnixMilli()}
+	if err := det.Announce(dep); err != nil {
+		return fmt.Errorf("cannot announce the canary: %w", err)
+	}
+	d.emit(demoEvent{Type: "deploy", Service: demoService, Version: demoCanary,
+		Text: fmt.Sprintf("deploy: %s %s starts beside %s with %d instances", demoService, demoCanary, demoBaseline, d.canary)})
+
+	if !sleepUntil(ctx, start.Add(d.deployAfter+d.onsetAfter)) {
+		return nil
+	}
+	switch d.scenario {
+	case "errors":
+		canary.setErrorRate(canary.spec.ErrorRate * 5)
+	case "latency":
+		canary.setLatencyFactor(3)
+	case "crash":
+		canary.crash.Store(true)
+	}
+	d.mu.Lock()
+	d.onset = time.Now()
+	d.mu.Unlock()
+	d.emit(demoEvent{Type: "onset", Service: demoService, Version: demoCanary,
+		Text: "onset: " + demoScenarios[d.scenario]})
+
+	// Watch the canary's instances after the rollback.
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			d.mu.Lock()
+			hooked := !d.webhookAt.IsZero() && d.stoppedAt.IsZero()
+			d.mu.Unlock()
+			if hooked && canary.live.Load() == 0 {
+				d.mu.Lock()
+				d.stoppedAt = time.Now()
+				d.mu.Unlock()
+				d.emit(demoEvent{Type: "instances_stopped", Service: demoService, Version: demoCanary,
+					Text: fmt.Sprintf("%s %s has no instances left: rolled back", demoService, demoCanary)})
+				d.finish()
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+func sleepUntil(ctx context.Context, t time.Time) bool {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer.C:
+		return true
+	}
+}
+
+// onVerdict publishes a verdict, hands final ones to the deliverer and tells the story.
+func (d *demo) onVerdict(s *stack, dl *deliver.Deliverer, v proto.Verdict) {
+	if subj, err := proto.VerdictSubject(v.Service); err == nil {
+		if data, err := proto.MarshalVerdict(&v); err == nil {
+			_ = s.nc.Publish(subj, data)
+		}
+	}
+	if v.State == proto.StateRollback || v.State == proto.StatePass {
+		if err := dl.Decide(v); err != nil {
+			d.out.logger.Warn("cannot hand the decision to delivery", "err", err)
+		}
+	}
+	if v.Service != demoService {
+		return
+	}
+	d.mu.Lock()
+	first := d.verdict == nil || d.verdict.State != v.State
+	if v.State != proto.StatePending {
+		vv := v
+		d.verdict = &vv
+	}
+	d.mu.Unlock()
+	if first {
+		d.emit(demoEvent{Type: "verdict", Service: v.Service, Version: v.Canary, State: string(v.State),
+			DecisionID: v.DecisionID, Evidence: &v.Evidence, Text: fmt.Sprintf("verdict %s: %s", v.State, v.Sentence)})
+	}
+	if v.State == proto.StatePass || v.State == proto.StateInconclusive {
+		d.finish()
+	}
+}
+
+func (d *demo) finish() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	select {
+	case <-d.done:
+	default:
+		close(d.done)
+	}
+}
+
+// receiver is the demo's deploy tool: it verifies herd's webhook signature (Standard
+// Webhooks, independently of herd's own signing code) and, on a rollback request, scales the
+// canary to zero.
+func (d *demo) receiver(secret []byte, rollback func()) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /hooks/herd", func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil {
+			http.Error(w, "cannot read body", http.StatusBadRequest)
+			return
+		}
+		id, ts := r.Header.Get("webhook-id"), r.Header.Get("webhook-timestamp")
+		mac := hmac.New(sha256.New, secret)
+		mac.Write([]byte(id + "." + ts + "."))
+		mac.Write(body)
+		want := "v1," + base64.StdEncoding.EncodeToString(mac.Sum(nil))
+		valid := false
+		for _, sig := range strings.Fields(r.Header.Get("webhook-signature")) {
+			if hmac.Equal([]byte(sig), []byte(want)) {
+				valid = true
+			}
+		}
+		if !valid {
+			http.Error(w, "bad signature", http.StatusUnauthorized)
+			return
+		}
+		var msg struct {
+			Type       string `json:"type"`
+			DecisionID string `json:"decision_id"`
+		}
+		if err := json.Unmarshal(body, &msg); err != nil {
+			http.Error(w, "bad body", http.StatusBadRequest)
+			return
+		}
+		d.mu.Lock()
+		d.hooks++
+		first := d.webhookAt.IsZero()
+		if first {
+			d.webhookAt = time.Now()
+		}
+		d.mu.Unlock()
+		if first {
+			d.emit(demoEvent{Type: "webhook_received", Service: demoService, Version: demoCanary, DecisionID: msg.DecisionID,
+				Text: fmt.Sprintf("deploy tool: %s received (signature valid, id %s), scaling %s %s to zero", msg.Type, shortID(msg.DecisionID), demoService, demoCanary)})
+			if msg.Type == "canary.rollback.requested" {
+				rollback()
+			}
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	return mux
+}
+
+func shortID(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+// emit prints one event, as JSON or as a timeline line.
+func (d *demo) emit(ev demoEvent) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	ev.UnixMs = now.UnixMilli()
+	if !d.onset.IsZero() {
+		since := now.Sub(d.onset).Milliseconds()
+		ev.SinceOnsetMs = &since
+	}
+	if d.json {
+		b, _ := json.Marshal(ev)
+		fmt.Fprintln(d.out.stdout, string(b))
+		return
+	}
+	at := now.Format("15:04:05.000")
+	if ev.SinceOnsetMs != nil {
+		at += fmt.Sprintf(" (+%5.2fs)", float64(*ev.SinceOnsetMs)/1000)
+	} else {
+		at += "          "
+	}
+	fmt.Fprintf(d.out.stdout, "%s  %s\n", at, ev.Text)
+}
+
+// summary prints the story's end and reports whether it went as the scenario expects.
+func (d *demo) summary(dashboard string, start time.Time) bool {
+	d.mu.Lock()
+	sum := demoSummary{Scenario: d.scenario, Outcome: "none", Expected: string(proto.StateRollback),
+		WebhooksReceived: d.hooks, DashboardURL: dashboard,
+		CanaryRPS: float64(d.canary) * d.rps, BaselineRPS: float64(d.baseline) * d.rps}
+	if d.scenario == "good" {
+		sum.Expected = string(proto.StatePass)
+	}
+	ms := func(t time.Time) *int64 {
+		if t.IsZero() || d.onset.IsZero() {
+			return nil
+		}
+		v := t.Sub(d.onset).Milliseconds()
+		return &v
+	}
+	if d.verdict != nil {
+		sum.Outcome = string(d.verdict.State)
+		sum.Sentence = d.verdict.Sentence
+		sum.TimeToDetectMs = ms(time.UnixMilli(d.verdict.UnixMs))
+	}
+	sum.TimeToWebhookMs = ms(d.webhookAt)
+	sum.TimeToStoppedMs = ms(d.stoppedAt)
+	if d.scenario == "good" {
+		sum.OK = sum.Outcome == string(proto.StatePass) && d.hooks == 0
+	} else {
+		sum.OK = sum.Outcome == string(proto.StateRollback) && d.hooks > 0 && !d.stoppedAt.IsZero()
+	}
+	d.mu.Unlock()
+	text := fmt.Sprintf("summary: %s scenario ended in %s (expected %s)", sum.Scenario, sum.Outcome, sum.Expected)
+	if sum.TimeToDetectMs != nil {
+		text += fmt.Sprintf("; detected %.2fs after onset", float64(*sum.TimeToDetectMs)/1000)
+	}
+	if sum.TimeToWebhookMs != nil {
+		text += fmt.Sprintf(", webhook received after %.2fs", float64(*sum.TimeToWebhookMs)/1000)
+	}
+	if sum.TimeToStoppedMs != nil {
+		text += fmt.Sprintf(", canary gone after %.2fs", float64(*sum.TimeToStoppedMs)/1000)
+	}
+	if sum.Sentence != "" {
+		text += "\n  evidence: " + sum.Sentence
+	}
+	d.emit(demoEvent{Type: "summary", Summary: &sum, Text: text})
+	return sum.OK
+}

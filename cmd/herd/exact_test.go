@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/herd-dev/herd/ingest"
+	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/rollup"
+)
+
+func testLogger(t *testing.T) *slog.Logger {
+	t.Helper()
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(&testWriter{t}, nil))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w *testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+// testStack starts an all-in-one stack on random ports. stop stops it and returns run's
+// error; it is idempotent and also runs when the test ends.
+func testStack(t *testing.T) (s *stack, stop func() error) {
+	t.Helper()
+	cfg := stackConfig{NATSListen: "127.0.0.1:0", DataDir: t.TempDir(), HTTPListen: "127.0.0.1:0",
+		Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig()}
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := newStack(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			runErr = <-done
+		})
+		return runErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	return s, stop
+}
+
+// windowSums totals what windows carried per group.
+type windowSums struct {
+	mu      sync.Mutex
+	byGroup map[[2]string]*groupTotals
+	delays  []time.Duration // receive time minus window end
+}
+
+func collectWindows(t *testing.T, url string) *windowSums {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ws := &windowSums{byGroup: map[[2]string]*groupTotals{}}
+	_, err = nc.Subscribe(proto.SubjectRollupAll, func(m *nats.Msg) {
+		got := time.Now()
+		w, err := proto.UnmarshalWindow(m.Data)
+		if err != nil {
+			t.Errorf("bad window on %s: %v", m.Subject, err)
+			return
+		}
+		ws.mu.Lock()
+		defer ws.mu.Unlock()
+		ws.delays = append(ws.delays, got.Sub(time.UnixMilli(w.EndMs)))
+		k := [2]string{w.Service, w.Version}
+		tot := ws.byGroup[k]
+		if tot == nil {
+			tot = &groupTotals{Service: w.Service, Version: w.Version}
+			ws.byGroup[k] = tot
+		}
+		tot.InstancesStarted += uint64(w.InstancesStarted)
+		tot.InstancesStopped += uint64(w.InstancesStopped)
+		for i := range w.Series {
+			s := &w.Series[i]
+			switch s.Name {
+			case proto.SeriesRequests:
+				tot.Requests += uint64(s.Value)
+			case proto.SeriesErrors:
+				tot.Errors += uint64(s.Value)
+			case proto.SeriesLatency:
+				if s.Hist != nil {
+					tot.LatencyCount += s.Hist.Count
+				}
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return ws
+}
+
+// TestExactUnderChurn runs a churning fleet through NATS, intake and rollup and checks that
+// the windows' totals equal what the fleet published, exactly.
+func TestExactUnderChurn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a fleet for several seconds")
+	}
+	s, stop := testStack(t)
+	ws := collectWindows(t, s.NATSURL())
+
+	nc, err := nats.Connect(s.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	sf := simFlags{instances: 200, canaryShare: 0.2, rps: 20, errorRate: 0.01,
+		latencyMedian: 40 * time.Millisecond, latencyP99: 200 * time.Millisecond}
+	sf.services = listFlag{"checkout", "search"}
+	groups, err := sf.groups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := newFleet(fleetConfig{Groups: groups, LifetimeMin: 500 * time.Millisecond, LifetimeMax: 2 * time.Second,
+		Interval: 250 * time.Millisecond, Seed: 7, Publish: nc.Publish, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Run(context.Background(), time.Now().Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Stopping serve drains the intake and flushes every open window.
+	if err := stop(); err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	want := f.Totals()
+	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		ws.mu.Lock()
+		defer ws.mu.Unlock()
+		for _, w := range want {
+			got := ws.byGroup[[2]string{w.Service, w.Version}]
+			if got == nil {
+				return errorf("no windows for %s/%s", w.Service, w.Version)
+			}
+			if got.Requests != w.Requests || got.Errors != w.Errors || got.LatencyCount != w.LatencyCount {
+				return errorf("%s/%s: windows hold requests=%d errors=%d latency_count=%d; sim published %d %d %d",
+					w.Service, w.Version, got.Requests, got.Errors, got.LatencyCount, w.Requests, w.Errors, w.LatencyCount)
+			}
+		}
+		return nil
+	})
+	ws.mu.Lock()
+	p99 := percentile(ws.delays, 0.99)
+	n := len(ws.delays)
+	ws.mu.Unlock()
+	// A window closes at end + lateness (500 ms); it must be on herd.rollup.> within 100 ms more.
+	if limit := 850 * time.Millisecond; p99 > limit {
+		t.Errorf("window end → herd.rollup.> p99 = %s over %d windows; want ≤ %s", p99, n, limit)
+	}
+	t.Logf("window end → herd.rollup.> p99 = %s over %d windows", p99, n)
+	for _, w := range want {
+		if w.InstancesStarted < uint64(100/len(want)) || w.InstancesStopped != w.InstancesStarted || w.BatchesUnsent != 0 {
+			t.Errorf("%s/%s: started %d stopped %d unsent %d; want churn, every instance stopped, nothing unsent",
+				w.Service, w.Version, w.InstancesStarted, w.InstancesStopped, w.BatchesUnsent)
+		}
+		got := ws.byGroup[[2]string{w.Service, w.Version}]
+		if got.InstancesStopped != w.InstancesStopped {
+			t.Errorf("%s/%s: windows saw %d instances stop; sim stopped %d", w.Service, w.Version, got.InstancesStopped, w.InstancesStopped)
+		}
+		t.Logf("%s/%s: requests=%d errors=%d latency_count=%d instances started=%d", w.Service, w.Version,
+			w.Requests, w.Errors, w.LatencyCount, w.InstancesStarted)
+	}
+}

@@ -1,0 +1,255 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/herd-dev/herd/ingest"
+	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/rollup"
+)
+
+// stackConfig configures the all-in-one server that `herd serve` and `herd demo` run.
+type stackConfig struct {
+	// NATSURL selects an external NATS server; empty starts the embedded one.
+	NATSURL string
+	// NATSListen is host:port of the embedded server's client listener (port 0: random).
+	NATSListen string
+	// DataDir holds the embedded server's JetStream store.
+	DataDir string
+	// HTTPListen is host:port of the HTTP listener (/metrics, /livez, /readyz).
+	HTTPListen string
+	Rollup     rollup.Config
+	Intake     ingest.IntakeConfig
+}
+
+func (c *stackConfig) registerFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.NATSURL, "nats", "", "external NATS server `URL`s, comma-separated; empty starts an embedded nats-server")
+	fs.StringVar(&c.NATSListen, "nats.listen", "127.0.0.1:4222", "client listener of the embedded nats-server (`host:port`, port 0 picks a free one)")
+	fs.StringVar(&c.DataDir, "data", "herd-data", "`directory` of the embedded nats-server's JetStream store")
+	fs.StringVar(&c.HTTPListen, "http", "127.0.0.1:8080", "HTTP listener for the API, dashboard and /metrics (`host:port`, port 0 picks a free one)")
+	c.Rollup.RegisterFlags(fs)
+	c.Intake.RegisterFlags(fs)
+}
+
+func (c *stackConfig) validate() error {
+	if err := c.Rollup.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := c.Intake.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if c.NATSURL == "" {
+		if _, _, err := splitHostPort(c.NATSListen); err != nil {
+			return fmt.Errorf("%w: -nats.listen: %v", errUsage, err)
+		}
+	}
+	if _, _, err := splitHostPort(c.HTTPListen); err != nil {
+		return fmt.Errorf("%w: -http: %v", errUsage, err)
+	}
+	return nil
+}
+
+func splitHostPort(hp string) (string, int, error) {
+	h, p, err := net.SplitHostPort(hp)
+	if err != nil {
+		return "", 0, fmt.Errorf("cannot parse %q as host:port: %w", hp, err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port in %q", hp)
+	}
+	return h, port, nil
+}
+
+// stack is herd's all-in-one server: embedded (or external) NATS → intake → rollup →
+// windows on herd.rollup.* and to in-process consumers, plus the HTTP listener.
+type stack struct {
+	cfg    stackConfig
+	logger *slog.Logger
+
+	ns      *server.Server // nil with an external NATS
+	nc      *nats.Conn     // intake subscription and window publishing
+	intake  *ingest.Intake
+	roll    *rollup.Rollup
+	mux     *http.ServeMux
+	httpLn  net.Listener
+	httpSrv *http.Server
+	ready   atomic.Bool
+
+	metrics      *metrics.Set
+	publishErrs  *metrics.Counter
+	windowsSent  *metrics.Counter
+	onWindowMu   sync.Mutex
+	onWindowSubs []func(*proto.Window) // guarded by onWindowMu
+}
+
+// newStack starts the embedded NATS server (if any), connects, and opens the HTTP listener,
+// so that the caller can print real addresses. Nothing flows until run.
+func newStack(cfg stackConfig, logger *slog.Logger) (*stack, error) {
+	s := &stack{cfg: cfg, logger: logger, mux: http.NewServeMux(), metrics: metrics.NewSet()}
+	s.publishErrs = s.metrics.NewCounter(`herd_serve_window_publish_errors_total`)
+	s.windowsSent = s.metrics.NewCounter(`herd_serve_windows_published_total`)
+	natsURL := cfg.NATSURL
+	if natsURL == "" {
+		host, port, _ := splitHostPort(cfg.NATSListen)
+		if port == 0 {
+			port = -1
+		}
+		ns, err := embednats.Start(embednats.Config{Host: host, Port: port, JetStream: true, StoreDir: cfg.DataDir})
+		if err != nil {
+			return nil, err
+		}
+		s.ns = ns
+		natsURL = ns.ClientURL()
+	}
+	nc, err := connectNATS(natsURL, "herd-serve", logger)
+	if err != nil {
+		s.closeNATS()
+		return nil, err
+	}
+	s.nc = nc
+	s.roll, err = rollup.New(cfg.Rollup, s.emit, logger.With("component", "rollup"))
+	if err != nil {
+		s.closeNATS()
+		return nil, fmt.Errorf("cannot create rollup: %w", err)
+	}
+	s.intake, err = ingest.NewIntake(cfg.Intake, nc, s.roll.Add, logger.With("component", "intake"))
+	if err != nil {
+		s.closeNATS()
+		return nil, fmt.Errorf("cannot create intake: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPListen)
+	if err != nil {
+		s.closeNATS()
+		return nil, fmt.Errorf("cannot listen for HTTP on %s: %w", cfg.HTTPListen, err)
+	}
+	s.httpLn = ln
+	s.mux.HandleFunc("GET /metrics", s.serveMetrics)
+	s.mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	s.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	s.httpSrv = &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
+	return s, nil
+}
+
+// NATSURL is the client URL of the NATS server the stack uses.
+func (s *stack) NATSURL() string {
+	if s.ns != nil {
+		return s.ns.ClientURL()
+	}
+	return redactURLs(s.cfg.NATSURL)
+}
+
+// HTTPURL is the base URL of the HTTP listener.
+func (s *stack) HTTPURL() string { return "http://" + s.httpLn.Addr().String() }
+
+// onWindow adds an in-process consumer of closed windows. It is called on the rollup's
+// goroutine and must not block. Add consumers before run.
+func (s *stack) onWindow(f func(*proto.Window)) {
+	s.onWindowMu.Lock()
+	defer s.onWindowMu.Unlock()
+	s.onWindowSubs = append(s.onWindowSubs, f)
+}
+
+// emit publishes a closed window and hands it to the in-process consumers.
+func (s *stack) emit(w *proto.Window) {
+	if subj, err := proto.RollupSubject(w.Service, w.Version); err != nil {
+		s.publishErrs.Inc()
+	} else if data, err := proto.MarshalWindow(w); err != nil {
+		s.publishErrs.Inc()
+	} else if err := s.nc.Publish(subj, data); err != nil {
+		s.publishErrs.Inc()
+	} else {
+		s.windowsSent.Inc()
+	}
+	s.onWindowMu.Lock()
+	subs := s.onWindowSubs
+	s.onWindowMu.Unlock()
+	for _, f := range subs {
+		f(w)
+	}
+}
+
+func (s *stack) serveMetrics(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	s.metrics.WritePrometheus(w)
+	s.roll.Metrics().WritePrometheus(w)
+	s.intake.Metrics().WritePrometheus(w)
+	natsMetrics.WritePrometheus(w)
+	metrics.WriteProcessMetrics(w)
+}
+
+// run serves until ctx is done, then stops in data-flow order: not ready → stop intake
+// (drain the subscription) → flush open windows → close outputs → stop NATS.
+func (s *stack) run(ctx context.Context) error {
+	intakeCtx, stopIntake := context.WithCancel(context.Background())
+	rollCtx, stopRoll := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	intakeDone := make(chan struct{})
+	wg.Go(func() {
+		defer close(intakeDone)
+		if err := s.intake.Run(intakeCtx); err != nil {
+			errc <- fmt.Errorf("intake: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := s.roll.Run(rollCtx); err != nil {
+			errc <- fmt.Errorf("rollup: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := s.httpSrv.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	})
+	s.ready.Store(true)
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	s.ready.Store(false)
+	stopIntake()
+	<-intakeDone // every buffered batch is merged
+	s.roll.Flush()
+	stopRoll()
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = s.httpSrv.Shutdown(shutCtx)
+	cancel()
+	wg.Wait()
+	if err := drain(s.nc, 5*time.Second); err != nil {
+		s.logger.Warn("cannot stop cleanly", "err", err)
+	}
+	s.closeNATS()
+	return runErr
+}
+
+func (s *stack) closeNATS() {
+	if s.nc != nil && !s.nc.IsClosed() {
+		s.nc.Close()
+	}
+	if s.ns != nil {
+		embednats.Shutdown(s.ns)
+	}
+}
