@@ -1,0 +1,325 @@
+package web
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+// Handler returns the HTTP handler of the API, the websocket and the dashboard:
+//
+//	GET  /api/v1/services                              services with groups and latest verdicts
+//	GET  /api/v1/services/{service}                    one service, with verdict and deploy history
+//	GET  /api/v1/services/{service}/windows[?version=V&since_ms=T]  window summaries from the ring buffers
+//	GET  /api/v1/services/{service}/series[?version=V] the newest full window of each group (all series)
+//	GET  /api/v1/verdicts[?service=S]                  latest verdict of every canary
+//	GET  /api/v1/deployments[?service=S]               recent deploy announcements
+//	POST /api/v1/deployments                           announce a deployment (only with SetAnnounce)
+//	GET  /api/v1/dashboard/decisions[?service=S]       decisions with delivery logs (SetDecisions)
+//	GET  /api/v1/stream[?service=S&history_ms=H&since=N]  the websocket stream
+//	GET  /, /services/{service}, /decisions, /static/… the dashboard
+//
+// It leaves /api/v1/decisions… (the deliverer's API), /metrics, /livez and /readyz to the
+// caller. When Config.Token is set, every /api/ route requires it (see Protect).
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	api := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, s.Protect(h)) }
+	api("GET /api/v1/services", s.serveServices)
+	api("GET /api/v1/services/{service}", s.serveService)
+	api("GET /api/v1/services/{service}/windows", s.serveWindows)
+	api("GET /api/v1/services/{service}/series", s.serveSeries)
+	api("GET /api/v1/verdicts", s.serveVerdicts)
+	api("GET /api/v1/deployments", s.serveDeployments)
+	api("POST /api/v1/deployments", s.servePostDeployment)
+	api("GET /api/v1/dashboard/decisions", s.serveDecisions)
+	api("GET /api/v1/stream", s.serveStream)
+	mux.Handle("GET /static/", staticHandler())
+	mux.HandleFunc("GET /{$}", serveIndex)
+	mux.HandleFunc("GET /services/{service}", serveIndex)
+	mux.HandleFunc("GET /decisions", serveIndex)
+	return mux
+}
+
+// Protect wraps h so that it requires Config.Token, when one is set, as
+// "Authorization: Bearer <token>" or a token query parameter (browsers cannot set headers on
+// a websocket). cmd/herd wraps the deliverer's decisions API with it.
+func (s *Server) Protect(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.m.apiRequests.Inc()
+		if s.cfg.Token != "" && !s.authorized(r) {
+			s.m.apiUnauthorized.Inc()
+			if strings.HasSuffix(r.URL.Path, "/stream") {
+				s.m.refused[ReasonUnauthorized].Inc()
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="herd"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "a bearer token is required")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	tok := r.URL.Query().Get("token")
+	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
+		tok = strings.TrimPrefix(h, "Bearer ")
+	}
+	return subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.Token)) == 1
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	_ = enc.Encode(v)
+}
+
+// apiError is the body of every error answer.
+type apiError struct {
+	Error  string `json:"error"`
+	Reason string `json:"reason"`
+}
+
+func writeError(w http.ResponseWriter, status int, reason, msg string) {
+	writeJSON(w, status, apiError{Error: msg, Reason: reason})
+}
+
+// GroupSummary is the API's view of one (service, version) group.
+type GroupSummary struct {
+	Version string `json:"version"`
+	// Instances is the instance count of the newest window.
+	Instances int   `json:"instances"`
+	LastEndMs int64 `json:"last_end_unix_ms"`
+	// RequestsPerSecond and ErrorRatio are over the newest second of windows; latencies (seconds)
+	// are those of the newest window.
+	RequestsPerSecond float64 `json:"requests_per_second"`
+	ErrorRatio        float64 `json:"error_ratio"`
+	P50               float64 `json:"p50"`
+	P90               float64 `json:"p90"`
+	P99               float64 `json:"p99"`
+	Windows           int     `json:"windows"`
+}
+
+// ServiceSummary is the API's view of one service.
+type ServiceSummary struct {
+	Service string         `json:"service"`
+	Groups  []GroupSummary `json:"groups"`
+	// Verdicts holds the latest verdict of each canary, newest first.
+	Verdicts []proto.Verdict `json:"verdicts"`
+	// History (single-service route only) holds the recent verdict changes, oldest first.
+	History     []proto.Verdict    `json:"history,omitempty"`
+	Deployments []proto.Deployment `json:"deployments,omitempty"`
+}
+
+// summaryLocked summarizes a service; the caller holds s.mu.
+func (s *Server) summaryLocked(sv *service, full bool) ServiceSummary {
+	out := ServiceSummary{Service: sv.name, Groups: []GroupSummary{}, Verdicts: nonNil(sv.latestVerdicts())}
+	per := max(1, int(time.Second/s.cfg.Window))
+	for _, g := range sv.sortedGroups() {
+		gs := GroupSummary{Version: g.version, Windows: g.ring.n}
+		if last := g.ring.last(); last != nil {
+			gs.Instances, gs.LastEndMs = int(last.Instances), last.EndMs
+			gs.P50, gs.P90, gs.P99 = last.P50, last.P90, last.P99
+			var req, errs float64
+			k := min(per, g.ring.n)
+			for i := g.ring.n - k; i < g.ring.n; i++ {
+				req += g.ring.at(i).Requests
+				errs += g.ring.at(i).Errors
+			}
+			gs.RequestsPerSecond = req / (float64(k) * s.cfg.Window.Seconds())
+			if req > 0 {
+				gs.ErrorRatio = errs / req
+			}
+		}
+		out.Groups = append(out.Groups, gs)
+	}
+	if full {
+		out.History = nonNil(append([]proto.Verdict(nil), sv.verdicts...))
+		out.Deployments = nonNil(append([]proto.Deployment(nil), sv.deployments...))
+	}
+	return out
+}
+
+func (s *Server) serveServices(w http.ResponseWriter, _ *http.Request) {
+	s.mu.RLock()
+	out := make([]ServiceSummary, 0, len(s.services))
+	for _, name := range sortedKeys(s.services) {
+		out = append(out, s.summaryLocked(s.services[name], false))
+	}
+	s.mu.RUnlock()
+	writeJSON(w, http.StatusOK, struct {
+		Services []ServiceSummary `json:"services"`
+	}{out})
+}
+
+func (s *Server) serveService(w http.ResponseWriter, r *http.Request) {
+	s.mu.RLock()
+	sv := s.services[r.PathValue("service")]
+	var out ServiceSummary
+	if sv != nil {
+		out = s.summaryLocked(sv, true)
+	}
+	s.mu.RUnlock()
+	if sv == nil {
+		writeError(w, http.StatusNotFound, "unknown_service", "unknown service")
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// windowsResponse is the body of the windows route: each point is an array in Fields order.
+type windowsResponse struct {
+	Service  string            `json:"service"`
+	WindowMs int64             `json:"window_ms"`
+	Fields   []string          `json:"fields"`
+	Groups   []json.RawMessage `json:"groups"`
+}
+
+func (s *Server) serveWindows(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var sinceMs int64
+	if v := q.Get("since_ms"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "bad_since", "since_ms must be unix milliseconds")
+			return
+		}
+		sinceMs = n
+	}
+	version := q.Get("version")
+	s.mu.RLock()
+	sv := s.services[r.PathValue("service")]
+	var groups []snapGroup
+	if sv != nil {
+		for _, g := range sv.sortedGroups() {
+			if version == "" || g.version == version {
+				groups = append(groups, snapGroup{version: g.version, points: g.ring.since(nil, sinceMs)})
+			}
+		}
+	}
+	s.mu.RUnlock()
+	if sv == nil {
+		writeError(w, http.StatusNotFound, "unknown_service", "unknown service")
+		return
+	}
+	out := windowsResponse{Service: sv.name, WindowMs: s.cfg.Window.Milliseconds(), Fields: pointFields, Groups: []json.RawMessage{}}
+	for _, g := range groups {
+		b := append([]byte(`{"version":`), appendString(nil, g.version)...)
+		b = append(b, `,"points":[`...)
+		for i := range g.points {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = g.points[i].appendJSON(b)
+		}
+		out.Groups = append(out.Groups, append(b, "]}"...))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) serveSeries(w http.ResponseWriter, r *http.Request) {
+	version := r.URL.Query().Get("version")
+	s.mu.RLock()
+	sv := s.services[r.PathValue("service")]
+	var ws []*proto.Window
+	if sv != nil {
+		for _, g := range sv.sortedGroups() {
+			if g.latest != nil && (version == "" || g.version == version) {
+				ws = append(ws, g.latest)
+			}
+		}
+	}
+	s.mu.RUnlock()
+	if sv == nil {
+		writeError(w, http.StatusNotFound, "unknown_service", "unknown service")
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Windows []*proto.Window `json:"windows"`
+	}{nonNil(ws)})
+}
+
+func (s *Server) serveVerdicts(w http.ResponseWriter, r *http.Request) {
+	only := r.URL.Query().Get("service")
+	s.mu.RLock()
+	out := []proto.Verdict{}
+	for _, name := range sortedKeys(s.services) {
+		if only == "" || name == only {
+			out = append(out, s.services[name].latestVerdicts()...)
+		}
+	}
+	s.mu.RUnlock()
+	writeJSON(w, http.StatusOK, struct {
+		Verdicts []proto.Verdict `json:"verdicts"`
+	}{out})
+}
+
+func (s *Server) serveDeployments(w http.ResponseWriter, r *http.Request) {
+	only := r.URL.Query().Get("service")
+	s.mu.RLock()
+	out := []proto.Deployment{}
+	for _, name := range sortedKeys(s.services) {
+		if only == "" || name == only {
+			out = append(out, s.services[name].deployments...)
+		}
+	}
+	s.mu.RUnlock()
+	writeJSON(w, http.StatusOK, struct {
+		Deployments []proto.Deployment `json:"deployments"`
+	}{out})
+}
+
+// maxDeploymentBody bounds a POSTed announcement.
+const maxDeploymentBody = 64 << 10
+
+func (s *Server) servePostDeployment(w http.ResponseWriter, r *http.Request) {
+	f := s.announce.Load()
+	if f == nil || *f == nil {
+		writeError(w, http.StatusForbidden, "read_only", "the API is read-only: deploy announcements are not enabled")
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxDeploymentBody+1))
+	if err != nil || len(body) > maxDeploymentBody {
+		writeError(w, http.StatusBadRequest, "bad_body", "cannot read the body (at most 64 KiB)")
+		return
+	}
+	var d proto.Deployment
+	if err := json.Unmarshal(body, &d); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_json", "cannot decode deployment: "+err.Error())
+		return
+	}
+	if err := d.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_deployment", err.Error())
+		return
+	}
+	if err := (*f)(d); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "announce_failed", "cannot announce deployment: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusAccepted, d)
+}
+
+func (s *Server) serveDecisions(w http.ResponseWriter, r *http.Request) {
+	out := []proto.Decision{}
+	if f := s.decisions.Load(); f != nil && *f != nil {
+		only := r.URL.Query().Get("service")
+		for _, d := range (*f)() {
+			if only == "" || d.Verdict.Service == only {
+				out = append(out, d)
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Decisions []proto.Decision `json:"decisions"`
+	}{out})
+}
+
+var errNoIndex = errors.New("cannot find the embedded index.html")

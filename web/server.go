@@ -1,0 +1,370 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+// Reasons an input is refused (label reason of herd_web_inputs_refused_total).
+const (
+	ReasonHubFull    = "hub_full"    // the hub's input queue was full
+	ReasonBadInput   = "bad_input"   // nil window or invalid service/version
+	ReasonStale      = "stale"       // a window not newer than the group's last one
+	ReasonMaxGroups  = "max_groups"  // the group would exceed Config.MaxGroups
+	ReasonNotRunning = "not_running" // Run has returned
+)
+
+// Reasons a websocket client is refused or dropped.
+const (
+	ReasonLimit        = "limit"        // refused: Config.MaxClients reached
+	ReasonUnauthorized = "unauthorized" // refused: missing or wrong token
+	ReasonBadRequest   = "bad_request"  // refused: bad query parameters or upgrade
+	ReasonSlow         = "slow"         // dropped: a write exceeded Config.WriteTimeout
+	ReasonPingTimeout  = "ping_timeout" // dropped: nothing read for 2×Config.PingInterval
+	ReasonShutdown     = "shutdown"     // dropped: the server is stopping
+)
+
+var (
+	inputReasons   = []string{ReasonHubFull, ReasonBadInput, ReasonStale, ReasonMaxGroups, ReasonNotRunning}
+	refuseReasons  = []string{ReasonLimit, ReasonUnauthorized, ReasonBadRequest}
+	droppedReasons = []string{ReasonSlow, ReasonPingTimeout, ReasonShutdown}
+)
+
+// inputQueue bounds the hub's input channel: at 250 ms windows it holds a few seconds of
+// 1000 groups.
+const inputQueue = 8192
+
+// input is one item for the hub; exactly one field is set.
+type input struct {
+	w *proto.Window
+	v *proto.Verdict
+	d *proto.Deployment
+}
+
+// Server is herd's web component: state for the API, the websocket hub and the dashboard.
+//
+// AddWindow, SetVerdict and AddDeployment are safe for concurrent use and never block. Run
+// owns the hub goroutine; Handler may serve before Run starts (clients see an empty state).
+type Server struct {
+	cfg    Config
+	logger *slog.Logger
+	in     chan input
+
+	decisions atomic.Pointer[func() []proto.Decision]
+	announce  atomic.Pointer[func(proto.Deployment) error]
+
+	// mu guards the fields below. The hub holds it for writing while it applies and fans out
+	// one event, so that a snapshot taken under it is consistent with the sequence number.
+	mu       sync.RWMutex
+	services map[string]*service
+	ngroups  int
+	seq      uint64
+	replay   replayRing
+	clients  map[*client]struct{}
+	stopped  bool
+
+	nclients atomic.Int64
+	connWG   sync.WaitGroup // the writer goroutines of websocket connections
+
+	m serverMetrics
+}
+
+// serverMetrics are the Server's self-metrics, all in one Set.
+type serverMetrics struct {
+	set             *metrics.Set
+	inputs          map[string]*metrics.Counter // by type
+	inputsRefused   map[string]*metrics.Counter
+	refused         map[string]*metrics.Counter
+	dropped         map[string]*metrics.Counter
+	connects        *metrics.Counter
+	disconnects     *metrics.Counter
+	resyncs         *metrics.Counter
+	coalesced       *metrics.Counter
+	resumes         *metrics.Counter
+	resets          *metrics.Counter
+	framesSent      *metrics.Counter
+	bytesSent       *metrics.Counter
+	badMessages     *metrics.Counter
+	windowDelay     *metrics.Histogram
+	groupsEvicted   *metrics.Counter
+	apiRequests     *metrics.Counter
+	apiUnauthorized *metrics.Counter
+}
+
+// New returns a Server for cfg. It starts nothing.
+func New(cfg Config, logger *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("cannot create web server: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		cfg:      cfg,
+		logger:   logger,
+		in:       make(chan input, inputQueue),
+		services: make(map[string]*service),
+		clients:  make(map[*client]struct{}),
+		replay:   replayRing{max: maxReplayEvents, age: cfg.Replay},
+	}
+	set := metrics.NewSet()
+	s.m = serverMetrics{
+		set:             set,
+		inputs:          map[string]*metrics.Counter{},
+		inputsRefused:   map[string]*metrics.Counter{},
+		refused:         map[string]*metrics.Counter{},
+		dropped:         map[string]*metrics.Counter{},
+		connects:        set.NewCounter("herd_web_clients_connected_total"),
+		disconnects:     set.NewCounter("herd_web_clients_disconnected_total"),
+		resyncs:         set.NewCounter("herd_web_client_snapshots_total"),
+		coalesced:       set.NewCounter("herd_web_client_events_coalesced_total"),
+		resumes:         set.NewCounter("herd_web_client_resumes_total"),
+		resets:          set.NewCounter("herd_web_client_resets_total"),
+		framesSent:      set.NewCounter("herd_web_frames_sent_total"),
+		bytesSent:       set.NewCounter("herd_web_bytes_sent_total"),
+		badMessages:     set.NewCounter(`herd_web_client_messages_refused_total{reason="bad_message"}`),
+		windowDelay:     set.NewHistogram("herd_web_window_delay_seconds"),
+		groupsEvicted:   set.NewCounter("herd_web_groups_evicted_total"),
+		apiRequests:     set.NewCounter("herd_web_api_requests_total"),
+		apiUnauthorized: set.NewCounter(`herd_web_api_requests_refused_total{reason="unauthorized"}`),
+	}
+	for _, t := range []string{"window", "verdict", "deployment"} {
+		s.m.inputs[t] = set.NewCounter(`herd_web_inputs_total{type="` + t + `"}`)
+	}
+	for _, r := range inputReasons {
+		s.m.inputsRefused[r] = set.NewCounter(`herd_web_inputs_refused_total{reason="` + r + `"}`)
+	}
+	for _, r := range refuseReasons {
+		s.m.refused[r] = set.NewCounter(`herd_web_clients_refused_total{reason="` + r + `"}`)
+	}
+	for _, r := range droppedReasons {
+		s.m.dropped[r] = set.NewCounter(`herd_web_clients_dropped_total{reason="` + r + `"}`)
+	}
+	set.NewGauge("herd_web_clients", func() float64 { return float64(s.nclients.Load()) })
+	set.NewGauge("herd_web_groups", func() float64 {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		return float64(s.ngroups)
+	})
+	set.NewGauge("herd_web_input_queue_length", func() float64 { return float64(len(s.in)) })
+	return s, nil
+}
+
+// Metrics returns the Server's self-metrics (herd_web_*).
+func (s *Server) Metrics() *metrics.Set { return s.m.set }
+
+// SetDecisions sets the function listing decisions with their delivery logs, newest first,
+// for the dashboard's decisions page. It must be safe for concurrent use.
+func (s *Server) SetDecisions(f func() []proto.Decision) { s.decisions.Store(&f) }
+
+// SetAnnounce enables POST /api/v1/deployments: f receives each valid announcement (and
+// passes it to the detector). Without it the API is read-only and the route answers 403.
+// The Server does not record the posted deployment itself; the caller calls AddDeployment
+// for every deployment it sees, however announced.
+func (s *Server) SetAnnounce(f func(proto.Deployment) error) { s.announce.Store(&f) }
+
+// AddWindow hands a closed window to the hub. w is read-only and may be kept. It never
+// blocks: when the hub's queue is full the window is refused and counted.
+func (s *Server) AddWindow(w *proto.Window) {
+	if w == nil || proto.ValidService(w.Service) != nil || proto.ValidVersion(w.Version) != nil {
+		s.m.inputsRefused[ReasonBadInput].Inc()
+		return
+	}
+	s.enqueue(input{w: w})
+}
+
+// SetVerdict hands a verdict change to the hub. It never blocks.
+func (s *Server) SetVerdict(v proto.Verdict) {
+	if proto.ValidService(v.Service) != nil {
+		s.m.inputsRefused[ReasonBadInput].Inc()
+		return
+	}
+	s.enqueue(input{v: &v})
+}
+
+// AddDeployment hands a deploy announcement to the hub. It never blocks.
+func (s *Server) AddDeployment(d proto.Deployment) {
+	if d.Validate() != nil {
+		s.m.inputsRefused[ReasonBadInput].Inc()
+		return
+	}
+	if d.UnixMs == 0 {
+		d.UnixMs = time.Now().UnixMilli()
+	}
+	s.enqueue(input{d: &d})
+}
+
+func (s *Server) enqueue(in input) {
+	select {
+	case s.in <- in:
+	default:
+		s.m.inputsRefused[ReasonHubFull].Inc()
+	}
+}
+
+// pruneInterval is how often the hub forgets groups without windows for Config.History.
+const pruneInterval = 5 * time.Second
+
+// Run runs the hub until ctx is done, then drops every websocket client and waits for
+// their goroutines. It returns nil after a cancellation.
+func (s *Server) Run(ctx context.Context) error {
+	s.logger.Info("web hub started", "history", s.cfg.History, "max_clients", s.cfg.MaxClients)
+	prune := time.NewTicker(pruneInterval)
+	defer prune.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.shutdown()
+			s.logger.Info("web hub stopped")
+			if errors.Is(ctx.Err(), context.Canceled) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil
+			}
+			return ctx.Err()
+		case in := <-s.in:
+			s.apply(in)
+		case now := <-prune.C:
+			s.prune(now)
+		}
+	}
+}
+
+// shutdown refuses new clients, closes the existing ones and waits for their writers.
+func (s *Server) shutdown() {
+	s.mu.Lock()
+	s.stopped = true
+	cs := make([]*client, 0, len(s.clients))
+	for c := range s.clients {
+		cs = append(cs, c)
+	}
+	s.mu.Unlock()
+	for _, c := range cs {
+		c.close(ReasonShutdown)
+	}
+	s.connWG.Wait()
+	// Count what arrives after Run: nobody will apply it.
+	for {
+		select {
+		case <-s.in:
+			s.m.inputsRefused[ReasonNotRunning].Inc()
+		default:
+			return
+		}
+	}
+}
+
+// apply enters one input into the state and fans it out.
+func (s *Server) apply(in input) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case in.w != nil:
+		s.m.inputs["window"].Inc()
+		s.applyWindowLocked(in.w, now)
+	case in.v != nil:
+		s.m.inputs["verdict"].Inc()
+		v := *in.v
+		sv := s.serviceLocked(v.Service)
+		sv.verdicts = appendBounded(sv.verdicts, v, maxVerdicts)
+		s.publishLocked(v.Service, now, encodeVerdictEvent(s.seq+1, &v))
+	case in.d != nil:
+		s.m.inputs["deployment"].Inc()
+		d := *in.d
+		sv := s.serviceLocked(d.Service)
+		sv.deployments = appendBounded(sv.deployments, d, maxDeployments)
+		s.publishLocked(d.Service, now, encodeDeploymentEvent(s.seq+1, &d))
+	}
+}
+
+func appendBounded[T any](xs []T, x T, n int) []T {
+	if len(xs) >= n {
+		xs = append(xs[:0], xs[len(xs)-n+1:]...)
+	}
+	return append(xs, x)
+}
+
+// serviceLocked returns the named service, creating it.
+func (s *Server) serviceLocked(name string) *service {
+	sv := s.services[name]
+	if sv == nil {
+		sv = &service{name: name, groups: map[string]*group{}}
+		s.services[name] = sv
+	}
+	return sv
+}
+
+func (s *Server) applyWindowLocked(w *proto.Window, now time.Time) {
+	sv := s.services[w.Service]
+	var g *group
+	if sv != nil {
+		g = sv.groups[w.Version]
+	}
+	if g == nil {
+		if s.ngroups >= s.cfg.MaxGroups {
+			s.m.inputsRefused[ReasonMaxGroups].Inc()
+			return
+		}
+		sv = s.serviceLocked(w.Service)
+		g = &group{version: w.Version, ring: newRing(int(s.cfg.History / s.cfg.Window))}
+		sv.groups[w.Version] = g
+		s.ngroups++
+	}
+	if last := g.ring.last(); last != nil && w.EndMs <= last.EndMs {
+		s.m.inputsRefused[ReasonStale].Inc()
+		return
+	}
+	p := s.summarize(w)
+	g.ring.add(p)
+	g.latest = w
+	s.m.windowDelay.Update(float64(now.UnixMilli()-w.EndMs) / 1000)
+	s.publishLocked(w.Service, now, encodeWindowEvent(s.seq+1, w.Service, w.Version, &p))
+}
+
+// publishLocked assigns the next sequence number to an encoded event (which already
+// carries it), keeps it for replay and queues it for every client watching service.
+func (s *Server) publishLocked(service string, now time.Time, data []byte) {
+	s.seq++
+	s.replay.add(event{seq: s.seq, service: service, at: now, data: data}, now)
+	for c := range s.clients {
+		if c.service == "" || c.service == service {
+			c.push(data)
+		}
+	}
+}
+
+// prune forgets groups whose newest window ended more than Config.History ago, and
+// services left with no groups, verdicts or deployments in that time.
+func (s *Server) prune(now time.Time) {
+	cutoff := now.Add(-s.cfg.History).UnixMilli()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, sv := range s.services {
+		for v, g := range sv.groups {
+			if last := g.ring.last(); last == nil || last.EndMs < cutoff {
+				delete(sv.groups, v)
+				s.ngroups--
+				s.m.groupsEvicted.Inc()
+			}
+		}
+		recent := false
+		if n := len(sv.verdicts); n > 0 && sv.verdicts[n-1].UnixMs >= cutoff {
+			recent = true
+		}
+		if n := len(sv.deployments); n > 0 && sv.deployments[n-1].UnixMs >= cutoff {
+			recent = true
+		}
+		if len(sv.groups) == 0 && !recent {
+			delete(s.services, name)
+		}
+	}
+	s.replay.expire(now)
+}
