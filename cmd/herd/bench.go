@@ -16,7 +16,6 @@ import (
 
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/proto"
-	"github.com/herd-dev/herd/rollup"
 )
 
 func benchCommand() command {
@@ -77,8 +76,12 @@ func benchIngest(ctx context.Context, e *env, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	cfg := stackConfig{NATSListen: "127.0.0.1:0", DataDir: tempDir(), HTTPListen: "127.0.0.1:0",
-		Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig()}
+	cfg := defaultStackConfig()
+	cfg.NATSListen, cfg.DataDir, cfg.HTTPListen = "127.0.0.1:0", tempDir(), "127.0.0.1:0"
+	defer os.RemoveAll(cfg.DataDir)
+	if err := cfg.validate(); err != nil {
+		return err
+	}
 	s, err := newStack(cfg, e.logger)
 	if err != nil {
 		return err

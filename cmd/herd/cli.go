@@ -205,3 +205,15 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 func osEnv() *env {
 	return &env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
 }
+
+// setDefault changes a registered flag's default value (and its current value).
+func setDefault(fs *flag.FlagSet, name, value string) {
+	f := fs.Lookup(name)
+	if f == nil {
+		panic("BUG: no flag " + name)
+	}
+	if err := f.Value.Set(value); err != nil {
+		panic("BUG: bad default for -" + name + ": " + err.Error())
+	}
+	f.DefValue = value
+}

@@ -11,17 +11,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/herd-dev/herd/alert"
-	"github.com/herd-dev/herd/alert/deliver"
-	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/proto"
-	"github.com/herd-dev/herd/rollup"
 )
 
 // demoEvent is one line of `herd demo --json`.
@@ -69,23 +67,29 @@ func demoCommand() command {
 		usage: "[--scenario errors|latency|crash|good] [--seed N] [--duration D] [--json]",
 		short: "run herd with a simulated fleet and a canary: steady v1 → canary v2 → regression → rollback",
 		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
-			d := demo{detect: alert.DefaultConfig(), stack: stackConfig{Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig()}}
+			d := demo{stack: defaultStackConfig()}
 			d.stack.registerFlags(fs)
-			d.detect.RegisterFlags(fs)
 			fs.StringVar(&d.scenario, "scenario", "errors", "what goes wrong with the canary: errors, latency, crash or good")
 			fs.Uint64Var(&d.seed, "seed", 1, "random seed of the simulated fleet")
 			fs.DurationVar(&d.duration, "duration", 0, "stop after this long; 0 keeps running after the story until interrupted (duration)")
 			fs.BoolVar(&d.json, "json", false, "print one JSON event per line instead of the timeline")
 			fs.IntVar(&d.baseline, "baseline-instances", 20, "instances of the baseline version (count)")
-			fs.IntVar(&d.canary, "canary-instances", 5, "instances of the canary version (count)")
+			fs.IntVar(&d.canary, "canary-instances", 8, "instances of the canary version (count)")
+			fs.Float64Var(&d.errorRate, "error-rate", 0.01, "probability that a request of the checkout service fails, before any regression (fraction)")
+			fs.BoolVar(&d.verbose, "v", false, "log herd's components at info level on stderr (default: warnings only)")
 			fs.Float64Var(&d.rps, "rps", 100, "requests per second per instance (rate)")
 			fs.DurationVar(&d.deployAfter, "deploy-after", 3*time.Second, "when the canary is deployed, after start (duration)")
 			fs.DurationVar(&d.onsetAfter, "onset-after", 8*time.Second, "when the canary regresses, after its deploy (duration)")
-			// The demo serves on its own ports unless told otherwise.
-			fs.Lookup("nats.listen").DefValue = "127.0.0.1:0"
-			_ = fs.Set("nats.listen", "127.0.0.1:0")
+			// The demo serves NATS on a free port unless told otherwise, and promotes a good
+			// canary after 20 s rather than serve's 5 minutes.
+			setDefault(fs, "nats.listen", "127.0.0.1:0")
+			setDefault(fs, "detect.min-exposure", "20s")
 			return func(ctx context.Context) error {
 				d.out = e
+				if !d.verbose {
+					d.out = &env{stdout: e.stdout, stderr: e.stderr, getenv: e.getenv,
+						logger: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+				}
 				return d.run(ctx)
 			}
 		},
@@ -95,13 +99,13 @@ func demoCommand() command {
 // demo is one run of `herd demo`.
 type demo struct {
 	stack                   stackConfig
-	detect                  alert.Config
 	scenario                string
 	seed                    uint64
 	duration                time.Duration
 	json                    bool
 	baseline, canary        int
-	rps                     float64
+	rps, errorRate          float64
+	verbose                 bool
 	deployAfter, onsetAfter time.Duration
 
 	out *env
@@ -127,51 +131,34 @@ func (d *demo) run(ctx context.Context) error {
 		return fmt.Errorf("%w: -scenario %q: want errors, latency, crash or good", errUsage, d.scenario)
 	}
 	if d.stack.DataDir == "herd-data" {
+		// Each demo starts from nothing: no decisions of an earlier run.
 		d.stack.DataDir = tempDir()
-	}
-	if err := d.stack.validate(); err != nil {
-		return err
-	}
-	if err := d.detect.Validate(); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		defer os.RemoveAll(d.stack.DataDir)
 	}
 	d.done = make(chan struct{})
 	logger := d.out.logger
-	s, err := newStack(d.stack, logger)
-	if err != nil {
-		return err
-	}
 
 	// The deploy tool: a local receiver of herd's signed rollback webhook.
 	secret := make([]byte, 24)
 	_, _ = rand.Read(secret)
-	whsec := "whsec_" + base64.StdEncoding.EncodeToString(secret)
 	recvLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("cannot listen for the demo's webhook receiver: %w", err)
+	}
+	d.stack.Deliver.Webhooks = append(d.stack.Deliver.Webhooks, "http://"+recvLn.Addr().String()+"/hooks/herd")
+	d.stack.Deliver.WebhookSecrets = append(d.stack.Deliver.WebhookSecrets, "whsec_"+base64.StdEncoding.EncodeToString(secret))
+	if err := d.stack.validate(); err != nil {
+		return err
 	}
 	var fl *fleet
 	recv := &http.Server{Handler: d.receiver(secret, func() { fl.group(demoService, demoCanary).target.Store(0) }),
 		ReadHeaderTimeout: 5 * time.Second}
 
-	store, err := deliver.NewFileStore(d.stack.DataDir + "/decisions")
+	s, err := newStack(d.stack, logger)
 	if err != nil {
 		return err
 	}
-	dcfg := deliver.Config{Webhooks: []string{"http://" + recvLn.Addr().String() + "/hooks/herd"},
-		WebhookSecrets: []string{whsec}, Timeout: 2 * time.Second, MaxRetry: time.Minute}
-	if err := dcfg.Validate(); err != nil {
-		return err
-	}
-	dl, err := deliver.New(dcfg, store, logger.With("component", "deliver"))
-	if err != nil {
-		return err
-	}
-	det, err := alert.New(d.detect, func(v proto.Verdict) { d.onVerdict(s, dl, v) }, logger.With("component", "detect"))
-	if err != nil {
-		return err
-	}
-	s.onWindow(det.AddWindow)
+	s.onVerdict(d.onVerdict)
 
 	pc, err := connectNATS(s.NATSURL(), "herd-demo-fleet", logger)
 	if err != nil {
@@ -180,9 +167,9 @@ func (d *demo) run(ctx context.Context) error {
 	defer pc.Close()
 	fl, err = newFleet(fleetConfig{
 		Groups: []groupSpec{
-			{Service: demoService, Version: demoBaseline, Instances: d.baseline, RPS: d.rps, ErrorRate: 0.005,
+			{Service: demoService, Version: demoBaseline, Instances: d.baseline, RPS: d.rps, ErrorRate: d.errorRate,
 				LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond},
-			{Service: demoService, Version: demoCanary, Instances: 0, RPS: d.rps, ErrorRate: 0.005,
+			{Service: demoService, Version: demoCanary, Instances: 0, RPS: d.rps, ErrorRate: d.errorRate,
 				LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond},
 			{Service: demoOther, Version: "2.0.1", Instances: 6, RPS: d.rps, ErrorRate: 0.002,
 				LatencyMedian: 15 * time.Millisecond, LatencyP99: 90 * time.Millisecond},
@@ -197,18 +184,14 @@ func (d *demo) run(ctx context.Context) error {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
-	errc := make(chan error, 5)
+	errc := make(chan error, 4)
 	wg.Go(func() { errc <- s.run(runCtx) })
-	wg.Go(func() { errc <- det.Run(runCtx) })
-	wg.Go(func() { errc <- dl.Run(runCtx) })
 	wg.Go(func() {
 		if err := recv.Serve(recvLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
 		}
 	})
-	fleetDone := make(chan struct{})
 	wg.Go(func() {
-		defer close(fleetDone)
 		if err := fl.Run(runCtx, time.Time{}); err != nil {
 			errc <- err
 		}
@@ -217,7 +200,7 @@ func (d *demo) run(ctx context.Context) error {
 	start := time.Now()
 	d.emit(demoEvent{Type: "start", Text: fmt.Sprintf("herd demo (%s): dashboard %s, NATS %s, %d × %s %s at %.0f rps each",
 		d.scenario, s.HTTPURL(), s.NATSURL(), d.baseline, demoService, demoBaseline, d.rps)})
-	storyErr := d.story(runCtx, s, det, fl, start)
+	storyErr := d.story(runCtx, s, fl, start)
 
 	if d.duration > 0 {
 		// With --duration the demo ends when the story has ended or the time is up.
@@ -229,12 +212,11 @@ func (d *demo) run(ctx context.Context) error {
 	} else {
 		<-ctx.Done()
 	}
-	ok := d.summary(s.HTTPURL(), start)
+	ok := d.summary(s.HTTPURL())
 	stop()
 	shut, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	_ = recv.Shutdown(shut)
 	cancel()
-	<-fleetDone
 	wg.Wait()
 	close(errc)
 	for err := range errc {
@@ -252,18 +234,18 @@ func (d *demo) run(ctx context.Context) error {
 }
 
 // story deploys the canary, applies the scenario's regression, and waits for the verdict.
-func (d *demo) story(ctx context.Context, s *stack, det *alert.Detector, fl *fleet, start time.Time) error {
+func (d *demo) story(ctx context.Context, s *stack, fl *fleet, start time.Time) error {
 	if !sleepUntil(ctx, start.Add(d.deployAfter)) {
 		return nil
 	}
 	canary := fl.group(demoService, demoCanary)
 	canary.target.Store(int64(d.canary))
 	dep := proto.Deployment{Service: demoService, Baseline: demoBaseline, Canary: demoCanary, UnixMs: time.Now().UnixMilli()}
-	if err := det.Announce(dep); err != nil {
-		return fmt.Errorf("cannot announce the canary: %w", err)
-	}
 	d.emit(demoEvent{Type: "deploy", Service: demoService, Version: demoCanary,
 		Text: fmt.Sprintf("deploy: %s %s starts beside %s with %d instances", demoService, demoCanary, demoBaseline, d.canary)})
+	if err := s.announce(dep); err != nil {
+		return fmt.Errorf("cannot announce the canary: %w", err)
+	}
 
 	if !sleepUntil(ctx, start.Add(d.deployAfter+d.onsetAfter)) {
 		return nil
@@ -320,18 +302,8 @@ func sleepUntil(ctx context.Context, t time.Time) bool {
 	}
 }
 
-// onVerdict publishes a verdict, hands final ones to the deliverer and tells the story.
-func (d *demo) onVerdict(s *stack, dl *deliver.Deliverer, v proto.Verdict) {
-	if subj, err := proto.VerdictSubject(v.Service); err == nil {
-		if data, err := proto.MarshalVerdict(&v); err == nil {
-			_ = s.nc.Publish(subj, data)
-		}
-	}
-	if v.State == proto.StateRollback || v.State == proto.StatePass {
-		if err := dl.Decide(v); err != nil {
-			d.out.logger.Warn("cannot hand the decision to delivery", "err", err)
-		}
-	}
+// onVerdict tells the story of the demo service's verdicts.
+func (d *demo) onVerdict(v proto.Verdict) {
 	if v.Service != demoService {
 		return
 	}
@@ -446,7 +418,7 @@ func (d *demo) emit(ev demoEvent) {
 }
 
 // summary prints the story's end and reports whether it went as the scenario expects.
-func (d *demo) summary(dashboard string, start time.Time) bool {
+func (d *demo) summary(dashboard string) bool {
 	d.mu.Lock()
 	sum := demoSummary{Scenario: d.scenario, Outcome: "none", Expected: string(proto.StateRollback),
 		WebhooksReceived: d.hooks, DashboardURL: dashboard,

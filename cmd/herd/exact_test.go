@@ -10,9 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/proto"
-	"github.com/herd-dev/herd/rollup"
 )
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -31,8 +29,8 @@ func (w *testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return l
 // error; it is idempotent and also runs when the test ends.
 func testStack(t *testing.T) (s *stack, stop func() error) {
 	t.Helper()
-	cfg := stackConfig{NATSListen: "127.0.0.1:0", DataDir: t.TempDir(), HTTPListen: "127.0.0.1:0",
-		Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig()}
+	cfg := defaultStackConfig()
+	cfg.NATSListen, cfg.DataDir, cfg.HTTPListen = "127.0.0.1:0", t.TempDir(), "127.0.0.1:0"
 	if err := cfg.validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ func serveCommand() command {
 		usage: "[--nats URL] [--http host:port] [flags]",
 		short: "run herd: embedded NATS (or --nats), intake, rollup and the HTTP listener",
 		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
-			var cfg stackConfig
+			cfg := defaultStackConfig()
 			cfg.registerFlags(fs)
 			return func(ctx context.Context) error {
 				if err := cfg.validate(); err != nil {

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -16,7 +18,10 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/herd-dev/herd/alert"
+	"github.com/herd-dev/herd/alert/deliver"
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/proto"
@@ -35,15 +40,30 @@ type stackConfig struct {
 	HTTPListen string
 	Rollup     rollup.Config
 	Intake     ingest.IntakeConfig
+	Detect     alert.Config
+	Deliver    deliver.Config
+	// Retention bounds the age of decisions kept in JetStream KV, and of the windows and
+	// verdicts kept in JetStream streams for restarts.
+	Retention time.Duration
+}
+
+// defaultStackConfig returns every default; flags registered on it keep them.
+func defaultStackConfig() stackConfig {
+	return stackConfig{NATSListen: "127.0.0.1:4222", DataDir: "herd-data", HTTPListen: "127.0.0.1:8080",
+		Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig(), Detect: alert.DefaultConfig(),
+		Deliver: deliver.Config{Timeout: 2 * time.Second, MaxRetry: time.Hour}, Retention: time.Hour}
 }
 
 func (c *stackConfig) registerFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.NATSURL, "nats", "", "external NATS server `URL`s, comma-separated; empty starts an embedded nats-server")
-	fs.StringVar(&c.NATSListen, "nats.listen", "127.0.0.1:4222", "client listener of the embedded nats-server (`host:port`, port 0 picks a free one)")
-	fs.StringVar(&c.DataDir, "data", "herd-data", "`directory` of the embedded nats-server's JetStream store")
-	fs.StringVar(&c.HTTPListen, "http", "127.0.0.1:8080", "HTTP listener for the API, dashboard and /metrics (`host:port`, port 0 picks a free one)")
+	fs.StringVar(&c.NATSURL, "nats", c.NATSURL, "external NATS server `URL`s, comma-separated; empty starts an embedded nats-server")
+	fs.StringVar(&c.NATSListen, "nats.listen", c.NATSListen, "client listener of the embedded nats-server (`host:port`, port 0 picks a free one)")
+	fs.StringVar(&c.DataDir, "data", c.DataDir, "`directory` of the embedded nats-server's JetStream store")
+	fs.StringVar(&c.HTTPListen, "http", c.HTTPListen, "HTTP listener for the API, dashboard and /metrics (`host:port`, port 0 picks a free one)")
+	fs.DurationVar(&c.Retention, "retention", c.Retention, "how long closed windows and verdicts are kept in JetStream for restarts (`duration`)")
 	c.Rollup.RegisterFlags(fs)
 	c.Intake.RegisterFlags(fs)
+	c.Detect.RegisterFlags(fs)
+	c.Deliver.RegisterFlags(fs)
 }
 
 func (c *stackConfig) validate() error {
@@ -52,6 +72,15 @@ func (c *stackConfig) validate() error {
 	}
 	if err := c.Intake.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := c.Detect.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := c.Deliver.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if c.Retention < time.Minute {
+		return fmt.Errorf("%w: -retention %s must be at least 1m", errUsage, c.Retention)
 	}
 	if c.NATSURL == "" {
 		if _, _, err := splitHostPort(c.NATSListen); err != nil {
@@ -86,16 +115,22 @@ type stack struct {
 	nc      *nats.Conn     // intake subscription and window publishing
 	intake  *ingest.Intake
 	roll    *rollup.Rollup
+	det     *alert.Detector
+	dl      *deliver.Deliverer
 	mux     *http.ServeMux
 	httpLn  net.Listener
 	httpSrv *http.Server
 	ready   atomic.Bool
 
-	metrics      *metrics.Set
-	publishErrs  *metrics.Counter
-	windowsSent  *metrics.Counter
-	onWindowMu   sync.Mutex
-	onWindowSubs []func(*proto.Window) // guarded by onWindowMu
+	metrics     *metrics.Set
+	publishErrs *metrics.Counter
+	windowsSent *metrics.Counter
+	deployErrs  *metrics.Counter
+
+	subsMu        sync.Mutex               // guards the consumer lists below
+	onWindowSubs  []func(*proto.Window)    // closed windows, on the rollup's goroutine
+	onVerdictSubs []func(proto.Verdict)    // verdict changes, in order
+	onDeploySubs  []func(proto.Deployment) // deployment announcements
 }
 
 // newStack starts the embedded NATS server (if any), connects, and opens the HTTP listener,
@@ -103,6 +138,7 @@ type stack struct {
 func newStack(cfg stackConfig, logger *slog.Logger) (*stack, error) {
 	s := &stack{cfg: cfg, logger: logger, mux: http.NewServeMux(), metrics: metrics.NewSet()}
 	s.publishErrs = s.metrics.NewCounter(`herd_serve_window_publish_errors_total`)
+	s.deployErrs = s.metrics.NewCounter(`herd_serve_deployments_refused_total`)
 	s.windowsSent = s.metrics.NewCounter(`herd_serve_windows_published_total`)
 	natsURL := cfg.NATSURL
 	if natsURL == "" {
@@ -132,6 +168,22 @@ func newStack(cfg stackConfig, logger *slog.Logger) (*stack, error) {
 	if err != nil {
 		s.closeNATS()
 		return nil, fmt.Errorf("cannot create intake: %w", err)
+	}
+	s.det, err = alert.New(cfg.Detect, s.verdict, logger)
+	if err != nil {
+		s.closeNATS()
+		return nil, fmt.Errorf("cannot create detector: %w", err)
+	}
+	s.onWindow(s.det.AddWindow)
+	store, err := s.openStore()
+	if err != nil {
+		s.closeNATS()
+		return nil, err
+	}
+	s.dl, err = deliver.New(cfg.Deliver, store, logger)
+	if err != nil {
+		s.closeNATS()
+		return nil, fmt.Errorf("cannot create delivery: %w", err)
 	}
 	ln, err := net.Listen("tcp", cfg.HTTPListen)
 	if err != nil {
@@ -163,11 +215,122 @@ func (s *stack) NATSURL() string {
 // HTTPURL is the base URL of the HTTP listener.
 func (s *stack) HTTPURL() string { return "http://" + s.httpLn.Addr().String() }
 
+// openStore opens the decision store: JetStream KV in the NATS herd uses, or, when that
+// NATS has no JetStream, a file store under the data directory.
+func (s *stack) openStore() (deliver.Store, error) {
+	js, err := jetstream.New(s.nc)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var kv *deliver.KVStore
+		// A cluster without a meta leader yet does not answer: retry with short timeouts.
+		for ctx.Err() == nil {
+			callCtx, callCancel := context.WithTimeout(ctx, 2*time.Second)
+			kv, err = deliver.OpenKVStore(callCtx, js, 7*24*time.Hour)
+			callCancel()
+			if err == nil {
+				return kv, nil
+			}
+			if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+				break
+			}
+		}
+		s.logger.Warn("no JetStream for decisions; keeping them in a file", "dir", s.cfg.DataDir, "err", err)
+	}
+	st, err := deliver.NewFileStore(filepath.Join(s.cfg.DataDir, "decisions"))
+	if err != nil {
+		return nil, fmt.Errorf("cannot open the decision store: %w", err)
+	}
+	return st, nil
+}
+
+// verdict publishes a verdict change on herd.verdict.<service>, hands final verdicts to
+// delivery and tells the in-process consumers. The detector calls it in order.
+func (s *stack) verdict(v proto.Verdict) {
+	if subj, err := proto.VerdictSubject(v.Service); err == nil {
+		if data, err := proto.MarshalVerdict(&v); err == nil {
+			if err := s.nc.Publish(subj, data); err != nil {
+				s.publishErrs.Inc()
+			}
+		}
+	}
+	if v.State == proto.StateRollback || v.State == proto.StatePass {
+		if err := s.dl.Decide(v); err != nil {
+			s.logger.Warn("cannot hand the decision to delivery", "decision_id", v.DecisionID, "err", err)
+		}
+	}
+	s.subsMu.Lock()
+	subs := s.onVerdictSubs
+	s.subsMu.Unlock()
+	for _, f := range subs {
+		f(v)
+	}
+}
+
+// announce publishes a deployment on herd.deploy.<service>; every detector (this one
+// included) receives it from there.
+func (s *stack) announce(d proto.Deployment) error {
+	if err := d.Validate(); err != nil {
+		return err
+	}
+	if d.UnixMs == 0 {
+		d.UnixMs = time.Now().UnixMilli()
+	}
+	subj, err := proto.DeploySubject(d.Service)
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(d)
+	if err != nil {
+		return fmt.Errorf("cannot encode deployment: %w", err)
+	}
+	if err := s.nc.Publish(subj, data); err != nil {
+		return fmt.Errorf("cannot publish deployment on %s: %w", subj, err)
+	}
+	return s.nc.Flush()
+}
+
+// onDeployMsg handles a deployment announcement from herd.deploy.>.
+func (s *stack) onDeployMsg(m *nats.Msg) {
+	var d proto.Deployment
+	if err := json.Unmarshal(m.Data, &d); err != nil {
+		s.deployErrs.Inc()
+		s.logger.Warn("bad deployment announcement", "subject", m.Subject, "err", err)
+		return
+	}
+	if err := s.det.Announce(d); err != nil {
+		s.deployErrs.Inc()
+		s.logger.Warn("deployment refused", "subject", m.Subject, "err", err)
+		return
+	}
+	s.logger.Info("deployment", "service", d.Service, "baseline", d.Baseline, "canary", d.Canary)
+	s.subsMu.Lock()
+	subs := s.onDeploySubs
+	s.subsMu.Unlock()
+	for _, f := range subs {
+		f(d)
+	}
+}
+
+// onVerdict adds an in-process consumer of verdict changes (add before run).
+func (s *stack) onVerdict(f func(proto.Verdict)) {
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	s.onVerdictSubs = append(s.onVerdictSubs, f)
+}
+
+// onDeploy adds an in-process consumer of accepted deployments (add before run).
+func (s *stack) onDeploy(f func(proto.Deployment)) {
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	s.onDeploySubs = append(s.onDeploySubs, f)
+}
+
 // onWindow adds an in-process consumer of closed windows. It is called on the rollup's
 // goroutine and must not block. Add consumers before run.
 func (s *stack) onWindow(f func(*proto.Window)) {
-	s.onWindowMu.Lock()
-	defer s.onWindowMu.Unlock()
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
 	s.onWindowSubs = append(s.onWindowSubs, f)
 }
 
@@ -182,9 +345,9 @@ func (s *stack) emit(w *proto.Window) {
 	} else {
 		s.windowsSent.Inc()
 	}
-	s.onWindowMu.Lock()
+	s.subsMu.Lock()
 	subs := s.onWindowSubs
-	s.onWindowMu.Unlock()
+	s.subsMu.Unlock()
 	for _, f := range subs {
 		f(w)
 	}
@@ -195,6 +358,8 @@ func (s *stack) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	s.metrics.WritePrometheus(w)
 	s.roll.Metrics().WritePrometheus(w)
 	s.intake.Metrics().WritePrometheus(w)
+	s.det.Metrics().WritePrometheus(w)
+	s.dl.Metrics().WritePrometheus(w)
 	natsMetrics.WritePrometheus(w)
 	metrics.WriteProcessMetrics(w)
 }
@@ -204,8 +369,26 @@ func (s *stack) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 func (s *stack) run(ctx context.Context) error {
 	intakeCtx, stopIntake := context.WithCancel(context.Background())
 	rollCtx, stopRoll := context.WithCancel(context.Background())
+	outCtx, stopOut := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 8)
+	deploySub, err := s.nc.Subscribe(proto.SubjectDeployAll, s.onDeployMsg)
+	if err != nil {
+		stopIntake()
+		stopRoll()
+		stopOut()
+		return fmt.Errorf("cannot subscribe to %s: %w", proto.SubjectDeployAll, err)
+	}
+	wg.Go(func() {
+		if err := s.det.Run(outCtx); err != nil {
+			errc <- fmt.Errorf("detector: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := s.dl.Run(outCtx); err != nil {
+			errc <- fmt.Errorf("delivery: %w", err)
+		}
+	})
 	intakeDone := make(chan struct{})
 	wg.Go(func() {
 		defer close(intakeDone)
@@ -234,6 +417,8 @@ func (s *stack) run(ctx context.Context) error {
 	<-intakeDone // every buffered batch is merged
 	s.roll.Flush()
 	stopRoll()
+	_ = deploySub.Unsubscribe()
+	stopOut()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	_ = s.httpSrv.Shutdown(shutCtx)
 	cancel()
