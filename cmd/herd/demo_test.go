@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"testing"
+)
+
+// runDemo runs `herd demo` through its run entry point and returns its JSON events.
+func runDemo(t *testing.T, args ...string) (code int, events []demoEvent) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), append([]string{"demo", "--json", "--http", "127.0.0.1:0", "--deploy-after", "2s", "--onset-after", "7s"}, args...),
+		&env{stdout: &out, stderr: &errb, getenv: func(string) string { return "" }, logger: testLogger(t)})
+	sc := bufio.NewScanner(&out)
+	for sc.Scan() {
+		var ev demoEvent
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatalf("demo printed a line that is not a JSON event: %q: %v", sc.Text(), err)
+		}
+		events = append(events, ev)
+	}
+	if code != 0 {
+		t.Logf("stderr: %s", errb.String())
+	}
+	return code, events
+}
+
+func firstEvent(events []demoEvent, typ string) *demoEvent {
+	for i := range events {
+		if events[i].Type == typ {
+			return &events[i]
+		}
+	}
+	return nil
+}
+
+// TestDemoScenarios runs the demo's story end to end (embedded NATS, fleet, rollup, detector,
+// signed webhook, receiver stopping the canary) and checks its outcome and timing.
+func TestDemoScenarios(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the demo in real time")
+	}
+	for _, tc := range []struct {
+		scenario     string
+		outcome      string
+		maxWebhookMs int64 // from onset; 0: no webhook allowed
+	}{
+		{"crash", "rollback", 2000},
+		{"errors", "rollback", 10000},
+		{"good", "pass", 0},
+	} {
+		t.Run(tc.scenario, func(t *testing.T) {
+			t.Parallel()
+			code, events := runDemo(t, "--scenario", tc.scenario, "--duration", "90s")
+			if code != 0 {
+				t.Fatalf("herd demo --scenario %s exited %d; want 0", tc.scenario, code)
+			}
+			for _, typ := range []string{"start", "deploy", "onset", "verdict", "summary"} {
+				if firstEvent(events, typ) == nil {
+					t.Errorf("no %q event", typ)
+				}
+			}
+			sum := firstEvent(events, "summary")
+			if sum == nil || sum.Summary == nil {
+				t.Fatal("no summary")
+			}
+			if !sum.Summary.OK || sum.Summary.Outcome != tc.outcome {
+				t.Errorf("summary outcome %q ok=%v; want %q ok", sum.Summary.Outcome, sum.Summary.OK, tc.outcome)
+			}
+			hook := firstEvent(events, "webhook_received")
+			if tc.maxWebhookMs == 0 {
+				if hook != nil || sum.Summary.WebhooksReceived != 0 {
+					t.Errorf("a good canary caused a webhook")
+				}
+				return
+			}
+			if hook == nil || hook.SinceOnsetMs == nil {
+				t.Fatal("no webhook_received event after the onset")
+			}
+			if *hook.SinceOnsetMs > tc.maxWebhookMs {
+				t.Errorf("webhook received %d ms after onset; want ≤ %d ms", *hook.SinceOnsetMs, tc.maxWebhookMs)
+			}
+			if firstEvent(events, "instances_stopped") == nil {
+				t.Errorf("the canary's instances were not stopped after the rollback")
+			}
+			t.Logf("%s: webhook %d ms after onset; %s", tc.scenario, *hook.SinceOnsetMs, sum.Summary.Sentence)
+		})
+	}
+}
