@@ -5,11 +5,16 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
+
+	"github.com/herd-dev/herd/proto"
 )
 
 // chromiumPath finds Debian's chromium; tests skip without it unless HERD_REQUIRE_BROWSER is set.
@@ -143,21 +148,187 @@ func (b *browser) screenshot(t *testing.T) []byte {
 	return png
 }
 
-func TestBrowserSmoke(t *testing.T) {
+// liveDemo runs a server fed with a fleet of 1,000 instances in four groups, windows closing
+// 500 ms after their end as the rollup closes them, with a minute of history.
+func liveDemo(t *testing.T) (*testServer, *feeder) {
+	t.Helper()
+	ts := startServer(t, DefaultConfig())
+	groups := []groupSpec{
+		{service: "checkout", version: "1.4.2", instances: 600, rps: 5, errRate: 0.005, latency: 0.030},
+		{service: "checkout", version: "1.5.0", instances: 100, rps: 5, errRate: 0.005, latency: 0.031},
+		{service: "search", version: "2.0.1", instances: 200, rps: 5, errRate: 0.002, latency: 0.045},
+		{service: "payments", version: "3.2.0", instances: 100, rps: 4, errRate: 0.001, latency: 0.080},
+	}
+	f := newFeeder(ts.srv, 250*time.Millisecond, groups...)
+	f.lateness = 500 * time.Millisecond
+	f.backfill(time.Minute)
+	ts.srv.AddDeployment(proto.Deployment{Service: "checkout", Baseline: "1.4.2", Canary: "1.5.0", UnixMs: time.Now().Add(-30 * time.Second).UnixMilli()})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return ts, f
+}
+
+func TestBrowserOverview(t *testing.T) {
 	if testing.Short() {
 		t.Skip("browser test")
 	}
-	ts := startServer(t, DefaultConfig())
-	f := newFeeder(ts.srv, 250*time.Millisecond, demoGroups()...)
-	f.backfill(time.Minute)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go f.run(ctx)
+	ts, _ := liveDemo(t)
 	b := newBrowser(t)
-	b.do(t, 20*time.Second, chromedp.Navigate(ts.http.URL+"/"), chromedp.WaitVisible(chromedp.CSS(`a.tile`)))
-	time.Sleep(2 * time.Second)
-	os.WriteFile("/tmp/herd-overview.png", b.screenshot(t), 0o644)
-	b.do(t, 20*time.Second, chromedp.Navigate(ts.http.URL+"/services/checkout"), chromedp.WaitVisible(chromedp.CSS(`#c-rate .uplot`)))
-	time.Sleep(2 * time.Second)
-	os.WriteFile("/tmp/herd-service.png", b.screenshot(t), 0o644)
+	b.do(t, 20*time.Second, chromedp.Navigate(ts.http.URL+"/"))
+	b.waitJS(t, 10*time.Second, `document.querySelectorAll('a.tile').length === 3`)
+	names := eval[[]string](t, b, `[...document.querySelectorAll('a.tile')].map(a => a.dataset.service)`)
+	// checkout has a canary without a verdict yet (pending) and sorts first.
+	if got := strings.Join(names, ","); got != "checkout,search,payments" {
+		t.Fatalf("got tiles %q; want checkout,search,payments", got)
+	}
+	text := eval[string](t, b, `document.querySelector('a.tile[data-service=checkout]').innerText`)
+	for _, want := range []string{"1.4.2", "1.5.0", "canary", "req/s", "p99", "PENDING"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("checkout tile %q lacks %q", text, want)
+		}
+	}
+	// The filter narrows the tiles and lands in the URL.
+	b.do(t, 10*time.Second, chromedp.SendKeys(chromedp.CSS(`#filter`), "sea"))
+	b.waitJS(t, 5*time.Second, `document.querySelectorAll('a.tile').length === 1 && location.search.includes('q=sea')`)
+	// Clicking a tile opens the service page with the state kept.
+	b.do(t, 10*time.Second, chromedp.Click(chromedp.CSS(`a.tile[data-service=search]`)))
+	b.waitJS(t, 5*time.Second, `location.pathname === '/services/search' && document.querySelector('#svc-name').textContent === 'search'`)
+}
+
+// TestBrowserServiceLive checks that the service page's charts receive live points and
+// measures window end → page latency.
+func TestBrowserServiceLive(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test")
+	}
+	ts, _ := liveDemo(t)
+	b := newBrowser(t)
+	b.do(t, 20*time.Second, chromedp.Navigate(ts.http.URL+"/services/checkout?range=60"))
+	b.waitJS(t, 10*time.Second, `(window.__herd.chartPoints || 0) > 200`)
+	first := eval[float64](t, b, `window.__herd.chartLastMs`)
+	b.do(t, 5*time.Second, chromedp.Evaluate[chromedp.Void](`window.__herd.lags = []`))
+	time.Sleep(5 * time.Second)
+	last := eval[float64](t, b, `window.__herd.chartLastMs`)
+	if last-first < 4000 {
+		t.Fatalf("got the rate chart's newest point moving %.0f ms in 5 s; want ≥ 4000 ms", last-first)
+	}
+	lags := eval[[]float64](t, b, `window.__herd.lags`)
+	if len(lags) < 30 {
+		t.Fatalf("got %d windows in 5 s; want ≥ 30 (two groups at 4/s)", len(lags))
+	}
+	slices.Sort(lags)
+	p50, p99 := lags[len(lags)/2], lags[len(lags)*99/100]
+	t.Logf("window end → page: %d windows, p50 %.0f ms, p99 %.0f ms, max %.0f ms (includes the simulated 500 ms rollup lateness)",
+		len(lags), p50, p99, lags[len(lags)-1])
+	if p99 > 1000 {
+		t.Fatalf("got p99 window end → page %.0f ms; want ≤ 1000 ms", p99)
+	}
+	// Both versions are charted, the deploy marker is known, the evidence panel explains.
+	if n := eval[int](t, b, `window.__herd.charts['c-rate'].series.length`); n != 3 {
+		t.Fatalf("got %d series on the rate chart; want 3 (time, baseline, canary)", n)
+	}
+	text := eval[string](t, b, `document.querySelector('#evidence').innerText`)
+	if !strings.Contains(text, "Canary 1.5.0 deployed beside 1.4.2") {
+		t.Fatalf("got evidence %q; want the canary named", text)
+	}
+}
+
+// TestBrowserRollback checks that a rollback verdict shows on the service page within 2 s
+// and that the decisions page shows it with its delivery log.
+func TestBrowserRollback(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test")
+	}
+	ts, _ := liveDemo(t)
+	b := newBrowser(t)
+	b.do(t, 20*time.Second, chromedp.Navigate(ts.http.URL+"/services/checkout"))
+	b.waitJS(t, 10*time.Second, `(window.__herd.chartPoints || 0) > 100`)
+	now := time.Now()
+	v := proto.Verdict{Service: "checkout", Baseline: "1.4.2", Canary: "1.5.0", State: proto.StateRollback,
+		UnixMs: now.UnixMilli(), StartedMs: now.Add(-8 * time.Second).UnixMilli(), DecisionID: "4b6f0f7e-2f0e-4c1e-9d7a-1f2e3d4c5b6a",
+		Sentence: "errors 5.1× baseline, 99 % CS [2.9, 9.0], decided after 7.8 s",
+		Evidence: proto.Evidence{Alpha: 0.01, EValue: 180, Threshold: 100, Decisive: "errors", Windows: 31,
+			Tests: []proto.TestEvidence{{Name: "errors", EValue: 355, Weight: 0.5, BaselineN: 37000, BaselineE: 185, CanaryN: 6100, CanaryE: 156, Effect: 5.1, CSLow: 2.9, CSHigh: 9.0}}}}
+	ts.srv.SetDecisions(func() []proto.Decision {
+		return []proto.Decision{{ID: v.DecisionID, Verdict: v, CreatedMs: v.UnixMs, Status: "delivered",
+			Deliveries: []proto.Delivery{{DecisionID: v.DecisionID, Target: "webhook:http://127.0.0.1:9000/hooks/herd", Attempt: 1, UnixMs: v.UnixMs + 40, Status: 204, Outcome: "done", DurationMs: 3}}}}
+	})
+	start := time.Now()
+	ts.srv.SetVerdict(v)
+	b.waitJS(t, 2*time.Second, `document.querySelector('#verdict-state')?.textContent === 'rollback'`)
+	took := time.Since(start)
+	t.Logf("verdict → page: %s", took.Round(time.Millisecond))
+	text := eval[string](t, b, `document.querySelector('#evidence').innerText`)
+	for _, want := range []string{"errors 5.1× baseline", "threshold", "decided after"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("evidence %q lacks %q", text, want)
+		}
+	}
+	b.do(t, 10*time.Second, chromedp.Click(chromedp.CSS(`a[href^="/decisions"]`)))
+	b.waitJS(t, 5*time.Second, `!!document.querySelector('[data-decision="4b6f0f7e-2f0e-4c1e-9d7a-1f2e3d4c5b6a"]')`)
+	text = eval[string](t, b, `document.querySelector('[data-decision]').innerText`)
+	for _, want := range []string{"ROLLBACK", "checkout", "webhook:http://127.0.0.1:9000/hooks/herd", "204", "done"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("decision card %q lacks %q", text, want)
+		}
+	}
+}
+
+// TestBrowserReconnect drops the page's websocket and refuses it for a while: the page says
+// it is disconnected and retrying, then resumes with ?since= and has no gap in its windows.
+func TestBrowserReconnect(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test")
+	}
+	ts, _ := liveDemo(t)
+	b := newBrowser(t)
+	b.do(t, 20*time.Second, chromedp.Navigate(ts.http.URL+"/services/checkout?range=60"))
+	b.waitJS(t, 10*time.Second, `window.__herd.status === 'live' && (window.__herd.chartPoints || 0) > 100`)
+	ts.down.Store(true)
+	ts.srv.mu.RLock()
+	for c := range ts.srv.clients {
+		c.conn.Close()
+	}
+	ts.srv.mu.RUnlock()
+	b.waitJS(t, 5*time.Second, `!document.getElementById('banner').hidden && document.getElementById('banner').textContent.includes('Disconnected — retrying')`)
+	time.Sleep(1500 * time.Millisecond) // windows flow on while the page is away
+	ts.down.Store(false)
+	b.waitJS(t, 10*time.Second, `window.__herd.status === 'live' && window.__herd.resumes >= 1 && document.getElementById('banner').hidden`)
+	time.Sleep(time.Second)
+	if n := eval[int](t, b, `window.__herd.resets`); n != 0 {
+		t.Fatalf("got %d reset snapshots; want a resume without reset", n)
+	}
+	gaps := eval[[]float64](t, b, `(() => {
+		const ps = window.__herd.stream.services.get('checkout').groups.get('1.4.2').points, gaps = [];
+		for (let i = 1; i < ps.length; i++) if (ps[i][0] - ps[i-1][0] !== 250) gaps.push(ps[i-1][0], ps[i][0]);
+		return gaps;
+	})()`)
+	if len(gaps) > 0 {
+		t.Fatalf("got gaps %v in the page's windows after resuming; want none", gaps)
+	}
+}
+
+// TestBrowserDarkMode checks that the page follows the OS colour scheme.
+func TestBrowserDarkMode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test")
+	}
+	ts, _ := liveDemo(t)
+	b := newBrowser(t)
+	b.do(t, 10*time.Second, setColorScheme("dark"), chromedp.Navigate(ts.http.URL+"/"))
+	b.waitJS(t, 10*time.Second, `document.querySelectorAll('a.tile').length === 3`)
+	if bg := eval[string](t, b, `getComputedStyle(document.body).backgroundColor`); bg != "rgb(15, 18, 22)" {
+		t.Fatalf("got background %s in dark mode; want rgb(15, 18, 22)", bg)
+	}
+}
+
+// setColorScheme emulates prefers-color-scheme.
+func setColorScheme(scheme string) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
+		_, err := chromedp.Call(ctx, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
+			Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: scheme}}})
+		return err
+	})
 }

@@ -7,8 +7,11 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,14 +79,16 @@ func makeWindow(rng *rand.Rand, g groupSpec, instances int, endMs int64, window 
 	}
 }
 
-// feeder publishes windows of its groups every window, aligned, with EndMs = now.
+// feeder publishes windows of its groups every window, aligned; a window ending at t is
+// published at t + lateness, as the rollup closes it.
 type feeder struct {
-	srv    *Server
-	window time.Duration
-	mu     sync.Mutex // guards groups
-	groups []groupSpec
-	rng    *rand.Rand
-	inst   map[string]int
+	srv      *Server
+	window   time.Duration
+	lateness time.Duration
+	mu       sync.Mutex // guards groups
+	groups   []groupSpec
+	rng      *rand.Rand
+	inst     map[string]int
 }
 
 func newFeeder(srv *Server, window time.Duration, groups ...groupSpec) *feeder {
@@ -133,25 +138,28 @@ func (f *feeder) backfill(d time.Duration) {
 	}
 }
 
-// run ticks at every aligned window end until ctx is done.
+// run emits every aligned window at its end plus lateness until ctx is done.
 func (f *feeder) run(ctx context.Context) {
 	w := f.window.Milliseconds()
+	next := (time.Now().UnixMilli()/w + 1) * w
 	for {
-		now := time.Now().UnixMilli()
-		next := (now/w + 1) * w
+		wait := time.Until(time.UnixMilli(next).Add(f.lateness))
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Duration(next-now) * time.Millisecond):
+		case <-time.After(wait):
 		}
 		f.tick(next)
+		next += w
 	}
 }
 
 // testServer runs a Server and its handler on a real listener.
 type testServer struct {
-	srv    *Server
-	http   *httptest.Server
+	srv  *Server
+	http *httptest.Server
+	// down makes the listener refuse websocket upgrades with 503, as a restarting server would.
+	down   atomic.Bool
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -163,7 +171,15 @@ func startServer(t testing.TB, cfg Config) *testServer {
 		t.Fatalf("New: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{srv: srv, http: httptest.NewServer(srv.Handler()), cancel: cancel, done: make(chan error, 1)}
+	ts := &testServer{srv: srv, cancel: cancel, done: make(chan error, 1)}
+	h := srv.Handler()
+	ts.http = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ts.down.Load() && strings.HasSuffix(r.URL.Path, "/stream") {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
 	go func() { ts.done <- srv.Run(ctx) }()
 	t.Cleanup(ts.stop)
 	return ts
