@@ -85,10 +85,11 @@ type feeder struct {
 	srv      *Server
 	window   time.Duration
 	lateness time.Duration
-	mu       sync.Mutex // guards groups
+	mu       sync.Mutex // guards groups, rng, inst and next
 	groups   []groupSpec
 	rng      *rand.Rand
 	inst     map[string]int
+	next     int64 // the end of the first window run emits; 0: the next aligned end
 }
 
 func newFeeder(srv *Server, window time.Duration, groups ...groupSpec) *feeder {
@@ -136,12 +137,16 @@ func (f *feeder) backfill(d time.Duration) {
 	for t := end - d.Milliseconds(); t <= end; t += w {
 		f.tick(t)
 	}
+	f.next = end + w
 }
 
 // run emits every aligned window at its end plus lateness until ctx is done.
 func (f *feeder) run(ctx context.Context) {
 	w := f.window.Milliseconds()
-	next := (time.Now().UnixMilli()/w + 1) * w
+	next := f.next // continue after the backfill, without a gap
+	if next == 0 {
+		next = (time.Now().UnixMilli()/w + 1) * w
+	}
 	for {
 		wait := time.Until(time.UnixMilli(next).Add(f.lateness))
 		select {
