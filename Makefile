@@ -28,5 +28,12 @@ bench:
 fuzz:
 	$(GO) test ./proto -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
 
+# Refresh docs/screenshots from a live `herd demo` (needs chromium).
+screenshots: build
+	bin/herd demo --http 127.0.0.1:18123 > /tmp/herd-shots-demo.log 2>&1 & pid=$$!; \
+	sleep 25; \
+	$(GO) run ./web/internal/shots -url http://127.0.0.1:18123 -out docs/screenshots; rc=$$?; \
+	kill -INT $$pid; wait $$pid; exit $$rc
+
 clean:
 	rm -rf bin bench.txt

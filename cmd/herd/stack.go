@@ -26,6 +26,7 @@ import (
 	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
+	"github.com/herd-dev/herd/web"
 )
 
 // stackConfig configures the all-in-one server that `herd serve` and `herd demo` run.
@@ -42,6 +43,7 @@ type stackConfig struct {
 	Intake     ingest.IntakeConfig
 	Detect     alert.Config
 	Deliver    deliver.Config
+	Web        web.Config
 	// Retention bounds the age of decisions kept in JetStream KV, and of the windows and
 	// verdicts kept in JetStream streams for restarts.
 	Retention time.Duration
@@ -51,7 +53,8 @@ type stackConfig struct {
 func defaultStackConfig() stackConfig {
 	return stackConfig{NATSListen: "127.0.0.1:4222", DataDir: "herd-data", HTTPListen: "127.0.0.1:8080",
 		Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig(), Detect: alert.DefaultConfig(),
-		Deliver: deliver.Config{Timeout: 2 * time.Second, MaxRetry: time.Hour}, Retention: time.Hour}
+		Deliver: deliver.Config{Timeout: 2 * time.Second, MaxRetry: time.Hour}, Web: web.DefaultConfig(),
+		Retention: time.Hour}
 }
 
 func (c *stackConfig) registerFlags(fs *flag.FlagSet) {
@@ -64,6 +67,7 @@ func (c *stackConfig) registerFlags(fs *flag.FlagSet) {
 	c.Intake.RegisterFlags(fs)
 	c.Detect.RegisterFlags(fs)
 	c.Deliver.RegisterFlags(fs)
+	c.Web.RegisterFlags(fs)
 }
 
 func (c *stackConfig) validate() error {
@@ -77,6 +81,9 @@ func (c *stackConfig) validate() error {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	if err := c.Deliver.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := c.Web.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	if c.Retention < time.Minute {
@@ -117,6 +124,7 @@ type stack struct {
 	roll    *rollup.Rollup
 	det     *alert.Detector
 	dl      *deliver.Deliverer
+	web     *web.Server
 	mux     *http.ServeMux
 	httpLn  net.Listener
 	httpSrv *http.Server
@@ -191,6 +199,21 @@ func newStack(cfg stackConfig, logger *slog.Logger) (*stack, error) {
 		return nil, fmt.Errorf("cannot listen for HTTP on %s: %w", cfg.HTTPListen, err)
 	}
 	s.httpLn = ln
+	s.web, err = web.New(cfg.Web, logger.With("component", "web"))
+	if err != nil {
+		s.closeNATS()
+		return nil, fmt.Errorf("cannot create the dashboard: %w", err)
+	}
+	s.onWindow(s.web.AddWindow)
+	s.onVerdict(s.web.SetVerdict)
+	s.onDeploy(s.web.AddDeployment)
+	s.web.SetDecisions(s.dl.Decisions)
+	s.web.SetAnnounce(s.announce)
+	s.mux.Handle("/", s.web.Handler())
+	decisions := s.web.Protect(s.dl.HTTPHandler())
+	s.mux.Handle("/api/v1/decisions", decisions)
+	s.mux.Handle("/api/v1/decisions/", decisions)
+	s.mux.Handle("/api/v1/flagger/", s.web.Protect(s.dl.FlaggerHandler(s.lookupVerdict)))
 	s.mux.HandleFunc("GET /metrics", s.serveMetrics)
 	s.mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	s.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -312,6 +335,18 @@ func (s *stack) onDeployMsg(m *nats.Msg) {
 	}
 }
 
+// lookupVerdict returns the detector's current verdict for a service's newest canary.
+func (s *stack) lookupVerdict(service string) (proto.Verdict, bool) {
+	var best proto.Verdict
+	found := false
+	for _, v := range s.det.Verdicts() {
+		if v.Service == service && (!found || v.StartedMs >= best.StartedMs) {
+			best, found = v, true
+		}
+	}
+	return best, found
+}
+
 // onVerdict adds an in-process consumer of verdict changes (add before run).
 func (s *stack) onVerdict(f func(proto.Verdict)) {
 	s.subsMu.Lock()
@@ -360,6 +395,7 @@ func (s *stack) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	s.intake.Metrics().WritePrometheus(w)
 	s.det.Metrics().WritePrometheus(w)
 	s.dl.Metrics().WritePrometheus(w)
+	s.web.Metrics().WritePrometheus(w)
 	natsMetrics.WritePrometheus(w)
 	metrics.WriteProcessMetrics(w)
 }
@@ -387,6 +423,11 @@ func (s *stack) run(ctx context.Context) error {
 	wg.Go(func() {
 		if err := s.dl.Run(outCtx); err != nil {
 			errc <- fmt.Errorf("delivery: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := s.web.Run(outCtx); err != nil {
+			errc <- fmt.Errorf("web: %w", err)
 		}
 	})
 	intakeDone := make(chan struct{})
