@@ -385,7 +385,11 @@ func (c *comparison) setState(state proto.State, unixMs int64, decisive string, 
 	}
 	v.Evidence.Decisive = decisive
 	if state == proto.StatePass || state == proto.StateRollback {
-		v.DecisionID = newDecisionID()
+		first := ev.FirstMs
+		if first == 0 {
+			first = c.createdMs
+		}
+		v.DecisionID = decisionID(c.service, c.baseline, c.canary, first, state)
 		c.final = true
 	}
 	c.verdict = v

@@ -12,7 +12,18 @@ import (
 	"github.com/herd-dev/herd/proto"
 )
 
-func newDecisionID() string { return uuid.NewString() }
+// decisionNamespace is the UUID namespace of herd's decision ids.
+var decisionNamespace = uuid.MustParse("7d2f5c8e-4b1a-5e3f-9c6d-2a8b0e1f3c57")
+
+// decisionID derives a decision's id from what identifies it: the comparison (service,
+// baseline, canary), the start of its first compared window (or its creation time when no
+// window pair was compared yet) and the verdict. Detectors that see the same windows —
+// a restarted one replaying them from JetStream, or two running side by side — derive the
+// same id, so the delivery store's first-writer-wins create delivers each decision once.
+func decisionID(service, baseline, canary string, firstMs int64, state proto.State) string {
+	key := service + "\x00" + baseline + "\x00" + canary + "\x00" + strconv.FormatInt(firstMs, 10) + "\x00" + string(state)
+	return uuid.NewSHA1(decisionNamespace, []byte(key)).String()
+}
 
 // quantileName names the latency test of a baseline quantile: 0.99 → "latency_p99".
 func quantileName(q float64) string {
