@@ -368,3 +368,32 @@ func (s *Server) prune(now time.Time) {
 	}
 	s.replay.expire(now)
 }
+
+// Restore hands history replayed at start-up (a window, a verdict or a deployment; the
+// others nil) to the hub. Unlike AddWindow it waits for room in the hub's queue, so a
+// restarted node gets its whole history back; it returns ctx's error if ctx ends first.
+func (s *Server) Restore(ctx context.Context, w *proto.Window, v *proto.Verdict, d *proto.Deployment) error {
+	var in input
+	switch {
+	case w != nil:
+		in.w = w
+	case v != nil:
+		vv := *v
+		in.v = &vv
+	case d != nil:
+		if d.Validate() != nil {
+			s.m.inputsRefused[ReasonBadInput].Inc()
+			return nil
+		}
+		dd := *d
+		in.d = &dd
+	default:
+		return nil
+	}
+	select {
+	case s.in <- in:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -129,6 +129,10 @@ type stack struct {
 	httpLn  net.Listener
 	httpSrv *http.Server
 	ready   atomic.Bool
+	// history is the JetStream stream of windows, verdicts and deployments; nil without
+	// JetStream. While replaying, verdicts the detector re-derives are not published again.
+	history   jetstream.Stream
+	replaying atomic.Bool
 
 	metrics     *metrics.Set
 	publishErrs *metrics.Counter
@@ -241,7 +245,15 @@ func (s *stack) HTTPURL() string { return "http://" + s.httpLn.Addr().String() }
 // openStore opens the decision store: JetStream KV in the NATS herd uses, or, when that
 // NATS has no JetStream, a file store under the data directory.
 func (s *stack) openStore() (deliver.Store, error) {
-	js, err := jetstream.New(s.nc)
+	js, err := jetStreamOf(s.nc)
+	if err == nil {
+		hctx, hcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s.history, err = ensureHistory(hctx, js, s.cfg.Retention, 1)
+		hcancel()
+		if err != nil {
+			s.logger.Warn("no history stream: a restart starts without windows and verdicts", "err", err)
+		}
+	}
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -270,6 +282,14 @@ func (s *stack) openStore() (deliver.Store, error) {
 // verdict publishes a verdict change on herd.verdict.<service>, hands final verdicts to
 // delivery and tells the in-process consumers. The detector calls it in order.
 func (s *stack) verdict(v proto.Verdict) {
+	if s.replaying.Load() {
+		// Re-derived from replayed windows: the decision id is the one already taken, so
+		// delivery does not send it again; the stream already holds the verdict itself.
+		if v.State == proto.StateRollback || v.State == proto.StatePass {
+			_ = s.dl.Decide(v)
+		}
+		return
+	}
 	if subj, err := proto.VerdictSubject(v.Service); err == nil {
 		if data, err := proto.MarshalVerdict(&v); err == nil {
 			if err := s.nc.Publish(subj, data); err != nil {
@@ -315,8 +335,8 @@ func (s *stack) announce(d proto.Deployment) error {
 
 // onDeployMsg handles a deployment announcement from herd.deploy.>.
 func (s *stack) onDeployMsg(m *nats.Msg) {
-	var d proto.Deployment
-	if err := json.Unmarshal(m.Data, &d); err != nil {
+	d, err := decodeDeployment(m.Data)
+	if err != nil {
 		s.deployErrs.Inc()
 		s.logger.Warn("bad deployment announcement", "subject", m.Subject, "err", err)
 		return
@@ -345,6 +365,36 @@ func (s *stack) lookupVerdict(service string) (proto.Verdict, bool) {
 		}
 	}
 	return best, found
+}
+
+// decodeDeployment decodes and checks a deployment announcement.
+func decodeDeployment(data []byte) (proto.Deployment, error) {
+	var d proto.Deployment
+	if err := json.Unmarshal(data, &d); err != nil {
+		return d, fmt.Errorf("cannot decode deployment: %w", err)
+	}
+	return d, d.Validate()
+}
+
+// replay rebuilds the detector's and the dashboard's state from the history stream.
+func (s *stack) replay(ctx context.Context) {
+	if s.history == nil {
+		return
+	}
+	start := time.Now()
+	s.replaying.Store(true)
+	defer s.replaying.Store(false)
+	n, bad, err := replayHistory(ctx, s.history, historySink{
+		window:   s.det.AddWindow,
+		deploy:   func(d proto.Deployment) { _ = s.det.Announce(d) },
+		restored: s.web.Restore,
+	})
+	if err != nil {
+		s.logger.Warn("history replay incomplete", "replayed", n, "err", err)
+	}
+	if n > 0 {
+		s.logger.Info("history replayed", "messages", n, "undecodable", bad, "took", time.Since(start).Round(time.Millisecond))
+	}
 }
 
 // onVerdict adds an in-process consumer of verdict changes (add before run).
@@ -408,18 +458,7 @@ func (s *stack) run(ctx context.Context) error {
 	outCtx, stopOut := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	errc := make(chan error, 8)
-	deploySub, err := s.nc.Subscribe(proto.SubjectDeployAll, s.onDeployMsg)
-	if err != nil {
-		stopIntake()
-		stopRoll()
-		stopOut()
-		return fmt.Errorf("cannot subscribe to %s: %w", proto.SubjectDeployAll, err)
-	}
-	wg.Go(func() {
-		if err := s.det.Run(outCtx); err != nil {
-			errc <- fmt.Errorf("detector: %w", err)
-		}
-	})
+	// Outputs first, then the history replay (before any live window), then intake.
 	wg.Go(func() {
 		if err := s.dl.Run(outCtx); err != nil {
 			errc <- fmt.Errorf("delivery: %w", err)
@@ -428,6 +467,20 @@ func (s *stack) run(ctx context.Context) error {
 	wg.Go(func() {
 		if err := s.web.Run(outCtx); err != nil {
 			errc <- fmt.Errorf("web: %w", err)
+		}
+	})
+	s.replay(ctx)
+	deploySub, err := s.nc.Subscribe(proto.SubjectDeployAll, s.onDeployMsg)
+	if err != nil {
+		stopIntake()
+		stopRoll()
+		stopOut()
+		wg.Wait()
+		return fmt.Errorf("cannot subscribe to %s: %w", proto.SubjectDeployAll, err)
+	}
+	wg.Go(func() {
+		if err := s.det.Run(outCtx); err != nil {
+			errc <- fmt.Errorf("detector: %w", err)
 		}
 	})
 	intakeDone := make(chan struct{})
