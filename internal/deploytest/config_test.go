@@ -235,9 +235,24 @@ func TestClusterFromConfig(t *testing.T) {
 		})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		// Workers watch the leases: the herd user's permissions must allow a watch (an
+		// ordered consumer delivering to an inbox).
+		w, err := kv.Watch(ctx, "partition.*", jetstream.UpdatesOnly())
+		if err != nil {
+			t.Fatalf("watch: %v", err)
+		}
+		defer w.Stop()
 		rev, err := kv.Create(ctx, "partition.7", []byte("worker-a"))
 		if err != nil {
 			t.Fatalf("first create: %v", err)
+		}
+		select {
+		case e := <-w.Updates():
+			if e == nil || e.Key() != "partition.7" || string(e.Value()) != "worker-a" {
+				t.Fatalf("watch: got %v; want partition.7 = worker-a", e)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("watch: got no update within 5s; want partition.7 = worker-a")
 		}
 		if _, err := kv.Create(ctx, "partition.7", []byte("worker-b")); !errors.Is(err, jetstream.ErrKeyExists) {
 			t.Fatalf("second create: got %v; want %v", err, jetstream.ErrKeyExists)
