@@ -157,7 +157,8 @@ func TestKillNode(t *testing.T) {
 	var kvWriter sync.WaitGroup
 	kvWriter.Go(func() {
 		for deadline := time.Now().Add(20 * time.Second); ; {
-			ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
+			// Short per-call timeouts: the figure is at most one timeout late.
+			ctx, cancel := context.WithTimeout(context.Background(), 25*time.Millisecond)
 			_, kvErr = kv.Put(ctx, "partition.7", []byte("worker-b"))
 			cancel()
 			if kvErr == nil {
@@ -167,7 +168,7 @@ func TestKillNode(t *testing.T) {
 			if time.Now().After(deadline) {
 				return
 			}
-			time.Sleep(10 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond)
 		}
 	})
 	time.Sleep(after)
