@@ -23,6 +23,9 @@ func connectNATS(urls, name string, logger *slog.Logger, extra ...nats.Option) (
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectBufSize(8 << 20),
 		nats.Timeout(5 * time.Second),
+		// Notice a silently dead server in seconds, not the client's default minutes.
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
 		nats.ErrorHandler(natsErrorHandler(name, logger)),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
