@@ -43,6 +43,8 @@ func commands() []command {
 		agentCommand(),
 		simCommand(),
 		tailCommand(),
+		detectCommand(),
+		webCommand(),
 		benchCommand(),
 		{name: "version", short: "print herd's version", flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
 			return func(context.Context) error {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -47,6 +49,8 @@ type stackConfig struct {
 	// Retention bounds the age of decisions kept in JetStream KV, and of the windows and
 	// verdicts kept in JetStream streams for restarts.
 	Retention time.Duration
+	// Replicas is the JetStream replica count of the history stream (3 on a 3-node cluster).
+	Replicas int
 }
 
 // defaultStackConfig returns every default; flags registered on it keep them.
@@ -54,7 +58,7 @@ func defaultStackConfig() stackConfig {
 	return stackConfig{NATSListen: "127.0.0.1:4222", DataDir: "herd-data", HTTPListen: "127.0.0.1:8080",
 		Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig(), Detect: alert.DefaultConfig(),
 		Deliver: deliver.Config{Timeout: 2 * time.Second, MaxRetry: time.Hour}, Web: web.DefaultConfig(),
-		Retention: time.Hour}
+		Retention: time.Hour, Replicas: 1}
 }
 
 func (c *stackConfig) registerFlags(fs *flag.FlagSet) {
@@ -62,6 +66,7 @@ func (c *stackConfig) registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATSListen, "nats.listen", c.NATSListen, "client listener of the embedded nats-server (`host:port`, port 0 picks a free one)")
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "`directory` of the embedded nats-server's JetStream store")
 	fs.StringVar(&c.HTTPListen, "http", c.HTTPListen, "HTTP listener for the API, dashboard and /metrics (`host:port`, port 0 picks a free one)")
+	fs.IntVar(&c.Replicas, "js.replicas", c.Replicas, "JetStream replicas of herd's history stream (`count`; 3 on a 3-node cluster)")
 	fs.DurationVar(&c.Retention, "retention", c.Retention, "how long closed windows and verdicts are kept in JetStream for restarts (`duration`)")
 	c.Rollup.RegisterFlags(fs)
 	c.Intake.RegisterFlags(fs)
@@ -85,6 +90,9 @@ func (c *stackConfig) validate() error {
 	}
 	if err := c.Web.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		return fmt.Errorf("%w: -js.replicas %d must be between 1 and 5", errUsage, c.Replicas)
 	}
 	if c.Retention < time.Minute {
 		return fmt.Errorf("%w: -retention %s must be at least 1m", errUsage, c.Retention)
@@ -112,19 +120,31 @@ func splitHostPort(hp string) (string, int, error) {
 	return h, port, nil
 }
 
-// stack is herd's all-in-one server: embedded (or external) NATS → intake → rollup →
-// windows on herd.rollup.* and to in-process consumers, plus the HTTP listener.
+// roleSet selects what a stack runs: serve runs every role; `herd detect` and `herd web`
+// run one each against an external NATS.
+type roleSet struct {
+	Ingest bool // intake and rollup: agent batches in, closed windows out
+	Detect bool // detector and rollback delivery
+	Web    bool // dashboard, JSON API and websocket stream
+}
+
+var allRoles = roleSet{Ingest: true, Detect: true, Web: true}
+
+// stack runs herd's roles on one NATS connection: embedded (or external) NATS → intake →
+// rollup → windows on herd.rollup.* and to in-process consumers (detector, web), plus the
+// HTTP listener. A role that is not local gets its input from NATS instead.
 type stack struct {
 	cfg    stackConfig
+	roles  roleSet
 	logger *slog.Logger
 
 	ns      *server.Server // nil with an external NATS
-	nc      *nats.Conn     // intake subscription and window publishing
-	intake  *ingest.Intake
+	nc      *nats.Conn     // every subscription and publication
+	intake  *ingest.Intake // nil without the ingest role, like roll
 	roll    *rollup.Rollup
-	det     *alert.Detector
+	det     *alert.Detector // nil without the detect role, like dl
 	dl      *deliver.Deliverer
-	web     *web.Server
+	web     *web.Server // nil without the web role
 	mux     *http.ServeMux
 	httpLn  net.Listener
 	httpSrv *http.Server
@@ -138,6 +158,7 @@ type stack struct {
 	publishErrs *metrics.Counter
 	windowsSent *metrics.Counter
 	deployErrs  *metrics.Counter
+	badInputs   *metrics.Counter
 
 	subsMu        sync.Mutex               // guards the consumer lists below
 	onWindowSubs  []func(*proto.Window)    // closed windows, on the rollup's goroutine
@@ -145,13 +166,23 @@ type stack struct {
 	onDeploySubs  []func(proto.Deployment) // deployment announcements
 }
 
-// newStack starts the embedded NATS server (if any), connects, and opens the HTTP listener,
-// so that the caller can print real addresses. Nothing flows until run.
+// newStack starts the embedded NATS server (if any), connects, builds the roles and opens
+// the HTTP listener, so that the caller can print real addresses. Nothing flows until run.
 func newStack(cfg stackConfig, logger *slog.Logger) (*stack, error) {
-	s := &stack{cfg: cfg, logger: logger, mux: http.NewServeMux(), metrics: metrics.NewSet()}
-	s.publishErrs = s.metrics.NewCounter(`herd_serve_window_publish_errors_total`)
+	return newRoles(cfg, allRoles, logger)
+}
+
+func newRoles(cfg stackConfig, roles roleSet, logger *slog.Logger) (_ *stack, err error) {
+	s := &stack{cfg: cfg, roles: roles, logger: logger, mux: http.NewServeMux(), metrics: metrics.NewSet()}
+	s.publishErrs = s.metrics.NewCounter(`herd_serve_publish_errors_total`)
 	s.deployErrs = s.metrics.NewCounter(`herd_serve_deployments_refused_total`)
 	s.windowsSent = s.metrics.NewCounter(`herd_serve_windows_published_total`)
+	s.badInputs = s.metrics.NewCounter(`herd_serve_bad_messages_total`)
+	defer func() {
+		if err != nil {
+			s.closeNATS()
+		}
+	}()
 	natsURL := cfg.NATSURL
 	if natsURL == "" {
 		host, port, _ := splitHostPort(cfg.NATSListen)
@@ -165,59 +196,66 @@ func newStack(cfg stackConfig, logger *slog.Logger) (*stack, error) {
 		s.ns = ns
 		natsURL = ns.ClientURL()
 	}
-	nc, err := connectNATS(natsURL, "herd-serve", logger)
-	if err != nil {
-		s.closeNATS()
+	if s.nc, err = connectNATS(natsURL, "herd-serve", logger); err != nil {
 		return nil, err
 	}
-	s.nc = nc
-	s.roll, err = rollup.New(cfg.Rollup, s.emit, logger.With("component", "rollup"))
-	if err != nil {
-		s.closeNATS()
-		return nil, fmt.Errorf("cannot create rollup: %w", err)
+	js, jsErr := jetStreamOf(s.nc)
+	if jsErr == nil && (roles.Detect || roles.Web) {
+		hctx, hcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s.history, jsErr = ensureHistory(hctx, js, cfg.Retention, cfg.Replicas)
+		hcancel()
 	}
-	s.intake, err = ingest.NewIntake(cfg.Intake, nc, s.roll.Add, logger.With("component", "intake"))
-	if err != nil {
-		s.closeNATS()
-		return nil, fmt.Errorf("cannot create intake: %w", err)
+	if jsErr != nil {
+		logger.Warn("no history stream: a restart starts without windows and verdicts", "err", jsErr)
 	}
-	s.det, err = alert.New(cfg.Detect, s.verdict, logger)
-	if err != nil {
-		s.closeNATS()
-		return nil, fmt.Errorf("cannot create detector: %w", err)
+	if roles.Ingest {
+		if s.roll, err = rollup.New(cfg.Rollup, s.emit, logger.With("component", "rollup")); err != nil {
+			return nil, fmt.Errorf("cannot create rollup: %w", err)
+		}
+		if s.intake, err = ingest.NewIntake(cfg.Intake, s.nc, s.roll.Add, logger.With("component", "intake")); err != nil {
+			return nil, fmt.Errorf("cannot create intake: %w", err)
+		}
 	}
-	s.onWindow(s.det.AddWindow)
-	store, err := s.openStore()
-	if err != nil {
-		s.closeNATS()
-		return nil, err
+	if roles.Detect {
+		if s.det, err = alert.New(cfg.Detect, s.verdict, logger); err != nil {
+			return nil, fmt.Errorf("cannot create detector: %w", err)
+		}
+		s.onWindow(s.det.AddWindow)
+		store, err := s.openStore(js)
+		if err != nil {
+			return nil, err
+		}
+		if s.dl, err = deliver.New(cfg.Deliver, store, logger); err != nil {
+			return nil, fmt.Errorf("cannot create delivery: %w", err)
+		}
 	}
-	s.dl, err = deliver.New(cfg.Deliver, store, logger)
-	if err != nil {
-		s.closeNATS()
-		return nil, fmt.Errorf("cannot create delivery: %w", err)
-	}
-	ln, err := net.Listen("tcp", cfg.HTTPListen)
-	if err != nil {
-		s.closeNATS()
+	if s.httpLn, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
 		return nil, fmt.Errorf("cannot listen for HTTP on %s: %w", cfg.HTTPListen, err)
 	}
-	s.httpLn = ln
-	s.web, err = web.New(cfg.Web, logger.With("component", "web"))
-	if err != nil {
-		s.closeNATS()
-		return nil, fmt.Errorf("cannot create the dashboard: %w", err)
+	protect := func(h http.Handler) http.Handler { return h }
+	if roles.Web {
+		if s.web, err = web.New(cfg.Web, logger.With("component", "web")); err != nil {
+			s.httpLn.Close()
+			return nil, fmt.Errorf("cannot create the dashboard: %w", err)
+		}
+		protect = s.web.Protect
+		s.onWindow(s.web.AddWindow)
+		s.onVerdict(s.web.SetVerdict)
+		s.onDeploy(s.web.AddDeployment)
+		s.web.SetAnnounce(s.announce)
+		if s.dl != nil {
+			s.web.SetDecisions(s.dl.Decisions)
+		} else if jsErr == nil {
+			s.web.SetDecisions(storedDecisions(js, logger))
+		}
+		s.mux.Handle("/", s.web.Handler())
 	}
-	s.onWindow(s.web.AddWindow)
-	s.onVerdict(s.web.SetVerdict)
-	s.onDeploy(s.web.AddDeployment)
-	s.web.SetDecisions(s.dl.Decisions)
-	s.web.SetAnnounce(s.announce)
-	s.mux.Handle("/", s.web.Handler())
-	decisions := s.web.Protect(s.dl.HTTPHandler())
-	s.mux.Handle("/api/v1/decisions", decisions)
-	s.mux.Handle("/api/v1/decisions/", decisions)
-	s.mux.Handle("/api/v1/flagger/", s.web.Protect(s.dl.FlaggerHandler(s.lookupVerdict)))
+	if s.dl != nil {
+		decisions := protect(s.dl.HTTPHandler())
+		s.mux.Handle("/api/v1/decisions", decisions)
+		s.mux.Handle("/api/v1/decisions/", decisions)
+		s.mux.Handle("/api/v1/flagger/", protect(s.dl.FlaggerHandler(s.lookupVerdict)))
+	}
 	s.mux.HandleFunc("GET /metrics", s.serveMetrics)
 	s.mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	s.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -244,17 +282,9 @@ func (s *stack) HTTPURL() string { return "http://" + s.httpLn.Addr().String() }
 
 // openStore opens the decision store: JetStream KV in the NATS herd uses, or, when that
 // NATS has no JetStream, a file store under the data directory.
-func (s *stack) openStore() (deliver.Store, error) {
-	js, err := jetStreamOf(s.nc)
-	if err == nil {
-		hctx, hcancel := context.WithTimeout(context.Background(), 10*time.Second)
-		s.history, err = ensureHistory(hctx, js, s.cfg.Retention, 1)
-		hcancel()
-		if err != nil {
-			s.logger.Warn("no history stream: a restart starts without windows and verdicts", "err", err)
-		}
-	}
-	if err == nil {
+func (s *stack) openStore(js jetstream.JetStream) (deliver.Store, error) {
+	var err error
+	if js != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		var kv *deliver.KVStore
@@ -341,10 +371,12 @@ func (s *stack) onDeployMsg(m *nats.Msg) {
 		s.logger.Warn("bad deployment announcement", "subject", m.Subject, "err", err)
 		return
 	}
-	if err := s.det.Announce(d); err != nil {
-		s.deployErrs.Inc()
-		s.logger.Warn("deployment refused", "subject", m.Subject, "err", err)
-		return
+	if s.det != nil {
+		if err := s.det.Announce(d); err != nil {
+			s.deployErrs.Inc()
+			s.logger.Warn("deployment refused", "subject", m.Subject, "err", err)
+			return
+		}
 	}
 	s.logger.Info("deployment", "service", d.Service, "baseline", d.Baseline, "canary", d.Canary)
 	s.subsMu.Lock()
@@ -357,6 +389,9 @@ func (s *stack) onDeployMsg(m *nats.Msg) {
 
 // lookupVerdict returns the detector's current verdict for a service's newest canary.
 func (s *stack) lookupVerdict(service string) (proto.Verdict, bool) {
+	if s.det == nil {
+		return proto.Verdict{}, false
+	}
 	var best proto.Verdict
 	found := false
 	for _, v := range s.det.Verdicts() {
@@ -384,11 +419,15 @@ func (s *stack) replay(ctx context.Context) {
 	start := time.Now()
 	s.replaying.Store(true)
 	defer s.replaying.Store(false)
-	n, bad, err := replayHistory(ctx, s.history, historySink{
-		window:   s.det.AddWindow,
-		deploy:   func(d proto.Deployment) { _ = s.det.Announce(d) },
-		restored: s.web.Restore,
-	})
+	var sink historySink
+	if s.det != nil {
+		sink.window = s.det.AddWindow
+		sink.deploy = func(d proto.Deployment) { _ = s.det.Announce(d) }
+	}
+	if s.web != nil {
+		sink.restored = s.web.Restore
+	}
+	n, bad, err := replayHistory(ctx, s.history, sink)
 	if err != nil {
 		s.logger.Warn("history replay incomplete", "replayed", n, "err", err)
 	}
@@ -441,60 +480,95 @@ func (s *stack) emit(w *proto.Window) {
 func (s *stack) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 	s.metrics.WritePrometheus(w)
-	s.roll.Metrics().WritePrometheus(w)
-	s.intake.Metrics().WritePrometheus(w)
-	s.det.Metrics().WritePrometheus(w)
-	s.dl.Metrics().WritePrometheus(w)
-	s.web.Metrics().WritePrometheus(w)
+	if s.roll != nil {
+		s.roll.Metrics().WritePrometheus(w)
+		s.intake.Metrics().WritePrometheus(w)
+	}
+	if s.det != nil {
+		s.det.Metrics().WritePrometheus(w)
+		s.dl.Metrics().WritePrometheus(w)
+	}
+	if s.web != nil {
+		s.web.Metrics().WritePrometheus(w)
+	}
 	natsMetrics.WritePrometheus(w)
 	metrics.WriteProcessMetrics(w)
 }
 
 // run serves until ctx is done, then stops in data-flow order: not ready → stop intake
-// (drain the subscription) → flush open windows → close outputs → stop NATS.
+// (drain the subscription) → flush open windows → stop subscriptions → close outputs →
+// stop NATS.
 func (s *stack) run(ctx context.Context) error {
-	intakeCtx, stopIntake := context.WithCancel(context.Background())
-	rollCtx, stopRoll := context.WithCancel(context.Background())
 	outCtx, stopOut := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	errc := make(chan error, 8)
-	// Outputs first, then the history replay (before any live window), then intake.
-	wg.Go(func() {
-		if err := s.dl.Run(outCtx); err != nil {
-			errc <- fmt.Errorf("delivery: %w", err)
+	goRun := func(name string, ctx context.Context, f func(context.Context) error) {
+		wg.Go(func() {
+			if err := f(ctx); err != nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+	// Outputs first, then the history replay (before any live input), then the inputs.
+	if s.dl != nil {
+		goRun("delivery", outCtx, s.dl.Run)
+	}
+	if s.web != nil {
+		goRun("web", outCtx, s.web.Run)
+	}
+	if s.det != nil || s.web != nil {
+		s.replay(ctx)
+	}
+	var subs []*nats.Subscription
+	subscribe := func(subject string, h nats.MsgHandler) error {
+		sub, err := s.nc.Subscribe(subject, h)
+		if err == nil {
+			err = sub.SetPendingLimits(1<<20, 256<<20)
 		}
-	})
-	wg.Go(func() {
-		if err := s.web.Run(outCtx); err != nil {
-			errc <- fmt.Errorf("web: %w", err)
+		if err != nil {
+			return fmt.Errorf("cannot subscribe to %s: %w", subject, err)
 		}
-	})
-	s.replay(ctx)
-	deploySub, err := s.nc.Subscribe(proto.SubjectDeployAll, s.onDeployMsg)
+		subs = append(subs, sub)
+		return nil
+	}
+	var err error
+	if s.det != nil || s.web != nil {
+		err = subscribe(proto.SubjectDeployAll, s.onDeployMsg)
+		if err == nil && s.roll == nil {
+			err = subscribe(proto.SubjectRollupAll, s.onWindowMsg)
+		}
+		if err == nil && s.det == nil {
+			err = subscribe(proto.SubjectVerdictAll, s.onVerdictMsg)
+		}
+	}
+	if err == nil {
+		err = s.nc.Flush()
+	}
 	if err != nil {
-		stopIntake()
-		stopRoll()
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
 		stopOut()
 		wg.Wait()
-		return fmt.Errorf("cannot subscribe to %s: %w", proto.SubjectDeployAll, err)
+		return err
 	}
-	wg.Go(func() {
-		if err := s.det.Run(outCtx); err != nil {
-			errc <- fmt.Errorf("detector: %w", err)
-		}
-	})
+	if s.det != nil {
+		goRun("detector", outCtx, s.det.Run)
+	}
+	intakeCtx, stopIntake := context.WithCancel(context.Background())
+	rollCtx, stopRoll := context.WithCancel(context.Background())
 	intakeDone := make(chan struct{})
-	wg.Go(func() {
-		defer close(intakeDone)
-		if err := s.intake.Run(intakeCtx); err != nil {
-			errc <- fmt.Errorf("intake: %w", err)
-		}
-	})
-	wg.Go(func() {
-		if err := s.roll.Run(rollCtx); err != nil {
-			errc <- fmt.Errorf("rollup: %w", err)
-		}
-	})
+	if s.intake != nil {
+		wg.Go(func() {
+			defer close(intakeDone)
+			if err := s.intake.Run(intakeCtx); err != nil {
+				errc <- fmt.Errorf("intake: %w", err)
+			}
+		})
+		goRun("rollup", rollCtx, s.roll.Run)
+	} else {
+		close(intakeDone)
+	}
 	wg.Go(func() {
 		if err := s.httpSrv.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("http: %w", err)
@@ -509,9 +583,13 @@ func (s *stack) run(ctx context.Context) error {
 	s.ready.Store(false)
 	stopIntake()
 	<-intakeDone // every buffered batch is merged
-	s.roll.Flush()
+	if s.roll != nil {
+		s.roll.Flush()
+	}
 	stopRoll()
-	_ = deploySub.Unsubscribe()
+	for _, sub := range subs {
+		_ = sub.Unsubscribe()
+	}
 	stopOut()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	_ = s.httpSrv.Shutdown(shutCtx)
@@ -522,6 +600,76 @@ func (s *stack) run(ctx context.Context) error {
 	}
 	s.closeNATS()
 	return runErr
+}
+
+// onWindowMsg takes a closed window from herd.rollup.> (a role without local rollup).
+func (s *stack) onWindowMsg(m *nats.Msg) {
+	w, err := proto.UnmarshalWindow(m.Data)
+	if err != nil {
+		s.badInputs.Inc()
+		return
+	}
+	s.subsMu.Lock()
+	subs := s.onWindowSubs
+	s.subsMu.Unlock()
+	for _, f := range subs {
+		f(w)
+	}
+}
+
+// onVerdictMsg takes a verdict from herd.verdict.> (a web node without a local detector).
+func (s *stack) onVerdictMsg(m *nats.Msg) {
+	v, err := proto.UnmarshalVerdict(m.Data)
+	if err != nil {
+		s.badInputs.Inc()
+		return
+	}
+	s.subsMu.Lock()
+	subs := s.onVerdictSubs
+	s.subsMu.Unlock()
+	for _, f := range subs {
+		f(*v)
+	}
+}
+
+// storedDecisions lists the decisions in the JetStream KV bucket, for a web node without a
+// local detector. The list is cached for a second.
+func storedDecisions(js jetstream.JetStream, logger *slog.Logger) func() []proto.Decision {
+	var mu sync.Mutex
+	var cached []proto.Decision
+	var at time.Time
+	return func() []proto.Decision {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(at) < time.Second {
+			return cached
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		kv, err := js.KeyValue(ctx, deliver.KVBucket)
+		if err != nil {
+			return cached
+		}
+		keys, err := kv.Keys(ctx)
+		if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+			logger.Warn("cannot list decisions", "err", err)
+			return cached
+		}
+		out := make([]proto.Decision, 0, len(keys))
+		for _, k := range keys {
+			e, err := kv.Get(ctx, k)
+			if err != nil {
+				continue
+			}
+			var d proto.Decision
+			if json.Unmarshal(e.Value(), &d) == nil {
+				out = append(out, d)
+			}
+		}
+		slices.SortFunc(out, func(a, b proto.Decision) int { return cmp.Compare(b.CreatedMs, a.CreatedMs) })
+		cached, at = out, time.Now()
+		return cached
+	}
 }
 
 func (s *stack) closeNATS() {
