@@ -549,7 +549,7 @@ func nativeToHerd(dst *proto.Histogram, h *dto.Histogram) string {
 					return "bad_histogram"
 				}
 				if n > 0 {
-					if !bucketsAdd(side.dst, herdIndex(idx, schema), n) {
+					if !side.dst.Add(herdIndex(idx, schema), n) {
 						return "bad_histogram"
 					}
 					total += n
@@ -632,35 +632,6 @@ func classicToHerd(dst *proto.Histogram, h *dto.Histogram) string {
 		return "bad_value"
 	}
 	return ""
-}
-
-// bucketsAdd adds n to herd bucket i of b, keeping b within proto's bucket bounds.
-func bucketsAdd(b *proto.Buckets, i int, n uint64) bool {
-	if i > proto.MaxBucketIndex || i < -proto.MaxBucketIndex {
-		return false
-	}
-	if len(b.Counts) == 0 {
-		b.Offset = int32(i)
-		b.Counts = append(b.Counts[:0], n)
-		return true
-	}
-	lo := int(b.Offset)
-	hi := lo + len(b.Counts) - 1
-	if max(hi, i)-min(lo, i)+1 > proto.MaxBuckets {
-		return false
-	}
-	switch {
-	case i < lo:
-		grow := lo - i
-		b.Counts = append(b.Counts, make([]uint64, grow)...)
-		copy(b.Counts[grow:], b.Counts[:len(b.Counts)-grow])
-		clear(b.Counts[:grow])
-		b.Offset = int32(i)
-	case i > hi:
-		b.Counts = append(b.Counts, make([]uint64, i-hi)...)
-	}
-	b.Counts[i-int(b.Offset)] += n
-	return true
 }
 
 // histSub sets dst = cur - prev bucket by bucket. It reports false if any count of prev

@@ -145,6 +145,17 @@ func (h *Histogram) Observe(v float64, n uint64) bool {
 	return true
 }
 
+// Add adds n to bucket i, growing the dense range as needed. It reports false, changing
+// nothing, if bucket i would take b beyond MaxBucketIndex or MaxBuckets. It does not touch
+// a Histogram's Count: callers keep that in step.
+func (b *Buckets) Add(i int, n uint64) bool {
+	if !b.fits(i) {
+		return false
+	}
+	b.add(i, n)
+	return true
+}
+
 // fits reports whether adding bucket i keeps b within the bounds.
 func (b *Buckets) fits(i int) bool {
 	if i > MaxBucketIndex || i < -MaxBucketIndex {
