@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+)
+
+// TestDashboardFreshness runs a 1,000-instance fleet through serve and measures, with a
+// websocket client of the dashboard's stream, how long after its end each window arrives.
+func TestDashboardFreshness(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a fleet in real time")
+	}
+	s, _ := testStack(t)
+	url := "ws" + strings.TrimPrefix(s.HTTPURL(), "http") + "/api/v1/stream"
+	conn, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var mu sync.Mutex
+	var lags []time.Duration
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		for {
+			_, data, err := conn.ReadMessage()
+			if err != nil {
+				return
+			}
+			at := time.Now()
+			for _, line := range bytes.Split(data, []byte("\n")) {
+				var m struct {
+					Type string    `json:"type"`
+					P    []float64 `json:"p"`
+				}
+				if json.Unmarshal(line, &m) != nil || m.Type != "window" || len(m.P) == 0 {
+					continue
+				}
+				mu.Lock()
+				lags = append(lags, at.Sub(time.UnixMilli(int64(m.P[0]))))
+				mu.Unlock()
+			}
+		}
+	}()
+
+	nc, err := nats.Connect(s.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	sf := simFlags{instances: 1000, canaryShare: 0.2, rps: 20, errorRate: 0.01,
+		latencyMedian: 40 * time.Millisecond, latencyP99: 200 * time.Millisecond}
+	sf.services = listFlag{"checkout", "search"}
+	groups, err := sf.groups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := newFleet(fleetConfig{Groups: groups, LifetimeMin: 2 * time.Second, LifetimeMax: 10 * time.Second,
+		Interval: 250 * time.Millisecond, Seed: 11, Publish: nc.Publish, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Run(context.Background(), time.Now().Add(6*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 3*time.Second, 20*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(lags) < 60 {
+			return errorf("%d windows reached the websocket client; want ≥ 60", len(lags))
+		}
+		return nil
+	})
+	conn.Close()
+	<-readDone
+	mu.Lock()
+	defer mu.Unlock()
+	p50, p99 := percentile(lags, 0.5), percentile(lags, 0.99)
+	t.Logf("window end → websocket client over %d windows (1,000 instances): p50 %s, p99 %s", len(lags), p50, p99)
+	if p99 > time.Second {
+		t.Errorf("window end → dashboard stream p99 = %s; want ≤ 1s", p99)
+	}
+}
