@@ -18,6 +18,10 @@ import (
 type Policy struct {
 	Defaults ServicePolicy            `json:"defaults"`
 	Services map[string]ServicePolicy `json:"services"`
+	// Targets holds the deploy-tool targets (Argo Rollouts, Flagger, Spinnaker) that
+	// rollback delivery reads from the same file; the detector does not look at them. See
+	// docs/webhooks.md for their fields.
+	Targets json.RawMessage `json:"targets,omitempty"`
 }
 
 // ServicePolicy overrides the detector's settings for a service. Every field is optional;

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -85,6 +87,9 @@ func (c *stackConfig) validate() error {
 	if err := c.Detect.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
+	if err := c.targetsFromPolicy(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
 	if err := c.Deliver.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -104,6 +109,31 @@ func (c *stackConfig) validate() error {
 	}
 	if _, _, err := splitHostPort(c.HTTPListen); err != nil {
 		return fmt.Errorf("%w: -http: %v", errUsage, err)
+	}
+	return nil
+}
+
+// targetsFromPolicy reads the deploy-tool targets from the "targets" section of the policy
+// file when no separate -deliver.targets file is given, so one file configures a service's
+// detection and its rollback targets.
+func (c *stackConfig) targetsFromPolicy() error {
+	if c.Detect.PolicyFile == "" || c.Deliver.TargetsFile != "" {
+		return nil
+	}
+	data, err := os.ReadFile(c.Detect.PolicyFile)
+	if err != nil {
+		return fmt.Errorf("-detect.policy: cannot read: %w", err)
+	}
+	var p struct {
+		Targets json.RawMessage `json:"targets"`
+	}
+	if err := json.Unmarshal(data, &p); err != nil || len(p.Targets) == 0 {
+		return nil // the detector reports a malformed policy file with its own words
+	}
+	dec := json.NewDecoder(bytes.NewReader(p.Targets))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c.Deliver.Targets); err != nil {
+		return fmt.Errorf("-detect.policy %s: bad targets: %w", c.Detect.PolicyFile, err)
 	}
 	return nil
 }

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestTargetsFromPolicyFile checks that one policy file configures both the detector and the
+// deploy-tool targets, and that a bad targets section is refused naming the flag.
+func TestTargetsFromPolicyFile(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "policy.json")
+	if err := os.WriteFile(good, []byte(`{
+  "defaults": {"alpha": 0.01},
+  "services": {"checkout": {"errors": "http_requests_total{code=~\"5..\"}"}},
+  "targets": {
+    "spinnaker": [{"name": "prod-rollback", "gate": "https://gate.example.com", "source": "herd-rollback",
+                   "services": ["checkout"], "on": ["rollback"]}],
+    "flagger": [{"namespace": "shop", "name": "checkout", "service": "checkout"}]
+  }
+}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaultStackConfig()
+	cfg.Detect.PolicyFile = good
+	if err := cfg.validate(); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	if len(cfg.Deliver.Targets.Spinnaker) != 1 || len(cfg.Deliver.Targets.Flagger) != 1 {
+		t.Errorf("got targets %+v; want one Spinnaker and one Flagger target from the policy file", cfg.Deliver.Targets)
+	}
+
+	bad := filepath.Join(dir, "bad.json")
+	if err := os.WriteFile(bad, []byte(`{"targets": {"spinaker": []}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg = defaultStackConfig()
+	cfg.Detect.PolicyFile = bad
+	if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "detect.policy") {
+		t.Errorf("misspelt targets: got %v; want an error naming -detect.policy", err)
+	}
+}
