@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/herd-dev/herd/alert/deliver"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -117,6 +118,7 @@ type demo struct {
 	stoppedAt time.Time
 	hooks     int
 	done      chan struct{} // closed when the story has ended
+	dl        *deliver.Deliverer
 }
 
 const (
@@ -158,6 +160,7 @@ func (d *demo) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	d.dl = s.dl
 	s.onVerdict(d.onVerdict)
 
 	pc, err := connectNATS(s.NATSURL(), "herd-demo-fleet", logger)
@@ -320,6 +323,27 @@ func (d *demo) onVerdict(v proto.Verdict) {
 	}
 	if v.State == proto.StatePass || v.State == proto.StateInconclusive {
 		d.finish()
+	}
+	if v.State == proto.StateRollback && first && d.dl != nil {
+		go d.watchDelivery(v.DecisionID)
+	}
+}
+
+// watchDelivery reports the first delivery attempt of a decision as a webhook_sent event.
+func (d *demo) watchDelivery(id string) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if dec, ok := d.dl.Decision(id); ok && len(dec.Deliveries) > 0 {
+			a := dec.Deliveries[0]
+			d.emit(demoEvent{Type: "webhook_sent", Service: demoService, Version: demoCanary, DecisionID: id,
+				Text: fmt.Sprintf("herd: rollback delivered to %s (attempt %d, HTTP %d, %d ms)", a.Target, a.Attempt, a.Status, a.DurationMs)})
+			return
+		}
+		select {
+		case <-d.done:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
 
