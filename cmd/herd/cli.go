@@ -40,6 +40,7 @@ func commands() []command {
 	return []command{
 		demoCommand(),
 		serveCommand(),
+		rollupCommand(),
 		agentCommand(),
 		simCommand(),
 		tailCommand(),
