@@ -458,10 +458,11 @@ func TestWorkerScaling(t *testing.T) {
 			}
 			return m, in
 		}
-		published := publishFlat(t, pub, 500*time.Millisecond) // warm up
+		seq := make([]uint64, flatGroups*flatInstances) // instances' sequence numbers go on across calls
+		published := publishFlat(t, pub, seq, 500*time.Millisecond) // warm up
 		m0, i0 := merged()
 		t0 := time.Now()
-		published = publishFlat(t, pub, 3*time.Second)
+		published = publishFlat(t, pub, seq, 3*time.Second)
 		checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 			if _, in := merged(); in-i0 < published {
 				return errorf("workers received %d of %d batches", in-i0, published)
@@ -471,11 +472,17 @@ func TestWorkerScaling(t *testing.T) {
 		el := time.Since(t0)
 		m1, i1 := merged()
 		var dropped uint64
+		refused := map[string]uint64{}
 		for _, tw := range ws {
 			dropped += tw.w.intakeStats().Refused()
+			for r, c := range tw.w.parts.Stats().RefusedBy {
+				if c > 0 {
+					refused[r] += c
+				}
+			}
 		}
-		t.Logf("%d worker(s): published %d batches in 3s (%.0f/s); received %d, merged %d in %s: %.0f batches merged/s; refused by intakes %d",
-			n, published, float64(published)/3, i1-i0, m1-m0, el.Round(time.Millisecond), float64(m1-m0)/el.Seconds(), dropped)
+		t.Logf("%d worker(s): published %d batches in 3s (%.0f/s); received %d, merged %d in %s: %.0f batches merged/s; refused by intakes %d, by rollups %v (since start)",
+			n, published, float64(published)/3, i1-i0, m1-m0, el.Round(time.Millisecond), float64(m1-m0)/el.Seconds(), dropped, refused)
 		for _, tw := range ws {
 			if err := tw.stop(); err != nil {
 				t.Error(err)
@@ -484,12 +491,16 @@ func TestWorkerScaling(t *testing.T) {
 	}
 }
 
-// publishFlat publishes batches of 256 groups × 64 instances as fast as the connection takes
-// them for d, each with a request counter, an error counter and a latency histogram, and
-// returns how many it published.
-func publishFlat(t *testing.T, nc *nats.Conn, d time.Duration) uint64 {
+// Groups and instances of publishFlat.
+const flatGroups, flatInstances = 256, 64
+
+// publishFlat publishes batches of flatGroups × flatInstances instances as fast as the
+// connection takes them for d, each with a request counter, an error counter and a latency
+// histogram, and returns how many it published. seq holds the instances' next sequence
+// numbers.
+func publishFlat(t *testing.T, nc *nats.Conn, seq []uint64, d time.Duration) uint64 {
 	t.Helper()
-	const groups, instances = 256, 64
+	const groups, instances = flatGroups, flatInstances
 	subjects := make([]string, groups)
 	batches := make([]proto.Batch, groups)
 	for g := range groups {
@@ -510,7 +521,6 @@ func publishFlat(t *testing.T, nc *nats.Conn, d time.Duration) uint64 {
 			lat,
 		}
 	}
-	seq := make([]uint64, groups*instances)
 	var enc proto.Encoder
 	var buf []byte
 	var n uint64
