@@ -458,7 +458,7 @@ func TestWorkerScaling(t *testing.T) {
 			}
 			return m, in
 		}
-		seq := make([]uint64, flatGroups*flatInstances) // instances' sequence numbers go on across calls
+		seq := make([]uint64, flatGroups*flatInstances)             // instances' sequence numbers go on across calls
 		published := publishFlat(t, pub, seq, 500*time.Millisecond) // warm up
 		m0, i0 := merged()
 		t0 := time.Now()
