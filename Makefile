@@ -12,10 +12,12 @@ build:
 vet:
 	$(GO) vet $(PKGS)
 
-# The README's test command: every test, with the race detector.
+# The README's test command: every test, with the race detector. Packages run one at a time:
+# the real-time tests (NATS clusters, fleets, the browser) measure latencies that another
+# package's tests on the same two cores would disturb.
 test:
 	$(GO) vet $(PKGS)
-	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	$(GO) test -race -count=1 -p 1 -timeout 20m $(PKGS)
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)

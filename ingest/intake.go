@@ -316,7 +316,7 @@ func (in *Intake) parseSubject(subject string) subjectInfo {
 		return si
 	}
 	var si subjectInfo
-	svc, ver, err := proto.ParseGroupSubject(in.cfg.Prefix, subject)
+	svc, ver, err := parseWithPrefix(in.cfg.Prefix, subject)
 	if err != nil {
 		si.bad = true
 	} else {
@@ -327,6 +327,23 @@ func (in *Intake) parseSubject(subject string) subjectInfo {
 	}
 	in.subjects[subject] = si
 	return si
+}
+
+// parseWithPrefix is proto.ParseGroupSubject for a prefix whose tokens may be "*" (any one
+// token), such as "herd.p.*." for the partition subjects of the partition mapping.
+func parseWithPrefix(prefix, subject string) (service, version string, err error) {
+	if !strings.Contains(prefix, "*") {
+		return proto.ParseGroupSubject(prefix, subject)
+	}
+	rest := subject
+	for tok := range strings.SplitSeq(strings.TrimSuffix(prefix, "."), ".") {
+		head, tail, ok := strings.Cut(rest, ".")
+		if !ok || (tok != "*" && tok != head) {
+			return "", "", fmt.Errorf("%w: subject %q does not match prefix %q", proto.ErrBadToken, subject, prefix)
+		}
+		rest = tail
+	}
+	return proto.ParseGroupSubject("", rest)
 }
 
 func (in *Intake) reasonCounter(reason string) *metrics.Counter {

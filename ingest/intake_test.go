@@ -297,3 +297,21 @@ func TestIntakeSlowConsumer(t *testing.T) {
 		t.Errorf("got %d handled + %d dropped; want 50 in all", st.Batches, st.Dropped[ReasonSlowConsumer])
 	}
 }
+
+func TestParseWithPrefix(t *testing.T) {
+	for _, tc := range []struct {
+		prefix, subject, svc, ver string
+		ok                        bool
+	}{
+		{"herd.in.", "herd.in.checkout.1_2e4_2e2", "checkout", "1.4.2", true},
+		{"herd.p.*.", "herd.p.17.checkout.1_2e4_2e2", "checkout", "1.4.2", true},
+		{"herd.p.*.", "herd.p.17.checkout", "", "", false},
+		{"herd.p.*.", "herd.x.17.checkout.1", "", "", false},
+		{"herd.p.*.", "herd.p", "", "", false},
+	} {
+		svc, ver, err := parseWithPrefix(tc.prefix, tc.subject)
+		if (err == nil) != tc.ok || svc != tc.svc || ver != tc.ver {
+			t.Errorf("parseWithPrefix(%q, %q) = %q, %q, %v; want %q, %q, ok=%v", tc.prefix, tc.subject, svc, ver, err, tc.svc, tc.ver, tc.ok)
+		}
+	}
+}

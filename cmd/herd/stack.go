@@ -225,6 +225,15 @@ func newRoles(cfg stackConfig, roles roleSet, logger *slog.Logger) (_ *stack, er
 		}
 		s.ns = ns
 		natsURL = ns.ClientURL()
+		// The embedded server routes agent batches to partition subjects like a cluster
+		// does, so `herd rollup` workers can share the work; the local intake takes every
+		// partition.
+		if err := embednats.ApplyMapping(ns); err != nil {
+			return nil, err
+		}
+		if cfg.Intake.Subject == proto.SubjectInAll && cfg.Intake.Prefix == proto.PrefixIn {
+			s.cfg.Intake.Subject, s.cfg.Intake.Prefix = embednats.PartitionPrefix+">", embednats.PartitionPrefix+"*."
+		}
 	}
 	if s.nc, err = connectNATS(natsURL, "herd-serve", logger); err != nil {
 		return nil, err
@@ -242,7 +251,7 @@ func newRoles(cfg stackConfig, roles roleSet, logger *slog.Logger) (_ *stack, er
 		if s.roll, err = rollup.New(cfg.Rollup, s.emit, logger.With("component", "rollup")); err != nil {
 			return nil, fmt.Errorf("cannot create rollup: %w", err)
 		}
-		if s.intake, err = ingest.NewIntake(cfg.Intake, s.nc, s.roll.Add, logger.With("component", "intake")); err != nil {
+		if s.intake, err = ingest.NewIntake(s.cfg.Intake, s.nc, s.roll.Add, logger.With("component", "intake")); err != nil {
 			return nil, fmt.Errorf("cannot create intake: %w", err)
 		}
 	}

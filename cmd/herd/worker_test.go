@@ -232,7 +232,7 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a NATS cluster and a fleet for several seconds")
 	}
-	servers := embednats.StartCluster(t, 3, t.TempDir())
+	servers := startTestCluster(t, 3)
 	wl := logWindows(t, servers[2].ClientURL())
 	var ws []*testWorker
 	for i, s := range servers {
@@ -437,7 +437,7 @@ func TestWorkerScaling(t *testing.T) {
 	if os.Getenv("HERD_SCALE") == "" {
 		t.Skip("set HERD_SCALE=1 to measure worker scaling")
 	}
-	servers := embednats.StartCluster(t, 3, t.TempDir())
+	servers := startTestCluster(t, 3)
 	pub, err := nats.Connect(servers[0].ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -553,4 +553,19 @@ func publishFlat(t *testing.T, nc *nats.Conn, seq []uint64, d time.Duration) uin
 		t.Fatal(err)
 	}
 	return n
+}
+
+// startTestCluster starts an n-node in-process NATS cluster that stops when the test ends.
+func startTestCluster(t *testing.T, n int) []*server.Server {
+	t.Helper()
+	servers, err := embednats.StartCluster(n, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, s := range servers {
+			embednats.Shutdown(s)
+		}
+	})
+	return servers
 }

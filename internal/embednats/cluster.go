@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
-	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -22,25 +21,19 @@ const (
 
 // StartCluster starts n in-process nats-servers joined by routes, each with JetStream (store
 // under dir/<name>) and the partition mapping, and waits until the routes are up and
-// JetStream has a meta leader. Client ports are random. The servers are shut down when the
-// test ends. It fails the test if the cluster does not form within 20 s.
-func StartCluster(t testing.TB, n int, dir string) []*server.Server {
-	t.Helper()
+// JetStream has a meta leader. Client ports are random. The caller shuts the servers down.
+// A probed cluster port can still be taken by another process before the server binds it,
+// so it tries other ports up to five times.
+func StartCluster(n int, dir string) ([]*server.Server, error) {
 	var lastErr error
-	for range 5 { // a probed port can still be taken by a parallel test: try other ports
+	for range 5 {
 		servers, err := startCluster(n, dir)
 		if err == nil {
-			t.Cleanup(func() {
-				for _, s := range servers {
-					Shutdown(s)
-				}
-			})
-			return servers
+			return servers, nil
 		}
 		lastErr = err
 	}
-	t.Fatalf("cannot start a %d-node nats cluster: %v", n, lastErr)
-	return nil
+	return nil, fmt.Errorf("cannot start a %d-node nats cluster: %w", n, lastErr)
 }
 
 func startCluster(n int, dir string) ([]*server.Server, error) {

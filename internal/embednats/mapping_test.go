@@ -116,7 +116,15 @@ func TestMappingConfigMatchesPartitionOf(t *testing.T) {
 }
 
 func TestStartClusterRoutesMappedSubjects(t *testing.T) {
-	servers := StartCluster(t, 3, t.TempDir())
+	servers, err := StartCluster(3, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, s := range servers {
+			Shutdown(s)
+		}
+	})
 	if got := len(servers); got != 3 {
 		t.Fatalf("got %d servers; want 3", got)
 	}
