@@ -152,6 +152,15 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.stack.validate(); err != nil {
 		return err
 	}
+	if d.stack.HTTPListen == defaultStackConfig().HTTPListen {
+		// The default dashboard port may be taken (a herd serve running, say): the demo then
+		// takes a free one and prints it.
+		if ln, err := net.Listen("tcp", d.stack.HTTPListen); err != nil {
+			d.stack.HTTPListen = "127.0.0.1:0"
+		} else {
+			ln.Close()
+		}
+	}
 	var fl *fleet
 	recv := &http.Server{Handler: d.receiver(secret, func() { fl.group(demoService, demoCanary).target.Store(0) }),
 		ReadHeaderTimeout: 5 * time.Second}
