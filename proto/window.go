@@ -2,6 +2,7 @@ package proto
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -26,6 +27,60 @@ type Window struct {
 	// ClosedMs is when the window was closed, unix milliseconds.
 	ClosedMs int64          `json:"closed_unix_ms"`
 	Series   []WindowSeries `json:"series"`
+
+	// WarmupMs is the per-instance warm-up the rollup applied, in milliseconds: Warm and
+	// Halves merge only batches of instances running for at least that long (batch End −
+	// InstanceStart ≥ warm-up). 0 means the rollup produced neither; read Series then.
+	WarmupMs int64 `json:"warmup_ms,omitempty"`
+	// SplitSeries names the series (by name, with any labels) that Warm and Halves carry;
+	// ["*"] means every series. Read-only: it is shared between windows.
+	SplitSeries []string `json:"split_series,omitempty"`
+	// WarmInstances is the number of distinct warm instances merged into Warm; it is
+	// HalfInstances[0] + HalfInstances[1].
+	WarmInstances int `json:"warm_instances,omitempty"`
+	// Warm holds the SplitSeries of Series merged from warm instances only. It is exactly
+	// the merge of Halves[0] and Halves[1].
+	Warm []WindowSeries `json:"warm,omitempty"`
+	// Halves splits Warm in two by a stable hash of the instance id (see HalfOf): half h
+	// holds the series of the warm instances with HalfOf(id) == h. Consumers compare the two
+	// halves of one group as an A/A check.
+	Halves [2][]WindowSeries `json:"halves,omitzero"`
+	// HalfInstances counts the distinct warm instances merged into each half.
+	HalfInstances [2]int `json:"half_instances,omitzero"`
+}
+
+// HalfOf returns the half (0 or 1) of Window.Halves that the instance with this id
+// contributes to: the top bit of (lo ^ hi) · 0x9e3779b97f4a7c15 (mod 2^64), where lo and hi
+// are the id's first and last 8 bytes read little-endian. It depends on the id only, so an
+// instance stays in one half in every window and on every rollup worker.
+func HalfOf(id [16]byte) int {
+	lo := binary.LittleEndian.Uint64(id[:8])
+	hi := binary.LittleEndian.Uint64(id[8:])
+	return int(((lo ^ hi) * 0x9e3779b97f4a7c15) >> 63)
+}
+
+// FindWarm returns the series of Warm with the given name and no labels, or nil.
+func (w *Window) FindWarm(name string) *WindowSeries {
+	for i := range w.Warm {
+		if s := &w.Warm[i]; s.Name == name && len(s.Labels) == 0 {
+			return s
+		}
+	}
+	return nil
+}
+
+// Splits reports whether Warm and Halves carry the series named name (true when the
+// rollup applied a warm-up and name is among SplitSeries or SplitSeries is ["*"]).
+func (w *Window) Splits(name string) bool {
+	if w.WarmupMs <= 0 {
+		return false
+	}
+	for _, n := range w.SplitSeries {
+		if n == name || n == "*" {
+			return true
+		}
+	}
+	return false
 }
 
 // Find returns the series with the given name and no labels, or nil.

@@ -43,10 +43,15 @@ func realisticBatch(rng *rand.Rand, service string, n int, end time.Time) *proto
 	return b
 }
 
-// benchRollup returns a Rollup whose clock reads *now.
+// benchRollup returns a Rollup with the default config whose clock reads *now.
 func benchRollup(b *testing.B, now *time.Time, emit Emit) *Rollup {
 	b.Helper()
-	cfg := DefaultConfig()
+	return benchRollupConfig(b, DefaultConfig(), now, emit)
+}
+
+// benchRollupConfig returns a Rollup with cfg whose clock reads *now.
+func benchRollupConfig(b *testing.B, cfg Config, now *time.Time, emit Emit) *Rollup {
+	b.Helper()
 	r, err := New(cfg, emit, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -55,9 +60,26 @@ func benchRollup(b *testing.B, now *time.Time, emit Emit) *Rollup {
 	return r
 }
 
-// BenchmarkDecodeAggregate decodes and merges encoded batches of 1000 instances; one op is
-// one batch of 23 samples.
-func BenchmarkDecodeAggregate(b *testing.B) {
+// BenchmarkDecodeAggregate decodes and merges encoded batches of 1000 warm instances with
+// the default config (the RED triple split into Warm and Halves); one op is one batch of 23
+// samples.
+func BenchmarkDecodeAggregate(b *testing.B) { benchDecodeAggregate(b, DefaultConfig()) }
+
+// BenchmarkDecodeAggregateSplitAll is BenchmarkDecodeAggregate with every series split.
+func BenchmarkDecodeAggregateSplitAll(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.SplitSeries = "*"
+	benchDecodeAggregate(b, cfg)
+}
+
+// BenchmarkDecodeAggregateNoWarmup is BenchmarkDecodeAggregate without Warm and Halves.
+func BenchmarkDecodeAggregateNoWarmup(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.Warmup = 0
+	benchDecodeAggregate(b, cfg)
+}
+
+func benchDecodeAggregate(b *testing.B, cfg Config) {
 	const instances = 1000
 	now := time.Unix(1_790_000_000, 0)
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -75,7 +97,7 @@ func BenchmarkDecodeAggregate(b *testing.B) {
 		seqOff[i] = 4 + 16 + len(binary.AppendVarint(nil, bt.InstanceStart))
 		samples = len(bt.Series)
 	}
-	r := benchRollup(b, &now, func(*proto.Window) {})
+	r := benchRollupConfig(b, cfg, &now, func(*proto.Window) {})
 	var dec proto.Decoder
 	var bt proto.Batch
 	add := func(i int) {

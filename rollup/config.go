@@ -3,7 +3,11 @@ package rollup
 import (
 	"flag"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
+
+	"github.com/herd-dev/herd/proto"
 )
 
 // Config configures a Rollup. The zero value is not valid; start from DefaultConfig or
@@ -28,6 +32,14 @@ type Config struct {
 	// MaxInstances bounds the number of instances whose state is kept; beyond it the least
 	// recently seen instance is forgotten.
 	MaxInstances int
+	// Warmup is the per-instance warm-up: a batch whose End lies less than Warmup after its
+	// InstanceStart is merged into Window.Series but not into Window.Warm and Window.Halves.
+	// 0 disables Warm and Halves.
+	Warmup time.Duration
+	// SplitSeries is the comma-separated list of series names (any labels) that Warm and
+	// Halves carry; "*" alone means every series. Each split series costs one more merge per
+	// warm sample and appears three more times in a published window.
+	SplitSeries string
 }
 
 // DefaultConfig returns the defaults that RegisterFlags registers.
@@ -40,6 +52,8 @@ func DefaultConfig() Config {
 		MaxGroups:         10_000,
 		MaxSeriesPerGroup: 1_000,
 		MaxInstances:      100_000,
+		Warmup:            5 * time.Second,
+		SplitSeries:       proto.SeriesRequests + "," + proto.SeriesErrors + "," + proto.SeriesLatency,
 	}
 }
 
@@ -61,6 +75,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"maximum number of distinct series per group; further series are refused (count, default 1000)")
 	fs.IntVar(&c.MaxInstances, "rollup.max-instances", d.MaxInstances,
 		"maximum number of instances whose dedup state is kept; the least recently seen is forgotten beyond it (count, default 100000)")
+	fs.DurationVar(&c.Warmup, "rollup.warmup", d.Warmup,
+		"per-instance warm-up: batches of an instance younger than this are left out of the windows' warm aggregate and halves; 0 produces neither (duration, default 5s)")
+	fs.StringVar(&c.SplitSeries, "rollup.split-series", d.SplitSeries,
+		"comma-separated names of the series the windows' warm aggregate and halves carry, * for every series (names, default "+d.SplitSeries+")")
 }
 
 // Validate checks c and names the offending flag.
@@ -81,6 +99,29 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("-rollup.max-series-per-group %d must be at least 1", c.MaxSeriesPerGroup)
 	case c.MaxInstances < 1:
 		return fmt.Errorf("-rollup.max-instances %d must be at least 1", c.MaxInstances)
+	case c.Warmup < 0 || c.Warmup > time.Hour || c.Warmup%time.Millisecond != 0:
+		return fmt.Errorf("-rollup.warmup %s must be a whole number of milliseconds between 0 and 1h", c.Warmup)
+	}
+	if c.Warmup > 0 {
+		if _, err := c.splitNames(); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// splitNames parses SplitSeries.
+func (c *Config) splitNames() ([]string, error) {
+	var names []string
+	for n := range strings.SplitSeq(c.SplitSeries, ",") {
+		n = strings.TrimSpace(n)
+		if n == "" || strings.ContainsAny(n, " {}\"=") {
+			return nil, fmt.Errorf("-rollup.split-series %q: bad series name %q", c.SplitSeries, n)
+		}
+		names = append(names, n)
+	}
+	if len(names) > 1 && slices.Contains(names, "*") {
+		return nil, fmt.Errorf("-rollup.split-series %q: * must stand alone", c.SplitSeries)
+	}
+	return names, nil
 }

@@ -50,12 +50,13 @@ type seriesInfo struct {
 	name     string
 	labels   proto.Labels
 	kind     proto.Kind
+	split    bool  // carried by Window.Warm and Window.Halves (Config.SplitSeries)
 	lastUsed int64 // unix nanos of the last merge
 }
 
 // addSeries enters s (whose key is key) into the table and returns its id.
-func (g *group) addSeries(key string, s *proto.Series) int32 {
-	info := seriesInfo{key: key, name: strings.Clone(s.Name), kind: s.Kind}
+func (g *group) addSeries(key string, s *proto.Series, split bool) int32 {
+	info := seriesInfo{key: key, name: strings.Clone(s.Name), kind: s.Kind, split: split}
 	if len(s.Labels) > 0 {
 		info.labels = make(proto.Labels, len(s.Labels))
 		for i, l := range s.Labels {
@@ -110,8 +111,16 @@ type window struct {
 	touched []int32
 	// meta[i] describes series touched[i], so a detached window needs no group state.
 	meta []seriesMeta
+	// halves[h] accumulates the split series of the warm instances of half h, indexed by
+	// series id like accs; a split series touched in a half is in touched too. Warm is
+	// their merge, built at close.
+	halves [2][]acc
+	// split is the Rollup's warm aggregate description, so a detached window needs no
+	// Rollup state to build Warm and Halves.
+	split split
 	// Instance counts (see proto.Window).
 	instances, started, stopped int
+	halfInstances               [2]int
 }
 
 // seriesMeta is what a window result needs of a series; label slices are read-only.
@@ -130,31 +139,67 @@ type acc struct {
 
 // acc returns the accumulator of series id, growing the slice to size (the group's table
 // length) if needed.
-func (w *window) acc(id int32, size int) *acc {
-	if int(id) >= len(w.accs) {
+func (w *window) acc(id int32, size int) *acc { return growAcc(&w.accs, id, size) }
+
+// halfAcc returns the accumulator of series id in half h, growing like acc.
+func (w *window) halfAcc(h int, id int32, size int) *acc { return growAcc(&w.halves[h], id, size) }
+
+func growAcc(accs *[]acc, id int32, size int) *acc {
+	if int(id) >= len(*accs) {
 		if size <= int(id) {
 			size = int(id) + 1
 		}
-		if cap(w.accs) >= size {
-			w.accs = w.accs[:size]
+		if cap(*accs) >= size {
+			*accs = (*accs)[:size]
 		} else {
-			w.accs = append(w.accs[:cap(w.accs)], make([]acc, size-cap(w.accs))...)
+			*accs = append((*accs)[:cap(*accs)], make([]acc, size-cap(*accs))...)
 		}
 	}
-	return &w.accs[id]
+	return &(*accs)[id]
+}
+
+// add merges a sample of kind k into a, reporting false when a histogram could not be merged.
+func (a *acc) add(k proto.Kind, s *proto.Series) bool {
+	switch k {
+	case proto.KindCounter:
+		a.sum += s.Value
+	case proto.KindGauge:
+		if a.n == 0 || s.Value < a.min {
+			a.min = s.Value
+		}
+		if a.n == 0 || s.Value > a.max {
+			a.max = s.Value
+		}
+		a.sum += s.Value
+	case proto.KindHistogram:
+		if !a.hist.Merge(&s.Hist) {
+			return false
+		}
+	}
+	a.n++
+	return true
+}
+
+func (a *acc) clear() {
+	a.n, a.sum, a.min, a.max = 0, 0, 0, 0
+	a.hist.Reset()
 }
 
 // reset empties w for reuse.
 func (w *window) reset() {
 	for _, id := range w.touched {
-		a := &w.accs[id]
-		a.n, a.sum, a.min, a.max = 0, 0, 0, 0
-		a.hist.Reset()
+		w.accs[id].clear()
+		for h := range w.halves {
+			if int(id) < len(w.halves[h]) && w.halves[h][id].n > 0 {
+				w.halves[h][id].clear()
+			}
+		}
 	}
 	w.touched = w.touched[:0]
 	clear(w.meta) // drop references to deleted series' strings
 	w.meta = w.meta[:0]
 	w.instances, w.started, w.stopped = 0, 0, 0
+	w.halfInstances = [2]int{}
 }
 
 // findWindow returns the open window starting at start, or nil.
@@ -179,6 +224,12 @@ func (g *group) insertWindow(w *window) {
 	g.windows = slices.Insert(g.windows, i, w)
 }
 
+// split describes the warm aggregate a Rollup produces (zero: none).
+type split struct {
+	warmupMs int64
+	names    []string // Config.SplitSeries, shared read-only by every window
+}
+
 // result builds the published form of w (of group k), copying everything it keeps.
 func (w *window) result(k groupKey, windowLen, closedNs int64) *proto.Window {
 	out := &proto.Window{
@@ -193,25 +244,76 @@ func (w *window) result(k groupKey, windowLen, closedNs int64) *proto.Window {
 		Series:           make([]proto.WindowSeries, 0, len(w.touched)),
 	}
 	for i, id := range w.touched {
-		a := &w.accs[id]
-		m := &w.meta[i]
-		s := proto.WindowSeries{Name: m.name, Labels: m.labels, Kind: m.kind}
-		switch m.kind {
-		case proto.KindCounter:
-			s.Value = a.sum
-		case proto.KindGauge:
-			s.Value = a.sum / float64(a.n)
-			s.Sum, s.Min, s.Max, s.Count = a.sum, a.min, a.max, a.n
-		case proto.KindHistogram:
-			h := new(proto.Histogram)
-			h.CopyFrom(&a.hist)
-			s.Hist = h
-			s.SetQuantiles()
-		}
-		out.Series = append(out.Series, s)
+		out.Series = append(out.Series, seriesResult(&w.meta[i], &w.accs[id], nil))
 	}
 	slices.SortFunc(out.Series, compareSeries)
+	if w.split.warmupMs <= 0 {
+		return out
+	}
+	out.WarmupMs, out.SplitSeries = w.split.warmupMs, w.split.names
+	out.HalfInstances = w.halfInstances
+	out.WarmInstances = w.halfInstances[0] + w.halfInstances[1]
+	var nh [2]int
+	for _, id := range w.touched {
+		for h := range nh {
+			if int(id) < len(w.halves[h]) && w.halves[h][id].n > 0 {
+				nh[h]++
+			}
+		}
+	}
+	out.Halves[0] = make([]proto.WindowSeries, 0, nh[0])
+	out.Halves[1] = make([]proto.WindowSeries, 0, nh[1])
+	out.Warm = make([]proto.WindowSeries, 0, max(nh[0], nh[1]))
+	var none acc
+	for i, id := range w.touched {
+		var a [2]*acc
+		for h := range a {
+			a[h] = &none
+			if int(id) < len(w.halves[h]) && w.halves[h][id].n > 0 {
+				a[h] = &w.halves[h][id]
+				out.Halves[h] = append(out.Halves[h], seriesResult(&w.meta[i], a[h], nil))
+			}
+		}
+		if a[0].n+a[1].n > 0 {
+			out.Warm = append(out.Warm, seriesResult(&w.meta[i], a[0], a[1]))
+		}
+	}
+	slices.SortFunc(out.Warm, compareSeries)
+	slices.SortFunc(out.Halves[0], compareSeries)
+	slices.SortFunc(out.Halves[1], compareSeries)
 	return out
+}
+
+// seriesResult returns the published form of the merge of a and b (b may be nil), copying
+// the histogram.
+func seriesResult(m *seriesMeta, a, b *acc) proto.WindowSeries {
+	n, sum, lo, hi := a.n, a.sum, a.min, a.max
+	if b != nil && b.n > 0 {
+		if n == 0 {
+			lo, hi = b.min, b.max
+		} else {
+			lo, hi = min(lo, b.min), max(hi, b.max)
+		}
+		n += b.n
+		sum += b.sum
+	}
+	s := proto.WindowSeries{Name: m.name, Labels: m.labels, Kind: m.kind}
+	switch m.kind {
+	case proto.KindCounter:
+		s.Value = sum
+	case proto.KindGauge:
+		s.Value = sum / float64(n)
+		s.Sum, s.Min, s.Max, s.Count = sum, lo, hi, n
+	case proto.KindHistogram:
+		h := new(proto.Histogram)
+		h.CopyFrom(&a.hist)
+		if b != nil {
+			h.Merge(&b.hist) // both merged within the bucket bounds, so their merge fits
+		}
+		s.Hist = h
+		s.SetQuantiles()
+	}
+	return s
 }
 
 // compareSeries orders window series by name, then labels.
@@ -231,6 +333,7 @@ func compareSeries(a, b proto.WindowSeries) int {
 }
 
 // emptyResult builds the published form of an interval of group k without batches.
+// It carries no warm aggregate (WarmupMs 0): there is nothing to split.
 func emptyResult(k groupKey, start, windowLen, closedNs int64) *proto.Window {
 	return &proto.Window{
 		Service:  k.service,

@@ -20,11 +20,12 @@ type instance struct {
 	maxSeq, firstSeq uint64
 	seen             uint64
 
-	// winIdx is the index (start / window) of the newest window the instance contributed to;
-	// bit k of wins is set when it contributed to window winIdx-k. It makes Window.Instances a
-	// count of distinct instances even when one instance sends several batches into a window.
-	winIdx int64
-	wins   uint64
+	// wins records the windows the instance contributed to, so that Window.Instances counts
+	// distinct instances even when one instance sends several batches into a window;
+	// warmWins does the same for its warm batches (Window.HalfInstances).
+	wins, warmWins winSet
+	// half is proto.HalfOf(instance id): the Window.Halves entry its warm batches go to.
+	half int
 
 	lastSeen int64 // unix nanos of the last batch, any outcome
 	stopped  bool  // a final batch was seen; the state is a tombstone that refuses redeliveries
@@ -35,11 +36,12 @@ type instance struct {
 
 // reset makes in the state of a new instance whose first batch has sequence number seq and
 // lands in window index idx.
-func (in *instance) reset(service, version string, start int64, seq uint64, idx int64, now int64) {
+func (in *instance) reset(service, version string, start int64, seq uint64, idx int64, half int, now int64) {
 	*in = instance{
 		service: service, version: version, start: start,
 		maxSeq: seq, firstSeq: seq, seen: 1,
-		winIdx:   idx,
+		wins: winSet{idx: idx}, warmWins: winSet{idx: idx},
+		half:     half,
 		lastSeen: now, unannounced: true,
 	}
 }
@@ -87,26 +89,32 @@ func (in *instance) pending() uint64 {
 	return uint64(bits.OnesCount64(^in.seen & in.valid()))
 }
 
-// contribute records a merge into window index idx and reports whether it is the instance's
-// first merge into that window.
-func (in *instance) contribute(idx int64) bool {
-	if idx > in.winIdx {
-		d := idx - in.winIdx
+// winSet is a set of window indexes (start / window) near the newest one: bit k of bits is
+// set when window idx-k is in the set.
+type winSet struct {
+	idx  int64
+	bits uint64
+}
+
+// add puts window index i into the set and reports whether it was absent.
+func (ws *winSet) add(i int64) bool {
+	if i > ws.idx {
+		d := i - ws.idx
 		if d >= 64 {
-			in.wins = 1
+			ws.bits = 1
 		} else {
-			in.wins = in.wins<<d | 1
+			ws.bits = ws.bits<<d | 1
 		}
-		in.winIdx = idx
+		ws.idx = i
 		return true
 	}
-	d := in.winIdx - idx
+	d := ws.idx - i
 	if d >= 64 {
 		return true // far older than any open window; cannot be told apart
 	}
-	if in.wins&(1<<d) != 0 {
+	if ws.bits&(1<<d) != 0 {
 		return false
 	}
-	in.wins |= 1 << d
+	ws.bits |= 1 << d
 	return true
 }

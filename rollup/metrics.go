@@ -43,6 +43,7 @@ type rollupMetrics struct {
 
 	batches        *metrics.Counter
 	batchesMerged  *metrics.Counter
+	batchesWarming *metrics.Counter
 	batchesRefused map[string]*metrics.Counter
 	samples        *metrics.Counter
 	seriesRefused  map[string]*metrics.Counter
@@ -63,6 +64,7 @@ func newRollupMetrics() *rollupMetrics {
 		set:            s,
 		batches:        s.NewCounter("herd_rollup_batches_total"),
 		batchesMerged:  s.NewCounter("herd_rollup_batches_merged_total"),
+		batchesWarming: s.NewCounter("herd_rollup_batches_warming_total"),
 		batchesRefused: make(map[string]*metrics.Counter),
 		samples:        s.NewCounter("herd_rollup_samples_total"),
 		seriesRefused:  make(map[string]*metrics.Counter),
@@ -90,11 +92,14 @@ func newRollupMetrics() *rollupMetrics {
 
 // Stats is a snapshot of a Rollup's counters and sizes.
 type Stats struct {
-	Batches       uint64            // batches passed to Add
-	BatchesMerged uint64            // batches merged into a window
-	RefusedBy     map[string]uint64 // refused batches by reason (Reason* batch constants)
-	Samples       uint64            // series samples merged
-	SeriesRefused map[string]uint64 // refused series by reason (Reason* series constants)
+	Batches       uint64 // batches passed to Add
+	BatchesMerged uint64 // batches merged into a window
+	// BatchesWarming counts merged batches of instances younger than Config.Warmup: in
+	// Window.Series, left out of Window.Warm and Window.Halves.
+	BatchesWarming uint64
+	RefusedBy      map[string]uint64 // refused batches by reason (Reason* batch constants)
+	Samples        uint64            // series samples merged
+	SeriesRefused  map[string]uint64 // refused series by reason (Reason* series constants)
 	// Lost counts missing sequence numbers, once they can no longer arrive (see Rollup).
 	Lost uint64
 	// Forgotten counts instance states dropped, by reason: final, expired, evicted, restarted.
@@ -111,6 +116,7 @@ func (m *rollupMetrics) stats() Stats {
 	st := Stats{
 		Batches:             m.batches.Get(),
 		BatchesMerged:       m.batchesMerged.Get(),
+		BatchesWarming:      m.batchesWarming.Get(),
 		RefusedBy:           make(map[string]uint64, len(batchReasons)),
 		Samples:             m.samples.Get(),
 		SeriesRefused:       make(map[string]uint64, len(seriesReasons)),

@@ -50,6 +50,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -75,7 +76,10 @@ type Rollup struct {
 	m      *rollupMetrics
 
 	// Config in nanoseconds.
-	w, lateness, maxFuture, ttl int64
+	w, lateness, maxFuture, ttl, warmup int64
+	// split is the warm aggregate's description; splitAll: every series is split.
+	split    split
+	splitAll bool
 
 	// now is the clock; tests and benchmarks replace it.
 	now func() time.Time
@@ -128,9 +132,15 @@ func New(cfg Config, emit Emit, logger *slog.Logger) (*Rollup, error) {
 		lateness:   int64(cfg.Lateness),
 		maxFuture:  int64(cfg.MaxFuture),
 		ttl:        int64(cfg.InstanceTTL),
+		warmup:     int64(cfg.Warmup),
 		now:        time.Now,
 		groups:     make(map[groupKey]*group),
 		dropReason: forgotEvicted,
+	}
+	if cfg.Warmup > 0 {
+		names, _ := cfg.splitNames() // checked by Validate
+		r.split = split{warmupMs: cfg.Warmup.Milliseconds(), names: names}
+		r.splitAll = names[0] == "*"
 	}
 	insts, err := simplelru.NewLRU(cfg.MaxInstances, r.onDropLocked)
 	if err != nil {
@@ -234,13 +244,24 @@ func (r *Rollup) Add(b *proto.Batch) {
 		w = r.newWindowLocked(start)
 		g.insertWindow(w)
 	}
-	if in.contribute(idx) {
+	if in.wins.add(idx) {
 		w.instances++
 	}
 	if started {
 		w.started++
 	}
-	r.mergeLocked(g, w, b, now)
+	half := -1
+	if r.split.warmupMs > 0 {
+		if b.End-b.InstanceStart >= r.warmup {
+			half = in.half
+			if in.warmWins.add(idx) {
+				w.halfInstances[half]++
+			}
+		} else {
+			r.m.batchesWarming.Inc()
+		}
+	}
+	r.mergeLocked(g, w, b, half, now)
 	r.m.batchesMerged.Inc()
 	if b.Final {
 		w.stopped++
@@ -248,8 +269,9 @@ func (r *Rollup) Add(b *proto.Batch) {
 	}
 }
 
-// mergeLocked merges the series of b into w.
-func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, now int64) {
+// mergeLocked merges the series of b into w: every series into w's accumulators and, for a
+// warm batch (half ≥ 0), the split series into half half as well.
+func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, half int, now int64) {
 	merged := 0
 	for i := range b.Series {
 		s := &b.Series[i]
@@ -265,7 +287,7 @@ func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, now int64) {
 				r.m.seriesRefused[ReasonTooManySeries].Inc()
 				continue
 			}
-			id = g.addSeries(string(r.key), s)
+			id = g.addSeries(string(r.key), s, r.splits(s.Name))
 			r.series++
 			r.m.series.Store(int64(r.series))
 		}
@@ -275,32 +297,28 @@ func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, now int64) {
 			continue
 		}
 		a := w.acc(id, len(g.series))
-		switch s.Kind {
-		case proto.KindCounter:
-			a.sum += s.Value
-		case proto.KindGauge:
-			if a.n == 0 || s.Value < a.min {
-				a.min = s.Value
-			}
-			if a.n == 0 || s.Value > a.max {
-				a.max = s.Value
-			}
-			a.sum += s.Value
-		case proto.KindHistogram:
-			if !a.hist.Merge(&s.Hist) {
-				r.m.seriesRefused[ReasonBadHistogram].Inc()
-				continue
-			}
+		first := a.n == 0
+		if !a.add(s.Kind, s) {
+			r.m.seriesRefused[ReasonBadHistogram].Inc()
+			continue
 		}
-		if a.n == 0 {
+		if first {
 			w.touched = append(w.touched, id)
 			w.meta = append(w.meta, seriesMeta{name: info.name, labels: info.labels, kind: info.kind})
 		}
-		a.n++
+		if half >= 0 && info.split {
+			// The half's buckets are a subset of a's, which fit: this merge cannot fail.
+			w.halfAcc(half, id, len(g.series)).add(s.Kind, s)
+		}
 		info.lastUsed = now
 		merged++
 	}
 	r.m.samples.Add(merged)
+}
+
+// splits reports whether series of this name are carried by Warm and Halves.
+func (r *Rollup) splits(name string) bool {
+	return r.splitAll || slices.Contains(r.split.names, name)
 }
 
 // refuseArrivedLocked refuses b after the dedup check. The batch arrived, so for a known
@@ -329,7 +347,7 @@ func (r *Rollup) newInstanceLocked(b *proto.Batch, idx, now int64) *instance {
 	} else {
 		in = new(instance)
 	}
-	in.reset(b.Service, b.Version, b.InstanceStart, b.Seq, idx, now)
+	in.reset(b.Service, b.Version, b.InstanceStart, b.Seq, idx, proto.HalfOf(b.Instance), now)
 	r.insts.Add(b.Instance, in) // may evict the least recently seen instance
 	r.live++
 	r.m.instances.Store(int64(r.live))
@@ -371,6 +389,7 @@ func (r *Rollup) newWindowLocked(start int64) *window {
 		w = new(window)
 	}
 	w.start = start
+	w.split = r.split
 	return w
 }
 
