@@ -26,7 +26,9 @@ type Config struct {
 	// every count test lies below max(AcceptMargin, margin).
 	AcceptMargin float64
 	// Warmup is how long after a canary group first reports its windows are left out of the
-	// statistical tests (the guards still apply).
+	// statistical tests (the guards still apply). Each instance's own first seconds are left
+	// out by the rollup (-rollup.warmup) when windows carry Warm: this covers only the group
+	// as a whole. Raise it to the instance warm-up when the rollup runs without one.
 	Warmup time.Duration
 	// MinExposure is the least comparison time before a pass.
 	MinExposure time.Duration
@@ -68,7 +70,7 @@ func DefaultConfig() Config {
 		Margin:           1,
 		InstanceSpread:   0.1,
 		AcceptMargin:     1.5,
-		Warmup:           5 * time.Second,
+		Warmup:           time.Second,
 		MinExposure:      5 * time.Minute,
 		MaxDuration:      30 * time.Minute,
 		ErrorCeiling:     0.5,
@@ -91,7 +93,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.Margin, "detect.margin", c.Margin, "least margin ψ0: canary/baseline event-rate ratio tolerated without rollback (≥ 1; 1 = no worse)")
 	fs.Float64Var(&c.InstanceSpread, "detect.instance-spread", c.InstanceSpread, "assumed log-sd of event rates between instances of one version; widens the margin for small groups (≥ 0; 0 = off)")
 	fs.Float64Var(&c.AcceptMargin, "detect.accept-margin", c.AcceptMargin, "pass when every ratio's confidence sequence lies below this (≥ 1)")
-	fs.DurationVar(&c.Warmup, "detect.warmup", c.Warmup, "leave a new canary group's first windows out of the tests for this long")
+	fs.DurationVar(&c.Warmup, "detect.warmup", c.Warmup, "leave a new canary group's first windows out of the tests for this long; each instance's first seconds are left out by -rollup.warmup (duration, default 1s; use 5s when the rollup runs with -rollup.warmup 0)")
 	fs.DurationVar(&c.MinExposure, "detect.min-exposure", c.MinExposure, "least comparison time before a pass")
 	fs.DurationVar(&c.MaxDuration, "detect.max-duration", c.MaxDuration, "undecided comparisons end as inconclusive after this long")
 	fs.Float64Var(&c.ErrorCeiling, "detect.error-ceiling", c.ErrorCeiling, "canary error ratio (0–1, over 1 s) that rolls back at once")

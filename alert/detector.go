@@ -55,8 +55,11 @@ type Detector struct {
 	mu       sync.Mutex
 	services map[string]*service
 	groups   int
-	x        extract // scratch for the window being added
-	out      []proto.Verdict
+	// Scratch for the window being added: x from Series (the guards), xw from Warm (the
+	// tests, when the window carries it) and xh from Halves (the shadow A/A comparison).
+	x, xw extract
+	xh    [2]extract
+	out   []proto.Verdict
 }
 
 type detectorMetrics struct {
@@ -64,6 +67,8 @@ type detectorMetrics struct {
 	badWindow, outOfOrder, tooManyGroups  *metrics.Counter
 	unpairedEvicted, unpairedOverflow     *metrics.Counter
 	wrongKind                             *metrics.Counter
+	warmWindows                           *metrics.Counter
+	shadowNoBaseline, shadowNoHalves      *metrics.Counter
 	badAnnouncement                       *metrics.Counter
 	pending, pass, rollback, inconclusive *metrics.Counter
 	comparisonsActive                     atomic.Int64
@@ -75,6 +80,7 @@ type service struct {
 	set    settings
 	groups map[string]*group      // by version
 	comps  map[string]*comparison // by canary version
+	shadow *shadowMetrics         // created at the first shadow comparison
 }
 
 // group is one (service, version) group as the detector sees it.
@@ -91,6 +97,9 @@ type group struct {
 	// judged: a comparison with this group as canary reached a final verdict, so it is not
 	// inferred to be a canary again (an announcement still restarts it).
 	judged bool
+	// shadow is the running A/A comparison of the group's two halves while it is the
+	// baseline of a comparison (see shadow.go); nil otherwise.
+	shadow *comparison
 }
 
 // extract holds the role values of one window.
@@ -149,6 +158,9 @@ func newDetector(cfg Config, pol *Policy, onVerdict func(proto.Verdict), logger 
 		unpairedEvicted:  s.NewCounter(`herd_detector_windows_unpaired_total{reason="partner_missing"}`),
 		unpairedOverflow: s.NewCounter(`herd_detector_windows_unpaired_total{reason="overflow"}`),
 		wrongKind:        s.NewCounter(`herd_detector_series_skipped_total{reason="wrong_kind"}`),
+		warmWindows:      s.NewCounter("herd_detector_warm_windows_total"),
+		shadowNoBaseline: s.NewCounter(`herd_detector_shadow_abandoned_total{reason="not_baseline"}`),
+		shadowNoHalves:   s.NewCounter(`herd_detector_shadow_abandoned_total{reason="no_halves"}`),
 		badAnnouncement:  s.NewCounter(`herd_detector_announcements_rejected_total{reason="invalid"}`),
 		pending:          s.NewCounter(`herd_detector_verdicts_total{state="pending"}`),
 		pass:             s.NewCounter(`herd_detector_verdicts_total{state="pass"}`),
@@ -233,51 +245,79 @@ func (d *Detector) AddWindow(w *proto.Window) {
 		d.m.outOfOrder.Inc()
 		return
 	}
-	x := &d.x
-	d.extractLocked(&s.set, w, x)
-	g.observe(w, x)
+	// The guards read every instance (x); the tests read the warm instances (tx) when the
+	// rollup split the series the selectors read.
+	x, tx := &d.x, &d.x
+	if bad := s.set.extract(w.Series, x); bad > 0 {
+		d.m.wrongKind.Add(bad)
+	}
+	split := s.set.splitCovers(w)
+	if split {
+		tx = &d.xw
+		s.set.extract(w.Warm, tx)
+		d.m.warmWindows.Inc()
+	}
+	g.observe(w, x, tx)
 	if s.comps[w.Version] == nil {
 		d.inferLocked(s, g, w.StartMs)
 	}
+	baseline := false
 	for _, c := range s.comps {
 		if c.final {
 			continue
 		}
 		switch w.Version {
 		case c.canary:
-			d.canaryWindowLocked(s, c, w, x)
+			d.canaryWindowLocked(s, c, w, x, tx)
 		case c.baseline:
-			d.baselineWindowLocked(s, c, w, x)
+			baseline = true
+			d.baselineWindowLocked(s, c, w, x, tx)
+		}
+	}
+	switch {
+	case baseline && split:
+		d.shadowWindowLocked(s, g, w)
+	case g.shadow != nil: // an unfinished shadow is abandoned, uncounted (see shadow.go)
+		g.shadow = nil
+		if baseline {
+			d.m.shadowNoHalves.Inc()
+		} else {
+			d.m.shadowNoBaseline.Inc()
 		}
 	}
 }
 
-// extractLocked reads the role values of w with the service's selectors.
-func (d *Detector) extractLocked(set *settings, w *proto.Window, x *extract) {
-	var bad, b int
-	x.requests, bad = set.requests.SumCounters(w)
-	x.errors, b = set.errors.SumCounters(w)
-	bad += b
-	x.hasLatency, b = set.latency.MergeHistograms(w, &x.latency)
-	bad += b
-	if bad > 0 {
-		d.m.wrongKind.Add(bad)
-	}
+// extract reads the role values of a window's series ss with the service's selectors and
+// returns how many selected series had the wrong kind.
+func (set *settings) extract(ss []proto.WindowSeries, x *extract) (wrongKind int) {
+	var b int
+	x.requests, wrongKind = set.requests.sumCounters(ss)
+	x.errors, b = set.errors.sumCounters(ss)
+	wrongKind += b
+	x.hasLatency, b = set.latency.mergeHistograms(ss, &x.latency)
+	return wrongKind + b
 }
 
-// observe updates the group's bookkeeping with a window.
-func (g *group) observe(w *proto.Window, x *extract) {
+// splitCovers reports whether w's Warm and Halves carry every series the selectors read.
+func (set *settings) splitCovers(w *proto.Window) bool {
+	return w.Splits(set.requests.Name) && w.Splits(set.errors.Name) && w.Splits(set.latency.Name)
+}
+
+// observe updates the group's bookkeeping with a window: the guard sums from x (every
+// instance) and the latency reference, which freezes the tests' thresholds, from tx (what
+// the tests read).
+func (g *group) observe(w *proto.Window, x, tx *extract) {
 	g.lastStartMs, g.lastEndMs = w.StartMs, w.EndMs
 	g.instances = w.Instances
 	g.recentPos = (g.recentPos + 1) % maxGuardWindows
 	g.recentN[g.recentPos], g.recentE[g.recentPos] = x.requests, x.errors
-	if x.hasLatency {
+	if tx.hasLatency {
 		if w.StartMs-g.refCurStartMs >= refSpanMs {
 			g.refPrev, g.refCur = g.refCur, g.refPrev
 			g.refCur.Reset()
 			g.refCurStartMs = w.StartMs
 		}
-		g.refCur.Merge(&x.latency)
+		g.refCur.Merge(&tx.latency)
 	}
 }
 
@@ -366,8 +406,9 @@ func (d *Detector) Announce(dep proto.Deployment) error {
 	return nil
 }
 
-// canaryWindowLocked handles a window of c's canary group.
-func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window, x *extract) {
+// canaryWindowLocked handles a window of c's canary group: the guards read x (every
+// instance), the tests tx (the warm instances when the window carries them).
+func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window, x, tx *extract) {
 	set := c.set
 	if w.Instances == 0 && x.requests == 0 {
 		return // nobody reported: counts as absent for the gone guard
@@ -410,11 +451,11 @@ func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window
 	if w.StartMs < c.startMs {
 		return // warm-up
 	}
-	d.pairLocked(c, w, x, false)
+	d.pairLocked(c, w, tx, false)
 }
 
-// baselineWindowLocked handles a window of c's baseline group.
-func (d *Detector) baselineWindowLocked(s *service, c *comparison, w *proto.Window, x *extract) {
+// baselineWindowLocked handles a window of c's baseline group (x and tx as for the canary).
+func (d *Detector) baselineWindowLocked(s *service, c *comparison, w *proto.Window, x, tx *extract) {
 	c.lastBaselineEndMs = w.EndMs
 	c.baselineInstances = w.Instances
 	if c.firstCanaryMs == 0 {
@@ -438,7 +479,7 @@ func (d *Detector) baselineWindowLocked(s *service, c *comparison, w *proto.Wind
 	if w.StartMs < c.startMs {
 		return
 	}
-	d.pairLocked(c, w, x, true)
+	d.pairLocked(c, w, tx, true)
 }
 
 // pairLocked buffers a window's record and runs the tests when its partner is there.
@@ -570,6 +611,7 @@ func (d *Detector) Tick(now time.Time) {
 			}
 		}
 		if len(s.groups) == 0 && len(s.comps) == 0 {
+			d.unregisterShadowLocked(s)
 			delete(d.services, name)
 		}
 	}

@@ -267,8 +267,12 @@ func labelValue(ls proto.Labels, name string) string {
 // SumCounters returns the sum of the counter series of w that s selects, and how many
 // selected series were not counters (and so were skipped).
 func (s *Selector) SumCounters(w *proto.Window) (sum float64, wrongKind int) {
-	for i := range w.Series {
-		ws := &w.Series[i]
+	return s.sumCounters(w.Series)
+}
+
+func (s *Selector) sumCounters(ss []proto.WindowSeries) (sum float64, wrongKind int) {
+	for i := range ss {
+		ws := &ss[i]
 		if !s.Matches(ws.Name, ws.Labels) {
 			continue
 		}
@@ -285,9 +289,13 @@ func (s *Selector) SumCounters(w *proto.Window) (sum float64, wrongKind int) {
 // first) and reports whether any matched, and how many selected series were not histograms
 // (or could not be merged) and were skipped.
 func (s *Selector) MergeHistograms(w *proto.Window, dst *proto.Histogram) (found bool, wrongKind int) {
+	return s.mergeHistograms(w.Series, dst)
+}
+
+func (s *Selector) mergeHistograms(ss []proto.WindowSeries, dst *proto.Histogram) (found bool, wrongKind int) {
 	dst.Reset()
-	for i := range w.Series {
-		ws := &w.Series[i]
+	for i := range ss {
+		ws := &ss[i]
 		if !s.Matches(ws.Name, ws.Labels) {
 			continue
 		}

@@ -1,0 +1,340 @@
+package alert
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+// splitGroup simulates one group's windows as the rollup publishes them with a per-instance
+// warm-up: two halves of warm instances and a part of warming instances. Series is the sum
+// of the three parts, Warm the sum of the halves.
+type splitGroup struct {
+	version string
+	half    [2]*simGroup
+	warming *simGroup
+	inst    [2]int // warm instances per half
+	// warmingInst is the number of warming instances; 0 leaves the warming part out.
+	warmingInst int
+}
+
+// splitFleet feeds a Detector with split windows of a baseline v1 and a canary v2 in window
+// time (no clock).
+type splitFleet struct {
+	t        *testing.T
+	r        *rand.Rand
+	bins     *simBins
+	d        *Detector
+	a, b     *splitGroup
+	nowMs    int64
+	mu       sync.Mutex
+	verdicts []proto.Verdict
+	// plain: publish windows without Warm and Halves, as a rollup without warm-up does.
+	plain bool
+}
+
+func newSplitFleet(t *testing.T, cfg Config) *splitFleet {
+	t.Helper()
+	f := &splitFleet{t: t, r: rand.New(rand.NewPCG(21, 23)), nowMs: 1_700_000_000_000}
+	d, err := NewWithPolicy(cfg, nil, func(v proto.Verdict) {
+		f.mu.Lock()
+		f.verdicts = append(f.verdicts, v)
+		f.mu.Unlock()
+	}, nil)
+	if err != nil {
+		t.Fatalf("NewWithPolicy: got %v; want no error", err)
+	}
+	f.d = d
+	f.bins = newSimBins(latencyModel{median: 0.05, sigma: 0.5, scale: 1})
+	return f
+}
+
+// group returns a split group serving perWindow requests per part with error ratio errP in
+// every part; callers adjust parts.
+func (f *splitFleet) group(version string, perWindow float64, errP float64, inst [2]int) *splitGroup {
+	m := latencyModel{median: 0.05, sigma: 0.5, scale: 1}
+	g := &splitGroup{version: version, inst: inst}
+	for i := range 3 {
+		sg := newSimGroup(version, f.bins)
+		sg.means[0] = groupMeans(f.bins, m, perWindow, nil)
+		sg.errP[0] = errP
+		if i < 2 {
+			g.half[i] = sg
+		} else {
+			g.warming = sg
+		}
+	}
+	return g
+}
+
+// window draws one window of g.
+func (f *splitFleet) window(g *splitGroup, startMs, endMs int64) *proto.Window {
+	var parts [3][]proto.WindowSeries
+	for i, sg := range []*simGroup{g.half[0], g.half[1], g.warming} {
+		if i < 2 && g.inst[i] == 0 || i == 2 && g.warmingInst == 0 {
+			continue
+		}
+		parts[i] = sumSeries(sg.fill(f.r, f.bins, startMs, endMs, 1, 0, 0).Series)
+	}
+	w := &proto.Window{
+		Service: "shop", Version: g.version, StartMs: startMs, EndMs: endMs, ClosedMs: endMs,
+		Instances: g.inst[0] + g.inst[1] + g.warmingInst,
+		Series:    sumSeries(parts[0], parts[1], parts[2]),
+	}
+	if f.plain {
+		return w
+	}
+	w.WarmupMs = 5000
+	w.SplitSeries = []string{proto.SeriesRequests, proto.SeriesErrors, proto.SeriesLatency}
+	w.Warm = sumSeries(parts[0], parts[1])
+	w.Halves = [2][]proto.WindowSeries{parts[0], parts[1]}
+	w.HalfInstances = g.inst
+	w.WarmInstances = g.inst[0] + g.inst[1]
+	return w
+}
+
+// sumSeries returns the RED triple summed over parts (nil parts are skipped), with its own
+// histogram.
+func sumSeries(parts ...[]proto.WindowSeries) []proto.WindowSeries {
+	out := []proto.WindowSeries{
+		{Name: proto.SeriesRequests, Kind: proto.KindCounter},
+		{Name: proto.SeriesErrors, Kind: proto.KindCounter},
+		{Name: proto.SeriesLatency, Kind: proto.KindHistogram, Hist: &proto.Histogram{}},
+	}
+	for _, p := range parts {
+		if p == nil {
+			continue
+		}
+		out[0].Value += p[0].Value
+		out[1].Value += p[1].Value
+		out[2].Hist.Merge(p[2].Hist)
+	}
+	out[2].SetQuantiles()
+	return out
+}
+
+// step feeds n windows: the baseline always, the canary when canary is set.
+func (f *splitFleet) step(n int, canary bool) {
+	win := f.d.cfg.Window.Milliseconds()
+	for range n {
+		f.d.AddWindow(f.window(f.a, f.nowMs, f.nowMs+win))
+		if canary {
+			f.d.AddWindow(f.window(f.b, f.nowMs, f.nowMs+win))
+		}
+		f.nowMs += win
+	}
+}
+
+func (f *splitFleet) announce() {
+	f.t.Helper()
+	if err := f.d.Announce(proto.Deployment{Service: "shop", Baseline: "v1", Canary: "v2", UnixMs: f.nowMs}); err != nil {
+		f.t.Fatalf("Announce: got %v; want no error", err)
+	}
+}
+
+func (f *splitFleet) states() []proto.State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []proto.State
+	for _, v := range f.verdicts {
+		out = append(out, v.State)
+	}
+	return out
+}
+
+func (f *splitFleet) last() proto.Verdict {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.verdicts) == 0 {
+		f.t.Fatalf("got no verdict; want at least one")
+	}
+	return f.verdicts[len(f.verdicts)-1]
+}
+
+// deployWithWarmupBurst runs a baseline of 10 instances, then a canary of 4 new instances
+// whose first 5 s (their warm-up) serve 20 % errors and whose warm traffic has error ratio
+// canaryErr; it returns the fleet after 60 s of canary.
+func deployWithWarmupBurst(t *testing.T, plain bool, canaryErr float64) *splitFleet {
+	t.Helper()
+	f := newSplitFleet(t, testConfig())
+	f.plain = plain
+	// 2000 rps at 250 ms: the baseline serves 80 % (200 requests per half), the canary 20 %.
+	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
+	f.b = f.group("v2", 50, canaryErr, [2]int{0, 0})
+	f.b.warming.means[0] = groupMeans(f.bins, latencyModel{median: 0.05, sigma: 0.5, scale: 1}, 100, nil)
+	f.b.warming.errP[0] = 0.2
+	f.b.warmingInst = 4
+	f.step(40, false)
+	f.announce()
+	f.step(20, true) // the canary's instances warm up for 5 s
+	f.b.warmingInst, f.b.inst = 0, [2]int{2, 2}
+	f.step(4*55, true)
+	return f
+}
+
+func TestDetectorIgnoresInstanceWarmupBurst(t *testing.T) {
+	f := deployWithWarmupBurst(t, false, 0.005)
+	if got := f.states(); len(got) != 1 || got[0] != proto.StatePending {
+		t.Fatalf("20 %% errors only while the canary's instances warm up: got verdicts %v (%s); want [pending]", got, f.last().Sentence)
+	}
+	if got := f.d.m.warmWindows.Get(); got == 0 {
+		t.Fatalf("windows tested on the warm aggregate: got %d; want > 0", got)
+	}
+	// Control: the same traffic without the warm aggregate is rolled back on the burst, so
+	// it is the warm aggregate that spares the canary.
+	g := deployWithWarmupBurst(t, true, 0.005)
+	if v := g.last(); v.State != proto.StateRollback || v.Evidence.Decisive != "errors" {
+		t.Fatalf("same traffic, windows without Warm: got %s by %q (%s); want rollback by errors", v.State, v.Evidence.Decisive, v.Sentence)
+	}
+}
+
+func TestDetectorRollsBackRegressionInWarm(t *testing.T) {
+	f := deployWithWarmupBurst(t, false, 0.05)
+	v := f.last()
+	if v.State != proto.StateRollback || v.Evidence.Decisive != "errors" {
+		t.Fatalf("errors ×10 in the warm canary: got %s by %q (%s); want rollback by errors", v.State, v.Evidence.Decisive, v.Sentence)
+	}
+	// The evidence counts warm requests only: the warming 20 % burst is not in it.
+	for _, te := range v.Evidence.Tests {
+		if te.Name == "errors" && te.CanaryE > te.CanaryN/10 {
+			t.Fatalf("errors evidence: got %d canary errors of %d; want the warm ratio (~5 %%), not the warm-up burst", te.CanaryE, te.CanaryN)
+		}
+	}
+}
+
+func TestDetectorGuardsReadEveryInstance(t *testing.T) {
+	// A crash-looping canary never gets warm: its Warm is empty, its Series fails 95 %.
+	f := newSplitFleet(t, testConfig())
+	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
+	f.b = f.group("v2", 50, 0.005, [2]int{0, 0})
+	f.b.warming.errP[0] = 0.95
+	f.b.warmingInst = 2
+	f.step(40, false)
+	f.announce()
+	f.step(4, true)
+	if v := f.last(); v.State != proto.StateRollback || v.Evidence.Decisive != "guard_error_ceiling" {
+		t.Fatalf("crash-looping warming canary: got %s by %q (%s); want rollback by guard_error_ceiling", v.State, v.Evidence.Decisive, v.Sentence)
+	}
+}
+
+// shadowConfig keeps the real comparison pending for the whole test (and the shadows
+// from concluding by a pass), so that only rollbacks conclude shadows.
+func shadowConfig() Config {
+	c := DefaultConfig()
+	c.MinExposure = time.Hour
+	c.MaxDuration = 2 * time.Hour
+	return c
+}
+
+func TestShadowAANeverVerdictAndCountsInjectedDifference(t *testing.T) {
+	f := newSplitFleet(t, shadowConfig())
+	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
+	f.b = f.group("v2", 50, 0.005, [2]int{1, 1})
+	f.step(40, false)
+	f.announce()
+	f.step(4*120, true) // 2 min of A/A
+	if got := f.d.ShadowStats("shop"); got.Rollbacks != 0 {
+		t.Fatalf("A/A halves for 2 min: got %d shadow rollbacks; want 0", got.Rollbacks)
+	}
+	// A contrived difference: half 1 of the baseline fails 10× as often as half 0.
+	f.a.half[1].errP[0] = 0.05
+	f.step(4*60, true)
+	st := f.d.ShadowStats("shop")
+	if st.Rollbacks < 2 || st.Comparisons != st.Rollbacks {
+		t.Fatalf("half 1 with 10× errors for 60 s: got %d rollbacks of %d shadow comparisons; want ≥ 2 (restarting after each), all rollbacks", st.Rollbacks, st.Comparisons)
+	}
+	if got := f.states(); len(got) != 1 || got[0] != proto.StatePending {
+		t.Fatalf("verdicts: got %v; want only [pending]: a shadow never publishes", got)
+	}
+	var buf bytes.Buffer
+	f.d.Metrics().WritePrometheus(&buf)
+	for _, want := range []string{
+		`herd_detector_shadow_comparisons_total{service="shop"} `,
+		`herd_detector_shadow_rollbacks_total{service="shop"} `,
+		`herd_detector_shadow_rollback_ratio{service="shop"} 1` + "\n",
+	} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("metrics: got\n%s\nwant a line starting %q", buf.String(), want)
+		}
+	}
+	// The canary is judged (here: a crash loop); the baseline is no baseline any more, so its
+	// unfinished shadow is abandoned and no new one starts.
+	f.a.half[1].errP[0] = 0.005
+	f.b.half[0].errP[0], f.b.half[1].errP[0] = 0.95, 0.95
+	f.step(8, true)
+	if v := f.last(); v.State != proto.StateRollback {
+		t.Fatalf("crash-looping canary: got %s (%s); want rollback", v.State, v.Sentence)
+	}
+	st = f.d.ShadowStats("shop")
+	f.step(4*60, false)
+	if got := f.d.ShadowStats("shop"); got != st {
+		t.Fatalf("shadow stats after the comparison ended: got %+v; want unchanged %+v", got, st)
+	}
+	if got := f.d.m.shadowNoBaseline.Get(); got != 1 {
+		t.Fatalf("abandoned shadows: got %d; want 1", got)
+	}
+}
+
+func TestShadowRateNearAlphaOnAA(t *testing.T) {
+	// Shadows conclude by pass after a short minimum exposure: over 20 min of A/A halves the
+	// ratio of shadow rollbacks stays small (α = 0.01 bounds each comparison).
+	cfg := DefaultConfig()
+	cfg.MinExposure = 20 * time.Second
+	cfg.MaxDuration = 3 * time.Hour
+	f := newSplitFleet(t, cfg)
+	f.a = f.group("v1", 500, 0.01, [2]int{5, 5})
+	f.b = f.group("v2", 50, 0.01, [2]int{1, 1})
+	f.step(40, false)
+	f.announce()
+	// The real comparison may pass; the baseline stays one only while it is pending, so keep
+	// the canary's comparison open by making its traffic too thin to pass.
+	f.b.half[0].means[0] = groupMeans(f.bins, latencyModel{median: 0.05, sigma: 0.5, scale: 1}, 0.5, nil)
+	f.b.half[1].means[0] = f.b.half[0].means[0]
+	f.step(4*60*20, true)
+	st := f.d.ShadowStats("shop")
+	if st.Comparisons < 20 || st.Rollbacks > st.Comparisons/10 {
+		t.Fatalf("20 min of A/A halves: got %d rollbacks of %d concluded shadows; want ≥ 20 concluded and ≤ 10 %% rolled back", st.Rollbacks, st.Comparisons)
+	}
+	t.Logf("shadow A/A: %d rollbacks of %d concluded comparisons", st.Rollbacks, st.Comparisons)
+}
+
+// BenchmarkDetectorAddWindowPairSplit is BenchmarkDetectorAddWindowPair with windows that
+// carry Warm and Halves: the tests read Warm and the baseline's halves run a shadow A/A
+// comparison.
+func BenchmarkDetectorAddWindowPairSplit(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.Warmup = 0
+	cfg.MinExposure = 1000 * time.Hour
+	cfg.MaxDuration = 1000 * time.Hour
+	f := &splitFleet{r: rand.New(rand.NewPCG(1, 1)), nowMs: 1_700_000_000_000}
+	f.d, _ = NewWithPolicy(cfg, nil, nil, nil)
+	f.bins = newSimBins(latencyModel{median: 0.05, sigma: 0.5, scale: 1})
+	f.a = f.group("v1", 237.5, 0.005, [2]int{5, 5})
+	f.b = f.group("v2", 12.5, 0.005, [2]int{1, 1})
+	f.step(40, false)
+	if err := f.d.Announce(proto.Deployment{Service: "shop", Baseline: "v1", Canary: "v2", UnixMs: f.nowMs}); err != nil {
+		b.Fatal(err)
+	}
+	wa, wb := make([]*proto.Window, 64), make([]*proto.Window, 64)
+	for i := range wa {
+		wa[i], wb[i] = f.window(f.a, 0, 250), f.window(f.b, 0, 250)
+	}
+	ms := f.nowMs
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		a, c := wa[i%64], wb[i%64]
+		a.StartMs, a.EndMs, c.StartMs, c.EndMs = ms, ms+250, ms, ms+250
+		f.d.AddWindow(a)
+		f.d.AddWindow(c)
+		ms += 250
+	}
+	b.StopTimer()
+	if v := f.d.Verdicts(); len(v) != 1 || v[0].State != proto.StatePending || f.d.m.warmWindows.Get() == 0 {
+		b.Fatalf("got verdicts %+v and %d warm windows; want one pending comparison tested on Warm", v, f.d.m.warmWindows.Get())
+	}
+}
