@@ -24,6 +24,15 @@
 // InstancesStarted the instances first seen in that window and InstancesStopped the final
 // batches merged into it.
 //
+// # Warm-up and halves
+//
+// With Config.Warmup > 0 each window also merges the series named in Config.SplitSeries of
+// warm batches only (End − InstanceStart ≥ Warmup) into two halves chosen by
+// proto.HalfOf(instance id), and publishes them as Window.Halves and their merge as
+// Window.Warm, with Window.HalfInstances and Window.WarmInstances. Warm leaves out every
+// instance's first seconds; the halves give consumers an A/A comparison within one group.
+// A warm sample of a split series costs one more merge (into its half); Warm is built at close.
+//
 // # Dedup and loss
 //
 // Every sequence number of an instance, from the first to the newest this worker saw, is
