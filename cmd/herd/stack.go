@@ -189,6 +189,11 @@ type stack struct {
 	windowsSent *metrics.Counter
 	deployErrs  *metrics.Counter
 	badInputs   *metrics.Counter
+	// windowsMissing counts windows that never arrived from NATS: a gap in a group's window
+	// starts (windows are contiguous while a group reports). Guarded by gapsMu, like lastStart.
+	windowsMissing *metrics.Counter
+	gapsMu         sync.Mutex
+	lastStart      map[[2]string]int64
 
 	subsMu        sync.Mutex               // guards the consumer lists below
 	onWindowSubs  []func(*proto.Window)    // closed windows, on the rollup's goroutine
@@ -208,6 +213,8 @@ func newRoles(cfg stackConfig, roles roleSet, logger *slog.Logger) (_ *stack, er
 	s.deployErrs = s.metrics.NewCounter(`herd_serve_deployments_refused_total`)
 	s.windowsSent = s.metrics.NewCounter(`herd_serve_windows_published_total`)
 	s.badInputs = s.metrics.NewCounter(`herd_serve_bad_messages_total`)
+	s.windowsMissing = s.metrics.NewCounter(`herd_serve_windows_missing_total`)
+	s.lastStart = map[[2]string]int64{}
 	defer func() {
 		if err != nil {
 			s.closeNATS()
@@ -648,11 +655,36 @@ func (s *stack) onWindowMsg(m *nats.Msg) {
 		s.badInputs.Inc()
 		return
 	}
+	s.countGap(w)
 	s.subsMu.Lock()
 	subs := s.onWindowSubs
 	s.subsMu.Unlock()
 	for _, f := range subs {
 		f(w)
+	}
+}
+
+// countGap counts the windows missing between a group's previous window and w. Core NATS is
+// at most once: a window lost between a rollup worker and this node (a NATS node failing, a
+// worker's connection dropping) shows only here. Groups that stop reporting simply end; a
+// group seen again after a long silence (more than a minute) is not counted as a gap.
+func (s *stack) countGap(w *proto.Window) {
+	width := w.EndMs - w.StartMs
+	if width <= 0 {
+		return
+	}
+	k := [2]string{w.Service, w.Version}
+	s.gapsMu.Lock()
+	defer s.gapsMu.Unlock()
+	last, ok := s.lastStart[k]
+	if ok && w.StartMs > last+width && w.StartMs-last <= 60_000 {
+		s.windowsMissing.Add(int((w.StartMs-last)/width - 1))
+	}
+	if !ok || w.StartMs > last {
+		if len(s.lastStart) >= 100_000 {
+			clear(s.lastStart)
+		}
+		s.lastStart[k] = w.StartMs
 	}
 }
 
