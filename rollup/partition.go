@@ -47,6 +47,7 @@ package rollup
 // output, never partial duplicates.
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -962,6 +963,46 @@ func (pr *Partitioned) Running() int {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	return len(pr.parts)
+}
+
+// Span is the span of windows a running partition publishes: the windows starting in
+// [From, Until), the FromCut and UntilCut of the package documentation of partition.go.
+type Span struct {
+	// Partition is the partition.
+	Partition int
+	// From is the start of the first window published: the lease's From rounded up to the
+	// window grid. Batches of earlier windows are skipped (SkipBeforeSpan).
+	From time.Time
+	// Until is the start of the first window not published: the lease's Until rounded up.
+	// While the lease is held it moves forward with every renewal.
+	Until time.Time
+	// Held reports whether the lease is still held; a partition whose lease ended keeps
+	// running until the windows of its span closed.
+	Held bool
+}
+
+// Spans returns the spans of the running partitions, sorted by partition, then From. A
+// partition appears once Acquire returned for its lease.
+func (pr *Partitioned) Spans() []Span {
+	pr.mu.Lock()
+	out := make([]Span, 0, len(pr.parts))
+	for _, pt := range pr.parts {
+		held := !pt.lease.Released() // before Until, which is final once the lease ended
+		out = append(out, Span{
+			Partition: pt.lease.Partition,
+			From:      time.Unix(0, pt.fromCut),
+			Until:     time.Unix(0, ceilTo(pt.lease.Until().UnixNano(), pr.w)),
+			Held:      held,
+		})
+	}
+	pr.mu.Unlock()
+	slices.SortFunc(out, func(a, b Span) int {
+		if c := cmp.Compare(a.Partition, b.Partition); c != 0 {
+			return c
+		}
+		return a.From.Compare(b.From)
+	})
+	return out
 }
 
 // PartitionStats are the totals of a Partitioned.

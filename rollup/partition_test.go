@@ -226,6 +226,58 @@ func TestPartitionedLostLeaseStopsPublishing(t *testing.T) {
 	})
 }
 
+// TestPartitionedSpans checks that Spans reports each running partition's span on the window
+// grid from the moment Acquire returns, and a lease that ended until its windows closed.
+func TestPartitionedSpans(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := DefaultConfig()
+		pr, err := NewPartitioned(cfg, (&fanout{}).source, (&spanSink{}).emitter("a"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go pr.Run(ctx)
+		t0 := time.Now().Truncate(time.Second).Add(time.Second)
+		time.Sleep(time.Until(t0))
+		if got := pr.Spans(); len(got) != 0 {
+			t.Fatalf("got spans %v before any Acquire; want none", got)
+		}
+		a := testLease(t0.Add(100*time.Millisecond), t0.Add(time.Second+10*time.Millisecond))
+		b := testLease(t0.Add(win), t0.Add(2*time.Second))
+		b.Partition = 3
+		pr.Acquire(b)
+		pr.Acquire(a)
+		want := []Span{
+			{Partition: 0, From: t0.Add(win), Until: t0.Add(time.Second + win), Held: true},
+			{Partition: 3, From: t0.Add(win), Until: t0.Add(2 * time.Second), Held: true},
+		}
+		checkSpans := func(want []Span) {
+			t.Helper()
+			got := pr.Spans()
+			if len(got) != len(want) {
+				t.Fatalf("got spans %v; want %v", got, want)
+			}
+			for i := range got {
+				if got[i].Partition != want[i].Partition || !got[i].From.Equal(want[i].From) || !got[i].Until.Equal(want[i].Until) || got[i].Held != want[i].Held {
+					t.Errorf("got span %+v; want %+v", got[i], want[i])
+				}
+			}
+		}
+		checkSpans(want)
+
+		time.Sleep(600 * time.Millisecond)
+		a.end(time.Now()) // t0+600ms: the span ends at the next boundary
+		want[0].Until, want[0].Held = t0.Add(3*win), false
+		checkSpans(want)
+
+		// The ended lease's partition stops once its last window closed.
+		time.Sleep(time.Until(t0.Add(3*win + cfg.Lateness + time.Millisecond)))
+		synctest.Wait()
+		checkSpans(want[1:])
+	})
+}
+
 func TestLeaseConfigValidate(t *testing.T) {
 	good := DefaultLeaseConfig()
 	good.WorkerID = "w1"

@@ -53,23 +53,42 @@ func startTestWorker(t *testing.T, url, id, bucket string) *testWorker {
 }
 
 // checkWorkersReady checks that the workers hold every partition once, in balance, that each
-// runs a rollup per lease, and that pub's server knows the interest of every partition.
+// runs a rollup for each lease it holds, that pub's server knows the interest of every
+// partition, and that every held lease's span has begun.
+//
+// The last condition makes a fleet started after checkWorkersReady returned nil counted
+// exactly: a new owner publishes from the window boundary at or after its acquisition
+// (Span.From), and the fleet's first batches end at its first interval boundary, in the
+// window holding its start, which a span that began before is counted in.
 func checkWorkersReady(ws []*testWorker, pub *server.Server) error {
 	held := map[int]string{}
 	target := (embednats.Partitions + len(ws) - 1) / len(ws)
+	now := time.Now()
 	for _, tw := range ws {
+		id := tw.w.leases.WorkerID()
 		owned := tw.w.leases.Owned()
 		if len(owned) > target {
-			return fmt.Errorf("worker %s holds %d partitions; want ≤ %d", tw.w.leases.WorkerID(), len(owned), target)
+			return fmt.Errorf("worker %s holds %d partitions; want ≤ %d", id, len(owned), target)
 		}
-		if got := tw.w.parts.Running(); got != len(owned) {
-			return fmt.Errorf("worker %s runs %d partitions and holds %d leases; want equal", tw.w.leases.WorkerID(), got, len(owned))
+		var running []int
+		for _, s := range tw.w.parts.Spans() {
+			if !s.Held {
+				continue
+			}
+			running = append(running, s.Partition)
+			if s.From.After(now) {
+				return fmt.Errorf("worker %s publishes partition %d from %s, in %s; want its span begun",
+					id, s.Partition, s.From.Format("15:04:05.000"), s.From.Sub(now))
+			}
+		}
+		if !slices.Equal(running, owned) {
+			return fmt.Errorf("worker %s runs the held partitions %v and holds the leases %v; want equal", id, running, owned)
 		}
 		for _, p := range owned {
 			if other, ok := held[p]; ok {
-				return fmt.Errorf("partition %d held by %s and %s", p, other, tw.w.leases.WorkerID())
+				return fmt.Errorf("partition %d held by %s and %s", p, other, id)
 			}
-			held[p] = tw.w.leases.WorkerID()
+			held[p] = id
 		}
 	}
 	if len(held) != embednats.Partitions {
@@ -83,9 +102,11 @@ func checkWorkersReady(ws []*testWorker, pub *server.Server) error {
 	return nil
 }
 
-// waitSpans waits until a lease acquired before now can publish every window a fleet
-// starting then sends: a new owner publishes from the window boundary after its acquisition,
-// and a fleet's first batches fall in the window before its first boundary.
+// waitSpans sleeps until a lease acquired before now can publish every window a fleet
+// starting then sends: two window boundaries ahead.
+//
+// Deprecated: checkWorkersReady checks that every held span has begun, which makes this
+// sleep redundant; it stays only while failover_test.go still calls it.
 func waitSpans(window time.Duration) {
 	time.Sleep(time.Until(time.Now().Truncate(window).Add(2 * window)))
 }
@@ -240,7 +261,6 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 	}
 	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error { return checkWorkersReady(ws, servers[0]) })
 	window := rollup.DefaultConfig().Window
-	waitSpans(window)
 	pub, err := nats.Connect(servers[0].ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -449,7 +469,6 @@ func TestWorkerScaling(t *testing.T) {
 			ws = append(ws, startTestWorker(t, servers[(i+1)%3].ClientURL(), fmt.Sprintf("s%d-w%d", n, i+1), "herd_scale_"+strconv.Itoa(n)))
 		}
 		checkFor(t, 20*time.Second, 20*time.Millisecond, func() error { return checkWorkersReady(ws, servers[0]) })
-		waitSpans(rollup.DefaultConfig().Window)
 		merged := func() (m, in uint64) {
 			for _, tw := range ws {
 				st := tw.w.parts.Stats()
