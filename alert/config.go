@@ -98,7 +98,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.MaxDuration, "detect.max-duration", c.MaxDuration, "undecided comparisons end as inconclusive after this long")
 	fs.Float64Var(&c.ErrorCeiling, "detect.error-ceiling", c.ErrorCeiling, "canary error ratio (0–1, over 1 s) that rolls back at once")
 	fs.IntVar(&c.GuardMinRequests, "detect.guard-min-requests", c.GuardMinRequests, "least canary requests (count) for the error ceiling to apply")
-	fs.DurationVar(&c.GoneAfter, "detect.gone-after", c.GoneAfter, "roll back when the canary has no window for this long while the baseline reports")
+	fs.DurationVar(&c.GoneAfter, "detect.gone-after", c.GoneAfter, "roll back when the rollup reports the canary group without any instance for this long while the baseline reports (missing windows do not count)")
 	fs.DurationVar(&c.NoTrafficAfter, "detect.no-traffic-after", c.NoTrafficAfter, "inconclusive while the canary serves no requests for this long")
 	fs.DurationVar(&c.NoCanaryAfter, "detect.no-canary-after", c.NoCanaryAfter, "inconclusive when an announced canary sends no window for this long")
 	fs.DurationVar(&c.EstablishAfter, "detect.establish-after", c.EstablishAfter, "a version reporting this long is the baseline of a new version appearing beside it")

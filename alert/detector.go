@@ -410,8 +410,14 @@ func (d *Detector) Announce(dep proto.Deployment) error {
 // instance), the tests tx (the warm instances when the window carries them).
 func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window, x, tx *extract) {
 	set := c.set
+	c.lastCanaryWindowEndMs = max(c.lastCanaryWindowEndMs, w.EndMs)
 	if w.Instances == 0 && x.requests == 0 {
-		return // nobody reported: counts as absent for the gone guard
+		// Nobody reported: counts as absent for the gone guard, judged here too since the
+		// baseline's window for the same interval may have come first.
+		if c.firstCanaryMs != 0 && c.lastBaselineEndMs >= w.EndMs {
+			d.goneLocked(c, w.EndMs)
+		}
+		return
 	}
 	if c.firstCanaryMs == 0 {
 		c.firstCanaryMs = w.StartMs
@@ -454,6 +460,22 @@ func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window
 	d.pairLocked(c, w, tx, false)
 }
 
+// goneLocked rolls c back if the rollup has reported its canary group without any instance
+// for GoneAfter while the baseline reports (up to nowMs), and says whether it did. Only the
+// rollup's empty windows count: windows that do not arrive at all (a rollup worker failing
+// over, NATS losing them) are not evidence against the canary.
+func (d *Detector) goneLocked(c *comparison, nowMs int64) bool {
+	gone := time.Duration(min(nowMs, c.lastCanaryWindowEndMs)-c.lastCanaryEndMs) * time.Millisecond
+	if gone < d.cfg.GoneAfter {
+		return false
+	}
+	ev := c.evidence("guard_canary_gone")
+	ev.Tests = append(ev.Tests, proto.TestEvidence{Name: "guard_canary_gone", EValue: 1, Effect: gone.Seconds()})
+	sentence := fmt.Sprintf("canary crash-looping: no canary instance reporting for %s", after(gone))
+	d.finishLocked(c, proto.StateRollback, nowMs, "guard_canary_gone", ev, sentence)
+	return true
+}
+
 // baselineWindowLocked handles a window of c's baseline group (x and tx as for the canary).
 func (d *Detector) baselineWindowLocked(s *service, c *comparison, w *proto.Window, x, tx *extract) {
 	c.lastBaselineEndMs = w.EndMs
@@ -461,11 +483,7 @@ func (d *Detector) baselineWindowLocked(s *service, c *comparison, w *proto.Wind
 	if c.firstCanaryMs == 0 {
 		return
 	}
-	if gone := time.Duration(w.EndMs-c.lastCanaryEndMs) * time.Millisecond; gone >= d.cfg.GoneAfter {
-		ev := c.evidence("guard_canary_gone")
-		ev.Tests = append(ev.Tests, proto.TestEvidence{Name: "guard_canary_gone", EValue: 1, Effect: gone.Seconds()})
-		sentence := fmt.Sprintf("canary crash-looping: no canary instance reporting for %s", after(gone))
-		d.finishLocked(c, proto.StateRollback, w.EndMs, "guard_canary_gone", ev, sentence)
+	if d.goneLocked(c, w.EndMs) {
 		return
 	}
 	if x.requests > 0 && !c.noTraffic {

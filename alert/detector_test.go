@@ -74,6 +74,17 @@ func (f *fleet) step(n int, feedA, feedB bool, loadB, errFracA, errFracB float64
 	}
 }
 
+// stepGone feeds n windows in which the baseline reports and the canary group's windows
+// come empty, as the rollup emits them once every instance of a group has stopped.
+func (f *fleet) stepGone(n int) {
+	win := f.d.cfg.Window.Milliseconds()
+	for range n {
+		f.d.AddWindow(f.a.fill(f.r, f.bins, f.nowMs, f.nowMs+win, 1, 0, 0))
+		f.d.AddWindow(&proto.Window{Service: "shop", Version: "v2", StartMs: f.nowMs, EndMs: f.nowMs + win})
+		f.nowMs += win
+	}
+}
+
 func (f *fleet) announce() {
 	f.t.Helper()
 	if err := f.d.Announce(proto.Deployment{Service: "shop", Baseline: "v1", Canary: "v2", UnixMs: f.nowMs}); err != nil {
@@ -194,14 +205,28 @@ func TestDetectorCanaryGone(t *testing.T) {
 	if s := f.last().State; s != proto.StatePending {
 		t.Fatalf("before the canary vanishes: got %s; want pending", s)
 	}
-	f.step(3, true, false, 1, 0, 0)
+	f.stepGone(3)
 	if s := f.last().State; s != proto.StatePending {
 		t.Fatalf("canary silent 0.75 s: got %s; want pending", s)
 	}
-	f.step(1, true, false, 1, 0, 0)
+	f.stepGone(1)
 	v := f.last()
 	if v.State != proto.StateRollback || v.Sentence != "canary crash-looping: no canary instance reporting for 1.0 s" {
 		t.Fatalf("canary silent 1 s: got %s %q; want rollback 'canary crash-looping: no canary instance reporting for 1.0 s'", v.State, v.Sentence)
+	}
+}
+
+// TestDetectorMissingWindowsAreNotGone: when the canary's windows stop arriving at all (a
+// rollup worker failing over), the canary is not judged gone; its windows resume.
+func TestDetectorMissingWindowsAreNotGone(t *testing.T) {
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
+	f.step(40, true, false, 1, 0, 0)
+	f.announce()
+	f.step(40, true, true, 1, 0, 0)
+	f.step(12, true, false, 1, 0, 0) // 3 s without any canary window
+	f.step(8, true, true, 1, 0, 0)
+	if v := f.last(); v.State != proto.StatePending {
+		t.Fatalf("canary windows missing for 3 s: got %s %q; want pending", v.State, v.Sentence)
 	}
 }
 
