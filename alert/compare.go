@@ -81,7 +81,7 @@ type comparison struct {
 	// lastCanaryWindowEndMs is the end of the canary group's newest window, reporters or not:
 	// the rollup's empty windows are the evidence that the instances are gone, while no
 	// window at all means the pipeline is behind (a rollup worker failing over).
-	lastCanaryWindowEndMs int64
+	lastCanaryWindowEndMs              int64
 	lastTrafficMs                      int64
 	canaryInstances, baselineInstances int
 	noTraffic                          bool // inconclusive for lack of canary traffic
