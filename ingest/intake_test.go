@@ -9,26 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herd-dev/herd/internal/checkfor"
 	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/proto"
 	"github.com/nats-io/nats.go"
 )
 
-// checkFor polls f every interval until it returns nil or timeout passes.
-func checkFor(t *testing.T, timeout, interval time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
-}
+// checkFor polls f until it returns nil or timeout passes (see internal/checkfor).
+var checkFor = checkfor.Within
 
 // encodeRED returns an encoded batch of a RED client for service/version.
 func encodeRED(t testing.TB, service, version string, seq uint64) []byte {

@@ -15,24 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herd-dev/herd/internal/checkfor"
 	"github.com/herd-dev/herd/proto"
 )
 
-// checkFor polls f every interval until it returns nil or timeout passes.
-func checkFor(t testing.TB, timeout, interval time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %s: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
-}
+// checkFor polls f until it returns nil or timeout passes (see internal/checkfor).
+var checkFor = checkfor.Within
 
 // groupSpec describes one simulated (service, version) group.
 type groupSpec struct {

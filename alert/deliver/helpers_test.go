@@ -11,25 +11,12 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/herd-dev/herd/internal/checkfor"
 	"github.com/herd-dev/herd/proto"
 )
 
-// checkFor calls f every interval until it returns nil or timeout passes, then fails the
-// test with f's last error.
-func checkFor(t *testing.T, timeout, interval time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
-}
+// checkFor polls f until it returns nil or timeout passes (see internal/checkfor).
+var checkFor = checkfor.Within
 
 func testLogger(t *testing.T) *slog.Logger {
 	if testing.Verbose() {

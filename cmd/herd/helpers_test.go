@@ -2,25 +2,11 @@ package main
 
 import (
 	"fmt"
-	"testing"
-	"time"
+
+	"github.com/herd-dev/herd/internal/checkfor"
 )
 
-// checkFor polls f every interval until it returns nil or timeout passes, then fails the
-// test with f's last error.
-func checkFor(t *testing.T, timeout, interval time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
-}
+// checkFor polls f until it returns nil or timeout passes (see internal/checkfor).
+var checkFor = checkfor.Within
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/herd-dev/herd/internal/checkfor"
 )
 
 // Credentials of the example users in deploy/nats/herd-accounts.conf.
@@ -170,20 +172,5 @@ func connect(t *testing.T, urls string, opts ...nats.Option) *nats.Conn {
 	return nc
 }
 
-// checkFor calls f every interval until it returns nil; it fails the test with f's last
-// error after timeout.
-func checkFor(t *testing.T, timeout, interval time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for {
-		if err = f(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(interval)
-	}
-	t.Fatalf("condition not met after %s: %v", timeout, err)
-}
+// checkFor polls f until it returns nil or timeout passes (see internal/checkfor).
+var checkFor = checkfor.Within
