@@ -228,3 +228,26 @@ func settingsFor(cfg *Config, p *Policy, service string) settings {
 	}
 	return s
 }
+
+// SeriesNames returns the names of the series that p's selectors read (without labels),
+// sorted and unique. The rollup must carry them in its warm aggregate and halves
+// (-rollup.split-series) for per-instance warm-up and the shadow check to apply.
+func (p *Policy) SeriesNames() []string {
+	var names []string
+	add := func(sp ServicePolicy) {
+		for _, text := range []string{sp.Requests, sp.Errors, sp.Latency} {
+			if text == "" {
+				continue
+			}
+			if sel, err := ParseSelector(text); err == nil && sel.Name != "" {
+				names = append(names, sel.Name)
+			}
+		}
+	}
+	add(p.Defaults)
+	for _, sp := range p.Services {
+		add(sp)
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}

@@ -132,3 +132,16 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 	})
 }
+
+func TestPolicySeriesNames(t *testing.T) {
+	cfg := DefaultConfig()
+	p, err := ParsePolicy([]byte(`{"defaults":{"errors":"http_requests_total{code=~\"5..\"}"},
+		"services":{"a":{"requests":"http_requests_total","latency":"http_request_duration_seconds"},"b":{}}}`), &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(p.SeriesNames(), ",")
+	if want := "http_request_duration_seconds,http_requests_total"; got != want {
+		t.Errorf("SeriesNames = %s; want %s", got, want)
+	}
+}

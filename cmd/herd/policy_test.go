@@ -31,6 +31,9 @@ func TestTargetsFromPolicyFile(t *testing.T) {
 	if len(cfg.Deliver.Targets.Spinnaker) != 1 || len(cfg.Deliver.Targets.Flagger) != 1 {
 		t.Errorf("got targets %+v; want one Spinnaker and one Flagger target from the policy file", cfg.Deliver.Targets)
 	}
+	if !strings.Contains(cfg.Rollup.SplitSeries, "http_requests_total") {
+		t.Errorf("-rollup.split-series = %q; want the policy's http_requests_total added", cfg.Rollup.SplitSeries)
+	}
 
 	bad := filepath.Join(dir, "bad.json")
 	if err := os.WriteFile(bad, []byte(`{"targets": {"spinaker": []}}`), 0o600); err != nil {

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,6 +91,9 @@ func (c *stackConfig) validate() error {
 	if err := c.targetsFromPolicy(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
+	if err := c.splitFromPolicy(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
 	if err := c.Deliver.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -134,6 +138,29 @@ func (c *stackConfig) targetsFromPolicy() error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c.Deliver.Targets); err != nil {
 		return fmt.Errorf("-detect.policy %s: bad targets: %w", c.Detect.PolicyFile, err)
+	}
+	return nil
+}
+
+// splitFromPolicy adds the series the policy's selectors read to -rollup.split-series, so
+// per-instance warm-up and the shadow check apply to services with their own series names.
+func (c *stackConfig) splitFromPolicy() error {
+	if c.Detect.PolicyFile == "" || strings.TrimSpace(c.Rollup.SplitSeries) == "*" {
+		return nil
+	}
+	pol, err := alert.LoadPolicy(c.Detect.PolicyFile, &c.Detect)
+	if err != nil {
+		return fmt.Errorf("-detect.policy: %w", err)
+	}
+	have := map[string]bool{}
+	for _, n := range strings.Split(c.Rollup.SplitSeries, ",") {
+		have[strings.TrimSpace(n)] = true
+	}
+	for _, n := range pol.SeriesNames() {
+		if !have[n] {
+			c.Rollup.SplitSeries += "," + n
+			have[n] = true
+		}
 	}
 	return nil
 }
