@@ -161,7 +161,6 @@ func TestFailoverNATSNodeLoss(t *testing.T) {
 		ws = append(ws, startTestWorker(t, own+","+urls, "w"+strconv.Itoa(i+1), ""))
 	}
 	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error { return checkWorkersReady(ws, servers[0]) })
-	waitSpans(250 * time.Millisecond)
 
 	// The window reader, a web node and the fleet sit on nodes that stay; node 2 goes.
 	wl := logWindows(t, servers[0].ClientURL())

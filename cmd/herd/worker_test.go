@@ -102,15 +102,6 @@ func checkWorkersReady(ws []*testWorker, pub *server.Server) error {
 	return nil
 }
 
-// waitSpans sleeps until a lease acquired before now can publish every window a fleet
-// starting then sends: two window boundaries ahead.
-//
-// Deprecated: checkWorkersReady checks that every held span has begun, which makes this
-// sleep redundant; it stays only while failover_test.go still calls it.
-func waitSpans(window time.Duration) {
-	time.Sleep(time.Until(time.Now().Truncate(window).Add(2 * window)))
-}
-
 // windowLog records every window published: totals per group and how often each (group,
 // window start) was published.
 type windowLog struct {
