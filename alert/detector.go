@@ -91,6 +91,9 @@ type group struct {
 	// Reference latency histogram: cur collects since curStartMs, prev the span before.
 	refCur, refPrev proto.Histogram
 	refCurStartMs   int64
+	// allCur and allPrev are the same reference over every instance: the fallback while the
+	// warm reference is too thin (a young fleet whose instances are all warming up).
+	allCur, allPrev proto.Histogram
 	// The last windows' requests and errors, for the error-ceiling guard.
 	recentN, recentE [maxGuardWindows]float64
 	recentPos        int
@@ -311,21 +314,35 @@ func (g *group) observe(w *proto.Window, x, tx *extract) {
 	g.instances = w.Instances
 	g.recentPos = (g.recentPos + 1) % maxGuardWindows
 	g.recentN[g.recentPos], g.recentE[g.recentPos] = x.requests, x.errors
-	if tx.hasLatency {
+	if tx.hasLatency || x.hasLatency {
 		if w.StartMs-g.refCurStartMs >= refSpanMs {
 			g.refPrev, g.refCur = g.refCur, g.refPrev
 			g.refCur.Reset()
+			g.allPrev, g.allCur = g.allCur, g.allPrev
+			g.allCur.Reset()
 			g.refCurStartMs = w.StartMs
 		}
-		g.refCur.Merge(&tx.latency)
+		if tx.hasLatency {
+			g.refCur.Merge(&tx.latency)
+		}
+		if x.hasLatency {
+			g.allCur.Merge(&x.latency)
+		}
 	}
 }
 
-// reference returns the group's recent latency histogram (30–60 s of windows).
+// reference returns the group's recent latency histogram (30–60 s of windows): of its warm
+// instances, or of all its instances while the warm ones hold too few observations (every
+// instance of a young group is still warming up).
 func (g *group) reference() *proto.Histogram {
 	var h proto.Histogram
 	h.CopyFrom(&g.refPrev)
 	h.Merge(&g.refCur)
+	if h.Positive.Total() >= minRefCount {
+		return &h
+	}
+	h.CopyFrom(&g.allPrev)
+	h.Merge(&g.allCur)
 	return &h
 }
 
