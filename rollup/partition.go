@@ -222,8 +222,10 @@ const (
 var moveReasons = []string{MoveAcquiredFree, MoveAcquiredExpired, MoveReleased, MoveShutdown, MoveLostExpired, MoveLostTaken}
 
 // Leases acquires, renews and releases one worker's partition leases in a JetStream KV bucket
-// (see the package documentation of partition.go for the protocol). All KV operations and all
-// state changes happen on the goroutine running Run; the callbacks are called from it.
+// (see the package documentation of partition.go for the protocol). All state changes happen
+// on the goroutine running Run, and the callbacks are called from it; the KV writes of one
+// round run concurrently (at most maxInFlight at once), and Run applies their results after
+// the last one returned.
 type Leases struct {
 	cfg       LeaseConfig
 	js        jetstream.JetStream
@@ -491,28 +493,78 @@ func (l *Leases) liveWorkers(now time.Time) int {
 	return n
 }
 
-// step runs one round: expire, renew, rebalance, claim.
+// maxInFlight bounds the KV operations one step has in flight at once. Each operation waits
+// for a replicated write, so a worker holding many leases renews them all within about one
+// round trip instead of one round trip each, even when the CPU is starved.
+const maxInFlight = 16
+
+// inParallel calls op(0) … op(n−1), each on its own goroutine and at most maxInFlight at a
+// time, and returns when all returned. An op must not touch the manager's state: it fills
+// its own result, which the caller applies on Run's goroutine afterwards.
+func inParallel(n int, op func(i int)) {
+	if n == 1 {
+		op(0)
+		return
+	}
+	sem := make(chan struct{}, maxInFlight)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			op(i)
+		})
+	}
+	wg.Wait()
+}
+
+// kvResult is the outcome of one KV write of a step, applied on Run's goroutine.
+type kvResult struct {
+	sent time.Time // when the write was sent
+	rev  uint64
+	err  error
+	// After a failed compare-and-set, the key read back (see readBack).
+	read    bool
+	entry   jetstream.KeyValueEntry
+	readErr error
+}
+
+// readBack re-reads key p after a failed compare-and-set, in case the watch is behind or the
+// key aged out of the bucket; applyRead applies the result.
+func (l *Leases) readBack(ctx context.Context, p int, r *kvResult) {
+	cctx, cancel := l.opCtx(ctx)
+	defer cancel()
+	r.read = true
+	r.entry, r.readErr = l.kv.Get(cctx, partKey(p))
+}
+
+// applyRead applies what readBack read of key p.
+func (l *Leases) applyRead(p int, r *kvResult) {
+	switch {
+	case !r.read:
+	case errors.Is(r.readErr, jetstream.ErrKeyNotFound):
+		l.parts[p] = keyView{}
+	case r.readErr != nil:
+		l.kvErrors.Inc()
+	default:
+		l.observe(r.entry, time.Now())
+	}
+}
+
+// step runs one round: expire, renew, rebalance, claim. The writes of each phase are issued
+// concurrently (inParallel) and their results applied in partition order afterwards.
 func (l *Leases) step(ctx context.Context, now time.Time) {
 	for _, ls := range l.sortedOwned() {
 		if !now.Before(ls.deadline) {
 			l.lose(ls, MoveLostExpired)
 		}
 	}
-	if now.Sub(l.hbSent) >= l.cfg.Heartbeat {
-		l.heartbeat(ctx, now)
-	}
-	for _, ls := range l.sortedOwned() {
-		if time.Since(ls.sent) >= l.cfg.Heartbeat {
-			l.renew(ctx, ls)
-		}
-	}
+	l.renewAll(ctx, now)
 	n := l.liveWorkers(now)
 	target := (l.cfg.Partitions + n - 1) / n
 	if extra := len(l.owned) - target; extra > 0 {
 		owned := l.sortedOwned()
-		for _, ls := range owned[len(owned)-extra:] {
-			l.release(ctx, ls, MoveReleased)
-		}
+		l.releaseAll(ctx, owned[len(owned)-extra:], MoveReleased)
 		return
 	}
 	if len(l.owned) >= target || now.Before(l.claimAfter) {
@@ -522,21 +574,30 @@ func (l *Leases) step(ctx context.Context, now time.Time) {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(l.cfg.WorkerID))
 	off := int(h.Sum32() % uint32(l.cfg.Partitions))
-	for i := range l.cfg.Partitions {
-		if len(l.owned) >= target || ctx.Err() != nil {
+	// Claim as many as are missing at once; retry with the next candidates for the claims
+	// that failed.
+	i := 0
+	for ctx.Err() == nil {
+		need := target - len(l.owned)
+		var ps []int
+		var reasons []string
+		for ; i < l.cfg.Partitions && len(ps) < need; i++ {
+			p := (off + i) % l.cfg.Partitions
+			if l.owned[p] != nil {
+				continue
+			}
+			v := l.parts[p]
+			switch {
+			case !v.exists || v.val.Worker == "":
+				ps, reasons = append(ps, p), append(reasons, MoveAcquiredFree)
+			case time.Since(v.seen) >= l.cfg.TTL:
+				ps, reasons = append(ps, p), append(reasons, MoveAcquiredExpired)
+			}
+		}
+		if len(ps) == 0 {
 			return
 		}
-		p := (off + i) % l.cfg.Partitions
-		if l.owned[p] != nil {
-			continue
-		}
-		v := l.parts[p]
-		switch {
-		case !v.exists || v.val.Worker == "":
-			l.claim(ctx, p, MoveAcquiredFree)
-		case time.Since(v.seen) >= l.cfg.TTL:
-			l.claim(ctx, p, MoveAcquiredExpired)
-		}
+		l.claimAll(ctx, ps, reasons)
 	}
 }
 
@@ -558,19 +619,29 @@ func (l *Leases) opCtx(ctx context.Context) (context.Context, context.CancelFunc
 
 // heartbeat renews the worker's heartbeat key.
 func (l *Leases) heartbeat(ctx context.Context, now time.Time) {
-	cctx, cancel := l.opCtx(ctx)
-	defer cancel()
-	rev, err := l.kv.Put(cctx, workerKey(l.cfg.WorkerID), []byte(strconv.FormatInt(time.Now().UnixMilli(), 10)))
-	if err != nil {
-		l.kvErrors.Inc()
-		l.logger.Debug("cannot renew the worker heartbeat", "err", err)
-		return
-	}
-	l.hbRev, l.hbSent = rev, now
+	l.applyHeartbeat(now, l.writeHeartbeat(ctx))
 }
 
-func (l *Leases) encode(ls *Lease, worker string, expires time.Time) []byte {
-	b, err := json.Marshal(leaseValue{Worker: worker, Epoch: ls.Epoch, ExpiresMs: expires.UnixMilli()})
+// writeHeartbeat writes the worker's heartbeat key; it touches no state.
+func (l *Leases) writeHeartbeat(ctx context.Context) kvResult {
+	cctx, cancel := l.opCtx(ctx)
+	defer cancel()
+	r := kvResult{sent: time.Now()}
+	r.rev, r.err = l.kv.Put(cctx, workerKey(l.cfg.WorkerID), []byte(strconv.FormatInt(r.sent.UnixMilli(), 10)))
+	return r
+}
+
+func (l *Leases) applyHeartbeat(now time.Time, r kvResult) {
+	if r.err != nil {
+		l.kvErrors.Inc()
+		l.logger.Debug("cannot renew the worker heartbeat", "err", r.err)
+		return
+	}
+	l.hbRev, l.hbSent = r.rev, now
+}
+
+func (l *Leases) encode(epoch uint64, worker string, expires time.Time) []byte {
+	b, err := json.Marshal(leaseValue{Worker: worker, Epoch: epoch, ExpiresMs: expires.UnixMilli()})
 	if err != nil {
 		panic("BUG: cannot encode a lease value: " + err.Error())
 	}
@@ -586,30 +657,47 @@ func (l *Leases) expiry(sent time.Time) (wall, deadline time.Time) {
 	return time.UnixMilli(wallMs), sent.Add(d)
 }
 
-// claim tries to acquire partition p with a compare-and-set on the observed revision.
-func (l *Leases) claim(ctx context.Context, p int, reason string) {
-	v := l.parts[p]
-	ls := &Lease{Partition: p, Epoch: v.val.Epoch + 1, done: make(chan struct{})}
-	sent := time.Now()
-	wall, deadline := l.expiry(sent)
-	data := l.encode(ls, l.cfg.WorkerID, wall)
-	cctx, cancel := l.opCtx(ctx)
-	var rev uint64
-	var err error
-	if v.rev == 0 {
-		rev, err = l.kv.Create(cctx, partKey(p), data)
-	} else {
-		rev, err = l.kv.Update(cctx, partKey(p), data, v.rev)
+// claimAll tries to acquire partitions ps (for reasons), each with a compare-and-set on the
+// revision observed before the step's writes.
+func (l *Leases) claimAll(ctx context.Context, ps []int, reasons []string) {
+	views := make([]keyView, len(ps))
+	for i, p := range ps {
+		views[i] = l.parts[p]
 	}
-	cancel()
-	if err != nil {
-		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			l.kvErrors.Inc()
-			l.logger.Debug("cannot claim partition", "partition", p, "err", err)
+	res := make([]kvResult, len(ps))
+	inParallel(len(ps), func(i int) {
+		p, v, r := ps[i], views[i], &res[i]
+		r.sent = time.Now()
+		wall, _ := l.expiry(r.sent)
+		data := l.encode(v.val.Epoch+1, l.cfg.WorkerID, wall)
+		cctx, cancel := l.opCtx(ctx)
+		if v.rev == 0 {
+			r.rev, r.err = l.kv.Create(cctx, partKey(p), data)
+		} else {
+			r.rev, r.err = l.kv.Update(cctx, partKey(p), data, v.rev)
 		}
-		l.refresh(ctx, p)
+		cancel()
+		if r.err != nil {
+			l.readBack(ctx, p, r)
+		}
+	})
+	for i, p := range ps {
+		l.applyClaim(p, views[i], reasons[i], &res[i])
+	}
+}
+
+// applyClaim applies the claim of partition p, whose key was v before the claim.
+func (l *Leases) applyClaim(p int, v keyView, reason string, r *kvResult) {
+	if r.err != nil {
+		if !errors.Is(r.err, jetstream.ErrKeyExists) && !errors.Is(r.err, jetstream.ErrKeyRevisionMismatch) {
+			l.kvErrors.Inc()
+			l.logger.Debug("cannot claim partition", "partition", p, "err", r.err)
+		}
+		l.applyRead(p, r)
 		return
 	}
+	ls := &Lease{Partition: p, Epoch: v.val.Epoch + 1, done: make(chan struct{})}
+	wall, deadline := l.expiry(r.sent)
 	// The previous lease, at the revision we replaced, ended no later than its Expires.
 	from := time.Now()
 	if v.exists {
@@ -619,9 +707,9 @@ func (l *Leases) claim(ctx context.Context, p int, reason string) {
 		}
 	}
 	ls.From = from
-	ls.rev, ls.sent, ls.deadline = rev, sent, deadline
+	ls.rev, ls.sent, ls.deadline = r.rev, r.sent, deadline
 	ls.until.Store(wall.UnixNano())
-	l.parts[p] = keyView{exists: true, rev: rev, val: leaseValue{Worker: l.cfg.WorkerID, Epoch: ls.Epoch, ExpiresMs: wall.UnixMilli()}, seen: sent}
+	l.parts[p] = keyView{exists: true, rev: r.rev, val: leaseValue{Worker: l.cfg.WorkerID, Epoch: ls.Epoch, ExpiresMs: wall.UnixMilli()}, seen: r.sent}
 	l.owned[p] = ls
 	l.ownedChanged()
 	l.moves[reason].Inc()
@@ -629,71 +717,102 @@ func (l *Leases) claim(ctx context.Context, p int, reason string) {
 	l.onAcquire(ls)
 }
 
-// refresh re-reads key p after a failed compare-and-set, in case the watch is behind or the
-// key aged out of the bucket.
-func (l *Leases) refresh(ctx context.Context, p int) {
-	cctx, cancel := l.opCtx(ctx)
-	defer cancel()
-	e, err := l.kv.Get(cctx, partKey(p))
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		l.parts[p] = keyView{}
-	case err != nil:
-		l.kvErrors.Inc()
-	default:
-		l.observe(e, time.Now())
+// renewAll renews the worker's heartbeat if due and every held lease whose last renewal was
+// sent Heartbeat ago or more.
+func (l *Leases) renewAll(ctx context.Context, now time.Time) {
+	var due []*Lease
+	for _, ls := range l.sortedOwned() {
+		if time.Since(ls.sent) >= l.cfg.Heartbeat {
+			due = append(due, ls)
+		}
+	}
+	hb := now.Sub(l.hbSent) >= l.cfg.Heartbeat
+	// Slot 0 is the heartbeat, so that it never queues behind the leases.
+	res := make([]kvResult, len(due)+1)
+	inParallel(len(res), func(i int) {
+		if i == 0 {
+			if hb {
+				res[0] = l.writeHeartbeat(ctx)
+			}
+			return
+		}
+		ls, r := due[i-1], &res[i]
+		r.sent = time.Now()
+		wall, _ := l.expiry(r.sent)
+		cctx, cancel := l.opCtx(ctx)
+		r.rev, r.err = l.kv.Update(cctx, partKey(ls.Partition), l.encode(ls.Epoch, l.cfg.WorkerID, wall), ls.rev)
+		cancel()
+		if errors.Is(r.err, jetstream.ErrKeyRevisionMismatch) {
+			l.readBack(ctx, ls.Partition, r)
+		}
+	})
+	if hb {
+		l.applyHeartbeat(now, res[0])
+	}
+	for i, ls := range due {
+		l.applyRenew(ls, &res[i+1])
 	}
 }
 
-// renew extends a held lease.
-func (l *Leases) renew(ctx context.Context, ls *Lease) {
-	sent := time.Now()
-	wall, deadline := l.expiry(sent)
-	cctx, cancel := l.opCtx(ctx)
-	rev, err := l.kv.Update(cctx, partKey(ls.Partition), l.encode(ls, l.cfg.WorkerID, wall), ls.rev)
-	cancel()
-	if err != nil {
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+// applyRenew applies the renewal of a held lease.
+func (l *Leases) applyRenew(ls *Lease, r *kvResult) {
+	if r.err != nil {
+		if errors.Is(r.err, jetstream.ErrKeyRevisionMismatch) {
 			l.lose(ls, MoveLostTaken)
-			l.refresh(ctx, ls.Partition)
+			l.applyRead(ls.Partition, r)
 			return
 		}
 		// A timeout may or may not have been applied: keep the old deadline; if the write
 		// landed, the next renewal gets a revision mismatch and the lease is lost.
 		l.kvErrors.Inc()
-		l.logger.Debug("cannot renew lease", "partition", ls.Partition, "err", err)
+		l.logger.Debug("cannot renew lease", "partition", ls.Partition, "err", r.err)
 		return
 	}
-	ls.rev, ls.sent, ls.deadline = rev, sent, deadline
+	wall, deadline := l.expiry(r.sent)
+	ls.rev, ls.sent, ls.deadline = r.rev, r.sent, deadline
 	ls.until.Store(wall.UnixNano())
 	v := &l.parts[ls.Partition]
-	if rev > v.rev {
-		*v = keyView{exists: true, rev: rev, val: leaseValue{Worker: l.cfg.WorkerID, Epoch: ls.Epoch, ExpiresMs: wall.UnixMilli()}, seen: sent}
+	if r.rev > v.rev {
+		*v = keyView{exists: true, rev: r.rev, val: leaseValue{Worker: l.cfg.WorkerID, Epoch: ls.Epoch, ExpiresMs: wall.UnixMilli()}, seen: r.sent}
 	}
 }
 
-// release ends a held lease now and writes the key free, so another worker can claim it at
-// once. The lease's Until is fixed before the write.
-func (l *Leases) release(ctx context.Context, ls *Lease, reason string) {
-	until := time.UnixMilli(time.Now().UnixMilli() + 1) // rounded up to the stored millisecond
-	if u := ls.Until(); until.After(u) {
-		until = u // never later than what others were told
+// releaseAll ends held leases now and writes their keys free, so other workers can claim
+// them at once. Each lease's Until is fixed before its write is sent.
+func (l *Leases) releaseAll(ctx context.Context, lss []*Lease, reason string) {
+	if len(lss) == 0 {
+		return
 	}
-	ls.end(until)
-	delete(l.owned, ls.Partition)
+	untils := make([]time.Time, len(lss))
+	for i, ls := range lss {
+		until := time.UnixMilli(time.Now().UnixMilli() + 1) // rounded up to the stored millisecond
+		if u := ls.Until(); until.After(u) {
+			until = u // never later than what others were told
+		}
+		ls.end(until)
+		delete(l.owned, ls.Partition)
+		untils[i] = until
+	}
 	l.ownedChanged()
-	cctx, cancel := l.opCtx(ctx)
-	rev, err := l.kv.Update(cctx, partKey(ls.Partition), l.encode(ls, "", until), ls.rev)
-	cancel()
-	if err != nil {
-		l.kvErrors.Inc()
-		l.logger.Debug("cannot write a released lease; it expires instead", "partition", ls.Partition, "err", err)
-	} else if v := &l.parts[ls.Partition]; rev > v.rev {
-		*v = keyView{exists: true, rev: rev, val: leaseValue{Epoch: ls.Epoch, ExpiresMs: until.UnixMilli()}, seen: time.Now()}
+	res := make([]kvResult, len(lss))
+	inParallel(len(lss), func(i int) {
+		ls, r := lss[i], &res[i]
+		cctx, cancel := l.opCtx(ctx)
+		r.rev, r.err = l.kv.Update(cctx, partKey(ls.Partition), l.encode(ls.Epoch, "", untils[i]), ls.rev)
+		cancel()
+	})
+	for i, ls := range lss {
+		r := &res[i]
+		if r.err != nil {
+			l.kvErrors.Inc()
+			l.logger.Debug("cannot write a released lease; it expires instead", "partition", ls.Partition, "err", r.err)
+		} else if v := &l.parts[ls.Partition]; r.rev > v.rev {
+			*v = keyView{exists: true, rev: r.rev, val: leaseValue{Epoch: ls.Epoch, ExpiresMs: untils[i].UnixMilli()}, seen: time.Now()}
+		}
+		l.moves[reason].Inc()
+		l.logger.Info("partition released", "partition", ls.Partition, "epoch", ls.Epoch, "reason", reason)
+		l.onRelease(ls)
 	}
-	l.moves[reason].Inc()
-	l.logger.Info("partition released", "partition", ls.Partition, "epoch", ls.Epoch, "reason", reason)
-	l.onRelease(ls)
 }
 
 // lose ends a lease this worker can no longer count on: its Until stays the last Expires
@@ -710,9 +829,7 @@ func (l *Leases) lose(ls *Lease, reason string) {
 // shutdown releases every lease and deletes the heartbeat.
 func (l *Leases) shutdown() {
 	ctx := context.Background()
-	for _, ls := range l.sortedOwned() {
-		l.release(ctx, ls, MoveShutdown)
-	}
+	l.releaseAll(ctx, l.sortedOwned(), MoveShutdown)
 	cctx, cancel := l.opCtx(ctx)
 	defer cancel()
 	if err := l.kv.Delete(cctx, workerKey(l.cfg.WorkerID)); err != nil {

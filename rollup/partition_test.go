@@ -473,3 +473,37 @@ func BenchmarkPartitionedAdd(b *testing.B) {
 		pr.add(pt, bt)
 	}
 }
+
+// TestInParallelBounded checks that inParallel runs every op, at most maxInFlight at once,
+// and returns only after all of them returned.
+func TestInParallelBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 2*maxInFlight + 3
+		var mu sync.Mutex
+		var inFlight, peak int
+		done := make([]bool, n)
+		start := time.Now()
+		inParallel(n, func(i int) {
+			mu.Lock()
+			inFlight++
+			peak = max(peak, inFlight)
+			mu.Unlock()
+			time.Sleep(100 * time.Millisecond) // one replicated write
+			mu.Lock()
+			inFlight--
+			done[i] = true
+			mu.Unlock()
+		})
+		if got, want := time.Since(start), 300*time.Millisecond; got != want {
+			t.Errorf("got %d ops done after %s; want %s (3 rounds of %d)", n, got, want, maxInFlight)
+		}
+		if peak != maxInFlight {
+			t.Errorf("got %d ops in flight at most; want %d", peak, maxInFlight)
+		}
+		for i, d := range done {
+			if !d {
+				t.Errorf("op %d did not run; want every op run before inParallel returns", i)
+			}
+		}
+	})
+}
