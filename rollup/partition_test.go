@@ -11,26 +11,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/herd-dev/herd/internal/checkfor"
 	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/proto"
 )
 
-// checkFor polls f every interval until it returns nil or timeout passes, then fails the
-// test with f's last error.
-func checkFor(t *testing.T, timeout, interval time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
-}
+// checkFor polls f until it returns nil or timeout passes (see internal/checkfor).
+var checkFor = checkfor.Within
 
 // testLease returns a held lease of partition 0 from from, expiring at until.
 func testLease(from, until time.Time) *Lease {
