@@ -54,6 +54,26 @@ func testStack(t *testing.T) (s *stack, stop func() error) {
 	return s, stop
 }
 
+// addWindow adds what a window carries to the totals: instances started and stopped, and the
+// RED series' requests, errors and latency observations.
+func (tot *groupTotals) addWindow(w *proto.Window) {
+	tot.InstancesStarted += uint64(w.InstancesStarted)
+	tot.InstancesStopped += uint64(w.InstancesStopped)
+	for i := range w.Series {
+		s := &w.Series[i]
+		switch s.Name {
+		case proto.SeriesRequests:
+			tot.Requests += uint64(s.Value)
+		case proto.SeriesErrors:
+			tot.Errors += uint64(s.Value)
+		case proto.SeriesLatency:
+			if s.Hist != nil {
+				tot.LatencyCount += s.Hist.Count
+			}
+		}
+	}
+}
+
 // windowSums totals what windows carried per group.
 type windowSums struct {
 	mu      sync.Mutex
@@ -85,21 +105,7 @@ func collectWindows(t *testing.T, url string) *windowSums {
 			tot = &groupTotals{Service: w.Service, Version: w.Version}
 			ws.byGroup[k] = tot
 		}
-		tot.InstancesStarted += uint64(w.InstancesStarted)
-		tot.InstancesStopped += uint64(w.InstancesStopped)
-		for i := range w.Series {
-			s := &w.Series[i]
-			switch s.Name {
-			case proto.SeriesRequests:
-				tot.Requests += uint64(s.Value)
-			case proto.SeriesErrors:
-				tot.Errors += uint64(s.Value)
-			case proto.SeriesLatency:
-				if s.Hist != nil {
-					tot.LatencyCount += s.Hist.Count
-				}
-			}
-		}
+		tot.addWindow(w)
 	})
 	if err != nil {
 		t.Fatal(err)

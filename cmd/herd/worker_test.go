@@ -136,21 +136,7 @@ func logWindows(t *testing.T, url string) *windowLog {
 		}
 		wl.starts[k][w.StartMs]++
 		wl.windows++
-		tot.InstancesStarted += uint64(w.InstancesStarted)
-		tot.InstancesStopped += uint64(w.InstancesStopped)
-		for i := range w.Series {
-			s := &w.Series[i]
-			switch s.Name {
-			case proto.SeriesRequests:
-				tot.Requests += uint64(s.Value)
-			case proto.SeriesErrors:
-				tot.Errors += uint64(s.Value)
-			case proto.SeriesLatency:
-				if s.Hist != nil {
-					tot.LatencyCount += s.Hist.Count
-				}
-			}
-		}
+		tot.addWindow(w)
 	})
 	if err != nil {
 		t.Fatal(err)
