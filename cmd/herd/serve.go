@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"strings"
+
+	"github.com/herd-dev/herd/node"
 )
 
 func serveCommand() command {
@@ -13,33 +15,49 @@ func serveCommand() command {
 		usage: "[--nats URL] [--http host:port] [--roles ingest,detect,web] [flags]",
 		short: "run herd: embedded NATS (or --nats), intake, rollup, detector, delivery and the dashboard",
 		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
-			cfg := defaultStackConfig()
-			cfg.registerFlags(fs)
+			cfg := node.DefaultConfig()
+			cfg.Name = "herd-serve"
+			nodeFlags(fs, &cfg, node.Roles{Ingest: true, Detect: true, Web: true})
 			roles := fs.String("roles", "ingest,detect,web", "roles to run, comma-separated: ingest (intake and rollup; leave it out when `herd rollup` workers do it), detect, web")
 			return func(ctx context.Context) error {
-				rs, err := parseRoles(*roles)
-				if err != nil {
+				var err error
+				if cfg.Roles, err = parseRoles(*roles); err != nil {
 					return err
 				}
-				if err := cfg.validate(); err != nil {
-					return err
-				}
-				s, err := newRoles(cfg, rs, e.logger)
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(e.stdout, "herd serve: NATS %s, HTTP %s (dashboard %s/, metrics %s/metrics)\n", s.NATSURL(), s.HTTPURL(), s.HTTPURL(), s.HTTPURL())
-				err = s.run(ctx)
-				fmt.Fprintln(e.stdout, "herd serve: stopped")
-				return err
+				return runNode(ctx, e, "serve", cfg)
 			}
 		},
 	}
 }
 
+// runNode validates cfg, builds the node, prints where it listens and runs it until ctx ends.
+func runNode(ctx context.Context, e *env, name string, cfg node.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	n, err := node.New(cfg, e.logger)
+	if err != nil {
+		return err
+	}
+	where := "NATS " + n.NATSURL()
+	if u := n.HTTPURL(); u != "" {
+		where += ", HTTP " + u
+		if cfg.Roles.Web {
+			where += fmt.Sprintf(" (dashboard %s/, metrics %s/metrics)", u, u)
+		}
+	}
+	if cfg.Roles.Rollup {
+		where = "worker " + cfg.Leases.WorkerID + " on " + where
+	}
+	fmt.Fprintf(e.stdout, "herd %s: %s\n", name, where)
+	err = n.Run(ctx)
+	fmt.Fprintf(e.stdout, "herd %s: stopped\n", name)
+	return err
+}
+
 // parseRoles parses the -roles flag.
-func parseRoles(v string) (roleSet, error) {
-	var rs roleSet
+func parseRoles(v string) (node.Roles, error) {
+	var rs node.Roles
 	for _, r := range strings.Split(v, ",") {
 		switch strings.TrimSpace(r) {
 		case "ingest":
@@ -53,7 +71,7 @@ func parseRoles(v string) (roleSet, error) {
 			return rs, fmt.Errorf("%w: -roles: unknown role %q (want ingest, detect, web)", errUsage, r)
 		}
 	}
-	if rs == (roleSet{}) {
+	if rs == (node.Roles{}) {
 		return rs, fmt.Errorf("%w: -roles names no role", errUsage)
 	}
 	return rs, nil

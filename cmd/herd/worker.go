@@ -71,31 +71,6 @@ func (c *workerConfig) validate() error {
 	return nil
 }
 
-func rollupCommand() command {
-	return command{
-		name:  "rollup",
-		usage: "--nats URL[,URL...] [--worker.id ID] [--http host:port] [flags]",
-		short: "run a partitioned rollup worker: own partitions by lease, merge them, publish windows",
-		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
-			var cfg workerConfig
-			cfg.registerFlags(fs)
-			return func(ctx context.Context) error {
-				if err := cfg.validate(); err != nil {
-					return err
-				}
-				w, err := newWorker(cfg, e.logger)
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(e.stdout, "herd rollup: worker %s on NATS %s\n", cfg.Leases.WorkerID, redactURLs(cfg.NATSURL))
-				err = w.run(ctx)
-				fmt.Fprintln(e.stdout, "herd rollup: stopped")
-				return err
-			}
-		},
-	}
-}
-
 // worker is a partitioned rollup worker: Leases decide which partitions it owns; for each,
 // an intake subscribed to herd.p.<n>.> feeds that partition's rollup, and closed windows are
 // published on herd.rollup.<service>.<version>.

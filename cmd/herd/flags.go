@@ -1,0 +1,70 @@
+package main
+
+import (
+	"flag"
+
+	"github.com/herd-dev/herd/node"
+)
+
+// defaultNATSURL is where every client command looks for NATS unless told otherwise: the
+// client listener of a local `herd serve`.
+const defaultNATSURL = "nats://127.0.0.1:4222"
+
+// natsFlag registers --nats, the NATS servers a command connects to. It is the one
+// definition every command shares; serve's default is empty (start an embedded server).
+func natsFlag(fs *flag.FlagSet, dst *string, def string) {
+	usage := "NATS server `URL`s, comma-separated (a cluster's nodes)"
+	if def == "" {
+		usage = "external NATS server `URL`s, comma-separated; empty starts an embedded nats-server"
+	}
+	fs.StringVar(dst, "nats", def, usage)
+}
+
+// httpFlag registers --http, the listener of a node's HTTP endpoints.
+func httpFlag(fs *flag.FlagSet, dst *string, what string) {
+	fs.StringVar(dst, "http", *dst, "HTTP listener (`host:port`, port 0 picks a free one): "+what)
+}
+
+// nodeFlags registers the flags of a node running roles r on fs, writing into cfg: each
+// shared flag from one definition, each component's flags from its own RegisterFlags.
+func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles) {
+	embedded := r.Ingest // serve (and demo) start an embedded NATS unless told otherwise
+	if embedded {
+		cfg.NATSURL = ""
+		natsFlag(fs, &cfg.NATSURL, "")
+		fs.StringVar(&cfg.NATSListen, "nats.listen", cfg.NATSListen, "client listener of the embedded nats-server (`host:port`, port 0 picks a free one)")
+	} else {
+		natsFlag(fs, &cfg.NATSURL, defaultNATSURL)
+	}
+	switch {
+	case r.Rollup:
+		cfg.HTTPListen = ""
+		httpFlag(fs, &cfg.HTTPListen, "/metrics, /livez and /readyz (empty: none)")
+	case r.Web:
+		httpFlag(fs, &cfg.HTTPListen, "the dashboard, the API, /metrics, /livez and /readyz")
+	default:
+		httpFlag(fs, &cfg.HTTPListen, "the decisions API, /metrics, /livez and /readyz")
+	}
+	if r.Detect || r.Web || embedded {
+		fs.StringVar(&cfg.DataDir, "data", cfg.DataDir, "`directory` of the embedded nats-server's JetStream store, and of decisions when NATS has no JetStream")
+		fs.DurationVar(&cfg.Retention, "retention", cfg.Retention, "how long closed windows, verdicts and deployments are kept in JetStream for restarts (`duration`)")
+		fs.IntVar(&cfg.Replicas, "js.replicas", cfg.Replicas, "JetStream replicas of herd's history stream (`count`; 3 on a 3-node cluster)")
+	}
+	if r.Ingest || r.Rollup {
+		cfg.Rollup.RegisterFlags(fs)
+	}
+	if r.Ingest {
+		cfg.Intake.RegisterFlags(fs)
+	}
+	if r.Rollup {
+		fs.DurationVar(&cfg.DrainTimeout, "intake.drain-timeout", cfg.DrainTimeout, "how long a partition's intake drains when the partition moves or the worker stops (`duration`)")
+		cfg.Leases.RegisterFlags(fs)
+	}
+	if r.Detect {
+		cfg.Detect.RegisterFlags(fs)
+		cfg.Deliver.RegisterFlags(fs)
+	}
+	if r.Web {
+		cfg.Web.RegisterFlags(fs)
+	}
+}

@@ -1,0 +1,137 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/nats-io/nats.go"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+// Kinds of message on the bus (label kind of the herd_bus_* families).
+const (
+	KindWindow     = "window"
+	KindVerdict    = "verdict"
+	KindDeployment = "deployment"
+)
+
+var kinds = []string{KindWindow, KindVerdict, KindDeployment}
+
+// Reasons of herd_bus_publish_errors_total.
+const (
+	ReasonSubject = "subject" // the service or version cannot be a subject token
+	ReasonEncode  = "encode"  // the message cannot be encoded (e.g. a non-finite value)
+	ReasonPublish = "publish" // the NATS client refused it (closed, reconnect buffer full, too large)
+)
+
+// Publisher publishes herd's outputs. Every failure is counted in
+// herd_bus_publish_errors_total{kind,reason} and logged at most once a second; successes in
+// herd_bus_published_total{kind}. It is safe for concurrent use.
+type Publisher struct {
+	nc     *nats.Conn
+	logger *slog.Logger
+
+	published map[string]*metrics.Counter
+	errs      map[[2]string]*metrics.Counter
+
+	mu      sync.Mutex // guards lastLog
+	lastLog time.Time
+}
+
+// NewPublisher returns a Publisher on nc whose counters are registered in set.
+func NewPublisher(nc *nats.Conn, set *metrics.Set, logger *slog.Logger) *Publisher {
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	p := &Publisher{nc: nc, logger: logger, published: map[string]*metrics.Counter{}, errs: map[[2]string]*metrics.Counter{}}
+	for _, k := range kinds {
+		p.published[k] = set.GetOrCreateCounter(`herd_bus_published_total{kind="` + k + `"}`)
+		for _, r := range []string{ReasonSubject, ReasonEncode, ReasonPublish} {
+			p.errs[[2]string{k, r}] = set.GetOrCreateCounter(`herd_bus_publish_errors_total{kind="` + k + `",reason="` + r + `"}`)
+		}
+	}
+	return p
+}
+
+// fail counts and (rate-limited) logs a failed publication and returns err.
+func (p *Publisher) fail(kind, reason, what string, err error) error {
+	p.errs[[2]string{kind, reason}].Inc()
+	p.mu.Lock()
+	log := time.Since(p.lastLog) > time.Second
+	if log {
+		p.lastLog = time.Now()
+	}
+	p.mu.Unlock()
+	if log {
+		p.logger.Warn("cannot publish", "kind", kind, "reason", reason, "what", what, "err", err)
+	}
+	return fmt.Errorf("cannot publish %s %s: %w", kind, what, err)
+}
+
+// Window publishes a closed window on herd.rollup.<service>.<version>.
+func (p *Publisher) Window(w *proto.Window) error {
+	what := w.Service + "/" + w.Version
+	subj, err := proto.RollupSubject(w.Service, w.Version)
+	if err != nil {
+		return p.fail(KindWindow, ReasonSubject, what, err)
+	}
+	data, err := proto.MarshalWindow(w)
+	if err != nil {
+		return p.fail(KindWindow, ReasonEncode, what, err)
+	}
+	if err := p.nc.Publish(subj, data); err != nil {
+		return p.fail(KindWindow, ReasonPublish, what, err)
+	}
+	p.published[KindWindow].Inc()
+	return nil
+}
+
+// Verdict publishes a verdict change on herd.verdict.<service>.
+func (p *Publisher) Verdict(v *proto.Verdict) error {
+	subj, err := proto.VerdictSubject(v.Service)
+	if err != nil {
+		return p.fail(KindVerdict, ReasonSubject, v.Service, err)
+	}
+	data, err := proto.MarshalVerdict(v)
+	if err != nil {
+		return p.fail(KindVerdict, ReasonEncode, v.Service, err)
+	}
+	if err := p.nc.Publish(subj, data); err != nil {
+		return p.fail(KindVerdict, ReasonPublish, v.Service, err)
+	}
+	p.published[KindVerdict].Inc()
+	return nil
+}
+
+// Deployment validates d and publishes it on herd.deploy.<service>, stamped with the current
+// time if it has none, and flushes so that it reached the server when Deployment returns.
+// An invalid deployment is returned as an error and not counted: it is the caller's input.
+func (p *Publisher) Deployment(d proto.Deployment) error {
+	if err := d.Validate(); err != nil {
+		return err
+	}
+	if d.UnixMs == 0 {
+		d.UnixMs = time.Now().UnixMilli()
+	}
+	subj, err := proto.DeploySubject(d.Service)
+	if err != nil {
+		return p.fail(KindDeployment, ReasonSubject, d.Service, err)
+	}
+	data, err := proto.MarshalDeployment(&d)
+	if err != nil {
+		return p.fail(KindDeployment, ReasonEncode, d.Service, err)
+	}
+	if err := p.nc.Publish(subj, data); err != nil {
+		return p.fail(KindDeployment, ReasonPublish, d.Service, err)
+	}
+	if err := p.nc.Flush(); err != nil && !errors.Is(err, nats.ErrConnectionReconnecting) {
+		return p.fail(KindDeployment, ReasonPublish, d.Service, err)
+	}
+	p.published[KindDeployment].Inc()
+	return nil
+}

@@ -1,0 +1,211 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/herd-dev/herd/alert"
+	"github.com/herd-dev/herd/alert/deliver"
+	"github.com/herd-dev/herd/ingest"
+	"github.com/herd-dev/herd/rollup"
+	"github.com/herd-dev/herd/web"
+)
+
+// Roles selects what a node runs.
+type Roles struct {
+	// Ingest runs the intake and one rollup over every partition: agent batches in, closed
+	// windows out (`herd serve`).
+	Ingest bool
+	// Rollup runs a partitioned rollup worker: leases decide which partitions it merges
+	// (`herd rollup`). It excludes Ingest.
+	Rollup bool
+	// Detect runs the detector and rollback delivery.
+	Detect bool
+	// Web runs the dashboard, the JSON API and the websocket stream.
+	Web bool
+}
+
+// Config configures a node. Start from DefaultConfig; tests build literals from it.
+type Config struct {
+	Roles Roles
+	// Name is the NATS client name (default "herd").
+	Name string
+	// NATSURL lists external NATS servers, comma-separated; empty starts an embedded
+	// nats-server listening on NATSListen with its JetStream store under DataDir.
+	NATSURL    string
+	NATSListen string
+	// DataDir holds the embedded server's JetStream store, and the decisions when the NATS
+	// server has no JetStream.
+	DataDir string
+	// HTTPListen is host:port of the HTTP listener (port 0: a free one); empty serves no HTTP.
+	HTTPListen string
+	// Retention is the age bound of the history stream of windows, verdicts and deployments.
+	Retention time.Duration
+	// Replicas is the JetStream replica count of the history stream.
+	Replicas int
+	// DrainTimeout bounds how long a partition's intake drains when the partition moves or
+	// the worker stops (Roles.Rollup).
+	DrainTimeout time.Duration
+
+	Rollup  rollup.Config
+	Intake  ingest.IntakeConfig
+	Leases  rollup.LeaseConfig
+	Detect  alert.Config
+	Deliver deliver.Config
+	Web     web.Config
+}
+
+// DefaultConfig returns every default, with all of serve's roles.
+func DefaultConfig() Config {
+	return Config{
+		Roles:      Roles{Ingest: true, Detect: true, Web: true},
+		Name:       "herd",
+		NATSListen: "127.0.0.1:4222", DataDir: "herd-data", HTTPListen: "127.0.0.1:8080",
+		Retention: time.Hour, Replicas: 1, DrainTimeout: time.Second,
+		Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig(), Leases: rollup.DefaultLeaseConfig(),
+		Detect: alert.DefaultConfig(), Deliver: deliver.Config{Timeout: 2 * time.Second, MaxRetry: time.Hour},
+		Web: web.DefaultConfig(),
+	}
+}
+
+// Validate checks c, naming the offending flag, and derives what one file configures for
+// several components: the deploy-tool targets in the policy file's "targets" section (when no
+// separate targets file is given) and the series the policy's selectors read, which the
+// rollup must split into warm and young instances.
+func (c *Config) Validate() error {
+	r := c.Roles
+	if r == (Roles{}) {
+		return fmt.Errorf("no role to run")
+	}
+	if r.Ingest && r.Rollup {
+		return fmt.Errorf("the ingest role and a partitioned rollup worker exclude each other")
+	}
+	if r.Rollup && c.NATSURL == "" {
+		return fmt.Errorf("-nats is required")
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		return fmt.Errorf("-js.replicas %d must be between 1 and 5", c.Replicas)
+	}
+	if c.Retention < time.Minute {
+		return fmt.Errorf("-retention %s must be at least 1m", c.Retention)
+	}
+	if c.DrainTimeout < 0 {
+		return fmt.Errorf("-intake.drain-timeout %s must be ≥ 0", c.DrainTimeout)
+	}
+	if c.NATSURL == "" {
+		if err := checkHostPort(c.NATSListen); err != nil {
+			return fmt.Errorf("-nats.listen: %w", err)
+		}
+	}
+	if c.HTTPListen != "" {
+		if err := checkHostPort(c.HTTPListen); err != nil {
+			return fmt.Errorf("-http: %w", err)
+		}
+	}
+	if r.Ingest || r.Rollup {
+		if err := c.Rollup.Validate(); err != nil {
+			return err
+		}
+	}
+	if r.Ingest {
+		if err := c.Intake.Validate(); err != nil {
+			return err
+		}
+	}
+	if r.Rollup {
+		if c.Leases.WorkerID == "" {
+			c.Leases.WorkerID = rollup.DefaultWorkerID()
+		}
+		if err := c.Leases.Validate(); err != nil {
+			return err
+		}
+	}
+	if r.Detect {
+		if err := c.Detect.Validate(); err != nil {
+			return err
+		}
+		if err := c.targetsFromPolicy(); err != nil {
+			return err
+		}
+		if err := c.Deliver.Validate(); err != nil {
+			return err
+		}
+	}
+	if (r.Ingest || r.Rollup) && c.Detect.PolicyFile != "" {
+		if err := c.splitFromPolicy(); err != nil {
+			return err
+		}
+	}
+	if r.Web {
+		if err := c.Web.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// targetsFromPolicy reads the deploy-tool targets from the "targets" section of the policy
+// file when no separate -deliver.targets file is given, so one file configures a service's
+// detection and its rollback targets.
+func (c *Config) targetsFromPolicy() error {
+	if c.Detect.PolicyFile == "" || c.Deliver.TargetsFile != "" {
+		return nil
+	}
+	data, err := os.ReadFile(c.Detect.PolicyFile)
+	if err != nil {
+		return fmt.Errorf("-detect.policy: cannot read: %w", err)
+	}
+	var p struct {
+		Targets json.RawMessage `json:"targets"`
+	}
+	if err := json.Unmarshal(data, &p); err != nil || len(p.Targets) == 0 {
+		return nil // the detector reports a malformed policy file with its own words
+	}
+	dec := json.NewDecoder(bytes.NewReader(p.Targets))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c.Deliver.Targets); err != nil {
+		return fmt.Errorf("-detect.policy %s: bad targets: %w", c.Detect.PolicyFile, err)
+	}
+	return nil
+}
+
+// splitFromPolicy adds the series the policy's selectors read to -rollup.split-series, so
+// per-instance warm-up and the shadow check apply to services with their own series names.
+func (c *Config) splitFromPolicy() error {
+	if strings.TrimSpace(c.Rollup.SplitSeries) == "*" {
+		return nil
+	}
+	pol, err := alert.LoadPolicy(c.Detect.PolicyFile, &c.Detect)
+	if err != nil {
+		return fmt.Errorf("-detect.policy: %w", err)
+	}
+	have := map[string]bool{}
+	for _, n := range strings.Split(c.Rollup.SplitSeries, ",") {
+		have[strings.TrimSpace(n)] = true
+	}
+	for _, n := range pol.SeriesNames() {
+		if !have[n] {
+			c.Rollup.SplitSeries += "," + n
+			have[n] = true
+		}
+	}
+	return nil
+}
+
+// checkHostPort checks a host:port listen address (port 0 picks a free port).
+func checkHostPort(hp string) error {
+	_, p, err := net.SplitHostPort(hp)
+	if err != nil {
+		return fmt.Errorf("cannot parse %q as host:port: %w", hp, err)
+	}
+	if port, err := strconv.Atoi(p); err != nil || port < 0 || port > 65535 {
+		return fmt.Errorf("bad port in %q", hp)
+	}
+	return nil
+}

@@ -1,0 +1,173 @@
+package node
+
+import (
+	"context"
+	"time"
+
+	"github.com/herd-dev/herd/internal/bus"
+	"github.com/herd-dev/herd/proto"
+)
+
+// OnWindow adds an in-process consumer of closed windows (local or from NATS). It is called
+// on the rollup's or the subscription's goroutine and must not block. Add before Run.
+func (n *Node) OnWindow(f func(*proto.Window)) {
+	n.subsMu.Lock()
+	defer n.subsMu.Unlock()
+	n.onWindowSubs = append(n.onWindowSubs, f)
+}
+
+// OnVerdict adds an in-process consumer of verdict changes, called in order. Add before Run.
+func (n *Node) OnVerdict(f func(proto.Verdict)) {
+	n.subsMu.Lock()
+	defer n.subsMu.Unlock()
+	n.onVerdictSubs = append(n.onVerdictSubs, f)
+}
+
+// OnDeployment adds an in-process consumer of accepted deployment announcements. Add before
+// Run.
+func (n *Node) OnDeployment(f func(proto.Deployment)) {
+	n.subsMu.Lock()
+	defer n.subsMu.Unlock()
+	n.onDeploySubs = append(n.onDeploySubs, f)
+}
+
+func (n *Node) windowSubs() []func(*proto.Window) {
+	n.subsMu.Lock()
+	defer n.subsMu.Unlock()
+	return n.onWindowSubs
+}
+
+func (n *Node) verdictSubs() []func(proto.Verdict) {
+	n.subsMu.Lock()
+	defer n.subsMu.Unlock()
+	return n.onVerdictSubs
+}
+
+func (n *Node) deploySubs() []func(proto.Deployment) {
+	n.subsMu.Lock()
+	defer n.subsMu.Unlock()
+	return n.onDeploySubs
+}
+
+// Announce publishes a deployment on herd.deploy.<service>; every detector (this node's
+// included) receives it from there.
+func (n *Node) Announce(d proto.Deployment) error { return n.pub.Deployment(d) }
+
+// emit is the local rollup's output: publish the closed window and hand it to the local
+// consumers. A window that cannot be published is counted and logged by the publisher and
+// still reaches the local consumers.
+func (n *Node) emit(w *proto.Window) {
+	_ = n.pub.Window(w)
+	n.windowIn(w)
+}
+
+// windowIn hands a closed window to the local detector, dashboard and consumers.
+func (n *Node) windowIn(w *proto.Window) {
+	if n.det != nil {
+		n.det.AddWindow(w)
+	}
+	if n.web != nil {
+		n.web.AddWindow(w)
+	}
+	for _, f := range n.windowSubs() {
+		f(w)
+	}
+}
+
+// decided is the local detector's output, called in order: publish the verdict, hand final
+// ones to delivery, tell the local consumers.
+func (n *Node) decided(v proto.Verdict) {
+	final := v.State == proto.StateRollback || v.State == proto.StatePass
+	if n.replaying.Load() {
+		// Re-derived from replayed windows: the decision id is the one already taken, so
+		// delivery does not send it again; the stream already holds the verdict itself.
+		if final {
+			if err := n.dl.Decide(v); err != nil {
+				n.replayErrs["decide"].Inc()
+				n.logger.Warn("cannot hand a replayed decision to delivery", "decision_id", v.DecisionID, "err", err)
+			}
+		}
+		return
+	}
+	_ = n.pub.Verdict(&v)
+	if final {
+		if err := n.dl.Decide(v); err != nil {
+			n.logger.Warn("cannot hand the decision to delivery", "decision_id", v.DecisionID, "err", err)
+		}
+	}
+	n.verdictIn(v)
+}
+
+// verdictIn hands a verdict change to the local dashboard and consumers.
+func (n *Node) verdictIn(v proto.Verdict) {
+	if n.web != nil {
+		n.web.SetVerdict(v)
+	}
+	for _, f := range n.verdictSubs() {
+		f(v)
+	}
+}
+
+// deploymentIn takes an announcement from herd.deploy.>: the local detector starts the
+// comparison (or refuses it, counted), then the dashboard and consumers hear of it.
+func (n *Node) deploymentIn(d proto.Deployment) {
+	if n.det != nil {
+		if err := n.det.Announce(d); err != nil {
+			n.deployRefused.Inc()
+			n.logger.Warn("deployment refused", "service", d.Service, "err", err)
+			return
+		}
+	}
+	n.logger.Info("deployment", "service", d.Service, "baseline", d.Baseline, "canary", d.Canary)
+	if n.web != nil {
+		n.web.AddDeployment(d)
+	}
+	for _, f := range n.deploySubs() {
+		f(d)
+	}
+}
+
+// replay rebuilds the detector's and the dashboard's state from the history stream: windows
+// and deployments go to the detector, all three to the dashboard.
+func (n *Node) replay(ctx context.Context) {
+	if n.history == nil || (n.det == nil && n.web == nil) {
+		return
+	}
+	start := time.Now()
+	n.replaying.Store(true)
+	defer n.replaying.Store(false)
+	h := bus.Handlers{
+		Window: func(w *proto.Window) {
+			if n.det != nil {
+				n.det.AddWindow(w)
+			}
+			if n.web != nil {
+				_ = n.web.Restore(ctx, w, nil, nil)
+			}
+		},
+		Verdict: func(v proto.Verdict) {
+			if n.web != nil {
+				_ = n.web.Restore(ctx, nil, &v, nil)
+			}
+		},
+		Deployment: func(d proto.Deployment) {
+			if n.det != nil {
+				if err := n.det.Announce(d); err != nil {
+					n.replayErrs["announce"].Inc()
+					n.logger.Warn("cannot replay a deployment", "service", d.Service, "canary", d.Canary, "err", err)
+				}
+			}
+			if n.web != nil {
+				_ = n.web.Restore(ctx, nil, nil, &d)
+			}
+		},
+	}
+	// The replay's own decoder: its messages are counted by the history, not as received.
+	num, bad, err := n.history.Replay(ctx, bus.NewDecoder(h, nil))
+	if err != nil {
+		n.logger.Warn("history replay incomplete", "replayed", num, "err", err)
+	}
+	if num > 0 {
+		n.logger.Info("history replayed", "messages", num, "undecodable", bad, "took", time.Since(start).Round(time.Millisecond))
+	}
+}

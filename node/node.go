@@ -1,0 +1,250 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/herd-dev/herd/alert"
+	"github.com/herd-dev/herd/alert/deliver"
+	"github.com/herd-dev/herd/ingest"
+	"github.com/herd-dev/herd/internal/bus"
+	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/jsretry"
+	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/rollup"
+	"github.com/herd-dev/herd/web"
+)
+
+// Node runs a set of herd's roles in one process. New builds it and opens its listeners; Run
+// runs it until its context ends.
+type Node struct {
+	cfg    Config
+	logger *slog.Logger
+	// metrics holds every family the node exports on /metrics; each component registers
+	// into it once.
+	metrics *metrics.Set
+
+	ns      *server.Server // nil with an external NATS
+	nc      *nats.Conn     // every subscription and publication
+	js      jetstream.JetStream
+	pub     *bus.Publisher
+	dec     *bus.Decoder
+	history *bus.History // nil without JetStream or without a role that replays
+
+	intake *ingest.Intake // the ingest role, with roll
+	roll   *rollup.Rollup
+	worker *worker // the partitioned rollup role
+
+	det *alert.Detector // the detect role, with dl
+	dl  *deliver.Deliverer
+	web *web.Server // the web role
+
+	httpLn  net.Listener // nil without HTTP
+	httpSrv *http.Server
+	ready   atomic.Bool
+	// replaying is set while the history is replayed: verdicts the detector re-derives are
+	// then not published again.
+	replaying atomic.Bool
+
+	deployRefused *metrics.Counter
+	replayErrs    map[string]*metrics.Counter
+
+	subsMu        sync.Mutex // Guards the consumer lists below; consumers are added before Run.
+	onWindowSubs  []func(*proto.Window)
+	onVerdictSubs []func(proto.Verdict)
+	onDeploySubs  []func(proto.Deployment)
+}
+
+// New starts the embedded NATS server (if any), connects, builds the roles and opens the
+// HTTP listener, so that the caller can print real addresses. Nothing flows until Run. cfg
+// must have passed Validate.
+func New(cfg Config, logger *slog.Logger) (_ *Node, err error) {
+	if cfg.Name == "" {
+		cfg.Name = "herd"
+	}
+	n := &Node{cfg: cfg, logger: logger, metrics: metrics.NewSet()}
+	n.deployRefused = n.metrics.NewCounter(`herd_node_deployments_refused_total`)
+	n.replayErrs = map[string]*metrics.Counter{
+		"decide":   n.metrics.NewCounter(`herd_node_replay_errors_total{kind="decide"}`),
+		"announce": n.metrics.NewCounter(`herd_node_replay_errors_total{kind="announce"}`),
+	}
+	defer func() {
+		if err != nil {
+			n.closeNATS()
+		}
+	}()
+	if err := n.connect(); err != nil {
+		return nil, err
+	}
+	r := cfg.Roles
+	if r.Ingest {
+		if err := n.newIngest(); err != nil {
+			return nil, err
+		}
+	}
+	if r.Rollup {
+		if n.worker, err = newWorker(n); err != nil {
+			return nil, err
+		}
+	}
+	if r.Detect {
+		if err := n.newDetect(); err != nil {
+			return nil, err
+		}
+	}
+	if r.Web {
+		if n.web, err = web.New(cfg.Web, logger.With("component", "web")); err != nil {
+			return nil, fmt.Errorf("cannot create the dashboard: %w", err)
+		}
+	}
+	n.dec = bus.NewDecoder(bus.Handlers{Window: n.windowIn, Verdict: n.verdictIn, Deployment: n.deploymentIn}, n.metrics)
+	if err := n.newHTTP(); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// connect starts the embedded server when no external one is configured, connects, and
+// ensures the history stream for the roles that replay it.
+func (n *Node) connect() error {
+	cfg := n.cfg
+	url := cfg.NATSURL
+	if url == "" {
+		host, port, _ := net.SplitHostPort(cfg.NATSListen)
+		p := -1
+		if port != "0" {
+			fmt.Sscan(port, &p)
+		}
+		ns, err := embednats.Start(embednats.Config{Host: host, Port: p, JetStream: true, StoreDir: cfg.DataDir})
+		if err != nil {
+			return err
+		}
+		n.ns = ns
+		url = ns.ClientURL()
+		// The embedded server routes agent batches to partition subjects like a cluster
+		// does, so `herd rollup` workers can share the work; the local intake takes every
+		// partition.
+		if err := embednats.ApplyMapping(ns); err != nil {
+			return err
+		}
+		if n.cfg.Intake.Subject == proto.SubjectInAll && n.cfg.Intake.Prefix == proto.PrefixIn {
+			n.cfg.Intake.Subject, n.cfg.Intake.Prefix = embednats.PartitionPrefix+">", embednats.PartitionPrefix+"*."
+		}
+	}
+	nc, err := bus.Connect(url, cfg.Name, n.metrics, n.logger)
+	if err != nil {
+		return err
+	}
+	n.nc = nc
+	n.pub = bus.NewPublisher(nc, n.metrics, n.logger)
+	if n.js, err = jetstream.New(nc); err != nil {
+		return fmt.Errorf("cannot use JetStream: %w", err)
+	}
+	if cfg.Roles.Detect || cfg.Roles.Web {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		n.history, err = bus.EnsureHistory(ctx, n.js, bus.HistoryConfig{MaxAge: cfg.Retention, Replicas: cfg.Replicas}, n.metrics)
+		if err != nil {
+			n.logger.Warn("no history stream: a restart starts without windows and verdicts", "err", err)
+		}
+	}
+	return nil
+}
+
+func (n *Node) newIngest() (err error) {
+	if n.roll, err = rollup.New(n.cfg.Rollup, n.emit, n.logger.With("component", "rollup")); err != nil {
+		return fmt.Errorf("cannot create rollup: %w", err)
+	}
+	if n.intake, err = ingest.NewIntake(n.cfg.Intake, n.nc, n.roll.Add, n.logger.With("component", "intake")); err != nil {
+		return fmt.Errorf("cannot create intake: %w", err)
+	}
+	return nil
+}
+
+func (n *Node) newDetect() (err error) {
+	if n.det, err = alert.New(n.cfg.Detect, n.decided, n.logger.With("component", "detect")); err != nil {
+		return fmt.Errorf("cannot create detector: %w", err)
+	}
+	store, err := n.openStore()
+	if err != nil {
+		return err
+	}
+	if n.dl, err = deliver.New(n.cfg.Deliver, store, n.logger.With("component", "deliver")); err != nil {
+		return fmt.Errorf("cannot create delivery: %w", err)
+	}
+	return nil
+}
+
+// openStore opens the decision store: JetStream KV in the NATS herd uses, or, when that
+// NATS has no JetStream, a file store under the data directory.
+func (n *Node) openStore() (deliver.Store, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var kv *deliver.KVStore
+	err := jsretry.Do(ctx, 200*time.Millisecond, func(ctx context.Context) error {
+		var err error
+		kv, err = deliver.OpenKVStore(ctx, n.js, 7*24*time.Hour)
+		return err
+	})
+	if err == nil {
+		return kv, nil
+	}
+	n.logger.Warn("no JetStream for decisions; keeping them in a file", "dir", n.cfg.DataDir, "err", err)
+	st, err := deliver.NewFileStore(filepath.Join(n.cfg.DataDir, "decisions"))
+	if err != nil {
+		return nil, fmt.Errorf("cannot open the decision store: %w", err)
+	}
+	return st, nil
+}
+
+// NATSURL is the client URL of the NATS server the node uses (credentials redacted).
+func (n *Node) NATSURL() string {
+	if n.ns != nil {
+		return n.ns.ClientURL()
+	}
+	return bus.RedactURLs(n.cfg.NATSURL)
+}
+
+// HTTPURL is the base URL of the HTTP listener, or "" without one.
+func (n *Node) HTTPURL() string {
+	if n.httpLn == nil {
+		return ""
+	}
+	return "http://" + n.httpLn.Addr().String()
+}
+
+// Metrics returns the set every family of the node is registered in.
+func (n *Node) Metrics() *metrics.Set { return n.metrics }
+
+// Delivery returns the rollback delivery, or nil without the detect role.
+func (n *Node) Delivery() *deliver.Deliverer { return n.dl }
+
+// Detector returns the detector, or nil without the detect role.
+func (n *Node) Detector() *alert.Detector { return n.det }
+
+// Rollup returns the rollup of the ingest role, or nil.
+func (n *Node) Rollup() *rollup.Rollup { return n.roll }
+
+// Intake returns the intake of the ingest role, or nil.
+func (n *Node) Intake() *ingest.Intake { return n.intake }
+
+func (n *Node) closeNATS() {
+	if n.nc != nil && !n.nc.IsClosed() {
+		n.nc.Close()
+	}
+	if n.ns != nil {
+		embednats.Shutdown(n.ns)
+	}
+}
