@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
-
 )
 
 // newHTTP opens the HTTP listener and builds its routes: /metrics, /livez and /readyz on
@@ -72,4 +71,3 @@ func (n *Node) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	}
 	metrics.WriteProcessMetrics(w)
 }
-

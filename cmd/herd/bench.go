@@ -25,7 +25,11 @@ func benchCommand() command {
 		short: "run reproducible end-to-end benchmarks",
 		raw: func(ctx context.Context, e *env, args []string) error {
 			if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-				fmt.Fprintln(e.stderr, "usage: herd bench ingest [--instances N] [--duration D] [--rps R]\n"+
+				w := e.stdout // help asked for goes to stdout, a missing argument to stderr
+				if len(args) == 0 {
+					w = e.stderr
+				}
+				fmt.Fprintln(w, "usage: herd bench ingest [--instances N] [--duration D] [--rps R]\n"+
 					"       herd bench detect [flags]\n\nRun 'herd bench <what> --help' for its flags.")
 				if len(args) == 0 {
 					return errUsage

@@ -60,50 +60,64 @@ func commands() []command {
 var errUsage = errors.New("usage")
 
 // run runs herd with the arguments after the program name and returns the exit status.
+// Help asked for goes to stdout (exit 0); usage errors go to stderr (exit 2).
 func run(ctx context.Context, args []string, e *env) int {
 	if e.logger == nil {
 		e.logger = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		topUsage(e.stderr)
-		if len(args) == 0 {
-			return 2
-		}
+		return 2
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		topUsage(e.stdout)
+		return 0
+	case "-version", "--version":
+		fmt.Fprintln(e.stdout, "herd", version)
 		return 0
 	}
 	for _, c := range commands() {
-		if c.name != args[0] {
-			continue
+		if c.name == args[0] {
+			return runCommand(ctx, c, args[1:], e)
 		}
-		if c.raw != nil {
-			return exitStatus(c.name, c.raw(ctx, e, args[1:]), e)
-		}
-		fs := flag.NewFlagSet("herd "+c.name, flag.ContinueOnError)
-		fs.SetOutput(e.stderr)
-		runFn := c.flags(fs, e)
-		fs.Usage = func() {
-			fmt.Fprintf(e.stderr, "usage: herd %s %s\n\n%s.\n\nFlags (each falls back to the environment variable shown):\n", c.name, c.usage, capitalize(c.short))
-			printFlags(e.stderr, fs)
-		}
-		if err := fs.Parse(args[1:]); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return 0
-			}
-			return 2
-		}
-		if err := applyEnv(fs, e.getenv); err != nil {
-			fmt.Fprintf(e.stderr, "herd %s: %v\n", c.name, err)
-			return 2
-		}
-		if fs.NArg() > 0 {
-			fmt.Fprintf(e.stderr, "herd %s: unexpected arguments %q\n", c.name, fs.Args())
-			return 2
-		}
-		return exitStatus(c.name, runFn(ctx), e)
 	}
 	fmt.Fprintf(e.stderr, "herd: unknown command %q\n\n", args[0])
 	topUsage(e.stderr)
 	return 2
+}
+
+// runCommand parses a command's flags (then the environment for the flags not given) and
+// runs it.
+func runCommand(ctx context.Context, c command, args []string, e *env) int {
+	if c.raw != nil {
+		return exitStatus(c.name, c.raw(ctx, e, args), e)
+	}
+	fs := flag.NewFlagSet("herd "+c.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors and usage are printed below, once
+	runFn := c.flags(fs, e)
+	usage := func(w io.Writer) {
+		fmt.Fprintf(w, "usage: herd %s %s\n\n%s.\n\nFlags (each falls back to the environment variable shown):\n", c.name, c.usage, capitalize(c.short))
+		printFlags(w, fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(e.stdout)
+			return 0
+		}
+		fmt.Fprintf(e.stderr, "herd %s: %v\n\n", c.name, err)
+		usage(e.stderr)
+		return 2
+	}
+	if err := applyEnv(fs, e.getenv); err != nil {
+		fmt.Fprintf(e.stderr, "herd %s: %v\n", c.name, err)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "herd %s: unexpected arguments %q\n", c.name, fs.Args())
+		return 2
+	}
+	return exitStatus(c.name, runFn(ctx), e)
 }
 
 // exitStatus reports err and maps it to an exit status: 0 ok, 2 usage, 1 anything else.
@@ -126,7 +140,7 @@ func topUsage(w io.Writer) {
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.short)
 	}
-	fmt.Fprintln(w, "\nRun 'herd <command> --help' for a command's flags.")
+	fmt.Fprintln(w, "\nRun 'herd <command> --help' for a command's flags, 'herd --version' for the version.")
 }
 
 func capitalize(s string) string {

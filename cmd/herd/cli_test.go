@@ -21,11 +21,17 @@ func TestVersionAndHelp(t *testing.T) {
 	if code, out, _ := runHerd(t, nil, "version"); code != 0 || !strings.HasPrefix(out, "herd ") {
 		t.Errorf("herd version: got %d %q; want 0 and \"herd …\"", code, out)
 	}
+	if code, out, _ := runHerd(t, nil, "--version"); code != 0 || !strings.HasPrefix(out, "herd ") {
+		t.Errorf("herd --version: got %d %q; want 0 and \"herd …\"", code, out)
+	}
 	for _, c := range commands() {
-		code, _, errOut := runHerd(t, nil, c.name, "--help")
-		if code != 0 || !strings.Contains(errOut, "usage: herd "+c.name) {
-			t.Errorf("herd %s --help: got exit %d, output %q; want 0 and a usage line", c.name, code, errOut)
+		code, out, errOut := runHerd(t, nil, c.name, "--help")
+		if code != 0 || !strings.Contains(out, "usage: herd "+c.name) || errOut != "" {
+			t.Errorf("herd %s --help: got exit %d, stdout %q, stderr %q; want 0 and a usage line on stdout only", c.name, code, out, errOut)
 		}
+	}
+	if code, out, errOut := runHerd(t, nil, "tail", "--no-such-flag"); code != 2 || out != "" || !strings.Contains(errOut, "no-such-flag") {
+		t.Errorf("herd tail --no-such-flag: got exit %d, stdout %q, stderr %q; want 2 and the error on stderr", code, out, errOut)
 	}
 	if code, _, _ := runHerd(t, nil, "nonsense"); code != 2 {
 		t.Errorf("unknown command: got exit %d; want 2", code)
