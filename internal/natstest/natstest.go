@@ -1,0 +1,54 @@
+// Package natstest starts real nats-servers for herd's tests, in process and on random
+// ports, stopped by the test's cleanup (like nats-server's own test.RunServer).
+package natstest
+
+import (
+	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/herd-dev/herd/internal/embednats"
+)
+
+// Options are the server settings a test may change; the zero value is a plain server.
+type Options struct {
+	// JetStream enables JetStream with its store in a temporary directory (or StoreDir).
+	JetStream bool
+	StoreDir  string
+	// MaxPayload bounds one message (0: the server's default, 1 MiB).
+	MaxPayload int32
+	// Mapping applies herd's partition subject mapping (herd.in.> → herd.p.<n>.>).
+	Mapping bool
+}
+
+// RunServer starts a nats-server on 127.0.0.1 and a random port and stops it when the test
+// ends.
+func RunServer(t testing.TB, o Options) *server.Server {
+	t.Helper()
+	if o.JetStream && o.StoreDir == "" {
+		o.StoreDir = t.TempDir()
+	}
+	s, err := embednats.Start(embednats.Config{Port: -1, JetStream: o.JetStream, StoreDir: o.StoreDir, MaxPayload: o.MaxPayload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { embednats.Shutdown(s) })
+	if o.Mapping {
+		if err := embednats.ApplyMapping(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+// Connect connects a client to s and closes it when the test ends.
+func Connect(t testing.TB, s *server.Server, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.ClientURL(), opts...)
+	if err != nil {
+		t.Fatalf("cannot connect to %s: %v", s.ClientURL(), err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
