@@ -196,7 +196,7 @@ func (n *Node) openStore() (deliver.Store, error) {
 	err := jsretry.Do(ctx, 200*time.Millisecond, func(ctx context.Context) error {
 		var err error
 		kv, err = deliver.OpenKVStore(ctx, n.js, 7*24*time.Hour)
-		return err
+		return bus.NoJetStream(ctx, n.js, err)
 	})
 	if err == nil {
 		return kv, nil

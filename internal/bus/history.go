@@ -2,10 +2,12 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herd-dev/herd/internal/jsretry"
@@ -59,7 +61,7 @@ func EnsureHistory(ctx context.Context, js jetstream.JetStream, cfg HistoryConfi
 	err := jsretry.Do(ctx, 200*time.Millisecond, func(ctx context.Context) error {
 		var err error
 		st, err = js.CreateOrUpdateStream(ctx, sc)
-		return err
+		return NoJetStream(ctx, js, err)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the %s stream: %w", HistoryStream, err)
@@ -112,4 +114,18 @@ func (h *History) Replay(ctx context.Context, d *Decoder) (n, bad int, err error
 			return n, bad, ctx.Err()
 		}
 	}
+}
+
+// NoJetStream returns err, or jetstream.ErrJetStreamNotEnabled when err is a server's "no
+// responders" answer and the account has no JetStream: a server without JetStream answers API
+// calls that way, which is final, whereas a cluster still electing its meta leader answers
+// late or not at all, which is worth a retry.
+func NoJetStream(ctx context.Context, js jetstream.JetStream, err error) error {
+	if !errors.Is(err, nats.ErrNoResponders) {
+		return err
+	}
+	if _, aerr := js.AccountInfo(ctx); errors.Is(aerr, jetstream.ErrJetStreamNotEnabled) || errors.Is(aerr, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return fmt.Errorf("%w: %w", aerr, err)
+	}
+	return err
 }
