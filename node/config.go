@@ -13,6 +13,7 @@ import (
 	"github.com/herd-dev/herd/alert"
 	"github.com/herd-dev/herd/alert/deliver"
 	"github.com/herd-dev/herd/ingest"
+	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/rollup"
 	"github.com/herd-dev/herd/web"
 )
@@ -36,9 +37,9 @@ type Config struct {
 	Roles Roles
 	// Name is the NATS client name (default "herd").
 	Name string
-	// NATSURL lists external NATS servers, comma-separated; empty starts an embedded
-	// nats-server listening on NATSListen with its JetStream store under DataDir.
-	NATSURL    string
+	// NATS is the external NATS the node connects to; without URLs the node starts an
+	// embedded nats-server listening on NATSListen with its JetStream store under DataDir.
+	NATS       bus.Client
 	NATSListen string
 	// DataDir holds the embedded server's JetStream store, and the decisions when the NATS
 	// server has no JetStream.
@@ -86,7 +87,7 @@ func (c *Config) Validate() error {
 	if r.Ingest && r.Rollup {
 		return fmt.Errorf("the ingest role and a partitioned rollup worker exclude each other")
 	}
-	if r.Rollup && c.NATSURL == "" {
+	if r.Rollup && c.NATS.URLs == "" {
 		return fmt.Errorf("-nats is required")
 	}
 	if c.Replicas < 1 || c.Replicas > 5 {
@@ -98,10 +99,12 @@ func (c *Config) Validate() error {
 	if c.DrainTimeout < 0 {
 		return fmt.Errorf("-intake.drain-timeout %s must be ≥ 0", c.DrainTimeout)
 	}
-	if c.NATSURL == "" {
+	if c.NATS.URLs == "" {
 		if err := checkHostPort(c.NATSListen); err != nil {
 			return fmt.Errorf("-nats.listen: %w", err)
 		}
+	} else if err := c.NATS.Validate(); err != nil {
+		return err
 	}
 	if c.HTTPListen != "" {
 		if err := checkHostPort(c.HTTPListen); err != nil {

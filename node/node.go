@@ -120,8 +120,8 @@ func New(cfg Config, logger *slog.Logger) (_ *Node, err error) {
 // ensures the history stream for the roles that replay it.
 func (n *Node) connect() error {
 	cfg := n.cfg
-	url := cfg.NATSURL
-	if url == "" {
+	client := cfg.NATS
+	if client.URLs == "" {
 		host, port, _ := net.SplitHostPort(cfg.NATSListen)
 		p := -1
 		if port != "0" {
@@ -132,7 +132,7 @@ func (n *Node) connect() error {
 			return err
 		}
 		n.ns = ns
-		url = ns.ClientURL()
+		client = bus.Client{URLs: ns.ClientURL()}
 		// The embedded server routes agent batches to partition subjects like a cluster
 		// does, so `herd rollup` workers can share the work; the local intake takes every
 		// partition.
@@ -143,7 +143,7 @@ func (n *Node) connect() error {
 			n.cfg.Intake.Subject, n.cfg.Intake.Prefix = embednats.PartitionPrefix+">", embednats.PartitionPrefix+"*."
 		}
 	}
-	nc, err := bus.Connect(url, cfg.Name, n.metrics, n.logger)
+	nc, err := bus.Connect(client, cfg.Name, n.metrics, n.logger)
 	if err != nil {
 		return err
 	}
@@ -214,7 +214,7 @@ func (n *Node) NATSURL() string {
 	if n.ns != nil {
 		return n.ns.ClientURL()
 	}
-	return bus.RedactURLs(n.cfg.NATSURL)
+	return bus.RedactURLs(n.cfg.NATS.URLs)
 }
 
 // HTTPURL is the base URL of the HTTP listener, or "" without one.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/herd-dev/herd/ingest"
+	"github.com/herd-dev/herd/internal/bus"
 )
 
 func agentCommand() command {
@@ -15,20 +16,24 @@ func agentCommand() command {
 		usage: "--nats URL --service S --version V --scrape URL [--interval D]",
 		short: "scrape a local Prometheus endpoint and publish its deltas, one batch per interval",
 		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
-			natsURL := fs.String("nats", "nats://127.0.0.1:4222", "NATS server `URL`s, comma-separated")
+			var client bus.Client
+			natsFlags(fs, &client, defaultNATSURL)
 			var cfg ingest.AgentConfig
 			cfg.RegisterFlags(fs)
 			return func(ctx context.Context) error {
 				if err := cfg.Validate(); err != nil {
 					return fmt.Errorf("%w: %v", errUsage, err)
 				}
-				nc, err := connectNATS(*natsURL, "herd-agent", e.logger)
+				if err := client.Validate(); err != nil {
+					return fmt.Errorf("%w: %v", errUsage, err)
+				}
+				nc, err := bus.Connect(client, "herd-agent", nil, e.logger)
 				if err != nil {
 					return err
 				}
 				err = ingest.RunAgent(ctx, cfg, nc.Publish, e.logger)
 				// The final batch is in the client's buffer: deliver it before leaving.
-				if derr := drain(nc, 5*time.Second); derr != nil && err == nil {
+				if derr := bus.Drain(nc, 5*time.Second); derr != nil && err == nil {
 					err = derr
 				}
 				return err

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 
+	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/node"
 )
 
@@ -10,14 +11,22 @@ import (
 // client listener of a local `herd serve`.
 const defaultNATSURL = "nats://127.0.0.1:4222"
 
-// natsFlag registers --nats, the NATS servers a command connects to. It is the one
-// definition every command shares; serve's default is empty (start an embedded server).
-func natsFlag(fs *flag.FlagSet, dst *string, def string) {
+// natsFlags registers --nats, the NATS servers a command connects to, and the client's
+// credentials and TLS settings. It is the one definition every command shares; serve's
+// default URL is empty (start an embedded server).
+func natsFlags(fs *flag.FlagSet, c *bus.Client, def string) {
 	usage := "NATS server `URL`s, comma-separated (a cluster's nodes)"
 	if def == "" {
 		usage = "external NATS server `URL`s, comma-separated; empty starts an embedded nats-server"
 	}
-	fs.StringVar(dst, "nats", def, usage)
+	fs.StringVar(&c.URLs, "nats", def, usage)
+	fs.StringVar(&c.User, "nats.user", "", "NATS user `name` (with -nats.password)")
+	fs.StringVar(&c.Password, "nats.password", "", "NATS `password` (prefer the environment variable to the command line)")
+	fs.StringVar(&c.CredsFile, "nats.creds", "", "NATS JWT credentials `file` (.creds)")
+	fs.StringVar(&c.NKeyFile, "nats.nkey", "", "`file` holding a NATS user nkey seed")
+	fs.StringVar(&c.TLSCA, "nats.tls.ca", "", "PEM `file` of the CA certificates that verify the NATS server")
+	fs.StringVar(&c.TLSCert, "nats.tls.cert", "", "PEM client certificate `file` for NATS mutual TLS (with -nats.tls.key)")
+	fs.StringVar(&c.TLSKey, "nats.tls.key", "", "PEM client key `file` for NATS mutual TLS")
 }
 
 // httpFlag registers --http, the listener of a node's HTTP endpoints.
@@ -30,11 +39,10 @@ func httpFlag(fs *flag.FlagSet, dst *string, what string) {
 func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles) {
 	embedded := r.Ingest // serve (and demo) start an embedded NATS unless told otherwise
 	if embedded {
-		cfg.NATSURL = ""
-		natsFlag(fs, &cfg.NATSURL, "")
+		natsFlags(fs, &cfg.NATS, "")
 		fs.StringVar(&cfg.NATSListen, "nats.listen", cfg.NATSListen, "client listener of the embedded nats-server (`host:port`, port 0 picks a free one)")
 	} else {
-		natsFlag(fs, &cfg.NATSURL, defaultNATSURL)
+		natsFlags(fs, &cfg.NATS, defaultNATSURL)
 	}
 	switch {
 	case r.Rollup:

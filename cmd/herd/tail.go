@@ -12,8 +12,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/herd-dev/herd/proto"
 	"github.com/nats-io/nats.go"
+
+	"github.com/herd-dev/herd/internal/bus"
+	"github.com/herd-dev/herd/proto"
 )
 
 func tailCommand() command {
@@ -22,7 +24,8 @@ func tailCommand() command {
 		usage: "--nats URL [--service S] [--json]",
 		short: "print closed windows as they arrive",
 		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
-			natsURL := fs.String("nats", "nats://127.0.0.1:4222", "NATS server `URL`s, comma-separated")
+			var client bus.Client
+			natsFlags(fs, &client, defaultNATSURL)
 			service := fs.String("service", "", "only windows of this `service` (default all)")
 			asJSON := fs.Bool("json", false, "print one JSON object per window and line")
 			return func(ctx context.Context) error {
@@ -33,7 +36,10 @@ func tailCommand() command {
 					}
 					subject = proto.PrefixRollup + *service + ".>"
 				}
-				nc, err := connectNATS(*natsURL, "herd-tail", e.logger)
+				if err := client.Validate(); err != nil {
+					return fmt.Errorf("%w: %v", errUsage, err)
+				}
+				nc, err := bus.Connect(client, "herd-tail", nil, e.logger)
 				if err != nil {
 					return err
 				}

@@ -62,7 +62,7 @@ func TestPublishSubscribe(t *testing.T) {
 	t.Parallel()
 	s := natstest.RunServer(t, natstest.Options{})
 	set := metrics.NewSet()
-	nc, err := Connect(s.ClientURL(), "test", set, testLogger())
+	nc, err := Connect(Client{URLs: s.ClientURL()}, "test", set, testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +220,7 @@ func TestDrainDeliversPending(t *testing.T) {
 	if err := recv.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	nc, err := Connect(s.ClientURL(), "drain", nil, testLogger())
+	nc, err := Connect(Client{URLs: s.ClientURL()}, "drain", nil, testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,14 +12,18 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// Connect connects to a comma-separated list of NATS URLs with herd's client settings:
+// Connect connects to the servers of c, with its credentials, and herd's client settings:
 // endless reconnects, a bounded reconnect buffer, pings that notice a dead server in seconds,
 // and handlers that log disconnects and count asynchronous errors (slow consumer drops,
 // permission violations) in set as herd_nats_async_errors_total{client,reason}. extra options
 // come last and override herd's.
-func Connect(urls, name string, set *metrics.Set, logger *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+func Connect(c Client, name string, set *metrics.Set, logger *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	if set == nil {
 		set = metrics.NewSet()
+	}
+	auth, err := c.options()
+	if err != nil {
+		return nil, err
 	}
 	opts := append([]nats.Option{
 		nats.Name(name),
@@ -39,10 +43,10 @@ func Connect(urls, name string, set *metrics.Set, logger *slog.Logger, extra ...
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			logger.Info("reconnected to NATS", "client", name, "url", nc.ConnectedUrlRedacted())
 		}),
-	}, extra...)
-	nc, err := nats.Connect(urls, opts...)
+	}, auth...)
+	nc, err := nats.Connect(c.URLs, append(opts, extra...)...)
 	if err != nil {
-		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", RedactURLs(urls), err)
+		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", RedactURLs(c.URLs), err)
 	}
 	return nc, nil
 }
