@@ -98,7 +98,7 @@ type LeaseConfig struct {
 func DefaultLeaseConfig() LeaseConfig {
 	return LeaseConfig{
 		Bucket:     "herd_leases",
-		Partitions: 64,
+		Partitions: proto.Partitions,
 		TTL:        1500 * time.Millisecond,
 		Heartbeat:  400 * time.Millisecond,
 		Margin:     300 * time.Millisecond,

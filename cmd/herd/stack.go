@@ -266,7 +266,7 @@ func newRoles(cfg stackConfig, roles roleSet, logger *slog.Logger) (_ *stack, er
 			return nil, err
 		}
 		if cfg.Intake.Subject == proto.SubjectInAll && cfg.Intake.Prefix == proto.PrefixIn {
-			s.cfg.Intake.Subject, s.cfg.Intake.Prefix = embednats.PartitionPrefix+">", embednats.PartitionPrefix+"*."
+			s.cfg.Intake.Subject, s.cfg.Intake.Prefix = proto.SubjectPartitionAll, proto.PrefixPartition+"*."
 		}
 	}
 	if s.nc, err = connectNATS(natsURL, "herd-serve", logger); err != nil {

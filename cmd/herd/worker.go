@@ -17,7 +17,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herd-dev/herd/ingest"
-	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
 )
@@ -25,7 +24,7 @@ import (
 // workerConfig configures `herd rollup`, a partitioned rollup worker.
 type workerConfig struct {
 	// NATSURL lists the NATS servers (comma-separated); the servers must carry herd's
-	// partition mapping (embednats.MappingConfig).
+	// partition mapping (internal/embednats.MappingConfig).
 	NATSURL string
 	// HTTPListen is host:port of the optional /metrics, /livez and /readyz listener; empty
 	// serves no HTTP.
@@ -62,8 +61,8 @@ func (c *workerConfig) validate() error {
 	if err := c.Leases.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	if c.Leases.Partitions != embednats.Partitions {
-		return fmt.Errorf("%w: -leases.partitions %d must equal the subject mapping's %d", errUsage, c.Leases.Partitions, embednats.Partitions)
+	if c.Leases.Partitions != proto.Partitions {
+		return fmt.Errorf("%w: -leases.partitions %d must equal the subject mapping's %d", errUsage, c.Leases.Partitions, proto.Partitions)
 	}
 	if err := c.Rollup.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
@@ -184,8 +183,8 @@ func (w *worker) HTTPURL() string {
 // source runs an intake on partition p's subject until ctx is done (rollup.Source).
 func (w *worker) source(ctx context.Context, p int, add func(*proto.Batch)) error {
 	cfg := ingest.DefaultIntakeConfig()
-	cfg.Subject = embednats.PartitionSubject(p)
-	cfg.Prefix = embednats.PartitionSubjectPrefix(p)
+	cfg.Subject = proto.PartitionSubject(p)
+	cfg.Prefix = proto.PartitionSubjectPrefix(p)
 	cfg.DrainTimeout = w.cfg.DrainTimeout
 	in, err := ingest.NewIntake(cfg, w.nc, add, w.logger.With("component", "intake", "partition", p))
 	if err != nil {

@@ -62,7 +62,7 @@ func startTestWorker(t *testing.T, url, id, bucket string) *testWorker {
 // window holding its start, which a span that began before is counted in.
 func checkWorkersReady(ws []*testWorker, pub *server.Server) error {
 	held := map[int]string{}
-	target := (embednats.Partitions + len(ws) - 1) / len(ws)
+	target := (proto.Partitions + len(ws) - 1) / len(ws)
 	now := time.Now()
 	for _, tw := range ws {
 		id := tw.w.leases.WorkerID()
@@ -91,11 +91,11 @@ func checkWorkersReady(ws []*testWorker, pub *server.Server) error {
 			held[p] = id
 		}
 	}
-	if len(held) != embednats.Partitions {
-		return fmt.Errorf("got %d partitions held; want %d", len(held), embednats.Partitions)
+	if len(held) != proto.Partitions {
+		return fmt.Errorf("got %d partitions held; want %d", len(held), proto.Partitions)
 	}
-	for p := range embednats.Partitions {
-		if !pub.GlobalAccount().SubscriptionInterest(embednats.PartitionSubjectPrefix(p) + "probe.1") {
+	for p := range proto.Partitions {
+		if !pub.GlobalAccount().SubscriptionInterest(proto.PartitionSubjectPrefix(p) + "probe.1") {
 			return fmt.Errorf("the publishers' server has no interest in partition %d yet", p)
 		}
 	}
@@ -218,7 +218,7 @@ func partitionOfGroup(t *testing.T, service, version string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return embednats.PartitionOf(service, tok)
+	return proto.PartitionOf(service, tok)
 }
 
 // TestRollupWorkersOnCluster runs three rollup workers on a three-node NATS cluster with the
@@ -307,8 +307,8 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 			for _, tw := range survivors {
 				held += len(tw.w.leases.Owned())
 			}
-			if held != embednats.Partitions {
-				return errorf("survivors hold %d partitions; want %d", held, embednats.Partitions)
+			if held != proto.Partitions {
+				return errorf("survivors hold %d partitions; want %d", held, proto.Partitions)
 			}
 			return nil
 		})
