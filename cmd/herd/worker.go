@@ -19,6 +19,7 @@ import (
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
+	"github.com/herd-dev/herd/rollup/lease"
 )
 
 // workerConfig configures `herd rollup`, a partitioned rollup worker.
@@ -31,7 +32,7 @@ type workerConfig struct {
 	HTTPListen string
 	// DrainTimeout bounds how long a partition's intake drains when it stops.
 	DrainTimeout time.Duration
-	Leases       rollup.LeaseConfig
+	Leases       lease.Config
 	Rollup       rollup.Config
 }
 
@@ -56,13 +57,10 @@ func (c *workerConfig) validate() error {
 		return fmt.Errorf("%w: -intake.drain-timeout %s must be ≥ 0", errUsage, c.DrainTimeout)
 	}
 	if c.Leases.WorkerID == "" {
-		c.Leases.WorkerID = rollup.DefaultWorkerID()
+		c.Leases.WorkerID = lease.DefaultWorkerID()
 	}
 	if err := c.Leases.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	if c.Leases.Partitions != proto.Partitions {
-		return fmt.Errorf("%w: -leases.partitions %d must equal the subject mapping's %d", errUsage, c.Leases.Partitions, proto.Partitions)
 	}
 	if err := c.Rollup.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
@@ -102,7 +100,7 @@ type worker struct {
 	cfg    workerConfig
 	logger *slog.Logger
 	nc     *nats.Conn
-	leases *rollup.Leases
+	leases *lease.Manager
 	parts  *rollup.Partitioned
 
 	httpLn  net.Listener
@@ -144,7 +142,7 @@ func newWorker(cfg workerConfig, logger *slog.Logger) (*worker, error) {
 		nc.Close()
 		return nil, err
 	}
-	w.leases, err = rollup.NewLeases(cfg.Leases, js, w.parts.Acquire, w.parts.Release, logger.With("component", "leases"))
+	w.leases, err = lease.New(cfg.Leases, w.metrics, js, func(l *lease.Lease) { w.parts.Acquire(l) }, func(l *lease.Lease) { w.parts.Release(l) }, logger.With("component", "leases"))
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -245,7 +243,6 @@ func (w *worker) emit(win *proto.Window) {
 func (w *worker) serveMetrics(rw http.ResponseWriter, _ *http.Request) {
 	rw.Header().Set("Content-Type", "text/plain; version=0.0.4")
 	w.metrics.WritePrometheus(rw)
-	w.leases.Metrics().WritePrometheus(rw)
 	w.parts.Metrics().WritePrometheus(rw)
 	natsMetrics.WritePrometheus(rw)
 	metrics.WriteProcessMetrics(rw)

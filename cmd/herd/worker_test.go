@@ -16,6 +16,7 @@ import (
 	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
+	"github.com/herd-dev/herd/rollup/lease"
 )
 
 // testWorker runs a rollup worker until stop (or the test's end).
@@ -26,7 +27,7 @@ type testWorker struct {
 
 func startTestWorker(t *testing.T, url, id, bucket string) *testWorker {
 	t.Helper()
-	cfg := workerConfig{NATSURL: url, DrainTimeout: time.Second, Leases: rollup.DefaultLeaseConfig(), Rollup: rollup.DefaultConfig()}
+	cfg := workerConfig{NATSURL: url, DrainTimeout: time.Second, Leases: lease.DefaultConfig(), Rollup: rollup.DefaultConfig()}
 	cfg.Leases.WorkerID = id
 	cfg.Leases.Replicas = 3
 	if bucket != "" {
@@ -366,7 +367,7 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 		var movesIn uint64
 		for _, tw := range survivors {
 			gapWindows += tw.w.parts.Stats().GapWindows
-			movesIn += tw.w.leases.Moves()[rollup.MoveAcquiredExpired]
+			movesIn += tw.w.leases.Moves()[lease.MoveAcquiredExpired]
 		}
 		if movesIn != uint64(len(parts)) {
 			t.Errorf("survivors took over %d expired leases; want the crashed worker's %d", movesIn, len(parts))
@@ -397,7 +398,6 @@ func logWorkerStats(t *testing.T, ws []*testWorker) {
 func TestRollupCommandValidates(t *testing.T) {
 	for _, args := range [][]string{
 		{"rollup", "--nats", ""},
-		{"rollup", "--leases.partitions", "32"},
 		{"rollup", "--leases.ttl", "100ms"},
 		{"rollup", "--worker.id", "a.b"},
 	} {
