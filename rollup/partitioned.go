@@ -64,24 +64,14 @@ type Partitioned struct {
 	src    Source
 	emit   Emit
 	logger *slog.Logger
-	w      int64 // window, nanos
-
-	set       *metrics.Set
-	skipped   map[string]*metrics.Counter
-	discarded *metrics.Counter
-	gaps      *metrics.Counter
-	srcErrors *metrics.Counter
+	w      int64    // window, nanos
+	m      *Metrics // shared by every partition's Rollup
 
 	mu    sync.Mutex // Guards the fields below.
 	parts map[Lease]*partition
-	done  Stats // totals of partitions that ended
 	base  context.Context
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
-
-	statsMu   sync.Mutex // Guards the cached sum.
-	statsAt   time.Time
-	statsLast Stats
 }
 
 // partition is one owned partition.
@@ -92,34 +82,29 @@ type partition struct {
 }
 
 // NewPartitioned returns a Partitioned with rollups of cfg, fed by src, publishing to emit.
+// Every partition's Rollup counts into m (see NewMetrics; nil counts into a private set).
 // It starts nothing until Acquire; Run must run for its lifetime. logger should carry
 // component=rollup; nil discards logs.
-func NewPartitioned(cfg Config, src Source, emit Emit, logger *slog.Logger) (*Partitioned, error) {
+func NewPartitioned(cfg Config, m *Metrics, src Source, emit Emit, logger *slog.Logger) (*Partitioned, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cannot create partitioned rollup: %w", err)
 	}
 	if src == nil || emit == nil {
 		return nil, errors.New("cannot create partitioned rollup: nil source or emit")
 	}
+	if m == nil {
+		m = NewMetrics(metrics.NewSet())
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	base, stop := context.WithCancel(context.Background())
 	pr := &Partitioned{
-		cfg: cfg, src: src, emit: emit, logger: logger, w: int64(cfg.Window),
-		set:     metrics.NewSet(),
-		skipped: map[string]*metrics.Counter{},
-		parts:   map[Lease]*partition{},
-		base:    base,
-		stop:    stop,
+		cfg: cfg, m: m, src: src, emit: emit, logger: logger, w: int64(cfg.Window),
+		parts: map[Lease]*partition{},
+		base:  base,
+		stop:  stop,
 	}
-	for _, r := range []string{SkipBeforeSpan, SkipAfterSpan} {
-		pr.skipped[r] = pr.set.NewCounter(`herd_rollup_partition_batches_skipped_total{reason="` + r + `"}`)
-	}
-	pr.discarded = pr.set.NewCounter("herd_rollup_partition_windows_discarded_total")
-	pr.gaps = pr.set.NewCounter("herd_rollup_partition_gap_windows_total")
-	pr.srcErrors = pr.set.NewCounter("herd_rollup_partition_source_errors_total")
-	pr.registerSums()
 	return pr, nil
 }
 
@@ -135,7 +120,7 @@ func (pr *Partitioned) Acquire(l Lease) {
 		return
 	}
 	pt := &partition{lease: l, fromCut: ceilTo(l.From().UnixNano(), pr.w)}
-	roll, err := New(pr.cfg, func(w *proto.Window) { pr.emitFiltered(pt, w) }, pr.logger.With("partition", l.Partition()))
+	roll, err := New(pr.cfg, pr.m, func(w *proto.Window) { pr.emitFiltered(pt, w) }, pr.logger.With("partition", l.Partition()))
 	if err != nil {
 		panic("BUG: rollup config validated but New failed: " + err.Error())
 	}
@@ -144,7 +129,7 @@ func (pr *Partitioned) Acquire(l Lease) {
 	pt.roll = roll
 	if !l.Previous().IsZero() {
 		if last := ceilTo(l.Previous().UnixNano(), pr.w); pt.fromCut > last {
-			pr.gaps.Add(int((pt.fromCut - last) / pr.w))
+			pr.m.gaps.Add(int((pt.fromCut - last) / pr.w))
 		}
 	}
 	pr.parts[l] = pt
@@ -174,7 +159,7 @@ func (pr *Partitioned) runPartition(pt *partition) {
 			if srcCtx.Err() != nil {
 				return
 			}
-			pr.srcErrors.Inc()
+			pr.m.srcErrors.Inc()
 			pr.logger.Warn("partition source stopped; restarting it", "partition", l.Partition(), "err", err)
 			t := time.NewTimer(time.Second)
 			select {
@@ -202,11 +187,9 @@ func (pr *Partitioned) runPartition(pt *partition) {
 	stopRoll()
 	wg.Wait()
 	pt.roll.Advance(time.Now())
-	pt.roll.Flush() // what is left is outside the span (or, on Run's stop, partial)
+	pt.roll.Flush()        // what is left is outside the span (or, on Run's stop, partial)
+	pt.roll.releaseSizes() // sizes count running partitions only
 	pr.mu.Lock()
-	st := pt.roll.Stats()
-	st.Groups, st.Instances, st.Series = 0, 0, 0 // sizes count live partitions only
-	pr.done = addStats(pr.done, st)
 	delete(pr.parts, l)
 	pr.mu.Unlock()
 }
@@ -215,11 +198,11 @@ func (pr *Partitioned) runPartition(pt *partition) {
 func (pr *Partitioned) add(pt *partition, b *proto.Batch) {
 	start := floorDiv(b.End-1, pr.w) * pr.w
 	if start < pt.fromCut {
-		pr.skipped[SkipBeforeSpan].Inc()
+		pr.m.skipped[SkipBeforeSpan].Inc()
 		return
 	}
 	if ended(pt.lease) && start >= ceilTo(pt.lease.Until().UnixNano(), pr.w) {
-		pr.skipped[SkipAfterSpan].Inc()
+		pr.m.skipped[SkipAfterSpan].Inc()
 		return
 	}
 	pt.roll.Add(b)
@@ -229,7 +212,7 @@ func (pr *Partitioned) add(pt *partition, b *proto.Batch) {
 func (pr *Partitioned) emitFiltered(pt *partition, w *proto.Window) {
 	start := w.StartMs * int64(time.Millisecond)
 	if start < pt.fromCut || start >= ceilTo(pt.lease.Until().UnixNano(), pr.w) {
-		pr.discarded.Inc()
+		pr.m.discarded.Inc()
 		return
 	}
 	pr.emit(w)
@@ -317,84 +300,18 @@ func (pr *Partitioned) Spans() []Span {
 
 // PartitionStats are the totals of a Partitioned.
 type PartitionStats struct {
-	Stats            // summed over every partition's rollup, past and present
+	Stats            // of every partition's rollup, past and present (sizes: present only)
 	Skipped          map[string]uint64
 	WindowsDiscarded uint64 // windows outside a span, not published
 	GapWindows       uint64 // window intervals between this worker's successive spans of a partition
 }
 
-// Stats returns the totals over all partitions, past and present.
+// Stats returns the totals over all partitions, past and present: the counters of the
+// Metrics it was built with.
 func (pr *Partitioned) Stats() PartitionStats {
-	pr.mu.Lock()
-	st := addStats(Stats{}, pr.done)
-	for _, pt := range pr.parts {
-		st = addStats(st, pt.roll.Stats())
-	}
-	pr.mu.Unlock()
-	ps := PartitionStats{Stats: st, Skipped: map[string]uint64{}, WindowsDiscarded: pr.discarded.Get(), GapWindows: pr.gaps.Get()}
-	for r, c := range pr.skipped {
+	ps := PartitionStats{Stats: pr.m.stats(), Skipped: map[string]uint64{}, WindowsDiscarded: pr.m.discarded.Get(), GapWindows: pr.m.gaps.Get()}
+	for r, c := range pr.m.skipped {
 		ps.Skipped[r] = c.Get()
 	}
 	return ps
-}
-
-// Metrics returns the self-metrics: the herd_rollup_* totals summed over partitions and the
-// herd_rollup_partition_* counters.
-func (pr *Partitioned) Metrics() *metrics.Set { return pr.set }
-
-// cachedStats returns Stats at most a second old, so a scrape sums the rollups once.
-func (pr *Partitioned) cachedStats() Stats {
-	pr.statsMu.Lock()
-	defer pr.statsMu.Unlock()
-	if time.Since(pr.statsAt) > time.Second {
-		pr.statsLast = pr.Stats().Stats
-		pr.statsAt = time.Now()
-	}
-	return pr.statsLast
-}
-
-func (pr *Partitioned) registerSums() {
-	g := func(name string, f func(Stats) float64) {
-		pr.set.NewGauge(name, func() float64 { return f(pr.cachedStats()) })
-	}
-	g("herd_rollup_batches_total", func(s Stats) float64 { return float64(s.Batches) })
-	g("herd_rollup_batches_merged_total", func(s Stats) float64 { return float64(s.BatchesMerged) })
-	for _, r := range batchReasons {
-		g(`herd_rollup_batches_refused_total{reason="`+r+`"}`, func(s Stats) float64 { return float64(s.RefusedBy[r]) })
-	}
-	g("herd_rollup_samples_total", func(s Stats) float64 { return float64(s.Samples) })
-	g("herd_rollup_batches_lost_total", func(s Stats) float64 { return float64(s.Lost) })
-	g("herd_rollup_windows_emitted_total", func(s Stats) float64 { return float64(s.WindowsEmitted) })
-	g("herd_rollup_groups", func(s Stats) float64 { return float64(s.Groups) })
-	g("herd_rollup_instances", func(s Stats) float64 { return float64(s.Instances) })
-	g("herd_rollup_series", func(s Stats) float64 { return float64(s.Series) })
-}
-
-// addStats returns a + b (sizes included).
-func addStats(a, b Stats) Stats {
-	sum := func(x, y map[string]uint64) map[string]uint64 {
-		out := make(map[string]uint64, len(x)+len(y))
-		for k, v := range x {
-			out[k] += v
-		}
-		for k, v := range y {
-			out[k] += v
-		}
-		return out
-	}
-	return Stats{
-		Batches:             a.Batches + b.Batches,
-		BatchesMerged:       a.BatchesMerged + b.BatchesMerged,
-		RefusedBy:           sum(a.RefusedBy, b.RefusedBy),
-		Samples:             a.Samples + b.Samples,
-		SeriesRefused:       sum(a.SeriesRefused, b.SeriesRefused),
-		Lost:                a.Lost + b.Lost,
-		Forgotten:           sum(a.Forgotten, b.Forgotten),
-		WindowsEmitted:      a.WindowsEmitted + b.WindowsEmitted,
-		EmptyWindowsEmitted: a.EmptyWindowsEmitted + b.EmptyWindowsEmitted,
-		TicksMissed:         a.TicksMissed + b.TicksMissed,
-		Groups:              a.Groups + b.Groups,
-		Instances:           a.Instances + b.Instances,
-		Series:              a.Series + b.Series,
-	}
 }

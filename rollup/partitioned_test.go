@@ -9,6 +9,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -114,11 +116,11 @@ func TestPartitionedHandOverExact(t *testing.T) {
 				cfg := DefaultConfig()
 				src := &fanout{}
 				out := &spanSink{}
-				a, err := NewPartitioned(cfg, src.source, out.emitter("a"), nil)
+				a, err := NewPartitioned(cfg, nil, src.source, out.emitter("a"), nil)
 				if err != nil {
 					t.Fatal(err)
 				}
-				b, err := NewPartitioned(cfg, src.source, out.emitter("b"), nil)
+				b, err := NewPartitioned(cfg, nil, src.source, out.emitter("b"), nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -195,7 +197,7 @@ func TestPartitionedLostLeaseStopsPublishing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		src := &fanout{}
 		out := &spanSink{}
-		a, err := NewPartitioned(DefaultConfig(), src.source, out.emitter("a"), nil)
+		a, err := NewPartitioned(DefaultConfig(), nil, src.source, out.emitter("a"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -234,7 +236,7 @@ func TestPartitionedLostLeaseStopsPublishing(t *testing.T) {
 func TestPartitionedSpans(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := DefaultConfig()
-		pr, err := NewPartitioned(cfg, (&fanout{}).source, (&spanSink{}).emitter("a"), nil)
+		pr, err := NewPartitioned(cfg, nil, (&fanout{}).source, (&spanSink{}).emitter("a"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -283,7 +285,7 @@ func TestPartitionedSpans(t *testing.T) {
 
 // BenchmarkPartitionedAdd measures the span check plus merge of one batch.
 func BenchmarkPartitionedAdd(b *testing.B) {
-	pr, err := NewPartitioned(DefaultConfig(), func(ctx context.Context, _ int, _ func(*proto.Batch)) error {
+	pr, err := NewPartitioned(DefaultConfig(), nil, func(ctx context.Context, _ int, _ func(*proto.Batch)) error {
 		<-ctx.Done()
 		return nil
 	}, func(*proto.Window) {}, nil)
@@ -292,11 +294,57 @@ func BenchmarkPartitionedAdd(b *testing.B) {
 	}
 	now := time.Now()
 	pt := &partition{lease: testLease(now, now.Add(time.Hour)), fromCut: 0}
-	pt.roll, _ = New(DefaultConfig(), func(*proto.Window) {}, nil)
+	pt.roll, _ = New(DefaultConfig(), pr.m, func(*proto.Window) {}, nil)
 	bt := batch(1, 0, now, counter("requests", 1))
 	b.ReportAllocs()
 	for i := range b.N {
 		bt.Seq = uint64(i)
 		pr.add(pt, bt)
 	}
+}
+
+// TestPartitionedSharedMetrics checks that the rollups of every partition count into the
+// Metrics the Partitioned was built with, so that the size gauges sum over the running
+// partitions and drop back to zero once they stopped, while the counters keep their totals.
+func TestPartitionedSharedMetrics(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := NewMetrics(metrics.NewSet())
+		src := &fanout{}
+		pr, err := NewPartitioned(DefaultConfig(), m, src.source, func(*proto.Window) {}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go pr.Run(ctx)
+		t0 := time.Now().Truncate(time.Second).Add(time.Second)
+		time.Sleep(time.Until(t0))
+		a := testLease(t0, t0.Add(time.Hour))
+		b := testLease(t0, t0.Add(time.Hour))
+		b.partition = 3
+		pr.Acquire(a)
+		pr.Acquire(b)
+		synctest.Wait()
+		time.Sleep(win)
+		// The test source hands every batch to both partitions.
+		src.publish(batch(1, 1, time.Now(), counter("requests", 1), counter("errors", 0)))
+		src.publish(batch(2, 1, time.Now(), counter("requests", 1)))
+		st := pr.Stats()
+		if st.Batches != 4 || st.BatchesMerged != 4 || st.Groups != 2 || st.Instances != 4 || st.Series != 4 {
+			t.Errorf("got batches %d, merged %d, groups %d, instances %d, series %d; want 4, 4, 2, 4, 4",
+				st.Batches, st.BatchesMerged, st.Groups, st.Instances, st.Series)
+		}
+		a.end(time.Now())
+		b.end(time.Now())
+		time.Sleep(2 * time.Second) // the spans' windows close; the partitions stop
+		synctest.Wait()
+		if n := pr.Running(); n != 0 {
+			t.Fatalf("got %d partitions running; want 0", n)
+		}
+		st = pr.Stats()
+		if st.Batches != 4 || st.WindowsEmitted == 0 || st.Groups != 0 || st.Instances != 0 || st.Series != 0 {
+			t.Errorf("after the partitions stopped: got batches %d, windows %d, groups %d, instances %d, series %d; want 4, > 0, 0, 0, 0",
+				st.Batches, st.WindowsEmitted, st.Groups, st.Instances, st.Series)
+		}
+	})
 }

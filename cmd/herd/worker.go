@@ -137,7 +137,7 @@ func newWorker(cfg workerConfig, logger *slog.Logger) (*worker, error) {
 		nc.Close()
 		return nil, fmt.Errorf("cannot use JetStream: %w", err)
 	}
-	w.parts, err = rollup.NewPartitioned(cfg.Rollup, w.source, w.emit, logger.With("component", "rollup"))
+	w.parts, err = rollup.NewPartitioned(cfg.Rollup, rollup.NewMetrics(w.metrics), w.source, w.emit, logger.With("component", "rollup"))
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -243,7 +243,6 @@ func (w *worker) emit(win *proto.Window) {
 func (w *worker) serveMetrics(rw http.ResponseWriter, _ *http.Request) {
 	rw.Header().Set("Content-Type", "text/plain; version=0.0.4")
 	w.metrics.WritePrometheus(rw)
-	w.parts.Metrics().WritePrometheus(rw)
 	natsMetrics.WritePrometheus(rw)
 	metrics.WriteProcessMetrics(rw)
 }
