@@ -45,7 +45,7 @@ func ended(l Lease) bool {
 
 // Source delivers the batches of partition p to add until ctx is done, then stops calling
 // add and returns (draining what it buffered first). cmd/herd implements it with an intake
-// subscribed to herd.p.<p>.>.
+// subscribed to proto.PartitionSubject(p).
 type Source func(ctx context.Context, p int, add func(*proto.Batch)) error
 
 // Reasons of herd_rollup_partition_batches_skipped_total: batches of a window outside this

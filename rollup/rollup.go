@@ -53,6 +53,17 @@
 // One mutex guards the groups and instance states; Add holds it for one batch. Closing holds
 // it only to detach the due windows: building the results (histogram copies, quantiles) and
 // calling Emit happen outside it, so a slow consumer delays the next close, never Add.
+//
+// # Partitions and self-metrics
+//
+// A Rollup merges whatever it is given. `herd rollup` workers split the groups by partition
+// (proto.PartitionOf): Partitioned runs one Rollup per partition this worker owns under a
+// Lease (package rollup/lease) and publishes only the windows of the lease's span.
+//
+// The caller owns the metrics.Set: NewMetrics registers every herd_rollup_* family in it once,
+// and every Rollup built with those Metrics, one or one per partition, counts into the same
+// counters and adds its changes of size to the same gauges. A single Rollup and a
+// Partitioned export the same families.
 package rollup
 
 import (
