@@ -15,6 +15,7 @@ import (
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/rollup"
+	"github.com/herd-dev/herd/rollup/lease"
 	"github.com/herd-dev/herd/web"
 )
 
@@ -56,7 +57,7 @@ type Config struct {
 
 	Rollup  rollup.Config
 	Intake  ingest.IntakeConfig
-	Leases  rollup.LeaseConfig
+	Leases  lease.Config
 	Detect  alert.Config
 	Deliver deliver.Config
 	Web     web.Config
@@ -69,7 +70,7 @@ func DefaultConfig() Config {
 		Name:       "herd",
 		NATSListen: "127.0.0.1:4222", DataDir: "herd-data", HTTPListen: "127.0.0.1:8080",
 		Retention: time.Hour, Replicas: 1, DrainTimeout: time.Second,
-		Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig(), Leases: rollup.DefaultLeaseConfig(),
+		Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig(), Leases: lease.DefaultConfig(),
 		Detect: alert.DefaultConfig(), Deliver: deliver.Config{Timeout: 2 * time.Second, MaxRetry: time.Hour},
 		Web: web.DefaultConfig(),
 	}
@@ -123,7 +124,7 @@ func (c *Config) Validate() error {
 	}
 	if r.Rollup {
 		if c.Leases.WorkerID == "" {
-			c.Leases.WorkerID = rollup.DefaultWorkerID()
+			c.Leases.WorkerID = lease.DefaultWorkerID()
 		}
 		if err := c.Leases.Validate(); err != nil {
 			return err

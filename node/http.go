@@ -55,8 +55,7 @@ func (n *Node) newHTTP() (err error) {
 func (n *Node) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 	n.metrics.WritePrometheus(w)
-	if n.roll != nil {
-		n.roll.Metrics().WritePrometheus(w)
+	if n.intake != nil {
 		n.intake.Metrics().WritePrometheus(w)
 	}
 	if n.worker != nil {

@@ -140,7 +140,7 @@ func (n *Node) connect() error {
 			return err
 		}
 		if n.cfg.Intake.Subject == proto.SubjectInAll && n.cfg.Intake.Prefix == proto.PrefixIn {
-			n.cfg.Intake.Subject, n.cfg.Intake.Prefix = embednats.PartitionPrefix+">", embednats.PartitionPrefix+"*."
+			n.cfg.Intake.Subject, n.cfg.Intake.Prefix = proto.SubjectPartitionAll, proto.PrefixPartition+"*."
 		}
 	}
 	nc, err := bus.Connect(client, cfg.Name, n.metrics, n.logger)
@@ -164,7 +164,7 @@ func (n *Node) connect() error {
 }
 
 func (n *Node) newIngest() (err error) {
-	if n.roll, err = rollup.New(n.cfg.Rollup, n.emit, n.logger.With("component", "rollup")); err != nil {
+	if n.roll, err = rollup.New(n.cfg.Rollup, rollup.NewMetrics(n.metrics), n.emit, n.logger.With("component", "rollup")); err != nil {
 		return fmt.Errorf("cannot create rollup: %w", err)
 	}
 	if n.intake, err = ingest.NewIntake(n.cfg.Intake, n.nc, n.roll.Add, n.logger.With("component", "intake")); err != nil {
@@ -197,7 +197,7 @@ func (n *Node) openStore() (deliver.Store, error) {
 		var err error
 		kv, err = deliver.OpenKVStore(ctx, n.js, 7*24*time.Hour)
 		return bus.NoJetStream(ctx, n.js, err)
-	})
+	}, nil)
 	if err == nil {
 		return kv, nil
 	}

@@ -11,9 +11,9 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/herd-dev/herd/ingest"
-	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
+	"github.com/herd-dev/herd/rollup/lease"
 )
 
 // worker is the partitioned rollup role: leases decide which partitions it owns; for each,
@@ -21,7 +21,7 @@ import (
 // published on herd.rollup.<service>.<version>.
 type worker struct {
 	n       *Node
-	leases  *rollup.Leases
+	leases  *lease.Manager
 	parts   *rollup.Partitioned
 	crashed atomic.Bool
 
@@ -36,11 +36,13 @@ func newWorker(n *Node) (*worker, error) {
 	w := &worker{n: n, intakes: map[*ingest.Intake]struct{}{},
 		intakeDone: ingest.IntakeStats{Dropped: map[string]uint64{}}, set: metrics.NewSet()}
 	var err error
-	w.parts, err = rollup.NewPartitioned(n.cfg.Rollup, w.source, n.emit, n.logger.With("component", "rollup"))
+	w.parts, err = rollup.NewPartitioned(n.cfg.Rollup, rollup.NewMetrics(n.metrics), w.source, n.emit, n.logger.With("component", "rollup"))
 	if err != nil {
 		return nil, err
 	}
-	w.leases, err = rollup.NewLeases(n.cfg.Leases, n.js, w.parts.Acquire, w.parts.Release, n.logger.With("component", "leases"))
+	acquire := func(l *lease.Lease) { w.parts.Acquire(l) }
+	release := func(l *lease.Lease) { w.parts.Release(l) }
+	w.leases, err = lease.New(n.cfg.Leases, n.metrics, n.js, acquire, release, n.logger.With("component", "leases"))
 	if err != nil {
 		return nil, err
 	}
@@ -53,8 +55,8 @@ func newWorker(n *Node) (*worker, error) {
 // source runs an intake on partition p's subject until ctx is done (rollup.Source).
 func (w *worker) source(ctx context.Context, p int, add func(*proto.Batch)) error {
 	cfg := ingest.DefaultIntakeConfig()
-	cfg.Subject = embednats.PartitionSubject(p)
-	cfg.Prefix = embednats.PartitionSubjectPrefix(p)
+	cfg.Subject = proto.PartitionSubject(p)
+	cfg.Prefix = proto.PartitionSubjectPrefix(p)
 	cfg.DrainTimeout = w.n.cfg.DrainTimeout
 	in, err := ingest.NewIntake(cfg, w.n.nc, add, w.n.logger.With("component", "intake", "partition", p))
 	if err != nil {
@@ -95,8 +97,6 @@ func (w *worker) intakeStats() ingest.IntakeStats {
 
 func (w *worker) writeMetrics(out io.Writer) {
 	w.set.WritePrometheus(out)
-	w.leases.Metrics().WritePrometheus(out)
-	w.parts.Metrics().WritePrometheus(out)
 }
 
 // start starts the partitions and the leases, and returns the function that stops them in

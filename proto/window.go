@@ -168,7 +168,7 @@ type bucketsJSON struct {
 
 // MarshalJSON writes b as {"offset": i, "counts": […]}.
 func (b Buckets) MarshalJSON() ([]byte, error) {
-	return json.Marshal(bucketsJSON{Offset: b.Offset, Counts: b.Counts})
+	return json.Marshal(bucketsJSON(b))
 }
 
 // UnmarshalJSON reads {"offset": i, "counts": […]}, checking the bounds.

@@ -52,7 +52,7 @@ func benchRollup(b *testing.B, now *time.Time, emit Emit) *Rollup {
 // benchRollupConfig returns a Rollup with cfg whose clock reads *now.
 func benchRollupConfig(b *testing.B, cfg Config, now *time.Time, emit Emit) *Rollup {
 	b.Helper()
-	r, err := New(cfg, emit, nil)
+	r, err := New(cfg, nil, emit, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

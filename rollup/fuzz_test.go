@@ -26,7 +26,7 @@ func FuzzAdd(f *testing.F) {
 	f.Fuzz(func(t *testing.T, a, b []byte, step int64) {
 		cfg := DefaultConfig()
 		cfg.MaxSeriesPerGroup = 4
-		r, err := New(cfg, func(*proto.Window) {}, nil)
+		r, err := New(cfg, nil, func(*proto.Window) {}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

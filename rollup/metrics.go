@@ -35,12 +35,19 @@ var (
 	batchReasons     = []string{ReasonLate, ReasonFuture, ReasonDuplicate, ReasonTooManyGroups, ReasonInstanceConflict}
 	seriesReasons    = []string{ReasonTooManySeries, ReasonKindMismatch, ReasonBadHistogram}
 	forgottenReasons = []string{forgotFinal, forgotExpired, forgotEvicted, forgotRestarted}
+	skipReasons      = []string{SkipBeforeSpan, SkipAfterSpan}
 )
 
-// rollupMetrics are the Rollup's self-metrics, all in one Set.
-type rollupMetrics struct {
-	set *metrics.Set
+// emitDelayBuckets are the upper bounds (seconds) of herd_rollup_window_emit_delay_seconds:
+// a window is emitted Config.Lateness (0.5 s by default) after its end plus timer and Emit
+// delays, so the steps are fine from there to a second.
+var emitDelayBuckets = []float64{.05, .1, .25, .5, .55, .6, .7, .8, 1, 1.5, 2, 3, 5, 10, 30}
 
+// Metrics are the rollup's self-metrics, owned by the caller's metrics.Set. Every Rollup and
+// Partitioned built with the same Metrics counts into the same counters, and each Rollup
+// adds its changes of size to the groups, instances and series gauges, so that they read the
+// sum over every partition without a summing pass. Safe for concurrent use.
+type Metrics struct {
 	batches        *metrics.Counter
 	batchesMerged  *metrics.Counter
 	batchesWarming *metrics.Counter
@@ -52,45 +59,73 @@ type rollupMetrics struct {
 	windows        *metrics.Counter
 	emptyWindows   *metrics.Counter
 	ticksMissed    *metrics.Counter
-	emitDelay      *metrics.Histogram
+	emitDelay      *metrics.PrometheusHistogram
 
-	// Gauge values, written under Rollup.mu, read by scrapes.
+	// Sizes, summed over the Rollups (each adds its deltas under its own mutex).
 	groups, instances, series atomic.Int64
+
+	// Partitioned only.
+	skipped   map[string]*metrics.Counter
+	discarded *metrics.Counter
+	gaps      *metrics.Counter
+	srcErrors *metrics.Counter
 }
 
-func newRollupMetrics() *rollupMetrics {
-	s := metrics.NewSet()
-	m := &rollupMetrics{
-		set:            s,
-		batches:        s.NewCounter("herd_rollup_batches_total"),
-		batchesMerged:  s.NewCounter("herd_rollup_batches_merged_total"),
-		batchesWarming: s.NewCounter("herd_rollup_batches_warming_total"),
+// NewMetrics registers every herd_rollup_* family of a Rollup and a Partitioned in set, each
+// reason label of the drop counters included, and returns them for New and NewPartitioned:
+//
+//	herd_rollup_batches_total, herd_rollup_batches_merged_total,
+//	herd_rollup_batches_warming_total, herd_rollup_batches_refused_total{reason},
+//	herd_rollup_samples_total, herd_rollup_series_refused_total{reason},
+//	herd_rollup_batches_lost_total, herd_rollup_instances_forgotten_total{reason},
+//	herd_rollup_windows_emitted_total, herd_rollup_empty_windows_emitted_total,
+//	herd_rollup_ticks_missed_total, herd_rollup_window_emit_delay_seconds (histogram),
+//	herd_rollup_groups, herd_rollup_instances, herd_rollup_series,
+//	herd_rollup_partition_batches_skipped_total{reason},
+//	herd_rollup_partition_windows_discarded_total, herd_rollup_partition_gap_windows_total,
+//	herd_rollup_partition_source_errors_total.
+//
+// A single Rollup and a Partitioned thus export the same families. Call it once per set:
+// like metrics.Set.NewCounter, it panics if set holds one of the names already.
+func NewMetrics(set *metrics.Set) *Metrics {
+	m := &Metrics{
+		batches:        set.NewCounter("herd_rollup_batches_total"),
+		batchesMerged:  set.NewCounter("herd_rollup_batches_merged_total"),
+		batchesWarming: set.NewCounter("herd_rollup_batches_warming_total"),
 		batchesRefused: make(map[string]*metrics.Counter),
-		samples:        s.NewCounter("herd_rollup_samples_total"),
+		samples:        set.NewCounter("herd_rollup_samples_total"),
 		seriesRefused:  make(map[string]*metrics.Counter),
-		lost:           s.NewCounter("herd_rollup_batches_lost_total"),
+		lost:           set.NewCounter("herd_rollup_batches_lost_total"),
 		forgotten:      make(map[string]*metrics.Counter),
-		windows:        s.NewCounter("herd_rollup_windows_emitted_total"),
-		emptyWindows:   s.NewCounter("herd_rollup_empty_windows_emitted_total"),
-		ticksMissed:    s.NewCounter("herd_rollup_ticks_missed_total"),
-		emitDelay:      s.NewHistogram("herd_rollup_window_emit_delay_seconds"),
+		windows:        set.NewCounter("herd_rollup_windows_emitted_total"),
+		emptyWindows:   set.NewCounter("herd_rollup_empty_windows_emitted_total"),
+		ticksMissed:    set.NewCounter("herd_rollup_ticks_missed_total"),
+		emitDelay:      set.NewPrometheusHistogramExt("herd_rollup_window_emit_delay_seconds", emitDelayBuckets),
+		skipped:        make(map[string]*metrics.Counter),
+		discarded:      set.NewCounter("herd_rollup_partition_windows_discarded_total"),
+		gaps:           set.NewCounter("herd_rollup_partition_gap_windows_total"),
+		srcErrors:      set.NewCounter("herd_rollup_partition_source_errors_total"),
 	}
 	for _, r := range batchReasons {
-		m.batchesRefused[r] = s.NewCounter(`herd_rollup_batches_refused_total{reason="` + r + `"}`)
+		m.batchesRefused[r] = set.NewCounter(`herd_rollup_batches_refused_total{reason="` + r + `"}`)
 	}
 	for _, r := range seriesReasons {
-		m.seriesRefused[r] = s.NewCounter(`herd_rollup_series_refused_total{reason="` + r + `"}`)
+		m.seriesRefused[r] = set.NewCounter(`herd_rollup_series_refused_total{reason="` + r + `"}`)
 	}
 	for _, r := range forgottenReasons {
-		m.forgotten[r] = s.NewCounter(`herd_rollup_instances_forgotten_total{reason="` + r + `"}`)
+		m.forgotten[r] = set.NewCounter(`herd_rollup_instances_forgotten_total{reason="` + r + `"}`)
 	}
-	s.NewGauge("herd_rollup_groups", func() float64 { return float64(m.groups.Load()) })
-	s.NewGauge("herd_rollup_instances", func() float64 { return float64(m.instances.Load()) })
-	s.NewGauge("herd_rollup_series", func() float64 { return float64(m.series.Load()) })
+	for _, r := range skipReasons {
+		m.skipped[r] = set.NewCounter(`herd_rollup_partition_batches_skipped_total{reason="` + r + `"}`)
+	}
+	set.NewGauge("herd_rollup_groups", func() float64 { return float64(m.groups.Load()) })
+	set.NewGauge("herd_rollup_instances", func() float64 { return float64(m.instances.Load()) })
+	set.NewGauge("herd_rollup_series", func() float64 { return float64(m.series.Load()) })
 	return m
 }
 
-// Stats is a snapshot of a Rollup's counters and sizes.
+// Stats is a snapshot of the counters and sizes of a Metrics: those of one Rollup, or the
+// sums over every Rollup sharing the Metrics (the partitions of a Partitioned).
 type Stats struct {
 	Batches       uint64 // batches passed to Add
 	BatchesMerged uint64 // batches merged into a window
@@ -112,7 +147,7 @@ type Stats struct {
 	Series              int // current series over all groups
 }
 
-func (m *rollupMetrics) stats() Stats {
+func (m *Metrics) stats() Stats {
 	st := Stats{
 		Batches:             m.batches.Get(),
 		BatchesMerged:       m.batchesMerged.Get(),

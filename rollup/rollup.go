@@ -53,6 +53,17 @@
 // One mutex guards the groups and instance states; Add holds it for one batch. Closing holds
 // it only to detach the due windows: building the results (histogram copies, quantiles) and
 // calling Emit happen outside it, so a slow consumer delays the next close, never Add.
+//
+// # Partitions and self-metrics
+//
+// A Rollup merges whatever it is given. `herd rollup` workers split the groups by partition
+// (proto.PartitionOf): Partitioned runs one Rollup per partition this worker owns under a
+// Lease (package rollup/lease) and publishes only the windows of the lease's span.
+//
+// The caller owns the metrics.Set: NewMetrics registers every herd_rollup_* family in it once,
+// and every Rollup built with those Metrics, one or one per partition, counts into the same
+// counters and adds its changes of size to the same gauges. A single Rollup and a
+// Partitioned export the same families.
 package rollup
 
 import (
@@ -82,7 +93,7 @@ type Rollup struct {
 	cfg    Config
 	emit   Emit
 	logger *slog.Logger
-	m      *rollupMetrics
+	m      *Metrics
 
 	// Config in nanoseconds.
 	w, lateness, maxFuture, ttl, warmup int64
@@ -120,14 +131,19 @@ type Rollup struct {
 // maxFree bounds the recycled windows and instance states kept.
 const maxFree = 4096
 
-// New returns a Rollup handing closed windows to emit. It starts nothing: call Run (or drive
-// Advance) to close windows. logger should carry component=rollup; nil discards logs.
-func New(cfg Config, emit Emit, logger *slog.Logger) (*Rollup, error) {
+// New returns a Rollup handing closed windows to emit and counting into m (see NewMetrics;
+// nil counts into a private set, for tests and one-shot tools). It starts nothing: call Run
+// (or drive Advance) to close windows. logger should carry component=rollup; nil discards
+// logs.
+func New(cfg Config, m *Metrics, emit Emit, logger *slog.Logger) (*Rollup, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cannot create rollup: %w", err)
 	}
 	if emit == nil {
 		return nil, errors.New("cannot create rollup: emit function is nil")
+	}
+	if m == nil {
+		m = NewMetrics(metrics.NewSet())
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -136,7 +152,7 @@ func New(cfg Config, emit Emit, logger *slog.Logger) (*Rollup, error) {
 		cfg:        cfg,
 		emit:       emit,
 		logger:     logger,
-		m:          newRollupMetrics(),
+		m:          m,
 		w:          int64(cfg.Window),
 		lateness:   int64(cfg.Lateness),
 		maxFuture:  int64(cfg.MaxFuture),
@@ -159,11 +175,22 @@ func New(cfg Config, emit Emit, logger *slog.Logger) (*Rollup, error) {
 	return r, nil
 }
 
-// Metrics returns the Rollup's self-metrics for registration (metrics.RegisterSet).
-func (r *Rollup) Metrics() *metrics.Set { return r.m.set }
-
-// Stats returns a snapshot of the Rollup's counters and sizes.
+// Stats returns a snapshot of the counters and sizes of r's Metrics: r's own, unless other
+// Rollups share them.
 func (r *Rollup) Stats() Stats { return r.m.stats() }
+
+// releaseSizes subtracts r's groups, live instances and series from the shared size gauges
+// and forgets them, for a Rollup that is dropped (the rollup of a partition that ended).
+// The caller has stopped Run and Add.
+func (r *Rollup) releaseSizes() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.m.groups.Add(-int64(len(r.groups)))
+	r.m.instances.Add(-int64(r.live))
+	r.m.series.Add(-int64(r.series))
+	clear(r.groups)
+	r.live, r.series = 0, 0
+}
 
 // Add merges b into its group's window, or counts why it cannot. b is used only during the
 // call. Add never blocks on Emit.
@@ -229,7 +256,7 @@ func (r *Rollup) Add(b *proto.Batch) {
 		}
 		g = newGroup(gk, r.closedBefore)
 		r.groups[gk] = g
-		r.m.groups.Store(int64(len(r.groups)))
+		r.m.groups.Add(1)
 		r.logger.Info("group appeared", "service", b.Service, "version", b.Version)
 	}
 
@@ -239,7 +266,7 @@ func (r *Rollup) Add(b *proto.Batch) {
 			in.stopped = false
 			in.unannounced = true
 			r.live++
-			r.m.instances.Store(int64(r.live))
+			r.m.instances.Add(1)
 		}
 		r.m.lost.Add(int(in.mark(b.Seq)))
 	} else {
@@ -298,7 +325,7 @@ func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, half int, now 
 			}
 			id = g.addSeries(string(r.key), s, r.splits(s.Name))
 			r.series++
-			r.m.series.Store(int64(r.series))
+			r.m.series.Add(1)
 		}
 		info := &g.series[id]
 		if info.kind != s.Kind {
@@ -359,7 +386,7 @@ func (r *Rollup) newInstanceLocked(b *proto.Batch, idx, now int64) *instance {
 	in.reset(b.Service, b.Version, b.InstanceStart, b.Seq, idx, proto.HalfOf(b.Instance), now)
 	r.insts.Add(b.Instance, in) // may evict the least recently seen instance
 	r.live++
-	r.m.instances.Store(int64(r.live))
+	r.m.instances.Add(1)
 	return in
 }
 
@@ -370,7 +397,7 @@ func (r *Rollup) stopLocked(in *instance) {
 	}
 	in.stopped = true
 	r.live--
-	r.m.instances.Store(int64(r.live))
+	r.m.instances.Add(-1)
 	r.m.forgotten[forgotFinal].Inc()
 }
 
@@ -380,7 +407,7 @@ func (r *Rollup) onDropLocked(_ [16]byte, in *instance) {
 	r.m.lost.Add(int(in.pending()))
 	if !in.stopped {
 		r.live--
-		r.m.instances.Store(int64(r.live))
+		r.m.instances.Add(-1)
 		r.m.forgotten[r.dropReason].Inc()
 	}
 	if len(r.freeInsts) < maxFree {

@@ -43,7 +43,7 @@ func (s *sink) take() []*proto.Window {
 func newTestRollup(t *testing.T, cfg Config) (*Rollup, *sink) {
 	t.Helper()
 	s := &sink{}
-	r, err := New(cfg, s.emit, nil)
+	r, err := New(cfg, nil, s.emit, nil)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -94,8 +94,8 @@ func (r *Rollup) closeLocked(cb int64) {
 		if len(g.windows) == 0 && g.next >= g.lastData+r.ttl {
 			delete(r.groups, k)
 			r.series -= len(g.ids)
-			r.m.groups.Store(int64(len(r.groups)))
-			r.m.series.Store(int64(r.series))
+			r.m.groups.Add(-1)
+			r.m.series.Add(-int64(len(g.ids)))
 			r.logger.Info("group expired", "service", k.service, "version", k.version)
 		}
 	}
@@ -156,10 +156,10 @@ func (r *Rollup) expireLocked(nowNs int64) {
 		n := g.sweepSeries(nowNs - r.ttl)
 		if n > 0 {
 			r.series -= n
+			r.m.series.Add(-int64(n))
 			g.seriesFullLogged = false
 		}
 	}
-	r.m.series.Store(int64(r.series))
 }
 
 // emitClosing builds the results of r.closing, hands them to Emit in order and recycles the

@@ -11,6 +11,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/nats-io/nats.go"
 
 	"github.com/herd-dev/herd/internal/embednats"
@@ -62,7 +63,7 @@ func TestRunCountsMissedTicks(t *testing.T) {
 			got = append(got, w)
 			mu.Unlock()
 		}
-		r, err := New(DefaultConfig(), emit, nil)
+		r, err := New(DefaultConfig(), nil, emit, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,7 +122,7 @@ func TestPublishedOnRollupSubject(t *testing.T) {
 		}
 		pubErr = errors.Join(pubErr, nc.Publish(subj, data))
 	}
-	r, err := New(DefaultConfig(), emit, nil)
+	r, err := New(DefaultConfig(), nil, emit, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,28 +188,41 @@ func TestConfig(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), flagName+" ") {
 			t.Errorf("%s: got %v; want an error naming the flag", flagName, err)
 		}
-		if _, err := New(c, func(*proto.Window) {}, nil); err == nil {
+		if _, err := New(c, nil, func(*proto.Window) {}, nil); err == nil {
 			t.Errorf("%s: New accepted an invalid config", flagName)
 		}
 	}
-	if _, err := New(DefaultConfig(), nil, nil); err == nil {
+	if _, err := New(DefaultConfig(), nil, nil, nil); err == nil {
 		t.Errorf("New with a nil emit: got no error; want one")
 	}
 }
 
 func TestMetricsExposed(t *testing.T) {
-	r, _ := newTestRollup(t, DefaultConfig())
+	set := metrics.NewSet()
+	s := &sink{}
+	r, err := New(DefaultConfig(), NewMetrics(set), s.emit, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r.Add(batch(1, 0, time.Now().Add(time.Hour), counter(proto.SeriesRequests, 1)))
+	r.Add(batch(2, 0, time.Now(), counter(proto.SeriesRequests, 1)))
+	r.Flush() // one window, emitted before its end: no delay
 	var b strings.Builder
-	r.Metrics().WritePrometheus(&b)
+	set.WritePrometheus(&b)
 	for _, want := range []string{
-		`herd_rollup_batches_total 1`,
+		`herd_rollup_batches_total 2`,
 		`herd_rollup_batches_refused_total{reason="future"} 1`,
 		`herd_rollup_series_refused_total{reason="too_many_series"} 0`,
+		`herd_rollup_instances_forgotten_total{reason="expired"} 0`,
 		`herd_rollup_batches_lost_total 0`,
-		`herd_rollup_windows_emitted_total 0`,
-		`herd_rollup_groups 0`,
-		`herd_rollup_instances 1`,
+		`herd_rollup_windows_emitted_total 1`,
+		`herd_rollup_groups 1`,
+		`herd_rollup_instances 2`,
+		`herd_rollup_series 1`,
+		`herd_rollup_partition_batches_skipped_total{reason="before_span"} 0`,
+		`herd_rollup_window_emit_delay_seconds_bucket{le="0.05"} 1`,
+		`herd_rollup_window_emit_delay_seconds_bucket{le="+Inf"} 1`,
+		`herd_rollup_window_emit_delay_seconds_count 1`,
 	} {
 		if !strings.Contains(b.String(), want+"\n") {
 			t.Errorf("metrics: missing %q in\n%s", want, b.String())
@@ -219,11 +233,42 @@ func TestMetricsExposed(t *testing.T) {
 	}
 }
 
+// TestSharedMetricsSum checks that Rollups built with one Metrics count into the same
+// counters and that the size gauges sum over them.
+func TestSharedMetricsSum(t *testing.T) {
+	m := NewMetrics(metrics.NewSet())
+	a, err := New(DefaultConfig(), m, func(*proto.Window) {}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(DefaultConfig(), m, func(*proto.Window) {}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	a.Add(batch(1, 0, now, counter(proto.SeriesRequests, 1)))
+	b.Add(batch(2, 0, now, counter(proto.SeriesRequests, 1), counter(proto.SeriesErrors, 1)))
+	b.Add(batch(2, 0, now, counter(proto.SeriesRequests, 1))) // a duplicate
+	st := m.stats()
+	if st.Batches != 3 || st.BatchesMerged != 2 || st.RefusedBy[ReasonDuplicate] != 1 || st.Samples != 3 {
+		t.Errorf("got batches %d, merged %d, duplicates %d, samples %d; want 3, 2, 1, 3",
+			st.Batches, st.BatchesMerged, st.RefusedBy[ReasonDuplicate], st.Samples)
+	}
+	if st.Groups != 2 || st.Instances != 2 || st.Series != 3 {
+		t.Errorf("got groups %d, instances %d, series %d; want 2, 2, 3 (summed over both rollups)", st.Groups, st.Instances, st.Series)
+	}
+	b.releaseSizes()
+	if st := m.stats(); st.Groups != 1 || st.Instances != 1 || st.Series != 1 || st.Batches != 3 {
+		t.Errorf("after releasing b: got groups %d, instances %d, series %d, batches %d; want 1, 1, 1, 3",
+			st.Groups, st.Instances, st.Series, st.Batches)
+	}
+}
+
 func ExampleRollup() {
 	emit := func(w *proto.Window) {
 		fmt.Printf("%s %s: %d instances, %v requests\n", w.Service, w.Version, w.Instances, w.Find(proto.SeriesRequests).Value)
 	}
-	r, err := New(DefaultConfig(), emit, nil)
+	r, err := New(DefaultConfig(), nil, emit, nil)
 	if err != nil {
 		panic(err)
 	}

@@ -86,7 +86,7 @@ func TestFailoverWorkerCrashDuringBadCanary(t *testing.T) {
 		return nil
 	})
 	tok, _ := proto.EscapeVersion("1.5.0")
-	part := embednats.PartitionOf("checkout", tok)
+	part := proto.PartitionOf("checkout", tok)
 	victim := -1
 	for i, tw := range ws {
 		for _, p := range tw.w.leases.Owned() {

@@ -5,7 +5,7 @@ import (
 	"flag"
 
 	"github.com/herd-dev/herd/node"
-	"github.com/herd-dev/herd/rollup"
+	"github.com/herd-dev/herd/rollup/lease"
 )
 
 // roleCommand builds `herd rollup`, `herd detect` or `herd web`: one role against an
@@ -23,7 +23,7 @@ func roleCommand(name, usage, short string, roles node.Roles) command {
 			return func(ctx context.Context) error {
 				if roles.Rollup {
 					if cfg.Leases.WorkerID == "" {
-						cfg.Leases.WorkerID = rollup.DefaultWorkerID()
+						cfg.Leases.WorkerID = lease.DefaultWorkerID()
 					}
 					cfg.Name = "herd-rollup-" + cfg.Leases.WorkerID
 				}

@@ -266,7 +266,7 @@ func newRoles(cfg stackConfig, roles roleSet, logger *slog.Logger) (_ *stack, er
 			return nil, err
 		}
 		if cfg.Intake.Subject == proto.SubjectInAll && cfg.Intake.Prefix == proto.PrefixIn {
-			s.cfg.Intake.Subject, s.cfg.Intake.Prefix = embednats.PartitionPrefix+">", embednats.PartitionPrefix+"*."
+			s.cfg.Intake.Subject, s.cfg.Intake.Prefix = proto.SubjectPartitionAll, proto.PrefixPartition+"*."
 		}
 	}
 	if s.nc, err = connectNATS(natsURL, "herd-serve", logger); err != nil {
@@ -282,7 +282,7 @@ func newRoles(cfg stackConfig, roles roleSet, logger *slog.Logger) (_ *stack, er
 		logger.Warn("no history stream: a restart starts without windows and verdicts", "err", jsErr)
 	}
 	if roles.Ingest {
-		if s.roll, err = rollup.New(cfg.Rollup, s.emit, logger.With("component", "rollup")); err != nil {
+		if s.roll, err = rollup.New(cfg.Rollup, rollup.NewMetrics(s.metrics), s.emit, logger.With("component", "rollup")); err != nil {
 			return nil, fmt.Errorf("cannot create rollup: %w", err)
 		}
 		if s.intake, err = ingest.NewIntake(s.cfg.Intake, s.nc, s.roll.Add, logger.With("component", "intake")); err != nil {
@@ -554,7 +554,6 @@ func (s *stack) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 	s.metrics.WritePrometheus(w)
 	if s.roll != nil {
-		s.roll.Metrics().WritePrometheus(w)
 		s.intake.Metrics().WritePrometheus(w)
 	}
 	if s.det != nil {

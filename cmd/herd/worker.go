@@ -17,22 +17,22 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herd-dev/herd/ingest"
-	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
+	"github.com/herd-dev/herd/rollup/lease"
 )
 
 // workerConfig configures `herd rollup`, a partitioned rollup worker.
 type workerConfig struct {
 	// NATSURL lists the NATS servers (comma-separated); the servers must carry herd's
-	// partition mapping (embednats.MappingConfig).
+	// partition mapping (internal/embednats.MappingConfig).
 	NATSURL string
 	// HTTPListen is host:port of the optional /metrics, /livez and /readyz listener; empty
 	// serves no HTTP.
 	HTTPListen string
 	// DrainTimeout bounds how long a partition's intake drains when it stops.
 	DrainTimeout time.Duration
-	Leases       rollup.LeaseConfig
+	Leases       lease.Config
 	Rollup       rollup.Config
 }
 
@@ -57,13 +57,10 @@ func (c *workerConfig) validate() error {
 		return fmt.Errorf("%w: -intake.drain-timeout %s must be ≥ 0", errUsage, c.DrainTimeout)
 	}
 	if c.Leases.WorkerID == "" {
-		c.Leases.WorkerID = rollup.DefaultWorkerID()
+		c.Leases.WorkerID = lease.DefaultWorkerID()
 	}
 	if err := c.Leases.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	if c.Leases.Partitions != embednats.Partitions {
-		return fmt.Errorf("%w: -leases.partitions %d must equal the subject mapping's %d", errUsage, c.Leases.Partitions, embednats.Partitions)
 	}
 	if err := c.Rollup.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
@@ -78,7 +75,7 @@ type worker struct {
 	cfg    workerConfig
 	logger *slog.Logger
 	nc     *nats.Conn
-	leases *rollup.Leases
+	leases *lease.Manager
 	parts  *rollup.Partitioned
 
 	httpLn  net.Listener
@@ -115,12 +112,12 @@ func newWorker(cfg workerConfig, logger *slog.Logger) (*worker, error) {
 		nc.Close()
 		return nil, fmt.Errorf("cannot use JetStream: %w", err)
 	}
-	w.parts, err = rollup.NewPartitioned(cfg.Rollup, w.source, w.emit, logger.With("component", "rollup"))
+	w.parts, err = rollup.NewPartitioned(cfg.Rollup, rollup.NewMetrics(w.metrics), w.source, w.emit, logger.With("component", "rollup"))
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
-	w.leases, err = rollup.NewLeases(cfg.Leases, js, w.parts.Acquire, w.parts.Release, logger.With("component", "leases"))
+	w.leases, err = lease.New(cfg.Leases, w.metrics, js, func(l *lease.Lease) { w.parts.Acquire(l) }, func(l *lease.Lease) { w.parts.Release(l) }, logger.With("component", "leases"))
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -159,8 +156,8 @@ func (w *worker) HTTPURL() string {
 // source runs an intake on partition p's subject until ctx is done (rollup.Source).
 func (w *worker) source(ctx context.Context, p int, add func(*proto.Batch)) error {
 	cfg := ingest.DefaultIntakeConfig()
-	cfg.Subject = embednats.PartitionSubject(p)
-	cfg.Prefix = embednats.PartitionSubjectPrefix(p)
+	cfg.Subject = proto.PartitionSubject(p)
+	cfg.Prefix = proto.PartitionSubjectPrefix(p)
 	cfg.DrainTimeout = w.cfg.DrainTimeout
 	in, err := ingest.NewIntake(cfg, w.nc, add, w.logger.With("component", "intake", "partition", p))
 	if err != nil {
@@ -221,8 +218,6 @@ func (w *worker) emit(win *proto.Window) {
 func (w *worker) serveMetrics(rw http.ResponseWriter, _ *http.Request) {
 	rw.Header().Set("Content-Type", "text/plain; version=0.0.4")
 	w.metrics.WritePrometheus(rw)
-	w.leases.Metrics().WritePrometheus(rw)
-	w.parts.Metrics().WritePrometheus(rw)
 	natsMetrics.WritePrometheus(rw)
 	metrics.WriteProcessMetrics(rw)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
+	"github.com/herd-dev/herd/rollup/lease"
 )
 
 // testWorker runs a rollup worker until stop (or the test's end).
@@ -26,7 +27,7 @@ type testWorker struct {
 
 func startTestWorker(t *testing.T, url, id, bucket string) *testWorker {
 	t.Helper()
-	cfg := workerConfig{NATSURL: url, DrainTimeout: time.Second, Leases: rollup.DefaultLeaseConfig(), Rollup: rollup.DefaultConfig()}
+	cfg := workerConfig{NATSURL: url, DrainTimeout: time.Second, Leases: lease.DefaultConfig(), Rollup: rollup.DefaultConfig()}
 	cfg.Leases.WorkerID = id
 	cfg.Leases.Replicas = 3
 	if bucket != "" {
@@ -62,7 +63,7 @@ func startTestWorker(t *testing.T, url, id, bucket string) *testWorker {
 // window holding its start, which a span that began before is counted in.
 func checkWorkersReady(ws []*testWorker, pub *server.Server) error {
 	held := map[int]string{}
-	target := (embednats.Partitions + len(ws) - 1) / len(ws)
+	target := (proto.Partitions + len(ws) - 1) / len(ws)
 	now := time.Now()
 	for _, tw := range ws {
 		id := tw.w.leases.WorkerID()
@@ -91,11 +92,11 @@ func checkWorkersReady(ws []*testWorker, pub *server.Server) error {
 			held[p] = id
 		}
 	}
-	if len(held) != embednats.Partitions {
-		return fmt.Errorf("got %d partitions held; want %d", len(held), embednats.Partitions)
+	if len(held) != proto.Partitions {
+		return fmt.Errorf("got %d partitions held; want %d", len(held), proto.Partitions)
 	}
-	for p := range embednats.Partitions {
-		if !pub.GlobalAccount().SubscriptionInterest(embednats.PartitionSubjectPrefix(p) + "probe.1") {
+	for p := range proto.Partitions {
+		if !pub.GlobalAccount().SubscriptionInterest(proto.PartitionSubjectPrefix(p) + "probe.1") {
 			return fmt.Errorf("the publishers' server has no interest in partition %d yet", p)
 		}
 	}
@@ -218,7 +219,7 @@ func partitionOfGroup(t *testing.T, service, version string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return embednats.PartitionOf(service, tok)
+	return proto.PartitionOf(service, tok)
 }
 
 // TestRollupWorkersOnCluster runs three rollup workers on a three-node NATS cluster with the
@@ -307,8 +308,8 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 			for _, tw := range survivors {
 				held += len(tw.w.leases.Owned())
 			}
-			if held != embednats.Partitions {
-				return errorf("survivors hold %d partitions; want %d", held, embednats.Partitions)
+			if held != proto.Partitions {
+				return errorf("survivors hold %d partitions; want %d", held, proto.Partitions)
 			}
 			return nil
 		})
@@ -366,7 +367,7 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 		var movesIn uint64
 		for _, tw := range survivors {
 			gapWindows += tw.w.parts.Stats().GapWindows
-			movesIn += tw.w.leases.Moves()[rollup.MoveAcquiredExpired]
+			movesIn += tw.w.leases.Moves()[lease.MoveAcquiredExpired]
 		}
 		if movesIn != uint64(len(parts)) {
 			t.Errorf("survivors took over %d expired leases; want the crashed worker's %d", movesIn, len(parts))
@@ -397,7 +398,6 @@ func logWorkerStats(t *testing.T, ws []*testWorker) {
 func TestRollupCommandValidates(t *testing.T) {
 	for _, args := range [][]string{
 		{"rollup", "--nats", ""},
-		{"rollup", "--leases.partitions", "32"},
 		{"rollup", "--leases.ttl", "100ms"},
 		{"rollup", "--worker.id", "a.b"},
 	} {

@@ -62,7 +62,7 @@ func EnsureHistory(ctx context.Context, js jetstream.JetStream, cfg HistoryConfi
 		var err error
 		st, err = js.CreateOrUpdateStream(ctx, sc)
 		return NoJetStream(ctx, js, err)
-	})
+	}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the %s stream: %w", HistoryStream, err)
 	}

@@ -26,9 +26,6 @@ const (
 	searchPass   = "EXAMPLE-agent-search-password"
 )
 
-// partitions is the partition count of the mapping in herd-accounts.conf.
-const partitions = 64
-
 // confDir is deploy/nats relative to this package.
 var confDir = filepath.Join("..", "..", "deploy", "nats")
 

@@ -4,42 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/herd-dev/herd/proto"
 )
-
-// partitionOf is the partition that the mapping {{partition(64,1,2)}} gives the group
-// (service, escaped version): FNV-1a (32 bit) over the service token immediately followed by
-// the version token, mod 64 — as nats-server's subject transform computes it
-// (server/subject_transform.go, getHashPartition).
-func partitionOf(service, versionToken string) int {
-	h := fnv.New32a()
-	h.Write([]byte(service))
-	h.Write([]byte(versionToken))
-	return int(h.Sum32() % partitions)
-}
-
-// TestPartitionOf pins the hash to values computed by hand from the FNV-1a definition, so
-// that the mapping checks below do not merely compare the function with itself.
-func TestPartitionOf(t *testing.T) {
-	// FNV-1a of "" is the offset basis 2166136261; 2166136261 % 64 = 5.
-	if got := partitionOf("", ""); got != 5 {
-		t.Fatalf("partitionOf(\"\", \"\") = %d; want 5", got)
-	}
-	// FNV-1a("a") = 0xe40c292c; 0x2c = 44.
-	if got := partitionOf("a", ""); got != 44 {
-		t.Fatalf("partitionOf(\"a\", \"\") = %d; want 44", got)
-	}
-	// The tokens are joined without a separator.
-	if a, b := partitionOf("ab", "c"), partitionOf("a", "bc"); a != b {
-		t.Fatalf("partitionOf(ab, c) = %d, partitionOf(a, bc) = %d; want equal", a, b)
-	}
-}
 
 // isProbe reports whether m is one of the interest probes (last token "probe").
 func isProbe(m *nats.Msg) bool { return strings.HasSuffix(m.Subject, ".probe") }
@@ -100,7 +73,7 @@ func TestClusterFromConfig(t *testing.T) {
 			if err := pc.Publish("herd.in."+g.service+"."+g.version, []byte(itoa(i))); err != nil {
 				t.Fatal(err)
 			}
-			seen[partitionOf(g.service, g.version)] = true
+			seen[proto.PartitionOf(g.service, g.version)] = true
 		}
 		if len(seen) < 2 {
 			t.Fatalf("got %d distinct partitions for %d groups; want a sample that spreads", len(seen), len(groups))
@@ -112,7 +85,7 @@ func TestClusterFromConfig(t *testing.T) {
 			if err != nil {
 				t.Fatalf("group %d (%s, %s): %v", i, g.service, g.version, err)
 			}
-			want := fmt.Sprintf("herd.p.%d.%s.%s", partitionOf(g.service, g.version), g.service, g.version)
+			want := fmt.Sprintf("herd.p.%d.%s.%s", proto.PartitionOf(g.service, g.version), g.service, g.version)
 			if m.Subject != want || string(m.Data) != itoa(i) {
 				t.Fatalf("got %s %q; want %s %q", m.Subject, m.Data, want, itoa(i))
 			}
@@ -142,7 +115,7 @@ func TestClusterFromConfig(t *testing.T) {
 			if err != nil {
 				t.Fatalf("own batch %d: %v", seq, err)
 			}
-			want := fmt.Sprintf("herd.p.%d.checkout.1_2e4_2e2", partitionOf("checkout", "1_2e4_2e2"))
+			want := fmt.Sprintf("herd.p.%d.checkout.1_2e4_2e2", proto.PartitionOf("checkout", "1_2e4_2e2"))
 			if m.Subject != want || string(m.Data) != itoa(seq) {
 				t.Fatalf("got %s %q; want %s %q", m.Subject, m.Data, want, itoa(seq))
 			}
@@ -152,7 +125,7 @@ func TestClusterFromConfig(t *testing.T) {
 		denied := []struct{ subject, reported string }{
 			// Another service's batch: checked after the mapping, so the error names the
 			// partitioned subject.
-			{"herd.in.search.1_2e4_2e2", fmt.Sprintf("herd.p.%d.search.1_2e4_2e2", partitionOf("search", "1_2e4_2e2"))},
+			{"herd.in.search.1_2e4_2e2", fmt.Sprintf("herd.p.%d.search.1_2e4_2e2", proto.PartitionOf("search", "1_2e4_2e2"))},
 			// Straight to another service's partition, bypassing the mapping.
 			{"herd.p.3.search.1_2e4_2e2", "herd.p.3.search.1_2e4_2e2"},
 			// Forged windows and verdicts, even for its own service.
@@ -200,7 +173,7 @@ func TestClusterFromConfig(t *testing.T) {
 		if err != nil {
 			t.Fatalf("search batch: %v", err)
 		}
-		if want := fmt.Sprintf("herd.p.%d.search.2_2e0", partitionOf("search", "2_2e0")); m.Subject != want {
+		if want := fmt.Sprintf("herd.p.%d.search.2_2e0", proto.PartitionOf("search", "2_2e0")); m.Subject != want {
 			t.Fatalf("got %s; want %s", m.Subject, want)
 		}
 

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herd-dev/herd/internal/perftest"
+	"github.com/herd-dev/herd/proto"
 )
 
 // TestKillNode measures what losing one NATS node costs a stream of agent batches. An agent
@@ -70,7 +71,7 @@ func TestKillNode(t *testing.T) {
 		recvd  []recv // guarded by mu
 	)
 	sc := connect(t, c.url(2, herdUser, herdPassword))
-	subject := fmt.Sprintf("herd.p.%d.checkout.%s", partitionOf("checkout", version), version)
+	subject := fmt.Sprintf("herd.p.%d.checkout.%s", proto.PartitionOf("checkout", version), version)
 	sub, err := sc.Subscribe(subject, func(m *nats.Msg) {
 		if len(m.Data) != 8 {
 			probes.Add(1)

@@ -36,7 +36,11 @@ func StartCluster(n int, dir string) ([]*server.Server, error) {
 	return nil, fmt.Errorf("cannot start a %d-node nats cluster: %w", n, lastErr)
 }
 
-func startCluster(n int, dir string) ([]*server.Server, error) {
+// ClusterOptions returns the options of n nats-servers joined by routes, as StartCluster
+// starts them: JetStream with its store under dir/<name>, random client ports and free
+// cluster ports. Tests that start the nodes themselves (say, one at a time) use it; each
+// value is for one server only.
+func ClusterOptions(n int, dir string) ([]*server.Options, error) {
 	ports, err := freeClusterPorts(n)
 	if err != nil {
 		return nil, err
@@ -45,15 +49,10 @@ func startCluster(n int, dir string) ([]*server.Server, error) {
 	for i, p := range ports {
 		routes[i] = &url.URL{Scheme: "nats-route", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(p))}
 	}
-	var servers []*server.Server
-	stopAll := func() {
-		for _, s := range servers {
-			Shutdown(s)
-		}
-	}
+	opts := make([]*server.Options, n)
 	for i := range n {
 		name := "herd-" + strconv.Itoa(i+1)
-		opts := &server.Options{
+		opts[i] = &server.Options{
 			ServerName: name,
 			Host:       "127.0.0.1",
 			Port:       -1,
@@ -69,10 +68,26 @@ func startCluster(n int, dir string) ([]*server.Server, error) {
 			},
 			Routes: routes,
 		}
-		s, err := server.NewServer(opts)
+	}
+	return opts, nil
+}
+
+func startCluster(n int, dir string) ([]*server.Server, error) {
+	opts, err := ClusterOptions(n, dir)
+	if err != nil {
+		return nil, err
+	}
+	var servers []*server.Server
+	stopAll := func() {
+		for _, s := range servers {
+			Shutdown(s)
+		}
+	}
+	for _, o := range opts {
+		s, err := server.NewServer(o)
 		if err != nil {
 			stopAll()
-			return nil, fmt.Errorf("cannot create server %s: %w", name, err)
+			return nil, fmt.Errorf("cannot create server %s: %w", o.ServerName, err)
 		}
 		if err := ApplyMapping(s); err != nil {
 			stopAll()

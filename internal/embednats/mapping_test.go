@@ -9,10 +9,12 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/herd-dev/herd/proto"
 )
 
 // checkRouting publishes herd.in.<svc>.<ver> for many groups through pub and checks that
-// each arrives, on sub's server, only as herd.p.<PartitionOf(svc, ver)>.<svc>.<ver>.
+// each arrives, on sub's server, only as herd.p.<proto.PartitionOf(svc, ver)>.<svc>.<ver>.
 func checkRouting(t *testing.T, pub, sub *nats.Conn) {
 	t.Helper()
 	s, err := sub.SubscribeSync("herd.>")
@@ -51,7 +53,7 @@ func checkRouting(t *testing.T, pub, sub *nats.Conn) {
 	groups = append(groups, group{"a", "bc"}, group{"ab", "c"}) // same hash input: same partition
 	seen := map[int]bool{}
 	for _, g := range groups {
-		want := PartitionOf(g.svc, g.ver)
+		want := proto.PartitionOf(g.svc, g.ver)
 		seen[want] = true
 		if err := pub.Publish("herd.in."+g.svc+"."+g.ver, nil); err != nil {
 			t.Fatal(err)
@@ -60,14 +62,14 @@ func checkRouting(t *testing.T, pub, sub *nats.Conn) {
 		if err != nil {
 			t.Fatalf("%s/%s: no message: %v", g.svc, g.ver, err)
 		}
-		if wantSubj := PartitionSubjectPrefix(want) + g.svc + "." + g.ver; m.Subject != wantSubj {
+		if wantSubj := proto.PartitionSubjectPrefix(want) + g.svc + "." + g.ver; m.Subject != wantSubj {
 			t.Fatalf("got subject %s; want %s", m.Subject, wantSubj)
 		}
 	}
-	if len(seen) < Partitions/2 {
-		t.Errorf("got %d distinct partitions for %d groups; want a spread over most of %d", len(seen), len(groups), Partitions)
+	if len(seen) < proto.Partitions/2 {
+		t.Errorf("got %d distinct partitions for %d groups; want a spread over most of %d", len(seen), len(groups), proto.Partitions)
 	}
-	if PartitionOf("a", "bc") != PartitionOf("ab", "c") {
+	if proto.PartitionOf("a", "bc") != proto.PartitionOf("ab", "c") {
 		t.Errorf("got different partitions for a/bc and ab/c; want the server's token concatenation")
 	}
 }
@@ -110,8 +112,8 @@ func TestMappingConfigMatchesPartitionOf(t *testing.T) {
 	}
 	defer nc.Close()
 	checkRouting(t, nc, nc)
-	if !strings.Contains(MappingConfig(), fmt.Sprintf("partition(%d,1,2)", Partitions)) {
-		t.Errorf("got snippet without partition(%d,1,2):\n%s", Partitions, MappingConfig())
+	if !strings.Contains(MappingConfig(), fmt.Sprintf("partition(%d,1,2)", proto.Partitions)) {
+		t.Errorf("got snippet without partition(%d,1,2):\n%s", proto.Partitions, MappingConfig())
 	}
 }
 
@@ -142,13 +144,4 @@ func TestStartClusterRoutesMappedSubjects(t *testing.T) {
 	if got := ClientURLs(servers); strings.Count(got, ",") != 2 {
 		t.Errorf("got ClientURLs %q; want 3 URLs", got)
 	}
-}
-
-func BenchmarkPartitionOf(b *testing.B) {
-	b.ReportAllocs()
-	n := 0
-	for range b.N {
-		n += PartitionOf("checkout", "1_2e4_2e2")
-	}
-	_ = n
 }

@@ -4,26 +4,44 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/VictoriaMetrics/metrics"
 
-	"github.com/herd-dev/herd/internal/checkfor"
-	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/proto"
 )
 
-// checkFor polls f until it returns nil or timeout passes (see internal/checkfor).
-var checkFor = checkfor.Within
+// fakeLease is a Lease the test ends by hand.
+type fakeLease struct {
+	partition      int
+	from, previous time.Time
+	until          atomic.Int64
+	done           chan struct{}
+	once           sync.Once
+}
 
 // testLease returns a held lease of partition 0 from from, expiring at until.
-func testLease(from, until time.Time) *Lease {
-	l := &Lease{Partition: 0, Epoch: 1, From: from, done: make(chan struct{})}
+func testLease(from, until time.Time) *fakeLease {
+	l := &fakeLease{from: from, done: make(chan struct{})}
 	l.until.Store(until.UnixNano())
 	return l
+}
+
+func (l *fakeLease) Partition() int        { return l.partition }
+func (l *fakeLease) From() time.Time       { return l.from }
+func (l *fakeLease) Previous() time.Time   { return l.previous }
+func (l *fakeLease) Until() time.Time      { return time.Unix(0, l.until.Load()) }
+func (l *fakeLease) Done() <-chan struct{} { return l.done }
+
+// end ends the lease at until, as a release or a loss does.
+func (l *fakeLease) end(until time.Time) {
+	l.once.Do(func() {
+		l.until.Store(until.UnixNano())
+		close(l.done)
+	})
 }
 
 // fanout is a Source for tests: every batch published goes to every running source, as NATS
@@ -98,11 +116,11 @@ func TestPartitionedHandOverExact(t *testing.T) {
 				cfg := DefaultConfig()
 				src := &fanout{}
 				out := &spanSink{}
-				a, err := NewPartitioned(cfg, src.source, out.emitter("a"), nil)
+				a, err := NewPartitioned(cfg, nil, src.source, out.emitter("a"), nil)
 				if err != nil {
 					t.Fatal(err)
 				}
-				b, err := NewPartitioned(cfg, src.source, out.emitter("b"), nil)
+				b, err := NewPartitioned(cfg, nil, src.source, out.emitter("b"), nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -116,7 +134,7 @@ func TestPartitionedHandOverExact(t *testing.T) {
 				la := testLease(t0, t0.Add(time.Hour))
 				a.Acquire(la)
 				synctest.Wait()
-				var lb *Lease
+				var lb *fakeLease
 				sent := 0.0
 				for i := 1; i <= 16; i++ { // 4 s of batches, one per window, 2 instances
 					next := t0.Add(time.Duration(i) * win)
@@ -124,7 +142,7 @@ func TestPartitionedHandOverExact(t *testing.T) {
 						time.Sleep(time.Until(rel))
 						la.end(time.Now())
 						lb = testLease(la.Until().Add(tc.delay), la.Until().Add(time.Hour))
-						lb.Previous = la.Until()
+						lb.previous = la.Until()
 						b.Acquire(lb)
 						synctest.Wait()
 					}
@@ -179,7 +197,7 @@ func TestPartitionedLostLeaseStopsPublishing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		src := &fanout{}
 		out := &spanSink{}
-		a, err := NewPartitioned(DefaultConfig(), src.source, out.emitter("a"), nil)
+		a, err := NewPartitioned(DefaultConfig(), nil, src.source, out.emitter("a"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -218,7 +236,7 @@ func TestPartitionedLostLeaseStopsPublishing(t *testing.T) {
 func TestPartitionedSpans(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := DefaultConfig()
-		pr, err := NewPartitioned(cfg, (&fanout{}).source, (&spanSink{}).emitter("a"), nil)
+		pr, err := NewPartitioned(cfg, nil, (&fanout{}).source, (&spanSink{}).emitter("a"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -232,7 +250,7 @@ func TestPartitionedSpans(t *testing.T) {
 		}
 		a := testLease(t0.Add(100*time.Millisecond), t0.Add(time.Second+10*time.Millisecond))
 		b := testLease(t0.Add(win), t0.Add(2*time.Second))
-		b.Partition = 3
+		b.partition = 3
 		pr.Acquire(b)
 		pr.Acquire(a)
 		want := []Span{
@@ -265,185 +283,9 @@ func TestPartitionedSpans(t *testing.T) {
 	})
 }
 
-func TestLeaseConfigValidate(t *testing.T) {
-	good := DefaultLeaseConfig()
-	good.WorkerID = "w1"
-	if err := good.Validate(); err != nil {
-		t.Fatalf("default config: got %v; want nil", err)
-	}
-	for name, mut := range map[string]func(*LeaseConfig){
-		"bucket":    func(c *LeaseConfig) { c.Bucket = "a.b" },
-		"worker id": func(c *LeaseConfig) { c.WorkerID = "a b" },
-		"margin":    func(c *LeaseConfig) { c.Margin = c.TTL },
-		"heartbeat": func(c *LeaseConfig) { c.Heartbeat = c.TTL },
-		"tick":      func(c *LeaseConfig) { c.Tick = 2 * c.Heartbeat },
-		"replicas":  func(c *LeaseConfig) { c.Replicas = 0 },
-		"parts":     func(c *LeaseConfig) { c.Partitions = 0 },
-	} {
-		c := good
-		mut(&c)
-		if err := c.Validate(); err == nil {
-			t.Errorf("%s: got nil error for %+v; want one", name, c)
-		}
-	}
-}
-
-// leaseLog records every lease of every worker, to check the hand-over invariant.
-type leaseLog struct {
-	mu     sync.Mutex
-	leases map[int][]*leaseRec // partition → leases in order of acquisition
-}
-
-type leaseRec struct {
-	worker string
-	l      *Lease
-}
-
-func (g *leaseLog) acquire(worker string) func(*Lease) {
-	return func(l *Lease) {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		if g.leases == nil {
-			g.leases = map[int][]*leaseRec{}
-		}
-		g.leases[l.Partition] = append(g.leases[l.Partition], &leaseRec{worker, l})
-	}
-}
-
-// owners returns the current holder of every partition, by what the workers hold.
-func owners(ls []*Leases) map[int][]string {
-	out := map[int][]string{}
-	for _, l := range ls {
-		for _, p := range l.Owned() {
-			out[p] = append(out[p], l.WorkerID())
-		}
-	}
-	return out
-}
-
-// checkInvariant checks that every lease began no earlier than its predecessor's Until and
-// that epochs increase.
-func (g *leaseLog) checkInvariant(t *testing.T) {
-	t.Helper()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for p, recs := range g.leases {
-		for i := 1; i < len(recs); i++ {
-			prev, cur := recs[i-1].l, recs[i].l
-			if cur.From.Before(prev.Until()) {
-				t.Errorf("partition %d: lease of %s from %s begins before %s's lease ends %s",
-					p, recs[i].worker, cur.From.Format(time.StampMilli), recs[i-1].worker, prev.Until().Format(time.StampMilli))
-			}
-			if cur.Epoch <= prev.Epoch {
-				t.Errorf("partition %d: epoch %d after %d; want increasing", p, cur.Epoch, prev.Epoch)
-			}
-		}
-	}
-}
-
-// startLeases runs a lease manager until the test ends; done is closed when Run returned.
-func startLeases(t *testing.T, js jetstream.JetStream, log *leaseLog, id string) (l *Leases, cancel context.CancelFunc, done chan struct{}) {
-	t.Helper()
-	cfg := DefaultLeaseConfig()
-	cfg.WorkerID = id
-	l, err := NewLeases(cfg, js, log.acquire(id), func(*Lease) {}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done = make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := l.Run(ctx); err != nil {
-			t.Errorf("leases of %s: %v", id, err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	return l, cancel, done
-}
-
-func checkBalanced(ls []*Leases, parts int) error {
-	own := owners(ls)
-	if len(own) != parts {
-		return fmt.Errorf("got %d partitions owned; want %d", len(own), parts)
-	}
-	for p, who := range own {
-		if len(who) != 1 {
-			return fmt.Errorf("partition %d held by %v; want one worker", p, who)
-		}
-	}
-	target := (parts + len(ls) - 1) / len(ls)
-	for _, l := range ls {
-		if n := len(l.Owned()); n > target || n < parts-target*(len(ls)-1) {
-			return fmt.Errorf("worker %s holds %d partitions; want between %d and %d", l.WorkerID(), n, parts-target*(len(ls)-1), target)
-		}
-	}
-	return nil
-}
-
-// TestLeasesBalanceFailoverAndRebalance runs lease managers against a real JetStream: three
-// workers share the partitions, a crashed worker's partitions are owned again within 2 s, a
-// joining worker gets its share and a cleanly stopping one hands over at once.
-func TestLeasesBalanceFailoverAndRebalance(t *testing.T) {
-	s, err := embednats.Start(embednats.Config{Port: -1, JetStream: true, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(s)
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := &leaseLog{}
-	parts := DefaultLeaseConfig().Partitions
-	w1, _, _ := startLeases(t, js, log, "w1")
-	w2, _, _ := startLeases(t, js, log, "w2")
-	w3, _, done3 := startLeases(t, js, log, "w3")
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error { return checkBalanced([]*Leases{w1, w2, w3}, parts) })
-
-	// Crash w3: its leases stay in the store until they expire.
-	lost := w3.Owned()
-	w3.Abandon()
-	<-done3
-	killed := time.Now()
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error { return checkBalanced([]*Leases{w1, w2}, parts) })
-	took := time.Since(killed)
-	t.Logf("crashed worker's %d partitions owned again after %s", len(lost), took.Round(time.Millisecond))
-	if took > 2*time.Second {
-		t.Errorf("takeover took %s; want ≤ 2s", took)
-	}
-
-	// A new worker joins and gets its share.
-	w4, cancel4, done4 := startLeases(t, js, log, "w4")
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error { return checkBalanced([]*Leases{w1, w2, w4}, parts) })
-
-	// A clean stop releases: the others own everything again well before a TTL.
-	cancel4()
-	<-done4
-	stopped := time.Now()
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error { return checkBalanced([]*Leases{w1, w2}, parts) })
-	handover := time.Since(stopped)
-	t.Logf("cleanly stopped worker's partitions owned again after %s", handover.Round(time.Millisecond))
-	if ttl := DefaultLeaseConfig().TTL; handover >= ttl {
-		t.Errorf("clean hand-over took %s; want less than the TTL %s", handover, ttl)
-	}
-	log.checkInvariant(t)
-	if m := w1.Moves(); m[MoveAcquiredExpired]+w2.Moves()[MoveAcquiredExpired] < uint64(len(lost)) {
-		t.Errorf("got acquired_expired w1=%d w2=%d; want at least the %d crashed partitions", m[MoveAcquiredExpired], w2.Moves()[MoveAcquiredExpired], len(lost))
-	}
-	if got := w4.Moves()[MoveShutdown]; got == 0 {
-		t.Errorf("got %d shutdown releases of w4; want its partitions", got)
-	}
-}
-
 // BenchmarkPartitionedAdd measures the span check plus merge of one batch.
 func BenchmarkPartitionedAdd(b *testing.B) {
-	pr, err := NewPartitioned(DefaultConfig(), func(ctx context.Context, _ int, _ func(*proto.Batch)) error {
+	pr, err := NewPartitioned(DefaultConfig(), nil, func(ctx context.Context, _ int, _ func(*proto.Batch)) error {
 		<-ctx.Done()
 		return nil
 	}, func(*proto.Window) {}, nil)
@@ -452,7 +294,7 @@ func BenchmarkPartitionedAdd(b *testing.B) {
 	}
 	now := time.Now()
 	pt := &partition{lease: testLease(now, now.Add(time.Hour)), fromCut: 0}
-	pt.roll, _ = New(DefaultConfig(), func(*proto.Window) {}, nil)
+	pt.roll, _ = New(DefaultConfig(), pr.m, func(*proto.Window) {}, nil)
 	bt := batch(1, 0, now, counter("requests", 1))
 	b.ReportAllocs()
 	for i := range b.N {
@@ -461,36 +303,48 @@ func BenchmarkPartitionedAdd(b *testing.B) {
 	}
 }
 
-// TestInParallelBounded checks that inParallel runs every op, at most maxInFlight at once,
-// and returns only after all of them returned.
-func TestInParallelBounded(t *testing.T) {
+// TestPartitionedSharedMetrics checks that the rollups of every partition count into the
+// Metrics the Partitioned was built with, so that the size gauges sum over the running
+// partitions and drop back to zero once they stopped, while the counters keep their totals.
+func TestPartitionedSharedMetrics(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		const n = 2*maxInFlight + 3
-		var mu sync.Mutex
-		var inFlight, peak int
-		done := make([]bool, n)
-		start := time.Now()
-		inParallel(n, func(i int) {
-			mu.Lock()
-			inFlight++
-			peak = max(peak, inFlight)
-			mu.Unlock()
-			time.Sleep(100 * time.Millisecond) // one replicated write
-			mu.Lock()
-			inFlight--
-			done[i] = true
-			mu.Unlock()
-		})
-		if got, want := time.Since(start), 300*time.Millisecond; got != want {
-			t.Errorf("got %d ops done after %s; want %s (3 rounds of %d)", n, got, want, maxInFlight)
+		m := NewMetrics(metrics.NewSet())
+		src := &fanout{}
+		pr, err := NewPartitioned(DefaultConfig(), m, src.source, func(*proto.Window) {}, nil)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if peak != maxInFlight {
-			t.Errorf("got %d ops in flight at most; want %d", peak, maxInFlight)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go pr.Run(ctx)
+		t0 := time.Now().Truncate(time.Second).Add(time.Second)
+		time.Sleep(time.Until(t0))
+		a := testLease(t0, t0.Add(time.Hour))
+		b := testLease(t0, t0.Add(time.Hour))
+		b.partition = 3
+		pr.Acquire(a)
+		pr.Acquire(b)
+		synctest.Wait()
+		time.Sleep(win)
+		// The test source hands every batch to both partitions.
+		src.publish(batch(1, 1, time.Now(), counter("requests", 1), counter("errors", 0)))
+		src.publish(batch(2, 1, time.Now(), counter("requests", 1)))
+		st := pr.Stats()
+		if st.Batches != 4 || st.BatchesMerged != 4 || st.Groups != 2 || st.Instances != 4 || st.Series != 4 {
+			t.Errorf("got batches %d, merged %d, groups %d, instances %d, series %d; want 4, 4, 2, 4, 4",
+				st.Batches, st.BatchesMerged, st.Groups, st.Instances, st.Series)
 		}
-		for i, d := range done {
-			if !d {
-				t.Errorf("op %d did not run; want every op run before inParallel returns", i)
-			}
+		a.end(time.Now())
+		b.end(time.Now())
+		time.Sleep(2 * time.Second) // the spans' windows close; the partitions stop
+		synctest.Wait()
+		if n := pr.Running(); n != 0 {
+			t.Fatalf("got %d partitions running; want 0", n)
+		}
+		st = pr.Stats()
+		if st.Batches != 4 || st.WindowsEmitted == 0 || st.Groups != 0 || st.Instances != 0 || st.Series != 0 {
+			t.Errorf("after the partitions stopped: got batches %d, windows %d, groups %d, instances %d, series %d; want 4, > 0, 0, 0, 0",
+				st.Batches, st.WindowsEmitted, st.Groups, st.Instances, st.Series)
 		}
 	})
 }

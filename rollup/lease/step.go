@@ -1,0 +1,332 @@
+package lease
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"hash/fnv"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+// maxInFlight bounds the KV operations one step has in flight at once. Each operation waits
+// for a replicated write, so a worker holding many leases renews them all within about one
+// round trip instead of one round trip each, even when the CPU is starved.
+const maxInFlight = 16
+
+// inParallel calls op(0) … op(n−1), each on its own goroutine and at most maxInFlight at a
+// time, and returns when all returned. An op must not touch the manager's state: it fills
+// its own result, which the caller applies on Run's goroutine afterwards.
+func inParallel(n int, op func(i int)) {
+	if n == 1 {
+		op(0)
+		return
+	}
+	sem := make(chan struct{}, maxInFlight)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			op(i)
+		})
+	}
+	wg.Wait()
+}
+
+// kvResult is the outcome of one KV write of a step, applied on Run's goroutine.
+type kvResult struct {
+	sent time.Time // when the write was sent
+	rev  uint64
+	err  error
+	// After a failed compare-and-set, the key read back (see readBack).
+	read    bool
+	entry   jetstream.KeyValueEntry
+	readErr error
+}
+
+// readBack re-reads key p after a failed compare-and-set, in case the watch is behind or the
+// key aged out of the bucket; applyRead applies the result.
+func (l *Manager) readBack(ctx context.Context, p int, r *kvResult) {
+	cctx, cancel := l.opCtx(ctx)
+	defer cancel()
+	r.read = true
+	r.entry, r.readErr = l.kv.Get(cctx, partKey(p))
+}
+
+// applyRead applies what readBack read of key p.
+func (l *Manager) applyRead(p int, r *kvResult) {
+	switch {
+	case !r.read:
+	case errors.Is(r.readErr, jetstream.ErrKeyNotFound):
+		l.parts[p] = keyView{}
+	case r.readErr != nil:
+		l.kvErrors.Inc()
+	default:
+		l.observe(r.entry, time.Now())
+	}
+}
+
+// step runs one round: expire, renew, rebalance, claim. The writes of each phase are issued
+// concurrently (inParallel) and their results applied in partition order afterwards.
+func (l *Manager) step(ctx context.Context, now time.Time) {
+	for _, ls := range l.sortedOwned() {
+		if !now.Before(ls.deadline) {
+			l.lose(ls, MoveLostExpired)
+		}
+	}
+	l.renewAll(ctx, now)
+	n := l.liveWorkers(now)
+	target := (proto.Partitions + n - 1) / n
+	if extra := len(l.owned) - target; extra > 0 {
+		owned := l.sortedOwned()
+		l.releaseAll(ctx, owned[len(owned)-extra:], MoveReleased)
+		return
+	}
+	if len(l.owned) >= target || now.Before(l.claimAfter) {
+		return
+	}
+	// Start at a worker-specific offset so that claimers mostly try different keys.
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(l.cfg.WorkerID))
+	off := int(h.Sum32() % uint32(proto.Partitions))
+	// Claim as many as are missing at once; retry with the next candidates for the claims
+	// that failed.
+	i := 0
+	for ctx.Err() == nil {
+		need := target - len(l.owned)
+		var ps []int
+		var reasons []string
+		for ; i < proto.Partitions && len(ps) < need; i++ {
+			p := (off + i) % proto.Partitions
+			if l.owned[p] != nil {
+				continue
+			}
+			v := l.parts[p]
+			switch {
+			case !v.exists || v.val.Worker == "":
+				ps, reasons = append(ps, p), append(reasons, MoveAcquiredFree)
+			case time.Since(v.seen) >= l.cfg.TTL:
+				ps, reasons = append(ps, p), append(reasons, MoveAcquiredExpired)
+			}
+		}
+		if len(ps) == 0 {
+			return
+		}
+		l.claimAll(ctx, ps, reasons)
+	}
+}
+
+// heartbeat renews the worker's heartbeat key.
+func (l *Manager) heartbeat(ctx context.Context, now time.Time) {
+	l.applyHeartbeat(now, l.writeHeartbeat(ctx))
+}
+
+// writeHeartbeat writes the worker's heartbeat key; it touches no state.
+func (l *Manager) writeHeartbeat(ctx context.Context) kvResult {
+	cctx, cancel := l.opCtx(ctx)
+	defer cancel()
+	r := kvResult{sent: time.Now()}
+	r.rev, r.err = l.kv.Put(cctx, workerKey(l.cfg.WorkerID), []byte(strconv.FormatInt(r.sent.UnixMilli(), 10)))
+	return r
+}
+
+func (l *Manager) applyHeartbeat(now time.Time, r kvResult) {
+	if r.err != nil {
+		l.kvErrors.Inc()
+		l.logger.Debug("cannot renew the worker heartbeat", "err", r.err)
+		return
+	}
+	l.hbRev, l.hbSent = r.rev, now
+}
+
+func (l *Manager) encode(epoch uint64, worker string, expires time.Time) []byte {
+	b, err := json.Marshal(leaseValue{Worker: worker, Epoch: epoch, ExpiresMs: expires.UnixMilli()})
+	if err != nil {
+		panic("BUG: cannot encode a lease value: " + err.Error())
+	}
+	return b
+}
+
+// expiry returns the wall-clock and monotonic ends of a lease written at sent. The wall value
+// is truncated to the millisecond it is stored with, so the owner and the next owner compute
+// their cuts from the same number.
+func (l *Manager) expiry(sent time.Time) (wall, deadline time.Time) {
+	d := l.cfg.TTL - l.cfg.Margin
+	wallMs := sent.Add(d).UnixMilli()
+	return time.UnixMilli(wallMs), sent.Add(d)
+}
+
+// claimAll tries to acquire partitions ps (for reasons), each with a compare-and-set on the
+// revision observed before the step's writes.
+func (l *Manager) claimAll(ctx context.Context, ps []int, reasons []string) {
+	views := make([]keyView, len(ps))
+	for i, p := range ps {
+		views[i] = l.parts[p]
+	}
+	res := make([]kvResult, len(ps))
+	inParallel(len(ps), func(i int) {
+		p, v, r := ps[i], views[i], &res[i]
+		r.sent = time.Now()
+		wall, _ := l.expiry(r.sent)
+		data := l.encode(v.val.Epoch+1, l.cfg.WorkerID, wall)
+		cctx, cancel := l.opCtx(ctx)
+		if v.rev == 0 {
+			r.rev, r.err = l.kv.Create(cctx, partKey(p), data)
+		} else {
+			r.rev, r.err = l.kv.Update(cctx, partKey(p), data, v.rev)
+		}
+		cancel()
+		if r.err != nil {
+			l.readBack(ctx, p, r)
+		}
+	})
+	for i, p := range ps {
+		l.applyClaim(p, views[i], reasons[i], &res[i])
+	}
+}
+
+// applyClaim applies the claim of partition p, whose key was v before the claim.
+func (l *Manager) applyClaim(p int, v keyView, reason string, r *kvResult) {
+	if r.err != nil {
+		if !errors.Is(r.err, jetstream.ErrKeyExists) && !errors.Is(r.err, jetstream.ErrKeyRevisionMismatch) {
+			l.kvErrors.Inc()
+			l.logger.Debug("cannot claim partition", "partition", p, "err", r.err)
+		}
+		l.applyRead(p, r)
+		return
+	}
+	ls := &Lease{partition: p, epoch: v.val.Epoch + 1, done: make(chan struct{})}
+	wall, deadline := l.expiry(r.sent)
+	// The previous lease, at the revision we replaced, ended no later than its Expires.
+	from := time.Now()
+	if v.exists {
+		ls.previous = time.UnixMilli(v.val.ExpiresMs)
+		if ls.previous.After(from) {
+			from = ls.previous
+		}
+	}
+	ls.from = from
+	ls.rev, ls.sent, ls.deadline = r.rev, r.sent, deadline
+	ls.until.Store(wall.UnixNano())
+	l.parts[p] = keyView{exists: true, rev: r.rev, val: leaseValue{Worker: l.cfg.WorkerID, Epoch: ls.epoch, ExpiresMs: wall.UnixMilli()}, seen: r.sent}
+	l.owned[p] = ls
+	l.ownedChanged()
+	l.moves[reason].Inc()
+	l.logger.Info("partition acquired", "partition", p, "epoch", ls.epoch, "reason", reason, "previous_owner", v.val.Worker)
+	l.onAcquire(ls)
+}
+
+// renewAll renews the worker's heartbeat if due and every held lease whose last renewal was
+// sent Heartbeat ago or more.
+func (l *Manager) renewAll(ctx context.Context, now time.Time) {
+	var due []*Lease
+	for _, ls := range l.sortedOwned() {
+		if time.Since(ls.sent) >= l.cfg.Heartbeat {
+			due = append(due, ls)
+		}
+	}
+	hb := now.Sub(l.hbSent) >= l.cfg.Heartbeat
+	// Slot 0 is the heartbeat, so that it never queues behind the leases.
+	res := make([]kvResult, len(due)+1)
+	inParallel(len(res), func(i int) {
+		if i == 0 {
+			if hb {
+				res[0] = l.writeHeartbeat(ctx)
+			}
+			return
+		}
+		ls, r := due[i-1], &res[i]
+		r.sent = time.Now()
+		wall, _ := l.expiry(r.sent)
+		cctx, cancel := l.opCtx(ctx)
+		r.rev, r.err = l.kv.Update(cctx, partKey(ls.partition), l.encode(ls.epoch, l.cfg.WorkerID, wall), ls.rev)
+		cancel()
+		if errors.Is(r.err, jetstream.ErrKeyRevisionMismatch) {
+			l.readBack(ctx, ls.partition, r)
+		}
+	})
+	if hb {
+		l.applyHeartbeat(now, res[0])
+	}
+	for i, ls := range due {
+		l.applyRenew(ls, &res[i+1])
+	}
+}
+
+// applyRenew applies the renewal of a held lease.
+func (l *Manager) applyRenew(ls *Lease, r *kvResult) {
+	if r.err != nil {
+		if errors.Is(r.err, jetstream.ErrKeyRevisionMismatch) {
+			l.lose(ls, MoveLostTaken)
+			l.applyRead(ls.partition, r)
+			return
+		}
+		// A timeout may or may not have been applied: keep the old deadline; if the write
+		// landed, the next renewal gets a revision mismatch and the lease is lost.
+		l.kvErrors.Inc()
+		l.logger.Debug("cannot renew lease", "partition", ls.partition, "err", r.err)
+		return
+	}
+	wall, deadline := l.expiry(r.sent)
+	ls.rev, ls.sent, ls.deadline = r.rev, r.sent, deadline
+	ls.until.Store(wall.UnixNano())
+	v := &l.parts[ls.partition]
+	if r.rev > v.rev {
+		*v = keyView{exists: true, rev: r.rev, val: leaseValue{Worker: l.cfg.WorkerID, Epoch: ls.epoch, ExpiresMs: wall.UnixMilli()}, seen: r.sent}
+	}
+}
+
+// releaseAll ends held leases now and writes their keys free, so other workers can claim
+// them at once. Each lease's Until is fixed before its write is sent.
+func (l *Manager) releaseAll(ctx context.Context, lss []*Lease, reason string) {
+	if len(lss) == 0 {
+		return
+	}
+	untils := make([]time.Time, len(lss))
+	for i, ls := range lss {
+		until := time.UnixMilli(time.Now().UnixMilli() + 1) // rounded up to the stored millisecond
+		if u := ls.Until(); until.After(u) {
+			until = u // never later than what others were told
+		}
+		ls.end(until)
+		delete(l.owned, ls.partition)
+		untils[i] = until
+	}
+	l.ownedChanged()
+	res := make([]kvResult, len(lss))
+	inParallel(len(lss), func(i int) {
+		ls, r := lss[i], &res[i]
+		cctx, cancel := l.opCtx(ctx)
+		r.rev, r.err = l.kv.Update(cctx, partKey(ls.partition), l.encode(ls.epoch, "", untils[i]), ls.rev)
+		cancel()
+	})
+	for i, ls := range lss {
+		r := &res[i]
+		if r.err != nil {
+			l.kvErrors.Inc()
+			l.logger.Debug("cannot write a released lease; it expires instead", "partition", ls.partition, "err", r.err)
+		} else if v := &l.parts[ls.partition]; r.rev > v.rev {
+			*v = keyView{exists: true, rev: r.rev, val: leaseValue{Epoch: ls.epoch, ExpiresMs: untils[i].UnixMilli()}, seen: time.Now()}
+		}
+		l.moves[reason].Inc()
+		l.logger.Info("partition released", "partition", ls.partition, "epoch", ls.epoch, "reason", reason)
+		l.onRelease(ls)
+	}
+}
+
+// lose ends a lease this worker can no longer count on: its Until stays the last Expires
+// written, which no later owner's From precedes.
+func (l *Manager) lose(ls *Lease, reason string) {
+	ls.end(ls.Until())
+	delete(l.owned, ls.partition)
+	l.ownedChanged()
+	l.moves[reason].Inc()
+	l.logger.Warn("partition lease lost", "partition", ls.partition, "epoch", ls.epoch, "reason", reason)
+	l.onRelease(ls)
+}
