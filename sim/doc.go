@@ -14,7 +14,9 @@
 //     windows for a baseline and a canary and feed a real alert.Detector through its exported
 //     API, measuring false rollbacks and detection times.
 //
-// A seed fixes the traffic: the same seed gives the same draws whatever the scheduling. Instance
-// identities are random, like a real fleet's. `herd sim`, `herd demo` and `herd bench` wire this
+// A seed fixes the draws: every fleet shard and every benchmark trial owns its random source, so
+// one seed gives the same traffic whatever the goroutine scheduling (a fleet in real time still
+// follows the clock: a boundary missed on a busy machine is skipped). Instance identities are
+// random, like a real fleet's. `herd sim`, `herd demo` and `herd bench` wire this
 // package to NATS; tests use it to drive the real pipeline.
 package sim
