@@ -341,6 +341,7 @@ func (c *comparison) evidence(decisive string) proto.Evidence {
 	if !c.testsReady {
 		return ev
 	}
+	ev.Margin = c.psi0
 	ev.EValue = math.Exp(min(c.logAverage(), maxLogE))
 	for _, t := range c.tests {
 		te := proto.TestEvidence{

@@ -80,6 +80,10 @@ type Evidence struct {
 	// CanaryInstances and BaselineInstances are the instance counts of the last window.
 	CanaryInstances   int `json:"canary_instances"`
 	BaselineInstances int `json:"baseline_instances"`
+	// Margin is ψ0, the canary/baseline event-rate ratio the count tests take as their null
+	// (what they tolerate): the configured margin, raised for groups with few instances and
+	// frozen when the tests start at the first compared window pair; 0 before.
+	Margin float64 `json:"margin,omitempty"`
 }
 
 // Verdict is a detector state change for one canary, published as JSON on

@@ -16,6 +16,7 @@ import (
 
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/sim"
 )
 
 func benchCommand() command {
@@ -132,12 +133,12 @@ func benchIngest(ctx context.Context, e *env, args []string) error {
 	sf := simFlags{instances: *instances, canaryShare: 0.2, rps: *rps, errorRate: 0.005,
 		latencyMedian: 40 * time.Millisecond, latencyP99: 200 * time.Millisecond}
 	sf.services = listFlag{"checkout", "search", "cart", "auth"}
-	groups, err := sf.groups()
+	groups, err := sf.spread()
 	if err != nil {
 		stop()
 		return err
 	}
-	f, err := newFleet(fleetConfig{Groups: groups, LifetimeMin: 20 * time.Second, LifetimeMax: 60 * time.Second,
+	f, err := sim.NewFleet(sim.FleetConfig{Groups: groups, LifetimeMin: 20 * time.Second, LifetimeMax: 60 * time.Second,
 		Interval: ingest.DefaultInterval, Seed: 1, Publish: pc.Publish, Logger: e.logger})
 	if err != nil {
 		stop()

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/herd-dev/herd/alert"
+	"github.com/herd-dev/herd/sim"
 )
 
 // benchDetect runs the detector's statistical benchmark on simulated time and prints a table
@@ -29,7 +29,7 @@ func benchDetect(ctx context.Context, e *env, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	cfg := alert.BenchConfig{Trials: *trials, Duration: *duration, RPS: *rps, Seed: *seed}
+	cfg := sim.DetectConfig{Trials: *trials, Duration: *duration, RPS: *rps, Seed: *seed}
 	for _, s := range strings.Split(*shares, ",") {
 		var f float64
 		if _, err := fmt.Sscan(strings.TrimSpace(s), &f); err != nil {
@@ -41,7 +41,7 @@ func benchDetect(ctx context.Context, e *env, args []string) error {
 		cfg.Scenarios = strings.Split(*scenarios, ",")
 	}
 	start := time.Now()
-	rep, err := alert.Bench(cfg)
+	rep, err := sim.BenchDetect(cfg)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/herd-dev/herd/alert/deliver"
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/sim"
 )
 
 // demoEvent is one line of `herd demo --json`.
@@ -161,8 +162,8 @@ func (d *demo) run(ctx context.Context) error {
 			ln.Close()
 		}
 	}
-	var fl *fleet
-	recv := &http.Server{Handler: d.receiver(secret, func() { fl.group(demoService, demoCanary).target.Store(0) }),
+	var fl *sim.Fleet
+	recv := &http.Server{Handler: d.receiver(secret, func() { fl.Group(demoService, demoCanary).SetTarget(0) }),
 		ReadHeaderTimeout: 5 * time.Second}
 
 	s, err := newStack(d.stack, logger)
@@ -177,8 +178,8 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	defer pc.Close()
-	fl, err = newFleet(fleetConfig{
-		Groups: []groupSpec{
+	fl, err = sim.NewFleet(sim.FleetConfig{
+		Groups: []sim.Group{
 			{Service: demoService, Version: demoBaseline, Instances: d.baseline, RPS: d.rps, ErrorRate: d.errorRate,
 				LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond},
 			{Service: demoService, Version: demoCanary, Instances: 0, RPS: d.rps, ErrorRate: d.errorRate,
@@ -246,12 +247,12 @@ func (d *demo) run(ctx context.Context) error {
 }
 
 // story deploys the canary, applies the scenario's regression, and waits for the verdict.
-func (d *demo) story(ctx context.Context, s *stack, fl *fleet, start time.Time) error {
+func (d *demo) story(ctx context.Context, s *stack, fl *sim.Fleet, start time.Time) error {
 	if !sleepUntil(ctx, start.Add(d.deployAfter)) {
 		return nil
 	}
-	canary := fl.group(demoService, demoCanary)
-	canary.target.Store(int64(d.canary))
+	canary := fl.Group(demoService, demoCanary)
+	canary.SetTarget(d.canary)
 	dep := proto.Deployment{Service: demoService, Baseline: demoBaseline, Canary: demoCanary, UnixMs: time.Now().UnixMilli()}
 	d.emit(demoEvent{Type: "deploy", Service: demoService, Version: demoCanary,
 		Text: fmt.Sprintf("deploy: %s %s starts beside %s with %d instances", demoService, demoCanary, demoBaseline, d.canary)})
@@ -264,11 +265,11 @@ func (d *demo) story(ctx context.Context, s *stack, fl *fleet, start time.Time) 
 	}
 	switch d.scenario {
 	case "errors":
-		canary.setErrorRate(canary.spec.ErrorRate * 5)
+		canary.SetErrorRate(canary.Spec().ErrorRate * 5)
 	case "latency":
-		canary.setLatencyFactor(3)
+		canary.SetLatencyFactor(3)
 	case "crash":
-		canary.crash.Store(true)
+		canary.SetCrash(true)
 	}
 	d.mu.Lock()
 	d.onset = time.Now()
@@ -289,7 +290,7 @@ func (d *demo) story(ctx context.Context, s *stack, fl *fleet, start time.Time) 
 			d.mu.Lock()
 			hooked := !d.webhookAt.IsZero() && d.stoppedAt.IsZero()
 			d.mu.Unlock()
-			if hooked && canary.live.Load() == 0 {
+			if hooked && canary.Live() == 0 {
 				d.mu.Lock()
 				d.stoppedAt = time.Now()
 				d.mu.Unlock()

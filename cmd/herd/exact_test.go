@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/sim"
 )
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -54,30 +55,10 @@ func testStack(t *testing.T) (s *stack, stop func() error) {
 	return s, stop
 }
 
-// addWindow adds what a window carries to the totals: instances started and stopped, and the
-// RED series' requests, errors and latency observations.
-func (tot *groupTotals) addWindow(w *proto.Window) {
-	tot.InstancesStarted += uint64(w.InstancesStarted)
-	tot.InstancesStopped += uint64(w.InstancesStopped)
-	for i := range w.Series {
-		s := &w.Series[i]
-		switch s.Name {
-		case proto.SeriesRequests:
-			tot.Requests += uint64(s.Value)
-		case proto.SeriesErrors:
-			tot.Errors += uint64(s.Value)
-		case proto.SeriesLatency:
-			if s.Hist != nil {
-				tot.LatencyCount += s.Hist.Count
-			}
-		}
-	}
-}
-
 // windowSums totals what windows carried per group.
 type windowSums struct {
 	mu      sync.Mutex
-	byGroup map[[2]string]*groupTotals
+	byGroup map[[2]string]*sim.Totals
 	delays  []time.Duration // receive time minus window end
 }
 
@@ -88,7 +69,7 @@ func collectWindows(t *testing.T, url string) *windowSums {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	ws := &windowSums{byGroup: map[[2]string]*groupTotals{}}
+	ws := &windowSums{byGroup: map[[2]string]*sim.Totals{}}
 	_, err = nc.Subscribe(proto.SubjectRollupAll, func(m *nats.Msg) {
 		got := time.Now()
 		w, err := proto.UnmarshalWindow(m.Data)
@@ -102,10 +83,10 @@ func collectWindows(t *testing.T, url string) *windowSums {
 		k := [2]string{w.Service, w.Version}
 		tot := ws.byGroup[k]
 		if tot == nil {
-			tot = &groupTotals{Service: w.Service, Version: w.Version}
+			tot = &sim.Totals{Service: w.Service, Version: w.Version}
 			ws.byGroup[k] = tot
 		}
-		tot.addWindow(w)
+		tot.AddWindow(w)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -130,18 +111,8 @@ func TestExactUnderChurn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	sf := simFlags{instances: 200, canaryShare: 0.2, rps: 20, errorRate: 0.01,
-		latencyMedian: 40 * time.Millisecond, latencyP99: 200 * time.Millisecond}
-	sf.services = listFlag{"checkout", "search"}
-	groups, err := sf.groups()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := newFleet(fleetConfig{Groups: groups, LifetimeMin: 500 * time.Millisecond, LifetimeMax: 2 * time.Second,
-		Interval: 250 * time.Millisecond, Seed: 7, Publish: nc.Publish, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := churnFleet(t, nc.Publish, 7, sim.SpreadConfig{Services: []string{"checkout", "search"}, Instances: 200, CanaryShare: 0.2},
+		500*time.Millisecond, 2*time.Second)
 	if err := f.Run(context.Background(), time.Now().Add(5*time.Second)); err != nil {
 		t.Fatal(err)
 	}

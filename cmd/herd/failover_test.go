@@ -14,24 +14,15 @@ import (
 
 	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/sim"
 )
 
 // failoverFleet is the fleet of the failover tests: a baseline and a canary of checkout and
 // a bystander service, publishing through nc.
-func failoverFleet(t *testing.T, nc *nats.Conn) *fleet {
+func failoverFleet(t *testing.T, nc *nats.Conn) *sim.Fleet {
 	t.Helper()
-	spec := func(svc, ver string, n int) groupSpec {
-		return groupSpec{Service: svc, Version: ver, Instances: n, RPS: 100, ErrorRate: 0.01,
-			LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond}
-	}
-	f, err := newFleet(fleetConfig{Groups: []groupSpec{
-		spec("checkout", "1.4.2", 10), spec("checkout", "1.5.0", 4), spec("search", "2.0.1", 4),
-	}, LifetimeMin: time.Minute, LifetimeMax: 2 * time.Minute, Interval: 250 * time.Millisecond, Seed: 9,
-		Publish: nc.Publish, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f
+	return steadyFleet(t, nc.Publish, 9,
+		testGroup("checkout", "1.4.2", 10), testGroup("checkout", "1.5.0", 4), testGroup("search", "2.0.1", 4))
 }
 
 // TestFailoverWorkerCrashDuringBadCanary crashes the rollup worker that owns a bad canary's
@@ -98,8 +89,7 @@ func TestFailoverWorkerCrashDuringBadCanary(t *testing.T) {
 	if victim < 0 {
 		t.Fatalf("no worker owns partition %d of the canary", part)
 	}
-	canary := fl.group("checkout", "1.5.0")
-	canary.setErrorRate(0.1)
+	fl.Group("checkout", "1.5.0").SetErrorRate(0.1)
 	onset := time.Now()
 	ws[victim].w.crash()
 

@@ -11,6 +11,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
+
+	"github.com/herd-dev/herd/sim"
 )
 
 // TestDashboardFreshness runs a 1,000-instance fleet through serve and measures, with a
@@ -57,18 +59,8 @@ func TestDashboardFreshness(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	sf := simFlags{instances: 1000, canaryShare: 0.2, rps: 20, errorRate: 0.01,
-		latencyMedian: 40 * time.Millisecond, latencyP99: 200 * time.Millisecond}
-	sf.services = listFlag{"checkout", "search"}
-	groups, err := sf.groups()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := newFleet(fleetConfig{Groups: groups, LifetimeMin: 2 * time.Second, LifetimeMax: 10 * time.Second,
-		Interval: 250 * time.Millisecond, Seed: 11, Publish: nc.Publish, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := churnFleet(t, nc.Publish, 11, sim.SpreadConfig{Services: []string{"checkout", "search"}, Instances: 1000, CanaryShare: 0.2},
+		2*time.Second, 10*time.Second)
 	if err := f.Run(context.Background(), time.Now().Add(6*time.Second)); err != nil {
 		t.Fatal(err)
 	}

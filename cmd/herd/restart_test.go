@@ -69,13 +69,7 @@ func TestRestartKeepsHistoryAndDecisions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fl, err := newFleet(fleetConfig{Groups: []groupSpec{
-		{Service: "checkout", Version: "1.4.2", Instances: 10, RPS: 100, ErrorRate: 0.01, LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond},
-		{Service: "checkout", Version: "1.5.0", Instances: 3, RPS: 100, ErrorRate: 0.01, LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond},
-	}, LifetimeMin: time.Minute, LifetimeMax: 2 * time.Minute, Interval: 250 * time.Millisecond, Seed: 3, Publish: pc.Publish, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	fl := steadyFleet(t, pc.Publish, 3, testGroup("checkout", "1.4.2", 10), testGroup("checkout", "1.5.0", 3))
 	if err := s1.announce(proto.Deployment{Service: "checkout", Baseline: "1.4.2", Canary: "1.5.0"}); err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +83,7 @@ func TestRestartKeepsHistoryAndDecisions(t *testing.T) {
 		}
 		return nil
 	})
-	fl.group("checkout", "1.5.0").crash.Store(true)
+	fl.Group("checkout", "1.5.0").SetCrash(true)
 	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if hooks.Load() < 1 {
 			return errorf("no rollback webhook yet")

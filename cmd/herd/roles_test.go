@@ -73,13 +73,7 @@ func TestSeparateRolesAndTwoDetectors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	fl, err := newFleet(fleetConfig{Groups: []groupSpec{
-		{Service: "checkout", Version: "1.4.2", Instances: 10, RPS: 100, ErrorRate: 0.01, LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond},
-		{Service: "checkout", Version: "1.5.0", Instances: 3, RPS: 100, ErrorRate: 0.01, LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond},
-	}, LifetimeMin: time.Minute, LifetimeMax: 2 * time.Minute, Interval: 250 * time.Millisecond, Seed: 5, Publish: pc.Publish, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	fl := steadyFleet(t, pc.Publish, 5, testGroup("checkout", "1.4.2", 10), testGroup("checkout", "1.5.0", 3))
 	// The announcement goes through the web node's API, as a deploy tool would send it.
 	resp, err := http.Post(w.HTTPURL()+"/api/v1/deployments", "application/json",
 		strings.NewReader(`{"service":"checkout","baseline":"1.4.2","canary":"1.5.0"}`))
@@ -101,7 +95,7 @@ func TestSeparateRolesAndTwoDetectors(t *testing.T) {
 		}
 		return nil
 	})
-	fl.group("checkout", "1.5.0").crash.Store(true)
+	fl.Group("checkout", "1.5.0").SetCrash(true)
 	var id string
 	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		for _, d := range []*stack{d1, d2} {

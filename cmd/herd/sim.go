@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/herd-dev/herd/ingest"
+	"github.com/herd-dev/herd/sim"
 )
 
 // simFlags are the flags of `herd sim`, shared with `herd bench`.
@@ -40,49 +41,14 @@ func (s *simFlags) register(fs *flag.FlagSet) {
 	fs.Uint64Var(&s.seed, "seed", 1, "random seed; the same seed gives the same traffic")
 }
 
-// groups spreads the instances over services and versions.
-func (s *simFlags) groups() ([]groupSpec, error) {
-	services, versions := []string(s.services), []string(s.versions)
-	if len(services) == 0 {
-		services = []string{"checkout"}
+// spread spreads the instances over services and versions (see sim.Spread).
+func (s *simFlags) spread() ([]sim.Group, error) {
+	groups, err := sim.Spread(sim.SpreadConfig{Services: s.services, Versions: s.versions, Instances: s.instances,
+		CanaryShare: s.canaryShare, RPS: s.rps, ErrorRate: s.errorRate, LatencyMedian: s.latencyMedian, LatencyP99: s.latencyP99})
+	if err != nil {
+		return nil, fmt.Errorf("%w: -instances %d, -canary-share %v: %v", errUsage, s.instances, s.canaryShare, err)
 	}
-	if len(versions) == 0 {
-		versions = []string{"1.4.2", "1.5.0"}
-	}
-	if s.instances < len(services)*len(versions) {
-		return nil, fmt.Errorf("%w: -instances %d is fewer than one per group (%d groups)", errUsage, s.instances, len(services)*len(versions))
-	}
-	if !(s.canaryShare > 0 && s.canaryShare < 1) && len(versions) > 1 {
-		return nil, fmt.Errorf("%w: -canary-share %v must be between 0 and 1", errUsage, s.canaryShare)
-	}
-	perService := s.instances / len(services)
-	var out []groupSpec
-	for i, svc := range services {
-		n := perService
-		if i < s.instances%len(services) {
-			n++
-		}
-		canary := 0
-		if len(versions) > 1 {
-			canary = max(1, int(float64(n)*s.canaryShare+0.5))
-		}
-		rest := n - canary
-		for j, v := range versions {
-			k := rest / max(1, len(versions)-1)
-			if j < rest%max(1, len(versions)-1) {
-				k++
-			}
-			if j == len(versions)-1 && len(versions) > 1 {
-				k = canary
-			}
-			if len(versions) == 1 {
-				k = n
-			}
-			out = append(out, groupSpec{Service: svc, Version: v, Instances: max(1, k), RPS: s.rps,
-				ErrorRate: s.errorRate, LatencyMedian: s.latencyMedian, LatencyP99: s.latencyP99})
-		}
-	}
-	return out, nil
+	return groups, nil
 }
 
 func simCommand() command {
@@ -94,7 +60,7 @@ func simCommand() command {
 			var s simFlags
 			s.register(fs)
 			return func(ctx context.Context) error {
-				groups, err := s.groups()
+				groups, err := s.spread()
 				if err != nil {
 					return err
 				}
@@ -103,7 +69,7 @@ func simCommand() command {
 					return err
 				}
 				defer nc.Close()
-				f, err := newFleet(fleetConfig{Groups: groups, LifetimeMin: s.lifetimeMin, LifetimeMax: s.lifetimeMax,
+				f, err := sim.NewFleet(sim.FleetConfig{Groups: groups, LifetimeMin: s.lifetimeMin, LifetimeMax: s.lifetimeMax,
 					Interval: s.interval, Seed: s.seed, Publish: nc.Publish, Logger: e.logger})
 				if err != nil {
 					return fmt.Errorf("%w: %v", errUsage, err)

@@ -17,6 +17,7 @@ import (
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
 	"github.com/herd-dev/herd/rollup/lease"
+	"github.com/herd-dev/herd/sim"
 )
 
 // testWorker runs a rollup worker until stop (or the test's end).
@@ -107,7 +108,7 @@ func checkWorkersReady(ws []*testWorker, pub *server.Server) error {
 // window start) was published.
 type windowLog struct {
 	mu      sync.Mutex
-	totals  map[[2]string]*groupTotals
+	totals  map[[2]string]*sim.Totals
 	starts  map[[2]string]map[int64]int
 	windows int
 }
@@ -119,7 +120,7 @@ func logWindows(t *testing.T, url string) *windowLog {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	wl := &windowLog{totals: map[[2]string]*groupTotals{}, starts: map[[2]string]map[int64]int{}}
+	wl := &windowLog{totals: map[[2]string]*sim.Totals{}, starts: map[[2]string]map[int64]int{}}
 	sub, err := nc.Subscribe(proto.SubjectRollupAll, func(m *nats.Msg) {
 		w, err := proto.UnmarshalWindow(m.Data)
 		if err != nil {
@@ -131,13 +132,13 @@ func logWindows(t *testing.T, url string) *windowLog {
 		k := [2]string{w.Service, w.Version}
 		tot := wl.totals[k]
 		if tot == nil {
-			tot = &groupTotals{Service: w.Service, Version: w.Version}
+			tot = &sim.Totals{Service: w.Service, Version: w.Version}
 			wl.totals[k] = tot
 			wl.starts[k] = map[int64]int{}
 		}
 		wl.starts[k][w.StartMs]++
 		wl.windows++
-		tot.addWindow(w)
+		tot.AddWindow(w)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -183,34 +184,24 @@ func (wl *windowLog) gaps(service, version string, window time.Duration) int {
 	return span - len(ss)
 }
 
-func (wl *windowLog) get(service, version string) groupTotals {
+func (wl *windowLog) get(service, version string) sim.Totals {
 	wl.mu.Lock()
 	defer wl.mu.Unlock()
 	if tot := wl.totals[[2]string{service, version}]; tot != nil {
 		return *tot
 	}
-	return groupTotals{Service: service, Version: version}
+	return sim.Totals{Service: service, Version: version}
 }
 
 // testFleet builds a churning fleet of n instances over 8 services × 2 versions publishing
 // through nc.
-func testFleet(t *testing.T, nc *nats.Conn, prefix string, instances int, seed uint64) *fleet {
+func testFleet(t *testing.T, nc *nats.Conn, prefix string, instances int, seed uint64) *sim.Fleet {
 	t.Helper()
-	sf := simFlags{instances: instances, canaryShare: 0.3, rps: 20, errorRate: 0.01,
-		latencyMedian: 40 * time.Millisecond, latencyP99: 200 * time.Millisecond}
+	sc := sim.SpreadConfig{Instances: instances, CanaryShare: 0.3}
 	for i := range 8 {
-		sf.services = append(sf.services, prefix+strconv.Itoa(i))
+		sc.Services = append(sc.Services, prefix+strconv.Itoa(i))
 	}
-	groups, err := sf.groups()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := newFleet(fleetConfig{Groups: groups, LifetimeMin: 500 * time.Millisecond, LifetimeMax: 2 * time.Second,
-		Interval: 250 * time.Millisecond, Seed: seed, Publish: nc.Publish, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f
+	return churnFleet(t, nc.Publish, seed, sc, 500*time.Millisecond, 2*time.Second)
 }
 
 func partitionOfGroup(t *testing.T, service, version string) int {
@@ -282,8 +273,8 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 		byWorker := map[int]int{}
 		parts := map[int]bool{}
 		for i, tw := range ws {
-			for _, g := range f.groups {
-				if slices.Contains(tw.w.leases.Owned(), partitionOfGroup(t, g.spec.Service, g.spec.Version)) {
+			for _, g := range f.Groups() {
+				if slices.Contains(tw.w.leases.Owned(), partitionOfGroup(t, g.Spec().Service, g.Spec().Version)) {
 					byWorker[i]++
 				}
 			}
@@ -324,7 +315,7 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := f.Totals()
-		moved := func(w groupTotals) bool { return parts[partitionOfGroup(t, w.Service, w.Version)] }
+		moved := func(w sim.Totals) bool { return parts[partitionOfGroup(t, w.Service, w.Version)] }
 		// Groups whose partitions stayed put are exact.
 		checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 			for _, w := range want {

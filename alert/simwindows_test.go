@@ -1,5 +1,9 @@
 package alert
 
+// The simulated windows of the detector's own tests. herd's simulator, package sim, generates
+// the same windows for the detector benchmark, but it imports alert, so alert's internal tests
+// cannot import it: this is their copy, kept as it was so that their seeded draws do not move.
+
 import (
 	"math"
 	"math/rand/v2"
@@ -162,4 +166,25 @@ func (g *simGroup) fill(r *rand.Rand, bins *simBins, startMs, endMs int64, load 
 	g.w.Series[1].Value = e
 	g.w.Series[2].Count, g.w.Series[2].Sum = n, sum
 	return &g.w
+}
+
+// groupMeans returns per-bin mean counts per window for k instances sharing perWindow
+// requests, instance i having latency scale scales[i] (nil: all 1) under model m.
+func groupMeans(bins *simBins, m latencyModel, perWindow float64, scales []float64) []float64 {
+	if scales == nil {
+		p := bins.probs(m)
+		for j := range p {
+			p[j] *= perWindow
+		}
+		return p
+	}
+	out := make([]float64, len(bins.idx))
+	for _, s := range scales {
+		mm := m
+		mm.scale *= s
+		for j, p := range bins.probs(mm) {
+			out[j] += p * perWindow / float64(len(scales))
+		}
+	}
+	return out
 }
