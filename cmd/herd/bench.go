@@ -12,38 +12,48 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/herd-dev/herd/ingest"
+	"github.com/herd-dev/herd/internal/bus"
+	"github.com/herd-dev/herd/node"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/sim"
 )
 
+// benchCommands are the benchmarks `herd bench <what>` runs.
+func benchCommands() []command {
+	return []command{benchIngestCommand(), benchDetectCommand()}
+}
+
 func benchCommand() command {
 	return command{
 		name:  "bench",
-		usage: "ingest [flags]   (see 'herd bench <what> --help')",
+		usage: "ingest|detect [flags]   (see 'herd bench <what> --help')",
 		short: "run reproducible end-to-end benchmarks",
 		raw: func(ctx context.Context, e *env, args []string) error {
-			if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-				w := e.stdout // help asked for goes to stdout, a missing argument to stderr
-				if len(args) == 0 {
-					w = e.stderr
+			if len(args) > 0 && args[0] != "-h" && args[0] != "--help" {
+				for _, c := range benchCommands() {
+					if c.name == "bench "+args[0] {
+						if code := runCommand(ctx, c, args[1:], e); code != 0 {
+							return errExit(code)
+						}
+						return nil
+					}
 				}
-				fmt.Fprintln(w, "usage: herd bench ingest [--instances N] [--duration D] [--rps R]\n"+
-					"       herd bench detect [flags]\n\nRun 'herd bench <what> --help' for its flags.")
-				if len(args) == 0 {
-					return errUsage
-				}
-				return nil
+				return fmt.Errorf("%w: unknown benchmark %q: herd bench ingest | detect", errUsage, args[0])
 			}
-			switch args[0] {
-			case "ingest":
-				return benchIngest(ctx, e, args[1:])
-			case "detect":
-				return benchDetect(ctx, e, args[1:])
+			w := e.stdout // help asked for goes to stdout, a missing argument to stderr
+			if len(args) == 0 {
+				w = e.stderr
 			}
-			return fmt.Errorf("%w: unknown benchmark %q: herd bench ingest | detect", errUsage, args[0])
+			fmt.Fprintln(w, "usage: herd bench <what> [flags]\n\nbenchmarks:")
+			for _, c := range benchCommands() {
+				fmt.Fprintf(w, "  %-14s %s\n", c.name, c.short)
+			}
+			fmt.Fprintln(w, "\nRun 'herd bench <what> --help' for its flags.")
+			if len(args) == 0 {
+				return errUsage
+			}
+			return nil
 		},
 	}
 }
@@ -71,132 +81,134 @@ type benchIngestReport struct {
 	WindowDelayP99 float64 `json:"window_delay_p99_ms"`
 }
 
-// benchIngest runs serve and a fleet in one process and reports throughput, CPU and loss.
-func benchIngest(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("herd bench ingest", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	instances := fs.Int("instances", 5000, "simulated instances (count)")
-	duration := fs.Duration("duration", 30*time.Second, "how long the fleet publishes (duration)")
-	rps := fs.Float64("rps", 20, "requests per second per instance (rate)")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+func benchIngestCommand() command {
+	return command{
+		name:  "bench ingest",
+		usage: "[--instances N] [--duration D] [--rps R]",
+		short: "run herd serve and a simulated fleet in one process; report throughput, CPU and loss as JSON",
+		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
+			instances := fs.Int("instances", 5000, "simulated instances (count)")
+			duration := fs.Duration("duration", 30*time.Second, "how long the fleet publishes (duration)")
+			rps := fs.Float64("rps", 20, "requests per second per instance (rate)")
+			return func(ctx context.Context) error { return benchIngest(ctx, e, *instances, *duration, *rps) }
+		},
 	}
-	cfg := defaultStackConfig()
+}
+
+// windowCollector sums the requests of every window it sees and records each window's delay
+// (arrival − window end).
+type windowCollector struct {
+	mu      sync.Mutex // Guards the fields below.
+	windows int
+	delays  []time.Duration
+	got     map[[2]string]uint64
+}
+
+func (c *windowCollector) add(w *proto.Window) {
+	at := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.windows++
+	c.delays = append(c.delays, at.Sub(time.UnixMilli(w.EndMs)))
+	if r := w.Find(proto.SeriesRequests); r != nil {
+		c.got[[2]string{w.Service, w.Version}] += uint64(r.Value)
+	}
+}
+
+func (c *windowCollector) requests() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n uint64
+	for _, v := range c.got {
+		n += v
+	}
+	return n
+}
+
+// benchIngest runs serve and a fleet in one process and reports throughput, CPU and loss.
+func benchIngest(ctx context.Context, e *env, instances int, duration time.Duration, rps float64) error {
+	cfg := node.DefaultConfig()
 	cfg.NATSListen, cfg.DataDir, cfg.HTTPListen = "127.0.0.1:0", tempDir(), "127.0.0.1:0"
 	defer os.RemoveAll(cfg.DataDir)
-	if err := cfg.validate(); err != nil {
-		return err
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	s, err := newStack(cfg, e.logger)
+	n, err := node.New(cfg, e.logger)
 	if err != nil {
 		return err
 	}
 	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
 	done := make(chan error, 1)
-	go func() { done <- s.run(runCtx) }()
-
-	wc, err := nats.Connect(s.NATSURL())
+	go func() { done <- n.Run(runCtx) }()
+	// Windows are counted as a consumer of herd.rollup.> sees them, after NATS.
+	col := &windowCollector{got: map[[2]string]uint64{}}
+	wc, err := bus.Connect(bus.Client{URLs: n.NATSURL()}, "herd-bench-windows", nil, e.logger)
 	if err != nil {
-		stop()
 		return err
 	}
 	defer wc.Close()
-	var mu sync.Mutex
-	var windows int
-	var delays []time.Duration
-	got := map[[2]string]uint64{}
-	if _, err := wc.Subscribe(proto.SubjectRollupAll, func(m *nats.Msg) {
-		at := time.Now()
-		w, err := proto.UnmarshalWindow(m.Data)
-		if err != nil {
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		windows++
-		delays = append(delays, at.Sub(time.UnixMilli(w.EndMs)))
-		if r := w.Find(proto.SeriesRequests); r != nil {
-			got[[2]string{w.Service, w.Version}] += uint64(r.Value)
-		}
-	}); err != nil {
-		stop()
+	if _, err := bus.Subscribe(wc, bus.NewDecoder(bus.Handlers{Window: col.add}, nil)); err != nil {
 		return err
 	}
-	_ = wc.Flush()
 
-	pc, err := nats.Connect(s.NATSURL())
+	pc, err := bus.Connect(bus.Client{URLs: n.NATSURL()}, "herd-bench-fleet", nil, e.logger)
 	if err != nil {
-		stop()
 		return err
 	}
 	defer pc.Close()
-	sf := simFlags{instances: *instances, canaryShare: 0.2, rps: *rps, errorRate: 0.005,
-		latencyMedian: 40 * time.Millisecond, latencyP99: 200 * time.Millisecond}
-	sf.services = listFlag{"checkout", "search", "cart", "auth"}
-	groups, err := sf.spread()
+	groups, err := sim.Spread(sim.SpreadConfig{Services: []string{"checkout", "search", "cart", "auth"}, Instances: instances,
+		CanaryShare: 0.2, RPS: rps, ErrorRate: 0.005, LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond})
 	if err != nil {
-		stop()
-		return err
+		return fmt.Errorf("%w: -instances %d: %v", errUsage, instances, err)
 	}
 	f, err := sim.NewFleet(sim.FleetConfig{Groups: groups, LifetimeMin: 20 * time.Second, LifetimeMax: 60 * time.Second,
 		Interval: ingest.DefaultInterval, Seed: 1, Publish: pc.Publish, Logger: e.logger})
 	if err != nil {
-		stop()
 		return err
 	}
-	cpu0 := cpuTime()
-	t0 := time.Now()
-	if err := f.Run(ctx, t0.Add(*duration)); err != nil {
-		stop()
+	cpu0, t0 := cpuTime(), time.Now()
+	if err := f.Run(ctx, t0.Add(duration)); err != nil {
 		return err
 	}
 	_ = pc.FlushTimeout(10 * time.Second)
-	elapsed := time.Since(t0)
-	cpu := cpuTime() - cpu0
+	elapsed, cpu := time.Since(t0), cpuTime()-cpu0
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	stop()
 	if err := <-done; err != nil {
 		return err
 	}
-	st := s.roll.Stats()
-	ist := s.intake.Stats()
-	r := benchIngestReport{Instances: *instances, IntervalMs: ingest.DefaultInterval.Milliseconds(), Seconds: elapsed.Seconds(),
+	r := benchIngestReport{Instances: instances, IntervalMs: ingest.DefaultInterval.Milliseconds(), Seconds: elapsed.Seconds(),
 		CPUSeconds: cpu.Seconds(), CPUCores: cpu.Seconds() / elapsed.Seconds(), HeapMiB: float64(ms.HeapInuse) / (1 << 20),
-		MaxRSSMiB: maxRSSMiB(), GOMAXPROCS: runtime.GOMAXPROCS(0), RollupRefused: st.Refused(), IntakeRefused: ist.Refused()}
-	var want uint64
-	// Let the last windows arrive.
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		mu.Lock()
-		var have uint64
-		for _, v := range got {
-			have += v
-		}
-		mu.Unlock()
-		want = 0
-		for _, t := range f.Totals() {
-			want += t.Requests
-			r.BatchesSent += t.BatchesSent
-			r.BatchesUnsent += t.BatchesUnsent
-		}
-		r.LostRequests = int64(want) - int64(have)
-		if r.LostRequests == 0 || time.Now().After(deadline) {
-			break
-		}
-		r.BatchesSent, r.BatchesUnsent = 0, 0
-		time.Sleep(50 * time.Millisecond)
-	}
-	mu.Lock()
-	r.WindowsReceived = windows
-	r.WindowDelayP99 = float64(percentile(delays, 0.99)) / 1e6
-	mu.Unlock()
-	r.BatchesPerSec = float64(r.BatchesSent) / elapsed.Seconds()
-	r.SamplesPerSec = float64(st.Samples) / elapsed.Seconds()
-	r.Exact = r.LostRequests == 0 && r.BatchesUnsent == 0
+		MaxRSSMiB: maxRSSMiB(), GOMAXPROCS: runtime.GOMAXPROCS(0),
+		RollupRefused: n.Rollup().Stats().Refused(), IntakeRefused: n.Intake().Stats().Refused()}
+	r.finish(f.Totals(), col, n.Rollup().Stats().Samples, elapsed)
 	out, _ := json.Marshal(r)
 	fmt.Fprintln(e.stdout, string(out))
 	return nil
+}
+
+// finish fills in what the fleet sent and what the windows hold, waiting up to 3 s for the
+// last windows to arrive.
+func (r *benchIngestReport) finish(totals []sim.Totals, col *windowCollector, samples uint64, elapsed time.Duration) {
+	var want uint64
+	for _, t := range totals {
+		want += t.Requests
+		r.BatchesSent += t.BatchesSent
+		r.BatchesUnsent += t.BatchesUnsent
+	}
+	for deadline := time.Now().Add(3 * time.Second); col.requests() != want && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.LostRequests = int64(want) - int64(col.requests())
+	col.mu.Lock()
+	r.WindowsReceived = col.windows
+	r.WindowDelayP99 = float64(percentile(col.delays, 0.99)) / 1e6
+	col.mu.Unlock()
+	r.BatchesPerSec = float64(r.BatchesSent) / elapsed.Seconds()
+	r.SamplesPerSec = float64(samples) / elapsed.Seconds()
+	r.Exact = r.LostRequests == 0 && r.BatchesUnsent == 0
 }
 
 func cpuTime() time.Duration {

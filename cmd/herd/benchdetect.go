@@ -11,34 +11,52 @@ import (
 	"time"
 
 	"github.com/herd-dev/herd/sim"
+	"github.com/herd-dev/herd/sim/demo"
 )
+
+func benchDetectCommand() command {
+	return command{
+		name:  "bench detect",
+		usage: "[--trials N] [--scenarios S,...] [--shares F,...] [--e2e N] [--json]",
+		short: "run the detector's statistical benchmark on simulated time, then real-time end-to-end trials",
+		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
+			var o benchDetectOptions
+			fs.IntVar(&o.trials, "trials", 1000, "seeded trials per scenario and canary share (count)")
+			fs.DurationVar(&o.duration, "duration", 10*time.Minute, "simulated comparison time of a trial (duration)")
+			fs.Float64Var(&o.rps, "rps", 2000, "total request rate of the service (rate)")
+			fs.StringVar(&o.shares, "shares", "0.05,0.2", "canary traffic shares, comma-separated (fractions)")
+			fs.StringVar(&o.scenarios, "scenarios", "", "scenarios, comma-separated (default all)")
+			fs.Uint64Var(&o.seed, "seed", 1, "random seed")
+			fs.BoolVar(&o.json, "json", false, "print the JSON report after the table")
+			fs.IntVar(&o.e2e, "e2e", 3, "real-time end-to-end trials per regression scenario (crash, errors, latency) through agent library → NATS → rollup → detector → webhook receiver (count; 0 skips)")
+			return func(ctx context.Context) error { return benchDetect(ctx, e, o) }
+		},
+	}
+}
+
+// benchDetectOptions are the flags of `herd bench detect`.
+type benchDetectOptions struct {
+	trials, e2e       int
+	duration          time.Duration
+	rps               float64
+	shares, scenarios string
+	seed              uint64
+	json              bool
+}
 
 // benchDetect runs the detector's statistical benchmark on simulated time and prints a table
 // and, with --json, the JSON report.
-func benchDetect(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("herd bench detect", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	trials := fs.Int("trials", 1000, "seeded trials per scenario and canary share (count)")
-	duration := fs.Duration("duration", 10*time.Minute, "simulated comparison time of a trial (duration)")
-	rps := fs.Float64("rps", 2000, "total request rate of the service (rate)")
-	shares := fs.String("shares", "0.05,0.2", "canary traffic shares, comma-separated (fractions)")
-	scenarios := fs.String("scenarios", "", "scenarios, comma-separated (default all)")
-	seed := fs.Uint64("seed", 1, "random seed")
-	asJSON := fs.Bool("json", false, "print the JSON report after the table")
-	e2e := fs.Int("e2e", 3, "real-time end-to-end trials per regression scenario (crash, errors, latency) through agent library → NATS → rollup → detector → webhook receiver (count; 0 skips)")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	cfg := sim.DetectConfig{Trials: *trials, Duration: *duration, RPS: *rps, Seed: *seed}
-	for _, s := range strings.Split(*shares, ",") {
+func benchDetect(ctx context.Context, e *env, o benchDetectOptions) error {
+	cfg := sim.DetectConfig{Trials: o.trials, Duration: o.duration, RPS: o.rps, Seed: o.seed}
+	for _, s := range strings.Split(o.shares, ",") {
 		var f float64
 		if _, err := fmt.Sscan(strings.TrimSpace(s), &f); err != nil {
 			return fmt.Errorf("%w: -shares %q: %v", errUsage, s, err)
 		}
 		cfg.Shares = append(cfg.Shares, f)
 	}
-	if *scenarios != "" {
-		cfg.Scenarios = strings.Split(*scenarios, ",")
+	if o.scenarios != "" {
+		cfg.Scenarios = strings.Split(o.scenarios, ",")
 	}
 	start := time.Now()
 	rep, err := sim.BenchDetect(cfg)
@@ -50,13 +68,13 @@ func benchDetect(ctx context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "(%s wall time)\n", time.Since(start).Round(time.Second))
 	var rt *e2eReport
-	if *e2e > 0 {
-		if rt, err = benchE2E(ctx, e, *e2e, *seed); err != nil {
+	if o.e2e > 0 {
+		if rt, err = benchE2E(ctx, e, o.e2e, o.seed); err != nil {
 			return err
 		}
 		rt.writeTable(e.stdout)
 	}
-	if *asJSON {
+	if o.json {
 		if err := rep.WriteJSON(e.stdout); err != nil {
 			return err
 		}
@@ -91,28 +109,27 @@ type e2eReport struct {
 // benchE2E runs the demo's story n times per regression scenario, in real time, and measures
 // the pipeline overhead from the deciding window's end to the webhook's receipt.
 func benchE2E(ctx context.Context, e *env, n int, seed uint64) (*e2eReport, error) {
-	quiet := &env{stdout: io.Discard, stderr: e.stderr, getenv: e.getenv,
-		logger: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelError}))}
 	rep := &e2eReport{}
 	var overheads []time.Duration
 	for _, sc := range []string{"crash", "errors", "latency"} {
 		for i := range n {
-			d := demo{stack: defaultStackConfig(), scenario: sc, seed: seed + uint64(i), duration: 40 * time.Second,
-				json: true, baseline: 20, canary: 8, rps: 100, errorRate: 0.01,
-				deployAfter: 2 * time.Second, onsetAfter: 7 * time.Second, out: quiet}
-			d.stack.NATSListen, d.stack.HTTPListen = "127.0.0.1:0", "127.0.0.1:0"
-			d.stack.Detect.MinExposure = 20 * time.Second
-			if err := d.run(ctx); err != nil {
+			d := demo.DefaultConfig()
+			d.Scenario, d.Seed, d.Duration, d.JSON = sc, seed+uint64(i), 40*time.Second, true
+			d.DeployAfter, d.OnsetAfter = 2*time.Second, 7*time.Second
+			d.Node.HTTPListen = "127.0.0.1:0"
+			d.Logger = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+			res, err := demo.Run(ctx, d)
+			if err != nil {
 				return nil, fmt.Errorf("end-to-end trial %s #%d: %w", sc, i, err)
 			}
-			t := e2eTrial{Scenario: sc, Seed: d.seed, Outcome: "none"}
-			if d.verdict != nil && !d.webhookAt.IsZero() {
-				end := time.UnixMilli(d.verdict.UnixMs)
-				t.Outcome = string(d.verdict.State)
-				t.DetectMs = end.Sub(d.onset).Milliseconds()
-				t.WebhookMs = d.webhookAt.Sub(d.onset).Milliseconds()
-				t.OverheadMs = d.webhookAt.Sub(end).Milliseconds()
-				overheads = append(overheads, d.webhookAt.Sub(end))
+			t := e2eTrial{Scenario: sc, Seed: d.Seed, Outcome: "none"}
+			if res.Verdict != nil && !res.WebhookAt.IsZero() {
+				end := time.UnixMilli(res.Verdict.UnixMs)
+				t.Outcome = string(res.Verdict.State)
+				t.DetectMs = end.Sub(res.Onset).Milliseconds()
+				t.WebhookMs = res.WebhookAt.Sub(res.Onset).Milliseconds()
+				t.OverheadMs = res.WebhookAt.Sub(end).Milliseconds()
+				overheads = append(overheads, res.WebhookAt.Sub(end))
 			}
 			rep.Trials = append(rep.Trials, t)
 		}

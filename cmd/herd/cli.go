@@ -10,7 +10,6 @@ import (
 	"os"
 	"sort"
 	"strings"
-	"time"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -58,6 +57,11 @@ func commands() []command {
 
 // errUsage marks an error that should print the command's usage.
 var errUsage = errors.New("usage")
+
+// errExit is an exit status already reported to the user.
+type errExit int
+
+func (e errExit) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // run runs herd with the arguments after the program name and returns the exit status.
 // Help asked for goes to stdout (exit 0); usage errors go to stderr (exit 2).
@@ -122,9 +126,12 @@ func runCommand(ctx context.Context, c command, args []string, e *env) int {
 
 // exitStatus reports err and maps it to an exit status: 0 ok, 2 usage, 1 anything else.
 func exitStatus(name string, err error, e *env) int {
+	var code errExit
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &code):
+		return int(code)
 	case errors.Is(err, errUsage):
 		if err != errUsage {
 			fmt.Fprintf(e.stderr, "herd %s: %v\n", name, err)
@@ -207,30 +214,6 @@ func (l *listFlag) Set(v string) error {
 	return nil
 }
 
-// sleepCtx waits for d or until ctx is done; it reports whether the full time passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 func osEnv() *env {
 	return &env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
-}
-
-// setDefault changes a registered flag's default value (and its current value).
-func setDefault(fs *flag.FlagSet, name, value string) {
-	f := fs.Lookup(name)
-	if f == nil {
-		panic("BUG: no flag " + name)
-	}
-	if err := f.Value.Set(value); err != nil {
-		panic("BUG: bad default for -" + name + ": " + err.Error())
-	}
-	f.DefValue = value
 }

@@ -69,3 +69,17 @@ func TestServeRefusesBadFlags(t *testing.T) {
 		t.Errorf("got exit %d, %q; want 2 and the flag named", code, errOut)
 	}
 }
+
+// TestRollupCommandValidates checks that `herd rollup` refuses bad flags before connecting.
+func TestRollupCommandValidates(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"rollup", "--nats", ""},
+		{"rollup", "--leases.ttl", "100ms"},
+		{"rollup", "--worker.id", "a.b"},
+	} {
+		if code, _, errOut := runHerd(t, nil, args...); code != 2 {
+			t.Errorf("herd %v: got exit status %d; want 2 (stderr %q)", args, code, errOut)
+		}
+	}
+}

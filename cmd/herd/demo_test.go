@@ -6,17 +6,19 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+
+	"github.com/herd-dev/herd/sim/demo"
 )
 
 // runDemo runs `herd demo` through its run entry point and returns its JSON events.
-func runDemo(t *testing.T, args ...string) (code int, events []demoEvent) {
+func runDemo(t *testing.T, args ...string) (code int, events []demo.Event) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	code = run(context.Background(), append([]string{"demo", "--json", "--http", "127.0.0.1:0", "--deploy-after", "2s", "--onset-after", "7s"}, args...),
 		&env{stdout: &out, stderr: &errb, getenv: func(string) string { return "" }, logger: testLogger(t)})
 	sc := bufio.NewScanner(&out)
 	for sc.Scan() {
-		var ev demoEvent
+		var ev demo.Event
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			t.Fatalf("demo printed a line that is not a JSON event: %q: %v", sc.Text(), err)
 		}
@@ -28,7 +30,7 @@ func runDemo(t *testing.T, args ...string) (code int, events []demoEvent) {
 	return code, events
 }
 
-func firstEvent(events []demoEvent, typ string) *demoEvent {
+func firstEvent(events []demo.Event, typ string) *demo.Event {
 	for i := range events {
 		if events[i].Type == typ {
 			return &events[i]

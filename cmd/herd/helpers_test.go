@@ -1,12 +1,16 @@
 package main
 
 import (
-	"fmt"
-
-	"github.com/herd-dev/herd/internal/checkfor"
+	"io"
+	"log/slog"
+	"testing"
 )
 
-// checkFor polls f until it returns nil or timeout passes (see internal/checkfor).
-var checkFor = checkfor.Within
-
-func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+// testLogger logs to the test's output with -v and nowhere otherwise.
+func testLogger(t *testing.T) *slog.Logger {
+	t.Helper()
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(t.Output(), nil))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}

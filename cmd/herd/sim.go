@@ -8,12 +8,13 @@ import (
 	"time"
 
 	"github.com/herd-dev/herd/ingest"
+	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/sim"
 )
 
-// simFlags are the flags of `herd sim`, shared with `herd bench`.
+// simFlags are the flags of `herd sim`.
 type simFlags struct {
-	natsURL                   string
+	nats                      bus.Client
 	services, versions        listFlag
 	instances                 int
 	canaryShare               float64
@@ -25,7 +26,7 @@ type simFlags struct {
 }
 
 func (s *simFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&s.natsURL, "nats", "nats://127.0.0.1:4222", "NATS server `URL`s to publish to, comma-separated")
+	natsFlags(fs, &s.nats, defaultNATSURL)
 	fs.Var(&s.services, "services", "simulated `services`, comma-separated or repeated (default checkout)")
 	fs.Var(&s.versions, "versions", "`versions` of every service, comma-separated; the last one is the canary (default 1.4.2,1.5.0)")
 	fs.IntVar(&s.instances, "instances", 200, "instances alive at any time, over all groups (count)")
@@ -64,7 +65,10 @@ func simCommand() command {
 				if err != nil {
 					return err
 				}
-				nc, err := connectNATS(s.natsURL, "herd-sim", e.logger)
+				if err := s.nats.Validate(); err != nil {
+					return fmt.Errorf("%w: %v", errUsage, err)
+				}
+				nc, err := bus.Connect(s.nats, "herd-sim", nil, e.logger)
 				if err != nil {
 					return err
 				}
@@ -78,7 +82,7 @@ func simCommand() command {
 				if s.duration > 0 {
 					end = time.Now().Add(s.duration)
 				}
-				e.logger.Info("sim running", "groups", len(groups), "instances", s.instances, "duration", s.duration, "nats", redactURLs(s.natsURL))
+				e.logger.Info("sim running", "groups", len(groups), "instances", s.instances, "duration", s.duration, "nats", bus.RedactURLs(s.nats.URLs))
 				if err := f.Run(ctx, end); err != nil {
 					return err
 				}

@@ -182,3 +182,6 @@ func (s *Subscription) Unsubscribe() {
 	}
 	s.subs = nil
 }
+
+// WindowsMissing returns the number of windows counted as missing so far.
+func (d *Decoder) WindowsMissing() uint64 { return d.missing.Get() }

@@ -1,6 +1,11 @@
-package main
+package node
 
 import (
+	"fmt"
+	"slices"
+
+	"github.com/herd-dev/herd/internal/checkfor"
+
 	"testing"
 	"time"
 
@@ -45,4 +50,18 @@ func churnFleet(t *testing.T, publish ingest.PublishFunc, seed uint64, sc sim.Sp
 		t.Fatal(err)
 	}
 	return f
+}
+
+// checkFor polls f until it returns nil or timeout passes (see internal/checkfor).
+var checkFor = checkfor.Within
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+func percentile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(q*float64(len(s))))]
 }

@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"os"
@@ -23,9 +23,9 @@ func TestTargetsFromPolicyFile(t *testing.T) {
 }`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := defaultStackConfig()
+	cfg := DefaultConfig()
 	cfg.Detect.PolicyFile = good
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		t.Fatalf("validate: %v", err)
 	}
 	if len(cfg.Deliver.Targets.Spinnaker) != 1 || len(cfg.Deliver.Targets.Flagger) != 1 {
@@ -39,9 +39,9 @@ func TestTargetsFromPolicyFile(t *testing.T) {
 	if err := os.WriteFile(bad, []byte(`{"targets": {"spinaker": []}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg = defaultStackConfig()
+	cfg = DefaultConfig()
 	cfg.Detect.PolicyFile = bad
-	if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "detect.policy") {
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "detect.policy") {
 		t.Errorf("misspelt targets: got %v; want an error naming -detect.policy", err)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -11,22 +11,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/proto"
 )
 
 // startRoles runs a stack with the given roles until the test ends.
-func startRoles(t *testing.T, cfg stackConfig, roles roleSet) *stack {
+func startRoles(t *testing.T, cfg Config, roles Roles) *Node {
 	t.Helper()
-	if err := cfg.validate(); err != nil {
+	cfg.Roles = roles
+	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	s, err := newRoles(cfg, roles, testLogger(t))
+	s, err := New(cfg, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.run(ctx) }()
+	go func() { done <- s.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -56,19 +58,19 @@ func TestSeparateRolesAndTwoDetectors(t *testing.T) {
 	}))
 	defer recv.Close()
 
-	base := defaultStackConfig()
+	base := DefaultConfig()
 	base.NATSListen, base.HTTPListen, base.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
-	ingest := startRoles(t, base, roleSet{Ingest: true})
+	ingest := startRoles(t, base, Roles{Ingest: true})
 
 	remote := base
-	remote.NATSURL = ingest.NATSURL()
+	remote.NATS.URLs = ingest.NATSURL()
 	remote.Deliver.Webhooks = []string{recv.URL}
 	remote.Deliver.WebhookSecrets = []string{"s3cret"}
-	d1 := startRoles(t, remote, roleSet{Detect: true})
-	d2 := startRoles(t, remote, roleSet{Detect: true})
-	w := startRoles(t, remote, roleSet{Web: true})
+	d1 := startRoles(t, remote, Roles{Detect: true})
+	d2 := startRoles(t, remote, Roles{Detect: true})
+	w := startRoles(t, remote, Roles{Web: true})
 
-	pc, err := connectNATS(ingest.NATSURL(), "test-fleet", testLogger(t))
+	pc, err := bus.Connect(bus.Client{URLs: ingest.NATSURL()}, "test-fleet", nil, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +100,7 @@ func TestSeparateRolesAndTwoDetectors(t *testing.T) {
 	fl.Group("checkout", "1.5.0").SetCrash(true)
 	var id string
 	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-		for _, d := range []*stack{d1, d2} {
+		for _, d := range []*Node{d1, d2} {
 			var got string
 			for _, v := range d.det.Verdicts() {
 				if v.State == proto.StateRollback {
@@ -122,7 +124,7 @@ func TestSeparateRolesAndTwoDetectors(t *testing.T) {
 			return errorf("no webhook yet")
 		}
 		owners, losers := 0, uint64(0)
-		for _, d := range []*stack{d1, d2} {
+		for _, d := range []*Node{d1, d2} {
 			if _, ok := d.dl.Decision(id); ok {
 				owners++
 			}

@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -46,10 +46,10 @@ func TestFailoverWorkerCrashDuringBadCanary(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	defer recv.Close()
-	cfg := defaultStackConfig()
-	cfg.NATSURL, cfg.HTTPListen, cfg.DataDir = urls, "127.0.0.1:0", t.TempDir()
+	cfg := DefaultConfig()
+	cfg.NATS.URLs, cfg.HTTPListen, cfg.DataDir = urls, "127.0.0.1:0", t.TempDir()
 	cfg.Deliver.Webhooks, cfg.Deliver.WebhookSecrets = []string{recv.URL}, []string{"s3cret"}
-	det := startRoles(t, cfg, roleSet{Detect: true})
+	det := startRoles(t, cfg, Roles{Detect: true})
 	wl := logWindows(t, servers[1].ClientURL())
 
 	pub, err := nats.Connect(servers[0].ClientURL())
@@ -58,7 +58,7 @@ func TestFailoverWorkerCrashDuringBadCanary(t *testing.T) {
 	}
 	defer pub.Close()
 	fl := failoverFleet(t, pub)
-	if err := det.announce(proto.Deployment{Service: "checkout", Baseline: "1.4.2", Canary: "1.5.0"}); err != nil {
+	if err := det.Announce(proto.Deployment{Service: "checkout", Baseline: "1.4.2", Canary: "1.5.0"}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
@@ -80,7 +80,7 @@ func TestFailoverWorkerCrashDuringBadCanary(t *testing.T) {
 	part := proto.PartitionOf("checkout", tok)
 	victim := -1
 	for i, tw := range ws {
-		for _, p := range tw.w.leases.Owned() {
+		for _, p := range tw.n.worker.leases.Owned() {
 			if p == part {
 				victim = i
 			}
@@ -91,7 +91,7 @@ func TestFailoverWorkerCrashDuringBadCanary(t *testing.T) {
 	}
 	fl.Group("checkout", "1.5.0").SetErrorRate(0.1)
 	onset := time.Now()
-	ws[victim].w.crash()
+	ws[victim].n.Crash()
 
 	checkFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		if hookAt.Load() == 0 {
@@ -103,8 +103,8 @@ func TestFailoverWorkerCrashDuringBadCanary(t *testing.T) {
 	var owner string
 	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		for i, tw := range ws {
-			if i != victim && contains(tw.w.leases.Owned(), part) {
-				owner = tw.w.leases.WorkerID()
+			if i != victim && contains(tw.n.worker.leases.Owned(), part) {
+				owner = tw.n.worker.leases.WorkerID()
 				return nil
 			}
 		}
@@ -117,7 +117,7 @@ func TestFailoverWorkerCrashDuringBadCanary(t *testing.T) {
 		}
 	}
 	t.Logf("worker %s owning the canary's partition %d crashed at the onset; %s took it over; rollback webhook %s after the onset: %s (decided by %s)",
-		ws[victim].w.leases.WorkerID(), part, owner, took.Round(time.Millisecond), decided.Sentence, decided.Evidence.Decisive)
+		ws[victim].n.worker.leases.WorkerID(), part, owner, took.Round(time.Millisecond), decided.Sentence, decided.Evidence.Decisive)
 	if decided.State != proto.StateRollback || decided.Evidence.Decisive != "errors" {
 		t.Errorf("verdict %s decided by %q; want a rollback decided by the errors test, not by a guard fooled by the missing windows", decided.State, decided.Evidence.Decisive)
 	}
@@ -154,9 +154,9 @@ func TestFailoverNATSNodeLoss(t *testing.T) {
 
 	// The window reader, a web node and the fleet sit on nodes that stay; node 2 goes.
 	wl := logWindows(t, servers[0].ClientURL())
-	wcfg := defaultStackConfig()
-	wcfg.NATSURL, wcfg.HTTPListen, wcfg.DataDir = servers[0].ClientURL(), "127.0.0.1:0", t.TempDir()
-	webNode := startRoles(t, wcfg, roleSet{Web: true})
+	wcfg := DefaultConfig()
+	wcfg.NATS.URLs, wcfg.HTTPListen, wcfg.DataDir = servers[0].ClientURL(), "127.0.0.1:0", t.TempDir()
+	webNode := startRoles(t, wcfg, Roles{Web: true})
 	pub, err := nats.Connect(servers[2].ClientURL()+","+servers[0].ClientURL(), nats.MaxReconnects(-1),
 		nats.ReconnectWait(50*time.Millisecond), nats.DontRandomize())
 	if err != nil {
@@ -244,7 +244,7 @@ func TestFailoverNATSNodeLoss(t *testing.T) {
 	counted := func() uint64 {
 		lost, gaps, discarded, skipped, refused, moves = 0, 0, 0, 0, 0, 0
 		for _, tw := range ws {
-			st := tw.w.parts.Stats()
+			st := tw.n.worker.parts.Stats()
 			lost += st.Lost
 			refused += st.Refused()
 			gaps += st.GapWindows
@@ -252,7 +252,7 @@ func TestFailoverNATSNodeLoss(t *testing.T) {
 			for _, n := range st.Skipped {
 				skipped += n
 			}
-			for r, n := range tw.w.leases.Moves() {
+			for r, n := range tw.n.worker.leases.Moves() {
 				if r != "acquired_free" {
 					moves += n
 				}
@@ -263,7 +263,7 @@ func TestFailoverNATSNodeLoss(t *testing.T) {
 	counted()
 	// Windows lost on their way from a worker are counted by their consumers, as gaps in a
 	// group's window starts.
-	missing := webNode.windowsMissing.Get()
+	missing := webNode.dec.WindowsMissing()
 	var gapsSeen int
 	for k, starts := range wl.starts {
 		var first, last int64
@@ -282,9 +282,9 @@ func TestFailoverNATSNodeLoss(t *testing.T) {
 		t.Errorf("%d windows never arrived but the web node counted none missing", gapsSeen)
 	}
 	for _, tw := range ws {
-		st := tw.w.parts.Stats()
-		t.Logf("worker %s: merged %d, refused %v, lost %d, skipped %v, gaps %d, discarded %d, intake %+v, moves %v", tw.w.leases.WorkerID(),
-			st.BatchesMerged, st.RefusedBy, st.Lost, st.Skipped, st.GapWindows, st.WindowsDiscarded, tw.w.intakeStats(), tw.w.leases.Moves())
+		st := tw.n.worker.parts.Stats()
+		t.Logf("worker %s: merged %d, refused %v, lost %d, skipped %v, gaps %d, discarded %d, intake %+v, moves %v", tw.n.worker.leases.WorkerID(),
+			st.BatchesMerged, st.RefusedBy, st.Lost, st.Skipped, st.GapWindows, st.WindowsDiscarded, tw.n.worker.intakeStats(), tw.n.worker.leases.Moves())
 	}
 	var sentBatches uint64
 	for _, g := range fl.Totals() {

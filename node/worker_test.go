@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -22,28 +22,32 @@ import (
 
 // testWorker runs a rollup worker until stop (or the test's end).
 type testWorker struct {
-	w    *worker
+	n    *Node
 	stop func() error
 }
 
 func startTestWorker(t *testing.T, url, id, bucket string) *testWorker {
 	t.Helper()
-	cfg := workerConfig{NATSURL: url, DrainTimeout: time.Second, Leases: lease.DefaultConfig(), Rollup: rollup.DefaultConfig()}
+	cfg := DefaultConfig()
+	cfg.Roles, cfg.NATS.URLs, cfg.HTTPListen, cfg.Name = Roles{Rollup: true}, url, "", "herd-rollup-"+id
 	cfg.Leases.WorkerID = id
 	cfg.Leases.Replicas = 3
 	if bucket != "" {
 		cfg.Leases.Bucket = bucket
 	}
-	w, err := newWorker(cfg, testLogger(t).With("worker", id))
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(cfg, testLogger(t).With("worker", id))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- w.run(ctx) }()
+	go func() { done <- n.Run(ctx) }()
 	var once sync.Once
 	var runErr error
-	tw := &testWorker{w: w, stop: func() error {
+	tw := &testWorker{n: n, stop: func() error {
 		once.Do(func() {
 			cancel()
 			runErr = <-done
@@ -67,13 +71,13 @@ func checkWorkersReady(ws []*testWorker, pub *server.Server) error {
 	target := (proto.Partitions + len(ws) - 1) / len(ws)
 	now := time.Now()
 	for _, tw := range ws {
-		id := tw.w.leases.WorkerID()
-		owned := tw.w.leases.Owned()
+		id := tw.n.worker.leases.WorkerID()
+		owned := tw.n.worker.leases.Owned()
 		if len(owned) > target {
 			return fmt.Errorf("worker %s holds %d partitions; want ≤ %d", id, len(owned), target)
 		}
 		var running []int
-		for _, s := range tw.w.parts.Spans() {
+		for _, s := range tw.n.worker.parts.Spans() {
 			if !s.Held {
 				continue
 			}
@@ -274,7 +278,7 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 		parts := map[int]bool{}
 		for i, tw := range ws {
 			for _, g := range f.Groups() {
-				if slices.Contains(tw.w.leases.Owned(), partitionOfGroup(t, g.Spec().Service, g.Spec().Version)) {
+				if slices.Contains(tw.n.worker.leases.Owned(), partitionOfGroup(t, g.Spec().Service, g.Spec().Version)) {
 					byWorker[i]++
 				}
 			}
@@ -285,19 +289,19 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 				victim = i
 			}
 		}
-		for _, p := range ws[victim].w.leases.Owned() {
+		for _, p := range ws[victim].n.worker.leases.Owned() {
 			parts[p] = true
 		}
 		survivors := slices.Delete(slices.Clone(ws), victim, victim+1)
 		fleetDone := make(chan error, 1)
 		go func() { fleetDone <- f.Run(context.Background(), time.Now().Add(6*time.Second)) }()
 		time.Sleep(2 * time.Second) // let the fleet run before the crash
-		ws[victim].w.crash()
+		ws[victim].n.Crash()
 		crashed := time.Now()
 		checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 			held := 0
 			for _, tw := range survivors {
-				held += len(tw.w.leases.Owned())
+				held += len(tw.n.worker.leases.Owned())
 			}
 			if held != proto.Partitions {
 				return errorf("survivors hold %d partitions; want %d", held, proto.Partitions)
@@ -330,8 +334,8 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 		// closing period for them.
 		checkFor(t, 5*time.Second, 50*time.Millisecond, func() error {
 			for _, tw := range survivors {
-				if n := tw.w.parts.Stats().Instances; n > 0 {
-					return errorf("worker %s still has %d live instances", tw.w.leases.WorkerID(), n)
+				if n := tw.n.worker.parts.Stats().Instances; n > 0 {
+					return errorf("worker %s still has %d live instances", tw.n.worker.leases.WorkerID(), n)
 				}
 			}
 			return nil
@@ -357,14 +361,14 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 		var gapWindows uint64
 		var movesIn uint64
 		for _, tw := range survivors {
-			gapWindows += tw.w.parts.Stats().GapWindows
-			movesIn += tw.w.leases.Moves()[lease.MoveAcquiredExpired]
+			gapWindows += tw.n.worker.parts.Stats().GapWindows
+			movesIn += tw.n.worker.leases.Moves()[lease.MoveAcquiredExpired]
 		}
 		if movesIn != uint64(len(parts)) {
 			t.Errorf("survivors took over %d expired leases; want the crashed worker's %d", movesIn, len(parts))
 		}
 		t.Logf("crashed worker %s held %d partitions with %d of %d groups; owned again after %s",
-			ws[victim].w.leases.WorkerID(), len(parts), movedGroups, len(want), takeover.Round(time.Millisecond))
+			ws[victim].n.worker.leases.WorkerID(), len(parts), movedGroups, len(want), takeover.Round(time.Millisecond))
 		if movedGroups > 0 {
 			t.Logf("moved groups: %d window intervals missing (%.1f per group), requests %d of %d published (%.1f%% lost); lease gap %d intervals over %d partitions",
 				lostWindows, float64(lostWindows)/float64(movedGroups), gotReq, sentReq, 100*(1-float64(gotReq)/float64(sentReq)), gapWindows, len(parts))
@@ -378,44 +382,11 @@ func logWorkerStats(t *testing.T, ws []*testWorker) {
 		return
 	}
 	for _, tw := range ws {
-		st := tw.w.parts.Stats()
+		st := tw.n.worker.parts.Stats()
 		t.Logf("worker %s: intake %+v; rollup batches %d merged %d refused %v lost %d; skipped %v discarded %d gap %d; moves %v",
-			tw.w.leases.WorkerID(), tw.w.intakeStats(), st.Batches, st.BatchesMerged, st.RefusedBy, st.Lost,
-			st.Skipped, st.WindowsDiscarded, st.GapWindows, tw.w.leases.Moves())
+			tw.n.worker.leases.WorkerID(), tw.n.worker.intakeStats(), st.Batches, st.BatchesMerged, st.RefusedBy, st.Lost,
+			st.Skipped, st.WindowsDiscarded, st.GapWindows, tw.n.worker.leases.Moves())
 	}
-}
-
-// TestRollupCommandValidates checks that `herd rollup` refuses bad flags before connecting.
-func TestRollupCommandValidates(t *testing.T) {
-	for _, args := range [][]string{
-		{"rollup", "--nats", ""},
-		{"rollup", "--leases.ttl", "100ms"},
-		{"rollup", "--worker.id", "a.b"},
-	} {
-		var out, errOut testBuffer
-		e := &env{stdout: &out, stderr: &errOut, getenv: func(string) string { return "" }, logger: testLogger(t)}
-		if got := run(context.Background(), args, e); got != 2 {
-			t.Errorf("herd %v: got exit status %d; want 2 (stderr %q)", args, got, errOut.String())
-		}
-	}
-}
-
-type testBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (b *testBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.b = append(b.b, p...)
-	return len(p), nil
-}
-
-func (b *testBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return string(b.b)
 }
 
 // TestWorkerScaling measures batches merged per second with 1, 2 and 3 rollup workers on a
@@ -439,9 +410,9 @@ func TestWorkerScaling(t *testing.T) {
 		checkFor(t, 20*time.Second, 20*time.Millisecond, func() error { return checkWorkersReady(ws, servers[0]) })
 		merged := func() (m, in uint64) {
 			for _, tw := range ws {
-				st := tw.w.parts.Stats()
+				st := tw.n.worker.parts.Stats()
 				m += st.BatchesMerged
-				in += tw.w.intakeStats().Batches
+				in += tw.n.worker.intakeStats().Batches
 			}
 			return m, in
 		}
@@ -461,8 +432,8 @@ func TestWorkerScaling(t *testing.T) {
 		var dropped uint64
 		refused := map[string]uint64{}
 		for _, tw := range ws {
-			dropped += tw.w.intakeStats().Refused()
-			for r, c := range tw.w.parts.Stats().RefusedBy {
+			dropped += tw.n.worker.intakeStats().Refused()
+			for r, c := range tw.n.worker.parts.Stats().RefusedBy {
 				if c > 0 {
 					refused[r] += c
 				}

@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -28,20 +28,20 @@ func (w *testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return l
 
 // testStack starts an all-in-one stack on random ports. stop stops it and returns run's
 // error; it is idempotent and also runs when the test ends.
-func testStack(t *testing.T) (s *stack, stop func() error) {
+func testStack(t *testing.T) (s *Node, stop func() error) {
 	t.Helper()
-	cfg := defaultStackConfig()
+	cfg := DefaultConfig()
 	cfg.NATSListen, cfg.DataDir, cfg.HTTPListen = "127.0.0.1:0", t.TempDir(), "127.0.0.1:0"
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	s, err := newStack(cfg, testLogger(t))
+	s, err := New(cfg, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.run(ctx) }()
+	go func() { done <- s.Run(ctx) }()
 	var once sync.Once
 	var runErr error
 	stop = func() error {

@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -33,21 +34,21 @@ func TestRestartKeepsHistoryAndDecisions(t *testing.T) {
 	defer recv.Close()
 
 	dir := t.TempDir()
-	cfg := defaultStackConfig()
+	cfg := DefaultConfig()
 	cfg.NATSListen, cfg.DataDir, cfg.HTTPListen = "127.0.0.1:0", dir, "127.0.0.1:0"
 	cfg.Deliver.Webhooks = []string{recv.URL + "/hook"}
 	cfg.Deliver.WebhookSecrets = []string{"test-secret"}
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	start := func() (*stack, func() error) {
-		s, err := newStack(cfg, testLogger(t))
+	start := func() (*Node, func() error) {
+		s, err := New(cfg, testLogger(t))
 		if err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- s.run(ctx) }()
+		go func() { done <- s.Run(ctx) }()
 		var once sync.Once
 		var runErr error
 		stop := func() error {
@@ -65,12 +66,12 @@ func TestRestartKeepsHistoryAndDecisions(t *testing.T) {
 	}
 
 	s1, stop1 := start()
-	pc, err := connectNATS(s1.NATSURL(), "test-fleet", testLogger(t))
+	pc, err := bus.Connect(bus.Client{URLs: s1.NATSURL()}, "test-fleet", nil, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	fl := steadyFleet(t, pc.Publish, 3, testGroup("checkout", "1.4.2", 10), testGroup("checkout", "1.5.0", 3))
-	if err := s1.announce(proto.Deployment{Service: "checkout", Baseline: "1.4.2", Canary: "1.5.0"}); err != nil {
+	if err := s1.Announce(proto.Deployment{Service: "checkout", Baseline: "1.4.2", Canary: "1.5.0"}); err != nil {
 		t.Fatal(err)
 	}
 	fctx, fstop := context.WithCancel(context.Background())
