@@ -53,10 +53,9 @@ type Deliverer struct {
 	schedule []time.Duration
 	maxGap   time.Duration
 
-	set          *metrics.Set
-	escalations  *metrics.Counter
-	rowsDropped  *metrics.Counter
-	storeErrFunc func(reason string) *metrics.Counter
+	set         *metrics.Set
+	escalations *metrics.Counter
+	rowsDropped *metrics.Counter
 
 	wake   chan struct{} // capacity 1: "todo changed"
 	loaded chan struct{} // closed once Run has loaded the stored decisions
@@ -192,6 +191,12 @@ func (d *Deliverer) refuse(reason string) {
 // deliveries. It is idempotent on DecisionID: a decision already known, or created in the
 // store by another herd (first writer wins), is not delivered again and returns nil. If the
 // store fails, the decision is still delivered from memory and Decide returns the error.
+//
+// Every error is counted by reason before it is returned (a refused verdict in
+// herd_deliver_decisions_refused_total, a store failure in
+// herd_deliver_store_errors_total{reason="create"}), and so are the nil returns for a known
+// decision (reasons duplicate and exists): a caller replaying verdicts after a restart may
+// drop the error.
 func (d *Deliverer) Decide(v proto.Verdict) error {
 	if _, err := uuid.Parse(v.DecisionID); err != nil {
 		d.refuse("bad_id")
@@ -368,10 +373,7 @@ func (d *Deliverer) load(ctx context.Context) {
 			continue
 		}
 		e := &entry{id: key, rev: rev}
-		if err := json.Unmarshal(data, &e.rec); err == nil {
-			err = e.rec.validate(key)
-		}
-		if err != nil {
+		if e.rec, err = decodeRecord(key, data); err != nil {
 			d.storeError("decode", err, key)
 			continue
 		}
@@ -434,7 +436,7 @@ func (d *Deliverer) update(e *entry, mustPersist bool, mut func(r *record) error
 			cancel()
 			var cur record
 			if gerr == nil {
-				gerr = json.Unmarshal(data, &cur)
+				cur, gerr = decodeRecord(id, data)
 			}
 			if gerr == nil {
 				e.rec, e.rev = cur, rev
