@@ -358,7 +358,7 @@ func benchTrial(cfg BenchConfig, dc Config, bins *simBins, sc benchScenario, sha
 	phase := r.Float64() * 2 * math.Pi
 
 	var last proto.Verdict
-	det := newDetector(dc, nil, func(v proto.Verdict) { last = v }, nil)
+	det := newDetector(dc, nil, nil, func(v proto.Verdict) { last = v }, nil)
 	t0 := int64(1_700_000_000_000)
 	canaryStart := t0 + int64(pre)*winMs
 	for k := range pre + windows {

@@ -34,7 +34,7 @@ type fleetOpts struct {
 func newFleet(t *testing.T, cfg Config, pol *Policy, o fleetOpts) *fleet {
 	t.Helper()
 	f := &fleet{t: t, r: rand.New(rand.NewPCG(11, 13)), nowMs: 1_700_000_000_000}
-	d, err := NewWithPolicy(cfg, pol, func(v proto.Verdict) {
+	d, err := NewWithPolicy(cfg, nil, pol, func(v proto.Verdict) {
 		f.mu.Lock()
 		f.verdicts = append(f.verdicts, v)
 		f.mu.Unlock()
@@ -356,7 +356,7 @@ func TestDetectorRunTicksNoCanary(t *testing.T) {
 		cfg := testConfig()
 		var mu sync.Mutex
 		var got []proto.Verdict
-		d, err := New(cfg, func(v proto.Verdict) { mu.Lock(); got = append(got, v); mu.Unlock() }, nil)
+		d, err := New(cfg, nil, func(v proto.Verdict) { mu.Lock(); got = append(got, v); mu.Unlock() }, nil)
 		if err != nil {
 			t.Fatalf("New: got %v; want no error", err)
 		}
@@ -412,7 +412,7 @@ func BenchmarkDetectorAddWindowPair(b *testing.B) {
 	cfg.Warmup = 0
 	cfg.MinExposure = 1000 * time.Hour
 	cfg.MaxDuration = 1000 * time.Hour
-	d, _ := NewWithPolicy(cfg, nil, nil, nil)
+	d, _ := NewWithPolicy(cfg, nil, nil, nil, nil)
 	r := rand.New(rand.NewPCG(1, 1))
 	bins := newSimBins(latencyModel{median: 0.05, sigma: 0.5, scale: 1})
 	ga, gb := newSimGroup("v1", bins), newSimGroup("v2", bins)

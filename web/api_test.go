@@ -177,7 +177,7 @@ func TestAPITokenAndAnnounce(t *testing.T) {
 func TestInputsRefused(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxGroups = 1
-	srv, err := New(cfg, nil)
+	srv, err := New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestReplayExpiresAndGroupsPrune(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := testConfig()
 		cfg.Replay = 30 * time.Second
-		srv, err := New(cfg, nil)
+		srv, err := New(cfg, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -294,7 +294,7 @@ func TestFailoverNATSNodeLoss(t *testing.T) {
 	for _, tw := range ws {
 		st := tw.w.parts.Stats()
 		t.Logf("worker %s: merged %d, refused %v, lost %d, skipped %v, gaps %d, discarded %d, intake %+v, moves %v", tw.w.leases.WorkerID(),
-			st.BatchesMerged, st.RefusedBy, st.Lost, st.Skipped, st.GapWindows, st.WindowsDiscarded, tw.w.intakeStats(), tw.w.leases.Moves())
+			st.BatchesMerged, st.RefusedBy, st.Lost, st.Skipped, st.GapWindows, st.WindowsDiscarded, tw.w.intakeMetrics.Stats(), tw.w.leases.Moves())
 	}
 	var sentBatches uint64
 	for _, g := range fl.Totals() {

@@ -29,6 +29,7 @@ import (
 	"github.com/herd-dev/herd/alert/deliver"
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
 	"github.com/herd-dev/herd/web"
@@ -285,12 +286,12 @@ func newRoles(cfg stackConfig, roles roleSet, logger *slog.Logger) (_ *stack, er
 		if s.roll, err = rollup.New(cfg.Rollup, s.emit, logger.With("component", "rollup")); err != nil {
 			return nil, fmt.Errorf("cannot create rollup: %w", err)
 		}
-		if s.intake, err = ingest.NewIntake(s.cfg.Intake, s.nc, s.roll.Add, logger.With("component", "intake")); err != nil {
+		if s.intake, err = ingest.NewIntake(s.cfg.Intake, ingest.NewIntakeMetrics(s.metrics), s.nc, s.roll.Add, logger.With("component", "intake")); err != nil {
 			return nil, fmt.Errorf("cannot create intake: %w", err)
 		}
 	}
 	if roles.Detect {
-		if s.det, err = alert.New(cfg.Detect, s.verdict, logger); err != nil {
+		if s.det, err = alert.New(cfg.Detect, s.metrics, s.verdict, logger); err != nil {
 			return nil, fmt.Errorf("cannot create detector: %w", err)
 		}
 		s.onWindow(s.det.AddWindow)
@@ -298,7 +299,7 @@ func newRoles(cfg stackConfig, roles roleSet, logger *slog.Logger) (_ *stack, er
 		if err != nil {
 			return nil, err
 		}
-		if s.dl, err = deliver.New(cfg.Deliver, store, logger); err != nil {
+		if s.dl, err = deliver.New(cfg.Deliver, s.metrics, store, logger); err != nil {
 			return nil, fmt.Errorf("cannot create delivery: %w", err)
 		}
 	}
@@ -307,7 +308,7 @@ func newRoles(cfg stackConfig, roles roleSet, logger *slog.Logger) (_ *stack, er
 	}
 	protect := func(h http.Handler) http.Handler { return h }
 	if roles.Web {
-		if s.web, err = web.New(cfg.Web, logger.With("component", "web")); err != nil {
+		if s.web, err = web.New(cfg.Web, s.metrics, logger.With("component", "web")); err != nil {
 			s.httpLn.Close()
 			return nil, fmt.Errorf("cannot create the dashboard: %w", err)
 		}
@@ -552,19 +553,11 @@ func (s *stack) emit(w *proto.Window) {
 
 func (s *stack) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	s.metrics.WritePrometheus(w)
+	sets := []*metrics.Set{s.metrics}
 	if s.roll != nil {
-		s.roll.Metrics().WritePrometheus(w)
-		s.intake.Metrics().WritePrometheus(w)
+		sets = append(sets, s.roll.Metrics())
 	}
-	if s.det != nil {
-		s.det.Metrics().WritePrometheus(w)
-		s.dl.Metrics().WritePrometheus(w)
-	}
-	if s.web != nil {
-		s.web.Metrics().WritePrometheus(w)
-	}
-	natsMetrics.WritePrometheus(w)
+	promhelp.WritePrometheus(w, append(sets, natsMetrics)...)
 	metrics.WriteProcessMetrics(w)
 }
 

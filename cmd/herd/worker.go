@@ -18,6 +18,7 @@ import (
 
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
 )
@@ -114,11 +115,8 @@ type worker struct {
 	metrics     *metrics.Set
 	windowsSent *metrics.Counter
 	publishErrs *metrics.Counter
-
-	intakeMu sync.Mutex // Guards the fields below.
-	intakes  map[*ingest.Intake]struct{}
-	// intakeDone holds the totals of intakes that stopped.
-	intakeDone ingest.IntakeStats
+	// intakeMetrics is shared by every partition's intake.
+	intakeMetrics *ingest.IntakeMetrics
 }
 
 // newWorker connects to NATS and opens the HTTP listener (if any). Nothing flows until run.
@@ -126,8 +124,8 @@ func newWorker(cfg workerConfig, logger *slog.Logger) (*worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	w := &worker{cfg: cfg, logger: logger, metrics: metrics.NewSet(), intakes: map[*ingest.Intake]struct{}{},
-		intakeDone: ingest.IntakeStats{Dropped: map[string]uint64{}}}
+	w := &worker{cfg: cfg, logger: logger, metrics: metrics.NewSet()}
+	w.intakeMetrics = ingest.NewIntakeMetrics(w.metrics)
 	w.windowsSent = w.metrics.NewCounter("herd_worker_windows_published_total")
 	w.publishErrs = w.metrics.NewCounter("herd_worker_window_publish_errors_total")
 	nc, err := connectNATS(cfg.NATSURL, "herd-rollup-"+cfg.Leases.WorkerID, logger)
@@ -150,7 +148,6 @@ func newWorker(cfg workerConfig, logger *slog.Logger) (*worker, error) {
 		nc.Close()
 		return nil, err
 	}
-	w.registerIntakeSums()
 	if cfg.HTTPListen != "" {
 		ln, err := net.Listen("tcp", cfg.HTTPListen)
 		if err != nil {
@@ -187,47 +184,11 @@ func (w *worker) source(ctx context.Context, p int, add func(*proto.Batch)) erro
 	cfg.Subject = embednats.PartitionSubject(p)
 	cfg.Prefix = embednats.PartitionSubjectPrefix(p)
 	cfg.DrainTimeout = w.cfg.DrainTimeout
-	in, err := ingest.NewIntake(cfg, w.nc, add, w.logger.With("component", "intake", "partition", p))
+	in, err := ingest.NewIntake(cfg, w.intakeMetrics, w.nc, add, w.logger.With("component", "intake", "partition", p))
 	if err != nil {
 		return err
 	}
-	w.intakeMu.Lock()
-	w.intakes[in] = struct{}{}
-	w.intakeMu.Unlock()
-	err = in.Run(ctx)
-	w.intakeMu.Lock()
-	delete(w.intakes, in)
-	w.intakeDone = addIntakeStats(w.intakeDone, in.Stats())
-	w.intakeMu.Unlock()
-	return err
-}
-
-func addIntakeStats(a, b ingest.IntakeStats) ingest.IntakeStats {
-	out := ingest.IntakeStats{Batches: a.Batches + b.Batches, Bytes: a.Bytes + b.Bytes, Dropped: map[string]uint64{}}
-	for r, n := range a.Dropped {
-		out.Dropped[r] += n
-	}
-	for r, n := range b.Dropped {
-		out.Dropped[r] += n
-	}
-	return out
-}
-
-// intakeStats returns the totals over every partition's intake, past and present.
-func (w *worker) intakeStats() ingest.IntakeStats {
-	w.intakeMu.Lock()
-	defer w.intakeMu.Unlock()
-	st := addIntakeStats(ingest.IntakeStats{}, w.intakeDone)
-	for in := range w.intakes {
-		st = addIntakeStats(st, in.Stats())
-	}
-	return st
-}
-
-func (w *worker) registerIntakeSums() {
-	w.metrics.NewGauge("herd_ingest_batches_total", func() float64 { return float64(w.intakeStats().Batches) })
-	w.metrics.NewGauge("herd_ingest_bytes_total", func() float64 { return float64(w.intakeStats().Bytes) })
-	w.metrics.NewGauge("herd_ingest_refused_total", func() float64 { return float64(w.intakeStats().Refused()) })
+	return in.Run(ctx)
 }
 
 // emit publishes a closed window, as the all-in-one stack does.
@@ -245,10 +206,7 @@ func (w *worker) emit(win *proto.Window) {
 
 func (w *worker) serveMetrics(rw http.ResponseWriter, _ *http.Request) {
 	rw.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	w.metrics.WritePrometheus(rw)
-	w.leases.Metrics().WritePrometheus(rw)
-	w.parts.Metrics().WritePrometheus(rw)
-	natsMetrics.WritePrometheus(rw)
+	promhelp.WritePrometheus(rw, w.metrics, w.leases.Metrics(), w.parts.Metrics(), natsMetrics)
 	metrics.WriteProcessMetrics(rw)
 }
 

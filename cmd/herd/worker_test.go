@@ -388,7 +388,7 @@ func logWorkerStats(t *testing.T, ws []*testWorker) {
 	for _, tw := range ws {
 		st := tw.w.parts.Stats()
 		t.Logf("worker %s: intake %+v; rollup batches %d merged %d refused %v lost %d; skipped %v discarded %d gap %d; moves %v",
-			tw.w.leases.WorkerID(), tw.w.intakeStats(), st.Batches, st.BatchesMerged, st.RefusedBy, st.Lost,
+			tw.w.leases.WorkerID(), tw.w.intakeMetrics.Stats(), st.Batches, st.BatchesMerged, st.RefusedBy, st.Lost,
 			st.Skipped, st.WindowsDiscarded, st.GapWindows, tw.w.leases.Moves())
 	}
 }
@@ -450,7 +450,7 @@ func TestWorkerScaling(t *testing.T) {
 			for _, tw := range ws {
 				st := tw.w.parts.Stats()
 				m += st.BatchesMerged
-				in += tw.w.intakeStats().Batches
+				in += tw.w.intakeMetrics.Stats().Batches
 			}
 			return m, in
 		}
@@ -470,7 +470,7 @@ func TestWorkerScaling(t *testing.T) {
 		var dropped uint64
 		refused := map[string]uint64{}
 		for _, tw := range ws {
-			dropped += tw.w.intakeStats().Refused()
+			dropped += tw.w.intakeMetrics.Stats().Refused()
 			for r, c := range tw.w.parts.Stats().RefusedBy {
 				if c > 0 {
 					refused[r] += c
