@@ -706,3 +706,25 @@ func (d *Detector) Verdicts() []proto.Verdict {
 	})
 	return out
 }
+
+// Latest returns the current verdict of service's newest comparison: the one started last
+// (of equal starts, the greatest canary version), final verdicts included for an hour like
+// Verdicts. It reports false when the service has none. Flagger's hooks ask it.
+func (d *Detector) Latest(service string) (proto.Verdict, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.services[service]
+	if s == nil {
+		return proto.Verdict{}, false
+	}
+	var best *comparison
+	for _, c := range s.comps {
+		if best == nil || cmp.Or(cmp.Compare(c.verdict.StartedMs, best.verdict.StartedMs), cmp.Compare(c.canary, best.canary)) > 0 {
+			best = c
+		}
+	}
+	if best == nil {
+		return proto.Verdict{}, false
+	}
+	return best.verdict, true
+}

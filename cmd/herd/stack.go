@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -320,7 +318,7 @@ func newRoles(cfg stackConfig, roles roleSet, logger *slog.Logger) (_ *stack, er
 		if s.dl != nil {
 			s.web.SetDecisions(s.dl.Decisions)
 		} else if jsErr == nil {
-			s.web.SetDecisions(storedDecisions(js, logger))
+			s.web.SetDecisions(deliver.StoredDecisions(deliver.NewKVReader(js).Decisions, time.Second, logger))
 		}
 		s.mux.Handle("/", s.web.Handler())
 	}
@@ -328,7 +326,7 @@ func newRoles(cfg stackConfig, roles roleSet, logger *slog.Logger) (_ *stack, er
 		decisions := protect(s.dl.HTTPHandler())
 		s.mux.Handle("/api/v1/decisions", decisions)
 		s.mux.Handle("/api/v1/decisions/", decisions)
-		s.mux.Handle("/api/v1/flagger/", protect(s.dl.FlaggerHandler(s.lookupVerdict)))
+		s.mux.Handle("/api/v1/flagger/", protect(s.dl.FlaggerHandler(s.det.Latest)))
 	}
 	s.mux.HandleFunc("GET /metrics", s.serveMetrics)
 	s.mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -459,21 +457,6 @@ func (s *stack) onDeployMsg(m *nats.Msg) {
 	for _, f := range subs {
 		f(d)
 	}
-}
-
-// lookupVerdict returns the detector's current verdict for a service's newest canary.
-func (s *stack) lookupVerdict(service string) (proto.Verdict, bool) {
-	if s.det == nil {
-		return proto.Verdict{}, false
-	}
-	var best proto.Verdict
-	found := false
-	for _, v := range s.det.Verdicts() {
-		if v.Service == service && (!found || v.StartedMs >= best.StartedMs) {
-			best, found = v, true
-		}
-	}
-	return best, found
 }
 
 // decodeDeployment decodes and checks a deployment announcement.
@@ -720,46 +703,6 @@ func (s *stack) onVerdictMsg(m *nats.Msg) {
 	s.subsMu.Unlock()
 	for _, f := range subs {
 		f(*v)
-	}
-}
-
-// storedDecisions lists the decisions in the JetStream KV bucket, for a web node without a
-// local detector. The list is cached for a second.
-func storedDecisions(js jetstream.JetStream, logger *slog.Logger) func() []proto.Decision {
-	var mu sync.Mutex
-	var cached []proto.Decision
-	var at time.Time
-	return func() []proto.Decision {
-		mu.Lock()
-		defer mu.Unlock()
-		if time.Since(at) < time.Second {
-			return cached
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		kv, err := js.KeyValue(ctx, deliver.KVBucket)
-		if err != nil {
-			return cached
-		}
-		keys, err := kv.Keys(ctx)
-		if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
-			logger.Warn("cannot list decisions", "err", err)
-			return cached
-		}
-		out := make([]proto.Decision, 0, len(keys))
-		for _, k := range keys {
-			e, err := kv.Get(ctx, k)
-			if err != nil {
-				continue
-			}
-			var d proto.Decision
-			if json.Unmarshal(e.Value(), &d) == nil {
-				out = append(out, d)
-			}
-		}
-		slices.SortFunc(out, func(a, b proto.Decision) int { return cmp.Compare(b.CreatedMs, a.CreatedMs) })
-		cached, at = out, time.Now()
-		return cached
 	}
 }
 
