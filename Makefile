@@ -26,9 +26,16 @@ test-short:
 bench:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -count=6 ./proto ./ingest ./rollup | tee bench.txt
 
-# Run each fuzz target for FUZZTIME.
+# Run every fuzz target of PKGS, one after the other, each for FUZZTIME (go test fuzzes one
+# target per run). Packages without a Fuzz function in their tests are skipped unlisted.
 fuzz:
-	$(GO) test ./proto -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+	@set -e; for dir in $$($(GO) list -f '{{.Dir}}' $(PKGS)); do \
+	  grep -qs '^func Fuzz' $$dir/*_test.go || continue; \
+	  for target in $$(cd $$dir && $(GO) test -list '^Fuzz' . | grep '^Fuzz'); do \
+	    echo "== $$dir $$target"; \
+	    (cd $$dir && $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) .); \
+	  done; \
+	done
 
 # Refresh docs/screenshots from a live `herd demo` (needs chromium).
 screenshots: build

@@ -19,6 +19,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -45,7 +46,7 @@ type Detector struct {
 	policy    *Policy
 	onVerdict func(proto.Verdict)
 	logger    *slog.Logger
-	set       *metrics.Set
+	set       *metrics.Set // the caller's; the detector registers its families in it
 	m         detectorMetrics
 
 	// emitMu orders OnVerdict calls; it is taken before mu is released.
@@ -113,8 +114,10 @@ type extract struct {
 }
 
 // New returns a Detector. It reads the policy file named by cfg.PolicyFile; it starts nothing.
-// onVerdict receives every verdict change; logger may be nil.
-func New(cfg Config, onVerdict func(proto.Verdict), logger *slog.Logger) (*Detector, error) {
+// Its self-metrics (herd_detector_*) go into set, which the caller owns and exposes (nil: a
+// private Set); a Set holds one Detector's metrics. onVerdict receives every verdict change;
+// logger may be nil.
+func New(cfg Config, set *metrics.Set, onVerdict func(proto.Verdict), logger *slog.Logger) (*Detector, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cannot create detector: %w", err)
 	}
@@ -126,28 +129,52 @@ func New(cfg Config, onVerdict func(proto.Verdict), logger *slog.Logger) (*Detec
 		}
 		pol = p
 	}
-	return newDetector(cfg, pol, onVerdict, logger), nil
+	return newDetector(cfg, set, pol, onVerdict, logger), nil
 }
 
 // NewWithPolicy is New with a policy already parsed (nil for none); cfg.PolicyFile is ignored.
-func NewWithPolicy(cfg Config, pol *Policy, onVerdict func(proto.Verdict), logger *slog.Logger) (*Detector, error) {
+func NewWithPolicy(cfg Config, set *metrics.Set, pol *Policy, onVerdict func(proto.Verdict), logger *slog.Logger) (*Detector, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cannot create detector: %w", err)
 	}
-	return newDetector(cfg, pol, onVerdict, logger), nil
+	return newDetector(cfg, set, pol, onVerdict, logger), nil
 }
 
-func newDetector(cfg Config, pol *Policy, onVerdict func(proto.Verdict), logger *slog.Logger) *Detector {
+// detectorHelp describes the detector's families.
+var detectorHelp = map[string]string{
+	"herd_detector_windows_total":      "Closed rollup windows the detector received.",
+	"herd_detector_window_pairs_total": "Canary and baseline windows of the same interval the detector compared.",
+	"herd_detector_windows_dropped_total": "Windows the detector dropped, by reason: bad_window (invalid group or interval), " +
+		"out_of_order (not after the group's last window) or too_many_groups.",
+	"herd_detector_windows_unpaired_total": "Windows whose partner window never came, by reason: partner_missing (evicted " +
+		"after a later pair) or overflow (too many waiting).",
+	"herd_detector_series_skipped_total":         "Series a policy selector matched but could not read, by reason: wrong_kind.",
+	"herd_detector_warm_windows_total":           "Windows whose tests read the warm instances only (the rollup split the selected series).",
+	"herd_detector_announcements_total":          "Deployment announcements the detector received.",
+	"herd_detector_announcements_rejected_total": "Deployment announcements the detector refused, by reason: invalid.",
+	"herd_detector_verdicts_total":               "Verdict changes the detector published, by state: pending, pass, rollback or inconclusive.",
+	"herd_detector_comparisons_active":           "Canary comparisons running (not yet final).",
+	"herd_detector_shadow_comparisons_total":     "Shadow A/A comparisons (a baseline's two halves) that concluded, by service.",
+	"herd_detector_shadow_rollbacks_total":       "Shadow A/A comparisons that rolled back, by service: each is a false alarm.",
+	"herd_detector_shadow_rollback_ratio":        "Shadow A/A rollbacks per concluded shadow comparison, by service: the observed false-rollback rate.",
+	"herd_detector_shadow_abandoned_total":       "Shadow A/A comparisons abandoned unconcluded, by reason: not_baseline or no_halves.",
+}
+
+func newDetector(cfg Config, set *metrics.Set, pol *Policy, onVerdict func(proto.Verdict), logger *slog.Logger) *Detector {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	if onVerdict == nil {
 		onVerdict = func(proto.Verdict) {}
 	}
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	promhelp.Describe(detectorHelp)
 	d := &Detector{
 		cfg: cfg, policy: pol, onVerdict: onVerdict,
 		logger:   logger.With("component", "detector"),
-		set:      metrics.NewSet(),
+		set:      set,
 		services: map[string]*service{},
 	}
 	s := d.set
@@ -173,9 +200,6 @@ func newDetector(cfg Config, pol *Policy, onVerdict func(proto.Verdict), logger 
 	s.NewGauge("herd_detector_comparisons_active", func() float64 { return float64(d.m.comparisonsActive.Load()) })
 	return d
 }
-
-// Metrics returns the detector's self-metrics.
-func (d *Detector) Metrics() *metrics.Set { return d.set }
 
 // unlockAndEmit releases mu and calls OnVerdict for the verdicts collected under it, in order.
 func (d *Detector) unlockAndEmit() {
@@ -681,4 +705,26 @@ func (d *Detector) Verdicts() []proto.Verdict {
 		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Canary, b.Canary))
 	})
 	return out
+}
+
+// Latest returns the current verdict of service's newest comparison: the one started last
+// (of equal starts, the greatest canary version), final verdicts included for an hour like
+// Verdicts. It reports false when the service has none. Flagger's hooks ask it.
+func (d *Detector) Latest(service string) (proto.Verdict, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.services[service]
+	if s == nil {
+		return proto.Verdict{}, false
+	}
+	var best *comparison
+	for _, c := range s.comps {
+		if best == nil || cmp.Or(cmp.Compare(c.verdict.StartedMs, best.verdict.StartedMs), cmp.Compare(c.canary, best.canary)) > 0 {
+			best = c
+		}
+	}
+	if best == nil {
+		return proto.Verdict{}, false
+	}
+	return best.verdict, true
 }

@@ -34,7 +34,7 @@ type fleetOpts struct {
 func newFleet(t *testing.T, cfg Config, pol *Policy, o fleetOpts) *fleet {
 	t.Helper()
 	f := &fleet{t: t, r: rand.New(rand.NewPCG(11, 13)), nowMs: 1_700_000_000_000}
-	d, err := NewWithPolicy(cfg, pol, func(v proto.Verdict) {
+	d, err := NewWithPolicy(cfg, nil, pol, func(v proto.Verdict) {
 		f.mu.Lock()
 		f.verdicts = append(f.verdicts, v)
 		f.mu.Unlock()
@@ -356,7 +356,7 @@ func TestDetectorRunTicksNoCanary(t *testing.T) {
 		cfg := testConfig()
 		var mu sync.Mutex
 		var got []proto.Verdict
-		d, err := New(cfg, func(v proto.Verdict) { mu.Lock(); got = append(got, v); mu.Unlock() }, nil)
+		d, err := New(cfg, nil, func(v proto.Verdict) { mu.Lock(); got = append(got, v); mu.Unlock() }, nil)
 		if err != nil {
 			t.Fatalf("New: got %v; want no error", err)
 		}
@@ -412,7 +412,7 @@ func BenchmarkDetectorAddWindowPair(b *testing.B) {
 	cfg.Warmup = 0
 	cfg.MinExposure = 1000 * time.Hour
 	cfg.MaxDuration = 1000 * time.Hour
-	d, _ := NewWithPolicy(cfg, nil, nil, nil)
+	d, _ := NewWithPolicy(cfg, nil, nil, nil, nil)
 	r := rand.New(rand.NewPCG(1, 1))
 	bins := newSimBins(latencyModel{median: 0.05, sigma: 0.5, scale: 1})
 	ga, gb := newSimGroup("v1", bins), newSimGroup("v2", bins)
@@ -462,5 +462,57 @@ func TestDetectorDoesNotReinferJudgedCanary(t *testing.T) {
 	f.step(8, true, true, 1, 0, 0)
 	if got := f.states(); len(got) != 0 {
 		t.Fatalf("windows of a judged canary after its verdict was forgotten: got verdicts %v; want none", got)
+	}
+}
+
+func TestDetectorLatest(t *testing.T) {
+	d, err := NewWithPolicy(testConfig(), nil, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := d.Latest("shop"); ok {
+		t.Fatalf("Latest of an unknown service: got %+v, true; want false", v)
+	}
+	announce := func(service, canary string, ms int64) {
+		t.Helper()
+		if err := d.Announce(proto.Deployment{Service: service, Baseline: "v1", Canary: canary, UnixMs: ms}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// lookup is what Latest replaces: a scan of Verdicts.
+	lookup := func(service string) (proto.Verdict, bool) {
+		var best proto.Verdict
+		found := false
+		for _, v := range d.Verdicts() {
+			if v.Service == service && (!found || v.StartedMs >= best.StartedMs) {
+				best, found = v, true
+			}
+		}
+		return best, found
+	}
+	announce("shop", "v3", 2_000)
+	announce("shop", "v2", 1_000)
+	announce("cart", "v9", 3_000)
+	for _, tc := range []struct {
+		add         func()
+		service     string
+		wantCanary  string
+		wantStarted int64
+	}{
+		{nil, "shop", "v3", 2_000},
+		{nil, "cart", "v9", 3_000},
+		{func() { announce("shop", "v4", 2_000) }, "shop", "v4", 2_000}, // same start: the greater canary
+		{func() { announce("shop", "v5", 5_000) }, "shop", "v5", 5_000},
+	} {
+		if tc.add != nil {
+			tc.add()
+		}
+		v, ok := d.Latest(tc.service)
+		if !ok || v.Canary != tc.wantCanary || v.StartedMs != tc.wantStarted || v.State != proto.StatePending {
+			t.Errorf("Latest(%s): got %s started %d (%s), %v; want pending %s started %d", tc.service, v.Canary, v.StartedMs, v.State, ok, tc.wantCanary, tc.wantStarted)
+		}
+		if w, _ := lookup(tc.service); w.Canary != v.Canary {
+			t.Errorf("Latest(%s): got %s; a scan of Verdicts gives %s", tc.service, v.Canary, w.Canary)
+		}
 	}
 }

@@ -82,13 +82,13 @@ func TestNewLoadsPolicyFile(t *testing.T) {
 	dir := t.TempDir()
 	cfg := DefaultConfig()
 	cfg.PolicyFile = filepath.Join(dir, "policy.json")
-	if _, err := New(cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "cannot read policy file") {
+	if _, err := New(cfg, nil, nil, nil); err == nil || !strings.Contains(err.Error(), "cannot read policy file") {
 		t.Fatalf("New with a missing policy file: got %v; want 'cannot read policy file'", err)
 	}
 	if err := os.WriteFile(cfg.PolicyFile, []byte(examplePolicy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(cfg, nil, nil); err != nil {
+	if _, err := New(cfg, nil, nil, nil); err != nil {
 		t.Fatalf("New with the example policy: got %v; want no error", err)
 	}
 }

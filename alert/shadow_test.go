@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -30,6 +32,7 @@ type splitFleet struct {
 	r        *rand.Rand
 	bins     *simBins
 	d        *Detector
+	set      *metrics.Set // d's metrics
 	a, b     *splitGroup
 	nowMs    int64
 	mu       sync.Mutex
@@ -41,7 +44,8 @@ type splitFleet struct {
 func newSplitFleet(t *testing.T, cfg Config) *splitFleet {
 	t.Helper()
 	f := &splitFleet{t: t, r: rand.New(rand.NewPCG(21, 23)), nowMs: 1_700_000_000_000}
-	d, err := NewWithPolicy(cfg, nil, func(v proto.Verdict) {
+	f.set = metrics.NewSet()
+	d, err := NewWithPolicy(cfg, f.set, nil, func(v proto.Verdict) {
 		f.mu.Lock()
 		f.verdicts = append(f.verdicts, v)
 		f.mu.Unlock()
@@ -252,7 +256,7 @@ func TestShadowAANeverVerdictAndCountsInjectedDifference(t *testing.T) {
 		t.Fatalf("verdicts: got %v; want only [pending]: a shadow never publishes", got)
 	}
 	var buf bytes.Buffer
-	f.d.Metrics().WritePrometheus(&buf)
+	f.set.WritePrometheus(&buf)
 	for _, want := range []string{
 		`herd_detector_shadow_comparisons_total{service="shop"} `,
 		`herd_detector_shadow_rollbacks_total{service="shop"} `,
@@ -312,7 +316,7 @@ func BenchmarkDetectorAddWindowPairSplit(b *testing.B) {
 	cfg.MinExposure = 1000 * time.Hour
 	cfg.MaxDuration = 1000 * time.Hour
 	f := &splitFleet{r: rand.New(rand.NewPCG(1, 1)), nowMs: 1_700_000_000_000}
-	f.d, _ = NewWithPolicy(cfg, nil, nil, nil)
+	f.d, _ = NewWithPolicy(cfg, nil, nil, nil, nil)
 	f.bins = newSimBins(latencyModel{median: 0.05, sigma: 0.5, scale: 1})
 	f.a = f.group("v1", 237.5, 0.005, [2]int{5, 5})
 	f.b = f.group("v2", 12.5, 0.005, [2]int{1, 1})

@@ -122,21 +122,22 @@ func from(env string) string {
 type Agent struct {
 	client  *Client
 	scraper *Scraper
-	set     *metrics.Set
 	log     *slog.Logger
 	cfg     AgentConfig
 }
 
-// NewAgent builds an agent publishing through publish (cmd/herd passes nats.Conn.Publish).
-// It starts nothing.
-func NewAgent(cfg AgentConfig, publish PublishFunc, logger *slog.Logger) (*Agent, error) {
+// NewAgent builds an agent publishing through publish (cmd/herd passes nats.Conn.Publish),
+// with its herd_agent_* metrics in set (nil: a private Set). It starts nothing.
+func NewAgent(cfg AgentConfig, set *metrics.Set, publish PublishFunc, logger *slog.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if logger == nil {
 		logger = slog.Default()
 	}
-	set := metrics.NewSet()
+	if set == nil {
+		set = metrics.NewSet()
+	}
 	c, err := NewClient(ClientConfig{Service: cfg.Service, Version: cfg.Version, Interval: cfg.Interval,
 		Publish: publish, Logger: logger, Metrics: set})
 	if err != nil {
@@ -146,11 +147,8 @@ func NewAgent(cfg AgentConfig, publish PublishFunc, logger *slog.Logger) (*Agent
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{client: c, scraper: s, set: set, log: logger.With("component", "agent"), cfg: cfg}, nil
+	return &Agent{client: c, scraper: s, log: logger.With("component", "agent"), cfg: cfg}, nil
 }
-
-// Metrics returns the agent's metrics (herd_agent_*).
-func (a *Agent) Metrics() *metrics.Set { return a.set }
 
 // Client returns the agent's client (its Stats, its instance id).
 func (a *Agent) Client() *Client { return a.client }
@@ -169,9 +167,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// RunAgent builds an Agent and runs it until ctx is done.
+// RunAgent builds an Agent, with its metrics in a private Set, and runs it until ctx is done.
 func RunAgent(ctx context.Context, cfg AgentConfig, publish PublishFunc, logger *slog.Logger) error {
-	a, err := NewAgent(cfg, publish, logger)
+	a, err := NewAgent(cfg, nil, publish, logger)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/proto"
 )
@@ -78,7 +80,7 @@ func TestAgent(t *testing.T) {
 	var mu sync.Mutex
 	var requests float64
 	var final bool
-	in, err := NewIntake(IntakeConfig{}, nc, func(b *proto.Batch) {
+	in, err := NewIntake(IntakeConfig{}, nil, nc, func(b *proto.Batch) {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, s := range b.Series {
@@ -99,7 +101,8 @@ func TestAgent(t *testing.T) {
 	tg := &target{status: 200, contentType: textType, body: exposition(10, 0, "", classic(1, 1, 1, 1, 0.1))}
 	srv := httptest.NewServer(tg)
 	defer srv.Close()
-	a, err := NewAgent(AgentConfig{Service: "checkout", Version: "1.4.2", Scrape: srv.URL + "/metrics", Interval: 20 * time.Millisecond}, nc.Publish, quiet)
+	set := metrics.NewSet()
+	a, err := NewAgent(AgentConfig{Service: "checkout", Version: "1.4.2", Scrape: srv.URL + "/metrics", Interval: 20 * time.Millisecond}, set, nc.Publish, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +110,7 @@ func TestAgent(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if n := a.Metrics().GetOrCreateCounter("herd_agent_scrapes_total").Get(); n < 2 {
+		if n := set.GetOrCreateCounter("herd_agent_scrapes_total").Get(); n < 2 {
 			return fmt.Errorf("got %d scrapes; want ≥ 2", n)
 		}
 		return nil

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 	"github.com/nats-io/nats.go"
 )
@@ -104,85 +105,79 @@ func (c *IntakeConfig) Validate() error {
 	return nil
 }
 
-// Intake receives agent batches from NATS: it decodes each message with one reused
-// proto.Decoder on the subscription's goroutine, checks that the subject's service and
-// version match the batch's, and hands good batches to the handler. Refusals are counted in
-// herd_ingest_dropped_total{reason} (decode reasons of proto.Reason, "bad_subject",
-// "subject_mismatch", "slow_consumer") and logged at most every 10 s.
-type Intake struct {
-	cfg     IntakeConfig
-	nc      *nats.Conn
-	fn      func(*proto.Batch)
-	log     *slog.Logger
+// IntakeMetrics are the intakes' self-metrics, registered in a Set their caller owns:
+// herd_ingest_batches_total, herd_ingest_bytes_total and herd_ingest_dropped_total{reason}.
+// A process builds one IntakeMetrics and passes it to every Intake it runs (`herd rollup`
+// runs one per owned partition, started and stopped as partitions move), so that all of them
+// count into the same families and nothing has to sum them. It is safe for concurrent use.
+type IntakeMetrics struct {
 	set     *metrics.Set
-	ready   chan struct{}
 	batches *metrics.Counter
 	bytes   *metrics.Counter
-	dropped *metrics.Counter // slow consumer
+	slow    *metrics.Counter // dropped by the NATS client: reason slow_consumer
 
-	mu sync.Mutex // Guards the fields below; held while a message is handled.
-	// stopped is set when Run returns: the handler is never called after that.
-	stopped    bool
-	dec        proto.Decoder
-	batch      proto.Batch
-	subjects   map[string]subjectInfo // parsed subjects, bounded
-	lastLog    time.Time
-	suppressed int
-
-	reasonsMu sync.Mutex // Guards reasons (Stats reads it while a handler may block).
-	reasons   map[string]*metrics.Counter
+	mu      sync.Mutex // Guards reasons.
+	reasons map[string]*metrics.Counter
 }
 
-type subjectInfo struct {
-	service, version string
-	bad              bool
+// intakeHelp describes the intake's families.
+var intakeHelp = map[string]string{
+	"herd_ingest_batches_total": "Agent batches the intake decoded and handed to the rollup.",
+	"herd_ingest_bytes_total":   "Bytes of agent batches the intake received, good or refused.",
+	"herd_ingest_dropped_total": "Agent batches the intake refused or the NATS client dropped, by reason: a decode reason " +
+		"(truncated, bad_magic, unknown_version, oversized, ...), bad_subject, subject_mismatch or slow_consumer.",
 }
 
-// maxSubjects bounds the parsed-subject cache; it is cleared when full.
-const maxSubjects = 4096
-
-// NewIntake builds an intake reading from nc. handle is called on the subscription's
-// goroutine with each good batch; the batch and everything it points to are valid only
-// during the call. NewIntake subscribes nothing; Run does.
-//
-// Slow-consumer drops are read from the subscription (nats.Subscription.Dropped), so the
-// connection's own async error handler stays the caller's; HandleAsyncError may be called
-// from it to log them as the intake's.
-func NewIntake(cfg IntakeConfig, nc *nats.Conn, handle func(*proto.Batch), logger *slog.Logger) (*Intake, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
+// NewIntakeMetrics registers the intake families in set; nil means a private Set (tests).
+// It panics if set already holds them: build one IntakeMetrics per Set and share it.
+func NewIntakeMetrics(set *metrics.Set) *IntakeMetrics {
+	if set == nil {
+		set = metrics.NewSet()
 	}
-	cfg.setDefaults()
-	if nc == nil || handle == nil {
-		return nil, errors.New("cannot create intake: nil connection or handler")
-	}
-	if logger == nil {
-		logger = slog.Default()
-	}
-	set := metrics.NewSet()
-	in := &Intake{
-		cfg:      cfg,
-		nc:       nc,
-		fn:       handle,
-		log:      logger,
-		set:      set,
-		ready:    make(chan struct{}),
-		batches:  set.NewCounter("herd_ingest_batches_total"),
-		bytes:    set.NewCounter("herd_ingest_bytes_total"),
-		dropped:  set.NewCounter(`herd_ingest_dropped_total{reason="` + ReasonSlowConsumer + `"}`),
-		subjects: make(map[string]subjectInfo),
-		reasons:  make(map[string]*metrics.Counter),
+	promhelp.Describe(intakeHelp)
+	m := &IntakeMetrics{
+		set:     set,
+		batches: set.NewCounter("herd_ingest_batches_total"),
+		bytes:   set.NewCounter("herd_ingest_bytes_total"),
+		slow:    set.NewCounter(`herd_ingest_dropped_total{reason="` + ReasonSlowConsumer + `"}`),
+		reasons: make(map[string]*metrics.Counter),
 	}
 	for _, r := range []string{ReasonBadSubject, ReasonSubjectMismatch, "truncated", "bad_magic", "unknown_version", "oversized"} {
-		in.reasonCounter(r)
+		m.reason(r)
 	}
-	return in, nil
+	return m
 }
 
-// Metrics returns the intake's metrics (herd_ingest_*).
-func (in *Intake) Metrics() *metrics.Set { return in.set }
+// reason returns the drop counter of a reason other than slow_consumer, registering it.
+func (m *IntakeMetrics) reason(reason string) *metrics.Counter {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.reasons[reason]
+	if !ok {
+		c = m.set.GetOrCreateCounter(`herd_ingest_dropped_total{reason="` + reason + `"}`)
+		m.reasons[reason] = c
+	}
+	return c
+}
 
-// IntakeStats are the intake's totals.
+// Stats returns the totals of every intake counting into m. The slow-consumer count is as of
+// each running intake's last poll (every second).
+func (m *IntakeMetrics) Stats() IntakeStats {
+	st := IntakeStats{Batches: m.batches.Get(), Bytes: m.bytes.Get(), Dropped: make(map[string]uint64)}
+	if n := m.slow.Get(); n > 0 {
+		st.Dropped[ReasonSlowConsumer] = n
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for r, c := range m.reasons {
+		if n := c.Get(); n > 0 {
+			st.Dropped[r] = n
+		}
+	}
+	return st
+}
+
+// IntakeStats are intake totals.
 type IntakeStats struct {
 	Batches uint64            // good batches handed on
 	Bytes   uint64            // bytes received, good or not
@@ -198,22 +193,75 @@ func (s IntakeStats) Refused() uint64 {
 	return n
 }
 
-// Stats returns the intake's totals. The slow-consumer count is as of Run's last poll
-// (every second).
-func (in *Intake) Stats() IntakeStats {
-	st := IntakeStats{Batches: in.batches.Get(), Bytes: in.bytes.Get(), Dropped: make(map[string]uint64)}
-	if n := in.dropped.Get(); n > 0 {
-		st.Dropped[ReasonSlowConsumer] = n
-	}
-	in.reasonsMu.Lock()
-	defer in.reasonsMu.Unlock()
-	for r, c := range in.reasons {
-		if n := c.Get(); n > 0 {
-			st.Dropped[r] = n
-		}
-	}
-	return st
+// Intake receives agent batches from NATS: it decodes each message with one reused
+// proto.Decoder on the subscription's goroutine, checks that the subject's service and
+// version match the batch's, and hands good batches to the handler. Refusals are counted in
+// herd_ingest_dropped_total{reason} (decode reasons of proto.Reason, "bad_subject",
+// "subject_mismatch", "slow_consumer") and logged at most every 10 s.
+type Intake struct {
+	cfg   IntakeConfig
+	nc    *nats.Conn
+	fn    func(*proto.Batch)
+	log   *slog.Logger
+	m     *IntakeMetrics
+	ready chan struct{}
+	// slowSeen is the subscription's drop count already added to m.slow; only Run's
+	// goroutine touches it.
+	slowSeen uint64
+
+	mu sync.Mutex // Guards the fields below; held while a message is handled.
+	// stopped is set when Run returns: the handler is never called after that.
+	stopped    bool
+	dec        proto.Decoder
+	batch      proto.Batch
+	subjects   map[string]subjectInfo // parsed subjects, bounded
+	lastLog    time.Time
+	suppressed int
 }
+
+type subjectInfo struct {
+	service, version string
+	bad              bool
+}
+
+// maxSubjects bounds the parsed-subject cache; it is cleared when full.
+const maxSubjects = 4096
+
+// NewIntake builds an intake reading from nc that counts into m (nil: metrics of its own, for
+// tests). handle is called on the subscription's goroutine with each good batch; the batch
+// and everything it points to are valid only during the call. NewIntake subscribes nothing;
+// Run does.
+//
+// Slow-consumer drops are read from the subscription (nats.Subscription.Dropped), so the
+// connection's own async error handler stays the caller's; HandleAsyncError may be called
+// from it to log them as the intake's.
+func NewIntake(cfg IntakeConfig, m *IntakeMetrics, nc *nats.Conn, handle func(*proto.Batch), logger *slog.Logger) (*Intake, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	if nc == nil || handle == nil {
+		return nil, errors.New("cannot create intake: nil connection or handler")
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	if m == nil {
+		m = NewIntakeMetrics(nil)
+	}
+	return &Intake{
+		cfg:      cfg,
+		nc:       nc,
+		fn:       handle,
+		log:      logger,
+		m:        m,
+		ready:    make(chan struct{}),
+		subjects: make(map[string]subjectInfo),
+	}, nil
+}
+
+// Stats returns the totals of the intake's IntakeMetrics: those of every intake sharing them.
+func (in *Intake) Stats() IntakeStats { return in.m.Stats() }
 
 // Ready is closed once Run's subscription is registered with the server.
 func (in *Intake) Ready() <-chan struct{} { return in.ready }
@@ -266,9 +314,11 @@ func (in *Intake) Run(ctx context.Context) error {
 	return nil
 }
 
+// pollDropped adds the subscription's new slow-consumer drops to the shared counter.
 func (in *Intake) pollDropped(sub *nats.Subscription) {
-	if n, err := sub.Dropped(); err == nil && n > 0 && uint64(n) > in.dropped.Get() {
-		in.dropped.Set(uint64(n))
+	if n, err := sub.Dropped(); err == nil && n > 0 && uint64(n) > in.slowSeen {
+		in.m.slow.Add(int(uint64(n) - in.slowSeen))
+		in.slowSeen = uint64(n)
 	}
 }
 
@@ -291,7 +341,7 @@ func (in *Intake) handleMsg(subject string, data []byte) {
 	if in.stopped {
 		return
 	}
-	in.bytes.Add(len(data))
+	in.m.bytes.Add(len(data))
 	si := in.parseSubject(subject)
 	if si.bad {
 		in.refuse(ReasonBadSubject, subject, fmt.Errorf("subject %q does not name a service and version after %q", subject, in.cfg.Prefix))
@@ -306,11 +356,11 @@ func (in *Intake) handleMsg(subject string, data []byte) {
 		in.refuse(ReasonSubjectMismatch, subject, fmt.Errorf("batch of %s/%s arrived on %s", b.Service, b.Version, subject))
 		return
 	}
-	in.batches.Inc()
+	in.m.batches.Inc()
 	in.fn(b)
 }
 
-// parseSubjectLocked returns the service and version a subject names, cached.
+// parseSubject returns the service and version a subject names, cached. The caller holds mu.
 func (in *Intake) parseSubject(subject string) subjectInfo {
 	if si, ok := in.subjects[subject]; ok {
 		return si
@@ -346,20 +396,9 @@ func parseWithPrefix(prefix, subject string) (service, version string, err error
 	return proto.ParseGroupSubject("", rest)
 }
 
-func (in *Intake) reasonCounter(reason string) *metrics.Counter {
-	in.reasonsMu.Lock()
-	defer in.reasonsMu.Unlock()
-	c, ok := in.reasons[reason]
-	if !ok {
-		c = in.set.GetOrCreateCounter(`herd_ingest_dropped_total{reason="` + reason + `"}`)
-		in.reasons[reason] = c
-	}
-	return c
-}
-
 // refuse counts a refused message and logs at most one line every 10 s.
 func (in *Intake) refuse(reason, subject string, err error) {
-	in.reasonCounter(reason).Inc()
+	in.m.reason(reason).Inc()
 	now := time.Now()
 	if now.Sub(in.lastLog) < 10*time.Second {
 		in.suppressed++

@@ -1,16 +1,21 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/herd-dev/herd/internal/checkfor"
 	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 	"github.com/nats-io/nats.go"
 )
@@ -55,7 +60,8 @@ func TestIntake(t *testing.T) {
 
 	var mu sync.Mutex
 	var got []string
-	in, err := NewIntake(IntakeConfig{}, nc, func(b *proto.Batch) {
+	set := metrics.NewSet()
+	in, err := NewIntake(IntakeConfig{}, NewIntakeMetrics(set), nc, func(b *proto.Batch) {
 		mu.Lock()
 		defer mu.Unlock()
 		got = append(got, fmt.Sprintf("%s/%s#%d", b.Service, b.Version, b.Seq))
@@ -110,11 +116,11 @@ func TestIntake(t *testing.T) {
 		ReasonBadSubject: 2, "oversized": 1, ReasonSlowConsumer: 0,
 	}
 	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		if n := in.Metrics().GetOrCreateCounter("herd_ingest_batches_total").Get(); n != 2 {
+		if n := set.GetOrCreateCounter("herd_ingest_batches_total").Get(); n != 2 {
 			return fmt.Errorf("got %d good batches; want 2", n)
 		}
 		for r, w := range want {
-			if n := in.Metrics().GetOrCreateCounter(`herd_ingest_dropped_total{reason="` + r + `"}`).Get(); n != w {
+			if n := set.GetOrCreateCounter(`herd_ingest_dropped_total{reason="` + r + `"}`).Get(); n != w {
 				return fmt.Errorf("reason %s: got %d; want %d", r, n, w)
 			}
 		}
@@ -149,7 +155,7 @@ func TestIntakeClientEndToEnd(t *testing.T) {
 	var mu sync.Mutex
 	var requests float64
 	var finals int
-	in, err := NewIntake(IntakeConfig{}, nc, func(b *proto.Batch) {
+	in, err := NewIntake(IntakeConfig{}, nil, nc, func(b *proto.Batch) {
 		mu.Lock()
 		defer mu.Unlock()
 		if s := find(b, proto.SeriesRequests); s != nil {
@@ -226,7 +232,7 @@ func TestIntakeConfigEnv(t *testing.T) {
 
 // BenchmarkIntakeHandle is decode + subject check + a no-op handler for one RED batch.
 func BenchmarkIntakeHandle(b *testing.B) {
-	in, err := NewIntake(IntakeConfig{}, &nats.Conn{}, func(*proto.Batch) {}, quiet)
+	in, err := NewIntake(IntakeConfig{}, nil, &nats.Conn{}, func(*proto.Batch) {}, quiet)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -237,12 +243,14 @@ func BenchmarkIntakeHandle(b *testing.B) {
 	for b.Loop() {
 		in.handleMsg(subj, data)
 	}
-	if in.batches.Get() == 0 {
+	if in.m.batches.Get() == 0 {
 		b.Fatal(errors.New("no batch handled"))
 	}
 }
 
-// TestIntakeSlowConsumer blocks the handler so the NATS client drops messages.
+// TestIntakeSlowConsumer blocks the handler so the NATS client drops messages. Two intakes
+// run one after the other on one IntakeMetrics, as a partition's intakes do when it moves
+// away and back: the drops of both add up.
 func TestIntakeSlowConsumer(t *testing.T) {
 	s, err := embednats.Start(embednats.Config{Port: -1})
 	if err != nil {
@@ -254,35 +262,118 @@ func TestIntakeSlowConsumer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	release := make(chan struct{})
-	in, err := NewIntake(IntakeConfig{PendingMsgs: 5}, nc, func(*proto.Batch) { <-release }, quiet)
+	m := NewIntakeMetrics(nil)
+	var dropped uint64 // by the intakes before
+	for round := 1; round <= 2; round++ {
+		release := make(chan struct{})
+		in, err := NewIntake(IntakeConfig{PendingMsgs: 5}, m, nc, func(*proto.Batch) { <-release }, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- in.Run(ctx) }()
+		<-in.Ready()
+		data := encodeRED(t, "checkout", "1", 0)
+		for range 50 {
+			if err := nc.Publish("herd.in.checkout.1", data); err != nil {
+				t.Fatal(err)
+			}
+		}
+		checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+			if n := in.Stats().Dropped[ReasonSlowConsumer] - dropped; n < 40 {
+				return fmt.Errorf("round %d: got %d slow-consumer drops; want ≥ 40", round, n)
+			}
+			return nil
+		})
+		close(release)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		st := m.Stats()
+		if st.Batches+st.Dropped[ReasonSlowConsumer] != uint64(50*round) {
+			t.Errorf("round %d: got %d handled + %d dropped; want %d in all", round, st.Batches, st.Dropped[ReasonSlowConsumer], 50*round)
+		}
+		dropped = st.Dropped[ReasonSlowConsumer]
+	}
+}
+
+// TestIntakesShareMetrics runs intakes side by side and one after another on one
+// IntakeMetrics, as `herd rollup` does with its partitions: they count into the same
+// families, which the Set holds once.
+func TestIntakesShareMetrics(t *testing.T) {
+	s, err := embednats.Start(embednats.Config{Port: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- in.Run(ctx) }()
-	<-in.Ready()
-	data := encodeRED(t, "checkout", "1", 0)
-	for range 50 {
-		if err := nc.Publish("herd.in.checkout.1", data); err != nil {
+	defer embednats.Shutdown(s)
+	nc, err := embednats.Connect(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	set := metrics.NewSet()
+	m := NewIntakeMetrics(set)
+	start := func(service string) (stop func()) {
+		t.Helper()
+		in, err := NewIntake(IntakeConfig{Subject: "herd.in." + service + ".>"}, m, nc, func(*proto.Batch) {}, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- in.Run(ctx) }()
+		<-in.Ready()
+		return func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}
+	}
+	publish := func(service string, seq uint64) {
+		t.Helper()
+		if err := nc.Publish("herd.in."+service+".1", encodeRED(t, service, "1", seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
-		if n := in.Stats().Dropped[ReasonSlowConsumer]; n < 40 {
-			return fmt.Errorf("got %d slow-consumer drops; want ≥ 40", n)
-		}
-		return nil
-	})
-	close(release)
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
+	waitBatches := func(want uint64) {
+		t.Helper()
+		checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+			if n := set.GetOrCreateCounter("herd_ingest_batches_total").Get(); n != want {
+				return fmt.Errorf("got %d batches; want %d", n, want)
+			}
+			return nil
+		})
 	}
-	st := in.Stats()
-	if st.Batches+st.Dropped[ReasonSlowConsumer] != 50 {
-		t.Errorf("got %d handled + %d dropped; want 50 in all", st.Batches, st.Dropped[ReasonSlowConsumer])
+	stopCheckout, stopPayments := start("checkout"), start("payments")
+	for seq := range uint64(3) {
+		publish("checkout", seq)
+		publish("payments", seq)
+	}
+	if err := nc.Publish("herd.in.payments.1", []byte("garbage")); err != nil {
+		t.Fatal(err)
+	}
+	waitBatches(6)
+	stopCheckout()
+	stopCheckout = start("checkout") // the partition came back
+	publish("checkout", 3)
+	waitBatches(7)
+	stopCheckout()
+	stopPayments()
+
+	st := m.Stats()
+	if st.Batches != 7 || st.Refused() != 1 || st.Dropped["bad_magic"] != 1 {
+		t.Errorf("got stats %+v; want 7 batches and 1 bad_magic refusal", st)
+	}
+	var buf bytes.Buffer
+	promhelp.WritePrometheus(&buf, set)
+	if n := strings.Count(buf.String(), "# TYPE herd_ingest_batches_total counter\n"); n != 1 {
+		t.Errorf("got herd_ingest_batches_total typed %d times; want once in\n%s", n, buf.String())
+	}
+	if !strings.Contains(buf.String(), "\nherd_ingest_batches_total 7\n") {
+		t.Errorf("got\n%s\nwant herd_ingest_batches_total 7", buf.String())
 	}
 }
 

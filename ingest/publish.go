@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 	"github.com/nats-io/nats.go"
 )
@@ -51,10 +52,21 @@ type clientStats struct {
 	set                    *metrics.Set
 }
 
+// clientHelp describes the client's families.
+var clientHelp = map[string]string{
+	"herd_agent_batches_total":        "Batches the agent client published.",
+	"herd_agent_sent_bytes_total":     "Bytes of the batches the agent client published.",
+	"herd_agent_missed_ticks_total":   "Flush intervals the agent client missed; the next batch covers the gap.",
+	"herd_agent_batches_unsent_total": "Batches the agent client could not send, by reason: encode, buffer_full, closed or publish.",
+	"herd_agent_series_refused_total": "Series the agent client refused to register, by reason: bad_name, bad_labels, kind_conflict or limit.",
+	"herd_agent_values_refused_total": "Values the agent client refused: NaN, ±Inf or a negative counter increment.",
+}
+
 func (s *clientStats) init(set *metrics.Set) {
 	if set == nil {
 		return
 	}
+	promhelp.Describe(clientHelp)
 	s.set = set
 	s.mSent = set.GetOrCreateCounter("herd_agent_batches_total")
 	s.mBytes = set.GetOrCreateCounter("herd_agent_sent_bytes_total")

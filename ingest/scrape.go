@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -142,6 +143,7 @@ func NewScraper(cfg ScraperConfig, c *Client, logger *slog.Logger, set *metrics.
 	if set == nil {
 		set = metrics.NewSet()
 	}
+	promhelp.Describe(scrapeHelp)
 	s := &Scraper{
 		cfg:       cfg,
 		client:    c,
@@ -161,6 +163,16 @@ func NewScraper(cfg ScraperConfig, c *Client, logger *slog.Logger, set *metrics.
 		s.skips[r] = set.GetOrCreateCounter(`herd_agent_scrape_series_skipped_total{reason="` + r + `"}`)
 	}
 	return s, nil
+}
+
+// scrapeHelp describes the scraper's families.
+var scrapeHelp = map[string]string{
+	"herd_agent_scrapes_total":                 "Scrapes of the local metrics endpoint that succeeded.",
+	"herd_agent_scrape_format_fallbacks_total": "Scrapes whose Content-Type was missing or unknown and were parsed as the Prometheus text format.",
+	"herd_agent_scrape_counter_resets_total":   "Scraped counters that decreased (the target restarted); the new value is taken as the delta.",
+	"herd_agent_scrape_errors_total":           "Scrapes that failed, by reason: http, status, too_large or parse.",
+	"herd_agent_scrape_series_skipped_total": "Scraped series skipped, by reason: limit, bad_value, bad_histogram, unsupported_schema, " +
+		"gauge_histogram or unsupported_type.",
 }
 
 // ScrapeError is a failed scrape; Reason is the herd_agent_scrape_errors_total label.

@@ -284,7 +284,7 @@ func TestFailoverNATSNodeLoss(t *testing.T) {
 	for _, tw := range ws {
 		st := tw.n.worker.parts.Stats()
 		t.Logf("worker %s: merged %d, refused %v, lost %d, skipped %v, gaps %d, discarded %d, intake %+v, moves %v", tw.n.worker.leases.WorkerID(),
-			st.BatchesMerged, st.RefusedBy, st.Lost, st.Skipped, st.GapWindows, st.WindowsDiscarded, tw.n.worker.intakeStats(), tw.n.worker.leases.Moves())
+			st.BatchesMerged, st.RefusedBy, st.Lost, st.Skipped, st.GapWindows, st.WindowsDiscarded, tw.n.worker.intakeMetrics.Stats(), tw.n.worker.leases.Moves())
 	}
 	var sentBatches uint64
 	for _, g := range fl.Totals() {

@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/herd-dev/herd/alert/deliver"
+	"github.com/herd-dev/herd/internal/promhelp"
 )
 
 // newHTTP opens the HTTP listener and builds its routes: /metrics, /livez and /readyz on
@@ -25,7 +28,7 @@ func (n *Node) newHTTP() (err error) {
 		case n.dl != nil:
 			n.web.SetDecisions(n.dl.Decisions)
 		case n.js != nil:
-			n.web.SetDecisions(storedDecisions(n.js, n.logger))
+			n.web.SetDecisions(deliver.StoredDecisions(deliver.NewKVReader(n.js).Decisions, time.Second, n.logger))
 		}
 		mux.Handle("/", n.web.Handler())
 	}
@@ -33,7 +36,7 @@ func (n *Node) newHTTP() (err error) {
 		decisions := protect(n.dl.HTTPHandler())
 		mux.Handle("/api/v1/decisions", decisions)
 		mux.Handle("/api/v1/decisions/", decisions)
-		mux.Handle("/api/v1/flagger/", protect(n.dl.FlaggerHandler(n.lookupVerdict)))
+		mux.Handle("/api/v1/flagger/", protect(n.dl.FlaggerHandler(n.det.Latest)))
 	}
 	mux.HandleFunc("GET /metrics", n.serveMetrics)
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -54,19 +57,6 @@ func (n *Node) newHTTP() (err error) {
 // serveMetrics writes every family of the node in Prometheus text format.
 func (n *Node) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	n.metrics.WritePrometheus(w)
-	if n.intake != nil {
-		n.intake.Metrics().WritePrometheus(w)
-	}
-	if n.worker != nil {
-		n.worker.writeMetrics(w)
-	}
-	if n.det != nil {
-		n.det.Metrics().WritePrometheus(w)
-		n.dl.Metrics().WritePrometheus(w)
-	}
-	if n.web != nil {
-		n.web.Metrics().WritePrometheus(w)
-	}
+	promhelp.WritePrometheus(w, n.metrics)
 	metrics.WriteProcessMetrics(w)
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/internal/jsretry"
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
 	"github.com/herd-dev/herd/web"
@@ -75,6 +76,7 @@ func New(cfg Config, logger *slog.Logger) (_ *Node, err error) {
 		cfg.Name = "herd"
 	}
 	n := &Node{cfg: cfg, logger: logger, metrics: metrics.NewSet()}
+	promhelp.Describe(nodeHelp)
 	n.deployRefused = n.metrics.NewCounter(`herd_node_deployments_refused_total`)
 	n.replayErrs = map[string]*metrics.Counter{
 		"decide":   n.metrics.NewCounter(`herd_node_replay_errors_total{kind="decide"}`),
@@ -105,7 +107,7 @@ func New(cfg Config, logger *slog.Logger) (_ *Node, err error) {
 		}
 	}
 	if r.Web {
-		if n.web, err = web.New(cfg.Web, logger.With("component", "web")); err != nil {
+		if n.web, err = web.New(cfg.Web, n.metrics, logger.With("component", "web")); err != nil {
 			return nil, fmt.Errorf("cannot create the dashboard: %w", err)
 		}
 	}
@@ -167,21 +169,21 @@ func (n *Node) newIngest() (err error) {
 	if n.roll, err = rollup.New(n.cfg.Rollup, rollup.NewMetrics(n.metrics), n.emit, n.logger.With("component", "rollup")); err != nil {
 		return fmt.Errorf("cannot create rollup: %w", err)
 	}
-	if n.intake, err = ingest.NewIntake(n.cfg.Intake, n.nc, n.roll.Add, n.logger.With("component", "intake")); err != nil {
+	if n.intake, err = ingest.NewIntake(n.cfg.Intake, ingest.NewIntakeMetrics(n.metrics), n.nc, n.roll.Add, n.logger.With("component", "intake")); err != nil {
 		return fmt.Errorf("cannot create intake: %w", err)
 	}
 	return nil
 }
 
 func (n *Node) newDetect() (err error) {
-	if n.det, err = alert.New(n.cfg.Detect, n.decided, n.logger.With("component", "detect")); err != nil {
+	if n.det, err = alert.New(n.cfg.Detect, n.metrics, n.decided, n.logger.With("component", "detect")); err != nil {
 		return fmt.Errorf("cannot create detector: %w", err)
 	}
 	store, err := n.openStore()
 	if err != nil {
 		return err
 	}
-	if n.dl, err = deliver.New(n.cfg.Deliver, store, n.logger.With("component", "deliver")); err != nil {
+	if n.dl, err = deliver.New(n.cfg.Deliver, n.metrics, store, n.logger.With("component", "deliver")); err != nil {
 		return fmt.Errorf("cannot create delivery: %w", err)
 	}
 	return nil
@@ -247,4 +249,10 @@ func (n *Node) closeNATS() {
 	if n.ns != nil {
 		embednats.Shutdown(n.ns)
 	}
+}
+
+// nodeHelp is the # HELP text of the node's own families.
+var nodeHelp = map[string]string{
+	"herd_node_deployments_refused_total": "Deployment announcements the local detector refused.",
+	"herd_node_replay_errors_total":       "Replayed decisions (decide) and deployments (announce) the detector or delivery refused at start.",
 }

@@ -128,7 +128,7 @@ func TestSeparateRolesAndTwoDetectors(t *testing.T) {
 			if _, ok := d.dl.Decision(id); ok {
 				owners++
 			}
-			losers += d.dl.Metrics().GetOrCreateCounter(`herd_deliver_decisions_refused_total{reason="exists"}`).Get()
+			losers += d.metrics.GetOrCreateCounter(`herd_deliver_decisions_refused_total{reason="exists"}`).Get()
 		}
 		if owners != 1 || losers != 1 {
 			return errorf("%d deliverers own decision %s and %d found it taken; want 1 and 1", owners, id, losers)

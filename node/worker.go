@@ -3,12 +3,8 @@ package node
 import (
 	"context"
 	"fmt"
-	"io"
-	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/proto"
@@ -24,17 +20,13 @@ type worker struct {
 	leases  *lease.Manager
 	parts   *rollup.Partitioned
 	crashed atomic.Bool
-
-	intakeMu sync.Mutex // Guards the fields below.
-	intakes  map[*ingest.Intake]struct{}
-	// intakeDone holds the totals of intakes that stopped.
-	intakeDone ingest.IntakeStats
-	set        *metrics.Set
+	// intakeMetrics are shared by every partition's intake: the families count over all
+	// partitions, past and present, without summing at scrape time.
+	intakeMetrics *ingest.IntakeMetrics
 }
 
 func newWorker(n *Node) (*worker, error) {
-	w := &worker{n: n, intakes: map[*ingest.Intake]struct{}{},
-		intakeDone: ingest.IntakeStats{Dropped: map[string]uint64{}}, set: metrics.NewSet()}
+	w := &worker{n: n, intakeMetrics: ingest.NewIntakeMetrics(n.metrics)}
 	var err error
 	w.parts, err = rollup.NewPartitioned(n.cfg.Rollup, rollup.NewMetrics(n.metrics), w.source, n.emit, n.logger.With("component", "rollup"))
 	if err != nil {
@@ -46,9 +38,6 @@ func newWorker(n *Node) (*worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	w.set.NewGauge("herd_ingest_batches_total", func() float64 { return float64(w.intakeStats().Batches) })
-	w.set.NewGauge("herd_ingest_bytes_total", func() float64 { return float64(w.intakeStats().Bytes) })
-	w.set.NewGauge("herd_ingest_refused_total", func() float64 { return float64(w.intakeStats().Refused()) })
 	return w, nil
 }
 
@@ -58,45 +47,11 @@ func (w *worker) source(ctx context.Context, p int, add func(*proto.Batch)) erro
 	cfg.Subject = proto.PartitionSubject(p)
 	cfg.Prefix = proto.PartitionSubjectPrefix(p)
 	cfg.DrainTimeout = w.n.cfg.DrainTimeout
-	in, err := ingest.NewIntake(cfg, w.n.nc, add, w.n.logger.With("component", "intake", "partition", p))
+	in, err := ingest.NewIntake(cfg, w.intakeMetrics, w.n.nc, add, w.n.logger.With("component", "intake", "partition", p))
 	if err != nil {
 		return err
 	}
-	w.intakeMu.Lock()
-	w.intakes[in] = struct{}{}
-	w.intakeMu.Unlock()
-	err = in.Run(ctx)
-	w.intakeMu.Lock()
-	delete(w.intakes, in)
-	w.intakeDone = addIntakeStats(w.intakeDone, in.Stats())
-	w.intakeMu.Unlock()
-	return err
-}
-
-func addIntakeStats(a, b ingest.IntakeStats) ingest.IntakeStats {
-	out := ingest.IntakeStats{Batches: a.Batches + b.Batches, Bytes: a.Bytes + b.Bytes, Dropped: map[string]uint64{}}
-	for r, n := range a.Dropped {
-		out.Dropped[r] += n
-	}
-	for r, n := range b.Dropped {
-		out.Dropped[r] += n
-	}
-	return out
-}
-
-// intakeStats returns the totals over every partition's intake, past and present.
-func (w *worker) intakeStats() ingest.IntakeStats {
-	w.intakeMu.Lock()
-	defer w.intakeMu.Unlock()
-	st := addIntakeStats(ingest.IntakeStats{}, w.intakeDone)
-	for in := range w.intakes {
-		st = addIntakeStats(st, in.Stats())
-	}
-	return st
-}
-
-func (w *worker) writeMetrics(out io.Writer) {
-	w.set.WritePrometheus(out)
+	return in.Run(ctx)
 }
 
 // start starts the partitions and the leases, and returns the function that stops them in

@@ -384,7 +384,7 @@ func logWorkerStats(t *testing.T, ws []*testWorker) {
 	for _, tw := range ws {
 		st := tw.n.worker.parts.Stats()
 		t.Logf("worker %s: intake %+v; rollup batches %d merged %d refused %v lost %d; skipped %v discarded %d gap %d; moves %v",
-			tw.n.worker.leases.WorkerID(), tw.n.worker.intakeStats(), st.Batches, st.BatchesMerged, st.RefusedBy, st.Lost,
+			tw.n.worker.leases.WorkerID(), tw.n.worker.intakeMetrics.Stats(), st.Batches, st.BatchesMerged, st.RefusedBy, st.Lost,
 			st.Skipped, st.WindowsDiscarded, st.GapWindows, tw.n.worker.leases.Moves())
 	}
 }
@@ -412,7 +412,7 @@ func TestWorkerScaling(t *testing.T) {
 			for _, tw := range ws {
 				st := tw.n.worker.parts.Stats()
 				m += st.BatchesMerged
-				in += tw.n.worker.intakeStats().Batches
+				in += tw.n.worker.intakeMetrics.Stats().Batches
 			}
 			return m, in
 		}
@@ -432,7 +432,7 @@ func TestWorkerScaling(t *testing.T) {
 		var dropped uint64
 		refused := map[string]uint64{}
 		for _, tw := range ws {
-			dropped += tw.n.worker.intakeStats().Refused()
+			dropped += tw.n.worker.intakeMetrics.Stats().Refused()
 			for r, c := range tw.n.worker.parts.Stats().RefusedBy {
 				if c > 0 {
 					refused[r] += c

@@ -45,3 +45,86 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzUnmarshalWindow checks that UnmarshalWindow never panics, and that a window it accepts
+// encodes to JSON it accepts again, stable from then on.
+func FuzzUnmarshalWindow(f *testing.F) {
+	good, err := MarshalWindow(testWindow())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add(good[:len(good)/2])
+	f.Add([]byte(`{"service":"a","version":"1","series":[{"name":"x","kind":"histogram","hist":{"count":1,"zero":1}}]}`))
+	f.Add([]byte(`{"service":"a","version":"1","series":[{"name":"x"}]}`))
+	f.Add([]byte(`{"service":"a","version":"1","halves":[[],[{"name":"x","kind":"gauge","labels":{"b":"2","a":"1"}}]]}`))
+	f.Add([]byte(`{"service":"a","version":"1","series":[{"name":"x","hist":{"count":1,"positive":{"offset":-2147483648,"counts":[1]}}}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		w, err := UnmarshalWindow(data)
+		if err != nil {
+			return
+		}
+		roundTrip(t, w, MarshalWindow, UnmarshalWindow)
+	})
+}
+
+// FuzzUnmarshalVerdict checks that UnmarshalVerdict never panics, and that a verdict it
+// accepts encodes to JSON it accepts again, stable from then on.
+func FuzzUnmarshalVerdict(f *testing.F) {
+	good, err := MarshalVerdict(testVerdict())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add(good[:len(good)/3])
+	f.Add([]byte(`{"service":"a","state":"pass","evidence":{"tests":null}}`))
+	f.Add([]byte(`{"service":"a","evidence":{"e_value":1e308,"tests":[{"name":"\u00ff"}]}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		v, err := UnmarshalVerdict(data)
+		if err != nil {
+			return
+		}
+		roundTrip(t, v, MarshalVerdict, UnmarshalVerdict)
+	})
+}
+
+// FuzzUnmarshalDeployment checks that UnmarshalDeployment never panics, that what it accepts
+// is valid, and that it encodes to JSON it accepts again, stable from then on.
+func FuzzUnmarshalDeployment(f *testing.F) {
+	f.Add([]byte(`{"service":"checkout","baseline":"1.4.1","canary":"1.4.2","unix_ms":1700000000000}`))
+	f.Add([]byte(`{"service":"checkout","baseline":"1.4.1","canary":"1.4.1"}`))
+	f.Add([]byte(`{"service":"checkout","baseline":"v1","canary":"v2","extra":[1,2,3]}`))
+	f.Add([]byte(`{"service":"checkout","baseline":"v1","canary":"v2","unix_ms":-1}`))
+	f.Add([]byte(`{"service":`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d, err := UnmarshalDeployment(data)
+		if err != nil {
+			return
+		}
+		if err := d.Validate(); err != nil {
+			t.Fatalf("accepted an invalid deployment %+v: %v", d, err)
+		}
+		roundTrip(t, d, MarshalDeployment, UnmarshalDeployment)
+	})
+}
+
+// roundTrip checks that v, just decoded, encodes to data that decodes and encodes to the
+// same bytes again.
+func roundTrip[T any](t *testing.T, v *T, marshal func(*T) ([]byte, error), unmarshal func([]byte) (*T, error)) {
+	t.Helper()
+	again, err := marshal(v)
+	if err != nil {
+		t.Fatalf("decoded value does not encode: %v", err)
+	}
+	v2, err := unmarshal(again)
+	if err != nil {
+		t.Fatalf("encoded value %s does not decode: %v", again, err)
+	}
+	third, err := marshal(v2)
+	if err != nil {
+		t.Fatalf("re-decoded value does not encode: %v", err)
+	}
+	if !bytes.Equal(again, third) {
+		t.Fatalf("encoding is not stable after a round trip:\n%s\n%s", again, third)
+	}
+}

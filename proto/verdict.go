@@ -16,33 +16,6 @@ const (
 	StateInconclusive State = "inconclusive"
 )
 
-// Deployment announces that Canary is being rolled out beside Baseline in Service. It arrives
-// on herd.deploy.<service> or POST /api/v1/deployments as JSON.
-type Deployment struct {
-	Service  string `json:"service"`
-	Baseline string `json:"baseline"`
-	Canary   string `json:"canary"`
-	// UnixMs is when the canary started; 0 means "when announced".
-	UnixMs int64 `json:"unix_ms,omitempty"`
-}
-
-// Validate checks the tokens of d.
-func (d *Deployment) Validate() error {
-	if err := ValidService(d.Service); err != nil {
-		return fmt.Errorf("bad deployment: %w", err)
-	}
-	if err := ValidVersion(d.Baseline); err != nil {
-		return fmt.Errorf("bad deployment baseline: %w", err)
-	}
-	if err := ValidVersion(d.Canary); err != nil {
-		return fmt.Errorf("bad deployment canary: %w", err)
-	}
-	if d.Baseline == d.Canary {
-		return fmt.Errorf("bad deployment: baseline and canary are both %q", d.Canary)
-	}
-	return nil
-}
-
 // TestEvidence is the state of one sequential test (or guard) of a comparison.
 type TestEvidence struct {
 	// Name is e.g. "errors", "latency_p99", "latency_slo", "dkw", "guard_error_ceiling".

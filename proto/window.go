@@ -240,7 +240,8 @@ func MarshalWindow(w *Window) ([]byte, error) {
 	return b, nil
 }
 
-// UnmarshalWindow decodes a window published on a herd.rollup subject and checks its group.
+// UnmarshalWindow decodes a window published on a herd.rollup subject and checks its group
+// and that every series has a known kind.
 func UnmarshalWindow(data []byte) (*Window, error) {
 	var w Window
 	if err := json.Unmarshal(data, &w); err != nil {
@@ -251,6 +252,13 @@ func UnmarshalWindow(data []byte) (*Window, error) {
 	}
 	if err := ValidVersion(w.Version); err != nil {
 		return nil, fmt.Errorf("cannot decode window: %w", err)
+	}
+	for _, ss := range [][]WindowSeries{w.Series, w.Warm, w.Halves[0], w.Halves[1]} {
+		for i := range ss {
+			if k := ss[i].Kind; k != KindCounter && k != KindGauge && k != KindHistogram {
+				return nil, fmt.Errorf("cannot decode window: series %q has no kind", ss[i].Name)
+			}
+		}
 	}
 	return &w, nil
 }

@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/herd-dev/herd/internal/promhelp"
 )
 
 // Batch refusal reasons (label reason of herd_rollup_batches_refused_total).
@@ -88,6 +90,7 @@ type Metrics struct {
 // A single Rollup and a Partitioned thus export the same families. Call it once per set:
 // like metrics.Set.NewCounter, it panics if set holds one of the names already.
 func NewMetrics(set *metrics.Set) *Metrics {
+	promhelp.Describe(rollupHelp)
 	m := &Metrics{
 		batches:        set.NewCounter("herd_rollup_batches_total"),
 		batchesMerged:  set.NewCounter("herd_rollup_batches_merged_total"),
@@ -183,4 +186,27 @@ func (s Stats) Refused() uint64 {
 		n += c
 	}
 	return n
+}
+
+// rollupHelp is the # HELP text of every rollup family.
+var rollupHelp = map[string]string{
+	"herd_rollup_batches_total":                     "Agent batches handed to the rollup.",
+	"herd_rollup_batches_merged_total":              "Batches merged into a window.",
+	"herd_rollup_batches_warming_total":             "Batches merged into Series but not Warm: their instance was still warming up.",
+	"herd_rollup_batches_refused_total":             "Batches refused whole, by reason (late, future, duplicate, too_many_groups, instance_conflict).",
+	"herd_rollup_samples_total":                     "Series samples merged.",
+	"herd_rollup_series_refused_total":              "Series refused within merged batches, by reason.",
+	"herd_rollup_batches_lost_total":                "Batches never received: gaps in instances' sequence numbers.",
+	"herd_rollup_instances_forgotten_total":         "Instance states forgotten, by reason (final, expired, evicted, restarted).",
+	"herd_rollup_windows_emitted_total":             "Closed windows emitted.",
+	"herd_rollup_empty_windows_emitted_total":       "Closed windows emitted with no instance (a group that stopped reporting).",
+	"herd_rollup_ticks_missed_total":                "Window-close ticks that came too late and were skipped.",
+	"herd_rollup_window_emit_delay_seconds":         "Delay from a window's end to its emission.",
+	"herd_rollup_groups":                            "Groups (service, version) held.",
+	"herd_rollup_instances":                         "Instances whose state is held.",
+	"herd_rollup_series":                            "Series held over all groups.",
+	"herd_rollup_partition_batches_skipped_total":   "Batches of a partition outside the span its lease may publish, by reason.",
+	"herd_rollup_partition_windows_discarded_total": "Windows a partition discarded because they lie outside its lease's span.",
+	"herd_rollup_partition_gap_windows_total":       "Windows between two owners' spans of a partition, lost in a hand-over.",
+	"herd_rollup_partition_source_errors_total":     "Failures of a partition's intake.",
 }

@@ -295,7 +295,7 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *bins, sc detectScenario, sha
 
 	// The detector calls back from AddWindow, Announce and Tick, on this goroutine.
 	var last proto.Verdict
-	det, err := alert.NewWithPolicy(dc, nil, func(v proto.Verdict) { last = v }, nil)
+	det, err := alert.NewWithPolicy(dc, nil, nil, func(v proto.Verdict) { last = v }, nil)
 	if err != nil {
 		return trialResult{err: err}
 	}

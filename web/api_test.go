@@ -74,7 +74,7 @@ func TestAPI(t *testing.T) {
 			Points  [][]float64
 		}
 	}
-	since := time.Now().UnixMilli()/250*250 - 1000
+	since := f.next - 250 - 1000 // a second before the newest backfilled window's end
 	if code := get(t, base+"/services/checkout/windows?version=1.5.0&since_ms="+fmt.Sprint(since), "", &wins); code != 200 ||
 		len(wins.Groups) != 1 || len(wins.Groups[0].Points) != 4 || wins.Fields[0] != "end_unix_ms" {
 		t.Fatalf("got %d %+v; want the 4 newest points of 1.5.0", code, wins)
@@ -177,7 +177,7 @@ func TestAPITokenAndAnnounce(t *testing.T) {
 func TestInputsRefused(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxGroups = 1
-	srv, err := New(cfg, nil)
+	srv, err := New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestReplayExpiresAndGroupsPrune(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := testConfig()
 		cfg.Replay = 30 * time.Second
-		srv, err := New(cfg, nil)
+		srv, err := New(cfg, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

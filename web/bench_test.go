@@ -9,7 +9,7 @@ import (
 // BenchmarkApplyWindow measures the hub's per-window work: summarize, ring insert, encode
 // once and queue to 100 clients watching the service.
 func BenchmarkApplyWindow(b *testing.B) {
-	srv, err := New(testConfig(), nil)
+	srv, err := New(testConfig(), nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -43,7 +43,7 @@ func BenchmarkEncodeWindowEvent(b *testing.B) {
 
 // BenchmarkSnapshot measures a one-service snapshot of 5 minutes of two groups.
 func BenchmarkSnapshot(b *testing.B) {
-	srv, err := New(DefaultConfig(), nil)
+	srv, err := New(DefaultConfig(), nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -137,18 +137,6 @@ func (b *browser) waitJS(t *testing.T, timeout time.Duration, expr string) {
 	})
 }
 
-// screenshot captures the whole page.
-func (b *browser) screenshot(t *testing.T) []byte {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
-	defer cancel()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-	if err != nil {
-		t.Fatalf("screenshot: %v", err)
-	}
-	return png
-}
-
 // liveDemo runs a server fed with a fleet of 1,000 instances in four groups, windows closing
 // 500 ms after their end as the rollup closes them, with a minute of history.
 func liveDemo(t *testing.T) (*testServer, *feeder) {

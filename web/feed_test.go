@@ -84,19 +84,6 @@ func newFeeder(srv *Server, window time.Duration, groups ...groupSpec) *feeder {
 	return &feeder{srv: srv, window: window, groups: groups, rng: rand.New(rand.NewPCG(1, 2)), inst: map[string]int{}}
 }
 
-// set replaces the spec of a group (or adds it).
-func (f *feeder) set(g groupSpec) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for i := range f.groups {
-		if f.groups[i].service == g.service && f.groups[i].version == g.version {
-			f.groups[i] = g
-			return
-		}
-	}
-	f.groups = append(f.groups, g)
-}
-
 // tick emits one window per group ending at endMs.
 func (f *feeder) tick(endMs int64) {
 	f.mu.Lock()
@@ -159,7 +146,7 @@ type testServer struct {
 
 func startServer(t testing.TB, cfg Config) *testServer {
 	t.Helper()
-	srv, err := New(cfg, slog.New(slog.DiscardHandler))
+	srv, err := New(cfg, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

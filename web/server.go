@@ -11,6 +11,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -94,14 +95,44 @@ type serverMetrics struct {
 	framesSent      *metrics.Counter
 	bytesSent       *metrics.Counter
 	badMessages     *metrics.Counter
-	windowDelay     *metrics.Histogram
+	windowDelay     *metrics.PrometheusHistogram
 	groupsEvicted   *metrics.Counter
 	apiRequests     *metrics.Counter
 	apiUnauthorized *metrics.Counter
 }
 
-// New returns a Server for cfg. It starts nothing.
-func New(cfg Config, logger *slog.Logger) (*Server, error) {
+// windowDelayBuckets are the upper bounds of herd_web_window_delay_seconds: windows close
+// half a second or so after their end, and herd aims to show them within 1 s.
+var windowDelayBuckets = []float64{0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30}
+
+// serverHelp describes the Server's families.
+var serverHelp = map[string]string{
+	"herd_web_clients":                       "Websocket clients connected.",
+	"herd_web_clients_connected_total":       "Websocket clients that connected.",
+	"herd_web_clients_disconnected_total":    "Websocket clients that disconnected, for whatever reason.",
+	"herd_web_clients_refused_total":         "Websocket connections refused, by reason: limit, unauthorized or bad_request.",
+	"herd_web_clients_dropped_total":         "Websocket clients dropped by the server, by reason: slow, ping_timeout or shutdown.",
+	"herd_web_client_snapshots_total":        "Snapshots sent to websocket clients (on connect, subscribe or resync).",
+	"herd_web_client_events_coalesced_total": "Events not sent one by one because a client's queue was full: the next snapshot carries them.",
+	"herd_web_client_resumes_total":          "Websocket clients that resumed from a sequence number with the events they missed.",
+	"herd_web_client_resets_total":           "Websocket clients that asked to resume but got a snapshot: the events were no longer kept.",
+	"herd_web_client_messages_refused_total": "Messages from websocket clients ignored, by reason: bad_message.",
+	"herd_web_frames_sent_total":             "Websocket frames sent to clients.",
+	"herd_web_bytes_sent_total":              "Bytes of websocket frames sent to clients.",
+	"herd_web_inputs_total":                  "Inputs the dashboard's hub applied, by type: window, verdict or deployment.",
+	"herd_web_inputs_refused_total":          "Inputs the dashboard's hub refused, by reason: hub_full, bad_input, stale, max_groups or not_running.",
+	"herd_web_input_queue_length":            "Inputs waiting in the hub's queue.",
+	"herd_web_window_delay_seconds":          "Seconds from a window's end until the hub fanned it out to clients.",
+	"herd_web_groups":                        "Service groups (service and version) the dashboard holds.",
+	"herd_web_groups_evicted_total":          "Service groups the dashboard forgot: no window for longer than its history.",
+	"herd_web_api_requests_total":            "Requests to the JSON API.",
+	"herd_web_api_requests_refused_total":    "Requests to the JSON API refused, by reason: unauthorized.",
+}
+
+// New returns a Server for cfg. It starts nothing. Its self-metrics (herd_web_*) go into
+// set, which the caller owns and exposes (nil: a private Set); a Set holds one Server's
+// metrics.
+func New(cfg Config, set *metrics.Set, logger *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cannot create web server: %w", err)
 	}
@@ -116,7 +147,10 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		clients:  make(map[*client]struct{}),
 		replay:   replayRing{max: maxReplayEvents, age: cfg.Replay},
 	}
-	set := metrics.NewSet()
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	promhelp.Describe(serverHelp)
 	s.m = serverMetrics{
 		set:             set,
 		inputs:          map[string]*metrics.Counter{},
@@ -132,7 +166,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		framesSent:      set.NewCounter("herd_web_frames_sent_total"),
 		bytesSent:       set.NewCounter("herd_web_bytes_sent_total"),
 		badMessages:     set.NewCounter(`herd_web_client_messages_refused_total{reason="bad_message"}`),
-		windowDelay:     set.NewHistogram("herd_web_window_delay_seconds"),
+		windowDelay:     set.NewPrometheusHistogramExt("herd_web_window_delay_seconds", windowDelayBuckets),
 		groupsEvicted:   set.NewCounter("herd_web_groups_evicted_total"),
 		apiRequests:     set.NewCounter("herd_web_api_requests_total"),
 		apiUnauthorized: set.NewCounter(`herd_web_api_requests_refused_total{reason="unauthorized"}`),
@@ -158,9 +192,6 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	set.NewGauge("herd_web_input_queue_length", func() float64 { return float64(len(s.in)) })
 	return s, nil
 }
-
-// Metrics returns the Server's self-metrics (herd_web_*).
-func (s *Server) Metrics() *metrics.Set { return s.m.set }
 
 // SetDecisions sets the function listing decisions with their delivery logs, newest first,
 // for the dashboard's decisions page. It must be safe for concurrent use.

@@ -262,7 +262,7 @@ func TestStreamRefusals(t *testing.T) {
 func TestClientCoalesces(t *testing.T) {
 	cfg := testConfig()
 	cfg.ClientQueue = 4
-	srv, err := New(cfg, nil)
+	srv, err := New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

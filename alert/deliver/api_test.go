@@ -1,12 +1,15 @@
 package deliver
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -210,26 +213,83 @@ func TestFileStoreResumes(t *testing.T) {
 	}
 }
 
-func TestDecideRefusesBadVerdicts(t *testing.T) {
-	d := newTestDeliverer(t, Config{}, nil)
+// TestDecideCountsEveryFailure checks that each way Decide can fail is counted by reason, so
+// that a caller replaying verdicts may drop the error without losing it.
+func TestDecideCountsEveryFailure(t *testing.T) {
+	fs, err := NewFileStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &failingCreate{Store: fs}
+	d := newTestDeliverer(t, Config{}, st)
 	for _, c := range []struct {
-		name string
-		mod  func(*proto.Verdict)
+		name, counter string
+		mod           func(*proto.Verdict)
 	}{
-		{"bad id", func(v *proto.Verdict) { v.DecisionID = "42" }},
-		{"pending", func(v *proto.Verdict) { v.State = proto.StatePending }},
-		{"inconclusive", func(v *proto.Verdict) { v.State = proto.StateInconclusive }},
-		{"bad service", func(v *proto.Verdict) { v.Service = "Bad Service" }},
+		{"bad id", `herd_deliver_decisions_refused_total{reason="bad_id"}`, func(v *proto.Verdict) { v.DecisionID = "42" }},
+		{"pending", `herd_deliver_decisions_refused_total{reason="not_final"}`, func(v *proto.Verdict) { v.State = proto.StatePending }},
+		{"inconclusive", `herd_deliver_decisions_refused_total{reason="not_final"}`, func(v *proto.Verdict) { v.State = proto.StateInconclusive }},
+		{"bad service", `herd_deliver_decisions_refused_total{reason="bad_service"}`, func(v *proto.Verdict) { v.Service = "Bad Service" }},
 	} {
 		v := testVerdict(proto.StateRollback)
 		c.mod(&v)
+		before := d.set.GetOrCreateCounter(c.counter).Get()
 		if err := d.Decide(v); err == nil {
 			t.Errorf("%s: got nil error; want a refusal", c.name)
+		}
+		if n := d.set.GetOrCreateCounter(c.counter).Get(); n != before+1 {
+			t.Errorf("%s: %s went from %d to %d; want +1", c.name, c.counter, before, n)
 		}
 	}
 	if got := len(d.Decisions()); got != 0 {
 		t.Errorf("got %d decisions; want 0", got)
 	}
+
+	// The store fails: the decision is kept in memory, and the failure counted.
+	st.fail.Store(true)
+	v := testVerdict(proto.StateRollback)
+	if err := d.Decide(v); err == nil {
+		t.Error("store down: got nil error; want the store's")
+	}
+	if n := d.set.GetOrCreateCounter(`herd_deliver_store_errors_total{reason="create"}`).Get(); n != 1 {
+		t.Errorf("store down: got %d create errors; want 1", n)
+	}
+	if _, ok := d.Decision(v.DecisionID); !ok {
+		t.Error("store down: the decision is not kept in memory")
+	}
+	st.fail.Store(false)
+
+	// A verdict replayed after a restart finds its decision stored: not taken again, counted.
+	v = testVerdict(proto.StateRollback)
+	if err := d.Decide(v); err != nil {
+		t.Fatal(err)
+	}
+	d2 := newTestDeliverer(t, Config{}, fs)
+	if err := d2.Decide(v); err != nil {
+		t.Errorf("replayed decision: got %v; want nil", err)
+	}
+	if n := d2.set.GetOrCreateCounter(`herd_deliver_decisions_refused_total{reason="exists"}`).Get(); n != 1 {
+		t.Errorf("replayed decision: got %d refusals for exists; want 1", n)
+	}
+	if err := d.Decide(v); err != nil {
+		t.Errorf("repeated decision: got %v; want nil", err)
+	}
+	if n := d.set.GetOrCreateCounter(`herd_deliver_decisions_refused_total{reason="duplicate"}`).Get(); n != 1 {
+		t.Errorf("repeated decision: got %d refusals for duplicate; want 1", n)
+	}
+}
+
+// failingCreate fails every Create while fail is set.
+type failingCreate struct {
+	Store
+	fail atomic.Bool
+}
+
+func (s *failingCreate) Create(ctx context.Context, key string, value []byte) (uint64, error) {
+	if s.fail.Load() {
+		return 0, errors.New("store unavailable")
+	}
+	return s.Store.Create(ctx, key, value)
 }
 
 func TestAllTargetsOneDecision(t *testing.T) {

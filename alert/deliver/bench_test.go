@@ -29,7 +29,7 @@ func BenchmarkWebhookMessage(b *testing.B) {
 // BenchmarkFlaggerHook measures one Flagger hook call, which Flagger makes every analysis
 // interval per canary.
 func BenchmarkFlaggerHook(b *testing.B) {
-	d, err := New(Config{Timeout: 1, MaxRetry: 1}, &FileStore{dir: b.TempDir()}, nil)
+	d, err := New(Config{Timeout: 1, MaxRetry: 1}, nil, &FileStore{dir: b.TempDir()}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -219,7 +219,7 @@ func validURL(s string) error {
 		return fmt.Errorf("cannot parse URL: %w", err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
-		return fmt.Errorf("URL %q must be http(s)://host/...", redactURL(s))
+		return fmt.Errorf("URL %q must be http(s)://host[:port][/path]", redactURL(s))
 	}
 	return nil
 }

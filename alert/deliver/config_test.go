@@ -115,7 +115,7 @@ func TestConfigTargetsFile(t *testing.T) {
 	if len(c.Targets.Argo) != 1 || len(c.Targets.Spinnaker) != 1 || len(c.Targets.Flagger) != 1 {
 		t.Fatalf("got %+v; want one target of each kind", c.Targets)
 	}
-	d, err := New(c, &FileStore{dir: t.TempDir()}, nil)
+	d, err := New(c, nil, &FileStore{dir: t.TempDir()}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

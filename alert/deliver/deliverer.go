@@ -17,6 +17,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/google/uuid"
 
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -53,10 +54,9 @@ type Deliverer struct {
 	schedule []time.Duration
 	maxGap   time.Duration
 
-	set          *metrics.Set
-	escalations  *metrics.Counter
-	rowsDropped  *metrics.Counter
-	storeErrFunc func(reason string) *metrics.Counter
+	set         *metrics.Set // the caller's; the Deliverer registers its families in it
+	escalations *metrics.Counter
+	rowsDropped *metrics.Counter
 
 	wake   chan struct{} // capacity 1: "todo changed"
 	loaded chan struct{} // closed once Run has loaded the stored decisions
@@ -84,9 +84,30 @@ type entry struct {
 	createdMs atomic.Int64 // copy of rec.CreatedMs for pruning without mu
 }
 
+// deliverHelp describes the Deliverer's families.
+var deliverHelp = map[string]string{
+	"herd_deliver_attempts_total": "Delivery attempts, by target_kind (webhook, argo, spinnaker) and outcome " +
+		"(done, retry, failed, escalated, skipped, unknown).",
+	"herd_deliver_attempt_duration_seconds": "Duration of delivery attempts in seconds, by target_kind.",
+	"herd_deliver_escalations_total":        "Deliveries that spent the retry budget of 10 s and kept retrying.",
+	"herd_deliver_decisions_total":          "Decisions taken for delivery, by verdict: pass or rollback.",
+	"herd_deliver_decisions_refused_total": "Verdicts not taken as new decisions, by reason: bad_id, not_final, bad_service, encode, " +
+		"duplicate (known already) or exists (another herd stored it first).",
+	"herd_deliver_store_errors_total": "Decision store errors, by operation: create, update, conflict, get, list or decode " +
+		"(a stored record that is corrupt or invalid, skipped).",
+	"herd_deliver_flagger_requests_total": "Flagger webhook requests answered, by hook (rollback, confirm-promotion) and answer.",
+	"herd_deliver_flagger_refused_total":  "Flagger webhook requests refused, by reason.",
+	"herd_deliver_api_refused_total":      "Decision API requests refused, by reason.",
+	"herd_deliver_log_rows_dropped_total": "Delivery log rows dropped: a decision keeps its last 1000 rows.",
+	"herd_deliver_decisions_open":         "Decisions with a target still being delivered.",
+	"herd_deliver_targets":                "Delivery targets configured.",
+}
+
 // New builds a Deliverer from a validated cfg (Config.Validate decodes the secrets); it
-// starts nothing. store keeps the decisions; logger gets component=deliver.
-func New(cfg Config, store Store, logger *slog.Logger) (*Deliverer, error) {
+// starts nothing. Its self-metrics (herd_deliver_*) go into set, which the caller owns and
+// exposes (nil: a private Set); a Set holds one Deliverer's metrics. store keeps the
+// decisions; logger gets component=deliver.
+func New(cfg Config, set *metrics.Set, store Store, logger *slog.Logger) (*Deliverer, error) {
 	if store == nil {
 		return nil, errors.New("cannot create deliverer: no store")
 	}
@@ -99,6 +120,10 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Deliverer, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	promhelp.Describe(deliverHelp)
 	d := &Deliverer{
 		cfg:   cfg,
 		store: store,
@@ -112,7 +137,7 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Deliverer, error) {
 		flagger:  map[string]string{},
 		schedule: schedule,
 		maxGap:   maxGap,
-		set:      metrics.NewSet(),
+		set:      set,
 		wake:     make(chan struct{}, 1),
 		loaded:   make(chan struct{}),
 		entries:  map[string]*entry{},
@@ -166,15 +191,6 @@ func New(cfg Config, store Store, logger *slog.Logger) (*Deliverer, error) {
 	return d, nil
 }
 
-// Metrics returns the deliverer's self-metrics: herd_deliver_attempts_total{target_kind,
-// outcome}, herd_deliver_attempt_duration_seconds{target_kind},
-// herd_deliver_escalations_total, herd_deliver_decisions_total{verdict},
-// herd_deliver_decisions_refused_total{reason}, herd_deliver_store_errors_total{reason},
-// herd_deliver_flagger_requests_total{hook,answer}, herd_deliver_flagger_refused_total{reason},
-// herd_deliver_api_refused_total{reason}, herd_deliver_log_rows_dropped_total,
-// herd_deliver_decisions_open and herd_deliver_targets.
-func (d *Deliverer) Metrics() *metrics.Set { return d.set }
-
 func (d *Deliverer) counter(format string, args ...any) *metrics.Counter {
 	return d.set.GetOrCreateCounter(fmt.Sprintf(format, args...))
 }
@@ -192,6 +208,12 @@ func (d *Deliverer) refuse(reason string) {
 // deliveries. It is idempotent on DecisionID: a decision already known, or created in the
 // store by another herd (first writer wins), is not delivered again and returns nil. If the
 // store fails, the decision is still delivered from memory and Decide returns the error.
+//
+// Every error is counted by reason before it is returned (a refused verdict in
+// herd_deliver_decisions_refused_total, a store failure in
+// herd_deliver_store_errors_total{reason="create"}), and so are the nil returns for a known
+// decision (reasons duplicate and exists): a caller replaying verdicts after a restart may
+// drop the error.
 func (d *Deliverer) Decide(v proto.Verdict) error {
 	if _, err := uuid.Parse(v.DecisionID); err != nil {
 		d.refuse("bad_id")
@@ -368,10 +390,7 @@ func (d *Deliverer) load(ctx context.Context) {
 			continue
 		}
 		e := &entry{id: key, rev: rev}
-		if err := json.Unmarshal(data, &e.rec); err == nil {
-			err = e.rec.validate(key)
-		}
-		if err != nil {
+		if e.rec, err = decodeRecord(key, data); err != nil {
 			d.storeError("decode", err, key)
 			continue
 		}
@@ -434,7 +453,7 @@ func (d *Deliverer) update(e *entry, mustPersist bool, mut func(r *record) error
 			cancel()
 			var cur record
 			if gerr == nil {
-				gerr = json.Unmarshal(data, &cur)
+				cur, gerr = decodeRecord(id, data)
 			}
 			if gerr == nil {
 				e.rec, e.rev = cur, rev
@@ -618,7 +637,7 @@ func (d *Deliverer) finish(e *entry, name, kind string, res result, start time.T
 		kind = "unknown"
 	}
 	d.counter(`herd_deliver_attempts_total{target_kind=%q,outcome=%q}`, kind, outcome).Inc()
-	d.set.GetOrCreateHistogram(fmt.Sprintf(`herd_deliver_attempt_duration_seconds{target_kind=%q}`, kind)).Update(now.Sub(start).Seconds())
+	d.set.GetOrCreatePrometheusHistogram(fmt.Sprintf(`herd_deliver_attempt_duration_seconds{target_kind=%q}`, kind)).Update(now.Sub(start).Seconds())
 	if dropped {
 		d.rowsDropped.Inc()
 	}

@@ -76,7 +76,7 @@ func newTestDeliverer(t *testing.T, cfg Config, store Store) *Deliverer {
 		}
 		store = fs
 	}
-	d, err := New(cfg, store, testLogger(t))
+	d, err := New(cfg, nil, store, testLogger(t))
 	if err != nil {
 		t.Fatalf("cannot create deliverer: %v", err)
 	}

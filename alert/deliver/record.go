@@ -1,6 +1,7 @@
 package deliver
 
 import (
+	"encoding/json"
 	"fmt"
 
 	"github.com/herd-dev/herd/proto"
@@ -115,6 +116,19 @@ func (r *record) addRow(row proto.Delivery) (dropped bool) {
 	}
 	r.Deliveries = append(r.Deliveries, row)
 	return dropped
+}
+
+// decodeRecord decodes the stored value of key and checks it: a corrupt or foreign value is
+// an error, never a record.
+func decodeRecord(key string, data []byte) (record, error) {
+	var r record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return record{}, fmt.Errorf("cannot decode stored decision %s: %w", key, err)
+	}
+	if err := r.validate(key); err != nil {
+		return record{}, err
+	}
+	return r, nil
 }
 
 func (r *record) validate(key string) error {

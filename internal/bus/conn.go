@@ -10,6 +10,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/nats-io/nats.go"
+
+	"github.com/herd-dev/herd/internal/promhelp"
 )
 
 // Connect connects to the servers of c, with its credentials, and herd's client settings:
@@ -21,6 +23,7 @@ func Connect(c Client, name string, set *metrics.Set, logger *slog.Logger, extra
 	if set == nil {
 		set = metrics.NewSet()
 	}
+	promhelp.Describe(busHelp)
 	auth, err := c.options()
 	if err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herd-dev/herd/internal/jsretry"
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -42,6 +43,7 @@ func EnsureHistory(ctx context.Context, js jetstream.JetStream, cfg HistoryConfi
 	if set == nil {
 		set = metrics.NewSet()
 	}
+	promhelp.Describe(busHelp)
 	maxBytes := cfg.MaxBytes
 	if maxBytes <= 0 {
 		maxBytes = -1

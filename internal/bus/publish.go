@@ -10,6 +10,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/nats-io/nats.go"
 
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -48,6 +49,7 @@ func NewPublisher(nc *nats.Conn, set *metrics.Set, logger *slog.Logger) *Publish
 	if set == nil {
 		set = metrics.NewSet()
 	}
+	promhelp.Describe(busHelp)
 	p := &Publisher{nc: nc, logger: logger, published: map[string]*metrics.Counter{}, errs: map[[2]string]*metrics.Counter{}}
 	for _, k := range kinds {
 		p.published[k] = set.GetOrCreateCounter(`herd_bus_published_total{kind="` + k + `"}`)
@@ -134,4 +136,17 @@ func (p *Publisher) Deployment(d proto.Deployment) error {
 	}
 	p.published[KindDeployment].Inc()
 	return nil
+}
+
+// busHelp is the # HELP text of the bus families.
+var busHelp = map[string]string{
+	"herd_bus_published_total":         "Messages published on herd's output subjects, by kind (window, verdict, deployment).",
+	"herd_bus_publish_errors_total":    "Messages that could not be published, by kind and reason (subject, encode, publish).",
+	"herd_bus_received_total":          "Messages received on herd's output subjects, by kind.",
+	"herd_bus_bad_messages_total":      "Received messages that did not decode, by kind; they are dropped.",
+	"herd_bus_windows_missing_total":   "Windows that never arrived: gaps in a group's window starts.",
+	"herd_nats_async_errors_total":     "Asynchronous NATS client errors, by client and reason (slow_consumer, permission, other).",
+	"herd_nats_dropped_messages_total": "Messages the NATS client dropped for a slow subscription, by client.",
+	"herd_history_replayed_total":      "History stream messages replayed at start.",
+	"herd_history_undecodable_total":   "History stream messages that did not decode during a replay.",
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/nats-io/nats.go"
 
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -44,6 +45,7 @@ func NewDecoder(h Handlers, set *metrics.Set) *Decoder {
 	if set == nil {
 		set = metrics.NewSet()
 	}
+	promhelp.Describe(busHelp)
 	d := &Decoder{h: h, received: map[string]*metrics.Counter{}, bad: map[string]*metrics.Counter{},
 		missing: set.GetOrCreateCounter(`herd_bus_windows_missing_total`), lastStart: map[[2]string]int64{}}
 	for _, k := range kinds {

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herd-dev/herd/internal/jsretry"
+	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -89,6 +90,7 @@ func New(cfg Config, set *metrics.Set, js jetstream.JetStream, onAcquire, onRele
 	if set == nil {
 		set = metrics.NewSet()
 	}
+	promhelp.Describe(leaseHelp)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -345,4 +347,12 @@ func (l *Manager) opCtx(ctx context.Context) (context.Context, context.CancelFun
 		ctx = context.Background() // shutting down: releases still get their time
 	}
 	return context.WithTimeout(ctx, l.cfg.Heartbeat)
+}
+
+// leaseHelp is the # HELP text of the lease families.
+var leaseHelp = map[string]string{
+	"herd_rollup_lease_kv_errors_total": "Failed JetStream KV calls of the lease manager.",
+	"herd_rollup_partition_moves_total": "Changes of a partition's owner seen by this worker, by reason.",
+	"herd_rollup_partitions_owned":      "Partitions this worker holds a lease on.",
+	"herd_rollup_workers_live":          "Rollup workers whose heartbeat is fresh, this one included.",
 }
