@@ -478,3 +478,28 @@ func TestSecurityValidate(t *testing.T) {
 		t.Error("started with a key as certificate; want an error")
 	}
 }
+
+func TestInternalNKeyIdentity(t *testing.T) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	s, err := embednats.Start(embednats.Config{Port: -1, Security: embednats.Security{
+		Auth: &embednats.Auth{Internal: &embednats.Identity{NKey: pub}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer embednats.Shutdown(s)
+	nc := natstest.Connect(t, s, nats.Nkey(pub, kp.Sign))
+	sub, err := nc.SubscribeSync("herd.rollup.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish("herd.rollup.a.1_0", []byte("w")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.NextMsg(5 * time.Second); err != nil {
+		t.Fatalf("the internal nkey identity got no window back: %v", err)
+	}
+}
