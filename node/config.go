@@ -14,6 +14,7 @@ import (
 	"github.com/herd-dev/herd/alert/deliver"
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/internal/bus"
+	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/rollup"
 	"github.com/herd-dev/herd/rollup/lease"
 	"github.com/herd-dev/herd/web"
@@ -42,6 +43,10 @@ type Config struct {
 	// embedded nats-server listening on NATSListen with its JetStream store under DataDir.
 	NATS       bus.Client
 	NATSListen string
+	// Embedded secures the embedded nats-server: who may connect and what each may publish
+	// (an auth file), TLS on its client listener, and its monitoring listener. The node's
+	// own connection needs none of it (see New). Only without an external NATS.
+	Embedded embednats.Security
 	// DataDir holds the embedded server's JetStream store, and the decisions when the NATS
 	// server has no JetStream.
 	DataDir string
@@ -104,8 +109,16 @@ func (c *Config) Validate() error {
 		if err := checkHostPort(c.NATSListen); err != nil {
 			return fmt.Errorf("-nats.listen: %w", err)
 		}
-	} else if err := c.NATS.Validate(); err != nil {
-		return err
+		if err := c.Embedded.Validate(); err != nil {
+			return err
+		}
+	} else {
+		if err := c.NATS.Validate(); err != nil {
+			return err
+		}
+		if e := c.Embedded; e.AuthFile != "" || e.Auth != nil || e.TLS != (embednats.TLS{}) || e.MonitorListen != "" {
+			return fmt.Errorf("-nats.auth, -nats.listen.tls.* and -nats.monitor configure the embedded nats-server: not with -nats")
+		}
 	}
 	if c.HTTPListen != "" {
 		if err := checkHostPort(c.HTTPListen); err != nil {

@@ -41,6 +41,12 @@ func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles) {
 	if embedded {
 		natsFlags(fs, &cfg.NATS, "")
 		fs.StringVar(&cfg.NATSListen, "nats.listen", cfg.NATSListen, "client listener of the embedded nats-server (`host:port`, port 0 picks a free one)")
+		e := &cfg.Embedded
+		fs.StringVar(&e.AuthFile, "nats.auth", e.AuthFile, "JSON `file` of the embedded nats-server's identities: herd's internal one and each service's agents, which may publish only their service's batches (empty: no authentication; see docs/security.md)")
+		fs.StringVar(&e.TLS.Cert, "nats.listen.tls.cert", e.TLS.Cert, "PEM certificate `file` of the embedded nats-server's client listener; clients must then use TLS (with -nats.listen.tls.key; empty: no TLS)")
+		fs.StringVar(&e.TLS.Key, "nats.listen.tls.key", e.TLS.Key, "PEM key `file` of -nats.listen.tls.cert")
+		fs.StringVar(&e.TLS.CA, "nats.listen.tls.ca", e.TLS.CA, "PEM `file` of the CA certificates that sign client certificates: every client must then present one (mutual TLS; empty: none asked)")
+		fs.StringVar(&e.MonitorListen, "nats.monitor", e.MonitorListen, "monitoring listener of the embedded nats-server (`host:port` on a loopback address, port 0 picks a free one; empty: off)")
 	} else {
 		natsFlags(fs, &cfg.NATS, defaultNATSURL)
 	}

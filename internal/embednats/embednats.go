@@ -1,5 +1,7 @@
 // Package embednats starts an in-process nats-server, for `herd serve`, `herd demo` and
-// tests, with the settings herd needs (no signal handlers, JetStream on request).
+// tests, with the settings herd needs (no signal handlers, JetStream on request), and
+// optionally secured: identities with per-service publish permissions for agents, TLS, and a
+// loopback-only monitoring listener (see Security).
 package embednats
 
 import (
@@ -24,11 +26,17 @@ type Config struct {
 	StoreDir  string
 	// MaxPayload bounds one message (0: the server's default, 1 MiB).
 	MaxPayload int32
+	// Security holds authentication, TLS and monitoring; the zero value has none of them.
+	Security Security
 }
 
 // Start starts a server and waits until it accepts connections. The caller stops it with
 // Shutdown (server.Server.Shutdown then WaitForShutdown).
 func Start(cfg Config) (*server.Server, error) {
+	sec := cfg.Security
+	if err := sec.Validate(); err != nil {
+		return nil, err
+	}
 	opts := &server.Options{
 		Host:       cfg.Host,
 		Port:       cfg.Port,
@@ -41,15 +49,33 @@ func Start(cfg Config) (*server.Server, error) {
 	if opts.Host == "" {
 		opts.Host = "127.0.0.1"
 	}
+	if err := sec.apply(opts); err != nil {
+		return nil, err
+	}
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("cannot create embedded nats-server: %w", err)
 	}
+	if sec.Auth != nil {
+		if err := configureAgents(s); err != nil {
+			return nil, err
+		}
+	}
 	go s.Start()
 	if !s.ReadyForConnections(10 * time.Second) {
-		s.Shutdown()
+		Shutdown(s)
 		return nil, errors.New("embedded nats-server did not become ready within 10s (is " +
-			net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port)) + " free?)")
+			net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port)) + " or the monitoring port free?)")
+	}
+	if sec.Auth != nil && cfg.JetStream {
+		// With an account besides the global one, nats-server enables JetStream only for
+		// accounts configured for it, and the global account cannot be configured; herd's
+		// streams and buckets live there (as without authentication), so enable it now. An
+		// external client that asks JetStream in the moment before gets an error and retries.
+		if err := s.GlobalAccount().EnableJetStream(nil, nil); err != nil {
+			Shutdown(s)
+			return nil, fmt.Errorf("cannot enable JetStream on the embedded nats-server: %w", err)
+		}
 	}
 	return s, nil
 }
