@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -26,32 +25,27 @@ type AgentConfig struct {
 	Interval time.Duration
 
 	serviceFrom, versionFrom string // environment variable a default came from
-	envErr                   error
 }
 
-// RegisterFlags registers -service, -version, -scrape and -interval on fs. Their defaults
-// come from the environment: HERD_SERVICE, HERD_VERSION, HERD_SCRAPE, HERD_INTERVAL; then,
-// for the service, OTEL_SERVICE_NAME and service.name in OTEL_RESOURCE_ATTRIBUTES; for the
-// version, service.version in OTEL_RESOURCE_ATTRIBUTES. A flag on the command line wins.
-func (c *AgentConfig) RegisterFlags(fs *flag.FlagSet) { c.registerFlags(fs, os.Getenv) }
-
-func (c *AgentConfig) registerFlags(fs *flag.FlagSet, getenv func(string) string) {
+// RegisterFlags registers -service, -version, -scrape and -interval on fs. The service and
+// version default to OpenTelemetry's conventions, read through getenv (the caller's view of
+// the environment; the package reads none itself): OTEL_SERVICE_NAME, then service.name in
+// OTEL_RESOURCE_ATTRIBUTES, for the service; service.version there for the version. A flag
+// (or the caller's HERD_* fallback for it) wins.
+func (c *AgentConfig) RegisterFlags(fs *flag.FlagSet, getenv func(string) string) {
 	res := otelResource(getenv("OTEL_RESOURCE_ATTRIBUTES"))
 	svc, svcFrom := firstSet(
-		envVal{"HERD_SERVICE", getenv("HERD_SERVICE")},
 		envVal{"OTEL_SERVICE_NAME", getenv("OTEL_SERVICE_NAME")},
 		envVal{"OTEL_RESOURCE_ATTRIBUTES service.name", res["service.name"]})
 	ver, verFrom := firstSet(
-		envVal{"HERD_VERSION", getenv("HERD_VERSION")},
 		envVal{"OTEL_RESOURCE_ATTRIBUTES service.version", res["service.version"]})
 	c.serviceFrom, c.versionFrom = svcFrom, verFrom
 	fs.StringVar(&c.Service, "service", svc, "service `name` of this instance: lower-case a-z, 0-9, '_', '-' "+
-		"(env HERD_SERVICE, OTEL_SERVICE_NAME, or service.name in OTEL_RESOURCE_ATTRIBUTES)")
+		"(default OTEL_SERVICE_NAME, or service.name in OTEL_RESOURCE_ATTRIBUTES)")
 	fs.StringVar(&c.Version, "version", ver, "`version` (deploy group) of this instance, e.g. 1.4.2 "+
-		"(env HERD_VERSION, or service.version in OTEL_RESOURCE_ATTRIBUTES)")
-	fs.StringVar(&c.Scrape, "scrape", getenv("HERD_SCRAPE"), "local Prometheus/OpenMetrics `URL` to scrape every interval, e.g. http://127.0.0.1:9100/metrics (env HERD_SCRAPE)")
-	fs.DurationVar(&c.Interval, "interval", DefaultInterval, "scrape and batch interval, aligned to wall-clock multiples (`duration`, default 250ms, env HERD_INTERVAL)")
-	c.envErr = applyEnv(fs, getenv, "interval")
+		"(default service.version in OTEL_RESOURCE_ATTRIBUTES)")
+	fs.StringVar(&c.Scrape, "scrape", "", "local Prometheus/OpenMetrics `URL` to scrape every interval, e.g. http://127.0.0.1:9100/metrics")
+	fs.DurationVar(&c.Interval, "interval", DefaultInterval, "scrape and batch interval, aligned to wall-clock multiples (`duration`)")
 }
 
 type envVal struct{ name, value string }
@@ -83,15 +77,12 @@ func otelResource(s string) map[string]string {
 
 // Validate checks the config, naming the flag or environment variable at fault.
 func (c *AgentConfig) Validate() error {
-	if c.envErr != nil {
-		return c.envErr
-	}
 	cc := ClientConfig{Service: c.Service, Version: c.Version, Interval: c.Interval, MaxSeries: DefaultMaxSeries, Publish: func(string, []byte) error { return nil }}
 	if c.Service == "" {
-		return errors.New("-service is required (or HERD_SERVICE / OTEL_SERVICE_NAME)")
+		return errors.New("-service is required (or OTEL_SERVICE_NAME)")
 	}
 	if c.Version == "" {
-		return errors.New("-version is required (or HERD_VERSION / service.version in OTEL_RESOURCE_ATTRIBUTES)")
+		return errors.New("-version is required (or service.version in OTEL_RESOURCE_ATTRIBUTES)")
 	}
 	if err := cc.Validate(); err != nil {
 		switch {

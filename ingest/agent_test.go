@@ -25,27 +25,23 @@ func TestAgentConfigEnv(t *testing.T) {
 		version string
 		wantErr string
 	}{
-		{name: "herd env", env: map[string]string{"HERD_SERVICE": "checkout", "HERD_VERSION": "1.4.2", "HERD_SCRAPE": "http://127.0.0.1:9100/metrics"},
-			service: "checkout", version: "1.4.2"},
 		{name: "otel", env: map[string]string{"OTEL_SERVICE_NAME": "payments", "OTEL_RESOURCE_ATTRIBUTES": "service.name=ignored, service.version=2026-11-26%2B3,k8s.pod.name=p"},
 			args: []string{"-scrape", "http://localhost:8080/metrics"}, service: "payments", version: "2026-11-26+3"},
 		{name: "otel resource only", env: map[string]string{"OTEL_RESOURCE_ATTRIBUTES": "service.name=cart,service.version=7"},
 			args: []string{"-scrape", "http://localhost/metrics"}, service: "cart", version: "7"},
-		{name: "flags win", env: map[string]string{"HERD_SERVICE": "checkout", "HERD_VERSION": "1"},
+		{name: "flags win", env: map[string]string{"OTEL_SERVICE_NAME": "checkout", "OTEL_RESOURCE_ATTRIBUTES": "service.version=1"},
 			args: []string{"-service", "web", "-version", "2", "-scrape", "https://x/metrics", "-interval", "1s"}, service: "web", version: "2"},
-		{name: "bad env service", env: map[string]string{"OTEL_SERVICE_NAME": "Checkout Service", "HERD_VERSION": "1"},
-			args: []string{"-scrape", "http://x/metrics"}, service: "Checkout Service", version: "1", wantErr: "-service (from OTEL_SERVICE_NAME)"},
-		{name: "bad interval env", env: map[string]string{"HERD_SERVICE": "a", "HERD_VERSION": "1", "HERD_INTERVAL": "fast"},
-			args: []string{"-scrape", "http://x/metrics"}, service: "a", version: "1", wantErr: "HERD_INTERVAL"},
-		{name: "missing scrape", env: map[string]string{"HERD_SERVICE": "a", "HERD_VERSION": "1"},
-			service: "a", version: "1", wantErr: "-scrape is required"},
-		{name: "missing version", env: map[string]string{"HERD_SERVICE": "a"},
+		{name: "bad env service", env: map[string]string{"OTEL_SERVICE_NAME": "Checkout Service"},
+			args: []string{"-scrape", "http://x/metrics", "-version", "1"}, service: "Checkout Service", version: "1", wantErr: "-service (from OTEL_SERVICE_NAME)"},
+		{name: "missing scrape", env: map[string]string{"OTEL_SERVICE_NAME": "a"},
+			args: []string{"-version", "1"}, service: "a", version: "1", wantErr: "-scrape is required"},
+		{name: "missing version", env: map[string]string{"OTEL_SERVICE_NAME": "a"},
 			service: "a", wantErr: "-version is required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var c AgentConfig
 			fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-			c.registerFlags(fs, func(k string) string { return tc.env[k] })
+			c.RegisterFlags(fs, func(k string) string { return tc.env[k] })
 			if err := fs.Parse(tc.args); err != nil {
 				t.Fatal(err)
 			}

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -37,8 +36,6 @@ type IntakeConfig struct {
 	// DrainTimeout bounds how long Run waits, on cancellation, for buffered messages to be
 	// handled (default 5 s).
 	DrainTimeout time.Duration
-
-	envErr error // a bad HERD_INTAKE_* value, reported by Validate
 }
 
 // Defaults of IntakeConfig.
@@ -55,14 +52,13 @@ func DefaultIntakeConfig() IntakeConfig {
 	return c
 }
 
-// RegisterFlags registers -intake.* flags on fs with defaults from HERD_INTAKE_* variables.
+// RegisterFlags registers the -intake.* flags on fs.
 func (c *IntakeConfig) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.Subject, "intake.subject", proto.SubjectInAll, "NATS `subject` the intake subscribes to for agent batches (env HERD_INTAKE_SUBJECT)")
-	fs.StringVar(&c.Prefix, "intake.prefix", proto.PrefixIn, "subject `prefix` before <service>.<version> in received subjects (env HERD_INTAKE_PREFIX)")
-	fs.IntVar(&c.PendingMsgs, "intake.pending-msgs", DefaultPendingMsgs, "messages buffered for the intake before the NATS client drops them (`count`, env HERD_INTAKE_PENDING_MSGS)")
-	fs.IntVar(&c.PendingBytes, "intake.pending-bytes", DefaultPendingBytes, "bytes buffered for the intake before the NATS client drops messages (`bytes`, env HERD_INTAKE_PENDING_BYTES)")
-	fs.DurationVar(&c.DrainTimeout, "intake.drain-timeout", DefaultDrainTimeout, "how long shutdown waits for buffered batches (`duration`, env HERD_INTAKE_DRAIN_TIMEOUT)")
-	c.envErr = applyEnv(fs, os.Getenv, "intake.subject", "intake.prefix", "intake.pending-msgs", "intake.pending-bytes", "intake.drain-timeout")
+	fs.StringVar(&c.Subject, "intake.subject", proto.SubjectInAll, "NATS `subject` the intake subscribes to for agent batches")
+	fs.StringVar(&c.Prefix, "intake.prefix", proto.PrefixIn, "subject `prefix` before <service>.<version> in received subjects")
+	fs.IntVar(&c.PendingMsgs, "intake.pending-msgs", DefaultPendingMsgs, "messages buffered for the intake before the NATS client drops them (`count`)")
+	fs.IntVar(&c.PendingBytes, "intake.pending-bytes", DefaultPendingBytes, "bytes buffered for the intake before the NATS client drops messages (`bytes`)")
+	fs.DurationVar(&c.DrainTimeout, "intake.drain-timeout", DefaultDrainTimeout, "how long shutdown waits for buffered batches (`duration`)")
 }
 
 func (c *IntakeConfig) setDefaults() {
@@ -87,9 +83,6 @@ func (c *IntakeConfig) setDefaults() {
 func (c *IntakeConfig) Validate() error {
 	d := *c
 	d.setDefaults()
-	if c.envErr != nil {
-		return c.envErr
-	}
 	if strings.ContainsAny(d.Subject, " \t\r\n") || strings.HasPrefix(d.Subject, ".") || strings.HasSuffix(d.Subject, ".") {
 		return fmt.Errorf("-intake.subject %q is not a valid NATS subject", d.Subject)
 	}

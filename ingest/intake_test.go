@@ -207,18 +207,10 @@ func TestIntakeClientEndToEnd(t *testing.T) {
 	<-done
 }
 
-func TestIntakeConfigEnv(t *testing.T) {
+func TestIntakeConfigFlags(t *testing.T) {
 	var c IntakeConfig
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	c.RegisterFlags(fs)
-	env := map[string]string{"HERD_INTAKE_SUBJECT": "herd.p.3.>", "HERD_INTAKE_PENDING_MSGS": "many"}
-	c.envErr = applyEnv(fs, func(k string) string { return env[k] }, "intake.subject", "intake.pending-msgs")
-	if c.Subject != "herd.p.3.>" {
-		t.Errorf("got subject %q; want herd.p.3.> from the environment", c.Subject)
-	}
-	if err := c.Validate(); err == nil {
-		t.Errorf("got nil error for HERD_INTAKE_PENDING_MSGS=many; want an error")
-	}
 	if err := fs.Parse([]string{"-intake.subject", "herd.in.>"}); err != nil {
 		t.Fatal(err)
 	}

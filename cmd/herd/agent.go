@@ -19,7 +19,7 @@ func agentCommand() command {
 			var client bus.Client
 			natsFlags(fs, &client, defaultNATSURL)
 			var cfg ingest.AgentConfig
-			cfg.RegisterFlags(fs)
+			cfg.RegisterFlags(fs, e.getenv)
 			return func(ctx context.Context) error {
 				if err := cfg.Validate(); err != nil {
 					return fmt.Errorf("%w: %v", errUsage, err)

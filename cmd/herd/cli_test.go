@@ -83,3 +83,24 @@ func TestRollupCommandValidates(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentIdentityFromEnvironment checks the agent's identity defaults: HERD_SERVICE and
+// HERD_VERSION (herd's env fallback) win over OpenTelemetry's variables, a flag over both.
+func TestAgentIdentityFromEnvironment(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{map[string]string{"HERD_SERVICE": "Bad Name", "OTEL_SERVICE_NAME": "payments"}, nil, "Bad Name"},
+		{map[string]string{"OTEL_SERVICE_NAME": "Otel Name"}, nil, "Otel Name"},
+		{map[string]string{"HERD_SERVICE": "Env Name"}, []string{"--service", "Flag Name"}, "Flag Name"},
+	} {
+		args := append([]string{"agent", "--version", "1", "--scrape", "http://127.0.0.1:1/metrics"}, tc.args...)
+		code, _, errOut := runHerd(t, tc.env, args...)
+		if code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("env %v, args %v: got exit %d, %q; want 2 and the service %q named", tc.env, tc.args, code, errOut, tc.want)
+		}
+	}
+}
