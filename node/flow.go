@@ -2,7 +2,10 @@ package node
 
 import (
 	"context"
+	"sync"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/proto"
@@ -58,7 +61,48 @@ func (n *Node) Announce(d proto.Deployment) error { return n.pub.Deployment(d) }
 // still reaches the local consumers.
 func (n *Node) emit(w *proto.Window) {
 	_ = n.pub.Window(w)
-	n.windowIn(w)
+	n.live.do(func() { n.windowIn(w) })
+}
+
+// maxHeld bounds the live inputs held back while the history is replayed; past it the
+// newest are dropped and counted in herd_node_live_inputs_dropped_total.
+const maxHeld = 1 << 20
+
+// gate holds live inputs (windows, verdicts, deployments) back while the history is
+// replayed, then applies them in arrival order: the inputs are subscribed, and the local
+// rollup runs, before the replay starts, so nothing that arrives during a restart is lost,
+// and nothing live is applied before the history it follows.
+type gate struct {
+	mu      sync.Mutex // Guards the fields below; held while the held inputs are applied.
+	open    bool
+	held    []func()
+	dropped *metrics.Counter
+}
+
+// do applies f now if the gate is open, or holds it.
+func (g *gate) do(f func()) {
+	g.mu.Lock()
+	if g.open {
+		g.mu.Unlock()
+		f()
+		return
+	}
+	defer g.mu.Unlock()
+	if len(g.held) >= maxHeld {
+		g.dropped.Inc()
+		return
+	}
+	g.held = append(g.held, f)
+}
+
+// release applies the held inputs in order and opens the gate.
+func (g *gate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, f := range g.held {
+		f()
+	}
+	g.held, g.open = nil, true
 }
 
 // windowIn hands a closed window to the local detector, dashboard and consumers.

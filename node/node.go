@@ -43,6 +43,7 @@ type Node struct {
 	js      jetstream.JetStream
 	pub     *bus.Publisher
 	dec     *bus.Decoder
+	live    gate         // live inputs, held while the history is replayed
 	history *bus.History // nil without JetStream or without a role that replays
 
 	intake *ingest.Intake // the ingest role, with roll
@@ -112,7 +113,12 @@ func New(cfg Config, logger *slog.Logger) (_ *Node, err error) {
 			return nil, fmt.Errorf("cannot create the dashboard: %w", err)
 		}
 	}
-	n.dec = bus.NewDecoder(bus.Handlers{Window: n.windowIn, Verdict: n.verdictIn, Deployment: n.deploymentIn}, n.metrics)
+	n.live.dropped = n.metrics.NewCounter(`herd_node_live_inputs_dropped_total`)
+	n.dec = bus.NewDecoder(bus.Handlers{
+		Window:     func(w *proto.Window) { n.live.do(func() { n.windowIn(w) }) },
+		Verdict:    func(v proto.Verdict) { n.live.do(func() { n.verdictIn(v) }) },
+		Deployment: func(d proto.Deployment) { n.live.do(func() { n.deploymentIn(d) }) },
+	}, n.metrics)
 	if err := n.newHTTP(); err != nil {
 		return nil, err
 	}
@@ -303,4 +309,5 @@ func (n *Node) closeNATS() {
 var nodeHelp = map[string]string{
 	"herd_node_deployments_refused_total": "Deployment announcements the local detector refused.",
 	"herd_node_replay_errors_total":       "Replayed decisions (decide) and deployments (announce) the detector or delivery refused at start.",
+	"herd_node_live_inputs_dropped_total": "Live windows, verdicts and deployments dropped while the history was replayed (over the bound of inputs held).",
 }

@@ -18,14 +18,15 @@ func (n *Node) Run(ctx context.Context) error {
 	r := runner{errc: make(chan error, 8)}
 	outCtx, stopOut := context.WithCancel(context.Background())
 	defer stopOut()
-	// Outputs first, then the history replay (before any live input), then the inputs.
+	// Outputs first; then the subscriptions and inputs, whose windows, verdicts and
+	// deployments are held back while the history is replayed into the outputs; then the
+	// held inputs in order.
 	if n.dl != nil {
 		r.start("delivery", outCtx, n.dl.Run)
 	}
 	if n.web != nil {
 		r.start("web", outCtx, n.web.Run)
 	}
-	n.replay(ctx)
 	sub, err := n.subscribe()
 	if err != nil {
 		stopOut()
@@ -33,10 +34,12 @@ func (n *Node) Run(ctx context.Context) error {
 		n.stopNATS()
 		return err
 	}
+	stopInputs := n.startInputs(&r)
+	n.replay(ctx)
+	n.live.release()
 	if n.det != nil {
 		r.start("detector", outCtx, n.det.Run)
 	}
-	stopInputs := n.startInputs(&r)
 	if n.httpSrv != nil {
 		r.wg.Go(func() {
 			if err := n.httpSrv.Serve(n.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
