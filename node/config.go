@@ -52,8 +52,10 @@ type Config struct {
 	DataDir string
 	// HTTPListen is host:port of the HTTP listener (port 0: a free one); empty serves no HTTP.
 	HTTPListen string
-	// Retention is the age bound of the history stream of windows, verdicts and deployments.
-	Retention time.Duration
+	// Retention is the age bound of the history stream of windows, verdicts and deployments;
+	// RetentionBytes its size bound (the oldest messages go first).
+	Retention      time.Duration
+	RetentionBytes int64
 	// Replicas is the JetStream replica count of the history stream.
 	Replicas int
 	// DrainTimeout bounds how long a partition's intake drains when the partition moves or
@@ -74,7 +76,7 @@ func DefaultConfig() Config {
 		Roles:      Roles{Ingest: true, Detect: true, Web: true},
 		Name:       "herd",
 		NATSListen: "127.0.0.1:4222", DataDir: "herd-data", HTTPListen: "127.0.0.1:8080",
-		Retention: time.Hour, Replicas: 1, DrainTimeout: time.Second,
+		Retention: time.Hour, RetentionBytes: 1 << 30, Replicas: 1, DrainTimeout: time.Second,
 		Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig(), Leases: lease.DefaultConfig(),
 		Detect: alert.DefaultConfig(), Deliver: deliver.Config{Timeout: 2 * time.Second, MaxRetry: time.Hour},
 		Web: web.DefaultConfig(),
@@ -101,6 +103,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Retention < time.Minute {
 		return fmt.Errorf("-retention %s must be at least 1m", c.Retention)
+	}
+	if c.RetentionBytes < 1<<20 {
+		return fmt.Errorf("-retention.bytes %d must be at least 1 MiB", c.RetentionBytes)
 	}
 	if c.DrainTimeout < 0 {
 		return fmt.Errorf("-intake.drain-timeout %s must be ≥ 0", c.DrainTimeout)

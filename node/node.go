@@ -148,7 +148,7 @@ func (n *Node) connect() error {
 	if cfg.Roles.Detect || cfg.Roles.Web {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		n.history, err = bus.EnsureHistory(ctx, n.js, bus.HistoryConfig{MaxAge: cfg.Retention, Replicas: cfg.Replicas}, n.metrics)
+		n.history, err = bus.EnsureHistory(ctx, n.js, bus.HistoryConfig{MaxAge: cfg.Retention, MaxBytes: cfg.RetentionBytes, Replicas: cfg.Replicas}, n.metrics)
 		if err != nil {
 			n.logger.Warn("no history stream: a restart starts without windows and verdicts", "err", err)
 		}

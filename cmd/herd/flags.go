@@ -62,6 +62,7 @@ func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles) {
 	if r.Detect || r.Web || embedded {
 		fs.StringVar(&cfg.DataDir, "data", cfg.DataDir, "`directory` of the embedded nats-server's JetStream store, and of decisions when NATS has no JetStream")
 		fs.DurationVar(&cfg.Retention, "retention", cfg.Retention, "how long closed windows, verdicts and deployments are kept in JetStream for restarts (`duration`)")
+		fs.Int64Var(&cfg.RetentionBytes, "retention.bytes", cfg.RetentionBytes, "size bound of that history stream; the oldest messages go first (`bytes`)")
 		fs.IntVar(&cfg.Replicas, "js.replicas", cfg.Replicas, "JetStream replicas of herd's history stream (`count`; 3 on a 3-node cluster)")
 	}
 	if r.Ingest || r.Rollup {
