@@ -45,6 +45,12 @@ func (n *Node) newHTTP() (err error) {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
+		// Serving goes on while the history cannot be written (the dashboard and the
+		// detector still work): ready, and saying what is degraded.
+		if err := n.pub.HistoryFailing(time.Minute); err != nil {
+			fmt.Fprintf(w, "degraded: history stream writes failing (a restart will miss recent windows and verdicts): %v\n", err)
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	if n.httpLn, err = net.Listen("tcp", n.cfg.HTTPListen); err != nil {

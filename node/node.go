@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -151,6 +152,8 @@ func (n *Node) connect() error {
 		n.history, err = bus.EnsureHistory(ctx, n.js, bus.HistoryConfig{MaxAge: cfg.Retention, MaxBytes: cfg.RetentionBytes, Replicas: cfg.Replicas}, n.metrics)
 		if err != nil {
 			n.logger.Warn("no history stream: a restart starts without windows and verdicts", "err", err)
+		} else if err := n.pub.AckHistory(); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -232,7 +235,10 @@ func (n *Node) newDetect() (err error) {
 }
 
 // openStore opens the decision store: JetStream KV in the NATS herd uses, or, when that
-// NATS has no JetStream, a file store under the data directory.
+// NATS has no JetStream at all, a file store under the data directory. When JetStream is
+// there but the bucket cannot be opened (a full disk, a cluster without a leader for too
+// long), it fails rather than start on an empty file store that would hide the stored
+// decisions.
 func (n *Node) openStore() (deliver.Store, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -244,6 +250,9 @@ func (n *Node) openStore() (deliver.Store, error) {
 	}, nil)
 	if err == nil {
 		return kv, nil
+	}
+	if !errors.Is(err, jetstream.ErrJetStreamNotEnabled) && !errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return nil, fmt.Errorf("cannot open the decision store in JetStream (not falling back to a file, which would hide the stored decisions): %w", err)
 	}
 	n.logger.Warn("no JetStream for decisions; keeping them in a file", "dir", n.cfg.DataDir, "err", err)
 	st, err := deliver.NewFileStore(filepath.Join(n.cfg.DataDir, "decisions"))

@@ -252,3 +252,50 @@ func TestRedactURLs(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+// TestHistoryWriteFailuresAreCounted checks that a message the history stream refuses (here
+// a stream that is full and discards new messages, as a full disk does) is counted and
+// reported, while subscribers still receive it.
+func TestHistoryWriteFailuresAreCounted(t *testing.T) {
+	t.Parallel()
+	s := natstest.RunServer(t, natstest.Options{JetStream: true})
+	nc := natstest.Connect(t, s)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: HistoryStream, Subjects: []string{"herd.rollup.>"},
+		MaxMsgs: 2, Discard: jetstream.DiscardNew}); err != nil {
+		t.Fatal(err)
+	}
+	var c collector
+	sub, err := Subscribe(nc, NewDecoder(c.handlers(), nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	set := metrics.NewSet()
+	pub := NewPublisher(nc, set, testLogger())
+	if err := pub.AckHistory(); err != nil {
+		t.Fatal(err)
+	}
+	for k := range int64(5) {
+		if err := pub.Window(window("checkout", "1.4.2", 1_000_000+250*k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkfor.Within(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if got := metric(t, set, "herd_history_write_errors_total"); got != "3" {
+			return errorf("history write errors: %s; want 3 (5 windows, room for 2)", got)
+		}
+		if w, _, _ := c.counts(); w != 5 {
+			return errorf("subscriber got %d windows; want all 5", w)
+		}
+		return nil
+	})
+	if pub.HistoryFailing(time.Minute) == nil {
+		t.Error("HistoryFailing: nil; want the stream's refusal")
+	}
+}

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
@@ -36,6 +38,10 @@ const (
 type Publisher struct {
 	nc     *nats.Conn
 	logger *slog.Logger
+	// js publishes with acknowledgements once AckHistory was called; nil publishes plainly.
+	js          jetstream.JetStream
+	historyErrs *metrics.Counter
+	lastHistErr atomic.Pointer[historyError]
 
 	published map[string]*metrics.Counter
 	errs      map[[2]string]*metrics.Counter
@@ -50,7 +56,8 @@ func NewPublisher(nc *nats.Conn, set *metrics.Set, logger *slog.Logger) *Publish
 		set = metrics.NewSet()
 	}
 	promhelp.Describe(busHelp)
-	p := &Publisher{nc: nc, logger: logger, published: map[string]*metrics.Counter{}, errs: map[[2]string]*metrics.Counter{}}
+	p := &Publisher{nc: nc, logger: logger, published: map[string]*metrics.Counter{}, errs: map[[2]string]*metrics.Counter{},
+		historyErrs: set.GetOrCreateCounter(`herd_history_write_errors_total`)}
 	for _, k := range kinds {
 		p.published[k] = set.GetOrCreateCounter(`herd_bus_published_total{kind="` + k + `"}`)
 		for _, r := range []string{ReasonSubject, ReasonEncode, ReasonPublish} {
@@ -58,6 +65,65 @@ func NewPublisher(nc *nats.Conn, set *metrics.Set, logger *slog.Logger) *Publish
 		}
 	}
 	return p
+}
+
+// historyError is the latest failure to store a message in the history stream.
+type historyError struct {
+	at  time.Time
+	err error
+}
+
+// AckHistory makes p publish through JetStream and wait for acknowledgements
+// asynchronously, so that a message the history stream could not store (a full disk, a
+// stream limit) is counted in herd_history_write_errors_total, logged and reported by
+// HistoryFailing. Subscribers receive the messages as before. Call it before publishing.
+func (p *Publisher) AckHistory() error {
+	js, err := jetstream.New(p.nc, jetstream.WithPublishAsyncMaxPending(4096),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+			p.historyFailed(m.Subject, err)
+		}))
+	if err != nil {
+		return fmt.Errorf("cannot use JetStream: %w", err)
+	}
+	p.js = js
+	return nil
+}
+
+func (p *Publisher) historyFailed(subject string, err error) {
+	p.historyErrs.Inc()
+	p.lastHistErr.Store(&historyError{at: time.Now(), err: err})
+	p.mu.Lock()
+	log := time.Since(p.lastLog) > time.Second
+	if log {
+		p.lastLog = time.Now()
+	}
+	p.mu.Unlock()
+	if log {
+		p.logger.Error("history stream write failed: a restart will not see this message", "subject", subject, "err", err)
+	}
+}
+
+// HistoryFailing returns the latest failure to store a message in the history stream
+// within the last d, or nil.
+func (p *Publisher) HistoryFailing(d time.Duration) error {
+	if h := p.lastHistErr.Load(); h != nil && time.Since(h.at) < d {
+		return h.err
+	}
+	return nil
+}
+
+// send publishes data on subject: through JetStream with an asynchronous acknowledgement
+// after AckHistory (falling back to a plain publish, counted as a history failure, when too
+// many acknowledgements are pending), plainly otherwise.
+func (p *Publisher) send(subject string, data []byte) error {
+	if p.js != nil {
+		_, err := p.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: data}, jetstream.WithStallWait(50*time.Millisecond))
+		if err == nil {
+			return nil
+		}
+		p.historyFailed(subject, err)
+	}
+	return p.nc.Publish(subject, data)
 }
 
 // fail counts and (rate-limited) logs a failed publication and returns err.
@@ -86,7 +152,7 @@ func (p *Publisher) Window(w *proto.Window) error {
 	if err != nil {
 		return p.fail(KindWindow, ReasonEncode, what, err)
 	}
-	if err := p.nc.Publish(subj, data); err != nil {
+	if err := p.send(subj, data); err != nil {
 		return p.fail(KindWindow, ReasonPublish, what, err)
 	}
 	p.published[KindWindow].Inc()
@@ -103,7 +169,7 @@ func (p *Publisher) Verdict(v *proto.Verdict) error {
 	if err != nil {
 		return p.fail(KindVerdict, ReasonEncode, v.Service, err)
 	}
-	if err := p.nc.Publish(subj, data); err != nil {
+	if err := p.send(subj, data); err != nil {
 		return p.fail(KindVerdict, ReasonPublish, v.Service, err)
 	}
 	p.published[KindVerdict].Inc()
@@ -128,7 +194,7 @@ func (p *Publisher) Deployment(d proto.Deployment) error {
 	if err != nil {
 		return p.fail(KindDeployment, ReasonEncode, d.Service, err)
 	}
-	if err := p.nc.Publish(subj, data); err != nil {
+	if err := p.send(subj, data); err != nil {
 		return p.fail(KindDeployment, ReasonPublish, d.Service, err)
 	}
 	if err := p.nc.Flush(); err != nil && !errors.Is(err, nats.ErrConnectionReconnecting) {
@@ -148,5 +214,6 @@ var busHelp = map[string]string{
 	"herd_nats_async_errors_total":     "Asynchronous NATS client errors, by client and reason (slow_consumer, permission, other).",
 	"herd_nats_dropped_messages_total": "Messages the NATS client dropped for a slow subscription, by client.",
 	"herd_history_replayed_total":      "History stream messages replayed at start.",
+	"herd_history_write_errors_total":  "Messages the history stream did not store (full disk, stream limits), or whose acknowledgement could not be awaited.",
 	"herd_history_undecodable_total":   "History stream messages that did not decode during a replay.",
 }
