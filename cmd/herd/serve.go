@@ -46,6 +46,9 @@ func runNode(ctx context.Context, e *env, name string, cfg node.Config) error {
 			where += fmt.Sprintf(" (dashboard %s/, metrics %s/metrics)", u, u)
 		}
 	}
+	if u := n.MonitorURL(); u != "" {
+		where += ", NATS monitoring " + u
+	}
 	if cfg.Roles.Rollup {
 		where = "worker " + cfg.Leases.WorkerID + " on " + where
 	}
