@@ -158,7 +158,7 @@ func New(cfg Config, set *metrics.Set, store Store, logger *slog.Logger) (*Deliv
 		}
 	}
 	for _, a := range cfg.Targets.Argo {
-		t, err := newArgo(a, d.client)
+		t, err := newArgo(a, d.client, cfg.Getenv)
 		if err != nil {
 			return nil, fmt.Errorf("cannot create deliverer: %w", err)
 		}
@@ -167,7 +167,7 @@ func New(cfg Config, set *metrics.Set, store Store, logger *slog.Logger) (*Deliv
 		}
 	}
 	for _, s := range cfg.Targets.Spinnaker {
-		if err := add(newSpinnaker(s)); err != nil {
+		if err := add(newSpinnaker(s, cfg.Getenv)); err != nil {
 			return nil, err
 		}
 	}
