@@ -1,6 +1,7 @@
 package alert
 
 import (
+	"cmp"
 	"math"
 	"time"
 
@@ -49,7 +50,11 @@ type comparison struct {
 	set                       *settings
 	announced                 bool
 
-	createdMs     int64 // announcement or inference time
+	createdMs int64 // announcement or inference time
+	// deployedMs is the deployment's start, which identifies it (and its decision ids): the
+	// announcement's UnixMs, or the canary's first window when inferred; 0 when announced
+	// without UnixMs, and the canary's first window in this comparison stands in.
+	deployedMs    int64
 	firstCanaryMs int64 // start of the first canary window seen; 0 before
 	startMs       int64 // first window start the tests use: firstCanaryMs + warm-up
 	final         bool
@@ -77,14 +82,16 @@ type comparison struct {
 	windows         int
 	firstMs, lastMs int64
 
-	lastCanaryEndMs, lastBaselineEndMs int64
-	// lastCanaryWindowEndMs is the end of the canary group's newest window, reporters or not:
-	// the rollup's empty windows are the evidence that the instances are gone, while no
-	// window at all means the pipeline is behind (a rollup worker failing over).
-	lastCanaryWindowEndMs              int64
-	lastTrafficMs                      int64
-	canaryInstances, baselineInstances int
-	noTraffic                          bool // inconclusive for lack of canary traffic
+	// lastCanaryEndMs is the end of the canary's newest window with an instance reporting.
+	lastCanaryEndMs int64
+	// gone pairs the canary's empty windows with the baseline's (guard_canary_gone).
+	gone          goneGuard
+	lastTrafficMs int64
+	// The baseline's newest window end, and the start of its current run of live windows
+	// without a gap (0: its newest window was not live), for the no-traffic guard.
+	lastBaselineEndMs, baselineServingMs int64
+	canaryInstances, baselineInstances   int
+	noTraffic                            bool // inconclusive for lack of canary traffic
 	// The canary's last windows since this comparison began, for the error-ceiling guard.
 	recentN, recentE [maxGuardWindows]float64
 	recentPos        int
@@ -390,16 +397,17 @@ func (c *comparison) setState(state proto.State, unixMs int64, decisive string, 
 	}
 	v.Evidence.Decisive = decisive
 	if state == proto.StatePass || state == proto.StateRollback {
-		first := ev.FirstMs
-		if first == 0 {
-			first = c.createdMs
-		}
-		v.DecisionID = decisionID(c.service, c.baseline, c.canary, first, state)
+		v.DecisionID = decisionID(c.service, c.baseline, c.canary, cmp.Or(c.deployedMs, c.firstCanaryMs, c.createdMs), state)
 		c.final = true
 	}
 	c.verdict = v
 	return v
 }
+
+// judgedUntilMs bounds the start of the deployment a final comparison judged: its creation,
+// or its verdict if that came first (a window that began before the announcement). An
+// announcement of the same canary and baseline starting no later is that deployment again.
+func (c *comparison) judgedUntilMs() int64 { return max(c.createdMs, c.verdict.UnixMs) }
 
 // recentCanary records a canary window and sums requests and errors over the last k
 // windows of this comparison.

@@ -39,11 +39,13 @@ type Config struct {
 	ErrorCeiling float64
 	// GuardMinRequests is the least number of canary requests over which the ceiling applies.
 	GuardMinRequests int
-	// GoneAfter: the canary is rolled back when it has no window for this long while the
-	// baseline still reports.
+	// GoneAfter: the canary is rolled back when the rollup reports its group without any
+	// instance for this long in windows in which the baseline's instances served requests
+	// (see docs/detector.md, guard_canary_gone). A fleet-wide stall, windows missing on both
+	// sides or a whole service stopping never count.
 	GoneAfter time.Duration
 	// NoTrafficAfter: a canary that reports zero requests for this long while the baseline
-	// serves is inconclusive until its traffic resumes.
+	// serves (live windows without a gap) is inconclusive until its traffic resumes.
 	NoTrafficAfter time.Duration
 	// NoCanaryAfter: an announced canary with no window at all for this long is inconclusive.
 	NoCanaryAfter time.Duration
@@ -53,8 +55,6 @@ type Config struct {
 	// DKWMargin is the CDF distance beyond the DKW bands at which the whole-distribution
 	// latency test flags.
 	DKWMargin float64
-	// Window is the rollup window length; Run ticks at this interval.
-	Window time.Duration
 	// MaxUnpaired bounds the windows of one comparison waiting for their partner window.
 	MaxUnpaired int
 	// MaxGroups bounds the (service, version) groups tracked.
@@ -80,7 +80,6 @@ func DefaultConfig() Config {
 		NoCanaryAfter:    time.Minute,
 		EstablishAfter:   30 * time.Second,
 		DKWMargin:        0.05,
-		Window:           250 * time.Millisecond,
 		MaxUnpaired:      64,
 		MaxGroups:        10000,
 	}
@@ -98,12 +97,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.MaxDuration, "detect.max-duration", c.MaxDuration, "undecided comparisons end as inconclusive after this long")
 	fs.Float64Var(&c.ErrorCeiling, "detect.error-ceiling", c.ErrorCeiling, "canary error ratio (0–1, over 1 s) that rolls back at once")
 	fs.IntVar(&c.GuardMinRequests, "detect.guard-min-requests", c.GuardMinRequests, "least canary requests (count) for the error ceiling to apply")
-	fs.DurationVar(&c.GoneAfter, "detect.gone-after", c.GoneAfter, "roll back when the rollup reports the canary group without any instance for this long while the baseline reports (missing windows do not count)")
-	fs.DurationVar(&c.NoTrafficAfter, "detect.no-traffic-after", c.NoTrafficAfter, "inconclusive while the canary serves no requests for this long")
+	fs.DurationVar(&c.GoneAfter, "detect.gone-after", c.GoneAfter, "roll back when the rollup reports the canary group without any instance for this long in windows in which the baseline served requests (missing windows and windows the baseline also left empty do not count)")
+	fs.DurationVar(&c.NoTrafficAfter, "detect.no-traffic-after", c.NoTrafficAfter, "inconclusive while the canary serves no requests for this long while the baseline serves without a gap")
 	fs.DurationVar(&c.NoCanaryAfter, "detect.no-canary-after", c.NoCanaryAfter, "inconclusive when an announced canary sends no window for this long")
 	fs.DurationVar(&c.EstablishAfter, "detect.establish-after", c.EstablishAfter, "a version reporting this long is the baseline of a new version appearing beside it")
 	fs.Float64Var(&c.DKWMargin, "detect.dkw-margin", c.DKWMargin, "CDF distance (0–1) beyond the DKW bands at which the distribution test flags")
-	fs.DurationVar(&c.Window, "detect.window", c.Window, "rollup window length; the detector's tick interval")
 	fs.IntVar(&c.MaxUnpaired, "detect.max-unpaired", c.MaxUnpaired, "windows (count) per comparison kept waiting for their partner window")
 	fs.IntVar(&c.MaxGroups, "detect.max-groups", c.MaxGroups, "most (service, version) groups (count) tracked")
 	fs.StringVar(&c.PolicyFile, "detect.policy", c.PolicyFile, "JSON policy file with per-service overrides and selectors (empty: none)")
@@ -130,8 +128,6 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("bad -detect.no-canary-after %s: want > 0", c.NoCanaryAfter)
 	case c.EstablishAfter < 0:
 		return fmt.Errorf("bad -detect.establish-after %s: want ≥ 0", c.EstablishAfter)
-	case c.Window <= 0:
-		return fmt.Errorf("bad -detect.window %s: want > 0", c.Window)
 	case c.MaxUnpaired < 1:
 		return fmt.Errorf("bad -detect.max-unpaired %d: want ≥ 1", c.MaxUnpaired)
 	case c.MaxGroups < 1:

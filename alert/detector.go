@@ -35,6 +35,12 @@ const (
 	refSpanMs = 30_000
 	// maxGuardWindows bounds the windows the error-ceiling guard sums (1 s of windows).
 	maxGuardWindows = 16
+	// tickInterval is how often Run applies the time-based rules (Tick). None of them needs
+	// finer timing; the window-driven guards run on every window.
+	tickInterval = 100 * time.Millisecond
+	// liveDecay is the weight a group's live request count keeps per live window (a decay
+	// over about 16 windows that carried traffic, whatever happened between them).
+	liveDecay = 15.0 / 16
 )
 
 // Detector compares canaries with baselines. It is safe for concurrent use. OnVerdict is
@@ -70,7 +76,8 @@ type detectorMetrics struct {
 	wrongKind                             *metrics.Counter
 	warmWindows                           *metrics.Counter
 	shadowNoBaseline, shadowNoHalves      *metrics.Counter
-	badAnnouncement                       *metrics.Counter
+	badAnnouncement, notNewCanary         *metrics.Counter
+	judgedAnnouncement                    *metrics.Counter
 	pending, pass, rollback, inconclusive *metrics.Counter
 	comparisonsActive                     atomic.Int64
 }
@@ -98,9 +105,17 @@ type group struct {
 	// The last windows' requests and errors, for the error-ceiling guard.
 	recentN, recentE [maxGuardWindows]float64
 	recentPos        int
+	// lastLiveMs is the end of the group's newest live window (instances > 0 and requests >
+	// 0), liveN its requests per live window with weight liveDecay per live window: what
+	// names the service's established version, unmoved by stalls and stops.
+	lastLiveMs int64
+	liveN      float64
 	// judged: a comparison with this group as canary reached a final verdict, so it is not
-	// inferred to be a canary again (an announcement still restarts it).
-	judged bool
+	// inferred to be a canary again (an announcement of a new deployment still restarts it).
+	// The judged deployment is the one against judgedBaseline started up to judgedUntilMs.
+	judged         bool
+	judgedBaseline string
+	judgedUntilMs  int64
 	// shadow is the running A/A comparison of the group's two halves while it is the
 	// baseline of a comparison (see shadow.go); nil otherwise.
 	shadow *comparison
@@ -148,10 +163,12 @@ var detectorHelp = map[string]string{
 		"out_of_order (not after the group's last window) or too_many_groups.",
 	"herd_detector_windows_unpaired_total": "Windows whose partner window never came, by reason: partner_missing (evicted " +
 		"after a later pair) or overflow (too many waiting).",
-	"herd_detector_series_skipped_total":         "Series a policy selector matched but could not read, by reason: wrong_kind.",
-	"herd_detector_warm_windows_total":           "Windows whose tests read the warm instances only (the rollup split the selected series).",
-	"herd_detector_announcements_total":          "Deployment announcements the detector received.",
-	"herd_detector_announcements_rejected_total": "Deployment announcements the detector refused, by reason: invalid.",
+	"herd_detector_series_skipped_total": "Series a policy selector matched but could not read, by reason: wrong_kind.",
+	"herd_detector_warm_windows_total":   "Windows whose tests read the warm instances only (the rollup split the selected series).",
+	"herd_detector_announcements_total":  "Deployment announcements the detector received.",
+	"herd_detector_announcements_rejected_total": "Deployment announcements the detector refused, by reason: invalid, or " +
+		"not_new (the canary named is the service's established version or the baseline of a running comparison).",
+	"herd_detector_announcements_repeated_total": "Announcements of a deployment the detector judged already; its decision stands.",
 	"herd_detector_verdicts_total":               "Verdict changes the detector published, by state: pending, pass, rollback or inconclusive.",
 	"herd_detector_comparisons_active":           "Canary comparisons running (not yet final).",
 	"herd_detector_shadow_comparisons_total":     "Shadow A/A comparisons (a baseline's two halves) that concluded, by service.",
@@ -179,23 +196,25 @@ func newDetector(cfg Config, set *metrics.Set, pol *Policy, onVerdict func(proto
 	}
 	s := d.set
 	d.m = detectorMetrics{
-		windows:          s.NewCounter("herd_detector_windows_total"),
-		pairs:            s.NewCounter("herd_detector_window_pairs_total"),
-		announcements:    s.NewCounter("herd_detector_announcements_total"),
-		badWindow:        s.NewCounter(`herd_detector_windows_dropped_total{reason="bad_window"}`),
-		outOfOrder:       s.NewCounter(`herd_detector_windows_dropped_total{reason="out_of_order"}`),
-		tooManyGroups:    s.NewCounter(`herd_detector_windows_dropped_total{reason="too_many_groups"}`),
-		unpairedEvicted:  s.NewCounter(`herd_detector_windows_unpaired_total{reason="partner_missing"}`),
-		unpairedOverflow: s.NewCounter(`herd_detector_windows_unpaired_total{reason="overflow"}`),
-		wrongKind:        s.NewCounter(`herd_detector_series_skipped_total{reason="wrong_kind"}`),
-		warmWindows:      s.NewCounter("herd_detector_warm_windows_total"),
-		shadowNoBaseline: s.NewCounter(`herd_detector_shadow_abandoned_total{reason="not_baseline"}`),
-		shadowNoHalves:   s.NewCounter(`herd_detector_shadow_abandoned_total{reason="no_halves"}`),
-		badAnnouncement:  s.NewCounter(`herd_detector_announcements_rejected_total{reason="invalid"}`),
-		pending:          s.NewCounter(`herd_detector_verdicts_total{state="pending"}`),
-		pass:             s.NewCounter(`herd_detector_verdicts_total{state="pass"}`),
-		rollback:         s.NewCounter(`herd_detector_verdicts_total{state="rollback"}`),
-		inconclusive:     s.NewCounter(`herd_detector_verdicts_total{state="inconclusive"}`),
+		windows:            s.NewCounter("herd_detector_windows_total"),
+		pairs:              s.NewCounter("herd_detector_window_pairs_total"),
+		announcements:      s.NewCounter("herd_detector_announcements_total"),
+		badWindow:          s.NewCounter(`herd_detector_windows_dropped_total{reason="bad_window"}`),
+		outOfOrder:         s.NewCounter(`herd_detector_windows_dropped_total{reason="out_of_order"}`),
+		tooManyGroups:      s.NewCounter(`herd_detector_windows_dropped_total{reason="too_many_groups"}`),
+		unpairedEvicted:    s.NewCounter(`herd_detector_windows_unpaired_total{reason="partner_missing"}`),
+		unpairedOverflow:   s.NewCounter(`herd_detector_windows_unpaired_total{reason="overflow"}`),
+		wrongKind:          s.NewCounter(`herd_detector_series_skipped_total{reason="wrong_kind"}`),
+		warmWindows:        s.NewCounter("herd_detector_warm_windows_total"),
+		shadowNoBaseline:   s.NewCounter(`herd_detector_shadow_abandoned_total{reason="not_baseline"}`),
+		shadowNoHalves:     s.NewCounter(`herd_detector_shadow_abandoned_total{reason="no_halves"}`),
+		badAnnouncement:    s.NewCounter(`herd_detector_announcements_rejected_total{reason="invalid"}`),
+		notNewCanary:       s.NewCounter(`herd_detector_announcements_rejected_total{reason="not_new"}`),
+		judgedAnnouncement: s.NewCounter("herd_detector_announcements_repeated_total"),
+		pending:            s.NewCounter(`herd_detector_verdicts_total{state="pending"}`),
+		pass:               s.NewCounter(`herd_detector_verdicts_total{state="pass"}`),
+		rollback:           s.NewCounter(`herd_detector_verdicts_total{state="rollback"}`),
+		inconclusive:       s.NewCounter(`herd_detector_verdicts_total{state="inconclusive"}`),
 	}
 	s.NewGauge("herd_detector_comparisons_active", func() float64 { return float64(d.m.comparisonsActive.Load()) })
 	return d
@@ -336,6 +355,10 @@ func (set *settings) splitCovers(w *proto.Window) bool {
 func (g *group) observe(w *proto.Window, x, tx *extract) {
 	g.lastStartMs, g.lastEndMs = w.StartMs, w.EndMs
 	g.instances = w.Instances
+	if w.Instances > 0 && x.requests > 0 {
+		g.lastLiveMs = w.EndMs
+		g.liveN = g.liveN*liveDecay + x.requests
+	}
 	g.recentPos = (g.recentPos + 1) % maxGuardWindows
 	g.recentN[g.recentPos], g.recentE[g.recentPos] = x.requests, x.errors
 	if tx.hasLatency || x.hasLatency {
@@ -375,91 +398,20 @@ func (g *group) recent(k int) (n, e float64) {
 	return sumRing(&g.recentN, &g.recentE, g.recentPos, k)
 }
 
-// inferLocked starts a comparison when g is a new version beside an established one.
-func (d *Detector) inferLocked(s *service, g *group, nowMs int64) {
-	if g.judged {
-		return
-	}
-	for _, c := range s.comps {
-		if c.baseline == g.version && !c.final {
-			return // g is a baseline already
-		}
-	}
-	est := d.cfg.EstablishAfter.Milliseconds()
-	var base *group
-	var baseN float64
-	for _, o := range s.groups {
-		if o == g || o.firstMs+est > g.firstMs || o.lastEndMs < nowMs-activeWithin.Milliseconds() {
-			continue
-		}
-		if c := s.comps[o.version]; c != nil && !c.final {
-			continue // a pending canary is no baseline
-		}
-		n, _ := o.recent(maxGuardWindows)
-		if base == nil || n > baseN {
-			base, baseN = o, n
-		}
-	}
-	if base == nil {
-		return
-	}
-	d.startLocked(s, base.version, g.version, g.firstMs, false)
-}
-
-// startLocked creates a comparison and publishes its pending verdict.
-func (d *Detector) startLocked(s *service, baseline, canary string, createdMs int64, announced bool) *comparison {
-	if old := s.comps[canary]; old != nil && !old.final {
-		d.m.comparisonsActive.Add(-1)
-	}
-	c := newComparison(s.name, baseline, canary, &s.set, createdMs, announced)
-	if b := s.groups[baseline]; b != nil {
-		c.freeze(b.reference())
-	}
-	s.comps[canary] = c
-	d.m.comparisonsActive.Add(1)
-	d.logger.Info("comparison started", "service", s.name, "baseline", baseline, "canary", canary, "announced", announced)
-	c.verdict.Sentence = c.pendingSentence()
-	d.emitLocked(c.verdict)
-	return c
-}
-
-// Announce registers a deployment: Canary is compared with Baseline from now (or from
-// dep.UnixMs). A deployment of a canary whose comparison is final, or with another baseline,
-// restarts its comparison.
-func (d *Detector) Announce(dep proto.Deployment) error {
-	d.m.announcements.Inc()
-	if err := dep.Validate(); err != nil {
-		d.m.badAnnouncement.Inc()
-		return fmt.Errorf("cannot announce deployment: %w", err)
-	}
-	created := dep.UnixMs
-	if created == 0 {
-		created = time.Now().UnixMilli()
-	}
-	d.mu.Lock()
-	defer d.unlockAndEmit()
-	s := d.serviceLocked(dep.Service)
-	if c := s.comps[dep.Canary]; c != nil && !c.final && c.baseline == dep.Baseline {
-		c.announced = true
-		return nil
-	}
-	d.startLocked(s, dep.Baseline, dep.Canary, created, true)
-	return nil
-}
-
 // canaryWindowLocked handles a window of c's canary group: the guards read x (every
 // instance), the tests tx (the warm instances when the window carries them).
 func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window, x, tx *extract) {
 	set := c.set
-	c.lastCanaryWindowEndMs = max(c.lastCanaryWindowEndMs, w.EndMs)
 	if w.Instances == 0 && x.requests == 0 {
-		// Nobody reported: counts as absent for the gone guard, judged here too since the
-		// baseline's window for the same interval may have come first.
-		if c.firstCanaryMs != 0 && c.lastBaselineEndMs >= w.EndMs {
+		// Nobody reported: evidence for the gone guard if the baseline served in the same
+		// interval, judged here too since the baseline's window may have come first.
+		if c.firstCanaryMs != 0 {
+			c.gone.canaryEmpty(span{w.StartMs, w.EndMs})
 			d.goneLocked(c, w.EndMs)
 		}
 		return
 	}
+	c.gone.reset()
 	if c.firstCanaryMs == 0 {
 		c.firstCanaryMs = w.StartMs
 		c.startMs = w.StartMs + set.warmup.Milliseconds()
@@ -474,8 +426,9 @@ func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window
 			d.emitLocked(c.setState(proto.StatePending, w.EndMs, "", c.evidence(""), c.pendingSentence()))
 		}
 	}
-	// Error ceiling, over the last second, warm-up or not.
-	k := max(int(time.Second/d.cfg.Window), 1)
+	// Error ceiling, over the last second (of windows as wide as this one), warm-up or not.
+	width := time.Duration(w.EndMs-w.StartMs) * time.Millisecond
+	k := min(max(int(time.Second/width), 1), maxGuardWindows)
 	if n, e := c.recentCanary(x.requests, x.errors, k); n >= float64(d.cfg.GuardMinRequests) && e/n >= set.ceiling {
 		var bn, be float64
 		if b := s.groups[c.baseline]; b != nil && b.lastEndMs >= w.EndMs-time.Second.Milliseconds() {
@@ -490,7 +443,7 @@ func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window
 				base = fmt.Sprintf("baseline %.1f %%", 100*be/bn)
 			}
 			sentence := fmt.Sprintf("canary error ratio %.0f %% over the last %s (ceiling %.0f %%, %s), decided after %s",
-				100*e/n, after(time.Duration(k)*d.cfg.Window), 100*set.ceiling, base, after(c.elapsed(w.EndMs)))
+				100*e/n, after(time.Duration(k)*width), 100*set.ceiling, base, after(c.elapsed(w.EndMs)))
 			d.finishLocked(c, proto.StateRollback, w.EndMs, "guard_error_ceiling", ev, sentence)
 			return
 		}
@@ -501,34 +454,28 @@ func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window
 	d.pairLocked(c, w, tx, false)
 }
 
-// goneLocked rolls c back if the rollup has reported its canary group without any instance
-// for GoneAfter while the baseline reports (up to nowMs), and says whether it did. Only the
-// rollup's empty windows count: windows that do not arrive at all (a rollup worker failing
-// over, NATS losing them) are not evidence against the canary.
-func (d *Detector) goneLocked(c *comparison, nowMs int64) bool {
-	gone := time.Duration(min(nowMs, c.lastCanaryWindowEndMs)-c.lastCanaryEndMs) * time.Millisecond
-	if gone < d.cfg.GoneAfter {
-		return false
-	}
-	ev := c.evidence("guard_canary_gone")
-	ev.Tests = append(ev.Tests, proto.TestEvidence{Name: "guard_canary_gone", EValue: 1, Effect: gone.Seconds()})
-	sentence := fmt.Sprintf("canary crash-looping: no canary instance reporting for %s", after(gone))
-	d.finishLocked(c, proto.StateRollback, nowMs, "guard_canary_gone", ev, sentence)
-	return true
-}
-
 // baselineWindowLocked handles a window of c's baseline group (x and tx as for the canary).
 func (d *Detector) baselineWindowLocked(s *service, c *comparison, w *proto.Window, x, tx *extract) {
-	c.lastBaselineEndMs = w.EndMs
 	c.baselineInstances = w.Instances
+	live := w.Instances > 0 && x.requests > 0
+	switch {
+	case !live:
+		c.baselineServingMs = 0
+	case c.baselineServingMs == 0 || w.StartMs != c.lastBaselineEndMs: // after a gap
+		c.baselineServingMs = w.StartMs
+	}
+	c.lastBaselineEndMs = w.EndMs
+	c.gone.baseline(span{w.StartMs, w.EndMs}, live)
 	if c.firstCanaryMs == 0 {
 		return
 	}
 	if d.goneLocked(c, w.EndMs) {
 		return
 	}
-	if x.requests > 0 && !c.noTraffic {
-		if quiet := time.Duration(w.EndMs-c.lastTrafficMs) * time.Millisecond; quiet >= d.cfg.NoTrafficAfter {
+	if live && !c.noTraffic {
+		// Quiet while the baseline served: a stall of every group is not the canary's.
+		quiet := time.Duration(w.EndMs-max(c.lastTrafficMs, c.baselineServingMs)) * time.Millisecond
+		if quiet >= d.cfg.NoTrafficAfter {
 			c.noTraffic = true
 			ev := c.evidence("guard_no_traffic")
 			sentence := fmt.Sprintf("no canary traffic for %s while the baseline serves: cannot judge", after(quiet))
@@ -589,8 +536,9 @@ func (d *Detector) pairLocked(c *comparison, w *proto.Window, x *extract, isBase
 	c.release(a)
 	c.release(b)
 	d.m.pairs.Inc()
-	// Windows older than this pair by more than the lateness slack will find no partner.
-	cut := w.StartMs - 8*d.cfg.Window.Milliseconds()
+	// Windows older than this pair by more than the lateness slack (8 windows as wide as this
+	// one) will find no partner.
+	cut := w.StartMs - 8*(w.EndMs-w.StartMs)
 	for _, p := range []*[]*record{&c.pendA, &c.pendB} {
 		for len(*p) > 0 && (*p)[0].startMs < cut {
 			c.release((*p)[0])
@@ -633,7 +581,7 @@ func (d *Detector) finishLocked(c *comparison, state proto.State, nowMs int64, d
 	d.emitLocked(c.setState(state, nowMs, decisive, ev, sentence))
 	c.final = true
 	if g := d.services[c.service].groups[c.canary]; g != nil {
-		g.judged = true
+		g.judged, g.judgedBaseline, g.judgedUntilMs = true, c.baseline, c.judgedUntilMs()
 	}
 	d.m.comparisonsActive.Add(-1)
 	c.pendA, c.pendB, c.free = nil, nil, nil
@@ -676,9 +624,9 @@ func (d *Detector) Tick(now time.Time) {
 	}
 }
 
-// Run calls Tick every window length until ctx is done, then returns nil.
+// Run calls Tick every 100 ms until ctx is done, then returns nil.
 func (d *Detector) Run(ctx context.Context) error {
-	t := time.NewTicker(d.cfg.Window)
+	t := time.NewTicker(tickInterval)
 	defer t.Stop()
 	for {
 		select {

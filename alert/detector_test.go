@@ -51,7 +51,7 @@ func newFleet(t *testing.T, cfg Config, pol *Policy, o fleetOpts) *fleet {
 	if o.scaleB == 0 {
 		o.scaleB = 1
 	}
-	per := o.rps * cfg.Window.Seconds()
+	per := o.rps * testWindow.Seconds()
 	canary := base
 	canary.scale = o.scaleB
 	f.a.means[0] = groupMeans(f.bins, base, per*(1-o.share), nil)
@@ -62,7 +62,7 @@ func newFleet(t *testing.T, cfg Config, pol *Policy, o fleetOpts) *fleet {
 
 // step feeds n windows of the groups selected; errFrac overrides the canary's error ratio.
 func (f *fleet) step(n int, feedA, feedB bool, loadB, errFracA, errFracB float64) {
-	win := f.d.cfg.Window.Milliseconds()
+	win := testWindow.Milliseconds()
 	for range n {
 		if feedA {
 			f.d.AddWindow(f.a.fill(f.r, f.bins, f.nowMs, f.nowMs+win, 1, 0, errFracA))
@@ -77,7 +77,7 @@ func (f *fleet) step(n int, feedA, feedB bool, loadB, errFracA, errFracB float64
 // stepGone feeds n windows in which the baseline reports and the canary group's windows
 // come empty, as the rollup emits them once every instance of a group has stopped.
 func (f *fleet) stepGone(n int) {
-	win := f.d.cfg.Window.Milliseconds()
+	win := testWindow.Milliseconds()
 	for range n {
 		f.d.AddWindow(f.a.fill(f.r, f.bins, f.nowMs, f.nowMs+win, 1, 0, 0))
 		f.d.AddWindow(&proto.Window{Service: "shop", Version: "v2", StartMs: f.nowMs, EndMs: f.nowMs + win})
@@ -110,6 +110,9 @@ func (f *fleet) last() proto.Verdict {
 	}
 	return f.verdicts[len(f.verdicts)-1]
 }
+
+// testWindow is the width of the simulated windows.
+const testWindow = 250 * time.Millisecond
 
 func testConfig() Config {
 	c := DefaultConfig()
@@ -211,8 +214,8 @@ func TestDetectorCanaryGone(t *testing.T) {
 	}
 	f.stepGone(1)
 	v := f.last()
-	if v.State != proto.StateRollback || v.Sentence != "canary crash-looping: no canary instance reporting for 1.0 s" {
-		t.Fatalf("canary silent 1 s: got %s %q; want rollback 'canary crash-looping: no canary instance reporting for 1.0 s'", v.State, v.Sentence)
+	if want := "canary crash-looping: no canary instance reporting for 1.0 s while the baseline served traffic"; v.State != proto.StateRollback || v.Sentence != want {
+		t.Fatalf("canary silent 1 s: got %s %q; want rollback %q", v.State, v.Sentence, want)
 	}
 }
 
@@ -267,7 +270,8 @@ func TestDetectorAnnounceRestartsFinalComparison(t *testing.T) {
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
 	f.step(1, true, true, 1, 0, 0.95)
-	f.announce() // the comparison is final: a new deployment of v2 restarts it
+	f.step(1, true, false, 1, 0, 0)
+	f.announce() // the comparison is final: a new deployment of v2 (after the verdict) restarts it
 	f.step(40, true, true, 1, 0, 0)
 	want := []proto.State{proto.StatePending, proto.StateRollback, proto.StatePending}
 	if got := f.states(); len(got) != 3 || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
@@ -333,7 +337,7 @@ func TestDetectorPolicySelectors(t *testing.T) {
 		}
 		return &out
 	}
-	win := cfg.Window.Milliseconds()
+	win := testWindow.Milliseconds()
 	feed := func(n int, canary bool) {
 		for range n {
 			f.d.AddWindow(prom(f.a.fill(f.r, f.bins, f.nowMs, f.nowMs+win, 1, 0, 0)))

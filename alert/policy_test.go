@@ -101,7 +101,7 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.Alpha = 0 }, "-detect.alpha"},
 		{func(c *Config) { c.Margin = 0.9 }, "-detect.margin"},
 		{func(c *Config) { c.AcceptMargin = 0 }, "-detect.accept-margin"},
-		{func(c *Config) { c.Window = 0 }, "-detect.window"},
+		{func(c *Config) { c.GoneAfter = 0 }, "-detect.gone-after"},
 		{func(c *Config) { c.ErrorCeiling = 1.5 }, "-detect.error-ceiling"},
 		{func(c *Config) { c.MaxUnpaired = 0 }, "-detect.max-unpaired"},
 	} {

@@ -124,7 +124,7 @@ func sumSeries(parts ...[]proto.WindowSeries) []proto.WindowSeries {
 
 // step feeds n windows: the baseline always, the canary when canary is set.
 func (f *splitFleet) step(n int, canary bool) {
-	win := f.d.cfg.Window.Milliseconds()
+	win := testWindow.Milliseconds()
 	for range n {
 		f.d.AddWindow(f.window(f.a, f.nowMs, f.nowMs+win))
 		if canary {

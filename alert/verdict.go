@@ -15,13 +15,15 @@ import (
 // decisionNamespace is the UUID namespace of herd's decision ids.
 var decisionNamespace = uuid.MustParse("7d2f5c8e-4b1a-5e3f-9c6d-2a8b0e1f3c57")
 
-// decisionID derives a decision's id from what identifies it: the comparison (service,
-// baseline, canary), the start of its first compared window (or its creation time when no
-// window pair was compared yet) and the verdict. Detectors that see the same windows —
-// a restarted one replaying them from JetStream, or two running side by side — derive the
-// same id, so the delivery store's first-writer-wins create delivers each decision once.
-func decisionID(service, baseline, canary string, firstMs int64, state proto.State) string {
-	key := service + "\x00" + baseline + "\x00" + canary + "\x00" + strconv.FormatInt(firstMs, 10) + "\x00" + string(state)
+// decisionID derives a decision's id from what identifies it: the deployment judged (service,
+// baseline, canary and its start: the announcement's UnixMs, or the canary's first window for
+// an inferred comparison or an announcement without UnixMs) and the verdict. A deployment gets one rollback id and one pass id
+// however often it is announced or judged: detectors that see the same windows and
+// announcements — a restarted one replaying them from JetStream, or two running side by
+// side — derive the same id, and the delivery store's first-writer-wins create delivers each
+// decision once.
+func decisionID(service, baseline, canary string, deployedMs int64, state proto.State) string {
+	key := service + "\x00" + baseline + "\x00" + canary + "\x00" + strconv.FormatInt(deployedMs, 10) + "\x00" + string(state)
 	return uuid.NewSHA1(decisionNamespace, []byte(key)).String()
 }
 

@@ -86,6 +86,8 @@ type DetectConfig struct {
 	Trials int
 	// Duration is the simulated comparison time of a trial [10m].
 	Duration time.Duration
+	// Window is the length of the simulated rollup windows [250ms].
+	Window time.Duration
 	// RPS is the service's total request rate [2000].
 	RPS float64
 	// Shares are the canary's traffic shares [0.05, 0.2].
@@ -113,6 +115,9 @@ func BenchDetect(cfg DetectConfig) (*DetectReport, error) {
 	if cfg.Duration == 0 {
 		cfg.Duration = 10 * time.Minute
 	}
+	if cfg.Window == 0 {
+		cfg.Window = 250 * time.Millisecond
+	}
 	if cfg.RPS == 0 {
 		cfg.RPS = 2000
 	}
@@ -137,8 +142,8 @@ func BenchDetect(cfg DetectConfig) (*DetectReport, error) {
 	if err := dc.Validate(); err != nil {
 		return nil, fmt.Errorf("cannot run detector bench: %w", err)
 	}
-	if cfg.Trials < 1 || cfg.Duration < dc.Window || !(cfg.RPS > 0) || math.IsInf(cfg.RPS, 1) {
-		return nil, fmt.Errorf("cannot run detector bench: want trials ≥ 1, duration ≥ one window and a finite rps > 0")
+	if cfg.Trials < 1 || cfg.Window < time.Millisecond || cfg.Duration < cfg.Window || !(cfg.RPS > 0) || math.IsInf(cfg.RPS, 1) {
+		return nil, fmt.Errorf("cannot run detector bench: want trials ≥ 1, a window ≥ 1ms, duration ≥ one window and a finite rps > 0")
 	}
 	var scs []detectScenario
 	for _, name := range cfg.Scenarios {
@@ -155,7 +160,7 @@ func BenchDetect(cfg DetectConfig) (*DetectReport, error) {
 	}
 	began := time.Now()
 	rep := &DetectReport{
-		Alpha: dc.Alpha, RPS: cfg.RPS, Duration: cfg.Duration.String(), Window: dc.Window.String(),
+		Alpha: dc.Alpha, RPS: cfg.RPS, Duration: cfg.Duration.String(), Window: cfg.Window.String(),
 		Warmup: dc.Warmup.String(), Trials: cfg.Trials, Seed: cfg.Seed, BaseErrorRatio: benchBaseErrors,
 	}
 	b := newBins(latencyModel{median: benchLatencyMedian, sigma: benchLatencySigma, scale: 1})
@@ -244,8 +249,8 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *bins, sc detectScenario, sha
 	fmt.Fprintf(h, "%s/%g", sc.name, share)
 	r := rand.New(rand.NewPCG(cfg.Seed, h.Sum64()^uint64(idx)*0x9e3779b97f4a7c15))
 
-	winMs := dc.Window.Milliseconds()
-	perWindow := cfg.RPS * dc.Window.Seconds()
+	winMs := cfg.Window.Milliseconds()
+	perWindow := cfg.RPS * cfg.Window.Seconds()
 	kA := benchBaselineInst
 	kB := max(1, int(math.Round(share/(1-share)*benchBaselineInst)))
 	if sc.spread {
@@ -282,15 +287,15 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *bins, sc detectScenario, sha
 		f := []float64{1, 20}[st]
 		ga.errP[st], gb.errP[st] = min(errA*f, 1), min(errB*f, 1)
 	}
-	windows := int(cfg.Duration / dc.Window)
-	pre := int(benchPreSeconds * time.Second / dc.Window)
+	windows := int(cfg.Duration / cfg.Window)
+	pre := int(benchPreSeconds * time.Second / cfg.Window)
 	var outages [2]int
 	if sc.outage {
 		for i := range outages {
-			outages[i] = pre + r.IntN(max(windows-int(benchOutageSeconds*time.Second/dc.Window), 1))
+			outages[i] = pre + r.IntN(max(windows-int(benchOutageSeconds*time.Second/cfg.Window), 1))
 		}
 	}
-	outageLen := int(benchOutageSeconds * time.Second / dc.Window)
+	outageLen := int(benchOutageSeconds * time.Second / cfg.Window)
 	phase := r.Float64() * 2 * math.Pi
 
 	// The detector calls back from AddWindow, Announce and Tick, on this goroutine.

@@ -88,6 +88,7 @@ func TestBenchDetectBadConfig(t *testing.T) {
 		{"share 1", DetectConfig{Shares: []float64{1}}, "canary share"},
 		{"negative trials", DetectConfig{Trials: -1}, "trials ≥ 1"},
 		{"short duration", DetectConfig{Duration: time.Millisecond}, "duration ≥ one window"},
+		{"negative window", DetectConfig{Window: -time.Second}, "a window ≥ 1ms"},
 		{"bad detector config", DetectConfig{Detector: &bad}, "cannot run detector bench"},
 	} {
 		if _, err := BenchDetect(c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {

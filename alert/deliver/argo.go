@@ -29,15 +29,17 @@ type argo struct {
 	label  string
 	url    string       // .../namespaces/<ns>/rollouts/<name>
 	client *http.Client // nil: the deliverer's client
+	getenv func(string) string
 }
 
-func newArgo(cfg ArgoTarget, base *http.Client) (*argo, error) {
+func newArgo(cfg ArgoTarget, base *http.Client, getenv func(string) string) (*argo, error) {
 	if cfg.VersionLabel == "" {
 		cfg.VersionLabel = DefaultVersionLabel
 	}
 	a := &argo{
-		cfg:   cfg,
-		label: "argo:" + cfg.Namespace + "/" + cfg.Rollout,
+		cfg:    cfg,
+		getenv: getenv,
+		label:  "argo:" + cfg.Namespace + "/" + cfg.Rollout,
 		url: strings.TrimSuffix(cfg.APIServer, "/") + "/apis/argoproj.io/v1alpha1/namespaces/" +
 			url.PathEscape(cfg.Namespace) + "/rollouts/" + url.PathEscape(cfg.Rollout),
 	}
@@ -91,7 +93,7 @@ func (a *argo) attempt(ctx context.Context, c *http.Client, d *proto.Decision) r
 	if a.client != nil {
 		c = a.client
 	}
-	token, err := readToken(a.cfg.TokenFile, a.cfg.TokenEnv)
+	token, err := readToken(a.cfg.TokenFile, a.cfg.TokenEnv, a.getenv)
 	if err != nil {
 		return result{class: classRetry, err: err}
 	}

@@ -114,7 +114,7 @@ func TestArgoAttempt(t *testing.T) {
 			f := &fakeArgo{t: t, rollout: c.rollout, getStatus: c.getStatus, patchStatus: c.patchStatus}
 			srv := httptest.NewServer(f)
 			defer srv.Close()
-			a, err := newArgo(argoTarget(t, srv.URL), srv.Client())
+			a, err := newArgo(argoTarget(t, srv.URL), srv.Client(), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -166,5 +166,28 @@ func TestArgoDeliveryNeverShowsToken(t *testing.T) {
 	resp.Body.Close()
 	if strings.Contains(string(body), argoToken) || !strings.Contains(string(body), `"target":"argo:shop/checkout"`) {
 		t.Errorf("got API body %s; want the argo target named, without its token", body)
+	}
+}
+
+// TestArgoTokenFromGetenv: a target's token_env is looked up with the caller's Getenv.
+func TestArgoTokenFromGetenv(t *testing.T) {
+	f := &fakeArgo{t: t, rollout: rolloutJSON("1.4.2", "6f9c7", "5d8b4", false)}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	target := argoTarget(t, srv.URL)
+	target.TokenFile, target.TokenEnv = "", "ARGO_TOKEN"
+	getenv := func(k string) string {
+		if k == "ARGO_TOKEN" {
+			return argoToken
+		}
+		return ""
+	}
+	a, err := newArgo(target, srv.Client(), getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := testVerdict(proto.StateRollback)
+	if res := a.attempt(context.Background(), srv.Client(), &proto.Decision{ID: v.DecisionID, Verdict: v}); res.class != classDone {
+		t.Errorf("got class %d (%v); want done with the token from getenv", res.class, res.err)
 	}
 }

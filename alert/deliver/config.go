@@ -16,8 +16,9 @@ import (
 	"github.com/herd-dev/herd/proto"
 )
 
-// EnvWebhookSecret is read by Config.Validate when no -webhook-secret flag is given, so the
-// secret need not appear on a command line.
+// EnvWebhookSecret is the environment variable herd's command line reads -webhook-secret
+// from when the flag is not given, so the secret need not appear on a command line. The
+// package itself reads no environment: the caller fills WebhookSecrets and Getenv.
 const EnvWebhookSecret = "HERD_WEBHOOK_SECRET"
 
 // Config configures delivery. The zero value plus Validate delivers nothing; tests build
@@ -25,10 +26,10 @@ const EnvWebhookSecret = "HERD_WEBHOOK_SECRET"
 type Config struct {
 	// Webhooks are the generic webhook URLs (-webhook, repeatable).
 	Webhooks []string
-	// WebhookSecrets sign webhooks (-webhook-secret, repeatable, or HERD_WEBHOOK_SECRET). Each
-	// value may hold several secrets separated by spaces or commas; all of them sign every
-	// request (rotation). A secret "whsec_<base64>" is base64-decoded; any other is used as
-	// its bytes.
+	// WebhookSecrets sign webhooks (-webhook-secret, repeatable; herd's command line falls
+	// back to HERD_WEBHOOK_SECRET). Each value may hold several secrets separated by spaces
+	// or commas; all of them sign every request (rotation). A secret "whsec_<base64>" is
+	// base64-decoded; any other is used as its bytes.
 	WebhookSecrets []string
 	// DeliverPass also delivers pass decisions to generic webhooks, with type
 	// canary.promotion.confirmed (-deliver.pass).
@@ -43,6 +44,10 @@ type Config struct {
 	TargetsFile string
 	// Targets are the deploy-tool targets; set by Validate from TargetsFile, or directly.
 	Targets Targets
+	// Getenv looks up the environment variables that targets name in token_env, at every
+	// attempt. The caller passes its view of the environment (cmd/herd: os.Getenv); nil means
+	// no environment, and Validate refuses a target with token_env.
+	Getenv func(string) string
 
 	// secrets are the decoded WebhookSecrets; set by Validate.
 	secrets [][]byte
@@ -64,7 +69,8 @@ type ArgoTarget struct {
 	Namespace string `json:"namespace"`
 	Rollout   string `json:"rollout"`
 	// TokenFile or TokenEnv give the bearer token; the file is re-read at every attempt
-	// (projected service-account tokens rotate). The token is never logged or served.
+	// (projected service-account tokens rotate), the variable looked up through
+	// Config.Getenv. The token is never logged or served.
 	TokenFile string `json:"token_file,omitempty"`
 	TokenEnv  string `json:"token_env,omitempty"`
 	// CAFile is a PEM bundle to verify the API server with (default: system roots).
@@ -131,7 +137,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"generic webhook URL that receives signed rollback decisions (repeatable; default none)")
 	fs.Var(secretsFlag{&c.WebhookSecrets}, "webhook-secret",
 		"webhook signing secret, plain or whsec_<base64>; several separated by spaces sign with each (rotation); "+
-			"repeatable; default $"+EnvWebhookSecret)
+			"repeatable; default none")
 	fs.BoolVar(&c.DeliverPass, "deliver.pass", false,
 		"also deliver pass decisions to generic webhooks as canary.promotion.confirmed (default false)")
 	fs.DurationVar(&c.Timeout, "deliver.timeout", 2*time.Second,
@@ -142,8 +148,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"JSON file with Argo Rollouts, Spinnaker and Flagger targets, see docs/webhooks.md (default none)")
 }
 
-// Validate checks c, reads HERD_WEBHOOK_SECRET when no secret flag was given, decodes the
-// secrets and loads TargetsFile. Errors name the flag.
+// Validate checks c, decodes the secrets and loads TargetsFile. Errors name the flag.
 func (c *Config) Validate() error {
 	if c.Timeout <= 0 {
 		return fmt.Errorf("-deliver.timeout must be positive; got %s", c.Timeout)
@@ -156,14 +161,8 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("-webhook: %w", err)
 		}
 	}
-	raw := c.WebhookSecrets
-	if len(raw) == 0 {
-		if s := os.Getenv(EnvWebhookSecret); s != "" {
-			raw = []string{s}
-		}
-	}
 	c.secrets = c.secrets[:0]
-	for _, v := range raw {
+	for _, v := range c.WebhookSecrets {
 		for _, s := range strings.FieldsFunc(v, func(r rune) bool { return r == ' ' || r == ',' || r == '\t' || r == '\n' }) {
 			key, err := decodeSecret(s)
 			if err != nil {
@@ -188,7 +187,7 @@ func (c *Config) Validate() error {
 		}
 		c.Targets = t
 	}
-	if err := c.Targets.validate(); err != nil {
+	if err := c.Targets.validate(c.Getenv != nil); err != nil {
 		if c.TargetsFile != "" {
 			return fmt.Errorf("-deliver.targets %s: %w", c.TargetsFile, err)
 		}
@@ -224,7 +223,8 @@ func validURL(s string) error {
 	return nil
 }
 
-func (t *Targets) validate() error {
+// validate checks the targets; withEnv says whether token_env can be looked up.
+func (t *Targets) validate(withEnv bool) error {
 	for i, a := range t.Argo {
 		if err := proto.ValidService(a.Service); err != nil {
 			return fmt.Errorf("argo[%d]: %w", i, err)
@@ -240,6 +240,9 @@ func (t *Targets) validate() error {
 		}
 		if a.TokenFile != "" && a.TokenEnv != "" {
 			return fmt.Errorf("argo[%d]: set token_file or token_env, not both", i)
+		}
+		if a.TokenEnv != "" && !withEnv {
+			return fmt.Errorf("argo[%d]: token_env %s, but no environment was given (Config.Getenv is nil)", i, a.TokenEnv)
 		}
 	}
 	names := map[string]bool{}
@@ -262,6 +265,9 @@ func (t *Targets) validate() error {
 		}
 		if s.TokenFile != "" && s.TokenEnv != "" {
 			return fmt.Errorf("spinnaker[%d]: set token_file or token_env, not both", i)
+		}
+		if s.TokenEnv != "" && !withEnv {
+			return fmt.Errorf("spinnaker[%d]: token_env %s, but no environment was given (Config.Getenv is nil)", i, s.TokenEnv)
 		}
 		n := spinnakerName(s)
 		if names[n] {

@@ -11,7 +11,6 @@ import (
 )
 
 func TestConfigFlags(t *testing.T) {
-	t.Setenv(EnvWebhookSecret, "")
 	var c Config
 	fs := flag.NewFlagSet("herd", flag.ContinueOnError)
 	c.RegisterFlags(fs)
@@ -39,9 +38,8 @@ func TestConfigFlags(t *testing.T) {
 	}
 }
 
-func TestConfigSecretFromEnv(t *testing.T) {
-	t.Setenv(EnvWebhookSecret, "new-secret, whsec_b2xk")
-	c := Config{Webhooks: []string{"https://a.example/"}, Timeout: time.Second, MaxRetry: time.Hour}
+func TestConfigRotatingSecrets(t *testing.T) {
+	c := Config{Webhooks: []string{"https://a.example/"}, WebhookSecrets: []string{"new-secret, whsec_b2xk"}, Timeout: time.Second, MaxRetry: time.Hour}
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -50,8 +48,34 @@ func TestConfigSecretFromEnv(t *testing.T) {
 	}
 }
 
+// TestConfigReadsNoEnvironment: the package reads only what the caller passes: neither
+// HERD_WEBHOOK_SECRET nor a target's token_env comes from the process environment.
+func TestConfigReadsNoEnvironment(t *testing.T) {
+	t.Setenv(EnvWebhookSecret, "from-the-environment")
+	t.Setenv("HERD_TEST_ARGO_TOKEN", "from-the-environment")
+	c := Config{Webhooks: []string{"https://a.example/"}, Timeout: time.Second, MaxRetry: time.Hour}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "-webhook needs a signing secret") {
+		t.Errorf("webhook without WebhookSecrets, $%s set: got %v; want '-webhook needs a signing secret'", EnvWebhookSecret, err)
+	}
+	argo := ArgoTarget{Service: "checkout", APIServer: "https://k8s.example", Namespace: "shop", Rollout: "checkout", TokenEnv: "HERD_TEST_ARGO_TOKEN"}
+	c = Config{Timeout: time.Second, MaxRetry: time.Hour, Targets: Targets{Argo: []ArgoTarget{argo}}}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "no environment was given") {
+		t.Errorf("token_env without Getenv: got %v; want 'no environment was given'", err)
+	}
+	if tok, err := readToken("", argo.TokenEnv, nil); err == nil || tok != "" {
+		t.Errorf("readToken without getenv: got %q, %v; want no token and an error", tok, err)
+	}
+	env := map[string]string{"HERD_TEST_ARGO_TOKEN": " from-the-caller \n"}
+	c.Getenv = func(k string) string { return env[k] }
+	if err := c.Validate(); err != nil {
+		t.Fatalf("token_env with Getenv: got %v; want nil", err)
+	}
+	if tok, err := readToken("", argo.TokenEnv, c.Getenv); err != nil || tok != "from-the-caller" {
+		t.Errorf("readToken with getenv: got %q, %v; want the caller's token", tok, err)
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
-	t.Setenv(EnvWebhookSecret, "")
 	write := func(s string) string {
 		p := filepath.Join(t.TempDir(), "targets.json")
 		if err := os.WriteFile(p, []byte(s), 0o600); err != nil {

@@ -2,6 +2,7 @@ package deliver
 
 import (
 	"bytes"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -42,6 +43,18 @@ func TestMetricsExposition(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitStatus(t, d, v.DecisionID, "delivered")
+	// The attempt is counted and timed right after its row is stored, which waitStatus sees.
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		var buf bytes.Buffer
+		set.WritePrometheus(&buf)
+		for _, want := range []string{`herd_deliver_attempts_total{target_kind="webhook",outcome="done"} 1`,
+			`herd_deliver_attempt_duration_seconds_count{target_kind="webhook"} 1`} {
+			if !strings.Contains(buf.String(), want) {
+				return fmt.Errorf("got no %s in\n%s", want, buf.String())
+			}
+		}
+		return nil
+	})
 	_ = d.Decide(testVerdict(proto.StatePending))    // refused
 	_ = d.Redeliver(v.DecisionID, "webhook:nowhere") // refused by the API
 	flagger := httptest.NewServer(d.FlaggerHandler(func(string) (proto.Verdict, bool) { return v, true }))

@@ -20,16 +20,18 @@ import (
 // Deliverer.deliver) and this attempt reports classUnknown whenever the request may have
 // been received.
 type spinnaker struct {
-	cfg   SpinnakerTarget
-	label string
-	url   string
+	cfg    SpinnakerTarget
+	label  string
+	url    string
+	getenv func(string) string
 }
 
-func newSpinnaker(cfg SpinnakerTarget) *spinnaker {
+func newSpinnaker(cfg SpinnakerTarget, getenv func(string) string) *spinnaker {
 	return &spinnaker{
-		cfg:   cfg,
-		label: "spinnaker:" + spinnakerName(cfg),
-		url:   strings.TrimSuffix(cfg.Gate, "/") + "/webhooks/webhook/" + url.PathEscape(cfg.Source),
+		cfg:    cfg,
+		getenv: getenv,
+		label:  "spinnaker:" + spinnakerName(cfg),
+		url:    strings.TrimSuffix(cfg.Gate, "/") + "/webhooks/webhook/" + url.PathEscape(cfg.Source),
 	}
 }
 
@@ -74,7 +76,7 @@ func (s *spinnaker) payload(d *proto.Decision) SpinnakerPayload {
 // No Idempotency-Key header is sent: net/http would then treat the POST as replayable and
 // could resend it on a broken keep-alive connection.
 func (s *spinnaker) attempt(ctx context.Context, c *http.Client, d *proto.Decision) result {
-	token, err := readToken(s.cfg.TokenFile, s.cfg.TokenEnv)
+	token, err := readToken(s.cfg.TokenFile, s.cfg.TokenEnv, s.getenv)
 	if err != nil {
 		return result{class: classRetry, err: err}
 	}

@@ -91,8 +91,9 @@ func drain(resp *http.Response) {
 }
 
 // readToken returns the bearer token from a file (re-read each time) or an environment
-// variable; "" if neither is configured. Errors never contain the token.
-func readToken(file, env string) (string, error) {
+// variable looked up with getenv (nil: none); "" if neither is configured. Errors never
+// contain the token.
+func readToken(file, env string, getenv func(string) string) (string, error) {
 	switch {
 	case file != "":
 		b, err := os.ReadFile(file)
@@ -105,7 +106,10 @@ func readToken(file, env string) (string, error) {
 		}
 		return t, nil
 	case env != "":
-		t := strings.TrimSpace(os.Getenv(env))
+		var t string
+		if getenv != nil {
+			t = strings.TrimSpace(getenv(env))
+		}
 		if t == "" {
 			return "", fmt.Errorf("token variable $%s is empty", env)
 		}

@@ -16,7 +16,7 @@ func demoCommand() command {
 		short: "run herd with a simulated fleet and a canary: steady v1 → canary v2 → regression → rollback",
 		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
 			d := demo.DefaultConfig()
-			nodeFlags(fs, &d.Node, d.Node.Roles)
+			nodeFlags(fs, &d.Node, d.Node.Roles, e.getenv)
 			fs.StringVar(&d.Scenario, "scenario", d.Scenario, "what goes wrong with the canary: errors, latency, crash or good")
 			fs.Uint64Var(&d.Seed, "seed", d.Seed, "random seed of the simulated fleet")
 			fs.DurationVar(&d.Duration, "duration", 0, "stop after this long; 0 keeps running after the story until interrupted (duration)")

@@ -36,7 +36,9 @@ func httpFlag(fs *flag.FlagSet, dst *string, what string) {
 
 // nodeFlags registers the flags of a node running roles r on fs, writing into cfg: each
 // shared flag from one definition, each component's flags from its own RegisterFlags.
-func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles) {
+// getenv is the process environment (the libraries read none): delivery looks up the
+// targets' token_env variables with it.
+func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles, getenv func(string) string) {
 	embedded := r.Ingest // serve (and demo) start an embedded NATS unless told otherwise
 	if embedded {
 		natsFlags(fs, &cfg.NATS, "")
@@ -78,6 +80,7 @@ func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles) {
 	if r.Detect {
 		cfg.Detect.RegisterFlags(fs)
 		cfg.Deliver.RegisterFlags(fs)
+		cfg.Deliver.Getenv = getenv
 	}
 	if r.Web {
 		cfg.Web.RegisterFlags(fs)

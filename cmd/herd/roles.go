@@ -19,7 +19,7 @@ func roleCommand(name, usage, short string, roles node.Roles) command {
 		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
 			cfg := node.DefaultConfig()
 			cfg.Roles, cfg.Name = roles, "herd-"+name
-			nodeFlags(fs, &cfg, roles)
+			nodeFlags(fs, &cfg, roles, e.getenv)
 			return func(ctx context.Context) error {
 				if roles.Rollup {
 					if cfg.Leases.WorkerID == "" {

@@ -17,7 +17,7 @@ func serveCommand() command {
 		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
 			cfg := node.DefaultConfig()
 			cfg.Name = "herd-serve"
-			nodeFlags(fs, &cfg, node.Roles{Ingest: true, Detect: true, Web: true})
+			nodeFlags(fs, &cfg, node.Roles{Ingest: true, Detect: true, Web: true}, e.getenv)
 			roles := fs.String("roles", "ingest,detect,web", "roles to run, comma-separated: ingest (intake and rollup; leave it out when `herd rollup` workers do it), detect, web")
 			return func(ctx context.Context) error {
 				var err error
