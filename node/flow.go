@@ -53,8 +53,16 @@ func (n *Node) deploySubs() []func(proto.Deployment) {
 }
 
 // Announce publishes a deployment on herd.deploy.<service>; every detector (this node's
-// included) receives it from there.
-func (n *Node) Announce(d proto.Deployment) error { return n.pub.Deployment(d) }
+// included) receives it from there. A node with a detector first refuses what the detector
+// would refuse (an established version named as the canary), so that the caller hears why.
+func (n *Node) Announce(d proto.Deployment) error {
+	if n.det != nil {
+		if err := n.det.CheckDeployment(d); err != nil {
+			return err
+		}
+	}
+	return n.pub.Deployment(d)
+}
 
 // emit is the local rollup's output: publish the closed window and hand it to the local
 // consumers. A window that cannot be published is counted and logged by the publisher and
