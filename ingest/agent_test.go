@@ -12,7 +12,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
-	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -66,16 +66,7 @@ func TestAgentConfigEnv(t *testing.T) {
 // TestAgent runs the agent against a real target and a real nats-server, received by an
 // Intake.
 func TestAgent(t *testing.T) {
-	ns, err := embednats.Start(embednats.Config{Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(ns)
-	nc, err := embednats.Connect(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}))
 
 	var mu sync.Mutex
 	var requests float64

@@ -1,11 +1,7 @@
 package node
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,39 +18,6 @@ import (
 	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/proto"
 )
-
-// startNode builds cfg's node, runs it until the test ends and waits until it is ready.
-func startNode(t *testing.T, cfg Config) *Node {
-	t.Helper()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	n, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("Run did not return within 30s of cancellation")
-		}
-	})
-	checkfor.Within(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if !n.ready.Load() {
-			return errors.New("node not ready")
-		}
-		return nil
-	})
-	return n
-}
 
 // ingestConfig is a node with the ingest role only on an embedded server on a random port.
 func ingestConfig(t *testing.T) Config {

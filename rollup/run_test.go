@@ -14,7 +14,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/nats-io/nats.go"
 
-	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -88,16 +88,7 @@ func TestRunCountsMissedTicks(t *testing.T) {
 }
 
 func TestPublishedOnRollupSubject(t *testing.T) {
-	ns, err := embednats.Start(embednats.Config{Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(ns)
-	nc, err := embednats.Connect(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}))
 	msgs := make(chan *nats.Msg, 16)
 	sub, err := nc.ChanSubscribe(proto.SubjectRollupAll, msgs)
 	if err != nil {

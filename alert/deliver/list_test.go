@@ -15,7 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -116,17 +116,7 @@ func TestLoadRefusesCorruptRecords(t *testing.T) {
 }
 
 func TestKVReader(t *testing.T) {
-	s, err := embednats.Start(embednats.Config{Port: -1, JetStream: true, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(s)
-	nc, err := embednats.Connect(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,11 +16,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/proto"
 )
 
-// jsServer is an embedded nats-server with JetStream whose store directory outlives it.
+// jsServer is a nats-server with JetStream whose store directory outlives it.
 type jsServer struct {
 	s  *server.Server
 	nc *nats.Conn
@@ -29,15 +29,8 @@ type jsServer struct {
 
 func startJS(t *testing.T, dir string) *jsServer {
 	t.Helper()
-	s, err := embednats.Start(embednats.Config{Port: -1, JetStream: true, StoreDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := embednats.Connect(s)
-	if err != nil {
-		embednats.Shutdown(s)
-		t.Fatal(err)
-	}
+	s := natstest.RunServer(t, natstest.Options{JetStream: true, StoreDir: dir})
+	nc := natstest.Connect(t, s)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -48,18 +41,13 @@ func startJS(t *testing.T, dir string) *jsServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j := &jsServer{s: s, nc: nc, kv: kv}
-	t.Cleanup(j.stop)
-	return j
+	return &jsServer{s: s, nc: nc, kv: kv}
 }
 
+// stop drains the connection and stops the server before the test ends.
 func (j *jsServer) stop() {
-	if j.s == nil {
-		return
-	}
 	j.nc.Drain()
-	embednats.Shutdown(j.s)
-	j.s = nil
+	natstest.Shutdown(j.s)
 }
 
 func waitStatus(t *testing.T, d *Deliverer, id, want string) proto.Decision {

@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 )
 
 var errTransient = errors.New("nats: timeout")
@@ -128,14 +128,9 @@ func createBucket(js jetstream.JetStream) func(ctx context.Context) error {
 	}
 }
 
-func connectJS(t *testing.T, url string) jetstream.JetStream {
+func connectJS(t *testing.T, s *server.Server) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(natstest.Connect(t, s))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,17 +140,12 @@ func connectJS(t *testing.T, url string) jetstream.JetStream {
 func TestDoRealServer(t *testing.T) {
 	for _, withJS := range []bool{true, false} {
 		t.Run(fmt.Sprint("jetstream=", withJS), func(t *testing.T) {
-			s, err := embednats.Start(embednats.Config{Port: -1, JetStream: withJS, StoreDir: t.TempDir()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer embednats.Shutdown(s)
-			js := connectJS(t, s.ClientURL())
+			js := connectJS(t, natstest.RunServer(t, natstest.Options{JetStream: withJS}))
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			n := 0
 			op := createBucket(js)
-			err = Do(ctx, 100*time.Millisecond, func(ctx context.Context) error { n++; return op(ctx) },
+			err := Do(ctx, 100*time.Millisecond, func(ctx context.Context) error { n++; return op(ctx) },
 				func(err error) { t.Errorf("onRetry(%v) called; want no retry", err) })
 			switch {
 			case withJS && err != nil:
@@ -181,20 +171,7 @@ func TestDoWaitsForMetaLeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := func(o *server.Options) {
-		t.Helper()
-		s, err := server.NewServer(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go s.Start()
-		t.Cleanup(func() { embednats.Shutdown(s) })
-		if !s.ReadyForConnections(10 * time.Second) {
-			t.Fatalf("server %s not ready", o.ServerName)
-		}
-	}
-	start(opts[0])
-	js := connectJS(t, fmt.Sprintf("nats://127.0.0.1:%d", opts[0].Port))
+	js := connectJS(t, natstest.RunServerOptions(t, opts[0]))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -215,8 +192,8 @@ func TestDoWaitsForMetaLeader(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("Do returned %v without a meta leader; want it to retry", err)
 	}
-	start(opts[1])
-	start(opts[2])
+	natstest.RunServerOptions(t, opts[1])
+	natstest.RunServerOptions(t, opts[2])
 	formed := time.Now()
 	if err := <-done; err != nil {
 		t.Fatalf("got %v after the cluster formed; want nil", err)
