@@ -118,6 +118,7 @@ func testConfig() Config {
 }
 
 func TestDetectorCrashLoopRollsBackInFirstWindow(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -140,6 +141,7 @@ func TestDetectorCrashLoopRollsBackInFirstWindow(t *testing.T) {
 }
 
 func TestDetectorAAPassesAfterMinExposure(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig()
 	f := newFleet(t, cfg, nil, fleetOpts{rps: 40000, share: 0.2, errA: 0.01, errB: 0.01})
 	f.step(40, true, false, 1, 0, 0)
@@ -170,6 +172,7 @@ func TestDetectorAAPassesAfterMinExposure(t *testing.T) {
 }
 
 func TestDetectorErrorsRegression(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.2, errA: 0.005, errB: 0.05})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -187,6 +190,7 @@ func TestDetectorErrorsRegression(t *testing.T) {
 }
 
 func TestDetectorLatencyTail(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.2, errA: 0.005, errB: 0.005, scaleB: 3})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -198,6 +202,7 @@ func TestDetectorLatencyTail(t *testing.T) {
 }
 
 func TestDetectorCanaryGone(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -219,6 +224,7 @@ func TestDetectorCanaryGone(t *testing.T) {
 // TestDetectorMissingWindowsAreNotGone: when the canary's windows stop arriving at all (a
 // rollup worker failing over), the canary is not judged gone; its windows resume.
 func TestDetectorMissingWindowsAreNotGone(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -231,6 +237,7 @@ func TestDetectorMissingWindowsAreNotGone(t *testing.T) {
 }
 
 func TestDetectorSharedOutageDoesNotFire(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -243,6 +250,7 @@ func TestDetectorSharedOutageDoesNotFire(t *testing.T) {
 }
 
 func TestDetectorInfersCanary(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig()
 	f := newFleet(t, cfg, nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(4*20, true, false, 1, 0, 0)
@@ -263,6 +271,7 @@ func TestDetectorInfersCanary(t *testing.T) {
 }
 
 func TestDetectorAnnounceRestartsFinalComparison(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -283,6 +292,7 @@ func TestDetectorAnnounceRestartsFinalComparison(t *testing.T) {
 }
 
 func TestDetectorNoTrafficIsInconclusiveUntilTrafficResumes(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -298,6 +308,7 @@ func TestDetectorNoTrafficIsInconclusiveUntilTrafficResumes(t *testing.T) {
 }
 
 func TestDetectorDropsBadWindows(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(2, true, false, 1, 0, 0)
 	w := f.a.fill(f.r, f.bins, f.nowMs-500, f.nowMs-250, 1, 0, 0) // replays an older window
@@ -313,6 +324,7 @@ func TestDetectorDropsBadWindows(t *testing.T) {
 }
 
 func TestDetectorPolicySelectors(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig()
 	pol, err := ParsePolicy([]byte(`{"services": {"shop": {
 		"requests": "http_requests_total",
@@ -352,6 +364,7 @@ func TestDetectorPolicySelectors(t *testing.T) {
 }
 
 func TestDetectorRunTicksNoCanary(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := testConfig()
 		var mu sync.Mutex
@@ -395,6 +408,7 @@ func TestDetectorRunTicksNoCanary(t *testing.T) {
 }
 
 func TestVerdictJSONIsFinite(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0, errB: 0.5})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -450,6 +464,7 @@ func cloneWindow(w *proto.Window) proto.Window {
 }
 
 func TestDetectorDoesNotReinferJudgedCanary(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(4*40, true, false, 1, 0, 0)
 	f.step(1, true, true, 1, 0, 0.95) // inferred, then rolled back by the ceiling
@@ -466,6 +481,7 @@ func TestDetectorDoesNotReinferJudgedCanary(t *testing.T) {
 }
 
 func TestDetectorLatest(t *testing.T) {
+	t.Parallel()
 	d, err := NewWithPolicy(testConfig(), nil, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)

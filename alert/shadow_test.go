@@ -182,6 +182,7 @@ func deployWithWarmupBurst(t *testing.T, plain bool, canaryErr float64) *splitFl
 }
 
 func TestDetectorIgnoresInstanceWarmupBurst(t *testing.T) {
+	t.Parallel()
 	f := deployWithWarmupBurst(t, false, 0.005)
 	if got := f.states(); len(got) != 1 || got[0] != proto.StatePending {
 		t.Fatalf("20 %% errors only while the canary's instances warm up: got verdicts %v (%s); want [pending]", got, f.last().Sentence)
@@ -198,6 +199,7 @@ func TestDetectorIgnoresInstanceWarmupBurst(t *testing.T) {
 }
 
 func TestDetectorRollsBackRegressionInWarm(t *testing.T) {
+	t.Parallel()
 	f := deployWithWarmupBurst(t, false, 0.05)
 	v := f.last()
 	if v.State != proto.StateRollback || v.Evidence.Decisive != "errors" {
@@ -212,6 +214,7 @@ func TestDetectorRollsBackRegressionInWarm(t *testing.T) {
 }
 
 func TestDetectorGuardsReadEveryInstance(t *testing.T) {
+	t.Parallel()
 	// A crash-looping canary never gets warm: its Warm is empty, its Series fails 95 %.
 	f := newSplitFleet(t, testConfig())
 	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
@@ -236,6 +239,7 @@ func shadowConfig() Config {
 }
 
 func TestShadowAANeverVerdictAndCountsInjectedDifference(t *testing.T) {
+	t.Parallel()
 	f := newSplitFleet(t, shadowConfig())
 	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
 	f.b = f.group("v2", 50, 0.005, [2]int{1, 1})
@@ -285,6 +289,7 @@ func TestShadowAANeverVerdictAndCountsInjectedDifference(t *testing.T) {
 }
 
 func TestShadowRateNearAlphaOnAA(t *testing.T) {
+	t.Parallel()
 	// Shadows conclude by pass after a short minimum exposure: over 20 min of A/A halves the
 	// ratio of shadow rollbacks stays small (α = 0.01 bounds each comparison).
 	cfg := DefaultConfig()

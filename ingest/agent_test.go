@@ -17,6 +17,7 @@ import (
 )
 
 func TestAgentConfigEnv(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name    string
 		env     map[string]string
@@ -43,6 +44,7 @@ func TestAgentConfigEnv(t *testing.T) {
 			service: "a", wantErr: "-version is required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			var c AgentConfig
 			fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 			c.registerFlags(fs, func(k string) string { return tc.env[k] })
@@ -66,6 +68,7 @@ func TestAgentConfigEnv(t *testing.T) {
 // TestAgent runs the agent against a real target and a real nats-server, received by an
 // Intake.
 func TestAgent(t *testing.T) {
+	t.Parallel()
 	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}))
 
 	var mu sync.Mutex

@@ -47,6 +47,7 @@ func encodeRED(t testing.TB, service, version string, seq uint64) []byte {
 }
 
 func TestIntake(t *testing.T) {
+	t.Parallel()
 	s := natstest.RunServer(t, natstest.Options{MaxPayload: 4 << 20})
 	nc := natstest.Connect(t, s)
 
@@ -130,6 +131,7 @@ func TestIntake(t *testing.T) {
 
 // TestIntakeClientEndToEnd publishes through a Client on a real connection.
 func TestIntakeClientEndToEnd(t *testing.T) {
+	t.Parallel()
 	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}))
 	var mu sync.Mutex
 	var requests float64
@@ -187,6 +189,7 @@ func TestIntakeClientEndToEnd(t *testing.T) {
 }
 
 func TestIntakeConfigEnv(t *testing.T) {
+	t.Parallel()
 	var c IntakeConfig
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	c.RegisterFlags(fs)
@@ -231,6 +234,7 @@ func BenchmarkIntakeHandle(b *testing.B) {
 // run one after the other on one IntakeMetrics, as a partition's intakes do when it moves
 // away and back: the drops of both add up.
 func TestIntakeSlowConsumer(t *testing.T) {
+	t.Parallel()
 	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	m := NewIntakeMetrics(nil)
 	var dropped uint64 // by the intakes before
@@ -273,6 +277,7 @@ func TestIntakeSlowConsumer(t *testing.T) {
 // IntakeMetrics, as `herd rollup` does with its partitions: they count into the same
 // families, which the Set holds once.
 func TestIntakesShareMetrics(t *testing.T) {
+	t.Parallel()
 	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}))
 	set := metrics.NewSet()
 	m := NewIntakeMetrics(set)
@@ -339,6 +344,7 @@ func TestIntakesShareMetrics(t *testing.T) {
 }
 
 func TestParseWithPrefix(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		prefix, subject, svc, ver string
 		ok                        bool

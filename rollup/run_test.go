@@ -19,6 +19,7 @@ import (
 )
 
 func TestRunClosesAtEndPlusLateness(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		ctx, cancel := context.WithCancel(t.Context())
@@ -54,6 +55,7 @@ func TestRunClosesAtEndPlusLateness(t *testing.T) {
 }
 
 func TestRunCountsMissedTicks(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		var mu sync.Mutex
 		var got []*proto.Window
@@ -88,6 +90,7 @@ func TestRunCountsMissedTicks(t *testing.T) {
 }
 
 func TestPublishedOnRollupSubject(t *testing.T) {
+	t.Parallel()
 	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}))
 	msgs := make(chan *nats.Msg, 16)
 	sub, err := nc.ChanSubscribe(proto.SubjectRollupAll, msgs)
@@ -143,6 +146,7 @@ func TestPublishedOnRollupSubject(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
+	t.Parallel()
 	var c Config
 	fs := flag.NewFlagSet("herd", flag.ContinueOnError)
 	c.RegisterFlags(fs)
@@ -189,6 +193,7 @@ func TestConfig(t *testing.T) {
 }
 
 func TestMetricsExposed(t *testing.T) {
+	t.Parallel()
 	set := metrics.NewSet()
 	s := &sink{}
 	r, err := New(DefaultConfig(), NewMetrics(set), s.emit, nil)
@@ -227,6 +232,7 @@ func TestMetricsExposed(t *testing.T) {
 // TestSharedMetricsSum checks that Rollups built with one Metrics count into the same
 // counters and that the size gauges sum over them.
 func TestSharedMetricsSum(t *testing.T) {
+	t.Parallel()
 	m := NewMetrics(metrics.NewSet())
 	a, err := New(DefaultConfig(), m, func(*proto.Window) {}, nil)
 	if err != nil {

@@ -32,8 +32,10 @@ var corruptRecords = map[string]string{
 // delivery is unfinished: a restarted Deliverer refuses (counts and logs) the corrupt ones
 // and still resumes the good one.
 func TestLoadRefusesCorruptRecords(t *testing.T) {
+	t.Parallel()
 	for _, kind := range []string{"file", "jetstream-kv"} {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			var store Store
 			dir := t.TempDir()
 			if kind == "file" {
@@ -116,6 +118,7 @@ func TestLoadRefusesCorruptRecords(t *testing.T) {
 }
 
 func TestKVReader(t *testing.T) {
+	t.Parallel()
 	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
 	if err != nil {
 		t.Fatal(err)
@@ -165,6 +168,7 @@ func TestKVReader(t *testing.T) {
 }
 
 func TestStoredDecisionsCaches(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		calls := 0
 		var next []proto.Decision

@@ -64,6 +64,7 @@ func waitStatus(t *testing.T, d *Deliverer, id, want string) proto.Decision {
 }
 
 func TestRestartResumesWebhookDelivery(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	rc := &recorder{statuses: []int{503}}
 	srv := httptest.NewServer(rc)
@@ -184,6 +185,7 @@ func spinnakerConfig(url string) Config {
 }
 
 func TestSpinnakerNeverTwice(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := &gate{posts: map[string]int{}}
 	srv := httptest.NewServer(g)
@@ -236,6 +238,7 @@ func TestSpinnakerNeverTwice(t *testing.T) {
 }
 
 func TestSpinnakerStopMidSendIsNotResent(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := &gate{posts: map[string]int{}, block: make(chan struct{}), arrived: make(chan struct{}, 1)}
 	srv := httptest.NewServer(g)
@@ -267,6 +270,7 @@ func TestSpinnakerStopMidSendIsNotResent(t *testing.T) {
 }
 
 func TestSpinnakerCrashWhileSendingIsNotResent(t *testing.T) {
+	t.Parallel()
 	g := &gate{posts: map[string]int{}}
 	srv := httptest.NewServer(g)
 	defer srv.Close()
@@ -290,6 +294,7 @@ func TestSpinnakerCrashWhileSendingIsNotResent(t *testing.T) {
 }
 
 func TestSpinnakerRetriesOnlyWhenSurelyNotStarted(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		status []int
 		posts  int
@@ -302,6 +307,7 @@ func TestSpinnakerRetriesOnlyWhenSurelyNotStarted(t *testing.T) {
 		{[]int{400}, 1, "failed"},
 	} {
 		t.Run(fmt.Sprint(c.status[0]), func(t *testing.T) {
+			t.Parallel()
 			g := &gate{posts: map[string]int{}, status: c.status}
 			srv := httptest.NewServer(g)
 			defer srv.Close()
@@ -320,6 +326,7 @@ func TestSpinnakerRetriesOnlyWhenSurelyNotStarted(t *testing.T) {
 }
 
 func TestKVFirstWriterWins(t *testing.T) {
+	t.Parallel()
 	js := startJS(t, t.TempDir())
 	rc := &recorder{}
 	srv := httptest.NewServer(rc)
@@ -361,6 +368,7 @@ func (s *flakyStore) Update(ctx context.Context, key string, value []byte, rev u
 }
 
 func TestSpinnakerWaitsForTheStore(t *testing.T) {
+	t.Parallel()
 	g := &gate{posts: map[string]int{}}
 	srv := httptest.NewServer(g)
 	defer srv.Close()

@@ -18,6 +18,7 @@ import (
 var errTransient = errors.New("nats: timeout")
 
 func TestDoRetriesUntilSuccess(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		start := time.Now()
 		var at []time.Duration
@@ -44,6 +45,7 @@ func TestDoRetriesUntilSuccess(t *testing.T) {
 // TestDoAttemptTimeout checks that an attempt that gets no answer ends after
 // AttemptTimeout, and that Do returns the last error wrapped with ctx's once ctx ends.
 func TestDoAttemptTimeout(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		// ctx ends inside the second attempt, not at the instant its own timeout would end it
 		// (two timers due at one instant fire in either order).
@@ -74,6 +76,7 @@ func TestDoAttemptTimeout(t *testing.T) {
 }
 
 func TestDoReturnsLastErrorWhenCanceled(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		n := 0
@@ -93,6 +96,7 @@ func TestDoReturnsLastErrorWhenCanceled(t *testing.T) {
 }
 
 func TestDoStopsWithoutJetStream(t *testing.T) {
+	t.Parallel()
 	for _, perm := range []error{jetstream.ErrJetStreamNotEnabled, jetstream.ErrJetStreamNotEnabledForAccount} {
 		synctest.Test(t, func(t *testing.T) {
 			n := 0
@@ -109,6 +113,7 @@ func TestDoStopsWithoutJetStream(t *testing.T) {
 }
 
 func TestDoCanceledBeforeAttempt(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	err := Do(ctx, time.Second, func(context.Context) error {
@@ -138,8 +143,10 @@ func connectJS(t *testing.T, s *server.Server) jetstream.JetStream {
 }
 
 func TestDoRealServer(t *testing.T) {
+	t.Parallel()
 	for _, withJS := range []bool{true, false} {
 		t.Run(fmt.Sprint("jetstream=", withJS), func(t *testing.T) {
+			t.Parallel()
 			js := connectJS(t, natstest.RunServer(t, natstest.Options{JetStream: withJS}))
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -164,6 +171,7 @@ func TestDoRealServer(t *testing.T) {
 // meta leader, so the call cannot succeed and Do retries. Once the other two nodes join, a
 // leader is elected and Do returns nil.
 func TestDoWaitsForMetaLeader(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("starts a 3-node cluster and waits for attempts to time out")
 	}

@@ -23,6 +23,7 @@ import (
 var checkFor = checkfor.Within
 
 func TestConfigValidate(t *testing.T) {
+	t.Parallel()
 	good := DefaultConfig()
 	good.WorkerID = "w1"
 	if err := good.Validate(); err != nil {
@@ -143,6 +144,7 @@ func checkBalanced(ls []*Manager, parts int) error {
 // times are logged, not asserted: they depend on the machine's load (docs/BENCHMARKS.md
 // reports them).
 func TestManagerBalanceFailoverAndRebalance(t *testing.T) {
+	t.Parallel()
 	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
 	if err != nil {
 		t.Fatal(err)
@@ -190,6 +192,7 @@ func TestManagerBalanceFailoverAndRebalance(t *testing.T) {
 // TestInParallelBounded checks that inParallel runs every op, at most maxInFlight at once,
 // and returns only after all of them returned.
 func TestInParallelBounded(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		const n = 2*maxInFlight + 3
 		var mu sync.Mutex
@@ -225,6 +228,7 @@ func TestInParallelBounded(t *testing.T) {
 // a configuration error no retry fixes, and that New registered the self-metrics in the
 // set it was given.
 func TestRunWithoutJetStream(t *testing.T) {
+	t.Parallel()
 	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{})))
 	if err != nil {
 		t.Fatal(err)
@@ -260,6 +264,7 @@ func TestRunWithoutJetStream(t *testing.T) {
 // TestAbandonWhileBinding checks that Abandon stops a Run still waiting for JetStream, and
 // that Run then returns nil, as after a crash.
 func TestAbandonWhileBinding(t *testing.T) {
+	t.Parallel()
 	// One node of a three-node cluster: JetStream never answers.
 	opts, err := embednats.ClusterOptions(3, t.TempDir())
 	if err != nil {
