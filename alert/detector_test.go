@@ -12,16 +12,55 @@ import (
 	"github.com/herd-dev/herd/proto"
 )
 
-// fleet feeds a Detector with simulated windows of a baseline v1 and a canary v2.
-type fleet struct {
+// detectorRun is what the fleets of the detector's tests share: the Detector they feed, the
+// window time and the verdicts it published.
+type detectorRun struct {
 	t        *testing.T
-	r        *rand.Rand
-	bins     *simBins
-	a, b     *simGroup
 	d        *Detector
 	nowMs    int64
 	mu       sync.Mutex
 	verdicts []proto.Verdict
+}
+
+// record is the Detector's publish function.
+func (f *detectorRun) record(v proto.Verdict) {
+	f.mu.Lock()
+	f.verdicts = append(f.verdicts, v)
+	f.mu.Unlock()
+}
+
+func (f *detectorRun) announce() {
+	f.t.Helper()
+	if err := f.d.Announce(proto.Deployment{Service: "shop", Baseline: "v1", Canary: "v2", UnixMs: f.nowMs}); err != nil {
+		f.t.Fatalf("Announce: got %v; want no error", err)
+	}
+}
+
+func (f *detectorRun) states() []proto.State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []proto.State
+	for _, v := range f.verdicts {
+		out = append(out, v.State)
+	}
+	return out
+}
+
+func (f *detectorRun) last() proto.Verdict {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.verdicts) == 0 {
+		f.t.Fatalf("got no verdict; want at least one")
+	}
+	return f.verdicts[len(f.verdicts)-1]
+}
+
+// fleet feeds a Detector with simulated windows of a baseline v1 and a canary v2.
+type fleet struct {
+	detectorRun
+	r    *rand.Rand
+	bins *simBins
+	a, b *simGroup
 }
 
 // fleetOpts describe the simulated traffic.
@@ -33,12 +72,8 @@ type fleetOpts struct {
 
 func newFleet(t *testing.T, cfg Config, pol *Policy, o fleetOpts) *fleet {
 	t.Helper()
-	f := &fleet{t: t, r: rand.New(rand.NewPCG(11, 13)), nowMs: 1_700_000_000_000}
-	d, err := NewWithPolicy(cfg, nil, pol, func(v proto.Verdict) {
-		f.mu.Lock()
-		f.verdicts = append(f.verdicts, v)
-		f.mu.Unlock()
-	}, nil)
+	f := &fleet{detectorRun: detectorRun{t: t, nowMs: 1_700_000_000_000}, r: rand.New(rand.NewPCG(11, 13))}
+	d, err := NewWithPolicy(cfg, nil, pol, f.record, nil)
 	if err != nil {
 		t.Fatalf("NewWithPolicy: got %v; want no error", err)
 	}
@@ -83,32 +118,6 @@ func (f *fleet) stepGone(n int) {
 		f.d.AddWindow(&proto.Window{Service: "shop", Version: "v2", StartMs: f.nowMs, EndMs: f.nowMs + win})
 		f.nowMs += win
 	}
-}
-
-func (f *fleet) announce() {
-	f.t.Helper()
-	if err := f.d.Announce(proto.Deployment{Service: "shop", Baseline: "v1", Canary: "v2", UnixMs: f.nowMs}); err != nil {
-		f.t.Fatalf("Announce: got %v; want no error", err)
-	}
-}
-
-func (f *fleet) states() []proto.State {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []proto.State
-	for _, v := range f.verdicts {
-		out = append(out, v.State)
-	}
-	return out
-}
-
-func (f *fleet) last() proto.Verdict {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.verdicts) == 0 {
-		f.t.Fatalf("got no verdict; want at least one")
-	}
-	return f.verdicts[len(f.verdicts)-1]
 }
 
 func testConfig() Config {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,28 +27,20 @@ type splitGroup struct {
 // splitFleet feeds a Detector with split windows of a baseline v1 and a canary v2 in window
 // time (no clock).
 type splitFleet struct {
-	t        *testing.T
-	r        *rand.Rand
-	bins     *simBins
-	d        *Detector
-	set      *metrics.Set // d's metrics
-	a, b     *splitGroup
-	nowMs    int64
-	mu       sync.Mutex
-	verdicts []proto.Verdict
+	detectorRun
+	r    *rand.Rand
+	bins *simBins
+	set  *metrics.Set // d's metrics
+	a, b *splitGroup
 	// plain: publish windows without Warm and Halves, as a rollup without warm-up does.
 	plain bool
 }
 
 func newSplitFleet(t *testing.T, cfg Config) *splitFleet {
 	t.Helper()
-	f := &splitFleet{t: t, r: rand.New(rand.NewPCG(21, 23)), nowMs: 1_700_000_000_000}
+	f := &splitFleet{detectorRun: detectorRun{t: t, nowMs: 1_700_000_000_000}, r: rand.New(rand.NewPCG(21, 23))}
 	f.set = metrics.NewSet()
-	d, err := NewWithPolicy(cfg, f.set, nil, func(v proto.Verdict) {
-		f.mu.Lock()
-		f.verdicts = append(f.verdicts, v)
-		f.mu.Unlock()
-	}, nil)
+	d, err := NewWithPolicy(cfg, f.set, nil, f.record, nil)
 	if err != nil {
 		t.Fatalf("NewWithPolicy: got %v; want no error", err)
 	}
@@ -132,32 +123,6 @@ func (f *splitFleet) step(n int, canary bool) {
 		}
 		f.nowMs += win
 	}
-}
-
-func (f *splitFleet) announce() {
-	f.t.Helper()
-	if err := f.d.Announce(proto.Deployment{Service: "shop", Baseline: "v1", Canary: "v2", UnixMs: f.nowMs}); err != nil {
-		f.t.Fatalf("Announce: got %v; want no error", err)
-	}
-}
-
-func (f *splitFleet) states() []proto.State {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []proto.State
-	for _, v := range f.verdicts {
-		out = append(out, v.State)
-	}
-	return out
-}
-
-func (f *splitFleet) last() proto.Verdict {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.verdicts) == 0 {
-		f.t.Fatalf("got no verdict; want at least one")
-	}
-	return f.verdicts[len(f.verdicts)-1]
 }
 
 // deployWithWarmupBurst runs a baseline of 10 instances, then a canary of 4 new instances
@@ -320,7 +285,7 @@ func BenchmarkDetectorAddWindowPairSplit(b *testing.B) {
 	cfg.Warmup = 0
 	cfg.MinExposure = 1000 * time.Hour
 	cfg.MaxDuration = 1000 * time.Hour
-	f := &splitFleet{r: rand.New(rand.NewPCG(1, 1)), nowMs: 1_700_000_000_000}
+	f := &splitFleet{detectorRun: detectorRun{nowMs: 1_700_000_000_000}, r: rand.New(rand.NewPCG(1, 1))}
 	f.d, _ = NewWithPolicy(cfg, nil, nil, nil, nil)
 	f.bins = newSimBins(latencyModel{median: 0.05, sigma: 0.5, scale: 1})
 	f.a = f.group("v1", 237.5, 0.005, [2]int{5, 5})
