@@ -12,16 +12,55 @@ import (
 	"github.com/herd-dev/herd/proto"
 )
 
-// fleet feeds a Detector with simulated windows of a baseline v1 and a canary v2.
-type fleet struct {
+// detectorRun is what the fleets of the detector's tests share: the Detector they feed, the
+// window time and the verdicts it published.
+type detectorRun struct {
 	t        *testing.T
-	r        *rand.Rand
-	bins     *simBins
-	a, b     *simGroup
 	d        *Detector
 	nowMs    int64
 	mu       sync.Mutex
 	verdicts []proto.Verdict
+}
+
+// record is the Detector's publish function.
+func (f *detectorRun) record(v proto.Verdict) {
+	f.mu.Lock()
+	f.verdicts = append(f.verdicts, v)
+	f.mu.Unlock()
+}
+
+func (f *detectorRun) announce() {
+	f.t.Helper()
+	if err := f.d.Announce(proto.Deployment{Service: "shop", Baseline: "v1", Canary: "v2", UnixMs: f.nowMs}); err != nil {
+		f.t.Fatalf("Announce: got %v; want no error", err)
+	}
+}
+
+func (f *detectorRun) states() []proto.State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []proto.State
+	for _, v := range f.verdicts {
+		out = append(out, v.State)
+	}
+	return out
+}
+
+func (f *detectorRun) last() proto.Verdict {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.verdicts) == 0 {
+		f.t.Fatalf("got no verdict; want at least one")
+	}
+	return f.verdicts[len(f.verdicts)-1]
+}
+
+// fleet feeds a Detector with simulated windows of a baseline v1 and a canary v2.
+type fleet struct {
+	detectorRun
+	r    *rand.Rand
+	bins *simBins
+	a, b *simGroup
 }
 
 // fleetOpts describe the simulated traffic.
@@ -33,12 +72,8 @@ type fleetOpts struct {
 
 func newFleet(t *testing.T, cfg Config, pol *Policy, o fleetOpts) *fleet {
 	t.Helper()
-	f := &fleet{t: t, r: rand.New(rand.NewPCG(11, 13)), nowMs: 1_700_000_000_000}
-	d, err := NewWithPolicy(cfg, nil, pol, func(v proto.Verdict) {
-		f.mu.Lock()
-		f.verdicts = append(f.verdicts, v)
-		f.mu.Unlock()
-	}, nil)
+	f := &fleet{detectorRun: detectorRun{t: t, nowMs: 1_700_000_000_000}, r: rand.New(rand.NewPCG(11, 13))}
+	d, err := NewWithPolicy(cfg, nil, pol, f.record, nil)
 	if err != nil {
 		t.Fatalf("NewWithPolicy: got %v; want no error", err)
 	}
@@ -85,32 +120,6 @@ func (f *fleet) stepGone(n int) {
 	}
 }
 
-func (f *fleet) announce() {
-	f.t.Helper()
-	if err := f.d.Announce(proto.Deployment{Service: "shop", Baseline: "v1", Canary: "v2", UnixMs: f.nowMs}); err != nil {
-		f.t.Fatalf("Announce: got %v; want no error", err)
-	}
-}
-
-func (f *fleet) states() []proto.State {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []proto.State
-	for _, v := range f.verdicts {
-		out = append(out, v.State)
-	}
-	return out
-}
-
-func (f *fleet) last() proto.Verdict {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.verdicts) == 0 {
-		f.t.Fatalf("got no verdict; want at least one")
-	}
-	return f.verdicts[len(f.verdicts)-1]
-}
-
 // testWindow is the width of the simulated windows.
 const testWindow = 250 * time.Millisecond
 
@@ -121,6 +130,7 @@ func testConfig() Config {
 }
 
 func TestDetectorCrashLoopRollsBackInFirstWindow(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -143,6 +153,7 @@ func TestDetectorCrashLoopRollsBackInFirstWindow(t *testing.T) {
 }
 
 func TestDetectorAAPassesAfterMinExposure(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig()
 	f := newFleet(t, cfg, nil, fleetOpts{rps: 40000, share: 0.2, errA: 0.01, errB: 0.01})
 	f.step(40, true, false, 1, 0, 0)
@@ -173,6 +184,7 @@ func TestDetectorAAPassesAfterMinExposure(t *testing.T) {
 }
 
 func TestDetectorErrorsRegression(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.2, errA: 0.005, errB: 0.05})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -190,6 +202,7 @@ func TestDetectorErrorsRegression(t *testing.T) {
 }
 
 func TestDetectorLatencyTail(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.2, errA: 0.005, errB: 0.005, scaleB: 3})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -201,6 +214,7 @@ func TestDetectorLatencyTail(t *testing.T) {
 }
 
 func TestDetectorCanaryGone(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -222,6 +236,7 @@ func TestDetectorCanaryGone(t *testing.T) {
 // TestDetectorMissingWindowsAreNotGone: when the canary's windows stop arriving at all (a
 // rollup worker failing over), the canary is not judged gone; its windows resume.
 func TestDetectorMissingWindowsAreNotGone(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -234,6 +249,7 @@ func TestDetectorMissingWindowsAreNotGone(t *testing.T) {
 }
 
 func TestDetectorSharedOutageDoesNotFire(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -246,6 +262,7 @@ func TestDetectorSharedOutageDoesNotFire(t *testing.T) {
 }
 
 func TestDetectorInfersCanary(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig()
 	f := newFleet(t, cfg, nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(4*20, true, false, 1, 0, 0)
@@ -266,6 +283,7 @@ func TestDetectorInfersCanary(t *testing.T) {
 }
 
 func TestDetectorAnnounceRestartsFinalComparison(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -287,6 +305,7 @@ func TestDetectorAnnounceRestartsFinalComparison(t *testing.T) {
 }
 
 func TestDetectorNoTrafficIsInconclusiveUntilTrafficResumes(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -302,6 +321,7 @@ func TestDetectorNoTrafficIsInconclusiveUntilTrafficResumes(t *testing.T) {
 }
 
 func TestDetectorDropsBadWindows(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(2, true, false, 1, 0, 0)
 	w := f.a.fill(f.r, f.bins, f.nowMs-500, f.nowMs-250, 1, 0, 0) // replays an older window
@@ -317,6 +337,7 @@ func TestDetectorDropsBadWindows(t *testing.T) {
 }
 
 func TestDetectorPolicySelectors(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig()
 	pol, err := ParsePolicy([]byte(`{"services": {"shop": {
 		"requests": "http_requests_total",
@@ -356,6 +377,7 @@ func TestDetectorPolicySelectors(t *testing.T) {
 }
 
 func TestDetectorRunTicksNoCanary(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := testConfig()
 		var mu sync.Mutex
@@ -399,6 +421,7 @@ func TestDetectorRunTicksNoCanary(t *testing.T) {
 }
 
 func TestVerdictJSONIsFinite(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0, errB: 0.5})
 	f.step(40, true, false, 1, 0, 0)
 	f.announce()
@@ -454,6 +477,7 @@ func cloneWindow(w *proto.Window) proto.Window {
 }
 
 func TestDetectorDoesNotReinferJudgedCanary(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(4*40, true, false, 1, 0, 0)
 	f.step(1, true, true, 1, 0, 0.95) // inferred, then rolled back by the ceiling
@@ -470,6 +494,7 @@ func TestDetectorDoesNotReinferJudgedCanary(t *testing.T) {
 }
 
 func TestDetectorLatest(t *testing.T) {
+	t.Parallel()
 	d, err := NewWithPolicy(testConfig(), nil, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)

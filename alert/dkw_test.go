@@ -9,6 +9,7 @@ import (
 )
 
 func TestDKWConstant(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct{ alpha, want float64 }{{0.05, 8.12}, {0.01, 9.28}, {0.001, 10.94}} {
 		if got := dkwC(c.alpha); math.Abs(got-c.want) > 0.01 {
 			t.Errorf("C(%g): got %.3f; want %.2f", c.alpha, got, c.want)
@@ -17,6 +18,7 @@ func TestDKWConstant(t *testing.T) {
 }
 
 func TestDKWEpsilon(t *testing.T) {
+	t.Parallel()
 	if got := dkwEpsilon(dkwMinCount-1, 0.01); got != 1 {
 		t.Fatalf("ε below t_min: got %g; want 1", got)
 	}
@@ -37,6 +39,7 @@ func drawLatency(r *rand.Rand, h *proto.Histogram, n int, scale float64) {
 }
 
 func TestDKWFlagsShiftNotSame(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewPCG(1, 2))
 	var a, b proto.Histogram
 	for _, c := range []struct {

@@ -22,6 +22,7 @@ import (
 //
 // and E = (sum)/8 = 9.127033/8 = 1.140879.
 func TestEProcessHandComputed(t *testing.T) {
+	t.Parallel()
 	p := NewEProcess(1)
 	p.Update(100, 100, 1, 3)
 	if got, want := math.Exp(p.LogE()), 1.140879; math.Abs(got-want) > 1e-5 {
@@ -42,6 +43,7 @@ func TestEProcessHandComputed(t *testing.T) {
 // TestEProcessMargin: with ψ0 = 2 and π = 0.5, q(ψ) = ψ/(ψ+1) and q(2) = 2/3; one window
 // with e_A = 0, e_B = 1 gives LR(ψ) = q(ψ)/q(2) = 1.5·ψ/(ψ+1) at ψ = 2·g for each grid g.
 func TestEProcessMargin(t *testing.T) {
+	t.Parallel()
 	p := NewEProcess(2)
 	p.Update(10, 10, 0, 1)
 	var want float64
@@ -55,6 +57,7 @@ func TestEProcessMargin(t *testing.T) {
 }
 
 func TestEProcessIgnoresEmptyWindows(t *testing.T) {
+	t.Parallel()
 	p := NewEProcess(1)
 	for _, c := range [][4]float64{{0, 10, 0, 5}, {10, 0, 5, 0}, {10, 10, 0, 0}} {
 		p.Update(c[0], c[1], c[2], c[3])
@@ -65,6 +68,7 @@ func TestEProcessIgnoresEmptyWindows(t *testing.T) {
 }
 
 func TestLogSumExp(t *testing.T) {
+	t.Parallel()
 	if got, want := logSumExp([]float64{1000, 1000}), 1000+math.Ln2; math.Abs(got-want) > 1e-9 {
 		t.Fatalf("logSumExp(1000, 1000): got %g; want %g", got, want)
 	}
@@ -79,6 +83,7 @@ func TestLogSumExp(t *testing.T) {
 // TestEProcessNullRate checks Ville's bound empirically: under ψ = ψ0 with few events per
 // window, the e-process crosses 1/α = 100 in at most ~α of the runs.
 func TestEProcessNullRate(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewPCG(7, 7))
 	const runs, windows = 2000, 400
 	crossed := 0
@@ -99,6 +104,7 @@ func TestEProcessNullRate(t *testing.T) {
 }
 
 func TestConfSeqCoversTruth(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewPCG(3, 4))
 	var logs [csN]float64
 	for _, psi := range []float64{1, 3} {
@@ -124,6 +130,7 @@ func TestConfSeqCoversTruth(t *testing.T) {
 }
 
 func TestConfSeqNoData(t *testing.T) {
+	t.Parallel()
 	var cs ConfSeq
 	lo, hi, ok := cs.Bounds(0.01)
 	if !ok || lo != 0 || hi != csX[csN-1] {
@@ -132,6 +139,7 @@ func TestConfSeqNoData(t *testing.T) {
 }
 
 func TestRateRatio(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct{ nA, nB, eA, eB, want float64 }{
 		{1000, 100, 5, 1.5, 3},
 		{1000, 100, 0, 1, 30},   // (1.5/100)/(0.5/1000)
@@ -168,6 +176,7 @@ func BenchmarkConfSeqUpdate(b *testing.B) {
 // KL = 0.13636·ln(0.13636/0.066798) + 0.86364·ln(0.86364/0.93320) = 0.097325 − 0.066900
 // = 0.030425 nats per event; the threshold ln(100) − ln(0.5) + ln 8 = 7.3778 needs ≈ 242.5.
 func TestEventsNeeded(t *testing.T) {
+	t.Parallel()
 	got := eventsNeeded(3, 1.36, 0.05, math.Log(100)-math.Log(0.5))
 	if math.Abs(got-242.5) > 1 {
 		t.Fatalf("eventsNeeded: got %.1f; want ≈ 242.5", got)

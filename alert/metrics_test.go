@@ -12,6 +12,7 @@ import (
 // shadow comparison running so that the per-service families exist, and parses them like
 // Prometheus: each family has HELP text and a TYPE.
 func TestDetectorMetricsExposition(t *testing.T) {
+	t.Parallel()
 	f := newSplitFleet(t, shadowConfig())
 	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
 	f.b = f.group("v2", 50, 0.005, [2]int{1, 1})

@@ -34,6 +34,7 @@ const examplePolicy = `{
 }`
 
 func TestParsePolicyExample(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	p, err := ParsePolicy([]byte(examplePolicy), &cfg)
 	if err != nil {
@@ -55,6 +56,7 @@ func TestParsePolicyExample(t *testing.T) {
 }
 
 func TestParsePolicyBad(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	for _, c := range []struct{ in, wantErr string }{
 		{`{`, "cannot decode policy"},
@@ -79,6 +81,7 @@ func TestParsePolicyBad(t *testing.T) {
 }
 
 func TestNewLoadsPolicyFile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := DefaultConfig()
 	cfg.PolicyFile = filepath.Join(dir, "policy.json")
@@ -94,6 +97,7 @@ func TestNewLoadsPolicyFile(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		mod     func(*Config)
 		wantErr string
@@ -134,6 +138,7 @@ func FuzzParsePolicy(f *testing.F) {
 }
 
 func TestPolicySeriesNames(t *testing.T) {
+	t.Parallel()
 	cfg := DefaultConfig()
 	p, err := ParsePolicy([]byte(`{"defaults":{"errors":"http_requests_total{code=~\"5..\"}"},
 		"services":{"a":{"requests":"http_requests_total","latency":"http_request_duration_seconds"},"b":{}}}`), &cfg)

@@ -8,6 +8,7 @@ import (
 )
 
 func TestParseSelectorBad(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct{ in, wantErr string }{
 		{``, "empty selector"},
 		{`{code="5"}`, "want a metric name"},
@@ -40,6 +41,7 @@ func TestParseSelectorBad(t *testing.T) {
 }
 
 func TestParseSelectorGood(t *testing.T) {
+	t.Parallel()
 	s, err := ParseSelector(` http_requests_total { code =~ "5..", job!="x", path!~'/health.*', env="a\"b" , } `)
 	if err != nil {
 		t.Fatalf("ParseSelector: got %v; want no error", err)
@@ -56,6 +58,7 @@ func TestParseSelectorGood(t *testing.T) {
 }
 
 func TestSelectorMatches(t *testing.T) {
+	t.Parallel()
 	s := MustSelector(`http_requests_total{code=~"5..",job!="batch",path!~"/health.*"}`)
 	ls := func(kv ...string) proto.Labels {
 		var out proto.Labels
@@ -85,6 +88,7 @@ func TestSelectorMatches(t *testing.T) {
 }
 
 func TestSelectorSumAndMerge(t *testing.T) {
+	t.Parallel()
 	h1, h2 := &proto.Histogram{}, &proto.Histogram{}
 	h1.Observe(0.1, 3)
 	h2.Observe(0.2, 2)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,28 +27,20 @@ type splitGroup struct {
 // splitFleet feeds a Detector with split windows of a baseline v1 and a canary v2 in window
 // time (no clock).
 type splitFleet struct {
-	t        *testing.T
-	r        *rand.Rand
-	bins     *simBins
-	d        *Detector
-	set      *metrics.Set // d's metrics
-	a, b     *splitGroup
-	nowMs    int64
-	mu       sync.Mutex
-	verdicts []proto.Verdict
+	detectorRun
+	r    *rand.Rand
+	bins *simBins
+	set  *metrics.Set // d's metrics
+	a, b *splitGroup
 	// plain: publish windows without Warm and Halves, as a rollup without warm-up does.
 	plain bool
 }
 
 func newSplitFleet(t *testing.T, cfg Config) *splitFleet {
 	t.Helper()
-	f := &splitFleet{t: t, r: rand.New(rand.NewPCG(21, 23)), nowMs: 1_700_000_000_000}
+	f := &splitFleet{detectorRun: detectorRun{t: t, nowMs: 1_700_000_000_000}, r: rand.New(rand.NewPCG(21, 23))}
 	f.set = metrics.NewSet()
-	d, err := NewWithPolicy(cfg, f.set, nil, func(v proto.Verdict) {
-		f.mu.Lock()
-		f.verdicts = append(f.verdicts, v)
-		f.mu.Unlock()
-	}, nil)
+	d, err := NewWithPolicy(cfg, f.set, nil, f.record, nil)
 	if err != nil {
 		t.Fatalf("NewWithPolicy: got %v; want no error", err)
 	}
@@ -134,32 +125,6 @@ func (f *splitFleet) step(n int, canary bool) {
 	}
 }
 
-func (f *splitFleet) announce() {
-	f.t.Helper()
-	if err := f.d.Announce(proto.Deployment{Service: "shop", Baseline: "v1", Canary: "v2", UnixMs: f.nowMs}); err != nil {
-		f.t.Fatalf("Announce: got %v; want no error", err)
-	}
-}
-
-func (f *splitFleet) states() []proto.State {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []proto.State
-	for _, v := range f.verdicts {
-		out = append(out, v.State)
-	}
-	return out
-}
-
-func (f *splitFleet) last() proto.Verdict {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.verdicts) == 0 {
-		f.t.Fatalf("got no verdict; want at least one")
-	}
-	return f.verdicts[len(f.verdicts)-1]
-}
-
 // deployWithWarmupBurst runs a baseline of 10 instances, then a canary of 4 new instances
 // whose first 5 s (their warm-up) serve 20 % errors and whose warm traffic has error ratio
 // canaryErr; it returns the fleet after 60 s of canary.
@@ -182,6 +147,7 @@ func deployWithWarmupBurst(t *testing.T, plain bool, canaryErr float64) *splitFl
 }
 
 func TestDetectorIgnoresInstanceWarmupBurst(t *testing.T) {
+	t.Parallel()
 	f := deployWithWarmupBurst(t, false, 0.005)
 	if got := f.states(); len(got) != 1 || got[0] != proto.StatePending {
 		t.Fatalf("20 %% errors only while the canary's instances warm up: got verdicts %v (%s); want [pending]", got, f.last().Sentence)
@@ -198,6 +164,7 @@ func TestDetectorIgnoresInstanceWarmupBurst(t *testing.T) {
 }
 
 func TestDetectorRollsBackRegressionInWarm(t *testing.T) {
+	t.Parallel()
 	f := deployWithWarmupBurst(t, false, 0.05)
 	v := f.last()
 	if v.State != proto.StateRollback || v.Evidence.Decisive != "errors" {
@@ -212,6 +179,7 @@ func TestDetectorRollsBackRegressionInWarm(t *testing.T) {
 }
 
 func TestDetectorGuardsReadEveryInstance(t *testing.T) {
+	t.Parallel()
 	// A crash-looping canary never gets warm: its Warm is empty, its Series fails 95 %.
 	f := newSplitFleet(t, testConfig())
 	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
@@ -236,6 +204,7 @@ func shadowConfig() Config {
 }
 
 func TestShadowAANeverVerdictAndCountsInjectedDifference(t *testing.T) {
+	t.Parallel()
 	f := newSplitFleet(t, shadowConfig())
 	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
 	f.b = f.group("v2", 50, 0.005, [2]int{1, 1})
@@ -285,6 +254,7 @@ func TestShadowAANeverVerdictAndCountsInjectedDifference(t *testing.T) {
 }
 
 func TestShadowRateNearAlphaOnAA(t *testing.T) {
+	t.Parallel()
 	// Shadows conclude by pass after a short minimum exposure: over 20 min of A/A halves the
 	// ratio of shadow rollbacks stays small (α = 0.01 bounds each comparison).
 	cfg := DefaultConfig()
@@ -315,7 +285,7 @@ func BenchmarkDetectorAddWindowPairSplit(b *testing.B) {
 	cfg.Warmup = 0
 	cfg.MinExposure = 1000 * time.Hour
 	cfg.MaxDuration = 1000 * time.Hour
-	f := &splitFleet{r: rand.New(rand.NewPCG(1, 1)), nowMs: 1_700_000_000_000}
+	f := &splitFleet{detectorRun: detectorRun{nowMs: 1_700_000_000_000}, r: rand.New(rand.NewPCG(1, 1))}
 	f.d, _ = NewWithPolicy(cfg, nil, nil, nil, nil)
 	f.bins = newSimBins(latencyModel{median: 0.05, sigma: 0.5, scale: 1})
 	f.a = f.group("v1", 237.5, 0.005, [2]int{5, 5})

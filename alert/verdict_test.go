@@ -9,6 +9,7 @@ import (
 )
 
 func TestDecisionIDDeterministic(t *testing.T) {
+	t.Parallel()
 	a := decisionID("checkout", "1.4.2", "1.5.0", 1795656982750, proto.StateRollback)
 	if b := decisionID("checkout", "1.4.2", "1.5.0", 1795656982750, proto.StateRollback); a != b {
 		t.Errorf("same comparison gave ids %s and %s; want equal", a, b)

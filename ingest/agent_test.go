@@ -12,11 +12,12 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
-	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/proto"
 )
 
 func TestAgentConfigEnv(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name    string
 		env     map[string]string
@@ -39,6 +40,7 @@ func TestAgentConfigEnv(t *testing.T) {
 			service: "a", wantErr: "-version is required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			var c AgentConfig
 			fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 			c.RegisterFlags(fs, func(k string) string { return tc.env[k] })
@@ -62,16 +64,8 @@ func TestAgentConfigEnv(t *testing.T) {
 // TestAgent runs the agent against a real target and a real nats-server, received by an
 // Intake.
 func TestAgent(t *testing.T) {
-	ns, err := embednats.Start(embednats.Config{Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(ns)
-	nc, err := embednats.Connect(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	t.Parallel()
+	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}))
 
 	var mu sync.Mutex
 	var requests float64

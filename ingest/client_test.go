@@ -73,6 +73,7 @@ func newTestClient(t testing.TB, r *recorder, start time.Time) *Client {
 }
 
 func TestClientFlushDeltas(t *testing.T) {
+	t.Parallel()
 	r := &recorder{}
 	start := time.Unix(1000, 0)
 	c := newTestClient(t, r, start)
@@ -138,6 +139,7 @@ func TestClientFlushDeltas(t *testing.T) {
 }
 
 func TestClientRegistration(t *testing.T) {
+	t.Parallel()
 	r := &recorder{}
 	c, err := NewClient(ClientConfig{Service: "checkout", Version: "1", Publish: r.publish, MaxSeries: 3, Logger: quiet})
 	if err != nil {
@@ -172,6 +174,7 @@ func TestClientRegistration(t *testing.T) {
 }
 
 func TestClientUnsent(t *testing.T) {
+	t.Parallel()
 	r := &recorder{fail: errors.New("no route")}
 	start := time.Unix(2000, 0)
 	var seen []uint64
@@ -212,6 +215,7 @@ func TestClientUnsent(t *testing.T) {
 
 // TestClientRunAligned checks the batch intervals of Run against the fake clock.
 func TestClientRunAligned(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r := &recorder{}
 		time.Sleep(100 * time.Millisecond) // start between boundaries
@@ -272,6 +276,7 @@ func TestClientRunAligned(t *testing.T) {
 
 // TestClientRunMissedTicks stalls one publish past two boundaries.
 func TestClientRunMissedTicks(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r := &recorder{}
 		stall := true
@@ -307,6 +312,7 @@ func TestClientRunMissedTicks(t *testing.T) {
 }
 
 func TestAlign(t *testing.T) {
+	t.Parallel()
 	iv := 250 * time.Millisecond
 	for _, tc := range []struct{ in, down int64 }{
 		{0, 0}, {1, 0}, {249_999_999, 0}, {250_000_000, 250_000_000}, {-1, -250_000_000},
@@ -321,6 +327,7 @@ func TestAlign(t *testing.T) {
 }
 
 func TestClientConcurrent(t *testing.T) {
+	t.Parallel()
 	r := &recorder{}
 	start := time.Now()
 	c := newTestClient(t, r, start)

@@ -14,7 +14,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/herd-dev/herd/internal/checkfor"
-	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 	"github.com/nats-io/nats.go"
@@ -47,16 +47,9 @@ func encodeRED(t testing.TB, service, version string, seq uint64) []byte {
 }
 
 func TestIntake(t *testing.T) {
-	s, err := embednats.Start(embednats.Config{Port: -1, MaxPayload: 4 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(s)
-	nc, err := embednats.Connect(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	t.Parallel()
+	s := natstest.RunServer(t, natstest.Options{MaxPayload: 4 << 20})
+	nc := natstest.Connect(t, s)
 
 	var mu sync.Mutex
 	var got []string
@@ -78,11 +71,7 @@ func TestIntake(t *testing.T) {
 		t.Fatal("intake not ready after 10s")
 	}
 
-	pub, err := embednats.Connect(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
+	pub := natstest.Connect(t, s)
 	good := encodeRED(t, "checkout", "1.4.2", 0)
 	subj, _ := proto.InSubject("checkout", "1.4.2")
 	future := append([]byte(nil), good...)
@@ -142,16 +131,8 @@ func TestIntake(t *testing.T) {
 
 // TestIntakeClientEndToEnd publishes through a Client on a real connection.
 func TestIntakeClientEndToEnd(t *testing.T) {
-	s, err := embednats.Start(embednats.Config{Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(s)
-	nc, err := embednats.Connect(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	t.Parallel()
+	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}))
 	var mu sync.Mutex
 	var requests float64
 	var finals int
@@ -208,6 +189,7 @@ func TestIntakeClientEndToEnd(t *testing.T) {
 }
 
 func TestIntakeConfigFlags(t *testing.T) {
+	t.Parallel()
 	var c IntakeConfig
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	c.RegisterFlags(fs)
@@ -244,16 +226,8 @@ func BenchmarkIntakeHandle(b *testing.B) {
 // run one after the other on one IntakeMetrics, as a partition's intakes do when it moves
 // away and back: the drops of both add up.
 func TestIntakeSlowConsumer(t *testing.T) {
-	s, err := embednats.Start(embednats.Config{Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(s)
-	nc, err := embednats.Connect(s, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	t.Parallel()
+	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	m := NewIntakeMetrics(nil)
 	var dropped uint64 // by the intakes before
 	for round := 1; round <= 2; round++ {
@@ -295,16 +269,8 @@ func TestIntakeSlowConsumer(t *testing.T) {
 // IntakeMetrics, as `herd rollup` does with its partitions: they count into the same
 // families, which the Set holds once.
 func TestIntakesShareMetrics(t *testing.T) {
-	s, err := embednats.Start(embednats.Config{Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(s)
-	nc, err := embednats.Connect(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	t.Parallel()
+	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}))
 	set := metrics.NewSet()
 	m := NewIntakeMetrics(set)
 	start := func(service string) (stop func()) {
@@ -370,6 +336,7 @@ func TestIntakesShareMetrics(t *testing.T) {
 }
 
 func TestParseWithPrefix(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		prefix, subject, svc, ver string
 		ok                        bool

@@ -15,6 +15,7 @@ import (
 // TestMetricsExposition renders every ingest family (intake, agent client, scraper) as
 // /metrics does and parses it like Prometheus: each family has HELP text and a TYPE.
 func TestMetricsExposition(t *testing.T) {
+	t.Parallel()
 	set := metrics.NewSet()
 	NewIntakeMetrics(set)
 	c, err := NewClient(ClientConfig{Service: "checkout", Version: "1", Publish: func(string, []byte) error { return nil }, Metrics: set})

@@ -136,6 +136,7 @@ func findLabel(b *proto.Batch, name, label, value string) *proto.Series {
 func (e *scrapeEnv) counter(name string) uint64 { return e.set.GetOrCreateCounter(name).Get() }
 
 func TestScraperText(t *testing.T) {
+	t.Parallel()
 	e := newScrapeEnv(t)
 	e.tg.set(200, textType, exposition(100, 5, "", classic(10, 15, 18, 20, 7)))
 	b := e.step(t, "")
@@ -261,6 +262,7 @@ func protoBody(t testing.TB, fams ...*dto.MetricFamily) []byte {
 }
 
 func TestScraperNativeSchema5(t *testing.T) {
+	t.Parallel()
 	e := newScrapeEnv(t)
 	ct := string(expfmt.NewFormat(expfmt.TypeProtoDelim))
 	// Prometheus schema-5 bucket j holds (2^((j-1)/32), 2^(j/32)].
@@ -291,6 +293,7 @@ func TestScraperNativeSchema5(t *testing.T) {
 
 // TestHerdIndex checks the schema mapping against where a value really falls.
 func TestHerdIndex(t *testing.T) {
+	t.Parallel()
 	rng := rand.New(rand.NewPCG(1, 2))
 	for schema := int32(-4); schema <= 8; schema++ {
 		for range 2000 {
@@ -314,6 +317,7 @@ func TestHerdIndex(t *testing.T) {
 }
 
 func TestScraperRun(t *testing.T) {
+	t.Parallel()
 	tg := &target{status: 200, contentType: textType}
 	srv := httptest.NewServer(tg)
 	defer srv.Close()
@@ -322,7 +326,9 @@ func TestScraperRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewScraper(ScraperConfig{URL: srv.URL}, c, quiet, nil)
+	// A scrape's timeout defaults to the 20 ms interval: too short on a loaded machine, where
+	// a timed-out scrape leaves the baseline unset.
+	s, err := NewScraper(ScraperConfig{URL: srv.URL, Timeout: 5 * time.Second}, c, quiet, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,6 +361,7 @@ func TestScraperRun(t *testing.T) {
 }
 
 func TestNewScraperBadURL(t *testing.T) {
+	t.Parallel()
 	c := newTestClient(t, &recorder{}, time.Now())
 	for _, u := range []string{"", "localhost:9100", "ftp://x/metrics", "http:///metrics"} {
 		if _, err := NewScraper(ScraperConfig{URL: u}, c, quiet, nil); err == nil {
@@ -390,6 +397,7 @@ func BenchmarkScrape(b *testing.B) {
 }
 
 func TestScraperOpenMetrics(t *testing.T) {
+	t.Parallel()
 	e := newScrapeEnv(t)
 	ct := string(expfmt.NewFormat(expfmt.TypeOpenMetrics))
 	om := func(n int) []byte {

@@ -34,27 +34,7 @@ func testStack(t *testing.T) (s *Node, stop func() error) {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.NATSListen, cfg.DataDir, cfg.HTTPListen = "127.0.0.1:0", t.TempDir(), "127.0.0.1:0"
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(cfg, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	var once sync.Once
-	var runErr error
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			runErr = <-done
-		})
-		return runErr
-	}
-	t.Cleanup(func() { _ = stop() })
-	return s, stop
+	return runNode(t, cfg, testLogger(t))
 }
 
 // windowSums totals what windows carried per group.

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/sim"
 )
@@ -32,7 +33,7 @@ func TestFailoverWorkerCrashDuringBadCanary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a NATS cluster and a fleet in real time")
 	}
-	servers := startTestCluster(t, 3)
+	servers := natstest.RunCluster(t, 3)
 	urls := embednats.ClientURLs(servers)
 	var ws []*testWorker
 	for i, s := range servers {
@@ -142,7 +143,7 @@ func TestFailoverNATSNodeLoss(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a NATS cluster and a fleet in real time")
 	}
-	servers := startTestCluster(t, 3)
+	servers := natstest.RunCluster(t, 3)
 	urls := embednats.ClientURLs(servers)
 	var ws []*testWorker
 	for i := range servers {
@@ -171,7 +172,7 @@ func TestFailoverNATSNodeLoss(t *testing.T) {
 
 	time.Sleep(3 * time.Second) // let the fleet run before the node goes
 	killed := time.Now()
-	embednats.Shutdown(servers[2])
+	natstest.Shutdown(servers[2])
 	wg.Wait()
 	if err := pub.Flush(); err != nil {
 		t.Fatalf("the fleet's connection did not come back: %v", err)

@@ -10,6 +10,7 @@ import (
 // TestTargetsFromPolicyFile checks that one policy file configures both the detector and the
 // deploy-tool targets, and that a bad targets section is refused naming the flag.
 func TestTargetsFromPolicyFile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	good := filepath.Join(dir, "policy.json")
 	if err := os.WriteFile(good, []byte(`{

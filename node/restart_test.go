@@ -18,6 +18,7 @@ import (
 // the same data directory, and checks that the dashboard's history and the detector's
 // verdict come back from JetStream while the decision is not delivered again.
 func TestRestartKeepsHistoryAndDecisions(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("runs a fleet in real time")
 	}
@@ -38,30 +39,9 @@ func TestRestartKeepsHistoryAndDecisions(t *testing.T) {
 	cfg.NATSListen, cfg.DataDir, cfg.HTTPListen = "127.0.0.1:0", dir, "127.0.0.1:0"
 	cfg.Deliver.Webhooks = []string{recv.URL + "/hook"}
 	cfg.Deliver.WebhookSecrets = []string{"test-secret"}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
 	start := func() (*Node, func() error) {
-		s, err := New(cfg, testLogger(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- s.Run(ctx) }()
-		var once sync.Once
-		var runErr error
-		stop := func() error {
-			once.Do(func() { cancel(); runErr = <-done })
-			return runErr
-		}
-		t.Cleanup(func() { _ = stop() })
-		checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-			if !s.ready.Load() {
-				return errorf("serve not ready")
-			}
-			return nil
-		})
+		s, stop := runNode(t, cfg, testLogger(t))
+		waitReady(t, s)
 		return s, stop
 	}
 

@@ -15,39 +15,11 @@ import (
 	"github.com/herd-dev/herd/proto"
 )
 
-// startRoles runs a stack with the given roles until the test ends.
-func startRoles(t *testing.T, cfg Config, roles Roles) *Node {
-	t.Helper()
-	cfg.Roles = roles
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(cfg, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("stack: %v", err)
-		}
-	})
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if !s.ready.Load() {
-			return errorf("not ready")
-		}
-		return nil
-	})
-	return s
-}
-
 // TestSeparateRolesAndTwoDetectors runs ingest, two detectors and a web node as separate
 // stacks on one NATS: a crash-looping canary is rolled back with exactly one webhook, and
 // the web node shows the windows, the verdict and the decision.
 func TestSeparateRolesAndTwoDetectors(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("runs a fleet in real time")
 	}

@@ -1,11 +1,7 @@
 package node
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -23,39 +19,6 @@ import (
 	"github.com/herd-dev/herd/proto"
 )
 
-// startNode builds cfg's node, runs it until the test ends and waits until it is ready.
-func startNode(t *testing.T, cfg Config) *Node {
-	t.Helper()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	n, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("Run did not return within 30s of cancellation")
-		}
-	})
-	checkfor.Within(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if !n.ready.Load() {
-			return errors.New("node not ready")
-		}
-		return nil
-	})
-	return n
-}
-
 // ingestConfig is a node with the ingest role only on an embedded server on a random port.
 func ingestConfig(t *testing.T) Config {
 	cfg := DefaultConfig()
@@ -69,11 +32,13 @@ func ingestConfig(t *testing.T) Config {
 // with its own identity, and closed windows come out on herd.rollup.> for a subscriber with
 // the internal identity.
 func TestNodeEndToEndWithSecurity(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		auth, tls bool
 	}{{"open", false, false}, {"auth", true, false}, {"auth+tls", true, true}} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			cfg := ingestConfig(t)
 			var internal, agent []nats.Option
 			if tc.auth {
@@ -193,6 +158,7 @@ func TestNodeEndToEndWithSecurity(t *testing.T) {
 }
 
 func TestNodeMonitor(t *testing.T) {
+	t.Parallel()
 	n := startNode(t, ingestConfig(t))
 	if u := n.MonitorURL(); u != "" {
 		t.Errorf("got monitoring on %s by default; want none", u)
@@ -215,6 +181,7 @@ func TestNodeMonitor(t *testing.T) {
 }
 
 func TestValidateEmbeddedSecurity(t *testing.T) {
+	t.Parallel()
 	for name, c := range map[string]struct {
 		edit func(*Config)
 		want string

@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/internal/perftest"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
@@ -36,27 +36,8 @@ func startTestWorker(t *testing.T, url, id, bucket string) *testWorker {
 	if bucket != "" {
 		cfg.Leases.Bucket = bucket
 	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	n, err := New(cfg, testLogger(t).With("worker", id))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	var once sync.Once
-	var runErr error
-	tw := &testWorker{n: n, stop: func() error {
-		once.Do(func() {
-			cancel()
-			runErr = <-done
-		})
-		return runErr
-	}}
-	t.Cleanup(func() { _ = tw.stop() })
-	return tw
+	n, stop := runNode(t, cfg, testLogger(t).With("worker", id))
+	return &testWorker{n: n, stop: stop}
 }
 
 // checkWorkersReady checks that the workers hold every partition once, in balance, that each
@@ -227,7 +208,7 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a NATS cluster and a fleet for several seconds")
 	}
-	servers := startTestCluster(t, 3)
+	servers := natstest.RunCluster(t, 3)
 	wl := logWindows(t, servers[2].ClientURL())
 	var ws []*testWorker
 	for i, s := range servers {
@@ -395,7 +376,7 @@ func TestWorkerScaling(t *testing.T) {
 	if os.Getenv("HERD_SCALE") == "" {
 		t.Skip("set HERD_SCALE=1 to measure worker scaling")
 	}
-	servers := startTestCluster(t, 3)
+	servers := natstest.RunCluster(t, 3)
 	pub, err := nats.Connect(servers[0].ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -510,19 +491,4 @@ func publishFlat(t *testing.T, nc *nats.Conn, seq []uint64, d time.Duration) uin
 		t.Fatal(err)
 	}
 	return n
-}
-
-// startTestCluster starts an n-node in-process NATS cluster that stops when the test ends.
-func startTestCluster(t *testing.T, n int) []*server.Server {
-	t.Helper()
-	servers, err := embednats.StartCluster(n, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, s := range servers {
-			embednats.Shutdown(s)
-		}
-	})
-	return servers
 }

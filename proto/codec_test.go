@@ -32,6 +32,7 @@ func testBatch() *Batch {
 }
 
 func TestRoundTrip(t *testing.T) {
+	t.Parallel()
 	for _, final := range []bool{false, true} {
 		in := testBatch()
 		in.Final = final
@@ -53,6 +54,7 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestDecodeRefusals(t *testing.T) {
+	t.Parallel()
 	var e Encoder
 	good, err := e.Append(nil, testBatch())
 	if err != nil {
@@ -87,6 +89,7 @@ func TestDecodeRefusals(t *testing.T) {
 }
 
 func TestHistogramQuantileMatchesSketch(t *testing.T) {
+	t.Parallel()
 	s := NewSketch()
 	var h Histogram
 	sum := 0.0
@@ -110,6 +113,7 @@ func TestHistogramQuantileMatchesSketch(t *testing.T) {
 }
 
 func TestVersionEscaping(t *testing.T) {
+	t.Parallel()
 	for _, v := range []string{"1.4.2", "2026-11-26.3", "v2", "V2_rc+build.7", "a_2e"} {
 		tok, err := EscapeVersion(v)
 		if err != nil {

@@ -38,6 +38,7 @@ func testVerdict() *Verdict {
 }
 
 func TestWindowJSONRoundTrip(t *testing.T) {
+	t.Parallel()
 	w := testWindow()
 	data, err := MarshalWindow(w)
 	if err != nil {
@@ -67,6 +68,7 @@ func TestWindowJSONRoundTrip(t *testing.T) {
 }
 
 func TestVerdictJSONRoundTrip(t *testing.T) {
+	t.Parallel()
 	v := testVerdict()
 	data, err := MarshalVerdict(v)
 	if err != nil {
@@ -87,6 +89,7 @@ func TestVerdictJSONRoundTrip(t *testing.T) {
 }
 
 func TestDeploymentJSON(t *testing.T) {
+	t.Parallel()
 	d := &Deployment{Service: "checkout", Baseline: "1.4.1", Canary: "1.4.2", UnixMs: 1_700_000_000_000}
 	data, err := MarshalDeployment(d)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 // TestPartitionOfPinned pins the hash to values computed by hand from the FNV-1a definition,
 // so that the mapping checks elsewhere do not merely compare the function with itself.
 func TestPartitionOfPinned(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		service, version string
 		want             int
@@ -29,6 +30,7 @@ func TestPartitionOfPinned(t *testing.T) {
 // TestPartitionOfMatchesFNV compares PartitionOf with the standard library's FNV-1a over
 // many groups and checks that the groups spread over the partitions.
 func TestPartitionOfMatchesFNV(t *testing.T) {
+	t.Parallel()
 	seen := map[int]bool{}
 	for i := range 1000 {
 		svc := fmt.Sprintf("svc-%d", i%37)
@@ -54,6 +56,7 @@ func TestPartitionOfMatchesFNV(t *testing.T) {
 }
 
 func TestPartitionSubjects(t *testing.T) {
+	t.Parallel()
 	if got, want := PartitionSubject(17), "herd.p.17.>"; got != want {
 		t.Errorf("PartitionSubject(17) = %q; want %q", got, want)
 	}

@@ -101,6 +101,7 @@ func (s *spanSink) emitter(name string) Emit {
 // receive every batch (as two subscribers of the partition subject do): every window is
 // published once, by the owner whose span holds it, and nothing is lost or counted twice.
 func TestPartitionedHandOverExact(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		releaseAt, delay time.Duration // release instant after t0; acquisition after that
 		gap              uint64        // window intervals between the two spans
@@ -112,6 +113,7 @@ func TestPartitionedHandOverExact(t *testing.T) {
 	} {
 		releaseAt := tc.releaseAt
 		t.Run(fmt.Sprint(releaseAt, "+", tc.delay), func(t *testing.T) {
+			t.Parallel()
 			synctest.Test(t, func(t *testing.T) {
 				cfg := DefaultConfig()
 				src := &fanout{}
@@ -194,6 +196,7 @@ func TestPartitionedHandOverExact(t *testing.T) {
 // (it cannot renew, so Until stops moving) publishes nothing past Until, even though its
 // rollup keeps closing windows.
 func TestPartitionedLostLeaseStopsPublishing(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		src := &fanout{}
 		out := &spanSink{}
@@ -234,6 +237,7 @@ func TestPartitionedLostLeaseStopsPublishing(t *testing.T) {
 // TestPartitionedSpans checks that Spans reports each running partition's span on the window
 // grid from the moment Acquire returns, and a lease that ended until its windows closed.
 func TestPartitionedSpans(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := DefaultConfig()
 		pr, err := NewPartitioned(cfg, nil, (&fanout{}).source, (&spanSink{}).emitter("a"), nil)
@@ -307,6 +311,7 @@ func BenchmarkPartitionedAdd(b *testing.B) {
 // Metrics the Partitioned was built with, so that the size gauges sum over the running
 // partitions and drop back to zero once they stopped, while the counters keep their totals.
 func TestPartitionedSharedMetrics(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		m := NewMetrics(metrics.NewSet())
 		src := &fanout{}

@@ -124,6 +124,7 @@ func closeAll(r *Rollup, end time.Time) {
 }
 
 func TestExactSumsAcrossInstances(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		base := time.Now() // aligned: synctest starts at midnight
@@ -198,6 +199,7 @@ func TestExactSumsAcrossInstances(t *testing.T) {
 }
 
 func TestRedeliveredBatchCountedOnce(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		end := time.Now().Add(win)
@@ -224,6 +226,7 @@ func TestRedeliveredBatchCountedOnce(t *testing.T) {
 }
 
 func TestReorderedBatchesMergedOnceAndDistinctInstances(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		end := time.Now().Add(win)
@@ -250,6 +253,7 @@ func TestReorderedBatchesMergedOnceAndDistinctInstances(t *testing.T) {
 }
 
 func TestLateBatchNotMerged(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		base := time.Now()
@@ -285,6 +289,7 @@ func TestLateBatchNotMerged(t *testing.T) {
 }
 
 func TestLateWithoutTick(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		end := time.Now().Add(win)
@@ -305,6 +310,7 @@ func TestLateWithoutTick(t *testing.T) {
 }
 
 func TestFutureBatchRefused(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		now := time.Now()
@@ -328,6 +334,7 @@ func TestFutureBatchRefused(t *testing.T) {
 }
 
 func TestSequenceGapCountedLost(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, _ := newTestRollup(t, DefaultConfig())
 		end := time.Now().Add(win)
@@ -358,6 +365,7 @@ func TestSequenceGapCountedLost(t *testing.T) {
 }
 
 func TestFinalForgetsInstance(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		end := time.Now().Add(win)
@@ -391,6 +399,7 @@ func TestFinalForgetsInstance(t *testing.T) {
 }
 
 func TestInstanceTTLExpiry(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := DefaultConfig()
 		r, s := newTestRollup(t, cfg)
@@ -421,6 +430,7 @@ func TestInstanceTTLExpiry(t *testing.T) {
 }
 
 func TestInstanceEvictedBeyondMaxInstances(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := DefaultConfig()
 		cfg.MaxInstances = 10
@@ -437,6 +447,7 @@ func TestInstanceEvictedBeyondMaxInstances(t *testing.T) {
 }
 
 func TestInstanceRestartAndConflict(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		end := time.Now().Add(win)
@@ -459,6 +470,7 @@ func TestInstanceRestartAndConflict(t *testing.T) {
 }
 
 func TestLabelFloodRefusedOtherGroupsExact(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := DefaultConfig()
 		cfg.MaxSeriesPerGroup = 50
@@ -509,6 +521,7 @@ func TestLabelFloodRefusedOtherGroupsExact(t *testing.T) {
 }
 
 func TestTooManyGroups(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := DefaultConfig()
 		cfg.MaxGroups = 2
@@ -532,6 +545,7 @@ func TestTooManyGroups(t *testing.T) {
 }
 
 func TestKindMismatchAndBadHistogram(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		end := time.Now().Add(win)
@@ -562,6 +576,7 @@ func TestKindMismatchAndBadHistogram(t *testing.T) {
 }
 
 func TestEmptyWindowsWhenInstancesGone(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := DefaultConfig()
 		cfg.InstanceTTL = 3 * time.Second
@@ -605,6 +620,7 @@ func TestEmptyWindowsWhenInstancesGone(t *testing.T) {
 }
 
 func TestEmitOrder(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		base := time.Now()
@@ -629,6 +645,7 @@ func TestEmitOrder(t *testing.T) {
 }
 
 func TestFlush(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		base := time.Now()
@@ -661,6 +678,7 @@ func TestFlush(t *testing.T) {
 }
 
 func TestAddConcurrentWithAdvance(t *testing.T) {
+	t.Parallel()
 	// Real time and real goroutines, for the race detector: totals must add up exactly.
 	r, s := newTestRollup(t, DefaultConfig())
 	stop := make(chan struct{})
@@ -694,6 +712,7 @@ func TestAddConcurrentWithAdvance(t *testing.T) {
 }
 
 func TestEveryBatchAccountedOnce(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := DefaultConfig()
 		r, s := newTestRollup(t, cfg)

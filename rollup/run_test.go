@@ -14,11 +14,12 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/nats-io/nats.go"
 
-	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/proto"
 )
 
 func TestRunClosesAtEndPlusLateness(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		r, s := newTestRollup(t, DefaultConfig())
 		ctx, cancel := context.WithCancel(t.Context())
@@ -54,6 +55,7 @@ func TestRunClosesAtEndPlusLateness(t *testing.T) {
 }
 
 func TestRunCountsMissedTicks(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		var mu sync.Mutex
 		var got []*proto.Window
@@ -88,16 +90,8 @@ func TestRunCountsMissedTicks(t *testing.T) {
 }
 
 func TestPublishedOnRollupSubject(t *testing.T) {
-	ns, err := embednats.Start(embednats.Config{Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(ns)
-	nc, err := embednats.Connect(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	t.Parallel()
+	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}))
 	msgs := make(chan *nats.Msg, 16)
 	sub, err := nc.ChanSubscribe(proto.SubjectRollupAll, msgs)
 	if err != nil {
@@ -152,6 +146,7 @@ func TestPublishedOnRollupSubject(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
+	t.Parallel()
 	var c Config
 	fs := flag.NewFlagSet("herd", flag.ContinueOnError)
 	c.RegisterFlags(fs)
@@ -198,6 +193,7 @@ func TestConfig(t *testing.T) {
 }
 
 func TestMetricsExposed(t *testing.T) {
+	t.Parallel()
 	set := metrics.NewSet()
 	s := &sink{}
 	r, err := New(DefaultConfig(), NewMetrics(set), s.emit, nil)
@@ -236,6 +232,7 @@ func TestMetricsExposed(t *testing.T) {
 // TestSharedMetricsSum checks that Rollups built with one Metrics count into the same
 // counters and that the size gauges sum over them.
 func TestSharedMetricsSum(t *testing.T) {
+	t.Parallel()
 	m := NewMetrics(metrics.NewSet())
 	a, err := New(DefaultConfig(), m, func(*proto.Window) {}, nil)
 	if err != nil {

@@ -40,6 +40,7 @@ func histCount(ss []proto.WindowSeries) uint64 {
 // and one started at the first window, for 7 s of windows. Instance i sends 2^i requests, so
 // a window's sums tell exactly which instances were merged into Warm and into each half.
 func TestWarmExcludesYoungInstancesAndHalvesPartitionThem(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := DefaultConfig() // warm-up 5 s, RED triple split
 		r, s := newTestRollup(t, cfg)
@@ -129,6 +130,7 @@ func TestWarmExcludesYoungInstancesAndHalvesPartitionThem(t *testing.T) {
 }
 
 func TestWarmGaugesAndHistogramsMergeAcrossHalves(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := DefaultConfig()
 		cfg.SplitSeries = "*"
@@ -157,6 +159,7 @@ func TestWarmGaugesAndHistogramsMergeAcrossHalves(t *testing.T) {
 }
 
 func TestWarmJSONAndDisabled(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		for _, warmup := range []time.Duration{5 * time.Second, 0} {
 			cfg := DefaultConfig()
@@ -190,6 +193,7 @@ func TestWarmJSONAndDisabled(t *testing.T) {
 }
 
 func TestHalfOfStable(t *testing.T) {
+	t.Parallel()
 	ids := [][16]byte{{}, instanceID(1), instanceID(2), instanceID(3), instanceID(4)}
 	// Computed independently from the documented formula: other workers must agree.
 	want := []int{0, 0, 1, 0, 1}
@@ -201,6 +205,7 @@ func TestHalfOfStable(t *testing.T) {
 }
 
 func TestSplitSeriesConfig(t *testing.T) {
+	t.Parallel()
 	for _, v := range []string{"", "a,,b", "*,requests_total", `a{b="c"}`} {
 		c := DefaultConfig()
 		c.SplitSeries = v

@@ -11,6 +11,7 @@ import (
 )
 
 func TestBenchDetectSmall(t *testing.T) {
+	t.Parallel()
 	rep, err := BenchDetect(DetectConfig{Trials: 10, Duration: time.Minute, Scenarios: []string{"aa", "crash-loop", "errors-x10"}, Workers: 2})
 	if err != nil {
 		t.Fatalf("BenchDetect: got %v; want no error", err)
@@ -55,6 +56,7 @@ func TestBenchDetectSmall(t *testing.T) {
 // TestBenchDetectDeterministic: a seed gives the same results whatever the number of workers,
 // and another seed other ones.
 func TestBenchDetectDeterministic(t *testing.T) {
+	t.Parallel()
 	run := func(seed uint64, workers int) []DetectResult {
 		t.Helper()
 		rep, err := BenchDetect(DetectConfig{Trials: 8, Duration: 30 * time.Second, Shares: []float64{0.2},
@@ -77,6 +79,7 @@ func TestBenchDetectDeterministic(t *testing.T) {
 }
 
 func TestBenchDetectBadConfig(t *testing.T) {
+	t.Parallel()
 	bad := alert.DefaultConfig()
 	bad.Alpha = 2
 	for _, c := range []struct {

@@ -88,6 +88,7 @@ func newTestFleet(t *testing.T, seed uint64, publish func(string, []byte) error)
 // published, every instance ends with exactly one final batch, batches end on interval
 // boundaries, and the traffic has the configured rate.
 func TestFleetTotalsExact(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		rec := newRecorder()
 		f := newTestFleet(t, 1, rec.publish)
@@ -138,6 +139,7 @@ func TestFleetTotalsExact(t *testing.T) {
 
 // TestFleetSeed: one seed gives the same traffic, another seed other traffic.
 func TestFleetSeed(t *testing.T) {
+	t.Parallel()
 	run := func(seed uint64) []Totals {
 		var out []Totals
 		synctest.Test(t, func(t *testing.T) {
@@ -162,6 +164,7 @@ func TestFleetSeed(t *testing.T) {
 
 // TestFleetKnobs turns a running fleet's knobs and watches the next intervals.
 func TestFleetKnobs(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		rec := newRecorder()
 		f := newTestFleet(t, 1, rec.publish)
@@ -246,6 +249,7 @@ func TestFleetKnobs(t *testing.T) {
 
 // TestFleetUnsent: batches whose publish fails are counted unsent, not in the totals.
 func TestFleetUnsent(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		rec := newRecorder()
 		rec.fail = true
@@ -262,6 +266,7 @@ func TestFleetUnsent(t *testing.T) {
 }
 
 func TestNewFleetRejects(t *testing.T) {
+	t.Parallel()
 	ok := FleetConfig{Groups: testGroups(), LifetimeMin: time.Second, LifetimeMax: 2 * time.Second,
 		Publish: func(string, []byte) error { return nil }}
 	if _, err := NewFleet(ok); err != nil {
@@ -292,6 +297,7 @@ func TestNewFleetRejects(t *testing.T) {
 }
 
 func TestTotalsAddWindow(t *testing.T) {
+	t.Parallel()
 	var tot Totals
 	w := &proto.Window{Service: "checkout", Version: "1.5.0", InstancesStarted: 2, InstancesStopped: 1,
 		Series: []proto.WindowSeries{

@@ -8,6 +8,7 @@ import (
 )
 
 func TestSpread(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name string
 		cfg  SpreadConfig
@@ -44,6 +45,7 @@ func TestSpread(t *testing.T) {
 }
 
 func TestSpreadRejects(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name string
 		cfg  SpreadConfig

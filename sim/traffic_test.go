@@ -9,6 +9,7 @@ import (
 )
 
 func TestPoissonMoments(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewPCG(5, 6))
 	for _, lam := range []float64{0.3, 4, 25, 400} {
 		const n = 20000
@@ -34,6 +35,7 @@ func TestPoissonMoments(t *testing.T) {
 // TestRequests checks one generator of an instance's interval: Poisson count, Bernoulli
 // errors, log-normal latency with the configured median and 99th percentile.
 func TestRequests(t *testing.T) {
+	t.Parallel()
 	r := rand.New(rand.NewPCG(1, 2))
 	m := logNormal(40*time.Millisecond, 200*time.Millisecond, 1)
 	var lats []time.Duration

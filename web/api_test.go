@@ -35,6 +35,7 @@ func get(t *testing.T, url, token string, out any) int {
 }
 
 func TestAPI(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t, testConfig())
 	f := newFeeder(ts.srv, 250*time.Millisecond, demoGroups()...)
 	f.backfill(10 * time.Second)
@@ -121,6 +122,7 @@ func post(t *testing.T, url, token, body string) int {
 }
 
 func TestAPITokenAndAnnounce(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig()
 	cfg.Token = "tok"
 	ts := startServer(t, cfg)
@@ -175,6 +177,7 @@ func TestAPITokenAndAnnounce(t *testing.T) {
 }
 
 func TestInputsRefused(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig()
 	cfg.MaxGroups = 1
 	srv, err := New(cfg, nil, nil)
@@ -203,6 +206,7 @@ func TestInputsRefused(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
+	t.Parallel()
 	for _, mut := range []func(*Config){
 		func(c *Config) { c.MaxClients = 0 },
 		func(c *Config) { c.Window = 0 },
@@ -226,6 +230,7 @@ func TestConfigValidate(t *testing.T) {
 // forgets events older than Config.Replay (a resume then resets), and groups without windows
 // for Config.History are forgotten.
 func TestReplayExpiresAndGroupsPrune(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		cfg := testConfig()
 		cfg.Replay = 30 * time.Second
@@ -264,6 +269,7 @@ func TestReplayExpiresAndGroupsPrune(t *testing.T) {
 
 // TestRing checks the ring buffer's bound and since search.
 func TestRing(t *testing.T) {
+	t.Parallel()
 	r := newRing(4)
 	for i := range 6 {
 		r.add(point{EndMs: int64(i)})

@@ -17,6 +17,7 @@ import (
 // and parses them like Prometheus: each family has HELP text and a TYPE, and the window delay
 // is a histogram with le buckets.
 func TestMetricsExposition(t *testing.T) {
+	t.Parallel()
 	set := metrics.NewSet()
 	srv, err := New(testConfig(), set, nil)
 	if err != nil {

@@ -118,6 +118,7 @@ func window(service, version string, endMs int64, requests float64) *proto.Windo
 }
 
 func TestStreamSnapshotThenEvents(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t, testConfig())
 	now := time.Now().UnixMilli() / 250 * 250
 	ts.srv.AddWindow(window("checkout", "1.4.2", now-250, 10))
@@ -156,6 +157,7 @@ func TestStreamSnapshotThenEvents(t *testing.T) {
 }
 
 func TestStreamSubscribeNarrows(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t, testConfig())
 	c := dial(t, ts, "")
 	if m := c.next(t); m[0].Type != "snapshot" {
@@ -187,6 +189,7 @@ func TestStreamSubscribeNarrows(t *testing.T) {
 }
 
 func TestStreamResumeAndReset(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig()
 	cfg.ClientQueue = 8
 	ts := startServer(t, cfg)
@@ -227,6 +230,7 @@ func TestStreamResumeAndReset(t *testing.T) {
 }
 
 func TestStreamRefusals(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig()
 	cfg.MaxClients = 1
 	cfg.Token = "s3cret"
@@ -260,6 +264,7 @@ func TestStreamRefusals(t *testing.T) {
 // TestClientCoalesces checks that a client whose queue overflows gets one snapshot instead
 // of the backlog, holding every window.
 func TestClientCoalesces(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig()
 	cfg.ClientQueue = 4
 	srv, err := New(cfg, nil, nil)

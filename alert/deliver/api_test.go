@@ -37,6 +37,7 @@ func doJSON(t *testing.T, method, url string, body string, out any) int {
 }
 
 func TestAPI(t *testing.T) {
+	t.Parallel()
 	rc := &recorder{}
 	srv := httptest.NewServer(rc)
 	defer srv.Close()
@@ -128,6 +129,7 @@ func TestAPI(t *testing.T) {
 }
 
 func TestFlaggerHooks(t *testing.T) {
+	t.Parallel()
 	d := newTestDeliverer(t, Config{Targets: Targets{Flagger: []FlaggerCanary{
 		{Namespace: "shop", Name: "checkout-canary", Service: "checkout"},
 	}}}, nil)
@@ -140,7 +142,7 @@ func TestFlaggerHooks(t *testing.T) {
 		v, ok := verdicts[s]
 		return v, ok
 	}))
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 
 	// Payloads as Flagger sends them (name, namespace, phase, checksum, type, metadata).
 	payload := func(name, typ string, meta string) string {
@@ -165,6 +167,7 @@ func TestFlaggerHooks(t *testing.T) {
 		{"no name", "rollback", `{"namespace":"shop"}`, 400},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			var a flaggerAnswer
 			code := doJSON(t, "POST", srv.URL+"/api/v1/flagger/"+c.hook, c.body, &a)
 			if code != c.want {
@@ -178,6 +181,7 @@ func TestFlaggerHooks(t *testing.T) {
 }
 
 func TestFileStoreResumes(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	rc := &recorder{statuses: []int{500}}
 	srv := httptest.NewServer(rc)
@@ -216,6 +220,7 @@ func TestFileStoreResumes(t *testing.T) {
 // TestDecideCountsEveryFailure checks that each way Decide can fail is counted by reason, so
 // that a caller replaying verdicts may drop the error without losing it.
 func TestDecideCountsEveryFailure(t *testing.T) {
+	t.Parallel()
 	fs, err := NewFileStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -293,6 +298,7 @@ func (s *failingCreate) Create(ctx context.Context, key string, value []byte) (u
 }
 
 func TestAllTargetsOneDecision(t *testing.T) {
+	t.Parallel()
 	rc := &recorder{}
 	hook := httptest.NewServer(rc)
 	defer hook.Close()

@@ -92,6 +92,7 @@ func argoTarget(t *testing.T, url string) ArgoTarget {
 }
 
 func TestArgoAttempt(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name        string
 		rollout     map[string]any
@@ -111,6 +112,7 @@ func TestArgoAttempt(t *testing.T) {
 		{"api server down", nil, 500, 0, classRetry, "GET"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			f := &fakeArgo{t: t, rollout: c.rollout, getStatus: c.getStatus, patchStatus: c.patchStatus}
 			srv := httptest.NewServer(f)
 			defer srv.Close()
@@ -134,6 +136,7 @@ func TestArgoAttempt(t *testing.T) {
 }
 
 func TestArgoDeliveryNeverShowsToken(t *testing.T) {
+	t.Parallel()
 	f := &fakeArgo{t: t, rollout: rolloutJSON("1.4.2", "6f9c7", "5d8b4", false)}
 	srv := httptest.NewServer(f)
 	defer srv.Close()

@@ -118,6 +118,7 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestConfigTargetsFile(t *testing.T) {
+	t.Parallel()
 	// The example of docs/webhooks.md.
 	const example = `{
   "argo": [{"service": "checkout", "api_server": "https://kubernetes.default.svc",

@@ -15,7 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -32,8 +32,10 @@ var corruptRecords = map[string]string{
 // delivery is unfinished: a restarted Deliverer refuses (counts and logs) the corrupt ones
 // and still resumes the good one.
 func TestLoadRefusesCorruptRecords(t *testing.T) {
+	t.Parallel()
 	for _, kind := range []string{"file", "jetstream-kv"} {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			var store Store
 			dir := t.TempDir()
 			if kind == "file" {
@@ -116,17 +118,8 @@ func TestLoadRefusesCorruptRecords(t *testing.T) {
 }
 
 func TestKVReader(t *testing.T) {
-	s, err := embednats.Start(embednats.Config{Port: -1, JetStream: true, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(s)
-	nc, err := embednats.Connect(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	t.Parallel()
+	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,6 +168,7 @@ func TestKVReader(t *testing.T) {
 }
 
 func TestStoredDecisionsCaches(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		calls := 0
 		var next []proto.Decision

@@ -18,6 +18,7 @@ import (
 // families as /metrics does and parses them like Prometheus: each family has HELP text and a
 // TYPE, and the attempt durations are a histogram with le buckets.
 func TestMetricsExposition(t *testing.T) {
+	t.Parallel()
 	rc := &recorder{}
 	srv := httptest.NewServer(rc)
 	defer srv.Close()

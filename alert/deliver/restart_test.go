@@ -16,11 +16,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/proto"
 )
 
-// jsServer is an embedded nats-server with JetStream whose store directory outlives it.
+// jsServer is a nats-server with JetStream whose store directory outlives it.
 type jsServer struct {
 	s  *server.Server
 	nc *nats.Conn
@@ -29,15 +29,8 @@ type jsServer struct {
 
 func startJS(t *testing.T, dir string) *jsServer {
 	t.Helper()
-	s, err := embednats.Start(embednats.Config{Port: -1, JetStream: true, StoreDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := embednats.Connect(s)
-	if err != nil {
-		embednats.Shutdown(s)
-		t.Fatal(err)
-	}
+	s := natstest.RunServer(t, natstest.Options{JetStream: true, StoreDir: dir})
+	nc := natstest.Connect(t, s)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -48,18 +41,13 @@ func startJS(t *testing.T, dir string) *jsServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j := &jsServer{s: s, nc: nc, kv: kv}
-	t.Cleanup(j.stop)
-	return j
+	return &jsServer{s: s, nc: nc, kv: kv}
 }
 
+// stop drains the connection and stops the server before the test ends.
 func (j *jsServer) stop() {
-	if j.s == nil {
-		return
-	}
 	j.nc.Drain()
-	embednats.Shutdown(j.s)
-	j.s = nil
+	natstest.Shutdown(j.s)
 }
 
 func waitStatus(t *testing.T, d *Deliverer, id, want string) proto.Decision {
@@ -76,6 +64,7 @@ func waitStatus(t *testing.T, d *Deliverer, id, want string) proto.Decision {
 }
 
 func TestRestartResumesWebhookDelivery(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	rc := &recorder{statuses: []int{503}}
 	srv := httptest.NewServer(rc)
@@ -196,6 +185,7 @@ func spinnakerConfig(url string) Config {
 }
 
 func TestSpinnakerNeverTwice(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := &gate{posts: map[string]int{}}
 	srv := httptest.NewServer(g)
@@ -248,6 +238,7 @@ func TestSpinnakerNeverTwice(t *testing.T) {
 }
 
 func TestSpinnakerStopMidSendIsNotResent(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := &gate{posts: map[string]int{}, block: make(chan struct{}), arrived: make(chan struct{}, 1)}
 	srv := httptest.NewServer(g)
@@ -279,6 +270,7 @@ func TestSpinnakerStopMidSendIsNotResent(t *testing.T) {
 }
 
 func TestSpinnakerCrashWhileSendingIsNotResent(t *testing.T) {
+	t.Parallel()
 	g := &gate{posts: map[string]int{}}
 	srv := httptest.NewServer(g)
 	defer srv.Close()
@@ -302,6 +294,7 @@ func TestSpinnakerCrashWhileSendingIsNotResent(t *testing.T) {
 }
 
 func TestSpinnakerRetriesOnlyWhenSurelyNotStarted(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		status []int
 		posts  int
@@ -314,6 +307,7 @@ func TestSpinnakerRetriesOnlyWhenSurelyNotStarted(t *testing.T) {
 		{[]int{400}, 1, "failed"},
 	} {
 		t.Run(fmt.Sprint(c.status[0]), func(t *testing.T) {
+			t.Parallel()
 			g := &gate{posts: map[string]int{}, status: c.status}
 			srv := httptest.NewServer(g)
 			defer srv.Close()
@@ -332,6 +326,7 @@ func TestSpinnakerRetriesOnlyWhenSurelyNotStarted(t *testing.T) {
 }
 
 func TestKVFirstWriterWins(t *testing.T) {
+	t.Parallel()
 	js := startJS(t, t.TempDir())
 	rc := &recorder{}
 	srv := httptest.NewServer(rc)
@@ -373,6 +368,7 @@ func (s *flakyStore) Update(ctx context.Context, key string, value []byte, rev u
 }
 
 func TestSpinnakerWaitsForTheStore(t *testing.T) {
+	t.Parallel()
 	g := &gate{posts: map[string]int{}}
 	srv := httptest.NewServer(g)
 	defer srv.Close()

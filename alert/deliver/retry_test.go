@@ -43,6 +43,7 @@ func newBubble(t *testing.T, rc *recorder, cfg Config) *bubble {
 }
 
 func TestRetrySchedule(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		const fails = 5
 		rc := &recorder{statuses: []int{503, 500, 429, 408, 502, 200}}
@@ -85,6 +86,7 @@ func TestRetrySchedule(t *testing.T) {
 }
 
 func TestRetryEscalatesThenGivesUp(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		rc := &recorder{statuses: []int{500}}
 		b := newBubble(t, rc, Config{MaxRetry: 2 * time.Minute})
@@ -130,6 +132,7 @@ func TestRetryEscalatesThenGivesUp(t *testing.T) {
 }
 
 func TestStatusHandling(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		status  int
 		attempt int
@@ -152,6 +155,7 @@ func TestStatusHandling(t *testing.T) {
 		{503, 2, "done", "delivered"},
 	} {
 		t.Run(fmt.Sprint(c.status), func(t *testing.T) {
+			t.Parallel()
 			synctest.Test(t, func(t *testing.T) {
 				rc := &recorder{statuses: []int{c.status, 200}}
 				b := newBubble(t, rc, Config{})
@@ -179,6 +183,7 @@ func TestStatusHandling(t *testing.T) {
 }
 
 func TestHangingReceiverTimesOut(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		rc := &recorder{hang: true}
 		b := newBubble(t, rc, Config{Timeout: 2 * time.Second})

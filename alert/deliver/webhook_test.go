@@ -113,6 +113,7 @@ const (
 )
 
 func TestWebhookSignedAndShaped(t *testing.T) {
+	t.Parallel()
 	rc := &recorder{}
 	srv := httptest.NewServer(rc)
 	defer srv.Close()
@@ -194,8 +195,10 @@ func TestWebhookSignedAndShaped(t *testing.T) {
 }
 
 func TestWebhookPassOnlyWhenEnabled(t *testing.T) {
+	t.Parallel()
 	for _, pass := range []bool{false, true} {
 		t.Run(fmt.Sprint("pass=", pass), func(t *testing.T) {
+			t.Parallel()
 			rc := &recorder{}
 			srv := httptest.NewServer(rc)
 			defer srv.Close()
@@ -231,6 +234,7 @@ func TestWebhookPassOnlyWhenEnabled(t *testing.T) {
 }
 
 func TestSignKnownVector(t *testing.T) {
+	t.Parallel()
 	// The example of the Standard Webhooks reference libraries' tests: secret, id, timestamp
 	// and payload below sign to this value.
 	key, _ := base64.StdEncoding.DecodeString("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")

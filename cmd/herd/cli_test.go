@@ -18,6 +18,7 @@ func runHerd(t *testing.T, vars map[string]string, args ...string) (code int, st
 }
 
 func TestVersionAndHelp(t *testing.T) {
+	t.Parallel()
 	if code, out, _ := runHerd(t, nil, "version"); code != 0 || !strings.HasPrefix(out, "herd ") {
 		t.Errorf("herd version: got %d %q; want 0 and \"herd …\"", code, out)
 	}
@@ -39,6 +40,7 @@ func TestVersionAndHelp(t *testing.T) {
 }
 
 func TestEnvFallback(t *testing.T) {
+	t.Parallel()
 	if got := envName("rollup.max-series-per-group"); got != "HERD_ROLLUP_MAX_SERIES_PER_GROUP" {
 		t.Errorf("envName = %q; want HERD_ROLLUP_MAX_SERIES_PER_GROUP", got)
 	}
@@ -64,6 +66,7 @@ func TestEnvFallback(t *testing.T) {
 }
 
 func TestServeRefusesBadFlags(t *testing.T) {
+	t.Parallel()
 	code, _, errOut := runHerd(t, map[string]string{"HERD_ROLLUP_WINDOW": "7us"}, "serve")
 	if code != 2 || !strings.Contains(errOut, "rollup.window") {
 		t.Errorf("got exit %d, %q; want 2 and the flag named", code, errOut)

@@ -43,6 +43,7 @@ func firstEvent(events []demo.Event, typ string) *demo.Event {
 // TestDemoScenarios runs the demo's story end to end (embedded NATS, fleet, rollup, detector,
 // signed webhook, receiver stopping the canary) and checks its outcome and timing.
 func TestDemoScenarios(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("runs the demo in real time")
 	}

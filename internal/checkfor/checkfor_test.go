@@ -7,6 +7,7 @@ import (
 )
 
 func TestWithinReturnsOnceTrue(t *testing.T) {
+	t.Parallel()
 	n := 0
 	Within(t, time.Second, time.Millisecond, func() error {
 		if n++; n < 3 {

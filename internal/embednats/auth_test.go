@@ -27,6 +27,7 @@ func newUserKey(t testing.TB) (pub, seed string) {
 }
 
 func TestLoadAuth(t *testing.T) {
+	t.Parallel()
 	pub, _ := newUserKey(t)
 	path := filepath.Join(t.TempDir(), "auth.json")
 	data := `{"internal": {"user": "herd", "password": "hunter2"},
@@ -56,6 +57,7 @@ func TestLoadAuth(t *testing.T) {
 }
 
 func TestParseAuthRefuses(t *testing.T) {
+	t.Parallel()
 	pub, seed := newUserKey(t)
 	for name, c := range map[string]struct{ data, want string }{
 		"empty":              {`{}`, "no identity"},
@@ -89,6 +91,7 @@ func TestParseAuthRefuses(t *testing.T) {
 }
 
 func TestAuthValidateInternalNKeys(t *testing.T) {
+	t.Parallel()
 	pub, _ := newUserKey(t)
 	if err := (&Auth{InternalNKeys: []string{pub}}).Validate(); err != nil {
 		t.Errorf("got %v; want a generated internal nkey alone to be enough", err)

@@ -8,6 +8,7 @@ import (
 )
 
 func TestStartConnectPublish(t *testing.T) {
+	t.Parallel()
 	s, err := Start(Config{Port: -1, JetStream: true, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)

@@ -75,6 +75,7 @@ func checkRouting(t *testing.T, pub, sub *nats.Conn) {
 }
 
 func TestApplyMappingMatchesPartitionOf(t *testing.T) {
+	t.Parallel()
 	s, err := Start(Config{Port: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -92,6 +93,7 @@ func TestApplyMappingMatchesPartitionOf(t *testing.T) {
 }
 
 func TestMappingConfigMatchesPartitionOf(t *testing.T) {
+	t.Parallel()
 	opts := &server.Options{}
 	if err := opts.ProcessConfigString(MappingConfig()); err != nil {
 		t.Fatalf("cannot parse the mapping snippet: %v\n%s", err, MappingConfig())
@@ -118,6 +120,7 @@ func TestMappingConfigMatchesPartitionOf(t *testing.T) {
 }
 
 func TestStartClusterRoutesMappedSubjects(t *testing.T) {
+	t.Parallel()
 	servers, err := StartCluster(3, t.TempDir())
 	if err != nil {
 		t.Fatal(err)

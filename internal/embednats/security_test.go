@@ -119,6 +119,7 @@ func expectViolation(t *testing.T, errs <-chan error, subject string) {
 }
 
 func TestAgentPublishesOnlyItsOwnBatches(t *testing.T) {
+	t.Parallel()
 	sv := startSecured(t)
 	in := sv.internal(t)
 	all, err := in.SubscribeSync(">")
@@ -198,6 +199,7 @@ func TestAgentPublishesOnlyItsOwnBatches(t *testing.T) {
 }
 
 func TestBcryptPasswordAgent(t *testing.T) {
+	t.Parallel()
 	sv := startSecured(t)
 	in := sv.internal(t)
 	sub, err := in.SubscribeSync("herd.p.>")
@@ -224,6 +226,7 @@ func TestBcryptPasswordAgent(t *testing.T) {
 }
 
 func TestInternalPublishesEverything(t *testing.T) {
+	t.Parallel()
 	sv := startSecured(t)
 	sub := sv.internal(t)
 	all, err := sub.SubscribeSync(">")
@@ -273,6 +276,7 @@ func TestInternalPublishesEverything(t *testing.T) {
 }
 
 func TestUnauthenticatedRefused(t *testing.T) {
+	t.Parallel()
 	sv := startSecured(t)
 	stranger, err := nkeys.CreateUser()
 	if err != nil {
@@ -298,6 +302,7 @@ func TestUnauthenticatedRefused(t *testing.T) {
 }
 
 func TestTLSRefusesClientsWithoutCAOrCertificate(t *testing.T) {
+	t.Parallel()
 	sv := startSecured(t)
 	user := nats.UserInfo("herd", "herd-pw")
 	for name, opts := range map[string][]nats.Option{
@@ -338,6 +343,7 @@ func TestTLSRefusesClientsWithoutCAOrCertificate(t *testing.T) {
 }
 
 func TestInProcessSkipsTLS(t *testing.T) {
+	t.Parallel()
 	files := natstest.WriteTLSFiles(t)
 	pub, opt, err := embednats.NewNKeyIdentity()
 	if err != nil {
@@ -364,6 +370,7 @@ func TestInProcessSkipsTLS(t *testing.T) {
 // TestAuthKeepsJetStreamData checks that turning authentication on keeps what JetStream
 // stored without it: herd's streams and buckets stay in the global account.
 func TestAuthKeepsJetStreamData(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -415,6 +422,7 @@ func TestAuthKeepsJetStreamData(t *testing.T) {
 }
 
 func TestMonitor(t *testing.T) {
+	t.Parallel()
 	s, err := embednats.Start(embednats.Config{Port: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -457,6 +465,7 @@ func TestMonitor(t *testing.T) {
 }
 
 func TestSecurityValidate(t *testing.T) {
+	t.Parallel()
 	files := natstest.WriteTLSFiles(t)
 	for name, c := range map[string]struct {
 		sec  embednats.Security
@@ -480,6 +489,7 @@ func TestSecurityValidate(t *testing.T) {
 }
 
 func TestInternalNKeyIdentity(t *testing.T) {
+	t.Parallel()
 	kp, err := nkeys.CreateUser()
 	if err != nil {
 		t.Fatal(err)

@@ -9,15 +9,16 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 )
 
 var errTransient = errors.New("nats: timeout")
 
 func TestDoRetriesUntilSuccess(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		start := time.Now()
 		var at []time.Duration
@@ -44,6 +45,7 @@ func TestDoRetriesUntilSuccess(t *testing.T) {
 // TestDoAttemptTimeout checks that an attempt that gets no answer ends after
 // AttemptTimeout, and that Do returns the last error wrapped with ctx's once ctx ends.
 func TestDoAttemptTimeout(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		// ctx ends inside the second attempt, not at the instant its own timeout would end it
 		// (two timers due at one instant fire in either order).
@@ -74,6 +76,7 @@ func TestDoAttemptTimeout(t *testing.T) {
 }
 
 func TestDoReturnsLastErrorWhenCanceled(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		n := 0
@@ -93,6 +96,7 @@ func TestDoReturnsLastErrorWhenCanceled(t *testing.T) {
 }
 
 func TestDoStopsWithoutJetStream(t *testing.T) {
+	t.Parallel()
 	for _, perm := range []error{jetstream.ErrJetStreamNotEnabled, jetstream.ErrJetStreamNotEnabledForAccount} {
 		synctest.Test(t, func(t *testing.T) {
 			n := 0
@@ -109,6 +113,7 @@ func TestDoStopsWithoutJetStream(t *testing.T) {
 }
 
 func TestDoCanceledBeforeAttempt(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	err := Do(ctx, time.Second, func(context.Context) error {
@@ -128,14 +133,9 @@ func createBucket(js jetstream.JetStream) func(ctx context.Context) error {
 	}
 }
 
-func connectJS(t *testing.T, url string) jetstream.JetStream {
+func connectJS(t *testing.T, s *server.Server) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(natstest.Connect(t, s))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,19 +143,16 @@ func connectJS(t *testing.T, url string) jetstream.JetStream {
 }
 
 func TestDoRealServer(t *testing.T) {
+	t.Parallel()
 	for _, withJS := range []bool{true, false} {
 		t.Run(fmt.Sprint("jetstream=", withJS), func(t *testing.T) {
-			s, err := embednats.Start(embednats.Config{Port: -1, JetStream: withJS, StoreDir: t.TempDir()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer embednats.Shutdown(s)
-			js := connectJS(t, s.ClientURL())
+			t.Parallel()
+			js := connectJS(t, natstest.RunServer(t, natstest.Options{JetStream: withJS}))
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			n := 0
 			op := createBucket(js)
-			err = Do(ctx, 100*time.Millisecond, func(ctx context.Context) error { n++; return op(ctx) },
+			err := Do(ctx, 100*time.Millisecond, func(ctx context.Context) error { n++; return op(ctx) },
 				func(err error) { t.Errorf("onRetry(%v) called; want no retry", err) })
 			switch {
 			case withJS && err != nil:
@@ -174,6 +171,7 @@ func TestDoRealServer(t *testing.T) {
 // meta leader, so the call cannot succeed and Do retries. Once the other two nodes join, a
 // leader is elected and Do returns nil.
 func TestDoWaitsForMetaLeader(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("starts a 3-node cluster and waits for attempts to time out")
 	}
@@ -181,20 +179,7 @@ func TestDoWaitsForMetaLeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := func(o *server.Options) {
-		t.Helper()
-		s, err := server.NewServer(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go s.Start()
-		t.Cleanup(func() { embednats.Shutdown(s) })
-		if !s.ReadyForConnections(10 * time.Second) {
-			t.Fatalf("server %s not ready", o.ServerName)
-		}
-	}
-	start(opts[0])
-	js := connectJS(t, fmt.Sprintf("nats://127.0.0.1:%d", opts[0].Port))
+	js := connectJS(t, natstest.RunServerOptions(t, opts[0]))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -215,8 +200,8 @@ func TestDoWaitsForMetaLeader(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("Do returned %v without a meta leader; want it to retry", err)
 	}
-	start(opts[1])
-	start(opts[2])
+	natstest.RunServerOptions(t, opts[1])
+	natstest.RunServerOptions(t, opts[2])
 	formed := time.Now()
 	if err := <-done; err != nil {
 		t.Fatalf("got %v after the cluster formed; want nil", err)

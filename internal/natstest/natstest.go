@@ -4,6 +4,7 @@ package natstest
 
 import (
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -41,6 +42,46 @@ func RunServer(t testing.TB, o Options) *server.Server {
 	}
 	return s
 }
+
+// RunServerOptions starts a server with opts as they are (say, one node of
+// embednats.ClusterOptions, for a test that starts a cluster's nodes one at a time), waits
+// until it accepts connections and stops it when the test ends. It sets opts.NoSigs: a
+// test's server never handles the process's signals. opts is the server's from then on.
+func RunServerOptions(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.NoSigs = true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatalf("cannot create nats-server %s: %v", opts.ServerName, err)
+	}
+	go s.Start()
+	t.Cleanup(func() { embednats.Shutdown(s) })
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("nats-server %s is not ready for connections after 10s", opts.ServerName)
+	}
+	return s
+}
+
+// RunCluster starts n nats-servers joined by routes, as embednats.StartCluster does (JetStream
+// and the partition mapping on each, random client ports), and stops them when the test ends.
+func RunCluster(t testing.TB, n int) []*server.Server {
+	t.Helper()
+	servers, err := embednats.StartCluster(n, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, s := range servers {
+			embednats.Shutdown(s)
+		}
+	})
+	return servers
+}
+
+// Shutdown stops s and waits for it before the test ends, as a server crash or restart
+// does. To restart on the same data, a test then calls RunServer with the same StoreDir.
+// Stopping a server twice does nothing, so the test's cleanup may find s stopped.
+func Shutdown(s *server.Server) { embednats.Shutdown(s) }
 
 // Connect connects a client to s and closes it when the test ends.
 func Connect(t testing.TB, s *server.Server, opts ...nats.Option) *nats.Conn {

@@ -11,6 +11,7 @@ import (
 )
 
 func TestWritePrometheusFillsHelp(t *testing.T) {
+	t.Parallel()
 	Describe(map[string]string{
 		"promhelp_test_events_total":    "Events seen, by reason.",
 		"promhelp_test_queue_length":    "Items waiting.",
@@ -51,6 +52,7 @@ func TestWritePrometheusFillsHelp(t *testing.T) {
 }
 
 func TestCheckReportsMissingMetadata(t *testing.T) {
+	t.Parallel()
 	Describe(map[string]string{"promhelp_test_described_total": "Described."})
 	set := metrics.NewSet()
 	set.NewCounter("promhelp_test_described_total")
@@ -73,6 +75,7 @@ func TestCheckReportsMissingMetadata(t *testing.T) {
 }
 
 func TestCheckRefusesUnparsableText(t *testing.T) {
+	t.Parallel()
 	if err := Check([]byte("not a metric line {\n")); err == nil {
 		t.Fatal("Check accepted garbage; want a parse error")
 	}

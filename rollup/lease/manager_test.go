@@ -11,12 +11,11 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/herd-dev/herd/internal/checkfor"
 	"github.com/herd-dev/herd/internal/embednats"
+	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -24,6 +23,7 @@ import (
 var checkFor = checkfor.Within
 
 func TestConfigValidate(t *testing.T) {
+	t.Parallel()
 	good := DefaultConfig()
 	good.WorkerID = "w1"
 	if err := good.Validate(); err != nil {
@@ -144,17 +144,8 @@ func checkBalanced(ls []*Manager, parts int) error {
 // times are logged, not asserted: they depend on the machine's load (docs/BENCHMARKS.md
 // reports them).
 func TestManagerBalanceFailoverAndRebalance(t *testing.T) {
-	s, err := embednats.Start(embednats.Config{Port: -1, JetStream: true, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(s)
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	t.Parallel()
+	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,6 +192,7 @@ func TestManagerBalanceFailoverAndRebalance(t *testing.T) {
 // TestInParallelBounded checks that inParallel runs every op, at most maxInFlight at once,
 // and returns only after all of them returned.
 func TestInParallelBounded(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		const n = 2*maxInFlight + 3
 		var mu sync.Mutex
@@ -236,17 +228,8 @@ func TestInParallelBounded(t *testing.T) {
 // a configuration error no retry fixes, and that New registered the self-metrics in the
 // set it was given.
 func TestRunWithoutJetStream(t *testing.T) {
-	s, err := embednats.Start(embednats.Config{Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer embednats.Shutdown(s)
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	t.Parallel()
+	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,26 +264,13 @@ func TestRunWithoutJetStream(t *testing.T) {
 // TestAbandonWhileBinding checks that Abandon stops a Run still waiting for JetStream, and
 // that Run then returns nil, as after a crash.
 func TestAbandonWhileBinding(t *testing.T) {
+	t.Parallel()
 	// One node of a three-node cluster: JetStream never answers.
 	opts, err := embednats.ClusterOptions(3, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := server.NewServer(opts[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	defer embednats.Shutdown(s)
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(natstest.Connect(t, natstest.RunServerOptions(t, opts[0])))
 	if err != nil {
 		t.Fatal(err)
 	}
