@@ -80,5 +80,7 @@ func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles) {
 	}
 	if r.Web {
 		cfg.Web.RegisterFlags(fs)
+	} else {
+		cfg.Web.HTTP.RegisterFlags(fs) // the tokens and limits of the HTTP listener
 	}
 }
