@@ -15,10 +15,9 @@ import (
 	"github.com/herd-dev/herd/internal/promhelp"
 )
 
-// Reasons a request is refused by a Guard (label reason of herd_web_api_requests_refused_total).
+// Reasons a request is refused by a Guard (label reason of herd_web_api_requests_refused_total),
+// besides ReasonUnauthorized: tokens are configured and the request carries none of them.
 const (
-	// ReasonUnauthorized (shared with the websocket's refusals): tokens are configured and the
-	// request carries none of them.
 	ReasonReadOnlyToken = "read_only_token" // a state-changing request with the read-only token
 	ReasonNotLoopback   = "not_loopback"    // no tokens: a state-changing request from a non-loopback address
 	ReasonContentType   = "content_type"    // no tokens: a state-changing request that is not application/json
