@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -10,17 +11,29 @@ import (
 
 	"github.com/herd-dev/herd/alert/deliver"
 	"github.com/herd-dev/herd/internal/promhelp"
+	"github.com/herd-dev/herd/web"
 )
 
 // newHTTP opens the HTTP listener and builds its routes: /metrics, /livez and /readyz on
 // every node; the dashboard and the API with the web role; the decisions and Flagger
 // endpoints with the detect role. Without an HTTP address it does nothing.
+//
+// Every route but /livez, /readyz and the dashboard's static page goes through one Guard
+// (the web server's, else a Guard of its own) configured by Config.Web.HTTP: with tokens,
+// reads need one and writes the read+write token; without, writes are accepted only as
+// same-origin JSON from loopback. The listener holds at most Config.Web.HTTP.MaxConns
+// connections, and the server's timeouts close idle and slow ones; the websocket stream,
+// once upgraded, runs on its own deadlines.
 func (n *Node) newHTTP() (err error) {
 	if n.cfg.HTTPListen == "" {
 		return nil
 	}
+	hc := n.cfg.Web.HTTP
+	if err := hc.Validate(); err != nil {
+		return fmt.Errorf("cannot serve HTTP: %w", err)
+	}
 	mux := http.NewServeMux()
-	protect := func(h http.Handler) http.Handler { return h }
+	var protect func(http.Handler) http.Handler
 	if n.web != nil {
 		protect = n.web.Protect
 		n.web.SetAnnounce(n.Announce)
@@ -31,6 +44,8 @@ func (n *Node) newHTTP() (err error) {
 			n.web.SetDecisions(deliver.StoredDecisions(deliver.NewKVReader(n.js).Decisions, time.Second, n.logger))
 		}
 		mux.Handle("/", n.web.Handler())
+	} else {
+		protect = web.NewGuard(hc, n.metrics).Protect
 	}
 	if n.dl != nil {
 		decisions := protect(n.dl.HTTPHandler())
@@ -38,7 +53,7 @@ func (n *Node) newHTTP() (err error) {
 		mux.Handle("/api/v1/decisions/", decisions)
 		mux.Handle("/api/v1/flagger/", protect(n.dl.FlaggerHandler(n.det.Latest)))
 	}
-	mux.HandleFunc("GET /metrics", n.serveMetrics)
+	mux.Handle("GET /metrics", protect(http.HandlerFunc(n.serveMetrics)))
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !n.ready.Load() {
@@ -53,12 +68,25 @@ func (n *Node) newHTTP() (err error) {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	if n.httpLn, err = net.Listen("tcp", n.cfg.HTTPListen); err != nil {
+	ln, err := net.Listen("tcp", n.cfg.HTTPListen)
+	if err != nil {
 		return fmt.Errorf("cannot listen for HTTP on %s: %w", n.cfg.HTTPListen, err)
 	}
-	n.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	n.httpLn = web.LimitListener(ln, hc.MaxConns, n.metrics)
+	n.httpSrv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: hc.ReadHeaderTimeout,
+		ReadTimeout:       hc.ReadTimeout,
+		WriteTimeout:      hc.WriteTimeout,
+		IdleTimeout:       hc.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(n.logger.With("component", "http").Handler(), slog.LevelWarn),
+	}
 	return nil
 }
+
+// maxHeaderBytes bounds a request's headers: herd's requests carry a token and little else.
+const maxHeaderBytes = 64 << 10
 
 // serveMetrics writes every family of the node in Prometheus text format.
 func (n *Node) serveMetrics(w http.ResponseWriter, _ *http.Request) {

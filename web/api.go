@@ -1,13 +1,11 @@
 package web
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/herd-dev/herd/proto"
@@ -27,7 +25,9 @@ import (
 //	GET  /, /services/{service}, /decisions, /static/… the dashboard
 //
 // It leaves /api/v1/decisions… (the deliverer's API), /metrics, /livez and /readyz to the
-// caller. When Config.Token is set, every /api/ route requires it (see Protect).
+// caller. Every /api/ route goes through Protect: with tokens it requires one, and POST
+// requires the read+write token; without tokens POST is accepted only as same-origin JSON
+// from loopback (see Guard).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	api := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, s.Protect(h)) }
@@ -47,32 +47,10 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-// Protect wraps h so that it requires Config.Token, when one is set, as
-// "Authorization: Bearer <token>" or a token query parameter (browsers cannot set headers on
-// a websocket). cmd/herd wraps the deliverer's decisions API with it.
-func (s *Server) Protect(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.m.apiRequests.Inc()
-		if s.cfg.Token != "" && !s.authorized(r) {
-			s.m.apiUnauthorized.Inc()
-			if strings.HasSuffix(r.URL.Path, "/stream") {
-				s.m.refused[ReasonUnauthorized].Inc()
-			}
-			w.Header().Set("WWW-Authenticate", `Bearer realm="herd"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized", "a bearer token is required")
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
-}
-
-func (s *Server) authorized(r *http.Request) bool {
-	tok := r.URL.Query().Get("token")
-	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
-		tok = strings.TrimPrefix(h, "Bearer ")
-	}
-	return subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.Token)) == 1
-}
+// Protect wraps h with the Server's Guard (see Guard): the tokens of Config.HTTP, the
+// write rules, counted refusals. The node wraps the deliverer's decisions and Flagger
+// endpoints and /metrics with it.
+func (s *Server) Protect(h http.Handler) http.Handler { return s.guard.Protect(h) }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -296,7 +274,7 @@ func (s *Server) servePostDeployment(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_json", "cannot decode deployment: "+err.Error())
 		return
 	}
-	if err := d.Validate(); err != nil {
+	if err := checkDeployment(&d); err != nil {
 		writeError(w, http.StatusBadRequest, "bad_deployment", err.Error())
 		return
 	}
@@ -312,9 +290,15 @@ func (s *Server) serveDecisions(w http.ResponseWriter, r *http.Request) {
 	if f := s.decisions.Load(); f != nil && *f != nil {
 		only := r.URL.Query().Get("service")
 		for _, d := range (*f)() {
-			if only == "" || d.Verdict.Service == only {
-				out = append(out, d)
+			if only != "" && d.Verdict.Service != only {
+				continue
 			}
+			d, err := cleanDecision(d)
+			if err != nil {
+				s.m.inputsRefused[ReasonBadDecision].Inc()
+				continue
+			}
+			out = append(out, d)
 		}
 	}
 	writeJSON(w, http.StatusOK, struct {

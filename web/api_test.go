@@ -44,7 +44,7 @@ func TestAPI(t *testing.T) {
 	ts.srv.SetVerdict(proto.Verdict{Service: "checkout", Baseline: "1.4.2", Canary: "1.5.0", State: proto.StateRollback,
 		Sentence: "errors 5.2× baseline", Evidence: proto.Evidence{EValue: 140, Threshold: 100}})
 	ts.srv.SetDecisions(func() []proto.Decision {
-		return []proto.Decision{{ID: "d1", Verdict: proto.Verdict{Service: "checkout", State: proto.StateRollback}, Status: "delivered",
+		return []proto.Decision{{ID: "d1", Verdict: proto.Verdict{Service: "checkout", Baseline: "1.4.2", Canary: "1.5.0", State: proto.StateRollback}, Status: "delivered",
 			Deliveries: []proto.Delivery{{DecisionID: "d1", Target: "webhook:http://x", Attempt: 1, Status: 204, Outcome: "done"}}}}
 	})
 	waitApplied(t, ts, 41*4+3)
@@ -124,7 +124,7 @@ func post(t *testing.T, url, token, body string) int {
 func TestAPITokenAndAnnounce(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig()
-	cfg.Token = "tok"
+	cfg.HTTP.Token = "tok"
 	ts := startServer(t, cfg)
 	base := ts.http.URL + "/api/v1"
 	if code := get(t, base+"/services", "", nil); code != 401 {
@@ -171,7 +171,7 @@ func TestAPITokenAndAnnounce(t *testing.T) {
 	if len(got) != 1 || got[0].Canary != "1.5.0" {
 		t.Fatalf("got announcements %+v; want the one valid deployment", got)
 	}
-	if n := ts.srv.m.apiUnauthorized.Get(); n != 3 {
+	if n := ts.srv.guard.refused[ReasonUnauthorized].Get(); n != 3 {
 		t.Fatalf("got %d unauthorized requests; want 3", n)
 	}
 }

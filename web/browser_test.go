@@ -43,8 +43,16 @@ func chromiumPath(t *testing.T) string {
 type browser struct {
 	ctx    context.Context
 	cancel func()
-	mu     sync.Mutex // guards errs
+	mu     sync.Mutex // guards the fields below
 	errs   []string
+	expect []string // substrings of console errors a test provokes on purpose
+}
+
+// expectErrors makes console errors holding any of substrs expected rather than failures.
+func (b *browser) expectErrors(substrs ...string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.expect = append(b.expect, substrs...)
 }
 
 // chromiumOptions are the flags herd's browser tests and screenshots use.
@@ -65,9 +73,11 @@ func chromiumOptions(path, userDir string) []chromedp.ExecAllocatorOption {
 	}
 }
 
-func newBrowser(t *testing.T) *browser {
+// newBrowser starts a headless chromium; extra adds flags (e.g. host resolver rules).
+func newBrowser(t *testing.T, extra ...chromedp.ExecAllocatorOption) *browser {
 	t.Helper()
-	actx, acancel := chromedp.NewExecAllocator(context.Background(), chromiumOptions(chromiumPath(t), t.TempDir())...)
+	opts := append(chromiumOptions(chromiumPath(t), t.TempDir()), extra...)
+	actx, acancel := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(actx)
 	b := &browser{ctx: ctx, cancel: func() { cancel(); acancel() }}
 	if err := chromedp.Do(ctx); err != nil {
@@ -91,7 +101,13 @@ func newBrowser(t *testing.T) *browser {
 		b.cancel()
 		b.mu.Lock()
 		defer b.mu.Unlock()
+	next:
 		for _, e := range b.errs {
+			for _, x := range b.expect {
+				if strings.Contains(e, x) {
+					continue next
+				}
+			}
 			t.Errorf("page error: %s", e)
 		}
 	})

@@ -3,17 +3,19 @@ package web
 import (
 	"flag"
 	"fmt"
-	"os"
+	"strings"
 	"time"
 )
 
 // Config configures a Server. Start from DefaultConfig or RegisterFlags.
 type Config struct {
-	// Token, when set, is the bearer token every API and websocket request must carry
-	// (Authorization: Bearer <token>, or ?token= for the websocket and the dashboard's fetches).
-	Token string
+	// HTTP holds the tokens the API requires and the limits of the node's HTTP listener.
+	HTTP HTTPConfig
 	// MaxClients bounds the number of concurrent websocket clients.
 	MaxClients int
+	// MaxClientsPerToken bounds the concurrent websocket clients of one token, or of one
+	// remote address when no token is configured, so that one caller cannot take every slot.
+	MaxClientsPerToken int
 	// History is how long each group's ring buffer of window summaries reaches back.
 	History time.Duration
 	// Window is the rollup window length; History/Window is the ring buffer's size.
@@ -40,29 +42,32 @@ type Config struct {
 // DefaultConfig returns the defaults that RegisterFlags registers.
 func DefaultConfig() Config {
 	return Config{
-		MaxClients:     1000,
-		History:        15 * time.Minute,
-		Window:         250 * time.Millisecond,
-		Replay:         time.Minute,
-		MaxGroups:      1000,
-		ClientQueue:    1024,
-		WriteTimeout:   2 * time.Second,
-		PingInterval:   15 * time.Second,
-		SendBuffer:     256 << 10,
-		RequestsSeries: "requests_total",
-		ErrorsSeries:   "errors_total",
-		LatencySeries:  "latency_seconds",
+		HTTP:               DefaultHTTPConfig(),
+		MaxClients:         1000,
+		MaxClientsPerToken: 256,
+		History:            15 * time.Minute,
+		Window:             250 * time.Millisecond,
+		Replay:             time.Minute,
+		MaxGroups:          1000,
+		ClientQueue:        1024,
+		WriteTimeout:       2 * time.Second,
+		PingInterval:       15 * time.Second,
+		SendBuffer:         256 << 10,
+		RequestsSeries:     "requests_total",
+		ErrorsSeries:       "errors_total",
+		LatencySeries:      "latency_seconds",
 	}
 }
 
-// RegisterFlags registers the -http-token and -web.* flags on fs, writing into c. The token
-// defaults to $HERD_HTTP_TOKEN.
+// RegisterFlags registers the -http-token, -http-read-token, -http.* (see
+// HTTPConfig.RegisterFlags) and -web.* flags on fs, writing into c.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	d := DefaultConfig()
-	fs.StringVar(&c.Token, "http-token", os.Getenv("HERD_HTTP_TOKEN"),
-		"bearer `token` required by the API, websocket and dashboard (default $HERD_HTTP_TOKEN; empty: no token)")
+	c.HTTP.RegisterFlags(fs)
 	fs.IntVar(&c.MaxClients, "web.max-clients", d.MaxClients,
 		"maximum concurrent websocket clients; further connections get 503 (count, default 1000)")
+	fs.IntVar(&c.MaxClientsPerToken, "web.max-clients-per-token", d.MaxClientsPerToken,
+		"maximum concurrent websocket clients of one token, or of one remote address without tokens; further connections get 503 (count, default 256)")
 	fs.DurationVar(&c.History, "web.history", d.History,
 		"how far back each group's in-memory window history reaches (duration, default 15m)")
 	fs.DurationVar(&c.Window, "web.window", d.Window,
@@ -89,9 +94,14 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 
 // Validate checks c and names the offending flag.
 func (c *Config) Validate() error {
+	if err := c.HTTP.Validate(); err != nil {
+		return err
+	}
 	switch {
 	case c.MaxClients < 1:
 		return fmt.Errorf("-web.max-clients %d must be at least 1", c.MaxClients)
+	case c.MaxClientsPerToken < 1:
+		return fmt.Errorf("-web.max-clients-per-token %d must be at least 1", c.MaxClientsPerToken)
 	case c.Window < time.Millisecond || c.Window > time.Hour:
 		return fmt.Errorf("-web.window %s must be between 1ms and 1h", c.Window)
 	case c.History < c.Window || c.History > 24*time.Hour:
@@ -112,6 +122,91 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("-web.send-buffer %d must not be negative", c.SendBuffer)
 	case c.RequestsSeries == "" || c.ErrorsSeries == "" || c.LatencySeries == "":
 		return fmt.Errorf("-web.requests-series, -web.errors-series and -web.latency-series must not be empty")
+	}
+	return nil
+}
+
+// HTTPConfig configures a node's HTTP listener: the tokens its endpoints require (see
+// Guard) and the limits that keep idle or slow connections from exhausting the process's
+// file descriptors, which it shares with the embedded NATS server.
+type HTTPConfig struct {
+	// Token, when set, is the read+write bearer token: every /api/ route and /metrics
+	// require it or ReadToken, and every state-changing request (any method but GET, HEAD
+	// and OPTIONS) requires it. Without tokens, reads are open and writes are allowed only
+	// from loopback, as JSON, from a same-origin page or a non-browser client (see Guard).
+	Token string
+	// ReadToken, when set (with Token), is a bearer token that may only read: the dashboard,
+	// the API's GET routes, the websocket and /metrics.
+	ReadToken string
+	// MaxConns bounds the open connections of the listener; one beyond it is answered 503 and
+	// closed at once.
+	MaxConns int
+	// ReadHeaderTimeout bounds reading a request's headers, also of a connection's first
+	// request: a connection that sends nothing is closed after it.
+	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds reading a whole request, body included.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds writing a response. The websocket stream has its own deadlines
+	// (Config.WriteTimeout, Config.PingInterval) once upgraded.
+	WriteTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle for this long between requests.
+	IdleTimeout time.Duration
+}
+
+// DefaultHTTPConfig returns the defaults that HTTPConfig.RegisterFlags registers.
+func DefaultHTTPConfig() HTTPConfig {
+	return HTTPConfig{
+		MaxConns:          1024,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      time.Minute,
+		IdleTimeout:       2 * time.Minute,
+	}
+}
+
+// RegisterFlags registers -http-token, -http-read-token and the -http.* limits on fs,
+// writing into c. cmd/herd maps each flag to its environment variable (HERD_HTTP_TOKEN,
+// HERD_HTTP_READ_TOKEN, …); the package reads no environment itself.
+func (c *HTTPConfig) RegisterFlags(fs *flag.FlagSet) {
+	d := DefaultHTTPConfig()
+	fs.StringVar(&c.Token, "http-token", "",
+		"read+write bearer `token` for the API, the websocket, /metrics and every state-changing request (prefer the environment variable; empty: reads open, writes only from loopback as same-origin JSON)")
+	fs.StringVar(&c.ReadToken, "http-read-token", "",
+		"read-only bearer `token` for the dashboard, the API's GET routes, the websocket and /metrics (needs -http-token; empty: none)")
+	fs.IntVar(&c.MaxConns, "http.max-conns", d.MaxConns,
+		"maximum open HTTP connections; further ones are answered 503 and closed (count, default 1024)")
+	fs.DurationVar(&c.ReadHeaderTimeout, "http.read-header-timeout", d.ReadHeaderTimeout,
+		"time to read a request's headers; a connection sending nothing is closed after it (duration, default 10s)")
+	fs.DurationVar(&c.ReadTimeout, "http.read-timeout", d.ReadTimeout,
+		"time to read a whole request, body included (duration, default 30s)")
+	fs.DurationVar(&c.WriteTimeout, "http.write-timeout", d.WriteTimeout,
+		"time to write a response; not the websocket stream, which has -web.write-timeout (duration, default 1m)")
+	fs.DurationVar(&c.IdleTimeout, "http.idle-timeout", d.IdleTimeout,
+		"a keep-alive connection idle this long between requests is closed (duration, default 2m)")
+}
+
+// Validate checks c and names the offending flag.
+func (c *HTTPConfig) Validate() error {
+	for _, t := range []struct{ flag, tok string }{{"-http-token", c.Token}, {"-http-read-token", c.ReadToken}} {
+		if strings.IndexFunc(t.tok, func(r rune) bool { return r <= ' ' || r > '~' }) >= 0 {
+			return fmt.Errorf("%s must be printable ASCII without spaces", t.flag)
+		}
+	}
+	switch {
+	case c.ReadToken != "" && c.Token == "":
+		return fmt.Errorf("-http-read-token needs -http-token (the token that may write)")
+	case c.ReadToken != "" && c.ReadToken == c.Token:
+		return fmt.Errorf("-http-read-token must differ from -http-token")
+	case c.MaxConns < 1:
+		return fmt.Errorf("-http.max-conns %d must be at least 1", c.MaxConns)
+	case c.ReadHeaderTimeout <= 0:
+		return fmt.Errorf("-http.read-header-timeout %s must be positive", c.ReadHeaderTimeout)
+	case c.ReadTimeout < c.ReadHeaderTimeout:
+		return fmt.Errorf("-http.read-timeout %s must be at least -http.read-header-timeout %s", c.ReadTimeout, c.ReadHeaderTimeout)
+	case c.WriteTimeout <= 0:
+		return fmt.Errorf("-http.write-timeout %s must be positive", c.WriteTimeout)
+	case c.IdleTimeout <= 0:
+		return fmt.Errorf("-http.idle-timeout %s must be positive", c.IdleTimeout)
 	}
 	return nil
 }

@@ -9,5 +9,9 @@
 //
 // Handler serves the JSON API under /api/v1/, the websocket at /api/v1/stream and the
 // dashboard (plain ES modules and the vendored uPlot library, embedded in the binary) at /.
-// See docs/dashboard.md for the pages, the protocol and the routes.
+// A Guard protects the routes: bearer tokens with a read or a read+write scope, and without
+// tokens writes only as same-origin JSON from loopback (see Guard). Everything the Server
+// stores or renders is checked against its schema first, and the dashboard escapes all text.
+// HTTPConfig and LimitListener configure and cap the node's HTTP listener.
+// See docs/dashboard.md for the pages, the protocol, the routes and the security rules.
 package web

@@ -42,9 +42,11 @@ func TestMetricsExposition(t *testing.T) {
 	if err := promhelp.Check(buf.Bytes()); err != nil {
 		t.Errorf("%v\nin\n%s", err, buf.String())
 	}
-	for family := range serverHelp {
-		if !strings.Contains(buf.String(), "# TYPE "+family+" ") {
-			t.Errorf("family %s is described but not in\n%s", family, buf.String())
+	for _, help := range []map[string]string{serverHelp, guardHelp} {
+		for family := range help {
+			if !strings.Contains(buf.String(), "# TYPE "+family+" ") {
+				t.Errorf("family %s is described but not in\n%s", family, buf.String())
+			}
 		}
 	}
 	for _, want := range []string{"# TYPE herd_web_window_delay_seconds histogram\n", "\nherd_web_window_delay_seconds_count 1\n"} {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,15 +20,19 @@ import (
 // Reasons an input is refused (label reason of herd_web_inputs_refused_total).
 const (
 	ReasonHubFull    = "hub_full"    // the hub's input queue was full
-	ReasonBadInput   = "bad_input"   // nil window or invalid service/version
+	ReasonBadInput   = "bad_input"   // a window, verdict or deployment that fails its schema (see checkVerdict)
 	ReasonStale      = "stale"       // a window not newer than the group's last one
 	ReasonMaxGroups  = "max_groups"  // the group would exceed Config.MaxGroups
 	ReasonNotRunning = "not_running" // Run has returned
+	// ReasonBadDecision counts decisions left out of the decisions page because they fail
+	// their schema, each time a listing leaves one out.
+	ReasonBadDecision = "bad_decision"
 )
 
 // Reasons a websocket client is refused or dropped.
 const (
 	ReasonLimit        = "limit"        // refused: Config.MaxClients reached
+	ReasonTokenLimit   = "token_limit"  // refused: Config.MaxClientsPerToken of the caller's token (or address) reached
 	ReasonUnauthorized = "unauthorized" // refused: missing or wrong token
 	ReasonBadRequest   = "bad_request"  // refused: bad query parameters or upgrade
 	ReasonSlow         = "slow"         // dropped: a write exceeded Config.WriteTimeout
@@ -35,8 +41,8 @@ const (
 )
 
 var (
-	inputReasons   = []string{ReasonHubFull, ReasonBadInput, ReasonStale, ReasonMaxGroups, ReasonNotRunning}
-	refuseReasons  = []string{ReasonLimit, ReasonUnauthorized, ReasonBadRequest}
+	inputReasons   = []string{ReasonHubFull, ReasonBadInput, ReasonStale, ReasonMaxGroups, ReasonNotRunning, ReasonBadDecision}
+	refuseReasons  = []string{ReasonLimit, ReasonTokenLimit, ReasonUnauthorized, ReasonBadRequest}
 	droppedReasons = []string{ReasonSlow, ReasonPingTimeout, ReasonShutdown}
 )
 
@@ -59,6 +65,7 @@ type Server struct {
 	cfg    Config
 	logger *slog.Logger
 	in     chan input
+	guard  *Guard
 
 	decisions atomic.Pointer[func() []proto.Decision]
 	announce  atomic.Pointer[func(proto.Deployment) error]
@@ -76,29 +83,30 @@ type Server struct {
 	nclients atomic.Int64
 	connWG   sync.WaitGroup // the writer goroutines of websocket connections
 
+	slotsMu sync.Mutex     // Guards slots.
+	slots   map[string]int // websocket clients by caller (see callerOf)
+
 	m serverMetrics
 }
 
 // serverMetrics are the Server's self-metrics, all in one Set.
 type serverMetrics struct {
-	set             *metrics.Set
-	inputs          map[string]*metrics.Counter // by type
-	inputsRefused   map[string]*metrics.Counter
-	refused         map[string]*metrics.Counter
-	dropped         map[string]*metrics.Counter
-	connects        *metrics.Counter
-	disconnects     *metrics.Counter
-	resyncs         *metrics.Counter
-	coalesced       *metrics.Counter
-	resumes         *metrics.Counter
-	resets          *metrics.Counter
-	framesSent      *metrics.Counter
-	bytesSent       *metrics.Counter
-	badMessages     *metrics.Counter
-	windowDelay     *metrics.PrometheusHistogram
-	groupsEvicted   *metrics.Counter
-	apiRequests     *metrics.Counter
-	apiUnauthorized *metrics.Counter
+	set           *metrics.Set
+	inputs        map[string]*metrics.Counter // by type
+	inputsRefused map[string]*metrics.Counter
+	refused       map[string]*metrics.Counter
+	dropped       map[string]*metrics.Counter
+	connects      *metrics.Counter
+	disconnects   *metrics.Counter
+	resyncs       *metrics.Counter
+	coalesced     *metrics.Counter
+	resumes       *metrics.Counter
+	resets        *metrics.Counter
+	framesSent    *metrics.Counter
+	bytesSent     *metrics.Counter
+	badMessages   *metrics.Counter
+	windowDelay   *metrics.PrometheusHistogram
+	groupsEvicted *metrics.Counter
 }
 
 // windowDelayBuckets are the upper bounds of herd_web_window_delay_seconds: windows close
@@ -110,7 +118,7 @@ var serverHelp = map[string]string{
 	"herd_web_clients":                       "Websocket clients connected.",
 	"herd_web_clients_connected_total":       "Websocket clients that connected.",
 	"herd_web_clients_disconnected_total":    "Websocket clients that disconnected, for whatever reason.",
-	"herd_web_clients_refused_total":         "Websocket connections refused, by reason: limit, unauthorized or bad_request.",
+	"herd_web_clients_refused_total":         "Websocket connections refused, by reason: limit, token_limit, unauthorized or bad_request.",
 	"herd_web_clients_dropped_total":         "Websocket clients dropped by the server, by reason: slow, ping_timeout or shutdown.",
 	"herd_web_client_snapshots_total":        "Snapshots sent to websocket clients (on connect, subscribe or resync).",
 	"herd_web_client_events_coalesced_total": "Events not sent one by one because a client's queue was full: the next snapshot carries them.",
@@ -120,13 +128,11 @@ var serverHelp = map[string]string{
 	"herd_web_frames_sent_total":             "Websocket frames sent to clients.",
 	"herd_web_bytes_sent_total":              "Bytes of websocket frames sent to clients.",
 	"herd_web_inputs_total":                  "Inputs the dashboard's hub applied, by type: window, verdict or deployment.",
-	"herd_web_inputs_refused_total":          "Inputs the dashboard's hub refused, by reason: hub_full, bad_input, stale, max_groups or not_running.",
+	"herd_web_inputs_refused_total":          "Inputs the dashboard's hub refused, by reason: hub_full, bad_input, stale, max_groups or not_running; bad_decision counts decisions a listing left out.",
 	"herd_web_input_queue_length":            "Inputs waiting in the hub's queue.",
 	"herd_web_window_delay_seconds":          "Seconds from a window's end until the hub fanned it out to clients.",
 	"herd_web_groups":                        "Service groups (service and version) the dashboard holds.",
 	"herd_web_groups_evicted_total":          "Service groups the dashboard forgot: no window for longer than its history.",
-	"herd_web_api_requests_total":            "Requests to the JSON API.",
-	"herd_web_api_requests_refused_total":    "Requests to the JSON API refused, by reason: unauthorized.",
 }
 
 // New returns a Server for cfg. It starts nothing. Its self-metrics (herd_web_*) go into
@@ -145,6 +151,7 @@ func New(cfg Config, set *metrics.Set, logger *slog.Logger) (*Server, error) {
 		in:       make(chan input, inputQueue),
 		services: make(map[string]*service),
 		clients:  make(map[*client]struct{}),
+		slots:    make(map[string]int),
 		replay:   replayRing{max: maxReplayEvents, age: cfg.Replay},
 	}
 	if set == nil {
@@ -152,24 +159,22 @@ func New(cfg Config, set *metrics.Set, logger *slog.Logger) (*Server, error) {
 	}
 	promhelp.Describe(serverHelp)
 	s.m = serverMetrics{
-		set:             set,
-		inputs:          map[string]*metrics.Counter{},
-		inputsRefused:   map[string]*metrics.Counter{},
-		refused:         map[string]*metrics.Counter{},
-		dropped:         map[string]*metrics.Counter{},
-		connects:        set.NewCounter("herd_web_clients_connected_total"),
-		disconnects:     set.NewCounter("herd_web_clients_disconnected_total"),
-		resyncs:         set.NewCounter("herd_web_client_snapshots_total"),
-		coalesced:       set.NewCounter("herd_web_client_events_coalesced_total"),
-		resumes:         set.NewCounter("herd_web_client_resumes_total"),
-		resets:          set.NewCounter("herd_web_client_resets_total"),
-		framesSent:      set.NewCounter("herd_web_frames_sent_total"),
-		bytesSent:       set.NewCounter("herd_web_bytes_sent_total"),
-		badMessages:     set.NewCounter(`herd_web_client_messages_refused_total{reason="bad_message"}`),
-		windowDelay:     set.NewPrometheusHistogramExt("herd_web_window_delay_seconds", windowDelayBuckets),
-		groupsEvicted:   set.NewCounter("herd_web_groups_evicted_total"),
-		apiRequests:     set.NewCounter("herd_web_api_requests_total"),
-		apiUnauthorized: set.NewCounter(`herd_web_api_requests_refused_total{reason="unauthorized"}`),
+		set:           set,
+		inputs:        map[string]*metrics.Counter{},
+		inputsRefused: map[string]*metrics.Counter{},
+		refused:       map[string]*metrics.Counter{},
+		dropped:       map[string]*metrics.Counter{},
+		connects:      set.NewCounter("herd_web_clients_connected_total"),
+		disconnects:   set.NewCounter("herd_web_clients_disconnected_total"),
+		resyncs:       set.NewCounter("herd_web_client_snapshots_total"),
+		coalesced:     set.NewCounter("herd_web_client_events_coalesced_total"),
+		resumes:       set.NewCounter("herd_web_client_resumes_total"),
+		resets:        set.NewCounter("herd_web_client_resets_total"),
+		framesSent:    set.NewCounter("herd_web_frames_sent_total"),
+		bytesSent:     set.NewCounter("herd_web_bytes_sent_total"),
+		badMessages:   set.NewCounter(`herd_web_client_messages_refused_total{reason="bad_message"}`),
+		windowDelay:   set.NewPrometheusHistogramExt("herd_web_window_delay_seconds", windowDelayBuckets),
+		groupsEvicted: set.NewCounter("herd_web_groups_evicted_total"),
 	}
 	for _, t := range []string{"window", "verdict", "deployment"} {
 		s.m.inputs[t] = set.NewCounter(`herd_web_inputs_total{type="` + t + `"}`)
@@ -182,6 +187,12 @@ func New(cfg Config, set *metrics.Set, logger *slog.Logger) (*Server, error) {
 	}
 	for _, r := range droppedReasons {
 		s.m.dropped[r] = set.NewCounter(`herd_web_clients_dropped_total{reason="` + r + `"}`)
+	}
+	s.guard = NewGuard(cfg.HTTP, set)
+	s.guard.onRefuse = func(r *http.Request, reason string) {
+		if reason == ReasonUnauthorized && strings.HasSuffix(r.URL.Path, "/stream") {
+			s.m.refused[ReasonUnauthorized].Inc()
+		}
 	}
 	set.NewGauge("herd_web_clients", func() float64 { return float64(s.nclients.Load()) })
 	set.NewGauge("herd_web_groups", func() float64 {
@@ -204,34 +215,49 @@ func (s *Server) SetDecisions(f func() []proto.Decision) { s.decisions.Store(&f)
 func (s *Server) SetAnnounce(f func(proto.Deployment) error) { s.announce.Store(&f) }
 
 // AddWindow hands a closed window to the hub. w is read-only and may be kept. It never
-// blocks: when the hub's queue is full the window is refused and counted.
+// blocks: when the hub's queue is full the window is refused and counted. A window that
+// fails its schema (see checkWindow) is refused and counted as bad_input.
 func (s *Server) AddWindow(w *proto.Window) {
-	if w == nil || proto.ValidService(w.Service) != nil || proto.ValidVersion(w.Version) != nil {
+	if w == nil {
 		s.m.inputsRefused[ReasonBadInput].Inc()
+		return
+	}
+	if s.refuseBad(checkWindow(w)) {
 		return
 	}
 	s.enqueue(input{w: w})
 }
 
-// SetVerdict hands a verdict change to the hub. It never blocks.
+// SetVerdict hands a verdict change to the hub. It never blocks. A verdict that fails its
+// schema (known state, valid tokens, finite numbers, bounded text; see checkVerdict) is
+// refused and counted as bad_input.
 func (s *Server) SetVerdict(v proto.Verdict) {
-	if proto.ValidService(v.Service) != nil {
-		s.m.inputsRefused[ReasonBadInput].Inc()
+	if s.refuseBad(checkVerdict(&v)) {
 		return
 	}
 	s.enqueue(input{v: &v})
 }
 
-// AddDeployment hands a deploy announcement to the hub. It never blocks.
+// AddDeployment hands a deploy announcement to the hub. It never blocks. An invalid one is
+// refused and counted as bad_input.
 func (s *Server) AddDeployment(d proto.Deployment) {
-	if d.Validate() != nil {
-		s.m.inputsRefused[ReasonBadInput].Inc()
+	if s.refuseBad(checkDeployment(&d)) {
 		return
 	}
 	if d.UnixMs == 0 {
 		d.UnixMs = time.Now().UnixMilli()
 	}
 	s.enqueue(input{d: &d})
+}
+
+// refuseBad counts err, if any, as a bad input and reports whether there was one. It does
+// not log: a flood of bad input must not flood the log.
+func (s *Server) refuseBad(err error) bool {
+	if err == nil {
+		return false
+	}
+	s.m.inputsRefused[ReasonBadInput].Inc()
+	return true
 }
 
 func (s *Server) enqueue(in input) {
@@ -403,17 +429,24 @@ func (s *Server) prune(now time.Time) {
 // Restore hands history replayed at start-up (a window, a verdict or a deployment; the
 // others nil) to the hub. Unlike AddWindow it waits for room in the hub's queue, so a
 // restarted node gets its whole history back; it returns ctx's error if ctx ends first.
+// What fails its schema is refused and counted, as by AddWindow, SetVerdict and
+// AddDeployment: the history stream is no more trusted than the live subjects.
 func (s *Server) Restore(ctx context.Context, w *proto.Window, v *proto.Verdict, d *proto.Deployment) error {
 	var in input
 	switch {
 	case w != nil:
+		if s.refuseBad(checkWindow(w)) {
+			return nil
+		}
 		in.w = w
 	case v != nil:
+		if s.refuseBad(checkVerdict(v)) {
+			return nil
+		}
 		vv := *v
 		in.v = &vv
 	case d != nil:
-		if d.Validate() != nil {
-			s.m.inputsRefused[ReasonBadInput].Inc()
+		if s.refuseBad(checkDeployment(d)) {
 			return nil
 		}
 		dd := *d

@@ -132,12 +132,19 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.nclients.Add(-1)
+	caller := callerOf(r)
+	if !s.takeSlot(caller) {
+		s.m.refused[ReasonTokenLimit].Inc()
+		http.Error(w, "too many clients for this token or address", http.StatusServiceUnavailable)
+		return
+	}
+	defer s.freeSlot(caller)
 	conn, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		s.m.refused[ReasonBadRequest].Inc() // Upgrade has answered
 		return
 	}
-	if tc, ok := conn.NetConn().(*net.TCPConn); ok && s.cfg.SendBuffer > 0 {
+	if tc := tcpConn(conn.NetConn()); tc != nil && s.cfg.SendBuffer > 0 {
 		_ = tc.SetWriteBuffer(s.cfg.SendBuffer)
 	}
 	c := &client{srv: s, conn: conn, service: service, historyMs: historyMs,
@@ -176,6 +183,27 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 	delete(s.clients, c)
 	s.mu.Unlock()
 	s.m.disconnects.Inc()
+}
+
+// takeSlot takes one of caller's Config.MaxClientsPerToken websocket slots, reporting
+// false when they are all in use.
+func (s *Server) takeSlot(caller string) bool {
+	s.slotsMu.Lock()
+	defer s.slotsMu.Unlock()
+	if s.slots[caller] >= s.cfg.MaxClientsPerToken {
+		return false
+	}
+	s.slots[caller]++
+	return true
+}
+
+// freeSlot returns a slot taken by takeSlot.
+func (s *Server) freeSlot(caller string) {
+	s.slotsMu.Lock()
+	defer s.slotsMu.Unlock()
+	if s.slots[caller]--; s.slots[caller] <= 0 {
+		delete(s.slots, caller)
+	}
 }
 
 // encodeHello tells a resuming client that the events after since follow.

@@ -233,7 +233,7 @@ func TestStreamRefusals(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig()
 	cfg.MaxClients = 1
-	cfg.Token = "s3cret"
+	cfg.HTTP.Token = "s3cret"
 	ts := startServer(t, cfg)
 	base := "ws" + strings.TrimPrefix(ts.http.URL, "http") + "/api/v1/stream"
 	_, resp, err := websocket.DefaultDialer.Dial(base, nil)
@@ -439,4 +439,55 @@ func TestFanout(t *testing.T) {
 	t.Logf("fan-out: %d clients, min %d windows each, max lag %s, CPU %s over %s (%.0f%% of one core), stalled client dropped: %d",
 		clients, minWindows, worst, cpu.Round(time.Millisecond), elapsed.Round(time.Millisecond),
 		100*cpu.Seconds()/elapsed.Seconds(), ts.srv.m.dropped[ReasonSlow].Get())
+}
+
+// TestStreamSlotsPerToken checks the per-token websocket slots: one token (or, without
+// tokens, one address) cannot take every slot of the server.
+func TestStreamSlotsPerToken(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		token, readTok string
+		first, other   string // query of the first client and of a client with another key
+		otherGetsSlot  bool
+	}{
+		{name: "tokens", token: "w", readTok: "r", first: "?token=r", other: "?token=w", otherGetsSlot: true},
+		{name: "no tokens, one address", first: "", other: "", otherGetsSlot: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.MaxClientsPerToken = 1
+			cfg.HTTP.Token, cfg.HTTP.ReadToken = tc.token, tc.readTok
+			ts := startServer(t, cfg)
+			base := "ws" + strings.TrimPrefix(ts.http.URL, "http") + "/api/v1/stream"
+			c1, _, err := websocket.DefaultDialer.Dial(base+tc.first, nil)
+			if err != nil {
+				t.Fatalf("first client: %v", err)
+			}
+			defer c1.Close()
+			_, resp, err := websocket.DefaultDialer.Dial(base+tc.first, nil)
+			if err == nil || resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("got %v (%v) for a second client of the same key; want 503", err, resp)
+			}
+			c2, _, err := websocket.DefaultDialer.Dial(base+tc.other, nil)
+			if tc.otherGetsSlot != (err == nil) {
+				t.Fatalf("got %v for a client of another key; want a slot: %v", err, tc.otherGetsSlot)
+			}
+			if c2 != nil {
+				c2.Close()
+			}
+			if got := ts.srv.m.refused[ReasonTokenLimit].Get(); got < 1 {
+				t.Fatalf("got %d token_limit refusals; want ≥ 1", got)
+			}
+			// A slot frees when its client leaves.
+			c1.Close()
+			checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+				c, _, err := websocket.DefaultDialer.Dial(base+tc.first, nil)
+				if err != nil {
+					return err
+				}
+				c.Close()
+				return nil
+			})
+		})
+	}
 }

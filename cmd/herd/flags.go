@@ -84,5 +84,7 @@ func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles, getenv func(str
 	}
 	if r.Web {
 		cfg.Web.RegisterFlags(fs)
+	} else {
+		cfg.Web.HTTP.RegisterFlags(fs) // the tokens and limits of the HTTP listener
 	}
 }

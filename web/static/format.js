@@ -42,3 +42,36 @@ export function time(ms) {
 export function esc(s) {
   return String(s ?? '').replace(/[&<>"']/g, c => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 }
+
+// Markup is HTML built by html`…`: the only kind of string setHTML puts into the page.
+class Markup {
+  constructor(s) { this.s = s; }
+  toString() { return this.s; }
+}
+
+function fragment(v) {
+  if (v instanceof Markup) return v.s;
+  if (Array.isArray(v)) return v.map(fragment).join('');
+  return esc(v);
+}
+
+// html is a template tag that escapes every interpolated value — data never becomes markup —
+// except nested html`…` fragments (and arrays of them), which are markup already.
+export function html(strings, ...values) {
+  let out = strings[0];
+  for (let i = 0; i < values.length; i++) out += fragment(values[i]) + strings[i + 1];
+  return new Markup(out);
+}
+
+// setHTML replaces el's content with markup built by html`…`; anything else becomes text.
+export function setHTML(el, m) {
+  if (m instanceof Markup) el.innerHTML = m.s;
+  else el.textContent = String(m ?? '');
+}
+
+const STATES = new Set(['pending', 'pass', 'rollback', 'inconclusive', 'healthy']);
+
+// stateClass returns a verdict state for use in a class name, or 'unknown'.
+export function stateClass(s) {
+  return STATES.has(s) ? s : 'unknown';
+}

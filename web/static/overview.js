@@ -1,26 +1,27 @@
-// Fleet overview: one tile per service, Hystrix style.
+// Fleet overview: one tile per service, Hystrix style. Every text comes from the server and
+// is escaped (html`…`, setHTML).
 import { F, recent, roles, latestVerdict } from './stream.js';
-import { rate, pct, secs, esc } from './format.js';
+import { rate, pct, secs, html, setHTML, stateClass } from './format.js';
 
 const RESORT_MS = 5000;
 
 // health ranks a service: lower is worse and sorts first.
 function health(svc) {
   const v = latestVerdict(svc);
-  const state = v ? v.state : (svc.groups.size > 1 ? 'pending' : 'healthy');
+  const state = stateClass(v ? v.state : (svc.groups.size > 1 ? 'pending' : 'healthy'));
   const rank = { rollback: 0, inconclusive: 1, pending: 2, pass: 3, healthy: 4 }[state] ?? 4;
   return { state, rank };
 }
 
 export function mount(el, app) {
   app.stream.subscribe('', 60000);
-  el.innerHTML = `
+  setHTML(el, html`
     <div class="toolbar">
       <h1 style="margin:0">Fleet</h1>
       <input id="filter" type="search" placeholder="filter services" aria-label="filter services">
       <span id="count" class="muted"></span>
     </div>
-    <div id="tiles" class="tiles"></div>`;
+    <div id="tiles" class="tiles"></div>`);
   const filter = el.querySelector('#filter');
   filter.value = app.param('q') || '';
   filter.addEventListener('input', () => { app.setParam('q', filter.value); app.invalidate(); });
@@ -68,7 +69,7 @@ export function mount(el, app) {
       }
       a.className = `tile h-${info.health.state}`;
       a.href = `/services/${encodeURIComponent(name)}${location.search}`;
-      a.innerHTML = tileHTML(info);
+      setHTML(a, tileHTML(info));
       const want = prev ? prev.nextSibling : tilesEl.firstChild;
       if (want !== a) tilesEl.insertBefore(a, want);
       prev = a;
@@ -103,15 +104,15 @@ function color(info, version) {
 
 function tileHTML(info) {
   const v = latestVerdict(info.svc);
-  const badge = `<span class="badge ${info.health.state}">${esc(info.health.state)}</span>`;
+  const badge = html`<span class="badge ${info.health.state}">${info.health.state}</span>`;
   const total = info.groups.reduce((s, x) => s + x.r.rps, 0) || 1;
   const split = info.groups.map(x =>
-    `<i style="width:${(100 * x.r.rps / total).toFixed(1)}%;background:${color(info, x.version)}" title="${esc(x.version)}"></i>`).join('');
-  const rows = info.groups.map(x => `<tr>
-      <td><span class="sw" style="background:${color(info, x.version)}"></span>${esc(x.version)}${x.version === info.canary ? ' <span class="muted">canary</span>' : ''}</td>
+    html`<i style="width:${(100 * x.r.rps / total).toFixed(1)}%;background:${color(info, x.version)}" title="${x.version}"></i>`);
+  const rows = info.groups.map(x => html`<tr>
+      <td><span class="sw" style="background:${color(info, x.version)}"></span>${x.version}${x.version === info.canary ? html` <span class="muted">canary</span>` : ''}</td>
       <td class="num">${x.r.inst}</td><td class="num">${rate(x.r.rps)}</td><td class="num">${pct(x.r.errRatio)}</td>
-      <td class="num">${secs(x.r.p99)}</td><td class="num">${(100 * x.r.rps / total).toFixed(0)} %</td></tr>`).join('');
-  return `<div class="head"><span class="name">${esc(info.name)}</span>${badge}</div>
+      <td class="num">${secs(x.r.p99)}</td><td class="num">${(100 * x.r.rps / total).toFixed(0)} %</td></tr>`);
+  return html`<div class="head"><span class="name">${info.name}</span>${badge}</div>
     <div class="big">
       <div><b>${rate(info.rps)}</b><span>req/s</span></div>
       <div><b>${pct(info.errRatio)}</b><span>errors</span></div>
@@ -121,7 +122,7 @@ function tileHTML(info) {
     <canvas class="spark"></canvas>
     <div class="split">${split}</div>
     <table><tr><th>version</th><th class="num">inst</th><th class="num">req/s</th><th class="num">err</th><th class="num">p99</th><th class="num">split</th></tr>${rows}</table>
-    ${v && v.sentence ? `<div class="muted" style="margin-top:.3rem">${esc(v.sentence)}</div>` : ''}`;
+    ${v && v.sentence ? html`<div class="muted" style="margin-top:.3rem">${v.sentence}</div>` : ''}`;
 }
 
 // drawSpark draws the last minute of request rate per version.

@@ -1,13 +1,14 @@
 // Service page: baseline and canary overlaid live, instances, deploy and verdict markers,
-// and the current evidence in words and numbers.
+// and the current evidence in words and numbers. Every text comes from the server and is
+// escaped (html`…`, setHTML); chart labels are drawn on canvas.
 import { F, recent, roles, latestVerdict } from './stream.js';
-import { rate, pct, secs, ago, num, time, esc } from './format.js';
+import { rate, pct, secs, ago, num, time, html, setHTML, stateClass } from './format.js';
 
 export function mount(el, app, name) {
   const rangeMs = app.rangeS * 1000;
   app.stream.subscribe(name, rangeMs);
-  el.innerHTML = `
-    <div class="toolbar"><h1 style="margin:0" id="svc-name">${esc(name)}</h1><span id="svc-badge"></span>
+  setHTML(el, html`
+    <div class="toolbar"><h1 style="margin:0" id="svc-name">${name}</h1><span id="svc-badge"></span>
       <a href="/${location.search}" data-nav class="muted">← fleet</a></div>
     <div class="panel evidence" id="evidence"></div>
     <div class="panel"><h2>Groups</h2><div id="groups"></div></div>
@@ -16,7 +17,7 @@ export function mount(el, app, name) {
       <div class="panel"><h2>Error ratio (%, 1 s rolling)</h2><div id="c-err"></div></div>
       <div class="panel"><h2>Latency p50 · p90 · p99</h2><div id="c-lat"></div></div>
       <div class="panel"><h2>Instances per version</h2><div id="c-inst"></div></div>
-    </div>`;
+    </div>`);
   const css = getComputedStyle(document.documentElement);
   const cssv = (k) => css.getPropertyValue(k).trim();
   const theme = { fg: cssv('--fg'), muted: cssv('--muted'), grid: cssv('--grid'), baseline: cssv('--baseline'),
@@ -95,7 +96,7 @@ export function mount(el, app, name) {
     const svc = app.stream.services.get(name);
     const wms = app.stream.windowMs;
     if (!svc) {
-      el.querySelector('#evidence').innerHTML = `<div class="muted">No data for ${esc(name)} yet.</div>`;
+      setHTML(el.querySelector('#evidence'), html`<div class="muted">No data for ${name} yet.</div>`);
       return;
     }
     const r = roles(svc);
@@ -155,44 +156,44 @@ export function mount(el, app, name) {
       const cutoff = Date.now() - 60000;
       for (const p of g.points) if (p[F.end] >= cutoff) { up += p[F.up]; down += p[F.down]; }
       const role = v === r.canary ? 'canary' : v === r.baseline ? 'baseline' : '';
-      return `<tr><td><span class="sw" style="background:${colorOf(v, r)}"></span>${esc(v)}</td><td>${role}</td>
+      return html`<tr><td><span class="sw" style="background:${colorOf(v, r)}"></span>${v}</td><td>${role}</td>
         <td class="num">${x.inst}</td><td class="num">+${up} / −${down}</td><td class="num">${rate(x.rps)}</td>
         <td class="num">${pct(x.errRatio)}</td><td class="num">${secs(x.p50)}</td><td class="num">${secs(x.p90)}</td><td class="num">${secs(x.p99)}</td></tr>`;
-    }).join('');
-    el.querySelector('#groups').innerHTML = `<table><tr><th>version</th><th>role</th><th class="num">instances</th>
+    });
+    setHTML(el.querySelector('#groups'), html`<table><tr><th>version</th><th>role</th><th class="num">instances</th>
       <th class="num">joined / left (1 min)</th><th class="num">req/s</th><th class="num">errors</th><th class="num">p50</th>
-      <th class="num">p90</th><th class="num">p99</th></tr>${rows}</table>`;
+      <th class="num">p90</th><th class="num">p99</th></tr>${rows}</table>`);
   }
 
   function renderEvidence(svc, r) {
     const v = latestVerdict(svc);
     const badge = el.querySelector('#svc-badge');
     if (!v) {
-      badge.innerHTML = '';
-      el.querySelector('#evidence').innerHTML = r.canary
-        ? `<div class="sentence">Canary ${esc(r.canary)} deployed beside ${esc(r.baseline)}; waiting for the detector's first verdict.</div>`
-        : `<div class="sentence">One version running (${esc(r.baseline || '–')}); no comparison in progress.</div>`;
+      badge.replaceChildren();
+      setHTML(el.querySelector('#evidence'), r.canary
+        ? html`<div class="sentence">Canary ${r.canary} deployed beside ${r.baseline}; waiting for the detector's first verdict.</div>`
+        : html`<div class="sentence">One version running (${r.baseline || '–'}); no comparison in progress.</div>`);
       return;
     }
-    badge.innerHTML = `<span class="badge ${esc(v.state)}" id="verdict-state">${esc(v.state)}</span>`;
+    setHTML(badge, html`<span class="badge ${stateClass(v.state)}" id="verdict-state">${v.state}</span>`);
     const e = v.evidence || {};
     const final = v.state === 'rollback' || v.state === 'pass';
     const since = v.started_unix_ms ? Date.now() - v.started_unix_ms : 0;
-    const tests = (e.tests || []).map(t => `<tr${t.name === e.decisive ? ' style="font-weight:600"' : ''}>
-      <td>${esc(t.name)}</td><td class="num">${num(t.e_value)}</td><td class="num">${num(t.weight)}</td>
+    const tests = (e.tests || []).map(t => html`<tr${t.name === e.decisive ? html` style="font-weight:600"` : ''}>
+      <td>${t.name}</td><td class="num">${num(t.e_value)}</td><td class="num">${num(t.weight)}</td>
       <td class="num">${t.threshold_seconds ? secs(t.threshold_seconds) : ''}</td>
       <td class="num">${t.baseline_e}/${t.baseline_n}</td><td class="num">${t.canary_e}/${t.canary_n}</td>
-      <td class="num">${num(t.effect)}×</td><td class="num">[${num(t.cs_low)}, ${num(t.cs_high)}]</td></tr>`).join('');
-    el.querySelector('#evidence').innerHTML = `
-      <div class="sentence" id="verdict-sentence">${esc(v.sentence || v.state)}</div>
-      <div class="muted">${esc(v.canary)} (canary) vs ${esc(v.baseline)} (baseline) ·
+      <td class="num">${num(t.effect)}×</td><td class="num">[${num(t.cs_low)}, ${num(t.cs_high)}]</td></tr>`);
+    setHTML(el.querySelector('#evidence'), html`
+      <div class="sentence" id="verdict-sentence">${v.sentence || v.state}</div>
+      <div class="muted">${v.canary} (canary) vs ${v.baseline} (baseline) ·
         e-value <b>${num(e.e_value)}</b> vs threshold <b>${num(e.threshold)}</b> (α = ${num(e.alpha, 3)})
-        ${e.decisive ? ' · decided by <b>' + esc(e.decisive) + '</b>' : ''} ·
+        ${e.decisive ? html` · decided by <b>${e.decisive}</b>` : ''} ·
         ${e.windows || 0} window pairs · instances ${e.canary_instances ?? '–'} canary / ${e.baseline_instances ?? '–'} baseline ·
         ${final ? 'decided after ' + ago(v.unix_ms - v.started_unix_ms) + ' (at ' + time(v.unix_ms) + ')' : 'comparing for ' + ago(since)}
-        ${v.decision_id ? ' · decision <code>' + esc(v.decision_id) + '</code> (<a href="/decisions' + location.search + '" data-nav>deliveries</a>)' : ''}</div>
-      ${tests ? `<table style="margin-top:.5rem"><tr><th>test</th><th class="num">e-value</th><th class="num">weight</th><th class="num">τ</th>
-        <th class="num">baseline events/n</th><th class="num">canary events/n</th><th class="num">effect ψ</th><th class="num">confidence sequence</th></tr>${tests}</table>` : ''}`;
+        ${v.decision_id ? html` · decision <code>${v.decision_id}</code> (<a href="/decisions${location.search}" data-nav>deliveries</a>)` : ''}</div>
+      ${tests.length ? html`<table style="margin-top:.5rem"><tr><th>test</th><th class="num">e-value</th><th class="num">weight</th><th class="num">τ</th>
+        <th class="num">baseline events/n</th><th class="num">canary events/n</th><th class="num">effect ψ</th><th class="num">confidence sequence</th></tr>${tests}</table>` : ''}`);
   }
 
   const onResize = () => { layoutKey = ''; app.invalidate(); };
