@@ -52,6 +52,9 @@ type Config struct {
 	DataDir string
 	// HTTPListen is host:port of the HTTP listener (port 0: a free one); empty serves no HTTP.
 	HTTPListen string
+	// MetricsListen, if set, is a second listener with /metrics, /livez and /readyz only and
+	// no token, for a scrape and probes while HTTPListen requires one.
+	MetricsListen string
 	// Retention is the age bound of the history stream of windows, verdicts and deployments;
 	// RetentionBytes its size bound (the oldest messages go first).
 	Retention      time.Duration
@@ -128,6 +131,14 @@ func (c *Config) Validate() error {
 	if c.HTTPListen != "" {
 		if err := checkHostPort(c.HTTPListen); err != nil {
 			return fmt.Errorf("-http: %w", err)
+		}
+	}
+	if c.MetricsListen != "" {
+		if c.HTTPListen == "" {
+			return fmt.Errorf("-http.metrics-listen needs -http")
+		}
+		if err := checkHostPort(c.MetricsListen); err != nil {
+			return fmt.Errorf("-http.metrics-listen: %w", err)
 		}
 	}
 	if r.Ingest || r.Rollup {

@@ -54,27 +54,52 @@ func (n *Node) newHTTP() (err error) {
 		mux.Handle("/api/v1/flagger/", protect(n.dl.FlaggerHandler(n.det.Latest)))
 	}
 	mux.Handle("GET /metrics", protect(http.HandlerFunc(n.serveMetrics)))
-	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !n.ready.Load() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		// Serving goes on while the history cannot be written (the dashboard and the
-		// detector still work): ready, and saying what is degraded.
-		if err := n.pub.HistoryFailing(time.Minute); err != nil {
-			fmt.Fprintf(w, "degraded: history stream writes failing (a restart will miss recent windows and verdicts): %v\n", err)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
+	mux.HandleFunc("GET /livez", n.serveLive)
+	mux.HandleFunc("GET /readyz", n.serveReady)
+	if err := n.newOpsHTTP(); err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", n.cfg.HTTPListen)
 	if err != nil {
+		n.closeOps()
 		return fmt.Errorf("cannot listen for HTTP on %s: %w", n.cfg.HTTPListen, err)
 	}
-	n.httpLn = web.LimitListener(ln, hc.MaxConns, n.metrics)
-	n.httpSrv = &http.Server{
-		Handler:           mux,
+	n.httpLn = web.LimitListener(ln, hc.MaxConns, n.metrics, "http")
+	n.httpSrv = n.httpServer(mux)
+	return nil
+}
+
+// newOpsHTTP opens the optional operations listener (Config.MetricsListen): /metrics,
+// /livez and /readyz without a token, for a Prometheus scrape and probes inside a cluster
+// while the main listener requires one.
+func (n *Node) newOpsHTTP() error {
+	if n.cfg.MetricsListen == "" {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", n.serveMetrics)
+	mux.HandleFunc("GET /livez", n.serveLive)
+	mux.HandleFunc("GET /readyz", n.serveReady)
+	ln, err := net.Listen("tcp", n.cfg.MetricsListen)
+	if err != nil {
+		return fmt.Errorf("cannot listen for metrics on %s: %w", n.cfg.MetricsListen, err)
+	}
+	n.opsLn = web.LimitListener(ln, 64, n.metrics, "ops")
+	n.opsSrv = n.httpServer(mux)
+	return nil
+}
+
+func (n *Node) closeOps() {
+	if n.opsLn != nil {
+		n.opsLn.Close()
+	}
+}
+
+// httpServer returns an http.Server for h with the configured timeouts and limits.
+func (n *Node) httpServer(h http.Handler) *http.Server {
+	hc := n.cfg.Web.HTTP
+	return &http.Server{
+		Handler:           h,
 		ReadHeaderTimeout: hc.ReadHeaderTimeout,
 		ReadTimeout:       hc.ReadTimeout,
 		WriteTimeout:      hc.WriteTimeout,
@@ -82,7 +107,22 @@ func (n *Node) newHTTP() (err error) {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(n.logger.With("component", "http").Handler(), slog.LevelWarn),
 	}
-	return nil
+}
+
+func (n *Node) serveLive(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
+
+func (n *Node) serveReady(w http.ResponseWriter, _ *http.Request) {
+	if !n.ready.Load() {
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+		return
+	}
+	// Serving goes on while the history cannot be written (the dashboard and the
+	// detector still work): ready, and saying what is degraded.
+	if err := n.pub.HistoryFailing(time.Minute); err != nil {
+		fmt.Fprintf(w, "degraded: history stream writes failing (a restart will miss recent windows and verdicts): %v\n", err)
+		return
+	}
+	fmt.Fprintln(w, "ok")
 }
 
 // maxHeaderBytes bounds a request's headers: herd's requests carry a token and little else.

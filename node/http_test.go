@@ -168,8 +168,8 @@ func TestHTTPConnectionFlood(t *testing.T) {
 	// The kernel completed the handshakes; wait until the node has taken every one.
 	var refused, accepted uint64
 	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
-		refused = counterOf(n, `herd_http_connections_refused_total{reason="limit"}`)
-		accepted = counterOf(n, "herd_http_connections_accepted_total")
+		refused = counterOf(n, `herd_http_connections_refused_total{listener="http",reason="limit"}`)
+		accepted = counterOf(n, `herd_http_connections_accepted_total{listener="http"}`)
 		if refused+accepted < uint64(held) {
 			return fmt.Errorf("got %d accepted and %d refused of %d", accepted, refused, held)
 		}
@@ -189,7 +189,7 @@ func TestHTTPConnectionFlood(t *testing.T) {
 	// The connections it kept sent nothing: the header timeout closes them, freeing the slots
 	// and descriptors while the clients still hold their ends.
 	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
-		if open := gaugeOf(n, "herd_http_connections"); open != 0 {
+		if open := gaugeOf(n, `herd_http_connections{listener="http"}`); open != 0 {
 			return fmt.Errorf("got %.0f connections open; want the idle ones closed", open)
 		}
 		if fds := openFDs(t); fds > base+10 {

@@ -57,6 +57,8 @@ type Node struct {
 
 	httpLn  net.Listener // nil without HTTP
 	httpSrv *http.Server
+	opsLn   net.Listener // the operations listener (Config.MetricsListen), or nil
+	opsSrv  *http.Server
 	ready   atomic.Bool
 	// replaying is set while the history is replayed: verdicts the detector re-derives are
 	// then not published again.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -40,9 +41,15 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.det != nil {
 		r.start("detector", outCtx, n.det.Run)
 	}
-	if n.httpSrv != nil {
+	for _, hs := range []struct {
+		srv *http.Server
+		ln  net.Listener
+	}{{n.httpSrv, n.httpLn}, {n.opsSrv, n.opsLn}} {
+		if hs.srv == nil {
+			continue
+		}
 		r.wg.Go(func() {
-			if err := n.httpSrv.Serve(n.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := hs.srv.Serve(hs.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				r.fail(fmt.Errorf("http: %w", err))
 			}
 		})
@@ -57,10 +64,12 @@ func (n *Node) Run(ctx context.Context) error {
 	stopInputs() // every batch received is merged, every window closed and published
 	sub.Unsubscribe()
 	stopOut()
-	if n.httpSrv != nil {
-		shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = n.httpSrv.Shutdown(shutCtx)
-		cancel()
+	for _, srv := range []*http.Server{n.httpSrv, n.opsSrv} {
+		if srv != nil {
+			shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = srv.Shutdown(shutCtx)
+			cancel()
+		}
 	}
 	r.wg.Wait()
 	n.stopNATS()

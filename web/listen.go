@@ -28,14 +28,16 @@ const refuseWriteTimeout = 50 * time.Millisecond
 // connection accepted beyond that is answered 503, closed at once and counted, so a flood of
 // idle connections holds at most maxConns descriptors (plus the one being refused). It
 // exports herd_http_connections (open), herd_http_connections_accepted_total and
-// herd_http_connections_refused_total{reason="limit"} into set. A connection's slot is freed
-// when it is closed, also after an HTTP handler hijacked it (the websocket).
-func LimitListener(ln net.Listener, maxConns int, set *metrics.Set) net.Listener {
+// herd_http_connections_refused_total{reason="limit"} into set, labelled listener=name
+// (a node's main listener is "http", its operations listener "ops"). A connection's slot is
+// freed when it is closed, also after an HTTP handler hijacked it (the websocket).
+func LimitListener(ln net.Listener, maxConns int, set *metrics.Set, name string) net.Listener {
 	promhelp.Describe(listenerHelp)
+	label := `listener="` + name + `"`
 	l := &limitListener{Listener: ln, max: int64(maxConns),
-		accepted: set.NewCounter("herd_http_connections_accepted_total"),
-		refused:  set.NewCounter(`herd_http_connections_refused_total{reason="limit"}`)}
-	set.NewGauge("herd_http_connections", func() float64 { return float64(l.open.Load()) })
+		accepted: set.NewCounter("herd_http_connections_accepted_total{" + label + "}"),
+		refused:  set.NewCounter(`herd_http_connections_refused_total{` + label + `,reason="limit"}`)}
+	set.NewGauge("herd_http_connections{"+label+"}", func() float64 { return float64(l.open.Load()) })
 	return l
 }
 

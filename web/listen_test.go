@@ -21,7 +21,7 @@ func TestLimitListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	set := metrics.NewSet()
-	ln := LimitListener(inner, 2, set).(*limitListener)
+	ln := LimitListener(inner, 2, set, "http").(*limitListener)
 	defer ln.Close()
 	accepted := make(chan net.Conn, 10)
 	go func() {
@@ -82,7 +82,7 @@ func TestLimitListenerHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := LimitListener(inner, 1, metrics.NewSet())
+	ln := LimitListener(inner, 1, metrics.NewSet(), "http")
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }),
 		ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan error, 1)
