@@ -100,7 +100,8 @@ type ServiceSummary struct {
 // summaryLocked summarizes a service; the caller holds s.mu.
 func (s *Server) summaryLocked(sv *service, full bool) ServiceSummary {
 	out := ServiceSummary{Service: sv.name, Groups: []GroupSummary{}, Verdicts: nonNil(sv.latestVerdicts())}
-	per := max(1, int(time.Second/s.cfg.Window))
+	win := s.window()
+	per := max(1, int(time.Second/win))
 	for _, g := range sv.sortedGroups() {
 		gs := GroupSummary{Version: g.version, Windows: g.ring.n}
 		if last := g.ring.last(); last != nil {
@@ -112,7 +113,7 @@ func (s *Server) summaryLocked(sv *service, full bool) ServiceSummary {
 				req += g.ring.at(i).Requests
 				errs += g.ring.at(i).Errors
 			}
-			gs.RequestsPerSecond = req / (float64(k) * s.cfg.Window.Seconds())
+			gs.RequestsPerSecond = req / (float64(k) * win.Seconds())
 			if req > 0 {
 				gs.ErrorRatio = errs / req
 			}
@@ -188,7 +189,7 @@ func (s *Server) serveWindows(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "unknown_service", "unknown service")
 		return
 	}
-	out := windowsResponse{Service: sv.name, WindowMs: s.cfg.Window.Milliseconds(), Fields: pointFields, Groups: []json.RawMessage{}}
+	out := windowsResponse{Service: sv.name, WindowMs: s.window().Milliseconds(), Fields: pointFields, Groups: []json.RawMessage{}}
 	for _, g := range groups {
 		b := append([]byte(`{"version":`), appendString(nil, g.version)...)
 		b = append(b, `,"points":[`...)

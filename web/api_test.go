@@ -209,7 +209,6 @@ func TestConfigValidate(t *testing.T) {
 	t.Parallel()
 	for _, mut := range []func(*Config){
 		func(c *Config) { c.MaxClients = 0 },
-		func(c *Config) { c.Window = 0 },
 		func(c *Config) { c.History = time.Millisecond },
 		func(c *Config) { c.ClientQueue = 0 },
 		func(c *Config) { c.WriteTimeout = 0 },

@@ -18,8 +18,6 @@ type Config struct {
 	MaxClientsPerToken int
 	// History is how long each group's ring buffer of window summaries reaches back.
 	History time.Duration
-	// Window is the rollup window length; History/Window is the ring buffer's size.
-	Window time.Duration
 	// Replay is how long the hub keeps past events for clients resuming with ?since=.
 	Replay time.Duration
 	// MaxGroups bounds the number of (service, version) groups kept.
@@ -46,7 +44,6 @@ func DefaultConfig() Config {
 		MaxClients:         1000,
 		MaxClientsPerToken: 256,
 		History:            15 * time.Minute,
-		Window:             250 * time.Millisecond,
 		Replay:             time.Minute,
 		MaxGroups:          1000,
 		ClientQueue:        1024,
@@ -70,8 +67,6 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"maximum concurrent websocket clients of one token, or of one remote address without tokens; further connections get 503 (count, default 256)")
 	fs.DurationVar(&c.History, "web.history", d.History,
 		"how far back each group's in-memory window history reaches (duration, default 15m)")
-	fs.DurationVar(&c.Window, "web.window", d.Window,
-		"rollup window length, sizing the history ring buffers (duration, default 250ms)")
 	fs.DurationVar(&c.Replay, "web.replay", d.Replay,
 		"how long past events are kept for reconnecting clients (duration, default 1m)")
 	fs.IntVar(&c.MaxGroups, "web.max-groups", d.MaxGroups,
@@ -102,12 +97,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("-web.max-clients %d must be at least 1", c.MaxClients)
 	case c.MaxClientsPerToken < 1:
 		return fmt.Errorf("-web.max-clients-per-token %d must be at least 1", c.MaxClientsPerToken)
-	case c.Window < time.Millisecond || c.Window > time.Hour:
-		return fmt.Errorf("-web.window %s must be between 1ms and 1h", c.Window)
-	case c.History < c.Window || c.History > 24*time.Hour:
-		return fmt.Errorf("-web.history %s must be between -web.window and 24h", c.History)
-	case c.History/c.Window > 1_000_000:
-		return fmt.Errorf("-web.history %s holds more than 1000000 windows of %s", c.History, c.Window)
+	case c.History < time.Second || c.History > 24*time.Hour:
+		return fmt.Errorf("-web.history %s must be between 1s and 24h", c.History)
 	case c.Replay < 0 || c.Replay > time.Hour:
 		return fmt.Errorf("-web.replay %s must be between 0 and 1h", c.Replay)
 	case c.MaxGroups < 1:

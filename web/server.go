@@ -62,10 +62,12 @@ type input struct {
 // AddWindow, SetVerdict and AddDeployment are safe for concurrent use and never block. Run
 // owns the hub goroutine; Handler may serve before Run starts (clients see an empty state).
 type Server struct {
-	cfg    Config
-	logger *slog.Logger
-	in     chan input
-	guard  *Guard
+	// windowMs is the width of the latest window applied (see window).
+	windowMs atomic.Int64
+	cfg      Config
+	logger   *slog.Logger
+	in       chan input
+	guard    *Guard
 
 	decisions atomic.Pointer[func() []proto.Decision]
 	announce  atomic.Pointer[func(proto.Deployment) error]
@@ -359,7 +361,30 @@ func (s *Server) serviceLocked(name string) *service {
 	return sv
 }
 
+// defaultWindow is the window length assumed until the first window arrives.
+const defaultWindow = 250 * time.Millisecond
+
+// window returns the length of the windows the server receives: the width of the latest
+// one (the rollup's window length is configured there, once), or defaultWindow before any.
+func (s *Server) window() time.Duration {
+	if ms := s.windowMs.Load(); ms > 0 {
+		return time.Duration(ms) * time.Millisecond
+	}
+	return defaultWindow
+}
+
+// ringSize is the number of points a group's ring holds: History over the width of its
+// first window (at least 1 ms), at most maxRing.
+func ringSize(history time.Duration, w *proto.Window) int {
+	width := max(time.Duration(w.EndMs-w.StartMs)*time.Millisecond, time.Millisecond)
+	return int(min(max(history/width, 1), maxRing))
+}
+
+// maxRing bounds one group's ring (points of 72 bytes).
+const maxRing = 1 << 20
+
 func (s *Server) applyWindowLocked(w *proto.Window, now time.Time) {
+	s.windowMs.Store(w.EndMs - w.StartMs)
 	sv := s.services[w.Service]
 	var g *group
 	if sv != nil {
@@ -371,7 +396,7 @@ func (s *Server) applyWindowLocked(w *proto.Window, now time.Time) {
 			return
 		}
 		sv = s.serviceLocked(w.Service)
-		g = &group{version: w.Version, ring: newRing(int(s.cfg.History / s.cfg.Window))}
+		g = &group{version: w.Version, ring: newRing(ringSize(s.cfg.History, w))}
 		sv.groups[w.Version] = g
 		s.ngroups++
 	}

@@ -324,7 +324,7 @@ func (c *client) take() []byte {
 		c.mu.Unlock()
 		s.mu.RUnlock()
 		s.m.resyncs.Inc()
-		return sn.encode(s.cfg.Window.Milliseconds())
+		return sn.encode(s.window().Milliseconds())
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
