@@ -62,29 +62,29 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	d := DefaultConfig()
 	c.HTTP.RegisterFlags(fs)
 	fs.IntVar(&c.MaxClients, "web.max-clients", d.MaxClients,
-		"maximum concurrent websocket clients; further connections get 503 (count, default 1000)")
+		"maximum concurrent websocket clients; further connections get 503 (count)")
 	fs.IntVar(&c.MaxClientsPerToken, "web.max-clients-per-token", d.MaxClientsPerToken,
-		"maximum concurrent websocket clients of one token, or of one remote address without tokens; further connections get 503 (count, default 256)")
+		"maximum concurrent websocket clients of one token, or of one remote address without tokens; further connections get 503 (count)")
 	fs.DurationVar(&c.History, "web.history", d.History,
-		"how far back each group's in-memory window history reaches (duration, default 15m)")
+		"how far back each group's in-memory window history reaches (duration)")
 	fs.DurationVar(&c.Replay, "web.replay", d.Replay,
-		"how long past events are kept for reconnecting clients (duration, default 1m)")
+		"how long past events are kept for reconnecting clients (duration)")
 	fs.IntVar(&c.MaxGroups, "web.max-groups", d.MaxGroups,
-		"maximum (service, version) groups kept; windows of further groups are refused (count, default 1000)")
+		"maximum (service, version) groups kept; windows of further groups are refused (count)")
 	fs.IntVar(&c.ClientQueue, "web.client-queue", d.ClientQueue,
-		"events queued per websocket client before its backlog is coalesced into a snapshot (count, default 1024)")
+		"events queued per websocket client before its backlog is coalesced into a snapshot (count)")
 	fs.DurationVar(&c.WriteTimeout, "web.write-timeout", d.WriteTimeout,
-		"a websocket write taking longer drops the client as slow (duration, default 2s)")
+		"a websocket write taking longer drops the client as slow (duration)")
 	fs.DurationVar(&c.PingInterval, "web.ping-interval", d.PingInterval,
-		"websocket ping interval; a client silent for twice this is dropped (duration, default 15s)")
+		"websocket ping interval; a client silent for twice this is dropped (duration)")
 	fs.IntVar(&c.SendBuffer, "web.send-buffer", d.SendBuffer,
-		"kernel send buffer per websocket connection (bytes, default 262144; 0: system default)")
+		"kernel send buffer per websocket connection (bytes; 0 keeps the system's)")
 	fs.StringVar(&c.RequestsSeries, "web.requests-series", d.RequestsSeries,
-		"counter series charted as requests (name, default requests_total)")
+		"counter series charted as requests (name)")
 	fs.StringVar(&c.ErrorsSeries, "web.errors-series", d.ErrorsSeries,
-		"counter series charted as errors (name, default errors_total)")
+		"counter series charted as errors (name)")
 	fs.StringVar(&c.LatencySeries, "web.latency-series", d.LatencySeries,
-		"histogram series charted as latency in seconds (name, default latency_seconds)")
+		"histogram series charted as latency in seconds (name)")
 }
 
 // Validate checks c and names the offending flag.
@@ -165,15 +165,15 @@ func (c *HTTPConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ReadToken, "http-read-token", "",
 		"read-only bearer `token` for the dashboard, the API's GET routes, the websocket and /metrics (needs -http-token; empty: none)")
 	fs.IntVar(&c.MaxConns, "http.max-conns", d.MaxConns,
-		"maximum open HTTP connections; further ones are answered 503 and closed (count, default 1024)")
+		"maximum open HTTP connections; further ones are answered 503 and closed (count)")
 	fs.DurationVar(&c.ReadHeaderTimeout, "http.read-header-timeout", d.ReadHeaderTimeout,
-		"time to read a request's headers; a connection sending nothing is closed after it (duration, default 10s)")
+		"time to read a request's headers; a connection sending nothing is closed after it (duration)")
 	fs.DurationVar(&c.ReadTimeout, "http.read-timeout", d.ReadTimeout,
-		"time to read a whole request, body included (duration, default 30s)")
+		"time to read a whole request, body included (duration)")
 	fs.DurationVar(&c.WriteTimeout, "http.write-timeout", d.WriteTimeout,
-		"time to write a response; not the websocket stream, which has -web.write-timeout (duration, default 1m)")
+		"time to write a response; not the websocket stream, which has -web.write-timeout (duration)")
 	fs.DurationVar(&c.IdleTimeout, "http.idle-timeout", d.IdleTimeout,
-		"a keep-alive connection idle this long between requests is closed (duration, default 2m)")
+		"a keep-alive connection idle this long between requests is closed (duration)")
 }
 
 // Validate checks c and names the offending flag.

@@ -139,11 +139,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"webhook signing secret, plain or whsec_<base64>; several separated by spaces sign with each (rotation); "+
 			"repeatable; default none")
 	fs.BoolVar(&c.DeliverPass, "deliver.pass", false,
-		"also deliver pass decisions to generic webhooks as canary.promotion.confirmed (default false)")
+		"also deliver pass decisions to generic webhooks as canary.promotion.confirmed")
 	fs.DurationVar(&c.Timeout, "deliver.timeout", 2*time.Second,
-		"timeout of one delivery attempt (default 2s)")
+		"timeout of one delivery attempt")
 	fs.DurationVar(&c.MaxRetry, "deliver.max-retry", time.Hour,
-		"how long a failing delivery is retried before it is given up (default 1h)")
+		"how long a failing delivery is retried before it is given up")
 	fs.StringVar(&c.TargetsFile, "deliver.targets", "",
 		"JSON file with Argo Rollouts, Spinnaker and Flagger targets, see docs/webhooks.md (default none)")
 }

@@ -51,13 +51,13 @@ func DefaultConfig() Config {
 // RegisterFlags registers the -leases.* flags and -worker.id on fs, writing into c.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	d := DefaultConfig()
-	fs.StringVar(&c.Bucket, "leases.bucket", d.Bucket, "JetStream KV `bucket` of the partition leases (default herd_leases)")
+	fs.StringVar(&c.Bucket, "leases.bucket", d.Bucket, "JetStream KV `bucket` of the partition leases")
 	fs.StringVar(&c.WorkerID, "worker.id", "", "unique `id` of this rollup worker (default hostname-pid-random)")
-	fs.DurationVar(&c.TTL, "leases.ttl", d.TTL, "a partition lease lasts this long without renewal; a dead worker's partitions move after it (duration, default 1.5s)")
-	fs.DurationVar(&c.Heartbeat, "leases.heartbeat", d.Heartbeat, "how often leases are renewed (duration, default 400ms)")
-	fs.DurationVar(&c.Margin, "leases.margin", d.Margin, "an owner gives a lease up this long before others may claim it (duration, default 300ms)")
-	fs.DurationVar(&c.Tick, "leases.tick", d.Tick, "period of the claim and expiry checks (duration, default 100ms)")
-	fs.IntVar(&c.Replicas, "leases.replicas", d.Replicas, "replicas of the lease bucket: 1, or 3 in a NATS cluster (count, default 1)")
+	fs.DurationVar(&c.TTL, "leases.ttl", d.TTL, "a partition lease lasts this long without renewal; a dead worker's partitions move after it (duration)")
+	fs.DurationVar(&c.Heartbeat, "leases.heartbeat", d.Heartbeat, "how often leases are renewed (duration)")
+	fs.DurationVar(&c.Margin, "leases.margin", d.Margin, "an owner gives a lease up this long before others may claim it (duration)")
+	fs.DurationVar(&c.Tick, "leases.tick", d.Tick, "period of the claim and expiry checks (duration)")
+	fs.IntVar(&c.Replicas, "leases.replicas", d.Replicas, "replicas of the lease bucket: 1, or 3 in a NATS cluster (count)")
 }
 
 // Validate checks c and names the offending flag. An empty WorkerID is valid: New fills in
