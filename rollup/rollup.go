@@ -24,6 +24,13 @@
 // InstancesStarted the instances first seen in that window and InstancesStopped the final
 // batches merged into it.
 //
+// A sample is refused, counted by reason in herd_rollup_series_refused_total, and the rest of
+// its batch merged, when it would take a sum of the window beyond MaxSum ("overflow": every
+// window stays finite and encodable), a histogram side beyond proto.MaxBuckets
+// ("bad_histogram"), or the window's histograms beyond Config.MaxWindowBuckets buckets
+// ("too_many_buckets"), besides the series limits. Recycled windows and a group's series
+// table give back the memory an outlier made them hold.
+//
 // # Warm-up and halves
 //
 // With Config.Warmup > 0 each window also merges the series named in Config.SplitSeries of
