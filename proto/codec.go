@@ -49,7 +49,8 @@ const (
 // it). The worst cases are about 45 bytes per input byte for a table of distinct short
 // strings (the Decoder's intern cache), 8 bytes per budgeted bucket (32 per input byte, plus
 // 128 KiB for BucketBudgetBase), 16 per byte for labels and 13 for series; every array is
-// sized once, exactly, from counts checked against the remaining input.
+// sized once, exactly, from counts checked against the remaining input. (A Decode that gives
+// an outlier's memory back copies, on top, at most what the batch it decoded holds.)
 const (
 	DecodeAllocPerByte = 64
 	DecodeAllocBase    = 256 << 10
