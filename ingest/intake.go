@@ -135,7 +135,7 @@ func NewIntakeMetrics(set *metrics.Set) *IntakeMetrics {
 		slow:    set.NewCounter(`herd_ingest_dropped_total{reason="` + ReasonSlowConsumer + `"}`),
 		reasons: make(map[string]*metrics.Counter),
 	}
-	for _, r := range []string{ReasonBadSubject, ReasonSubjectMismatch, "truncated", "bad_magic", "unknown_version", "oversized"} {
+	for _, r := range []string{ReasonBadSubject, ReasonSubjectMismatch, "truncated", "bad_magic", "unknown_version", "oversized", "histogram_span"} {
 		m.reason(r)
 	}
 	return m

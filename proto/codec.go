@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // Decoding limits. A batch that exceeds one is refused with the reason in parentheses.
@@ -18,6 +20,40 @@ const (
 	MaxSpans       = 256     // bucket spans of one histogram side ("bad_histogram")
 	MaxCount       = 1 << 53 // one bucket count, exactly representable as float64 ("bad_histogram")
 	MaxInterval    = 3600e9  // End - Start in nanoseconds ("bad_interval")
+
+	// BucketBudgetBase and BucketsPerByte bound the histogram buckets one batch makes a
+	// decoder hold (see BucketBudget; "histogram_span"). The base lets any one histogram use
+	// both sides' full MaxBuckets range.
+	BucketBudgetBase = 2 * MaxBuckets
+	BucketsPerByte   = 4
+)
+
+// BucketBudget returns how many dense histogram buckets a batch of n encoded bytes may
+// create: the dense ranges of all its histogram sides added up, the empty buckets between
+// spans included (they cost no input bytes, but the decoded form holds them). A batch over
+// the budget is refused with reason "histogram_span", before the buckets are allocated.
+func BucketBudget(n int) int { return BucketBudgetBase + BucketsPerByte*n }
+
+// Smallest encodings of the repeated parts of a batch. A count that promises more parts
+// than the remaining input can hold is refused as "truncated" before anything is allocated
+// for it.
+const (
+	minStringBytes = 1  // uvarint length 0
+	minSeriesBytes = 11 // name, nlabels, kind, f64 value (a histogram takes at least 15)
+	minLabelBytes  = 2  // name and value indexes
+	minSpanBytes   = 3  // offset, length, one count
+)
+
+// DecodeAllocPerByte and DecodeAllocBase bound what one Decode call allocates, whatever data
+// holds: at most DecodeAllocPerByte × len(data) + DecodeAllocBase bytes (FuzzDecode checks
+// it). The worst cases are about 45 bytes per input byte for a table of distinct short
+// strings (the Decoder's intern cache), 8 bytes per budgeted bucket (32 per input byte, plus
+// 128 KiB for BucketBudgetBase), 16 per byte for labels and 13 for series; every array is
+// sized once, exactly, from counts checked against the remaining input. (A Decode that gives
+// an outlier's memory back copies, on top, at most what the batch it decoded holds.)
+const (
+	DecodeAllocPerByte = 64
+	DecodeAllocBase    = 256 << 10
 )
 
 // magic starts every batch: "hb" (herd batch).
@@ -92,6 +128,7 @@ func (e *Encoder) Append(dst []byte, b *Batch) ([]byte, error) {
 		return dst, decodeErr("too_many_strings", "%d strings, limit %d", len(e.strs), MaxStrings)
 	}
 	start := len(dst)
+	buckets := 0 // dense buckets a decoder will hold, for the bucket budget
 	dst = append(dst, magic[0], magic[1], FormatVersion)
 	var flags byte
 	if b.Final {
@@ -128,12 +165,19 @@ func (e *Encoder) Append(dst []byte, b *Batch) ([]byte, error) {
 			dst = binary.AppendUvarint(dst, h.Count)
 			dst = binary.LittleEndian.AppendUint64(dst, math.Float64bits(h.Sum))
 			dst = binary.AppendUvarint(dst, h.ZeroCount)
-			dst = appendBuckets(dst, &h.Positive)
-			dst = appendBuckets(dst, &h.Negative)
+			var n int
+			dst, n = appendBuckets(dst, &h.Positive)
+			buckets += n
+			dst, n = appendBuckets(dst, &h.Negative)
+			buckets += n
 		}
 	}
 	if len(dst)-start > MaxBatchBytes {
 		return dst[:start], decodeErr("oversized", "%d bytes, limit %d", len(dst)-start, MaxBatchBytes)
+	}
+	if buckets > BucketBudget(len(dst)-start) {
+		return dst[:start], decodeErr("histogram_span", "histograms span %d buckets; a %d-byte batch may span %d",
+			buckets, len(dst)-start, BucketBudget(len(dst)-start))
 	}
 	return dst, nil
 }
@@ -180,9 +224,11 @@ func checkSeries(s *Series) error {
 			return decodeErr("bad_histogram", "histogram %s count %d is not the sum of its buckets", clip(s.Name), h.Count)
 		}
 		for _, b := range []*Buckets{&h.Positive, &h.Negative} {
-			if len(b.Counts) > MaxBuckets || int(b.Offset) < -MaxBucketIndex ||
-				int(b.Offset)+len(b.Counts)-1 > MaxBucketIndex {
+			if int(b.Offset) < -MaxBucketIndex || int(b.Offset)+len(b.Counts)-1 > MaxBucketIndex {
 				return decodeErr("bad_histogram", "histogram %s buckets out of range", clip(s.Name))
+			}
+			if len(b.Counts) > MaxBuckets {
+				return decodeErr("histogram_span", "histogram %s spans %d buckets, limit %d", clip(s.Name), len(b.Counts), MaxBuckets)
 			}
 		}
 	default:
@@ -191,9 +237,10 @@ func checkSeries(s *Series) error {
 	return nil
 }
 
-// appendBuckets writes the non-zero runs of b as spans. A run of two or more zero buckets
-// splits a span; a single zero bucket is cheaper to write as a count.
-func appendBuckets(dst []byte, b *Buckets) []byte {
+// appendBuckets writes the non-zero runs of b as spans and returns the number of dense
+// buckets they decode to. A run of two or more zero buckets splits a span; a single zero
+// bucket is cheaper to write as a count.
+func appendBuckets(dst []byte, b *Buckets) ([]byte, int) {
 	c := b.Counts
 	type span struct{ lo, hi int } // indexes into c, inclusive
 	var spans [MaxSpans]span
@@ -238,23 +285,131 @@ func appendBuckets(dst []byte, b *Buckets) []byte {
 		}
 		prevEnd = s.hi + 1
 	}
-	return dst
+	if n == 0 {
+		return dst, 0
+	}
+	return dst, spans[n-1].hi - spans[0].lo + 1
 }
 
-// Decoder reads batches. It interns the strings it sees (bounded), so decoding a stream of
-// batches with recurring names allocates nothing in steady state. Not safe for concurrent use.
+// Decoder reads batches. It interns the strings it sees (bounded in number and bytes), so
+// decoding a stream of batches with recurring names allocates nothing in steady state.
+//
+// Memory is bounded by the input: one Decode call allocates at most DecodeAllocPerByte ×
+// len(data) + DecodeAllocBase bytes, and the histogram buckets a batch creates count against
+// BucketBudget(len(data)) before they are allocated. The Batch decoded into keeps its slices
+// for the next call; once it holds more than shrinkFactor times what the recent batches
+// needed (and more than shrinkFloor), Decode gives the excess back, so an outlier batch,
+// refused or not, leaves no lasting footprint. The accounting follows the Batch last decoded
+// into: use one Batch per Decoder. A Decoder is not safe for concurrent use.
 type Decoder struct {
-	strs   []string
-	intern map[string]string
+	strs        []string
+	intern      map[string]string
+	internBytes int // bytes of the strings in intern
+
+	// budget is how many dense histogram buckets the batch being decoded may still create.
+	budget int
+
+	// Capacity accounting of the Batch last decoded into (last), in bytes of the backing
+	// arrays of its series, labels and bucket counts: held is what it keeps, need what the
+	// current Decode uses, peak[0] and peak[1] the largest need of an accepted batch in the
+	// current and the previous epoch of shrinkEpoch calls.
+	last    *Batch
+	held    int
+	need    int
+	peak    [2]int
+	decodes int
 }
 
-// maxInterned bounds the Decoder's string cache; it is cleared when full.
-const maxInterned = 1 << 16
+const (
+	// maxInterned and maxInternedBytes bound the Decoder's string cache; it is replaced by
+	// an empty one when full (clearing a map would keep its memory).
+	maxInterned      = 1 << 16
+	maxInternedBytes = 1 << 20
+
+	// A Batch may keep shrinkFactor times the largest need of the last shrinkEpoch to
+	// 2×shrinkEpoch accepted batches, and always shrinkFloor bytes.
+	shrinkEpoch  = 256
+	shrinkFactor = 4
+	shrinkFloor  = 1 << 20
+
+	seriesSize = int(unsafe.Sizeof(Series{}))
+	labelSize  = int(unsafe.Sizeof(Label{}))
+	countSize  = int(unsafe.Sizeof(uint64(0)))
+)
 
 // Decode decodes data into b, reusing b's slices. On error b holds partial garbage and the
 // error is a *DecodeError naming the reason. Decode never panics and never reads or allocates
-// beyond what the bounded lengths in data allow.
+// beyond what the bounded lengths in data allow (see Decoder).
 func (d *Decoder) Decode(data []byte, b *Batch) error {
+	if d.last != b {
+		d.last = b
+		d.held = heldBytes(b)
+		d.peak = [2]int{}
+	}
+	d.need = 0
+	err := d.decode(data, b)
+	if err == nil {
+		d.peak[0] = max(d.peak[0], d.need)
+	}
+	if d.held > max(shrinkFloor, shrinkFactor*max(d.peak[0], d.peak[1])) {
+		d.shrink(b, err == nil)
+	}
+	d.decodes++
+	if d.decodes%shrinkEpoch == 0 {
+		d.peak[1], d.peak[0] = d.peak[0], 0
+	}
+	return err
+}
+
+// heldBytes returns the bytes of the backing arrays b's series slots hold.
+func heldBytes(b *Batch) int {
+	all := b.Series[:cap(b.Series)]
+	n := cap(all) * seriesSize
+	for i := range all {
+		s := &all[i]
+		n += cap(s.Labels)*labelSize + (cap(s.Hist.Positive.Counts)+cap(s.Hist.Negative.Counts))*countSize
+	}
+	return n
+}
+
+// shrink gives back what b holds beyond what it uses: the series slots after the last one in
+// use, and label and bucket arrays more than twice as long as their content. keep tells
+// whether b's content (an accepted batch) must survive; otherwise every slot is released.
+func (d *Decoder) shrink(b *Batch, keep bool) {
+	if !keep {
+		b.Series = b.Series[:0]
+	}
+	n := len(b.Series)
+	if cap(b.Series) > 2*n {
+		b.Series = append([]Series(nil), b.Series...)
+	}
+	all := b.Series[:cap(b.Series)]
+	for i := range all {
+		s := &all[i]
+		if i >= n {
+			*s = Series{}
+			continue
+		}
+		s.Labels = trimmed(s.Labels)
+		s.Hist.Positive.Counts = trimmed(s.Hist.Positive.Counts)
+		s.Hist.Negative.Counts = trimmed(s.Hist.Negative.Counts)
+	}
+	d.held = heldBytes(b)
+}
+
+// trimmed returns s, or a copy of it without spare capacity if s holds more than twice its
+// length (and more than a few elements).
+func trimmed[T any](s []T) []T {
+	if cap(s) <= 2*len(s)+8 {
+		return s
+	}
+	if len(s) == 0 {
+		return nil
+	}
+	return append([]T(nil), s...)
+}
+
+func (d *Decoder) decode(data []byte, b *Batch) error {
 	if len(data) > MaxBatchBytes {
 		return decodeErr("oversized", "%d bytes, limit %d", len(data), MaxBatchBytes)
 	}
@@ -273,6 +428,7 @@ func (d *Decoder) Decode(data []byte, b *Batch) error {
 		return decodeErr("bad_flags", "unknown flags %#x", flags)
 	}
 	r.off = 4
+	d.budget = BucketBudget(len(data))
 	b.Final = flags&flagFinal != 0
 	if !r.bytes(b.Instance[:]) {
 		return r.err("instance id")
@@ -302,10 +458,10 @@ func (d *Decoder) Decode(data []byte, b *Batch) error {
 	if u > MaxStrings {
 		return decodeErr("too_many_strings", "%d strings, limit %d", u, MaxStrings)
 	}
-	d.strs = d.strs[:0]
-	if d.intern == nil {
-		d.intern = make(map[string]string)
+	if int(u)*minStringBytes > r.remaining() {
+		return r.err(fmt.Sprintf("string table of %d strings", u))
 	}
+	d.strs = slices.Grow(d.strs[:0], int(u))
 	for range u {
 		l, ok := r.uvarint()
 		if !ok {
@@ -323,11 +479,13 @@ func (d *Decoder) Decode(data []byte, b *Batch) error {
 		}
 		s, hit := d.intern[string(raw)]
 		if !hit {
-			if len(d.intern) >= maxInterned {
-				clear(d.intern)
+			if d.intern == nil || len(d.intern) >= maxInterned || d.internBytes+len(raw) > maxInternedBytes {
+				d.intern = make(map[string]string)
+				d.internBytes = 0
 			}
 			s = string(raw)
 			d.intern[s] = s
+			d.internBytes += len(s)
 		}
 		d.strs = append(d.strs, s)
 	}
@@ -350,13 +508,20 @@ func (d *Decoder) Decode(data []byte, b *Batch) error {
 	if u > MaxSeries {
 		return decodeErr("too_many_series", "%d series, limit %d", u, MaxSeries)
 	}
+	if int(u)*minSeriesBytes > r.remaining() {
+		return r.err(fmt.Sprintf("%d series", u))
+	}
+	if n := int(u); cap(b.Series) < n {
+		// Grow once to the exact size, keeping the old slots' label and bucket arrays.
+		grown := make([]Series, n)
+		d.held += (n - cap(b.Series)) * seriesSize
+		copy(grown, b.Series[:cap(b.Series)])
+		b.Series = grown
+	}
 	b.Series = b.Series[:0]
+	d.need += int(u) * seriesSize
 	for range u {
-		if len(b.Series) < cap(b.Series) {
-			b.Series = b.Series[:len(b.Series)+1]
-		} else {
-			b.Series = append(b.Series, Series{})
-		}
+		b.Series = b.Series[:len(b.Series)+1]
 		if err := d.series(&r, &b.Series[len(b.Series)-1]); err != nil {
 			return err
 		}
@@ -393,7 +558,15 @@ func (d *Decoder) series(r *reader, s *Series) error {
 	if n > MaxLabels {
 		return decodeErr("too_many_labels", "series %s has %d labels, limit %d", clip(s.Name), n, MaxLabels)
 	}
+	if int(n)*minLabelBytes > r.remaining() {
+		return r.err(fmt.Sprintf("%d labels", n))
+	}
+	if cap(s.Labels) < int(n) {
+		d.held += (int(n) - cap(s.Labels)) * labelSize
+		s.Labels = make([]Label, 0, n)
+	}
 	s.Labels = s.Labels[:0]
+	d.need += int(n) * labelSize
 	for range n {
 		var l Label
 		if l.Name, err = d.str(r, "label name"); err != nil {
@@ -454,8 +627,8 @@ func (d *Decoder) histogram(r *reader, s *Series) error {
 		return decodeErr("bad_histogram", "histogram %s zero count too large", clip(s.Name))
 	}
 	total := h.ZeroCount
-	for _, b := range []*Buckets{&h.Positive, &h.Negative} {
-		n, err := readBuckets(r, b, s.Name)
+	for side, b := range []*Buckets{&h.Positive, &h.Negative} {
+		n, err := d.readBuckets(r, b, s.Name, side)
 		if err != nil {
 			return err
 		}
@@ -467,8 +640,13 @@ func (d *Decoder) histogram(r *reader, s *Series) error {
 	return nil
 }
 
-// readBuckets reads the spans of one side into b (dense) and returns the total count.
-func readBuckets(r *reader, b *Buckets, name string) (uint64, error) {
+// sideNames names the histogram sides in errors.
+var sideNames = [2]string{"positive", "negative"}
+
+// readBuckets reads the spans of one side into b (dense) and returns the total count. A
+// first pass reads the span headers and skips the counts, so the dense range is checked
+// against MaxBuckets and the batch's bucket budget before it is allocated, once.
+func (d *Decoder) readBuckets(r *reader, b *Buckets, name string, side int) (uint64, error) {
 	n, ok := r.uvarint()
 	if !ok {
 		return 0, r.err("span count")
@@ -476,8 +654,14 @@ func readBuckets(r *reader, b *Buckets, name string) (uint64, error) {
 	if n > MaxSpans {
 		return 0, decodeErr("bad_histogram", "histogram %s has %d spans, limit %d", clip(name), n, MaxSpans)
 	}
-	var total uint64
-	var prev int64
+	if int(n)*minSpanBytes > r.remaining() {
+		return 0, r.err(fmt.Sprintf("%d spans", n))
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	start := r.off
+	lo, hi := 0, 0
 	next := 0 // absolute index after the previous span
 	for k := range n {
 		off, ok := r.varint()
@@ -491,22 +675,56 @@ func readBuckets(r *reader, b *Buckets, name string) (uint64, error) {
 		if l == 0 || l > MaxBuckets || (k > 0 && off < 0) || off > 2*MaxBucketIndex || off < -2*MaxBucketIndex {
 			return 0, decodeErr("bad_histogram", "histogram %s span %d offset %d length %d", clip(name), k, off, l)
 		}
-		lo := int(off)
+		first := int(off)
 		if k > 0 {
-			lo = next + int(off)
+			first += next
 		}
-		hi := lo + int(l) - 1
-		if lo < -MaxBucketIndex || hi > MaxBucketIndex || (len(b.Counts) > 0 && hi-int(b.Offset)+1 > MaxBuckets) {
-			return 0, decodeErr("bad_histogram", "histogram %s buckets [%d, %d] out of range", clip(name), lo, hi)
+		last := first + int(l) - 1
+		if first < -MaxBucketIndex || last > MaxBucketIndex {
+			return 0, decodeErr("bad_histogram", "histogram %s buckets [%d, %d] out of range", clip(name), first, last)
 		}
-		if len(b.Counts) == 0 {
-			b.Offset = int32(lo)
+		if k == 0 {
+			lo = first
 		}
-		// Zero-fill the gap, then append the span's counts.
-		for len(b.Counts) < lo-int(b.Offset) {
-			b.Counts = append(b.Counts, 0)
+		hi = last
+		if hi-lo+1 > MaxBuckets {
+			return 0, decodeErr("histogram_span", "histogram %s %s buckets %d to %d span more than %d",
+				clip(name), sideNames[side], lo, hi, MaxBuckets)
 		}
-		for range l {
+		if !r.skipVarints(int(l)) {
+			return 0, r.err("bucket count")
+		}
+		next = last + 1
+	}
+	size := hi - lo + 1
+	if size > d.budget {
+		return 0, decodeErr("histogram_span", "histogram %s: the batch's histograms span more than %d buckets, the budget of a %d-byte batch",
+			clip(name), BucketBudget(len(r.buf)), len(r.buf))
+	}
+	d.budget -= size
+
+	r.off = start
+	if cap(b.Counts) < size {
+		d.held += (size - cap(b.Counts)) * countSize
+		b.Counts = make([]uint64, size)
+	} else {
+		b.Counts = b.Counts[:size]
+		clear(b.Counts)
+	}
+	d.need += size * countSize
+	b.Offset = int32(lo)
+	var total uint64
+	var prev int64
+	next = 0
+	for k := range n {
+		off, _ := r.varint() // checked by the first pass
+		l, _ := r.uvarint()
+		first := int(off)
+		if k > 0 {
+			first += next
+		}
+		counts := b.Counts[first-lo : first-lo+int(l)]
+		for j := range counts {
 			dv, ok := r.varint()
 			if !ok {
 				return 0, r.err("bucket count")
@@ -516,13 +734,13 @@ func readBuckets(r *reader, b *Buckets, name string) (uint64, error) {
 				return 0, decodeErr("bad_histogram", "histogram %s bucket count out of range", clip(name))
 			}
 			prev = v
-			b.Counts = append(b.Counts, uint64(v))
+			counts[j] = uint64(v)
 			total += uint64(v)
+			if total > MaxCount {
+				return 0, decodeErr("bad_histogram", "histogram %s total count too large", clip(name))
+			}
 		}
-		next = hi + 1
-	}
-	if total > MaxCount {
-		return 0, decodeErr("bad_histogram", "histogram %s total count too large", clip(name))
+		next = first + int(l)
 	}
 	return total, nil
 }
@@ -535,6 +753,23 @@ type reader struct {
 
 func (r *reader) err(what string) error {
 	return decodeErr("truncated", "%s at byte %d of %d", what, r.off, len(r.buf))
+}
+
+func (r *reader) remaining() int { return len(r.buf) - r.off }
+
+// skipVarints advances past n varints without decoding them, reporting false if the input
+// ends first.
+func (r *reader) skipVarints(n int) bool {
+	for n > 0 {
+		if r.off >= len(r.buf) {
+			return false
+		}
+		if r.buf[r.off] < 0x80 {
+			n--
+		}
+		r.off++
+	}
+	return true
 }
 
 func (r *reader) next(n int) ([]byte, bool) {

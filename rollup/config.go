@@ -32,6 +32,12 @@ type Config struct {
 	// MaxInstances bounds the number of instances whose state is kept; beyond it the least
 	// recently seen instance is forgotten.
 	MaxInstances int
+	// MaxWindowBuckets bounds the histogram buckets one open window of a group holds: the
+	// dense ranges of all its histograms, warm halves included (8 bytes each). A histogram
+	// sample that would take the window beyond it is refused as "too_many_buckets". Samples
+	// of instances whose buckets lie far apart are what fill it: every window holds the union
+	// of the ranges merged into it.
+	MaxWindowBuckets int
 	// Warmup is the per-instance warm-up: a batch whose End lies less than Warmup after its
 	// InstanceStart is merged into Window.Series but not into Window.Warm and Window.Halves.
 	// 0 disables Warm and Halves.
@@ -52,6 +58,7 @@ func DefaultConfig() Config {
 		MaxGroups:         10_000,
 		MaxSeriesPerGroup: 1_000,
 		MaxInstances:      100_000,
+		MaxWindowBuckets:  1 << 18,
 		Warmup:            5 * time.Second,
 		SplitSeries:       proto.SeriesRequests + "," + proto.SeriesErrors + "," + proto.SeriesLatency,
 	}
@@ -75,6 +82,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"maximum number of distinct series per group; further series are refused (count, default 1000)")
 	fs.IntVar(&c.MaxInstances, "rollup.max-instances", d.MaxInstances,
 		"maximum number of instances whose dedup state is kept; the least recently seen is forgotten beyond it (count, default 100000)")
+	fs.IntVar(&c.MaxWindowBuckets, "rollup.max-window-buckets", d.MaxWindowBuckets,
+		"maximum histogram buckets (8 bytes each) one open window of a group holds, warm halves included; histogram samples beyond it are refused (count, default 262144)")
 	fs.DurationVar(&c.Warmup, "rollup.warmup", d.Warmup,
 		"per-instance warm-up: batches of an instance younger than this are left out of the windows' warm aggregate and halves; 0 produces neither (duration, default 5s)")
 	fs.StringVar(&c.SplitSeries, "rollup.split-series", d.SplitSeries,
@@ -99,6 +108,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("-rollup.max-series-per-group %d must be at least 1", c.MaxSeriesPerGroup)
 	case c.MaxInstances < 1:
 		return fmt.Errorf("-rollup.max-instances %d must be at least 1", c.MaxInstances)
+	case c.MaxWindowBuckets < 2*proto.MaxBuckets:
+		return fmt.Errorf("-rollup.max-window-buckets %d must be at least %d (one histogram of the widest range)", c.MaxWindowBuckets, 2*proto.MaxBuckets)
 	case c.Warmup < 0 || c.Warmup > time.Hour || c.Warmup%time.Millisecond != 0:
 		return fmt.Errorf("-rollup.warmup %s must be a whole number of milliseconds between 0 and 1h", c.Warmup)
 	}

@@ -1,6 +1,7 @@
 package rollup
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -8,7 +9,8 @@ import (
 )
 
 // FuzzAdd feeds decoded batches of any content and timing to a Rollup: it must never panic,
-// and every batch must be merged or refused.
+// every batch must be merged or refused, and every open window must stay within its bucket
+// budget with finite sums.
 func FuzzAdd(f *testing.F) {
 	now := time.Unix(1_790_000_000, 0)
 	var enc proto.Encoder
@@ -16,6 +18,8 @@ func FuzzAdd(f *testing.F) {
 		batch(1, 0, now, counter(proto.SeriesRequests, 1), gauge("g", -1), hist(proto.SeriesLatency, 0.1, 3)),
 		batch(2, 1<<40, now.Add(time.Hour), counter("x", 1, "a", "b")),
 		batch(3, 5, now.Add(-time.Hour)),
+		batch(4, 0, now, counter("x", 1e308), gauge("g", -1.7e308), farHist("h", -4000)),
+		batch(5, 0, now, counter("x", 1e308), gauge("g", -1.7e308), farHist("h", 4000)),
 	} {
 		data, err := enc.Append(nil, b)
 		if err != nil {
@@ -41,6 +45,7 @@ func FuzzAdd(f *testing.F) {
 			}
 			r.Add(&bt)
 			added++
+			checkWindows(t, r)
 			clock = clock.Add(time.Duration(step % int64(time.Minute)))
 			r.Advance(clock)
 		}
@@ -49,4 +54,32 @@ func FuzzAdd(f *testing.F) {
 			t.Fatalf("merged %d + refused %d; want %d batches", st.BatchesMerged, st.Refused(), added)
 		}
 	})
+}
+
+// checkWindows checks the bucket accounting of every open window of r: the buckets in use
+// match w.buckets and stay within the budget, the capacity matches w.held, and every sum is
+// within MaxSum.
+func checkWindows(t *testing.T, r *Rollup) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, g := range r.groups {
+		for _, w := range g.windows {
+			used, held := 0, 0
+			for _, accs := range [][]acc{w.accs, w.halves[0], w.halves[1]} {
+				for i := range accs {
+					a := &accs[i]
+					used += len(a.hist.Positive.Counts) + len(a.hist.Negative.Counts)
+					held += histCap(&a.hist)
+					if !(math.Abs(a.sum) <= MaxSum && math.Abs(a.hist.Sum) <= MaxSum) {
+						t.Fatalf("window %d of %v: sums %v and %v beyond MaxSum", w.start, g.key, a.sum, a.hist.Sum)
+					}
+				}
+			}
+			if used != w.buckets || held != w.held || used > r.cfg.MaxWindowBuckets {
+				t.Fatalf("window %d of %v: %d buckets in use (accounted %d), %d held (accounted %d), budget %d",
+					w.start, g.key, used, w.buckets, held, w.held, r.cfg.MaxWindowBuckets)
+			}
+		}
+	}
 }

@@ -1,9 +1,11 @@
 package rollup
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"strings"
+	"unsafe"
 
 	"github.com/herd-dev/herd/proto"
 )
@@ -21,7 +23,10 @@ type group struct {
 	// so a series key is hashed once per sample and windows hold dense slices.
 	ids    map[string]int32
 	series []seriesInfo
-	free   []int32 // ids of deleted series, reused first
+	free   []int32 // ids of deleted series, reused first, lowest first (from the end)
+	// idsPeak is the most entries ids held since it was built: a Go map keeps its memory
+	// after deletes, so compact rebuilds it once it holds far fewer.
+	idsPeak int
 
 	// windows are the open windows, sorted by start.
 	windows []*window
@@ -73,6 +78,7 @@ func (g *group) addSeries(key string, s *proto.Series, split bool) int32 {
 		g.series = append(g.series, info)
 	}
 	g.ids[key] = id
+	g.idsPeak = max(g.idsPeak, len(g.ids))
 	return id
 }
 
@@ -90,7 +96,46 @@ func (g *group) sweepSeries(cutoff int64) int {
 		g.free = append(g.free, int32(id))
 		n++
 	}
+	if n > 0 {
+		g.compact()
+	}
 	return n
+}
+
+// compact gives back the memory of deleted series, so a group that once held many series (a
+// label flood refused at MaxSeriesPerGroup, say) does not keep their table: free ids at the
+// end of the table are dropped, a table or free list four times longer than its content is
+// copied, and the id map is rebuilt once it holds a quarter of its peak. Free ids are reused
+// lowest first, so the end of the table frees up.
+func (g *group) compact() {
+	end := len(g.series)
+	for end > 0 && g.series[end-1].key == "" {
+		end--
+	}
+	if end < len(g.series) {
+		clear(g.series[end:])
+		g.series = g.series[:end]
+		g.free = slices.DeleteFunc(g.free, func(id int32) bool { return int(id) >= end })
+	}
+	slices.SortFunc(g.free, func(a, b int32) int { return cmp.Compare(b, a) })
+	g.series = trimmed(g.series)
+	g.free = trimmed(g.free)
+	if g.idsPeak > max(64, 4*len(g.ids)) {
+		ids := make(map[string]int32, len(g.ids))
+		for k, id := range g.ids {
+			ids[k] = id
+		}
+		g.ids, g.idsPeak = ids, len(ids)
+	}
+}
+
+// trimmed returns s, or a copy of it without spare capacity if s holds more than four times
+// its length (and more than a few elements).
+func trimmed[T any](s []T) []T {
+	if cap(s) <= 4*len(s)+16 {
+		return s
+	}
+	return slices.Clone(s)
 }
 
 func (g *group) openHolds(id int32) bool {
@@ -121,6 +166,10 @@ type window struct {
 	// Instance counts (see proto.Window).
 	instances, started, stopped int
 	halfInstances               [2]int
+	// buckets is the dense histogram buckets of the accumulators in use (counted against
+	// Config.MaxWindowBuckets); held is the bucket capacity of every accumulator, which
+	// stays across reuse.
+	buckets, held int
 }
 
 // seriesMeta is what a window result needs of a series; label slices are read-only.
@@ -136,6 +185,16 @@ type acc struct {
 	sum, min, max float64
 	hist          proto.Histogram
 }
+
+// MaxSum bounds the magnitude of every sum a window accumulates (counter values, gauge sums,
+// histogram sums; in the window and in each warm half): a sample that would take one beyond
+// it is refused as "overflow" and the rest of its batch merged. So a window's values stay
+// finite, even the warm aggregate that adds two halves, and every window can be encoded.
+const MaxSum = 1e300
+
+// maxHistCount bounds a window's histogram count, and so each of its buckets, far enough
+// from uint64 overflow that the warm aggregate can add two halves.
+const maxHistCount = 1 << 62
 
 // acc returns the accumulator of series id, growing the slice to size (the group's table
 // length) if needed.
@@ -158,7 +217,50 @@ func growAcc(accs *[]acc, id int32, size int) *acc {
 	return &(*accs)[id]
 }
 
-// add merges a sample of kind k into a, reporting false when a histogram could not be merged.
+// refusal returns why a sample s of kind k cannot be merged into a, or "".
+func (a *acc) refusal(k proto.Kind, s *proto.Series) string {
+	switch k {
+	case proto.KindCounter, proto.KindGauge:
+		if !(math.Abs(a.sum+s.Value) <= MaxSum) {
+			return ReasonOverflow
+		}
+	case proto.KindHistogram:
+		if !(math.Abs(a.hist.Sum+s.Hist.Sum) <= MaxSum) || s.Hist.Count > maxHistCount-a.hist.Count {
+			return ReasonOverflow
+		}
+		if mergedLen(&a.hist.Positive, &s.Hist.Positive) > proto.MaxBuckets ||
+			mergedLen(&a.hist.Negative, &s.Hist.Negative) > proto.MaxBuckets {
+			return ReasonBadHistogram
+		}
+	}
+	return ""
+}
+
+// growth returns how many dense buckets merging histogram o adds to a.
+func (a *acc) growth(o *proto.Histogram) int {
+	h := &a.hist
+	return mergedLen(&h.Positive, &o.Positive) - len(h.Positive.Counts) +
+		mergedLen(&h.Negative, &o.Negative) - len(h.Negative.Counts)
+}
+
+// mergedLen returns the dense length of the union of a's and b's ranges.
+func mergedLen(a, b *proto.Buckets) int {
+	switch {
+	case len(b.Counts) == 0:
+		return len(a.Counts)
+	case len(a.Counts) == 0:
+		return len(b.Counts)
+	}
+	lo := min(int(a.Offset), int(b.Offset))
+	hi := max(int(a.Offset)+len(a.Counts), int(b.Offset)+len(b.Counts))
+	return hi - lo
+}
+
+// histCap returns the bucket capacity h holds.
+func histCap(h *proto.Histogram) int { return cap(h.Positive.Counts) + cap(h.Negative.Counts) }
+
+// add merges a sample of kind k into a, reporting false when a histogram could not be
+// merged. The caller checked refusal first.
 func (a *acc) add(k proto.Kind, s *proto.Series) bool {
 	switch k {
 	case proto.KindCounter:
@@ -185,8 +287,17 @@ func (a *acc) clear() {
 	a.hist.Reset()
 }
 
-// reset empties w for reuse.
+// windowKeepBuckets is the bucket capacity a recycled window may always keep; beyond it,
+// and beyond twice what its last use needed, reset gives the excess back.
+const windowKeepBuckets = 1 << 15
+
+// reset empties w for reuse. A window that held far more bucket capacity than its last use
+// needed (an outlier: one group's wide histograms, or capacity gathered over many uses)
+// gives the excess back, so recycled windows do not keep an outlier's memory.
 func (w *window) reset() {
+	if w.held > max(windowKeepBuckets, 2*w.buckets) {
+		w.shrink()
+	}
 	for _, id := range w.touched {
 		w.accs[id].clear()
 		for h := range w.halves {
@@ -200,6 +311,30 @@ func (w *window) reset() {
 	w.meta = w.meta[:0]
 	w.instances, w.started, w.stopped = 0, 0, 0
 	w.halfInstances = [2]int{}
+	w.buckets = 0
+}
+
+// shrink drops the bucket arrays of w's accumulators that hold more than twice their
+// content, and recounts w.held.
+func (w *window) shrink() {
+	w.held = 0
+	for _, accs := range [][]acc{w.accs, w.halves[0], w.halves[1]} {
+		for i := range accs {
+			h := &accs[i].hist
+			for _, b := range []*proto.Buckets{&h.Positive, &h.Negative} {
+				if cap(b.Counts) > 2*len(b.Counts)+16 {
+					b.Counts = nil
+				}
+			}
+			w.held += histCap(h)
+		}
+	}
+}
+
+// bytes estimates the memory w keeps while recycled.
+func (w *window) bytes() int {
+	return (cap(w.accs)+cap(w.halves[0])+cap(w.halves[1]))*int(unsafe.Sizeof(acc{})) + 8*w.held +
+		cap(w.touched)*4 + cap(w.meta)*int(unsafe.Sizeof(seriesMeta{}))
 }
 
 // findWindow returns the open window starting at start, or nil.

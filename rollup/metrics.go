@@ -23,6 +23,12 @@ const (
 	ReasonTooManySeries = "too_many_series" // the group would exceed Config.MaxSeriesPerGroup
 	ReasonKindMismatch  = "kind_mismatch"   // the series exists in the group with another kind
 	ReasonBadHistogram  = "bad_histogram"   // merging would exceed the histogram bucket bounds
+	// ReasonOverflow: a sum of the window (counter, gauge or histogram sum, or a histogram
+	// count) would leave the finite range the rollup keeps (see MaxSum).
+	ReasonOverflow = "overflow"
+	// ReasonTooManyBuckets: the window's histograms would hold more than
+	// Config.MaxWindowBuckets buckets.
+	ReasonTooManyBuckets = "too_many_buckets"
 )
 
 // Reasons an instance's state is forgotten (label reason of herd_rollup_instances_forgotten_total).
@@ -35,7 +41,7 @@ const (
 
 var (
 	batchReasons     = []string{ReasonLate, ReasonFuture, ReasonDuplicate, ReasonTooManyGroups, ReasonInstanceConflict}
-	seriesReasons    = []string{ReasonTooManySeries, ReasonKindMismatch, ReasonBadHistogram}
+	seriesReasons    = []string{ReasonTooManySeries, ReasonKindMismatch, ReasonBadHistogram, ReasonOverflow, ReasonTooManyBuckets}
 	forgottenReasons = []string{forgotFinal, forgotExpired, forgotEvicted, forgotRestarted}
 	skipReasons      = []string{SkipBeforeSpan, SkipAfterSpan}
 )
@@ -195,7 +201,7 @@ var rollupHelp = map[string]string{
 	"herd_rollup_batches_warming_total":             "Batches merged into Series but not Warm: their instance was still warming up.",
 	"herd_rollup_batches_refused_total":             "Batches refused whole, by reason (late, future, duplicate, too_many_groups, instance_conflict).",
 	"herd_rollup_samples_total":                     "Series samples merged.",
-	"herd_rollup_series_refused_total":              "Series refused within merged batches, by reason.",
+	"herd_rollup_series_refused_total":              "Series samples refused within merged batches, by reason (too_many_series, kind_mismatch, bad_histogram, overflow, too_many_buckets); the rest of the batch is merged.",
 	"herd_rollup_batches_lost_total":                "Batches never received: gaps in instances' sequence numbers.",
 	"herd_rollup_instances_forgotten_total":         "Instance states forgotten, by reason (final, expired, evicted, restarted).",
 	"herd_rollup_windows_emitted_total":             "Closed windows emitted.",

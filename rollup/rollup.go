@@ -24,6 +24,13 @@
 // InstancesStarted the instances first seen in that window and InstancesStopped the final
 // batches merged into it.
 //
+// A sample is refused, counted by reason in herd_rollup_series_refused_total, and the rest of
+// its batch merged, when it would take a sum of the window beyond MaxSum ("overflow": every
+// window stays finite and encodable), a histogram side beyond proto.MaxBuckets
+// ("bad_histogram"), or the window's histograms beyond Config.MaxWindowBuckets buckets
+// ("too_many_buckets"), besides the series limits. Recycled windows and a group's series
+// table give back the memory an outlier made them hold.
+//
 // # Warm-up and halves
 //
 // With Config.Warmup > 0 each window also merges the series named in Config.SplitSeries of
@@ -121,6 +128,7 @@ type Rollup struct {
 	series       int // series over all groups
 	key          []byte
 	freeWindows  []*window
+	freeBytes    int // w.bytes() summed over freeWindows
 	freeInsts    []*instance
 	// dropReason labels the next LRU eviction callback (forgot* constants).
 	dropReason     string
@@ -128,8 +136,12 @@ type Rollup struct {
 	groupsFullLogs bool
 }
 
-// maxFree bounds the recycled windows and instance states kept.
-const maxFree = 4096
+// maxFree bounds the recycled windows and instance states kept; maxFreeBytes bounds the
+// memory of the recycled windows (their accumulators and bucket arrays).
+const (
+	maxFree      = 4096
+	maxFreeBytes = 32 << 20
+)
 
 // New returns a Rollup handing closed windows to emit and counting into m (see NewMetrics;
 // nil counts into a private set, for tests and one-shot tools). It starts nothing: call Run
@@ -333,23 +345,62 @@ func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, half int, now 
 			continue
 		}
 		a := w.acc(id, len(g.series))
+		var ha *acc // the warm half's accumulator, if the sample goes there too
+		if half >= 0 && info.split {
+			ha = w.halfAcc(half, id, len(g.series))
+		}
+		reason, grow := r.refusal(w, a, ha, s)
+		if reason != "" {
+			r.m.seriesRefused[reason].Inc()
+			continue
+		}
 		first := a.n == 0
+		held := histCap(&a.hist)
 		if !a.add(s.Kind, s) {
 			r.m.seriesRefused[ReasonBadHistogram].Inc()
 			continue
 		}
+		w.held += histCap(&a.hist) - held
+		w.buckets += grow
 		if first {
 			w.touched = append(w.touched, id)
 			w.meta = append(w.meta, seriesMeta{name: info.name, labels: info.labels, kind: info.kind})
 		}
-		if half >= 0 && info.split {
+		if ha != nil {
 			// The half's buckets are a subset of a's, which fit: this merge cannot fail.
-			w.halfAcc(half, id, len(g.series)).add(s.Kind, s)
+			held := histCap(&ha.hist)
+			ha.add(s.Kind, s)
+			w.held += histCap(&ha.hist) - held
 		}
 		info.lastUsed = now
 		merged++
 	}
 	r.m.samples.Add(merged)
+}
+
+// refusal returns why sample s cannot be merged into window w, into accumulator a and, if ha
+// is not nil, into the warm half's accumulator ha; or "" and the dense histogram buckets the
+// merges add to w.
+func (r *Rollup) refusal(w *window, a, ha *acc, s *proto.Series) (reason string, grow int) {
+	if reason := a.refusal(s.Kind, s); reason != "" {
+		return reason, 0
+	}
+	if ha != nil {
+		if reason := ha.refusal(s.Kind, s); reason != "" {
+			return reason, 0
+		}
+	}
+	if s.Kind != proto.KindHistogram {
+		return "", 0
+	}
+	grow = a.growth(&s.Hist)
+	if ha != nil {
+		grow += ha.growth(&s.Hist)
+	}
+	if w.buckets+grow > r.cfg.MaxWindowBuckets {
+		return ReasonTooManyBuckets, 0
+	}
+	return "", grow
 }
 
 // splits reports whether series of this name are carried by Warm and Halves.
@@ -420,7 +471,9 @@ func (r *Rollup) newWindowLocked(start int64) *window {
 	var w *window
 	if n := len(r.freeWindows); n > 0 {
 		w = r.freeWindows[n-1]
+		r.freeWindows[n-1] = nil
 		r.freeWindows = r.freeWindows[:n-1]
+		r.freeBytes -= w.bytes()
 	} else {
 		w = new(window)
 	}
@@ -429,9 +482,12 @@ func (r *Rollup) newWindowLocked(start int64) *window {
 	return w
 }
 
+// recycleWindowLocked keeps the reset window w for reuse, unless the recycled windows are
+// at their bounds already.
 func (r *Rollup) recycleWindowLocked(w *window) {
-	if len(r.freeWindows) < maxFree {
+	if b := w.bytes(); len(r.freeWindows) < maxFree && r.freeBytes+b <= maxFreeBytes {
 		r.freeWindows = append(r.freeWindows, w)
+		r.freeBytes += b
 	}
 }
 

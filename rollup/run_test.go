@@ -175,6 +175,7 @@ func TestConfig(t *testing.T) {
 		"-rollup.max-groups":           func(c *Config) { c.MaxGroups = 0 },
 		"-rollup.max-series-per-group": func(c *Config) { c.MaxSeriesPerGroup = 0 },
 		"-rollup.max-instances":        func(c *Config) { c.MaxInstances = 0 },
+		"-rollup.max-window-buckets":   func(c *Config) { c.MaxWindowBuckets = proto.MaxBuckets },
 	}
 	for flagName, mutate := range bad {
 		c := DefaultConfig()
