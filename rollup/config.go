@@ -69,25 +69,25 @@ func DefaultConfig() Config {
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	d := DefaultConfig()
 	fs.DurationVar(&c.Window, "rollup.window", d.Window,
-		"length of the aligned rollup windows, a whole number of milliseconds (duration, default 250ms)")
+		"length of the aligned rollup windows, a whole number of milliseconds (duration)")
 	fs.DurationVar(&c.Lateness, "rollup.lateness", d.Lateness,
-		"how long after its end a window waits for late batches before it closes (duration, default 500ms)")
+		"how long after its end a window waits for late batches before it closes (duration)")
 	fs.DurationVar(&c.MaxFuture, "rollup.max-future", d.MaxFuture,
-		"batches whose interval ends further than this ahead of the local clock are refused as future (duration, default 2s)")
+		"batches whose interval ends further than this ahead of the local clock are refused as future (duration)")
 	fs.DurationVar(&c.InstanceTTL, "rollup.instance-ttl", d.InstanceTTL,
-		"forget a silent instance after this long; groups emit empty windows this long after their last batch (duration, default 10s)")
+		"forget a silent instance after this long; groups emit empty windows this long after their last batch (duration)")
 	fs.IntVar(&c.MaxGroups, "rollup.max-groups", d.MaxGroups,
-		"maximum number of (service, version) groups; batches of further groups are refused (count, default 10000)")
+		"maximum number of (service, version) groups; batches of further groups are refused (count)")
 	fs.IntVar(&c.MaxSeriesPerGroup, "rollup.max-series-per-group", d.MaxSeriesPerGroup,
-		"maximum number of distinct series per group; further series are refused (count, default 1000)")
+		"maximum number of distinct series per group; further series are refused (count)")
 	fs.IntVar(&c.MaxInstances, "rollup.max-instances", d.MaxInstances,
-		"maximum number of instances whose dedup state is kept; the least recently seen is forgotten beyond it (count, default 100000)")
+		"maximum number of instances whose dedup state is kept; the least recently seen is forgotten beyond it (count)")
 	fs.IntVar(&c.MaxWindowBuckets, "rollup.max-window-buckets", d.MaxWindowBuckets,
-		"maximum histogram buckets (8 bytes each) one open window of a group holds, warm halves included; histogram samples beyond it are refused (count, default 262144)")
+		"maximum histogram buckets (8 bytes each) one open window of a group holds, warm halves included; histogram samples beyond it are refused (count)")
 	fs.DurationVar(&c.Warmup, "rollup.warmup", d.Warmup,
-		"per-instance warm-up: batches of an instance younger than this are left out of the windows' warm aggregate and halves; 0 produces neither (duration, default 5s)")
+		"per-instance warm-up: batches of an instance younger than this are left out of the windows' warm aggregate and halves; 0 produces neither (duration)")
 	fs.StringVar(&c.SplitSeries, "rollup.split-series", d.SplitSeries,
-		"comma-separated names of the series the windows' warm aggregate and halves carry, * for every series (names, default "+d.SplitSeries+")")
+		"comma-separated names of the series the windows' warm aggregate and halves carry, * for every series (names)")
 }
 
 // Validate checks c and names the offending flag.
