@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/sim/traffic"
 )
 
 // detectorRun is what the fleets of the detector's tests share: the Detector they feed, the
@@ -59,8 +60,7 @@ func (f *detectorRun) last() proto.Verdict {
 type fleet struct {
 	detectorRun
 	r    *rand.Rand
-	bins *simBins
-	a, b *simGroup
+	a, b *traffic.WindowGroup
 }
 
 // fleetOpts describe the simulated traffic.
@@ -78,20 +78,19 @@ func newFleet(t *testing.T, cfg Config, pol *Policy, o fleetOpts) *fleet {
 		t.Fatalf("NewWithPolicy: got %v; want no error", err)
 	}
 	f.d = d
-	base := latencyModel{median: 0.05, sigma: 0.5, scale: 1}
-	f.bins = newSimBins(base)
-	f.a, f.b = newSimGroup("v1", f.bins), newSimGroup("v2", f.bins)
-	f.a.w.Service, f.b.w.Service = "shop", "shop"
-	f.a.w.Instances, f.b.w.Instances = 10, 2
+	base := traffic.LatencyModel{Median: 0.05, Sigma: 0.5, Scale: 1}
+	bins := traffic.NewBins(base)
+	f.a, f.b = traffic.NewWindowGroup("shop", "v1", bins), traffic.NewWindowGroup("shop", "v2", bins)
+	f.a.Instances, f.b.Instances = 10, 2
 	if o.scaleB == 0 {
 		o.scaleB = 1
 	}
 	per := o.rps * testWindow.Seconds()
 	canary := base
-	canary.scale = o.scaleB
-	f.a.means[0] = groupMeans(f.bins, base, per*(1-o.share), nil)
-	f.b.means[0] = groupMeans(f.bins, canary, per*o.share, nil)
-	f.a.errP[0], f.b.errP[0] = o.errA, o.errB
+	canary.Scale = o.scaleB
+	f.a.Means[traffic.Normal] = bins.Means(base, per*(1-o.share), nil)
+	f.b.Means[traffic.Normal] = bins.Means(canary, per*o.share, nil)
+	f.a.ErrorRate[traffic.Normal], f.b.ErrorRate[traffic.Normal] = o.errA, o.errB
 	return f
 }
 
@@ -100,10 +99,10 @@ func (f *fleet) step(n int, feedA, feedB bool, loadB, errFracA, errFracB float64
 	win := testWindow.Milliseconds()
 	for range n {
 		if feedA {
-			f.d.AddWindow(f.a.fill(f.r, f.bins, f.nowMs, f.nowMs+win, 1, 0, errFracA))
+			f.d.AddWindow(f.a.Fill(f.r, f.nowMs, f.nowMs+win, 1, traffic.Normal, errFracA))
 		}
 		if feedB {
-			f.d.AddWindow(f.b.fill(f.r, f.bins, f.nowMs, f.nowMs+win, loadB, 0, errFracB))
+			f.d.AddWindow(f.b.Fill(f.r, f.nowMs, f.nowMs+win, loadB, traffic.Normal, errFracB))
 		}
 		f.nowMs += win
 	}
@@ -114,7 +113,7 @@ func (f *fleet) step(n int, feedA, feedB bool, loadB, errFracA, errFracB float64
 func (f *fleet) stepGone(n int) {
 	win := testWindow.Milliseconds()
 	for range n {
-		f.d.AddWindow(f.a.fill(f.r, f.bins, f.nowMs, f.nowMs+win, 1, 0, 0))
+		f.d.AddWindow(f.a.Fill(f.r, f.nowMs, f.nowMs+win, 1, traffic.Normal, 0))
 		f.d.AddWindow(&proto.Window{Service: "shop", Version: "v2", StartMs: f.nowMs, EndMs: f.nowMs + win})
 		f.nowMs += win
 	}
@@ -324,7 +323,7 @@ func TestDetectorDropsBadWindows(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(2, true, false, 1, 0, 0)
-	w := f.a.fill(f.r, f.bins, f.nowMs-500, f.nowMs-250, 1, 0, 0) // replays an older window
+	w := f.a.Fill(f.r, f.nowMs-500, f.nowMs-250, 1, traffic.Normal, 0) // replays an older window
 	f.d.AddWindow(w)
 	f.d.AddWindow(&proto.Window{Service: "Bad Service", Version: "v1", StartMs: 0, EndMs: 250})
 	f.d.AddWindow(nil)
@@ -361,9 +360,9 @@ func TestDetectorPolicySelectors(t *testing.T) {
 	win := testWindow.Milliseconds()
 	feed := func(n int, canary bool) {
 		for range n {
-			f.d.AddWindow(prom(f.a.fill(f.r, f.bins, f.nowMs, f.nowMs+win, 1, 0, 0)))
+			f.d.AddWindow(prom(f.a.Fill(f.r, f.nowMs, f.nowMs+win, 1, traffic.Normal, 0)))
 			if canary {
-				f.d.AddWindow(prom(f.b.fill(f.r, f.bins, f.nowMs, f.nowMs+win, 1, 0, 0)))
+				f.d.AddWindow(prom(f.b.Fill(f.r, f.nowMs, f.nowMs+win, 1, traffic.Normal, 0)))
 			}
 			f.nowMs += win
 		}
@@ -441,21 +440,21 @@ func BenchmarkDetectorAddWindowPair(b *testing.B) {
 	cfg.MaxDuration = 1000 * time.Hour
 	d, _ := NewWithPolicy(cfg, nil, nil, nil, nil)
 	r := rand.New(rand.NewPCG(1, 1))
-	bins := newSimBins(latencyModel{median: 0.05, sigma: 0.5, scale: 1})
-	ga, gb := newSimGroup("v1", bins), newSimGroup("v2", bins)
-	m := latencyModel{median: 0.05, sigma: 0.5, scale: 1}
-	ga.means[0], gb.means[0] = groupMeans(bins, m, 475, nil), groupMeans(bins, m, 25, nil)
-	ga.errP[0], gb.errP[0] = 0.005, 0.005
+	m := traffic.LatencyModel{Median: 0.05, Sigma: 0.5, Scale: 1}
+	bins := traffic.NewBins(m)
+	ga, gb := traffic.NewWindowGroup("bench", "v1", bins), traffic.NewWindowGroup("bench", "v2", bins)
+	ga.Means[traffic.Normal], gb.Means[traffic.Normal] = bins.Means(m, 475, nil), bins.Means(m, 25, nil)
+	ga.ErrorRate[traffic.Normal], gb.ErrorRate[traffic.Normal] = 0.005, 0.005
 	ms := int64(1_700_000_000_000)
 	for range 40 {
-		d.AddWindow(ga.fill(r, bins, ms, ms+250, 1, 0, 0))
+		d.AddWindow(ga.Fill(r, ms, ms+250, 1, traffic.Normal, 0))
 		ms += 250
 	}
 	_ = d.Announce(proto.Deployment{Service: "bench", Baseline: "v1", Canary: "v2", UnixMs: ms})
 	wa, wb := make([]proto.Window, 64), make([]proto.Window, 64)
 	for i := range wa {
-		wa[i] = cloneWindow(ga.fill(r, bins, 0, 250, 1, 0, 0))
-		wb[i] = cloneWindow(gb.fill(r, bins, 0, 250, 1, 0, 0))
+		wa[i] = cloneWindow(ga.Fill(r, 0, 250, 1, traffic.Normal, 0))
+		wb[i] = cloneWindow(gb.Fill(r, 0, 250, 1, traffic.Normal, 0))
 	}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {

@@ -4,6 +4,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/herd-dev/herd/sim/traffic"
 )
 
 // TestEProcessHandComputed checks one window with e_A = 1, e_B = 3, π = 0.5, ψ0 = 1.
@@ -90,7 +92,7 @@ func TestEProcessNullRate(t *testing.T) {
 	for range runs {
 		p := NewEProcess(1)
 		for range windows {
-			eA, eB := poisson(r, 2.4), poisson(r, 0.125)
+			eA, eB := traffic.Poisson(r, 2.4), traffic.Poisson(r, 0.125)
 			p.Update(475, 25, eA, eB)
 			if p.LogE() >= math.Log(100) {
 				crossed++
@@ -111,7 +113,7 @@ func TestConfSeqCoversTruth(t *testing.T) {
 		var cs ConfSeq
 		var nA, nB, eA, eB float64
 		for range 2000 {
-			a, b := poisson(r, 475*0.01), poisson(r, 25*0.01*psi)
+			a, b := traffic.Poisson(r, 475*0.01), traffic.Poisson(r, 25*0.01*psi)
 			latticeLogs(25.0/500, &logs)
 			cs.Update(a+b, b, &logs)
 			nA, nB, eA, eB = nA+475, nB+25, eA+a, eB+b

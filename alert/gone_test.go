@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/sim/traffic"
 )
 
 // side is what one group sends in a simulated interval.
@@ -21,12 +22,12 @@ const (
 // feeds the canary's window of each interval before the baseline's.
 func (f *fleet) stepSides(n int, a, b side, canaryFirst bool) {
 	win := testWindow.Milliseconds()
-	feed := func(g *simGroup, s side) {
+	feed := func(g *traffic.WindowGroup, s side) {
 		switch s {
 		case live:
-			f.d.AddWindow(g.fill(f.r, f.bins, f.nowMs, f.nowMs+win, 1, 0, 0))
+			f.d.AddWindow(g.Fill(f.r, f.nowMs, f.nowMs+win, 1, traffic.Normal, 0))
 		case empty:
-			f.d.AddWindow(&proto.Window{Service: "shop", Version: g.w.Version, StartMs: f.nowMs, EndMs: f.nowMs + win, ClosedMs: f.nowMs + win})
+			f.d.AddWindow(&proto.Window{Service: "shop", Version: g.Version, StartMs: f.nowMs, EndMs: f.nowMs + win, ClosedMs: f.nowMs + win})
 		}
 	}
 	for range n {

@@ -10,6 +10,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/sim/traffic"
 )
 
 // splitGroup simulates one group's windows as the rollup publishes them with a per-instance
@@ -17,8 +18,8 @@ import (
 // of the three parts, Warm the sum of the halves.
 type splitGroup struct {
 	version string
-	half    [2]*simGroup
-	warming *simGroup
+	half    [2]*traffic.WindowGroup
+	warming *traffic.WindowGroup
 	inst    [2]int // warm instances per half
 	// warmingInst is the number of warming instances; 0 leaves the warming part out.
 	warmingInst int
@@ -29,7 +30,7 @@ type splitGroup struct {
 type splitFleet struct {
 	detectorRun
 	r    *rand.Rand
-	bins *simBins
+	bins *traffic.Bins
 	set  *metrics.Set // d's metrics
 	a, b *splitGroup
 	// plain: publish windows without Warm and Halves, as a rollup without warm-up does.
@@ -45,19 +46,19 @@ func newSplitFleet(t *testing.T, cfg Config) *splitFleet {
 		t.Fatalf("NewWithPolicy: got %v; want no error", err)
 	}
 	f.d = d
-	f.bins = newSimBins(latencyModel{median: 0.05, sigma: 0.5, scale: 1})
+	f.bins = traffic.NewBins(traffic.LatencyModel{Median: 0.05, Sigma: 0.5, Scale: 1})
 	return f
 }
 
 // group returns a split group serving perWindow requests per part with error ratio errP in
 // every part; callers adjust parts.
 func (f *splitFleet) group(version string, perWindow float64, errP float64, inst [2]int) *splitGroup {
-	m := latencyModel{median: 0.05, sigma: 0.5, scale: 1}
+	m := traffic.LatencyModel{Median: 0.05, Sigma: 0.5, Scale: 1}
 	g := &splitGroup{version: version, inst: inst}
 	for i := range 3 {
-		sg := newSimGroup(version, f.bins)
-		sg.means[0] = groupMeans(f.bins, m, perWindow, nil)
-		sg.errP[0] = errP
+		sg := traffic.NewWindowGroup("shop", version, f.bins)
+		sg.Means[traffic.Normal] = f.bins.Means(m, perWindow, nil)
+		sg.ErrorRate[traffic.Normal] = errP
 		if i < 2 {
 			g.half[i] = sg
 		} else {
@@ -70,11 +71,11 @@ func (f *splitFleet) group(version string, perWindow float64, errP float64, inst
 // window draws one window of g.
 func (f *splitFleet) window(g *splitGroup, startMs, endMs int64) *proto.Window {
 	var parts [3][]proto.WindowSeries
-	for i, sg := range []*simGroup{g.half[0], g.half[1], g.warming} {
+	for i, sg := range []*traffic.WindowGroup{g.half[0], g.half[1], g.warming} {
 		if i < 2 && g.inst[i] == 0 || i == 2 && g.warmingInst == 0 {
 			continue
 		}
-		parts[i] = sumSeries(sg.fill(f.r, f.bins, startMs, endMs, 1, 0, 0).Series)
+		parts[i] = sumSeries(sg.Fill(f.r, startMs, endMs, 1, traffic.Normal, 0).Series)
 	}
 	w := &proto.Window{
 		Service: "shop", Version: g.version, StartMs: startMs, EndMs: endMs, ClosedMs: endMs,
@@ -135,8 +136,8 @@ func deployWithWarmupBurst(t *testing.T, plain bool, canaryErr float64) *splitFl
 	// 2000 rps at 250 ms: the baseline serves 80 % (200 requests per half), the canary 20 %.
 	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
 	f.b = f.group("v2", 50, canaryErr, [2]int{0, 0})
-	f.b.warming.means[0] = groupMeans(f.bins, latencyModel{median: 0.05, sigma: 0.5, scale: 1}, 100, nil)
-	f.b.warming.errP[0] = 0.2
+	f.b.warming.Means[traffic.Normal] = f.bins.Means(traffic.LatencyModel{Median: 0.05, Sigma: 0.5, Scale: 1}, 100, nil)
+	f.b.warming.ErrorRate[traffic.Normal] = 0.2
 	f.b.warmingInst = 4
 	f.step(40, false)
 	f.announce()
@@ -184,7 +185,7 @@ func TestDetectorGuardsReadEveryInstance(t *testing.T) {
 	f := newSplitFleet(t, testConfig())
 	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
 	f.b = f.group("v2", 50, 0.005, [2]int{0, 0})
-	f.b.warming.errP[0] = 0.95
+	f.b.warming.ErrorRate[traffic.Normal] = 0.95
 	f.b.warmingInst = 2
 	f.step(40, false)
 	f.announce()
@@ -215,7 +216,7 @@ func TestShadowAANeverVerdictAndCountsInjectedDifference(t *testing.T) {
 		t.Fatalf("A/A halves for 2 min: got %d shadow rollbacks; want 0", got.Rollbacks)
 	}
 	// A contrived difference: half 1 of the baseline fails 10× as often as half 0.
-	f.a.half[1].errP[0] = 0.05
+	f.a.half[1].ErrorRate[traffic.Normal] = 0.05
 	f.step(4*60, true)
 	st := f.d.ShadowStats("shop")
 	if st.Rollbacks < 2 || st.Comparisons != st.Rollbacks {
@@ -237,8 +238,8 @@ func TestShadowAANeverVerdictAndCountsInjectedDifference(t *testing.T) {
 	}
 	// The canary is judged (here: a crash loop); the baseline is no baseline any more, so its
 	// unfinished shadow is abandoned and no new one starts.
-	f.a.half[1].errP[0] = 0.005
-	f.b.half[0].errP[0], f.b.half[1].errP[0] = 0.95, 0.95
+	f.a.half[1].ErrorRate[traffic.Normal] = 0.005
+	f.b.half[0].ErrorRate[traffic.Normal], f.b.half[1].ErrorRate[traffic.Normal] = 0.95, 0.95
 	f.step(8, true)
 	if v := f.last(); v.State != proto.StateRollback {
 		t.Fatalf("crash-looping canary: got %s (%s); want rollback", v.State, v.Sentence)
@@ -267,8 +268,8 @@ func TestShadowRateNearAlphaOnAA(t *testing.T) {
 	f.announce()
 	// The real comparison may pass; the baseline stays one only while it is pending, so keep
 	// the canary's comparison open by making its traffic too thin to pass.
-	f.b.half[0].means[0] = groupMeans(f.bins, latencyModel{median: 0.05, sigma: 0.5, scale: 1}, 0.5, nil)
-	f.b.half[1].means[0] = f.b.half[0].means[0]
+	f.b.half[0].Means[traffic.Normal] = f.bins.Means(traffic.LatencyModel{Median: 0.05, Sigma: 0.5, Scale: 1}, 0.5, nil)
+	f.b.half[1].Means[traffic.Normal] = f.b.half[0].Means[traffic.Normal]
 	f.step(4*60*20, true)
 	st := f.d.ShadowStats("shop")
 	if st.Comparisons < 20 || st.Rollbacks > st.Comparisons/10 {
@@ -287,7 +288,7 @@ func BenchmarkDetectorAddWindowPairSplit(b *testing.B) {
 	cfg.MaxDuration = 1000 * time.Hour
 	f := &splitFleet{detectorRun: detectorRun{nowMs: 1_700_000_000_000}, r: rand.New(rand.NewPCG(1, 1))}
 	f.d, _ = NewWithPolicy(cfg, nil, nil, nil, nil)
-	f.bins = newSimBins(latencyModel{median: 0.05, sigma: 0.5, scale: 1})
+	f.bins = traffic.NewBins(traffic.LatencyModel{Median: 0.05, Sigma: 0.5, Scale: 1})
 	f.a = f.group("v1", 237.5, 0.005, [2]int{5, 5})
 	f.b = f.group("v2", 12.5, 0.005, [2]int{1, 1})
 	f.step(40, false)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/herd-dev/herd/alert"
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/sim/traffic"
 )
 
 // DetectScenarios lists the scenarios BenchDetect knows, in report order.
@@ -163,7 +164,7 @@ func BenchDetect(cfg DetectConfig) (*DetectReport, error) {
 		Alpha: dc.Alpha, RPS: cfg.RPS, Duration: cfg.Duration.String(), Window: cfg.Window.String(),
 		Warmup: dc.Warmup.String(), Trials: cfg.Trials, Seed: cfg.Seed, BaseErrorRatio: benchBaseErrors,
 	}
-	b := newBins(latencyModel{median: benchLatencyMedian, sigma: benchLatencySigma, scale: 1})
+	b := traffic.NewBins(traffic.LatencyModel{Median: benchLatencyMedian, Sigma: benchLatencySigma, Scale: 1})
 	for _, sc := range scs {
 		for _, share := range cfg.Shares {
 			res, err := runScenario(cfg, dc, b, sc, share)
@@ -188,7 +189,7 @@ type trialResult struct {
 
 // runScenario runs the trials of one scenario and share on cfg.Workers goroutines, which it
 // waits for.
-func runScenario(cfg DetectConfig, dc alert.Config, b *bins, sc detectScenario, share float64) (DetectResult, error) {
+func runScenario(cfg DetectConfig, dc alert.Config, b *traffic.Bins, sc detectScenario, share float64) (DetectResult, error) {
 	if !sc.regression && !sc.promote {
 		dc.MinExposure = cfg.Duration + time.Hour // no promotion: every trial runs the full time
 	}
@@ -244,7 +245,7 @@ func runScenario(cfg DetectConfig, dc alert.Config, b *bins, sc detectScenario, 
 
 // runTrial runs trial idx: 30 s of baseline windows, then the canary's windows beside them
 // until the detector decides or the duration ends.
-func runTrial(cfg DetectConfig, dc alert.Config, b *bins, sc detectScenario, share float64, idx int) trialResult {
+func runTrial(cfg DetectConfig, dc alert.Config, b *traffic.Bins, sc detectScenario, share float64, idx int) trialResult {
 	h := fnv.New64a()
 	fmt.Fprintf(h, "%s/%g", sc.name, share)
 	r := rand.New(rand.NewPCG(cfg.Seed, h.Sum64()^uint64(idx)*0x9e3779b97f4a7c15))
@@ -256,13 +257,13 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *bins, sc detectScenario, sha
 	if sc.spread {
 		kB = 2
 	}
-	base := latencyModel{median: benchLatencyMedian, sigma: benchLatencySigma, scale: 1}
+	base := traffic.LatencyModel{Median: benchLatencyMedian, Sigma: benchLatencySigma, Scale: 1}
 	canary := base
-	canary.scale = sc.scale
-	canary.tailFrac, canary.tailShift = sc.tailFrac, sc.tailShift
+	canary.Scale = sc.scale
+	canary.TailFrac, canary.TailShift = sc.tailFrac, sc.tailShift
 
-	ga, gb := newWindowGroup(benchService, "v1", b), newWindowGroup(benchService, "v2", b)
-	ga.w.Instances, gb.w.Instances = kA, kB
+	ga, gb := traffic.NewWindowGroup(benchService, "v1", b), traffic.NewWindowGroup(benchService, "v2", b)
+	ga.Instances, gb.Instances = kA, kB
 	var scalesA, scalesB []float64
 	errA, errB := benchBaseErrors, benchBaseErrors*sc.errFactor
 	if sc.spread {
@@ -278,14 +279,14 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *bins, sc detectScenario, sha
 		scalesB, fb = draw(kB)
 		errA, errB = errA*fa, errB*fb
 	}
-	for st, mult := range [2]float64{1, 3} {
+	for st, mult := range [2]float64{traffic.Normal: 1, traffic.Outage: 3} {
 		a, c := base, canary
-		a.scale *= mult
-		c.scale *= mult
-		ga.means[st] = b.means(a, perWindow*(1-share), scalesA)
-		gb.means[st] = b.means(c, perWindow*share, scalesB)
-		f := []float64{1, 20}[st]
-		ga.errP[st], gb.errP[st] = min(errA*f, 1), min(errB*f, 1)
+		a.Scale *= mult
+		c.Scale *= mult
+		ga.Means[st] = b.Means(a, perWindow*(1-share), scalesA)
+		gb.Means[st] = b.Means(c, perWindow*share, scalesB)
+		f := [2]float64{traffic.Normal: 1, traffic.Outage: 20}[st]
+		ga.ErrorRate[st], gb.ErrorRate[st] = min(errA*f, 1), min(errB*f, 1)
 	}
 	windows := int(cfg.Duration / cfg.Window)
 	pre := int(benchPreSeconds * time.Second / cfg.Window)
@@ -309,13 +310,13 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *bins, sc detectScenario, sha
 	for k := range pre + windows {
 		start := t0 + int64(k)*winMs
 		load := 1 + benchLoadSwing*math.Sin(phase+2*math.Pi*float64(start-t0)/(benchLoadPeriodSecs*1000))
-		st := 0
+		st := traffic.Normal
 		for _, o := range outages {
 			if o > 0 && k >= o && k < o+outageLen {
-				st = 1
+				st = traffic.Outage
 			}
 		}
-		det.AddWindow(ga.fill(r, b, start, start+winMs, load, st, 0))
+		det.AddWindow(ga.Fill(r, start, start+winMs, load, st, 0))
 		if k == pre {
 			_ = det.Announce(proto.Deployment{Service: benchService, Baseline: "v1", Canary: "v2", UnixMs: canaryStart})
 		}
@@ -323,10 +324,10 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *bins, sc detectScenario, sha
 			continue
 		}
 		if sc.crash {
-			gb.w.Instances, gb.w.InstancesStarted = 1+r.IntN(kB), 1
-			det.AddWindow(gb.fill(r, b, start, start+winMs, load*0.5, st, 0.9))
+			gb.Instances, gb.InstancesStarted = 1+r.IntN(kB), 1
+			det.AddWindow(gb.Fill(r, start, start+winMs, load*0.5, st, 0.9))
 		} else {
-			det.AddWindow(gb.fill(r, b, start, start+winMs, load, st, 0))
+			det.AddWindow(gb.Fill(r, start, start+winMs, load, st, 0))
 		}
 		if last.State == proto.StatePass || last.State == proto.StateRollback {
 			break

@@ -6,13 +6,15 @@
 //     lifetimes (churn), each one a real agent library client (ingest.Client) publishing batches,
 //     with live knobs per group (GroupState: target instances, error rate, latency factor, crash
 //     loop) and exact totals of what was published (Totals);
-//   - traffic generation: Poisson arrivals, Bernoulli errors and log-normal latency, with one
-//     Poisson sampler for everything the package draws;
 //   - Spread, which spreads a number of instances over services and versions, the last version
 //     being the canary;
 //   - the detector benchmark (BenchDetect): seeded trials on simulated time that generate closed
 //     windows for a baseline and a canary and feed a real alert.Detector through its exported
 //     API, measuring false rollbacks and detection times.
+//
+// The random traffic itself (Poisson arrivals, Bernoulli errors, log-normal latency and the
+// simulated closed windows) comes from the leaf package sim/traffic, which the detector's own
+// tests share: one Poisson sampler and one window generator for all of herd.
 //
 // A seed fixes the draws: every fleet shard and every benchmark trial owns its random source, so
 // one seed gives the same traffic whatever the goroutine scheduling (a fleet in real time still

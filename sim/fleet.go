@@ -17,6 +17,7 @@ import (
 
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/sim/traffic"
 )
 
 // FleetConfig configures a Fleet. Zero fields take the defaults in brackets.
@@ -317,6 +318,6 @@ func (f *Fleet) traffic(in *instance, rng *rand.Rand) {
 	if g.Crashing() {
 		errRate = 1 // a crash-looping instance fails what reaches it, then dies
 	}
-	m := logNormal(g.spec.LatencyMedian, g.spec.LatencyP99, g.LatencyFactor())
-	requests(rng, g.spec.RPS*f.cfg.Interval.Seconds(), errRate, m, in.red.Observe)
+	m := traffic.LogNormal(g.spec.LatencyMedian, g.spec.LatencyP99, g.LatencyFactor())
+	traffic.Requests(rng, g.spec.RPS*f.cfg.Interval.Seconds(), errRate, m, in.red.Observe)
 }

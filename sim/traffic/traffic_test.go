@@ -1,4 +1,4 @@
-package sim
+package traffic
 
 import (
 	"math"
@@ -15,7 +15,7 @@ func TestPoissonMoments(t *testing.T) {
 		const n = 20000
 		var s, s2 float64
 		for range n {
-			x := poisson(r, lam)
+			x := Poisson(r, lam)
 			s += x
 			s2 += x * x
 		}
@@ -26,7 +26,7 @@ func TestPoissonMoments(t *testing.T) {
 		}
 	}
 	for _, lam := range []float64{0, -1, math.NaN()} {
-		if got := poisson(r, lam); got != 0 {
+		if got := Poisson(r, lam); got != 0 {
 			t.Errorf("Poisson(%g): got %g; want 0", lam, got)
 		}
 	}
@@ -37,12 +37,12 @@ func TestPoissonMoments(t *testing.T) {
 func TestRequests(t *testing.T) {
 	t.Parallel()
 	r := rand.New(rand.NewPCG(1, 2))
-	m := logNormal(40*time.Millisecond, 200*time.Millisecond, 1)
+	m := LogNormal(40*time.Millisecond, 200*time.Millisecond, 1)
 	var lats []time.Duration
 	var failed int
 	const intervals, mean, errRate = 2000, 25.0, 0.1
 	for range intervals {
-		requests(r, mean, errRate, m, func(d time.Duration, f bool) {
+		Requests(r, mean, errRate, m, func(d time.Duration, f bool) {
 			lats = append(lats, d)
 			if f {
 				failed++
@@ -67,8 +67,8 @@ func TestRequests(t *testing.T) {
 		}
 	}
 	// A latency factor scales every latency.
-	slow := logNormal(40*time.Millisecond, 200*time.Millisecond, 3)
-	if got, want := slow.cdf(0.120), m.cdf(0.040); math.Abs(got-want) > 1e-12 {
+	slow := LogNormal(40*time.Millisecond, 200*time.Millisecond, 3)
+	if got, want := slow.CDF(0.120), m.CDF(0.040); math.Abs(got-want) > 1e-12 {
 		t.Errorf("cdf at 3× the median with factor 3: got %g; want %g", got, want)
 	}
 }
