@@ -99,6 +99,7 @@ func gaugeOf(n *Node, name string) float64  { return n.metrics.GetOrCreateGauge(
 // flight), the idle connections it kept are closed after the header timeout, and then a
 // normal request succeeds.
 func TestHTTPConnectionFlood(t *testing.T) {
+	t.Parallel()
 	total, children := 20000, 2
 	if testing.Short() {
 		total, children = 2000, 1
@@ -212,6 +213,7 @@ func TestHTTPConnectionFlood(t *testing.T) {
 // websocket stream (which runs on its own deadlines once upgraded) keeps flowing for many
 // times the server's timeouts.
 func TestHTTPTimeouts(t *testing.T) {
+	t.Parallel()
 	cfg := httpTestConfig(t)
 	h := &cfg.Web.HTTP
 	h.ReadHeaderTimeout, h.ReadTimeout, h.WriteTimeout, h.IdleTimeout = 300*time.Millisecond, 500*time.Millisecond, 500*time.Millisecond, 500*time.Millisecond
