@@ -62,3 +62,16 @@ func startRoles(t *testing.T, cfg Config, roles Roles) *Node {
 	cfg.Roles = roles
 	return startNode(t, cfg)
 }
+
+// clusterSlot lets one real-time NATS cluster test run at a time, beside the package's
+// other parallel tests: three clusters with their workers and fleets at once on two cores
+// starve the lease renewals, and a lost lease loses windows by design (see rollup/lease).
+var clusterSlot sync.Mutex
+
+// oneCluster waits for the cluster slot and holds it until the test and all its cleanups
+// (the cluster's shutdown included) are done.
+func oneCluster(t *testing.T) {
+	t.Helper()
+	clusterSlot.Lock()
+	t.Cleanup(clusterSlot.Unlock) // registered first, so it runs last
+}

@@ -205,8 +205,8 @@ func partitionOfGroup(t *testing.T, service, version string) int {
 // within 2 s, losing (and reporting) only windows of the moved groups and counting nothing
 // twice.
 func TestRollupWorkersOnCluster(t *testing.T) {
-	// Not parallel: three real-time NATS clusters at once on two cores starve the lease
-	// renewals, and a lost lease loses windows by design (see rollup/lease).
+	t.Parallel()
+	oneCluster(t)
 	if testing.Short() {
 		t.Skip("runs a NATS cluster and a fleet for several seconds")
 	}
