@@ -141,6 +141,13 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("-http.metrics-listen: %w", err)
 		}
 	}
+	return c.validateComponents()
+}
+
+// validateComponents checks the configuration of each component the roles run and derives
+// what the policy file configures for several of them.
+func (c *Config) validateComponents() error {
+	r := c.Roles
 	if r.Ingest || r.Rollup {
 		if err := c.Rollup.Validate(); err != nil {
 			return err
