@@ -92,13 +92,7 @@ func (p *Publisher) AckHistory() error {
 func (p *Publisher) historyFailed(subject string, err error) {
 	p.historyErrs.Inc()
 	p.lastHistErr.Store(&historyError{at: time.Now(), err: err})
-	p.mu.Lock()
-	log := time.Since(p.lastLog) > time.Second
-	if log {
-		p.lastLog = time.Now()
-	}
-	p.mu.Unlock()
-	if log {
+	if p.mayLog() {
 		p.logger.Error("history stream write failed: a restart will not see this message", "subject", subject, "err", err)
 	}
 }
@@ -126,16 +120,22 @@ func (p *Publisher) send(subject string, data []byte) error {
 	return p.nc.Publish(subject, data)
 }
 
+// mayLog reports whether a failure may be logged now: at most one line a second, the rest
+// only counted.
+func (p *Publisher) mayLog() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Since(p.lastLog) <= time.Second {
+		return false
+	}
+	p.lastLog = time.Now()
+	return true
+}
+
 // fail counts and (rate-limited) logs a failed publication and returns err.
 func (p *Publisher) fail(kind, reason, what string, err error) error {
 	p.errs[[2]string{kind, reason}].Inc()
-	p.mu.Lock()
-	log := time.Since(p.lastLog) > time.Second
-	if log {
-		p.lastLog = time.Now()
-	}
-	p.mu.Unlock()
-	if log {
+	if p.mayLog() {
 		p.logger.Warn("cannot publish", "kind", kind, "reason", reason, "what", what, "err", err)
 	}
 	return fmt.Errorf("cannot publish %s %s: %w", kind, what, err)
