@@ -147,9 +147,11 @@ func (wt *windowTotals) exact(agents map[string][]*clockAgent) error {
 
 // TestSkewedAgentClocksExact runs agents whose clocks are −2 s, −1 s, 0, +1 s and +2 s off
 // against a node (real NATS, intake, rollup): every batch lands in the window of the interval
-// it was measured in (each window's marker series), and the totals over windows (and any
-// corrections) are exactly what the agents sent. The node's windows are 500 ms, so a batch
-// delayed by less than 250 ms on a busy machine still lands right.
+// it was measured in (each window's and correction's marker series), and the totals over
+// windows and corrections are exactly what the agents sent. The node's windows are 500 ms,
+// so a batch delayed by less than 250 ms on a busy machine still lands right; with windows
+// as long as the lateness, the first batch of an agent that is behind, held until its second
+// tells skew from delay, usually reaches its window after it closed: a correction of it.
 func TestSkewedAgentClocksExact(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {

@@ -170,19 +170,20 @@ func (r *Rollup) holdLocked(in *instance, b *proto.Batch, now int64) {
 	in.held = true
 }
 
-// releaseLocked places the held batch h with the correction its instance's clock gives now.
-// If the instance's state is gone (expired, evicted, replaced by a new incarnation), h is
-// placed by its own stamps without instance state.
+// releaseLocked places the held batch h with the correction its instance's clock gives now,
+// as if it had not been held: in its window if that window is still open and was not due
+// when h arrived. If the instance's state is gone (expired, evicted, replaced by a new
+// incarnation), h is placed by its own stamps without instance state.
 func (r *Rollup) releaseLocked(h *heldBatch, now int64) {
 	delete(r.held, h.b.Instance)
 	r.heldBytes -= h.bytes
 	in, ok := r.insts.Peek(h.b.Instance)
 	if !ok || !in.held || in.start != h.b.InstanceStart {
-		r.placeLocked(nil, true, &h.b, 0, now)
+		r.placeLocked(nil, true, &h.b, 0, h.at, now)
 		return
 	}
 	in.held = false
-	r.placeLocked(in, false, &h.b, r.correctionFor(&in.clk, arrivalOffset(h.at, h.b.End)), now)
+	r.placeLocked(in, false, &h.b, r.correctionFor(&in.clk, arrivalOffset(h.at, h.b.End)), h.at, now)
 }
 
 // releaseDueLocked releases the batches held for holdFor or longer at now, or all of them.

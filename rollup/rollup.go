@@ -308,17 +308,18 @@ func (r *Rollup) Add(b *proto.Batch) {
 		r.holdLocked(in, b, now)
 		return
 	}
-	if in = r.placeLocked(in, false, b, r.correctionFor(&clk, d), now); in != nil && !known {
+	if in = r.placeLocked(in, false, b, r.correctionFor(&clk, d), now, now); in != nil && !known {
 		in.clk = clk
 	}
 }
 
-// placeLocked merges b, shifted by corr (its instance's clock correction), into its window,
-// or into a correction of it if that window closed within the correction horizon, or counts
-// why it cannot. in is the instance's state, nil for an instance not known yet (whose state
-// placeLocked creates, unless the batch is refused for its group) or, with orphan set, for a
-// held batch whose instance's state is gone (none is created). It returns the state.
-func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, now int64) *instance {
+// placeLocked merges b, which arrived at at, shifted by corr (its instance's clock
+// correction), into its window, or into a correction of it if that window closed (or was due
+// when b arrived) within the correction horizon, or counts why it cannot. in is the
+// instance's state, nil for an instance not known yet (whose state placeLocked creates,
+// unless the batch is refused for its group) or, with orphan set, for a held batch whose
+// instance's state is gone (none is created). It returns the state.
+func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, at, now int64) *instance {
 	end := b.End + corr
 	start := floorDiv(end-1, r.w) * r.w
 	if r.span != nil {
@@ -330,12 +331,12 @@ func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, no
 			return in
 		}
 	}
-	late := start < r.closedBefore || start+r.w+r.lateness <= now
+	late := start < r.closedBefore || start+r.w+r.lateness <= at
 	var refuse string
 	switch {
-	case end > now+r.maxFuture:
+	case end > at+r.maxFuture:
 		refuse = ReasonFuture
-	case late && (r.horizon == 0 || start+r.w+r.horizon <= now):
+	case late && (r.horizon == 0 || start+r.w+r.horizon <= at):
 		refuse = ReasonLate
 	}
 	idx := start / r.w
