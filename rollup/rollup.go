@@ -81,8 +81,10 @@
 // # Dedup and loss
 //
 // Every sequence number of an instance, from the first to the newest this worker saw, is
-// accounted exactly once: merged, refused by reason (late, future, …), or lost; redeliveries
-// are counted as "duplicate" on top. A batch whose sequence number was already seen, or that
+// accounted exactly once: merged (into a window or a correction), refused by reason (late,
+// future, …), skipped outside a partition's span (Partitioned), or lost; redeliveries are
+// counted as "duplicate" on top. A batch held for its instance's next arrival is accounted
+// when it is placed. A batch whose sequence number was already seen, or that
 // lies more than 64 behind the instance's newest, is refused as "duplicate". A missing
 // sequence number is counted lost when it can no longer arrive: when it falls 64 sequence
 // numbers behind the newest, or when the instance's state is dropped (expired after

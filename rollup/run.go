@@ -41,10 +41,11 @@ func (r *Rollup) nextDue(now int64) int64 {
 	return (floorDiv(now-r.lateness, r.w)+1)*r.w + r.lateness
 }
 
-// Advance closes and emits every window due at now (end + lateness ≤ now), in time order,
-// including the empty windows of recently active groups, then the corrections open for
-// Lateness; places the batches held for their instance's next arrival for too long (see
-// Rollup, Clocks) first; and forgets instances silent for InstanceTTL. Run calls it; tests and one-shot tools may call it directly.
+// Advance places the batches held too long for their instance's next arrival (see the
+// package doc, Clocks), then closes and emits every window due at now (end + lateness ≤ now),
+// in time order, including the empty windows of recently active groups, then the corrections
+// open for Lateness; and it forgets instances silent for InstanceTTL. Run calls it; tests and
+// one-shot tools may call it directly.
 func (r *Rollup) Advance(now time.Time) {
 	r.emitMu.Lock()
 	defer r.emitMu.Unlock()
