@@ -183,3 +183,60 @@ func TestSkewIgnoresDelayedBatches(t *testing.T) {
 		})
 	}
 }
+
+// TestPartitionedSpanUsesCorrectedTime: a partition's span decides on a batch's corrected
+// window. Agents 1 s behind and 1 s ahead report while a lease runs from t0 to t0+2 s: the
+// partition publishes exactly the batches measured in [t0, t0+2 s), each in its own window,
+// though the stamps of the first lie before t0.
+func TestPartitionedSpanUsesCorrectedTime(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		src := &fanout{}
+		s := &sink{}
+		pr, err := NewPartitioned(DefaultConfig(), nil, src.source, s.emit, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go pr.Run(ctx)
+		t0 := time.Now().Truncate(time.Second).Add(time.Second)
+		time.Sleep(time.Until(t0))
+		l := testLease(t0, t0.Add(time.Hour))
+		pr.Acquire(l)
+		synctest.Wait()
+		agents := []*skewedAgent{
+			{id: 1, skew: -time.Second, born: t0.Add(-time.Second)},
+			{id: 2, skew: time.Second, born: t0.Add(time.Second)},
+		}
+		inSpan := 0.0
+		for i := 1; i <= 12; i++ { // 3 s of batches
+			end := t0.Add(time.Duration(i) * win)
+			time.Sleep(time.Until(end.Add(2 * time.Millisecond)))
+			if end.Equal(t0.Add(2 * time.Second).Add(win)) {
+				l.end(t0.Add(2 * time.Second))
+			}
+			for _, a := range agents {
+				src.publish(a.batch(end, 1))
+				if !end.After(t0.Add(2 * time.Second)) {
+					inSpan++
+				}
+			}
+		}
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		ws := s.take()
+		checkMarkers(t, ws)
+		var total float64
+		for _, w := range ws {
+			if c := find(w, proto.SeriesRequests); c != nil {
+				total += c.Value
+			}
+		}
+		// Once the span's windows closed the partition stops and takes no more batches.
+		st := pr.Stats()
+		if total != inSpan || st.Skipped[SkipAfterSpan] == 0 || st.Skipped[SkipBeforeSpan] != 0 {
+			t.Errorf("got %v requests published, skipped %v; want %v published and some skipped after the span", total, st.Skipped, inSpan)
+		}
+	})
+}
