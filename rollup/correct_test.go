@@ -170,3 +170,35 @@ func TestClockCorrectionDisabled(t *testing.T) {
 		}
 	})
 }
+
+// TestOpenCorrectionsBounded: late batches for more distinct closed windows than the rollup
+// keeps corrections open for are refused as too_many_corrections, counted; the others are
+// published.
+func TestOpenCorrectionsBounded(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		cfg := DefaultConfig()
+		cfg.MaxGroups = 1 // the bound is max(MaxGroups, 1024)
+		cfg.CorrectionHorizon = time.Hour
+		r, s := newTestRollup(t, cfg)
+		now := time.Now().Add(time.Hour)
+		time.Sleep(time.Until(now))
+		const n = 1100
+		for i := range n { // 10 s late and more: not taken for clock skew
+			r.Add(batch(i, 0, now.Add(-10*time.Second).Add(-time.Duration(i)*win), counter(proto.SeriesRequests, 1)))
+		}
+		r.Advance(now.Add(lateness))
+		var total float64
+		ws := s.take()
+		for _, w := range ws {
+			if !w.Correction {
+				t.Fatalf("got window %d not a correction; want only corrections", w.StartMs)
+			}
+			total += find(w, proto.SeriesRequests).Value
+		}
+		st := r.Stats()
+		if len(ws) != 1024 || total != 1024 || st.RefusedBy[ReasonTooManyCorrections] != n-1024 {
+			t.Errorf("got %d corrections with %v requests, %d refused; want 1024, 1024, %d", len(ws), total, st.RefusedBy[ReasonTooManyCorrections], n-1024)
+		}
+	})
+}
