@@ -275,6 +275,9 @@ func (d *Detector) AddWindow(w *proto.Window) {
 		d.m.badWindow.Inc()
 		return
 	}
+	if w.Correction {
+		return // late data of a window already taken (proto.Window.Correction): each window is decided on as it closes
+	}
 	d.mu.Lock()
 	defer d.unlockAndEmit()
 	s := d.serviceLocked(w.Service)

@@ -544,3 +544,18 @@ func TestDetectorLatest(t *testing.T) {
 		}
 	}
 }
+
+// TestDetectorSkipsCorrections: a correction (late data of a window already taken) is not a
+// window to decide on; were it taken, the windows after it would be out of order.
+func TestDetectorSkipsCorrections(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
+	f.step(2, true, true, 1, 0, 0)
+	c := f.a.Fill(f.r, f.nowMs+10_000, f.nowMs+10_250, 1, traffic.Normal, 1)
+	c.Correction = true
+	f.d.AddWindow(c)
+	f.step(2, true, true, 1, 0, 0)
+	if got := f.d.m.outOfOrder.Get(); got != 0 {
+		t.Errorf("out-of-order drops after a correction: got %d; want 0", got)
+	}
+}

@@ -113,12 +113,14 @@ func (g *gate) release() {
 	g.held, g.open = nil, true
 }
 
-// windowIn hands a closed window to the local detector, dashboard and consumers.
+// windowIn hands a closed window to the local detector, dashboard and consumers. A
+// correction (late data of a window already closed, see proto.Window.Correction) is not for
+// the dashboard, which shows each window once as it closes; the detector skips it itself.
 func (n *Node) windowIn(w *proto.Window) {
 	if n.det != nil {
 		n.det.AddWindow(w)
 	}
-	if n.web != nil {
+	if n.web != nil && !w.Correction {
 		n.web.AddWindow(w)
 	}
 	for _, f := range n.windowSubs() {
@@ -193,7 +195,7 @@ func (n *Node) replay(ctx context.Context) {
 			if n.det != nil {
 				n.det.AddWindow(w)
 			}
-			if n.web != nil {
+			if n.web != nil && !w.Correction {
 				_ = n.web.Restore(ctx, w, nil, nil)
 			}
 		},

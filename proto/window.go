@@ -47,6 +47,16 @@ type Window struct {
 	Halves [2][]WindowSeries `json:"halves,omitzero"`
 	// HalfInstances counts the distinct warm instances merged into each half.
 	HalfInstances [2]int `json:"half_instances,omitzero"`
+
+	// Correction marks a correction to a window published before: it carries only the
+	// batches that reached the rollup after the window [StartMs, EndMs) of the group had
+	// closed (an agent's reconnect buffer after an outage or a restart), merged like a
+	// window, with Instances, InstancesStarted and InstancesStopped counting those batches'
+	// instances. A window's full data is the sum of the window and every correction with the
+	// same group and StartMs; corrections are never replacements. Readers that decide on
+	// each window as it closes (the detector) may skip them; readers that total (history,
+	// exports, `herd tail`) add them. Absent (false) in every ordinary window.
+	Correction bool `json:"correction,omitempty"`
 }
 
 // HalfOf returns the half (0 or 1) of Window.Halves that the instance with this id

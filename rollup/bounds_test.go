@@ -38,7 +38,7 @@ func TestOverflowRefusedWindowPublished(t *testing.T) {
 	pub := bus.NewPublisher(nc, set, slog.New(slog.DiscardHandler))
 	var pubErr error
 	m := NewMetrics(metrics.NewSet())
-	r, err := New(DefaultConfig(), m, func(w *proto.Window) { pubErr = pub.Window(w) }, nil)
+	r, err := New(fixedConfig(), m, func(w *proto.Window) { pubErr = pub.Window(w) }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func farHist(name string, i int) proto.Series {
 // instances: the window holds the union of their ranges, up to Config.MaxWindowBuckets.
 func TestWindowBucketBudget(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		cfg := DefaultConfig()
+		cfg := fixedConfig()
 		cfg.Warmup = 0
 		cfg.MaxWindowBuckets = 2 * proto.MaxBuckets
 		r, s := newTestRollup(t, cfg)

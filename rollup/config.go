@@ -46,6 +46,17 @@ type Config struct {
 	// Halves carry; "*" alone means every series. Each split series costs one more merge per
 	// warm sample and appears three more times in a published window.
 	SplitSeries string
+	// MaxSkew bounds the clock offset corrected per instance: the rollup estimates each
+	// instance's offset from the arrival times of its batches and places its batches in the
+	// windows of the interval they were measured in, in the local clock's time (see Rollup,
+	// Clocks). An offset estimated beyond ±MaxSkew is not corrected (the batches are placed
+	// by their own stamps). 0 disables the correction.
+	MaxSkew time.Duration
+	// CorrectionHorizon is how long after its end a window still takes late batches: a
+	// batch for a window that closed less than CorrectionHorizon after the window's end
+	// is merged into a correction of that window (proto.Window.Correction); an older one is
+	// refused as "late". 0 refuses every late batch.
+	CorrectionHorizon time.Duration
 }
 
 // DefaultConfig returns the defaults that RegisterFlags registers.
@@ -61,6 +72,8 @@ func DefaultConfig() Config {
 		MaxWindowBuckets:  1 << 18,
 		Warmup:            5 * time.Second,
 		SplitSeries:       proto.SeriesRequests + "," + proto.SeriesErrors + "," + proto.SeriesLatency,
+		MaxSkew:           5 * time.Second,
+		CorrectionHorizon: time.Minute,
 	}
 }
 
@@ -88,6 +101,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"per-instance warm-up: batches of an instance younger than this are left out of the windows' warm aggregate and halves; 0 produces neither (duration)")
 	fs.StringVar(&c.SplitSeries, "rollup.split-series", d.SplitSeries,
 		"comma-separated names of the series the windows' warm aggregate and halves carry, * for every series (names)")
+	fs.DurationVar(&c.MaxSkew, "rollup.max-skew", d.MaxSkew,
+		"largest agent clock offset corrected, estimated per instance from arrival times; 0 corrects none (duration)")
+	fs.DurationVar(&c.CorrectionHorizon, "rollup.correction-horizon", d.CorrectionHorizon,
+		"a batch arriving up to this long after its window's end is still published, as a correction of the closed window; an older one is refused as late; 0 refuses every late batch (duration)")
 }
 
 // Validate checks c and names the offending flag.
@@ -112,6 +129,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("-rollup.max-window-buckets %d must be at least %d (one histogram of the widest range)", c.MaxWindowBuckets, 2*proto.MaxBuckets)
 	case c.Warmup < 0 || c.Warmup > time.Hour || c.Warmup%time.Millisecond != 0:
 		return fmt.Errorf("-rollup.warmup %s must be a whole number of milliseconds between 0 and 1h", c.Warmup)
+	case c.MaxSkew < 0 || c.MaxSkew > time.Hour:
+		return fmt.Errorf("-rollup.max-skew %s must be between 0 and 1h", c.MaxSkew)
+	case c.CorrectionHorizon < 0 || c.CorrectionHorizon > time.Hour:
+		return fmt.Errorf("-rollup.correction-horizon %s must be between 0 and 1h", c.CorrectionHorizon)
 	}
 	if c.Warmup > 0 {
 		if _, err := c.splitNames(); err != nil {

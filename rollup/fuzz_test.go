@@ -56,30 +56,44 @@ func FuzzAdd(f *testing.F) {
 	})
 }
 
-// checkWindows checks the bucket accounting of every open window of r: the buckets in use
-// match w.buckets and stay within the budget, the capacity matches w.held, and every sum is
-// within MaxSum.
+// checkWindows checks the bucket accounting of every open window and correction of r: the
+// buckets in use match w.buckets and stay within the budget, the capacity matches w.held,
+// and every sum is within MaxSum.
 func checkWindows(t *testing.T, r *Rollup) {
 	t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	type openWindow struct {
+		key groupKey
+		w   *window
+	}
+	var open []openWindow
 	for _, g := range r.groups {
 		for _, w := range g.windows {
-			used, held := 0, 0
-			for _, accs := range [][]acc{w.accs, w.halves[0], w.halves[1]} {
-				for i := range accs {
-					a := &accs[i]
-					used += len(a.hist.Positive.Counts) + len(a.hist.Negative.Counts)
-					held += histCap(&a.hist)
-					if !(math.Abs(a.sum) <= MaxSum && math.Abs(a.hist.Sum) <= MaxSum) {
-						t.Fatalf("window %d of %v: sums %v and %v beyond MaxSum", w.start, g.key, a.sum, a.hist.Sum)
-					}
+			open = append(open, openWindow{g.key, w})
+		}
+	}
+	for k, cs := range r.corr {
+		for _, c := range cs {
+			open = append(open, openWindow{k, c.w})
+		}
+	}
+	for _, o := range open {
+		w := o.w
+		used, held := 0, 0
+		for _, accs := range [][]acc{w.accs, w.halves[0], w.halves[1]} {
+			for i := range accs {
+				a := &accs[i]
+				used += len(a.hist.Positive.Counts) + len(a.hist.Negative.Counts)
+				held += histCap(&a.hist)
+				if !(math.Abs(a.sum) <= MaxSum && math.Abs(a.hist.Sum) <= MaxSum) {
+					t.Fatalf("window %d of %v: sums %v and %v beyond MaxSum", w.start, o.key, a.sum, a.hist.Sum)
 				}
 			}
-			if used != w.buckets || held != w.held || used > r.cfg.MaxWindowBuckets {
-				t.Fatalf("window %d of %v: %d buckets in use (accounted %d), %d held (accounted %d), budget %d",
-					w.start, g.key, used, w.buckets, held, w.held, r.cfg.MaxWindowBuckets)
-			}
+		}
+		if used != w.buckets || held != w.held || used > r.cfg.MaxWindowBuckets {
+			t.Fatalf("window %d of %v: %d buckets in use (accounted %d), %d held (accounted %d), budget %d",
+				w.start, o.key, used, w.buckets, held, w.held, r.cfg.MaxWindowBuckets)
 		}
 	}
 }

@@ -32,6 +32,11 @@ type instance struct {
 	// unannounced is set until a batch of the instance is merged, which counts the instance
 	// in that window's InstancesStarted.
 	unannounced bool
+
+	// clk estimates the instance's clock offset (see clock.go); held is set while one of
+	// its batches waits in Rollup.held for the next arrival to tell skew from delay.
+	clk  clock
+	held bool
 }
 
 // reset makes in the state of a new instance whose first batch has sequence number seq and
@@ -43,6 +48,7 @@ func (in *instance) reset(service, version string, start int64, seq uint64, idx 
 		wins: winSet{idx: idx}, warmWins: winSet{idx: idx},
 		half:     half,
 		lastSeen: now, unannounced: true,
+		clk: newClock(),
 	}
 }
 

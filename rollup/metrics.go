@@ -15,6 +15,9 @@ const (
 	ReasonDuplicate        = "duplicate"         // (instance, sequence) seen before, or too old to tell
 	ReasonTooManyGroups    = "too_many_groups"   // the group would exceed Config.MaxGroups
 	ReasonInstanceConflict = "instance_conflict" // the instance id is already known in another group
+	// ReasonTooManyCorrections: the batch's window is closed and within the correction
+	// horizon, but as many corrections as the rollup keeps open are open already.
+	ReasonTooManyCorrections = "too_many_corrections"
 )
 
 // Series refusal reasons (label reason of herd_rollup_series_refused_total). The rest of the
@@ -40,7 +43,7 @@ const (
 )
 
 var (
-	batchReasons     = []string{ReasonLate, ReasonFuture, ReasonDuplicate, ReasonTooManyGroups, ReasonInstanceConflict}
+	batchReasons     = []string{ReasonLate, ReasonFuture, ReasonDuplicate, ReasonTooManyGroups, ReasonInstanceConflict, ReasonTooManyCorrections}
 	seriesReasons    = []string{ReasonTooManySeries, ReasonKindMismatch, ReasonBadHistogram, ReasonOverflow, ReasonTooManyBuckets}
 	forgottenReasons = []string{forgotFinal, forgotExpired, forgotEvicted, forgotRestarted}
 	skipReasons      = []string{SkipBeforeSpan, SkipAfterSpan}
@@ -68,6 +71,9 @@ type Metrics struct {
 	emptyWindows   *metrics.Counter
 	ticksMissed    *metrics.Counter
 	emitDelay      *metrics.PrometheusHistogram
+	skewCorrected  *metrics.Counter
+	corrected      *metrics.Counter
+	corrections    *metrics.Counter
 
 	// Sizes, summed over the Rollups (each adds its deltas under its own mutex).
 	groups, instances, series atomic.Int64
@@ -88,6 +94,8 @@ type Metrics struct {
 //	herd_rollup_batches_lost_total, herd_rollup_instances_forgotten_total{reason},
 //	herd_rollup_windows_emitted_total, herd_rollup_empty_windows_emitted_total,
 //	herd_rollup_ticks_missed_total, herd_rollup_window_emit_delay_seconds (histogram),
+//	herd_rollup_batches_skew_corrected_total, herd_rollup_batches_corrected_total,
+//	herd_rollup_corrections_emitted_total,
 //	herd_rollup_groups, herd_rollup_instances, herd_rollup_series,
 //	herd_rollup_partition_batches_skipped_total{reason},
 //	herd_rollup_partition_windows_discarded_total, herd_rollup_partition_gap_windows_total,
@@ -110,6 +118,9 @@ func NewMetrics(set *metrics.Set) *Metrics {
 		emptyWindows:   set.NewCounter("herd_rollup_empty_windows_emitted_total"),
 		ticksMissed:    set.NewCounter("herd_rollup_ticks_missed_total"),
 		emitDelay:      set.NewPrometheusHistogramExt("herd_rollup_window_emit_delay_seconds", emitDelayBuckets),
+		skewCorrected:  set.NewCounter("herd_rollup_batches_skew_corrected_total"),
+		corrected:      set.NewCounter("herd_rollup_batches_corrected_total"),
+		corrections:    set.NewCounter("herd_rollup_corrections_emitted_total"),
 		skipped:        make(map[string]*metrics.Counter),
 		discarded:      set.NewCounter("herd_rollup_partition_windows_discarded_total"),
 		gaps:           set.NewCounter("herd_rollup_partition_gap_windows_total"),
@@ -136,8 +147,14 @@ func NewMetrics(set *metrics.Set) *Metrics {
 // Stats is a snapshot of the counters and sizes of a Metrics: those of one Rollup, or the
 // sums over every Rollup sharing the Metrics (the partitions of a Partitioned).
 type Stats struct {
-	Batches       uint64 // batches passed to Add
-	BatchesMerged uint64 // batches merged into a window
+	Batches uint64 // batches passed to Add
+	// BatchesMerged counts batches merged into a window or a correction.
+	BatchesMerged uint64
+	// BatchesCorrected counts the batches of BatchesMerged that went into a correction:
+	// they arrived after their window closed, within Config.CorrectionHorizon.
+	BatchesCorrected uint64
+	// BatchesSkewCorrected counts merged batches placed with a clock correction.
+	BatchesSkewCorrected uint64
 	// BatchesWarming counts merged batches of instances younger than Config.Warmup: in
 	// Window.Series, left out of Window.Warm and Window.Halves.
 	BatchesWarming uint64
@@ -148,7 +165,8 @@ type Stats struct {
 	Lost uint64
 	// Forgotten counts instance states dropped, by reason: final, expired, evicted, restarted.
 	Forgotten           map[string]uint64
-	WindowsEmitted      uint64 // windows handed to Emit, empty ones included
+	WindowsEmitted      uint64 // windows handed to Emit, empty ones included, corrections not
+	CorrectionsEmitted  uint64 // corrections handed to Emit
 	EmptyWindowsEmitted uint64
 	TicksMissed         uint64
 	Groups              int // current groups
@@ -158,20 +176,23 @@ type Stats struct {
 
 func (m *Metrics) stats() Stats {
 	st := Stats{
-		Batches:             m.batches.Get(),
-		BatchesMerged:       m.batchesMerged.Get(),
-		BatchesWarming:      m.batchesWarming.Get(),
-		RefusedBy:           make(map[string]uint64, len(batchReasons)),
-		Samples:             m.samples.Get(),
-		SeriesRefused:       make(map[string]uint64, len(seriesReasons)),
-		Lost:                m.lost.Get(),
-		Forgotten:           make(map[string]uint64, len(forgottenReasons)),
-		WindowsEmitted:      m.windows.Get(),
-		EmptyWindowsEmitted: m.emptyWindows.Get(),
-		TicksMissed:         m.ticksMissed.Get(),
-		Groups:              int(m.groups.Load()),
-		Instances:           int(m.instances.Load()),
-		Series:              int(m.series.Load()),
+		Batches:              m.batches.Get(),
+		BatchesMerged:        m.batchesMerged.Get(),
+		BatchesCorrected:     m.corrected.Get(),
+		BatchesSkewCorrected: m.skewCorrected.Get(),
+		CorrectionsEmitted:   m.corrections.Get(),
+		BatchesWarming:       m.batchesWarming.Get(),
+		RefusedBy:            make(map[string]uint64, len(batchReasons)),
+		Samples:              m.samples.Get(),
+		SeriesRefused:        make(map[string]uint64, len(seriesReasons)),
+		Lost:                 m.lost.Get(),
+		Forgotten:            make(map[string]uint64, len(forgottenReasons)),
+		WindowsEmitted:       m.windows.Get(),
+		EmptyWindowsEmitted:  m.emptyWindows.Get(),
+		TicksMissed:          m.ticksMissed.Get(),
+		Groups:               int(m.groups.Load()),
+		Instances:            int(m.instances.Load()),
+		Series:               int(m.series.Load()),
 	}
 	for r, c := range m.batchesRefused {
 		st.RefusedBy[r] = c.Get()
@@ -199,15 +220,18 @@ var rollupHelp = map[string]string{
 	"herd_rollup_batches_total":                     "Agent batches handed to the rollup.",
 	"herd_rollup_batches_merged_total":              "Batches merged into a window.",
 	"herd_rollup_batches_warming_total":             "Batches merged into Series but not Warm: their instance was still warming up.",
-	"herd_rollup_batches_refused_total":             "Batches refused whole, by reason (late, future, duplicate, too_many_groups, instance_conflict).",
+	"herd_rollup_batches_refused_total":             "Batches refused whole, by reason (late: after the correction horizon, lost; future, duplicate, too_many_groups, instance_conflict, too_many_corrections).",
 	"herd_rollup_samples_total":                     "Series samples merged.",
 	"herd_rollup_series_refused_total":              "Series samples refused within merged batches, by reason (too_many_series, kind_mismatch, bad_histogram, overflow, too_many_buckets); the rest of the batch is merged.",
 	"herd_rollup_batches_lost_total":                "Batches never received: gaps in instances' sequence numbers.",
 	"herd_rollup_instances_forgotten_total":         "Instance states forgotten, by reason (final, expired, evicted, restarted).",
-	"herd_rollup_windows_emitted_total":             "Closed windows emitted.",
+	"herd_rollup_windows_emitted_total":             "Closed windows emitted (corrections not included).",
 	"herd_rollup_empty_windows_emitted_total":       "Closed windows emitted with no instance (a group that stopped reporting).",
 	"herd_rollup_ticks_missed_total":                "Window-close ticks that came too late and were skipped.",
 	"herd_rollup_window_emit_delay_seconds":         "Delay from a window's end to its emission.",
+	"herd_rollup_batches_skew_corrected_total":      "Batches merged with their times corrected for the clock offset estimated for their instance.",
+	"herd_rollup_batches_corrected_total":           "Batches that arrived after their window closed, within the correction horizon, merged into a correction.",
+	"herd_rollup_corrections_emitted_total":         "Corrections emitted: late data of a closed window, published as a window marked correction.",
 	"herd_rollup_groups":                            "Groups (service, version) held.",
 	"herd_rollup_instances":                         "Instances whose state is held.",
 	"herd_rollup_series":                            "Series held over all groups.",

@@ -79,6 +79,7 @@ type partition struct {
 	lease   Lease
 	roll    *Rollup
 	fromCut int64
+	w       int64 // window, nanos
 }
 
 // NewPartitioned returns a Partitioned with rollups of cfg, fed by src, publishing to emit.
@@ -119,12 +120,13 @@ func (pr *Partitioned) Acquire(l Lease) {
 	if pr.base.Err() != nil {
 		return
 	}
-	pt := &partition{lease: l, fromCut: ceilTo(l.From().UnixNano(), pr.w)}
+	pt := &partition{lease: l, fromCut: ceilTo(l.From().UnixNano(), pr.w), w: pr.w}
 	roll, err := New(pr.cfg, pr.m, func(w *proto.Window) { pr.emitFiltered(pt, w) }, pr.logger.With("partition", l.Partition()))
 	if err != nil {
 		panic("BUG: rollup config validated but New failed: " + err.Error())
 	}
-	// Close every window before the cut: batches for them are refused as late.
+	roll.span = pt.span
+	// Close every window before the cut: batches for them are skipped.
 	roll.Advance(time.Unix(0, pt.fromCut+int64(pr.cfg.Lateness)))
 	pt.roll = roll
 	if !l.Previous().IsZero() {
@@ -155,7 +157,7 @@ func (pr *Partitioned) runPartition(pt *partition) {
 	wg.Go(func() {
 		defer close(srcDone)
 		for {
-			err := pr.src(srcCtx, l.Partition(), func(b *proto.Batch) { pr.add(pt, b) })
+			err := pr.src(srcCtx, l.Partition(), pt.roll.Add)
 			if srcCtx.Err() != nil {
 				return
 			}
@@ -194,18 +196,16 @@ func (pr *Partitioned) runPartition(pt *partition) {
 	pr.mu.Unlock()
 }
 
-// add merges a batch of pt's partition if its window lies in the lease's span.
-func (pr *Partitioned) add(pt *partition, b *proto.Batch) {
-	start := floorDiv(b.End-1, pr.w) * pr.w
+// span is the span filter of pt's rollup (Rollup.span): a batch is merged only if its window
+// (after the clock correction of its instance) lies in the lease's span.
+func (pt *partition) span(start int64) string {
 	if start < pt.fromCut {
-		pr.m.skipped[SkipBeforeSpan].Inc()
-		return
+		return SkipBeforeSpan
 	}
-	if ended(pt.lease) && start >= ceilTo(pt.lease.Until().UnixNano(), pr.w) {
-		pr.m.skipped[SkipAfterSpan].Inc()
-		return
+	if ended(pt.lease) && start >= ceilTo(pt.lease.Until().UnixNano(), pt.w) {
+		return SkipAfterSpan
 	}
-	pt.roll.Add(b)
+	return ""
 }
 
 // emitFiltered publishes a window of pt's rollup if it lies in the lease's span.

@@ -297,13 +297,14 @@ func BenchmarkPartitionedAdd(b *testing.B) {
 		b.Fatal(err)
 	}
 	now := time.Now()
-	pt := &partition{lease: testLease(now, now.Add(time.Hour)), fromCut: 0}
+	pt := &partition{lease: testLease(now, now.Add(time.Hour)), fromCut: 0, w: int64(win)}
 	pt.roll, _ = New(DefaultConfig(), pr.m, func(*proto.Window) {}, nil)
+	pt.roll.span = pt.span
 	bt := batch(1, 0, now, counter("requests", 1))
 	b.ReportAllocs()
 	for i := range b.N {
 		bt.Seq = uint64(i)
-		pr.add(pt, bt)
+		pt.roll.Add(bt)
 	}
 }
 

@@ -4,17 +4,55 @@
 //
 // # Windows
 //
-// A batch covering [Start, End) belongs to the window [s, s+W) with s = floor((End-1)/W)·W,
-// so a batch aligned at t lands in [t-W, t). A window closes once now ≥ its end + lateness;
-// Run does that on a timer aligned to those instants, Advance does it for a given time and
-// Flush closes everything. A batch for a closed window is refused as "late" and merged
-// nowhere; a batch ending more than MaxFuture ahead of the local clock is refused as "future".
+// A batch covering [Start, End) belongs to the window [s, s+W) with s = floor((End+c-1)/W)·W,
+// where c is its instance's clock correction (0 for a clock that is right; see Clocks), so a
+// batch aligned at t lands in [t-W, t). A window closes once now ≥ its end + lateness; Run
+// does that on a timer aligned to those instants, Advance does it for a given time and Flush
+// closes everything. A batch for a closed window is merged into a correction of it if the
+// window ended less than CorrectionHorizon ago (see Corrections), and refused as "late"
+// otherwise: lost, and counted. A batch ending (corrected) more than MaxFuture ahead of the
+// local clock is refused as "future".
 //
 // Windows of a group are emitted in time order, one per window interval, from the first
 // interval with a batch until InstanceTTL after the last interval with one: an interval
 // without batches in that span is emitted as an empty window (Instances 0, no series), so
 // consumers see a group whose instances are all gone instead of silence. After that the group
 // is forgotten and emits nothing until its next batch.
+//
+// # Clocks
+//
+// Agents stamp batches with their own clocks. For each instance the rollup keeps the least
+// arrival offset (arrival − End) of its batches over the last 5 to 10 s (8 to 16 windows if
+// that is longer): transit only adds to an offset, so the least is the instance's clock
+// offset plus the fastest transit, and batches delayed in transit — a reconnect buffer
+// flushed after an outage — never lower it. That offset rounded to whole windows is the
+// instance's correction c, kept while the offset stays within 5/8 of a window of it (so an
+// offset near half a window does not flip batches between neighbouring windows), and put in
+// force only once confirmed: by a batch that arrives at least half a window after the one
+// that set the least offset, within a quarter window of it. A burst of buffered batches,
+// each arriving sooner after its end than the one before, restarts the confirmation with
+// every batch, so it is never taken for an offset. While unconfirmed, the correction in
+// force stays, except that no batch is placed to end more than half a window after it
+// arrived (nothing is measured after it arrives: that bound alone corrects a clock that is
+// ahead, from its first batch). A batch that the estimate, confirmed, would place elsewhere
+// than the correction in force — the first batch of an instance whose clock seems behind —
+// is held (copied; at most 16 MiB in all) until the instance's next batch tells a clock
+// behind from a delay, or for max(Lateness, 1.5·W), then placed. An offset beyond ±MaxSkew
+// is not corrected (a clock that is ahead is corrected by MaxSkew at most, rounded down to
+// whole windows); MaxSkew 0 turns all of this off. Merged batches placed with a correction
+// are counted in herd_rollup_batches_skew_corrected_total.
+//
+// # Corrections
+//
+// A batch whose window closed, arriving within CorrectionHorizon of the window's end, is
+// merged into a correction of that window: a window of the same group and interval with
+// proto.Window.Correction set that carries only such late data (its instance counts count
+// the late batches' instances), opened by the first late batch and emitted on the first
+// Advance Lateness after that, after the windows closing then. Later late data makes a
+// further correction. The window's full data is the window plus its corrections. Corrections
+// are counted in herd_rollup_corrections_emitted_total (not as windows) and their batches in
+// herd_rollup_batches_corrected_total as well as merged. At most max(MaxGroups, 1024) are
+// open at once; a late batch beyond that is refused as "too_many_corrections".
 //
 // # Merging
 //
@@ -43,8 +81,10 @@
 // # Dedup and loss
 //
 // Every sequence number of an instance, from the first to the newest this worker saw, is
-// accounted exactly once: merged, refused by reason (late, future, …), or lost; redeliveries
-// are counted as "duplicate" on top. A batch whose sequence number was already seen, or that
+// accounted exactly once: merged (into a window or a correction), refused by reason (late,
+// future, …), skipped outside a partition's span (Partitioned), or lost; redeliveries are
+// counted as "duplicate" on top. A batch held for its instance's next arrival is accounted
+// when it is placed. A batch whose sequence number was already seen, or that
 // lies more than 64 behind the instance's newest, is refused as "duplicate". A missing
 // sequence number is counted lost when it can no longer arrive: when it falls 64 sequence
 // numbers behind the newest, or when the instance's state is dropped (expired after
@@ -103,13 +143,16 @@ type Rollup struct {
 	m      *Metrics
 
 	// Config in nanoseconds.
-	w, lateness, maxFuture, ttl, warmup int64
+	w, lateness, maxFuture, ttl, warmup, maxSkew, horizon int64
 	// split is the warm aggregate's description; splitAll: every series is split.
 	split    split
 	splitAll bool
 
 	// now is the clock; tests and benchmarks replace it.
 	now func() time.Time
+	// span, if set, says why a batch whose (corrected) window starts at start is not this
+	// Rollup's to merge, or "": Partitioned sets it to its lease's span before the first Add.
+	span func(start int64) (skip string)
 
 	// emitMu serializes closing and emitting so windows reach Emit in order. It is taken
 	// before mu and held while results are built and Emit runs; mu is held only to detach
@@ -134,6 +177,13 @@ type Rollup struct {
 	dropReason     string
 	lastSweep      int64 // unix nanos of the last series sweep
 	groupsFullLogs bool
+	// held are the batches waiting for their instance's next arrival, by instance id, and
+	// heldBytes their memory (see clock.go).
+	held      map[[16]byte]*heldBatch
+	heldBytes int
+	// corr are the open corrections by group, ncorr their number (see correct.go).
+	corr  map[groupKey][]*correction
+	ncorr int
 }
 
 // maxFree bounds the recycled windows and instance states kept; maxFreeBytes bounds the
@@ -170,6 +220,8 @@ func New(cfg Config, m *Metrics, emit Emit, logger *slog.Logger) (*Rollup, error
 		maxFuture:  int64(cfg.MaxFuture),
 		ttl:        int64(cfg.InstanceTTL),
 		warmup:     int64(cfg.Warmup),
+		maxSkew:    int64(cfg.MaxSkew),
+		horizon:    int64(cfg.CorrectionHorizon),
 		now:        time.Now,
 		groups:     make(map[groupKey]*group),
 		dropReason: forgotEvicted,
@@ -212,15 +264,6 @@ func (r *Rollup) Add(b *proto.Batch) {
 	defer r.mu.Unlock()
 	r.m.batches.Inc()
 
-	start := floorDiv(b.End-1, r.w) * r.w
-	var refuse string
-	switch {
-	case b.End > now+r.maxFuture:
-		refuse = ReasonFuture
-	case start < r.closedBefore || start+r.w+r.lateness <= now:
-		refuse = ReasonLate
-	}
-
 	in, known := r.insts.Get(b.Instance)
 	if known {
 		in.lastSeen = now
@@ -239,9 +282,68 @@ func (r *Rollup) Add(b *proto.Batch) {
 			return
 		}
 	}
+
+	// The instance's clock: this arrival is a sample of its offset, and it settles a batch
+	// held for it before b is placed.
+	d := arrivalOffset(now, b.End)
+	clk := newClock()
+	if known {
+		clk = in.clk
+	}
+	r.observe(&clk, d, now)
+	if known {
+		in.clk = clk
+		if in.held {
+			if h := r.held[b.Instance]; h != nil {
+				r.releaseLocked(h, now)
+			}
+			in.held = false
+		}
+	}
+	if r.holds(&clk, d) && !b.Final && (in == nil || !in.stopped) && r.canHoldLocked(b) {
+		if in == nil {
+			in = r.newInstanceLocked(b, floorDiv(b.End-1, r.w), now)
+		} else {
+			r.m.lost.Add(int(in.mark(b.Seq)))
+		}
+		in.clk = clk
+		r.holdLocked(in, b, now)
+		return
+	}
+	if in = r.placeLocked(in, false, b, r.correctionFor(&clk, d), now, now); in != nil && !known {
+		in.clk = clk
+	}
+}
+
+// placeLocked merges b, which arrived at at, shifted by corr (its instance's clock
+// correction), into its window, or into a correction of it if that window closed (or was due
+// when b arrived) within the correction horizon, or counts why it cannot. in is the
+// instance's state, nil for an instance not known yet (whose state placeLocked creates,
+// unless the batch is refused for its group) or, with orphan set, for a held batch whose
+// instance's state is gone (none is created). It returns the state.
+func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, at, now int64) *instance {
+	end := b.End + corr
+	start := floorDiv(end-1, r.w) * r.w
+	if r.span != nil {
+		if skip := r.span(start); skip != "" {
+			if in != nil {
+				r.m.lost.Add(int(in.mark(b.Seq)))
+			}
+			r.m.skipped[skip].Inc()
+			return in
+		}
+	}
+	late := start < r.closedBefore || start+r.w+r.lateness <= at
+	var refuse string
+	switch {
+	case end > at+r.maxFuture:
+		refuse = ReasonFuture
+	case late && (r.horizon == 0 || start+r.w+r.horizon <= at):
+		refuse = ReasonLate
+	}
 	idx := start / r.w
 	if refuse != "" {
-		if in == nil {
+		if in == nil && !orphan {
 			// Keep state even for a refused first batch: it settles which sequence numbers
 			// count as lost and makes a redelivery a duplicate.
 			in = r.newInstanceLocked(b, idx, now)
@@ -249,10 +351,10 @@ func (r *Rollup) Add(b *proto.Batch) {
 			if b.Final {
 				r.stopLocked(in)
 			}
-			return
+			return in
 		}
 		r.refuseArrivedLocked(in, b, refuse)
-		return
+		return in
 	}
 
 	gk := groupKey{b.Service, b.Version}
@@ -264,15 +366,24 @@ func (r *Rollup) Add(b *proto.Batch) {
 				r.logger.Warn("refusing new groups: limit reached", "limit", r.cfg.MaxGroups, "service", b.Service, "version", b.Version)
 			}
 			r.refuseArrivedLocked(in, b, ReasonTooManyGroups)
-			return
+			return in
 		}
 		g = newGroup(gk, r.closedBefore)
 		r.groups[gk] = g
 		r.m.groups.Add(1)
 		r.logger.Info("group appeared", "service", b.Service, "version", b.Version)
 	}
+	var c *correction
+	if late {
+		if c = r.correctionLocked(gk, start, now); c == nil {
+			r.refuseArrivedLocked(in, b, ReasonTooManyCorrections)
+			return in
+		}
+	}
 
-	if known {
+	started := false
+	switch {
+	case in != nil:
 		if in.stopped && b.Seq > in.maxSeq {
 			// Data after a final batch: the instance is alive after all.
 			in.stopped = false
@@ -281,18 +392,31 @@ func (r *Rollup) Add(b *proto.Batch) {
 			r.m.instances.Add(1)
 		}
 		r.m.lost.Add(int(in.mark(b.Seq)))
-	} else {
+		started, in.unannounced = in.unannounced, false
+	case !orphan:
 		in = r.newInstanceLocked(b, idx, now)
+		started, in.unannounced = true, false
 	}
-	started := in.unannounced
-	in.unannounced = false
 
-	w := g.findWindow(start)
-	if w == nil {
+	var w *window
+	if c != nil {
+		w = c.w
+	} else if w = g.findWindow(start); w == nil {
 		w = r.newWindowLocked(start)
 		g.insertWindow(w)
 	}
-	if in.wins.add(idx) {
+	// Distinct instances: a correction tracks its own; an orphan's instance is not known.
+	var first bool
+	switch {
+	case c != nil:
+		first = c.ids[b.Instance]&1 == 0
+		c.ids[b.Instance] |= 1
+	case in != nil:
+		first = in.wins.add(idx)
+	default:
+		first = true
+	}
+	if first {
 		w.instances++
 	}
 	if started {
@@ -300,9 +424,25 @@ func (r *Rollup) Add(b *proto.Batch) {
 	}
 	half := -1
 	if r.split.warmupMs > 0 {
+		// End and InstanceStart are both the agent's stamps: their difference does not
+		// depend on its clock's offset.
 		if b.End-b.InstanceStart >= r.warmup {
-			half = in.half
-			if in.warmWins.add(idx) {
+			if in != nil {
+				half = in.half
+			} else {
+				half = proto.HalfOf(b.Instance)
+			}
+			var firstHalf bool
+			switch {
+			case c != nil:
+				firstHalf = c.ids[b.Instance]&2 == 0
+				c.ids[b.Instance] |= 2
+			case in != nil:
+				firstHalf = in.warmWins.add(idx)
+			default:
+				firstHalf = true
+			}
+			if firstHalf {
 				w.halfInstances[half]++
 			}
 		} else {
@@ -311,10 +451,19 @@ func (r *Rollup) Add(b *proto.Batch) {
 	}
 	r.mergeLocked(g, w, b, half, now)
 	r.m.batchesMerged.Inc()
+	if c != nil {
+		r.m.corrected.Inc()
+	}
+	if corr != 0 {
+		r.m.skewCorrected.Inc()
+	}
 	if b.Final {
 		w.stopped++
-		r.stopLocked(in)
+		if in != nil {
+			r.stopLocked(in)
+		}
 	}
+	return in
 }
 
 // mergeLocked merges the series of b into w: every series into w's accumulators and, for a

@@ -40,6 +40,16 @@ func (s *sink) take() []*proto.Window {
 	return ws
 }
 
+// fixedConfig is DefaultConfig without clock correction and corrections, for the tests that
+// hand batches over at any time relative to their end (often before it, which a clock
+// correction would take for a clock running ahead) and expect late batches refused. The
+// clock and correction tests use DefaultConfig.
+func fixedConfig() Config {
+	cfg := DefaultConfig()
+	cfg.MaxSkew, cfg.CorrectionHorizon = 0, 0
+	return cfg
+}
+
 func newTestRollup(t *testing.T, cfg Config) (*Rollup, *sink) {
 	t.Helper()
 	s := &sink{}
@@ -126,7 +136,7 @@ func closeAll(r *Rollup, end time.Time) {
 func TestExactSumsAcrossInstances(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, s := newTestRollup(t, DefaultConfig())
+		r, s := newTestRollup(t, fixedConfig())
 		base := time.Now() // aligned: synctest starts at midnight
 		const instances, windows = 200, 4
 		var wantHist [windows]proto.Histogram
@@ -201,7 +211,7 @@ func TestExactSumsAcrossInstances(t *testing.T) {
 func TestRedeliveredBatchCountedOnce(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, s := newTestRollup(t, DefaultConfig())
+		r, s := newTestRollup(t, fixedConfig())
 		end := time.Now().Add(win)
 		b := batch(1, 7, end, counter(proto.SeriesRequests, 10))
 		r.Add(b)
@@ -228,7 +238,7 @@ func TestRedeliveredBatchCountedOnce(t *testing.T) {
 func TestReorderedBatchesMergedOnceAndDistinctInstances(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, s := newTestRollup(t, DefaultConfig())
+		r, s := newTestRollup(t, fixedConfig())
 		end := time.Now().Add(win)
 		// One instance sends four batches of 62.5 ms into one window, out of order.
 		for _, seq := range []uint64{1, 0, 3, 2, 3, 0} {
@@ -255,7 +265,7 @@ func TestReorderedBatchesMergedOnceAndDistinctInstances(t *testing.T) {
 func TestLateBatchNotMerged(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, s := newTestRollup(t, DefaultConfig())
+		r, s := newTestRollup(t, fixedConfig())
 		base := time.Now()
 		end1, end2 := base.Add(win), base.Add(2*win)
 		r.Add(batch(1, 0, end1, counter(proto.SeriesRequests, 1)))
@@ -291,7 +301,7 @@ func TestLateBatchNotMerged(t *testing.T) {
 func TestLateWithoutTick(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, s := newTestRollup(t, DefaultConfig())
+		r, s := newTestRollup(t, fixedConfig())
 		end := time.Now().Add(win)
 		r.Add(batch(1, 0, end, counter(proto.SeriesRequests, 1)))
 		// The window is due at end+lateness; even before Advance runs, a batch arriving then
@@ -312,7 +322,7 @@ func TestLateWithoutTick(t *testing.T) {
 func TestFutureBatchRefused(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, s := newTestRollup(t, DefaultConfig())
+		r, s := newTestRollup(t, fixedConfig())
 		now := time.Now()
 		r.Add(batch(1, 0, now.Add(2*time.Second+win), counter(proto.SeriesRequests, 1)))
 		r.Add(batch(2, 0, now.Add(2*time.Second), counter(proto.SeriesRequests, 5))) // at the bound: accepted
@@ -336,7 +346,7 @@ func TestFutureBatchRefused(t *testing.T) {
 func TestSequenceGapCountedLost(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, _ := newTestRollup(t, DefaultConfig())
+		r, _ := newTestRollup(t, fixedConfig())
 		end := time.Now().Add(win)
 		// Instance 1 skips 2 and 3; 5 arrives late (filled) and is not lost.
 		for _, seq := range []uint64{0, 1, 4, 6, 5} {
@@ -367,7 +377,7 @@ func TestSequenceGapCountedLost(t *testing.T) {
 func TestFinalForgetsInstance(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, s := newTestRollup(t, DefaultConfig())
+		r, s := newTestRollup(t, fixedConfig())
 		end := time.Now().Add(win)
 		r.Add(batch(1, 0, end, counter(proto.SeriesRequests, 1)))
 		r.Add(batch(2, 0, end, counter(proto.SeriesRequests, 1)))
@@ -401,7 +411,7 @@ func TestFinalForgetsInstance(t *testing.T) {
 func TestInstanceTTLExpiry(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		cfg := DefaultConfig()
+		cfg := fixedConfig()
 		r, s := newTestRollup(t, cfg)
 		end := time.Now().Add(win)
 		r.Add(batch(1, 5, end, counter(proto.SeriesRequests, 1)))
@@ -432,7 +442,7 @@ func TestInstanceTTLExpiry(t *testing.T) {
 func TestInstanceEvictedBeyondMaxInstances(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		cfg := DefaultConfig()
+		cfg := fixedConfig()
 		cfg.MaxInstances = 10
 		r, _ := newTestRollup(t, cfg)
 		end := time.Now().Add(win)
@@ -449,7 +459,7 @@ func TestInstanceEvictedBeyondMaxInstances(t *testing.T) {
 func TestInstanceRestartAndConflict(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, s := newTestRollup(t, DefaultConfig())
+		r, s := newTestRollup(t, fixedConfig())
 		end := time.Now().Add(win)
 		r.Add(batch(1, 10, end, counter(proto.SeriesRequests, 1)))
 		b := batch(1, 0, end, counter(proto.SeriesRequests, 1))
@@ -472,7 +482,7 @@ func TestInstanceRestartAndConflict(t *testing.T) {
 func TestLabelFloodRefusedOtherGroupsExact(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		cfg := DefaultConfig()
+		cfg := fixedConfig()
 		cfg.MaxSeriesPerGroup = 50
 		r, s := newTestRollup(t, cfg)
 		end := time.Now().Add(win)
@@ -523,7 +533,7 @@ func TestLabelFloodRefusedOtherGroupsExact(t *testing.T) {
 func TestTooManyGroups(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		cfg := DefaultConfig()
+		cfg := fixedConfig()
 		cfg.MaxGroups = 2
 		r, s := newTestRollup(t, cfg)
 		end := time.Now().Add(win)
@@ -547,7 +557,7 @@ func TestTooManyGroups(t *testing.T) {
 func TestKindMismatchAndBadHistogram(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, s := newTestRollup(t, DefaultConfig())
+		r, s := newTestRollup(t, fixedConfig())
 		end := time.Now().Add(win)
 		wide := proto.Series{Name: proto.SeriesLatency, Kind: proto.KindHistogram}
 		wide.Hist.Observe(1e-200, 1) // the merged range would exceed proto.MaxBuckets
@@ -578,7 +588,7 @@ func TestKindMismatchAndBadHistogram(t *testing.T) {
 func TestEmptyWindowsWhenInstancesGone(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		cfg := DefaultConfig()
+		cfg := fixedConfig()
 		cfg.InstanceTTL = 3 * time.Second
 		r, s := newTestRollup(t, cfg)
 		base := time.Now()
@@ -622,7 +632,7 @@ func TestEmptyWindowsWhenInstancesGone(t *testing.T) {
 func TestEmitOrder(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, s := newTestRollup(t, DefaultConfig())
+		r, s := newTestRollup(t, fixedConfig())
 		base := time.Now()
 		// Batches arrive out of order across windows and groups.
 		for _, k := range []int{3, 1, 2, 0} {
@@ -647,7 +657,7 @@ func TestEmitOrder(t *testing.T) {
 func TestFlush(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, s := newTestRollup(t, DefaultConfig())
+		r, s := newTestRollup(t, fixedConfig())
 		base := time.Now()
 		r.Add(batch(1, 0, base.Add(win), counter(proto.SeriesRequests, 1)))
 		r.Add(batch(1, 1, base.Add(2*win), counter(proto.SeriesRequests, 2)))
@@ -680,7 +690,7 @@ func TestFlush(t *testing.T) {
 func TestAddConcurrentWithAdvance(t *testing.T) {
 	t.Parallel()
 	// Real time and real goroutines, for the race detector: totals must add up exactly.
-	r, s := newTestRollup(t, DefaultConfig())
+	r, s := newTestRollup(t, fixedConfig())
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -713,8 +723,15 @@ func TestAddConcurrentWithAdvance(t *testing.T) {
 
 func TestEveryBatchAccountedOnce(t *testing.T) {
 	t.Parallel()
+	t.Run("late refused", func(t *testing.T) { t.Parallel(); testEveryBatchAccountedOnce(t, fixedConfig()) })
+	// With the defaults, what arrives after its window closed is published in corrections.
+	// (Delays spread this widely are sometimes taken for a clock offset, which moves a batch
+	// to another window; the totals stay exact.)
+	t.Run("late corrected", func(t *testing.T) { t.Parallel(); testEveryBatchAccountedOnce(t, DefaultConfig()) })
+}
+
+func testEveryBatchAccountedOnce(t *testing.T, cfg Config) {
 	synctest.Test(t, func(t *testing.T) {
-		cfg := DefaultConfig()
 		r, s := newTestRollup(t, cfg)
 		ctx, cancel := context.WithCancel(t.Context())
 		var wg sync.WaitGroup
@@ -791,9 +808,17 @@ func TestEveryBatchAccountedOnce(t *testing.T) {
 		if st.RefusedBy[ReasonDuplicate] != dups {
 			t.Errorf("duplicates: got %d; want %d", st.RefusedBy[ReasonDuplicate], dups)
 		}
-		if requests != float64(st.BatchesMerged) || late == 0 || st.Lost == 0 {
-			t.Errorf("got requests %v, merged %d, late %d, lost %d; want requests = merged and some late and lost",
-				requests, st.BatchesMerged, late, st.Lost)
+		if requests != float64(st.BatchesMerged) || late+st.BatchesCorrected == 0 || st.Lost == 0 {
+			t.Errorf("got requests %v, merged %d, late %d, corrected %d, lost %d; want requests = merged and some late or corrected, and lost",
+				requests, st.BatchesMerged, late, st.BatchesCorrected, st.Lost)
 		}
+		if cfg.CorrectionHorizon > 0 && (late != 0 || st.CorrectionsEmitted == 0) {
+			t.Errorf("got late %d, corrections %d; want every late batch in a correction", late, st.CorrectionsEmitted)
+		}
+		if cfg.CorrectionHorizon == 0 && st.BatchesCorrected != 0 {
+			t.Errorf("got %d batches corrected without a correction horizon; want 0", st.BatchesCorrected)
+		}
+		t.Logf("merged %d (corrected %d, clock-corrected %d), late %d, lost %d, duplicates %d",
+			st.BatchesMerged, st.BatchesCorrected, st.BatchesSkewCorrected, late, st.Lost, dups)
 	})
 }

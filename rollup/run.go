@@ -41,29 +41,34 @@ func (r *Rollup) nextDue(now int64) int64 {
 	return (floorDiv(now-r.lateness, r.w)+1)*r.w + r.lateness
 }
 
-// Advance closes and emits every window due at now (end + lateness ≤ now), in time order,
-// including the empty windows of recently active groups, and forgets instances silent for
-// InstanceTTL. Run calls it; tests and one-shot tools may call it directly.
+// Advance places the batches held too long for their instance's next arrival (see the
+// package doc, Clocks), then closes and emits every window due at now (end + lateness ≤ now),
+// in time order, including the empty windows of recently active groups, then the corrections
+// open for Lateness; and it forgets instances silent for InstanceTTL. Run calls it; tests and
+// one-shot tools may call it directly.
 func (r *Rollup) Advance(now time.Time) {
 	r.emitMu.Lock()
 	defer r.emitMu.Unlock()
 	nowNs := now.UnixNano()
 	r.mu.Lock()
+	r.releaseDueLocked(nowNs, false)
 	cb := floorDiv(nowNs-r.lateness, r.w) * r.w
 	r.closeLocked(max(cb, r.closedBefore))
+	r.closeCorrectionsLocked(nowNs, false)
 	r.expireLocked(nowNs)
 	r.mu.Unlock()
 	r.emitClosing(nowNs)
 }
 
-// Flush closes and emits every open window now, whatever its time; batches for those windows
-// are late afterwards. Call it on shutdown after intake stopped, so the last windows are not
-// lost.
+// Flush places every held batch, then closes and emits every open window and correction now,
+// whatever its time; batches for those windows are late afterwards (corrections, within the
+// horizon). Call it on shutdown after intake stopped, so the last windows are not lost.
 func (r *Rollup) Flush() {
 	r.emitMu.Lock()
 	defer r.emitMu.Unlock()
 	nowNs := r.now().UnixNano()
 	r.mu.Lock()
+	r.releaseDueLocked(nowNs, true)
 	to := r.closedBefore
 	for _, g := range r.groups {
 		if n := len(g.windows); n > 0 {
@@ -71,17 +76,20 @@ func (r *Rollup) Flush() {
 		}
 	}
 	r.closeLocked(to)
+	r.closeCorrectionsLocked(nowNs, true)
 	r.mu.Unlock()
 	n := len(r.closing)
 	r.emitClosing(nowNs)
 	r.logger.Info("flushed open windows", "windows", n)
 }
 
-// closing is a window interval being closed: an open window, or an empty interval (w nil).
+// closing is a window interval being closed: an open window, or an empty interval (w nil),
+// or a correction.
 type closing struct {
-	key   groupKey
-	start int64
-	w     *window
+	key        groupKey
+	start      int64
+	w          *window
+	correction bool
 }
 
 // closeLocked detaches every window interval ending at or before cb into r.closing, in order
@@ -91,7 +99,7 @@ func (r *Rollup) closeLocked(cb int64) {
 	r.closing = r.closing[:0]
 	for k, g := range r.groups {
 		r.closeGroupLocked(g, cb)
-		if len(g.windows) == 0 && g.next >= g.lastData+r.ttl {
+		if len(g.windows) == 0 && g.next >= g.lastData+r.ttl && len(r.corr[k]) == 0 {
 			delete(r.groups, k)
 			r.series -= len(g.ids)
 			r.m.groups.Add(-1)
@@ -167,6 +175,14 @@ func (r *Rollup) expireLocked(nowNs int64) {
 func (r *Rollup) emitClosing(closedNs int64) {
 	for _, c := range r.closing {
 		var out *proto.Window
+		if c.correction {
+			out = c.w.result(c.key, r.w, closedNs)
+			out.Correction = true
+			c.w.reset()
+			r.m.corrections.Inc()
+			r.emit(out)
+			continue
+		}
 		if c.w != nil {
 			out = c.w.result(c.key, r.w, closedNs)
 			c.w.reset()

@@ -65,7 +65,7 @@ func TestRunCountsMissedTicks(t *testing.T) {
 			got = append(got, w)
 			mu.Unlock()
 		}
-		r, err := New(DefaultConfig(), nil, emit, nil)
+		r, err := New(fixedConfig(), nil, emit, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

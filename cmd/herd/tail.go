@@ -74,13 +74,14 @@ type tailWindow struct {
 	Instances        int          `json:"instances"`
 	InstancesStarted int          `json:"instances_started"`
 	InstancesStopped int          `json:"instances_stopped"`
+	Correction       bool         `json:"correction,omitempty"` // late data of a window printed before; totals add it
 	Series           []tailSeries `json:"series"`
 }
 
 func toTail(w *proto.Window) tailWindow {
 	t := tailWindow{Service: w.Service, Version: w.Version, StartMs: w.StartMs, EndMs: w.EndMs,
 		Instances: w.Instances, InstancesStarted: w.InstancesStarted, InstancesStopped: w.InstancesStopped,
-		Series: make([]tailSeries, 0, len(w.Series))}
+		Correction: w.Correction, Series: make([]tailSeries, 0, len(w.Series))}
 	for i := range w.Series {
 		s := &w.Series[i]
 		ts := tailSeries{Name: s.Name, Labels: s.Labels, Kind: s.Kind}
@@ -144,6 +145,9 @@ func tail(ctx context.Context, nc *nats.Conn, subject string, asJSON bool, out i
 func formatWindow(w *proto.Window) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s %s inst=%d", time.UnixMilli(w.StartMs).Format("15:04:05.000"), w.Service, w.Version, w.Instances)
+	if w.Correction {
+		b.WriteString(" correction")
+	}
 	if w.InstancesStarted > 0 || w.InstancesStopped > 0 {
 		fmt.Fprintf(&b, " (+%d -%d)", w.InstancesStarted, w.InstancesStopped)
 	}

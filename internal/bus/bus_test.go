@@ -299,3 +299,38 @@ func TestHistoryWriteFailuresAreCounted(t *testing.T) {
 		t.Error("HistoryFailing: nil; want the stream's refusal")
 	}
 }
+
+// TestCorrectionsAreNotGaps: corrections (late data of windows published before) reach the
+// handler with their flag, and neither open nor fill gaps in a group's window sequence.
+func TestCorrectionsAreNotGaps(t *testing.T) {
+	t.Parallel()
+	set := metrics.NewSet()
+	var c collector
+	dec := NewDecoder(c.handlers(), set)
+	for _, w := range []struct {
+		startMs    int64
+		correction bool
+	}{{1000, true}, {2000, false}, {1750, true}, {2250, false}, {9000, true}, {2500, false}} {
+		win := window("checkout", "1.4.2", w.startMs)
+		win.Correction = w.correction
+		data, err := proto.MarshalWindow(win)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dec.Handle("herd.rollup.checkout.1_2e4_2e2", data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := dec.WindowsMissing(); got != 0 {
+		t.Errorf("missing windows: got %d; want 0", got)
+	}
+	corrections := 0
+	for _, w := range c.windows {
+		if w.Correction {
+			corrections++
+		}
+	}
+	if len(c.windows) != 6 || corrections != 3 {
+		t.Errorf("got %d windows, %d of them corrections; want 6 and 3", len(c.windows), corrections)
+	}
+}

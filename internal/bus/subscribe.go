@@ -108,9 +108,10 @@ func (d *Decoder) Handle(subject string, data []byte) error {
 // at most once: a window lost between a rollup worker and this node (a NATS node failing, a
 // worker's connection dropping) shows only here. Groups that stop reporting simply end; a
 // group seen again after a long silence (more than a minute) is not counted as a gap.
+// Corrections (late data of windows already published) are not in that sequence.
 func (d *Decoder) countGap(w *proto.Window) {
 	width := w.EndMs - w.StartMs
-	if width <= 0 {
+	if width <= 0 || w.Correction {
 		return
 	}
 	k := [2]string{w.Service, w.Version}
