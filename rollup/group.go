@@ -2,6 +2,7 @@ package rollup
 
 import (
 	"cmp"
+	"container/list"
 	"math"
 	"slices"
 	"strings"
@@ -37,6 +38,12 @@ type group struct {
 	lastData int64
 
 	seriesFullLogged bool
+
+	// Admission (see admit.go): the group's service, when it last had a batch merged (unix
+	// nanos, local clock), and its elements in the table's and the service's lists.
+	svc              *serviceState
+	lastBatch        int64
+	inAll, inService *list.Element
 }
 
 func newGroup(k groupKey, next int64) *group {

@@ -1,0 +1,247 @@
+package rollup
+
+import (
+	"container/list"
+	"time"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+// Admission of groups.
+//
+// The group table is bounded three ways, so that a flood of group subjects cannot take the
+// room of a new real group: Config.MaxGroups bounds the table, Config.MaxVersionsPerService a
+// service's groups in it, and Config.MaxSeriesPerService the series of all of a service's
+// groups together. When a new group finds its service's versions or the table full, the
+// idle group that has gone longest without a batch (of the service, or of the table) is
+// evicted to make room: a group is idle when it has had no batch for idleAfter and holds no
+// open window, so evicting it loses no data, only the empty windows it would still have
+// emitted and its series table. Only when no group is idle is the new group refused:
+// "too_many_versions" for a service at its quota, which is how a publisher flooding one
+// service with versions is refused first while a new service still gets in, and
+// "too_many_groups" for a full table.
+//
+// A flood of distinct services, each sending a batch or two, fills the table with groups
+// that are idle two seconds later (at the defaults) and are evicted for new ones; a new real
+// group is refused only while more groups than MaxGroups got a batch within idleAfter.
+
+// Reasons a group is forgotten (label reason of herd_rollup_groups_forgotten_total).
+const (
+	// groupExpired: no batch for Config.InstanceTTL, its empty windows emitted.
+	groupExpired = "expired"
+	// groupEvicted: idle, forgotten early to make room for a new group of a full table or
+	// of a service at its version quota.
+	groupEvicted = "evicted"
+)
+
+var groupReasons = []string{groupExpired, groupEvicted}
+
+// maxEvictScan bounds the idle groups looked at for one eviction: those with an open window
+// (batches stamped ahead of the clock) are skipped, and the list is in order of last batch,
+// so the first idle one without open windows is near its end.
+const maxEvictScan = 16
+
+// groupLogBurst bounds the group lifecycle lines (appeared, expired, evicted) logged per
+// groupLogEvery; the lines beyond it are counted and reported with the next logged one.
+const (
+	groupLogBurst = 20
+	groupLogEvery = 10 * time.Second
+)
+
+// serviceState is the admission bookkeeping of one service's groups. Guarded by Rollup.mu.
+type serviceState struct {
+	// groups holds the service's groups (values *group), most recently merged first.
+	groups list.List
+	// series counts the series of all its groups (Config.MaxSeriesPerService).
+	series int
+	// versionsFullLogged and seriesFullLogged limit the warnings to one per episode.
+	versionsFullLogged, seriesFullLogged bool
+}
+
+// admission is a Rollup's group admission state. Guarded by Rollup.mu.
+type admission struct {
+	services map[string]*serviceState
+	// lru holds every group (values *group), most recently merged first.
+	lru list.List
+	// idleAfter is how long a group must have had no batch to be evicted (unix nanos).
+	idleAfter int64
+
+	groupsFullLogged bool
+	// Group lifecycle log limiting: logged lines in the span starting at logSpan, and the
+	// lines suppressed since the last logged one.
+	logSpan          int64
+	logged, suppress int
+}
+
+// groupIdleAfter returns how long a group must have had no batch before it may be evicted for
+// a new one: twice the lateness and four windows (2 s at the defaults), well past the close of
+// the window of its last batch.
+func groupIdleAfter(cfg Config) time.Duration { return 2*cfg.Lateness + 4*cfg.Window }
+
+func newAdmission(cfg Config) admission {
+	return admission{services: make(map[string]*serviceState), idleAfter: int64(groupIdleAfter(cfg))}
+}
+
+// admitLocked returns a new group for k, first evicting an idle group if the service's
+// versions or the table are full, or the reason k is refused.
+func (r *Rollup) admitLocked(k groupKey, now int64) (*group, string) {
+	a := &r.adm
+	if svc := a.services[k.service]; svc != nil && svc.groups.Len() >= r.cfg.MaxVersionsPerService {
+		if !r.evictIdleLocked(&svc.groups, now) {
+			if !svc.versionsFullLogged {
+				svc.versionsFullLogged = true
+				r.logger.Warn("refusing new versions of a service: quota reached", "service", k.service,
+					"limit", r.cfg.MaxVersionsPerService, "version", k.version)
+			}
+			return nil, ReasonTooManyVersions
+		}
+	}
+	if len(r.groups) >= r.cfg.MaxGroups && !r.evictIdleLocked(&a.lru, now) {
+		if !a.groupsFullLogged {
+			a.groupsFullLogged = true
+			r.logger.Warn("refusing new groups: limit reached, no group idle", "limit", r.cfg.MaxGroups,
+				"service", k.service, "version", k.version)
+		}
+		return nil, ReasonTooManyGroups
+	}
+	svc := a.services[k.service] // again: an eviction may have removed it
+	if svc == nil {
+		svc = new(serviceState)
+		a.services[k.service] = svc
+	}
+	g := newGroup(k, r.closedBefore)
+	g.svc = svc
+	g.lastBatch = now
+	g.inAll = a.lru.PushFront(g)
+	g.inService = svc.groups.PushFront(g)
+	r.groups[k] = g
+	r.m.groups.Add(1)
+	r.logGroupLocked(now, "group appeared", k)
+	return g, ""
+}
+
+// touchLocked records a batch merged into g at now.
+func (r *Rollup) touchLocked(g *group, now int64) {
+	g.lastBatch = now
+	r.adm.lru.MoveToFront(g.inAll)
+	g.svc.groups.MoveToFront(g.inService)
+}
+
+// evictIdleLocked evicts the group of l (in order of last batch, newest first) that has gone
+// longest without a batch, if it is idle, and reports whether it did.
+func (r *Rollup) evictIdleLocked(l *list.List, now int64) bool {
+	e := l.Back()
+	for range maxEvictScan {
+		if e == nil {
+			return false
+		}
+		g := e.Value.(*group)
+		if now-g.lastBatch < r.adm.idleAfter {
+			return false // the others had a batch more recently still
+		}
+		if len(g.windows) == 0 {
+			r.dropGroupLocked(g, groupEvicted)
+			return true
+		}
+		e = e.Prev()
+	}
+	return false
+}
+
+// dropGroupLocked forgets g, for reason (groupExpired, groupEvicted). It must hold no open
+// window.
+func (r *Rollup) dropGroupLocked(g *group, reason string) {
+	if len(g.windows) > 0 {
+		panic("BUG: rollup: dropping a group with open windows")
+	}
+	a := &r.adm
+	delete(r.groups, g.key)
+	a.lru.Remove(g.inAll)
+	svc := g.svc
+	svc.groups.Remove(g.inService)
+	svc.series -= len(g.ids)
+	svc.versionsFullLogged = false
+	if svc.series < r.cfg.MaxSeriesPerService {
+		svc.seriesFullLogged = false
+	}
+	if svc.groups.Len() == 0 {
+		delete(a.services, g.key.service)
+	}
+	r.series -= len(g.ids)
+	r.m.groups.Add(-1)
+	r.m.series.Add(-int64(len(g.ids)))
+	r.m.groupsForgotten[reason].Inc()
+	a.groupsFullLogged = false
+	if reason == groupExpired {
+		r.logGroupLocked(r.now().UnixNano(), "group expired", g.key)
+	} else {
+		r.logGroupLocked(r.now().UnixNano(), "group evicted: idle, and room was needed", g.key)
+	}
+}
+
+// forgetSeriesLocked accounts for n series of g deleted by the series sweep.
+func (r *Rollup) forgetSeriesLocked(g *group, n int) {
+	r.series -= n
+	r.m.series.Add(-int64(n))
+	g.svc.series -= n
+	g.seriesFullLogged = false
+	if g.svc.series < r.cfg.MaxSeriesPerService {
+		g.svc.seriesFullLogged = false
+	}
+}
+
+// seriesRefusalLocked returns why a new series of g cannot be added ("" if it can) and logs
+// the first refusal of an episode.
+func (r *Rollup) seriesRefusalLocked(g *group, s *proto.Series) string {
+	switch {
+	case len(g.ids) >= r.cfg.MaxSeriesPerGroup:
+		if !g.seriesFullLogged {
+			g.seriesFullLogged = true
+			r.logger.Warn("refusing new series: group limit reached", "service", g.key.service,
+				"version", g.key.version, "limit", r.cfg.MaxSeriesPerGroup, "series", s.String())
+		}
+		return ReasonTooManySeries
+	case g.svc.series >= r.cfg.MaxSeriesPerService:
+		if !g.svc.seriesFullLogged {
+			g.svc.seriesFullLogged = true
+			r.logger.Warn("refusing new series: service limit reached", "service", g.key.service,
+				"version", g.key.version, "limit", r.cfg.MaxSeriesPerService, "series", s.String())
+		}
+		return ReasonTooManyServiceSeries
+	}
+	return ""
+}
+
+// addedSeriesLocked accounts for a series added to g.
+func (r *Rollup) addedSeriesLocked(g *group) {
+	r.series++
+	g.svc.series++
+	r.m.series.Add(1)
+}
+
+// releaseAdmissionLocked forgets every group's admission state (see releaseSizes).
+func (r *Rollup) releaseAdmissionLocked() {
+	r.adm.lru.Init()
+	clear(r.adm.services)
+}
+
+// logGroupLocked logs a group lifecycle line, at most groupLogBurst per groupLogEvery: a
+// flood of groups must not flood the log.
+func (r *Rollup) logGroupLocked(now int64, msg string, k groupKey) {
+	a := &r.adm
+	if now-a.logSpan >= int64(groupLogEvery) {
+		a.logSpan, a.logged = now, 0
+	}
+	if a.logged >= groupLogBurst {
+		a.suppress++
+		return
+	}
+	a.logged++
+	if a.suppress > 0 {
+		r.logger.Info(msg, "service", k.service, "version", k.version, "groups", len(r.groups),
+			"suppressed_group_lines", a.suppress)
+		a.suppress = 0
+		return
+	}
+	r.logger.Info(msg, "service", k.service, "version", k.version)
+}
