@@ -12,18 +12,22 @@ import (
 // The group table is bounded three ways, so that a flood of group subjects cannot take the
 // room of a new real group: Config.MaxGroups bounds the table, Config.MaxVersionsPerService a
 // service's groups in it, and Config.MaxSeriesPerService the series of all of a service's
-// groups together. When a new group finds its service's versions or the table full, the
-// idle group that has gone longest without a batch (of the service, or of the table) is
-// evicted to make room: a group is idle when it has had no batch for idleAfter and holds no
-// open window, so evicting it loses no data, only the empty windows it would still have
+// groups together. When a new group finds its service's versions or the table full, an idle
+// group (of the service, or of the table) is evicted to make room, the one that has gone
+// longest without a batch among the oldest few: a group is idle when it holds no open window
+// and has had no batch for idleAfter, or had a single batch ever (one-shot, what a flood of
+// subjects sends). Evicting it loses no data, only the empty windows it would still have
 // emitted and its series table. Only when no group is idle is the new group refused:
 // "too_many_versions" for a service at its quota, which is how a publisher flooding one
 // service with versions is refused first while a new service still gets in, and
 // "too_many_groups" for a full table.
 //
-// A flood of distinct services, each sending a batch or two, fills the table with groups
-// that are idle two seconds later (at the defaults) and are evicted for new ones; a new real
-// group is refused only while more groups than MaxGroups got a batch within idleAfter.
+// A flood of distinct services, each sending a batch, fills the table with one-shot groups
+// that are idle once their window closed (lateness and a window after their batch) and are
+// evicted for new ones; groups that send more are idle two seconds (at the defaults) after
+// their last batch. A new real group is refused only while MaxGroups groups are younger than
+// that: at the defaults, a flood of more than ~13,000 one-shot groups, or ~5,000 groups of
+// several batches, per second.
 
 // Reasons a group is forgotten (label reason of herd_rollup_groups_forgotten_total).
 const (
@@ -36,9 +40,8 @@ const (
 
 var groupReasons = []string{groupExpired, groupEvicted}
 
-// maxEvictScan bounds the idle groups looked at for one eviction: those with an open window
-// (batches stamped ahead of the clock) are skipped, and the list is in order of last batch,
-// so the first idle one without open windows is near its end.
+// maxEvictScan bounds the groups looked at for one eviction, from the end of a list in order
+// of last batch, where the idle ones are.
 const maxEvictScan = 16
 
 // groupLogBurst bounds the group lifecycle lines (appeared, expired, evicted) logged per
@@ -112,6 +115,7 @@ func (r *Rollup) admitLocked(k groupKey, now int64) (*group, string) {
 	g := newGroup(k, r.closedBefore)
 	g.svc = svc
 	g.lastBatch = now
+	g.batches = 0
 	g.inAll = a.lru.PushFront(g)
 	g.inService = svc.groups.PushFront(g)
 	r.groups[k] = g
@@ -123,29 +127,33 @@ func (r *Rollup) admitLocked(k groupKey, now int64) (*group, string) {
 // touchLocked records a batch merged into g at now.
 func (r *Rollup) touchLocked(g *group, now int64) {
 	g.lastBatch = now
+	g.batches = min(g.batches+1, 2)
 	r.adm.lru.MoveToFront(g.inAll)
 	g.svc.groups.MoveToFront(g.inService)
 }
 
-// evictIdleLocked evicts the group of l (in order of last batch, newest first) that has gone
-// longest without a batch, if it is idle, and reports whether it did.
+// evictIdleLocked evicts the idle group that has gone longest without a batch among the
+// oldest groups of l (in order of last batch, newest first), and reports whether there was
+// one.
 func (r *Rollup) evictIdleLocked(l *list.List, now int64) bool {
 	e := l.Back()
 	for range maxEvictScan {
 		if e == nil {
 			return false
 		}
-		g := e.Value.(*group)
-		if now-g.lastBatch < r.adm.idleAfter {
-			return false // the others had a batch more recently still
-		}
-		if len(g.windows) == 0 {
+		if g := e.Value.(*group); r.idle(g, now) {
 			r.dropGroupLocked(g, groupEvicted)
 			return true
 		}
 		e = e.Prev()
 	}
 	return false
+}
+
+// idle reports whether g may be evicted at now: it holds no open window and has had no batch
+// for idleAfter, or a single batch ever.
+func (r *Rollup) idle(g *group, now int64) bool {
+	return len(g.windows) == 0 && (g.batches <= 1 || now-g.lastBatch >= r.adm.idleAfter)
 }
 
 // dropGroupLocked forgets g, for reason (groupExpired, groupEvicted). It must hold no open

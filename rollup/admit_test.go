@@ -246,3 +246,33 @@ func TestFloodLeavesNewServiceExact(t *testing.T) {
 		}
 	})
 }
+
+// TestOneShotGroupEvictedOnceClosed: a group that had a single batch makes room as soon as its
+// window closed; one that had more only after idleAfter.
+func TestOneShotGroupEvictedOnceClosed(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		cfg := DefaultConfig()
+		cfg.MaxGroups = 2
+		r, s := newTestRollup(t, cfg)
+		base := time.Now()
+		r.Add(groupBatch("twice", "1", 1, 0, base.Add(win), counter(proto.SeriesRequests, 1)))
+		r.Add(groupBatch("once", "1", 2, 0, base.Add(win), counter(proto.SeriesRequests, 1)))
+		r.Add(groupBatch("twice", "1", 1, 1, base.Add(2*win), counter(proto.SeriesRequests, 1)))
+		closeAll(r, base.Add(2*win)) // both windows closed, 0.75 s after the last batch
+		end := time.Now().Add(win)
+		r.Add(groupBatch("new", "1", 3, 0, end, counter(proto.SeriesRequests, 1)))
+		r.Add(groupBatch("newer", "1", 4, 0, end, counter(proto.SeriesRequests, 1)))
+		st := r.Stats()
+		if st.GroupsForgotten[groupEvicted] != 1 || st.RefusedBy[ReasonTooManyGroups] != 1 {
+			t.Fatalf("got %d evicted, %d too_many_groups; want 1 (once), 1 (newer)", st.GroupsForgotten[groupEvicted], st.RefusedBy[ReasonTooManyGroups])
+		}
+		r.Flush()
+		ws := s.take()
+		for g, want := range map[string]float64{"twice": 2, "once": 1, "new": 1, "newer": 0} {
+			if got := requestsOf(ws, g, "1"); got != want {
+				t.Errorf("%s requests: got %v; want %v", g, got, want)
+			}
+		}
+	})
+}

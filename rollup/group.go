@@ -40,9 +40,11 @@ type group struct {
 	seriesFullLogged bool
 
 	// Admission (see admit.go): the group's service, when it last had a batch merged (unix
-	// nanos, local clock), and its elements in the table's and the service's lists.
+	// nanos, local clock), how many it had (up to 2), and its elements in the table's and the
+	// service's lists.
 	svc              *serviceState
 	lastBatch        int64
+	batches          int
 	inAll, inService *list.Element
 }
 
