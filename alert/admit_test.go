@@ -122,3 +122,40 @@ func TestDetectorAnnouncedCanaryBeyondQuota(t *testing.T) {
 		}
 	})
 }
+
+// TestDetectorOneShotGroupsMakeRoomSooner: a group that had a single window with instances
+// makes room half a second later; one that had more only after evictIdle; an empty window
+// never makes room.
+func TestDetectorOneShotGroupsMakeRoomSooner(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		cfg.MaxGroups = 3
+		d, err := New(cfg, nil, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		endMs := int64(1_700_000_000_000)
+		d.AddWindow(floodWindow("twice", "1", endMs))
+		d.AddWindow(floodWindow("once", "1", endMs))
+		d.AddWindow(floodWindow("once-more", "1", endMs))
+		d.AddWindow(floodWindow("twice", "1", endMs+250))
+		time.Sleep(oneShotIdle)
+		empty := floodWindow("empty", "1", endMs+250)
+		empty.Instances = 0
+		d.AddWindow(empty)
+		for _, s := range []string{"new", "newer", "newest"} {
+			d.AddWindow(floodWindow(s, "1", endMs+250))
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if got := d.m.tooManyGroups.Get(); got != 2 {
+			t.Errorf("too_many_groups: got %d; want 2 (empty, newest)", got)
+		}
+		for _, s := range []string{"twice", "new", "newer"} {
+			if d.services[s] == nil {
+				t.Errorf("group %s/1: not held; want held", s)
+			}
+		}
+	})
+}

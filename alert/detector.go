@@ -125,9 +125,11 @@ type group struct {
 	// baseline of a comparison (see shadow.go); nil otherwise.
 	shadow *comparison
 	// Admission (see admit.go): the group's service, the wall clock (unix ms) when it was
-	// created or a window with instances last arrived, and its element of Detector.lru.
+	// created or a window with instances last arrived, how many such windows arrived (up
+	// to 2), and its element of Detector.lru.
 	svc      *service
 	activeAt int64
+	live     int
 	inAll    *list.Element
 }
 
