@@ -9,16 +9,23 @@ import (
 // Admission of groups.
 //
 // The dashboard's group table is bounded like the rollup's and the detector's:
-// Config.MaxGroups groups in all, Config.MaxVersionsPerService per service. A window of a new
-// group that finds its service or the table full takes the place of an evictable group: one no
-// window with instances arrived for in evictIdle, and that no pending verdict of its service
-// names as canary or baseline (the comparison being watched keeps its charts). Without one the
-// window is refused and counted, as too_many_versions or max_groups. Otherwise a group is
-// forgotten after Config.History without a window.
+// Config.MaxGroups groups in all, Config.MaxVersionsPerService per service. A window with
+// instances of a new group that finds its service or the table full takes the place of an
+// evictable group: one no window with instances arrived for in evictIdle (oneShotIdle if it
+// has had at most one such window, what a flood of subjects sends), and that no pending
+// verdict of its service names as canary or baseline (the comparison being watched keeps its
+// charts). Without one, or for an empty window (no instance), the window is refused and
+// counted, as too_many_versions or max_groups. Otherwise a group is forgotten after
+// Config.History without a window.
 
 // evictIdle is how long no window with instances must have arrived for a group before it may
-// be evicted for a new one: eight windows of 250 ms.
-const evictIdle = 2 * time.Second
+// be evicted for a new one: eight windows of 250 ms. oneShotIdle is that time for a group
+// that has had at most one window with instances: two windows, after which a real group has
+// sent its next.
+const (
+	evictIdle   = 2 * time.Second
+	oneShotIdle = 500 * time.Millisecond
+)
 
 // maxEvictScan bounds the groups looked at from the table's least recently active end for one
 // eviction.
@@ -34,11 +41,12 @@ const (
 // the table are full, or nil after counting why w is refused.
 func (s *Server) admitLocked(w *proto.Window, now time.Time) *group {
 	sv := s.services[w.Service]
-	if sv != nil && len(sv.groups) >= s.cfg.MaxVersionsPerService && !s.evictVersionLocked(sv, now) {
+	evict := w.Instances > 0 // an empty window makes no room
+	if sv != nil && len(sv.groups) >= s.cfg.MaxVersionsPerService && !(evict && s.evictVersionLocked(sv, now)) {
 		s.m.inputsRefused[ReasonTooManyVersions].Inc()
 		return nil
 	}
-	if s.ngroups >= s.cfg.MaxGroups && !s.evictIdleLocked(now) {
+	if s.ngroups >= s.cfg.MaxGroups && !(evict && s.evictIdleLocked(now)) {
 		s.m.inputsRefused[ReasonMaxGroups].Inc()
 		return nil
 	}
@@ -53,6 +61,7 @@ func (s *Server) admitLocked(w *proto.Window, now time.Time) *group {
 // touchLocked records that a window with instances of g arrived at now.
 func (s *Server) touchLocked(g *group, now time.Time) {
 	g.activeAt = now
+	g.live = min(g.live+1, 2)
 	s.lru.MoveToFront(g.inAll)
 }
 
@@ -76,9 +85,15 @@ func (sv *service) watched(version string) bool {
 	return false
 }
 
+// idle reports whether g has been idle long enough at now to be evicted.
+func (g *group) idle(now time.Time) bool {
+	idle := now.Sub(g.activeAt)
+	return idle >= evictIdle || g.live <= 1 && idle >= oneShotIdle
+}
+
 // evictable reports whether g may be evicted for a new group at now.
 func (sv *service) evictable(g *group, now time.Time) bool {
-	return now.Sub(g.activeAt) >= evictIdle && !sv.watched(g.version)
+	return g.idle(now) && !sv.watched(g.version)
 }
 
 // evictVersionLocked evicts the evictable group of sv idle longest, and reports whether there
@@ -97,8 +112,8 @@ func (s *Server) evictVersionLocked(sv *service, now time.Time) bool {
 	return true
 }
 
-// evictIdleLocked evicts the evictable group of the table idle longest, and reports whether
-// there was one. Watched groups met on the way go to the front of the list, out of the way of
+// evictIdleLocked evicts the evictable group idle longest among the table's least recently
+// active ones, and reports whether there was one. Watched groups met on the way go to the front of the list, out of the way of
 // the next evictions.
 func (s *Server) evictIdleLocked(now time.Time) bool {
 	e := s.lru.Back()
@@ -107,15 +122,17 @@ func (s *Server) evictIdleLocked(now time.Time) bool {
 			return false
 		}
 		g := e.Value.(*group)
-		if now.Sub(g.activeAt) < evictIdle {
+		if now.Sub(g.activeAt) < oneShotIdle {
 			return false // the others were active more recently still
 		}
 		prev := e.Prev()
-		if !g.sv.watched(g.version) {
+		switch {
+		case g.sv.watched(g.version):
+			s.lru.MoveToFront(e)
+		case g.idle(now):
 			s.dropGroupLocked(g, groupIdle)
 			return true
 		}
-		s.lru.MoveToFront(e)
 		e = prev
 	}
 	return false

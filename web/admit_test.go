@@ -22,7 +22,9 @@ func TestGroupTableFlood(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		add := func(service, version string) { srv.apply(input{w: window(service, version, time.Now().UnixMilli(), 1)}) }
+		add := func(service, version string) {
+			srv.apply(input{w: window(service, version, time.Now().UnixMilli(), 1)})
+		}
 		add("shop", "v1")
 		add("shop", "v2")
 		srv.apply(input{v: &proto.Verdict{Service: "shop", Baseline: "v1", Canary: "v2", State: proto.StatePending}})
@@ -92,4 +94,42 @@ func TestRingGrowsAsItFills(t *testing.T) {
 		t.Errorf("got n %d, capacity %d, oldest %d, newest %d; want 3600, 3600, %d, 5001",
 			r.n, cap(r.buf), r.at(0).EndMs, r.last().EndMs, 5001-3600+1)
 	}
+}
+
+// TestOneShotGroupsMakeRoomSooner: a group that had a single window with instances makes room
+// half a second later; one that had more only after evictIdle; an empty window never makes
+// room.
+func TestOneShotGroupsMakeRoomSooner(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		cfg.MaxGroups = 3
+		srv, err := New(cfg, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		endMs := int64(1_700_000_000_000)
+		add := func(service string, endMs int64, instances int) {
+			w := window(service, "1", endMs, 1)
+			w.Instances = instances
+			srv.apply(input{w: w})
+		}
+		add("twice", endMs, 1)
+		add("once", endMs, 1)
+		add("once-more", endMs, 1)
+		add("twice", endMs+250, 1)
+		time.Sleep(oneShotIdle)
+		add("empty", endMs+250, 0)
+		for _, s := range []string{"new", "newer", "newest"} {
+			add(s, endMs+250, 1)
+		}
+		if got := srv.m.inputsRefused[ReasonMaxGroups].Get(); got != 2 {
+			t.Errorf("max_groups: got %d; want 2 (empty, newest)", got)
+		}
+		for _, s := range []string{"twice", "new", "newer"} {
+			if sv := srv.services[s]; sv == nil || sv.groups["1"] == nil {
+				t.Errorf("group %s/1: not held; want held", s)
+			}
+		}
+	})
 }

@@ -75,9 +75,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Replay, "web.replay", d.Replay,
 		"how long past events are kept for reconnecting clients (duration)")
 	fs.IntVar(&c.MaxGroups, "web.max-groups", d.MaxGroups,
-		"maximum (service, version) groups kept; a new group takes the place of one idle for 2s, or its windows are refused (count)")
+		"maximum (service, version) groups kept; a new group takes the place of an idle one, or its windows are refused (count)")
 	fs.IntVar(&c.MaxVersionsPerService, "web.max-versions-per-service", d.MaxVersionsPerService,
-		"maximum groups kept of one service; a new version takes the place of one of the service idle for 2s, or its windows are refused (count)")
+		"maximum groups kept of one service; a new version takes the place of an idle one of the service, or its windows are refused (count)")
 	fs.IntVar(&c.ClientQueue, "web.client-queue", d.ClientQueue,
 		"events queued per websocket client before its backlog is coalesced into a snapshot (count)")
 	fs.DurationVar(&c.WriteTimeout, "web.write-timeout", d.WriteTimeout,

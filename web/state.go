@@ -153,9 +153,11 @@ type group struct {
 	ring    ring
 	latest  *proto.Window // the newest full window, read-only
 	// Admission (see admit.go): the group's service, when it was created or a window with
-	// instances last arrived, and its element of Server.lru.
+	// instances last arrived, how many such windows arrived (up to 2), and its element of
+	// Server.lru.
 	sv       *service
 	activeAt time.Time
+	live     int
 	inAll    *list.Element
 }
 
