@@ -46,9 +46,12 @@ const maxEvictScan = 16
 
 // groupLogBurst bounds the group lifecycle lines (appeared, expired, evicted) logged per
 // groupLogEvery; the lines beyond it are counted and reported with the next logged one.
+// warnEvery spaces the warnings of a full table, of a service at its version quota and of
+// refused series: under a flood groups come and go all the time.
 const (
 	groupLogBurst = 20
 	groupLogEvery = 10 * time.Second
+	warnEvery     = int64(10 * time.Second)
 )
 
 // serviceState is the admission bookkeeping of one service's groups. Guarded by Rollup.mu.
@@ -57,8 +60,10 @@ type serviceState struct {
 	groups list.List
 	// series counts the series of all its groups (Config.MaxSeriesPerService).
 	series int
-	// versionsFullLogged and seriesFullLogged limit the warnings to one per episode.
-	versionsFullLogged, seriesFullLogged bool
+	// When the last warning of its version quota was logged (unix nanos; see warnEvery), and
+	// the refusals since.
+	versionsWarned  int64
+	versionsRefused int
 }
 
 // admission is a Rollup's group admission state. Guarded by Rollup.mu.
@@ -69,7 +74,10 @@ type admission struct {
 	// idleAfter is how long a group must have had no batch to be evicted (unix nanos).
 	idleAfter int64
 
-	groupsFullLogged bool
+	// When the last warnings of a full table and of series refused were logged, and the
+	// refusals since.
+	groupsWarned, seriesWarned   int64
+	groupsRefused, seriesRefused int
 	// Group lifecycle log limiting: logged lines in the span starting at logSpan, and the
 	// lines suppressed since the last logged one.
 	logSpan          int64
@@ -91,19 +99,19 @@ func (r *Rollup) admitLocked(k groupKey, now int64) (*group, string) {
 	a := &r.adm
 	if svc := a.services[k.service]; svc != nil && svc.groups.Len() >= r.cfg.MaxVersionsPerService {
 		if !r.evictIdleLocked(&svc.groups, now) {
-			if !svc.versionsFullLogged {
-				svc.versionsFullLogged = true
-				r.logger.Warn("refusing new versions of a service: quota reached", "service", k.service,
-					"limit", r.cfg.MaxVersionsPerService, "version", k.version)
+			if svc.versionsRefused++; now-svc.versionsWarned >= warnEvery {
+				r.logger.Warn("refusing new versions of a service: quota reached, none idle", "service", k.service,
+					"limit", r.cfg.MaxVersionsPerService, "version", k.version, "refused_since_last_warning", svc.versionsRefused)
+				svc.versionsWarned, svc.versionsRefused = now, 0
 			}
 			return nil, ReasonTooManyVersions
 		}
 	}
 	if len(r.groups) >= r.cfg.MaxGroups && !r.evictIdleLocked(&a.lru, now) {
-		if !a.groupsFullLogged {
-			a.groupsFullLogged = true
-			r.logger.Warn("refusing new groups: limit reached, no group idle", "limit", r.cfg.MaxGroups,
-				"service", k.service, "version", k.version)
+		if a.groupsRefused++; now-a.groupsWarned >= warnEvery {
+			r.logger.Warn("refusing new groups: limit reached, none idle", "limit", r.cfg.MaxGroups,
+				"service", k.service, "version", k.version, "refused_since_last_warning", a.groupsRefused)
+			a.groupsWarned, a.groupsRefused = now, 0
 		}
 		return nil, ReasonTooManyGroups
 	}
@@ -168,10 +176,6 @@ func (r *Rollup) dropGroupLocked(g *group, reason string) {
 	svc := g.svc
 	svc.groups.Remove(g.inService)
 	svc.series -= len(g.ids)
-	svc.versionsFullLogged = false
-	if svc.series < r.cfg.MaxSeriesPerService {
-		svc.seriesFullLogged = false
-	}
 	if svc.groups.Len() == 0 {
 		delete(a.services, g.key.service)
 	}
@@ -179,7 +183,6 @@ func (r *Rollup) dropGroupLocked(g *group, reason string) {
 	r.m.groups.Add(-1)
 	r.m.series.Add(-int64(len(g.ids)))
 	r.m.groupsForgotten[reason].Inc()
-	a.groupsFullLogged = false
 	if reason == groupExpired {
 		r.logGroupLocked(r.now().UnixNano(), "group expired", g.key)
 	} else {
@@ -192,32 +195,28 @@ func (r *Rollup) forgetSeriesLocked(g *group, n int) {
 	r.series -= n
 	r.m.series.Add(-int64(n))
 	g.svc.series -= n
-	g.seriesFullLogged = false
-	if g.svc.series < r.cfg.MaxSeriesPerService {
-		g.svc.seriesFullLogged = false
-	}
 }
 
-// seriesRefusalLocked returns why a new series of g cannot be added ("" if it can) and logs
-// the first refusal of an episode.
-func (r *Rollup) seriesRefusalLocked(g *group, s *proto.Series) string {
+// seriesRefusalLocked returns why a new series s of g cannot be added at now ("" if it can),
+// and logs a warning at most every warnEvery.
+func (r *Rollup) seriesRefusalLocked(g *group, s *proto.Series, now int64) string {
+	var reason, msg string
+	var limit int
 	switch {
 	case len(g.ids) >= r.cfg.MaxSeriesPerGroup:
-		if !g.seriesFullLogged {
-			g.seriesFullLogged = true
-			r.logger.Warn("refusing new series: group limit reached", "service", g.key.service,
-				"version", g.key.version, "limit", r.cfg.MaxSeriesPerGroup, "series", s.String())
-		}
-		return ReasonTooManySeries
+		reason, msg, limit = ReasonTooManySeries, "refusing new series: group limit reached", r.cfg.MaxSeriesPerGroup
 	case g.svc.series >= r.cfg.MaxSeriesPerService:
-		if !g.svc.seriesFullLogged {
-			g.svc.seriesFullLogged = true
-			r.logger.Warn("refusing new series: service limit reached", "service", g.key.service,
-				"version", g.key.version, "limit", r.cfg.MaxSeriesPerService, "series", s.String())
-		}
-		return ReasonTooManyServiceSeries
+		reason, msg, limit = ReasonTooManyServiceSeries, "refusing new series: service limit reached", r.cfg.MaxSeriesPerService
+	default:
+		return ""
 	}
-	return ""
+	a := &r.adm
+	if a.seriesRefused++; now-a.seriesWarned >= warnEvery {
+		r.logger.Warn(msg, "service", g.key.service, "version", g.key.version, "limit", limit,
+			"series", s.String(), "refused_since_last_warning", a.seriesRefused)
+		a.seriesWarned, a.seriesRefused = now, 0
+	}
+	return reason
 }
 
 // addedSeriesLocked accounts for a series added to g.

@@ -37,8 +37,6 @@ type group struct {
 	// Empty windows are emitted while their end is within InstanceTTL of it.
 	lastData int64
 
-	seriesFullLogged bool
-
 	// Admission (see admit.go): the group's service, when it last had a batch merged (unix
 	// nanos, local clock), how many it had (up to 2), and its elements in the table's and the
 	// service's lists.

@@ -330,7 +330,7 @@ func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, half int, now 
 		r.key = s.Key(r.key[:0])
 		id, ok := g.ids[string(r.key)]
 		if !ok {
-			if reason := r.seriesRefusalLocked(g, s); reason != "" {
+			if reason := r.seriesRefusalLocked(g, s, now); reason != "" {
 				r.m.seriesRefused[reason].Inc()
 				continue
 			}
