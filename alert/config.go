@@ -57,8 +57,14 @@ type Config struct {
 	DKWMargin float64
 	// MaxUnpaired bounds the windows of one comparison waiting for their partner window.
 	MaxUnpaired int
-	// MaxGroups bounds the (service, version) groups tracked.
+	// MaxGroups bounds the (service, version) groups tracked. A new group finding the table
+	// full takes the place of an idle group no comparison names; without one its windows are
+	// dropped as too_many_groups.
 	MaxGroups int
+	// MaxVersionsPerService bounds the groups of one service; a new version beyond it takes
+	// the place of an idle one of the service no comparison names, or its windows are
+	// dropped as too_many_versions. An announced canary is admitted beyond it.
+	MaxVersionsPerService int
 	// PolicyFile is the path of the JSON policy file; empty means none.
 	PolicyFile string
 }
@@ -66,22 +72,23 @@ type Config struct {
 // DefaultConfig returns the defaults of every flag.
 func DefaultConfig() Config {
 	return Config{
-		Alpha:            0.01,
-		Margin:           1,
-		InstanceSpread:   0.1,
-		AcceptMargin:     1.5,
-		Warmup:           time.Second,
-		MinExposure:      5 * time.Minute,
-		MaxDuration:      30 * time.Minute,
-		ErrorCeiling:     0.5,
-		GuardMinRequests: 10,
-		GoneAfter:        time.Second,
-		NoTrafficAfter:   10 * time.Second,
-		NoCanaryAfter:    time.Minute,
-		EstablishAfter:   30 * time.Second,
-		DKWMargin:        0.05,
-		MaxUnpaired:      64,
-		MaxGroups:        10000,
+		Alpha:                 0.01,
+		Margin:                1,
+		InstanceSpread:        0.1,
+		AcceptMargin:          1.5,
+		Warmup:                time.Second,
+		MinExposure:           5 * time.Minute,
+		MaxDuration:           30 * time.Minute,
+		ErrorCeiling:          0.5,
+		GuardMinRequests:      10,
+		GoneAfter:             time.Second,
+		NoTrafficAfter:        10 * time.Second,
+		NoCanaryAfter:         time.Minute,
+		EstablishAfter:        30 * time.Second,
+		DKWMargin:             0.05,
+		MaxUnpaired:           64,
+		MaxGroups:             10000,
+		MaxVersionsPerService: 32,
 	}
 }
 
@@ -103,7 +110,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.EstablishAfter, "detect.establish-after", c.EstablishAfter, "a version reporting this long is the baseline of a new version appearing beside it")
 	fs.Float64Var(&c.DKWMargin, "detect.dkw-margin", c.DKWMargin, "CDF distance (0–1) beyond the DKW bands at which the distribution test flags")
 	fs.IntVar(&c.MaxUnpaired, "detect.max-unpaired", c.MaxUnpaired, "windows (count) per comparison kept waiting for their partner window")
-	fs.IntVar(&c.MaxGroups, "detect.max-groups", c.MaxGroups, "most (service, version) groups (count) tracked")
+	fs.IntVar(&c.MaxGroups, "detect.max-groups", c.MaxGroups, "most (service, version) groups (count) tracked; a new group takes the place of an idle one no comparison names, or is dropped")
+	fs.IntVar(&c.MaxVersionsPerService, "detect.max-versions-per-service", c.MaxVersionsPerService, "most groups (count) of one service tracked; a new version takes the place of an idle one of the service no comparison names, or is dropped (a canary with a comparison is admitted beyond it)")
 	fs.StringVar(&c.PolicyFile, "detect.policy", c.PolicyFile, "JSON policy file with per-service overrides and selectors (empty: none)")
 }
 
@@ -132,6 +140,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("bad -detect.max-unpaired %d: want ≥ 1", c.MaxUnpaired)
 	case c.MaxGroups < 1:
 		return fmt.Errorf("bad -detect.max-groups %d: want ≥ 1", c.MaxGroups)
+	case c.MaxVersionsPerService < 1:
+		return fmt.Errorf("bad -detect.max-versions-per-service %d: want ≥ 1", c.MaxVersionsPerService)
 	}
 	return nil
 }

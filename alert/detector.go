@@ -9,6 +9,7 @@ package alert
 
 import (
 	"cmp"
+	"container/list"
 	"context"
 	"fmt"
 	"log/slog"
@@ -62,6 +63,8 @@ type Detector struct {
 	mu       sync.Mutex
 	services map[string]*service
 	groups   int
+	// lru holds every group (values *group), most recently active first (see admit.go).
+	lru list.List
 	// Scratch for the window being added: x from Series (the guards), xw from Warm (the
 	// tests, when the window carries it) and xh from Halves (the shadow A/A comparison).
 	x, xw extract
@@ -72,6 +75,8 @@ type Detector struct {
 type detectorMetrics struct {
 	windows, pairs, announcements         *metrics.Counter
 	badWindow, outOfOrder, tooManyGroups  *metrics.Counter
+	tooManyVersions                       *metrics.Counter
+	groupsForgotten                       map[string]*metrics.Counter
 	unpairedEvicted, unpairedOverflow     *metrics.Counter
 	wrongKind                             *metrics.Counter
 	warmWindows                           *metrics.Counter
@@ -119,6 +124,13 @@ type group struct {
 	// shadow is the running A/A comparison of the group's two halves while it is the
 	// baseline of a comparison (see shadow.go); nil otherwise.
 	shadow *comparison
+	// Admission (see admit.go): the group's service, the wall clock (unix ms) when it was
+	// created or a window with instances last arrived, how many such windows arrived (up
+	// to 2), and its element of Detector.lru.
+	svc      *service
+	activeAt int64
+	live     int
+	inAll    *list.Element
 }
 
 // extract holds the role values of one window.
@@ -160,7 +172,11 @@ var detectorHelp = map[string]string{
 	"herd_detector_windows_total":      "Closed rollup windows the detector received.",
 	"herd_detector_window_pairs_total": "Canary and baseline windows of the same interval the detector compared.",
 	"herd_detector_windows_dropped_total": "Windows the detector dropped, by reason: bad_window (invalid group or interval), " +
-		"out_of_order (not after the group's last window) or too_many_groups.",
+		"out_of_order (not after the group's last window), too_many_groups (the table is full and no group is idle and " +
+		"uncompared) or too_many_versions (the service has its quota of groups and none is idle and uncompared).",
+	"herd_detector_groups": "Groups (service and version) the detector holds.",
+	"herd_detector_groups_forgotten_total": "Groups the detector forgot, by reason: expired (no window for 10 minutes) or " +
+		"evicted (idle and not compared, to make room for a new group).",
 	"herd_detector_windows_unpaired_total": "Windows whose partner window never came, by reason: partner_missing (evicted " +
 		"after a later pair) or overflow (too many waiting).",
 	"herd_detector_series_skipped_total": "Series a policy selector matched but could not read, by reason: wrong_kind.",
@@ -202,6 +218,8 @@ func newDetector(cfg Config, set *metrics.Set, pol *Policy, onVerdict func(proto
 		badWindow:          s.NewCounter(`herd_detector_windows_dropped_total{reason="bad_window"}`),
 		outOfOrder:         s.NewCounter(`herd_detector_windows_dropped_total{reason="out_of_order"}`),
 		tooManyGroups:      s.NewCounter(`herd_detector_windows_dropped_total{reason="too_many_groups"}`),
+		tooManyVersions:    s.NewCounter(`herd_detector_windows_dropped_total{reason="too_many_versions"}`),
+		groupsForgotten:    map[string]*metrics.Counter{},
 		unpairedEvicted:    s.NewCounter(`herd_detector_windows_unpaired_total{reason="partner_missing"}`),
 		unpairedOverflow:   s.NewCounter(`herd_detector_windows_unpaired_total{reason="overflow"}`),
 		wrongKind:          s.NewCounter(`herd_detector_series_skipped_total{reason="wrong_kind"}`),
@@ -217,6 +235,14 @@ func newDetector(cfg Config, set *metrics.Set, pol *Policy, onVerdict func(proto
 		inconclusive:       s.NewCounter(`herd_detector_verdicts_total{state="inconclusive"}`),
 	}
 	s.NewGauge("herd_detector_comparisons_active", func() float64 { return float64(d.m.comparisonsActive.Load()) })
+	for _, r := range []string{groupExpired, groupEvicted} {
+		d.m.groupsForgotten[r] = s.NewCounter(`herd_detector_groups_forgotten_total{reason="` + r + `"}`)
+	}
+	s.NewGauge("herd_detector_groups", func() float64 {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return float64(d.groups)
+	})
 	return d
 }
 
@@ -278,21 +304,24 @@ func (d *Detector) AddWindow(w *proto.Window) {
 	if w.Correction {
 		return // late data of a window already taken (proto.Window.Correction): each window is decided on as it closes
 	}
+	now := time.Now().UnixMilli()
 	d.mu.Lock()
 	defer d.unlockAndEmit()
-	s := d.serviceLocked(w.Service)
-	g := s.groups[w.Version]
+	s := d.services[w.Service]
+	var g *group
+	if s != nil {
+		g = s.groups[w.Version]
+	}
 	if g == nil {
-		if d.groups >= d.cfg.MaxGroups {
-			d.m.tooManyGroups.Inc()
+		if s, g = d.admitLocked(w, now); g == nil {
 			return
 		}
-		g = &group{version: w.Version, firstMs: w.StartMs, refCurStartMs: w.StartMs}
-		s.groups[w.Version] = g
-		d.groups++
 	} else if w.StartMs <= g.lastStartMs {
 		d.m.outOfOrder.Inc()
 		return
+	}
+	if w.Instances > 0 {
+		d.touchLocked(g, now)
 	}
 	// The guards read every instance (x); the tests read the warm instances (tx) when the
 	// rollup split the series the selectors read.
@@ -614,10 +643,9 @@ func (d *Detector) Tick(now time.Time) {
 				d.emitLocked(c.setState(proto.StateInconclusive, nowMs, "guard_no_canary", ev, sentence))
 			}
 		}
-		for v, g := range s.groups {
+		for _, g := range s.groups {
 			if time.Duration(nowMs-g.lastEndMs)*time.Millisecond > groupIdle {
-				delete(s.groups, v)
-				d.groups--
+				d.dropGroupLocked(g, groupExpired)
 			}
 		}
 		if len(s.groups) == 0 && len(s.comps) == 0 {

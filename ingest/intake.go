@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,10 @@ const (
 	ReasonBadSubject      = "bad_subject"      // the subject does not name a valid service and version
 	ReasonSubjectMismatch = "subject_mismatch" // the batch names another service or version than its subject
 	ReasonSlowConsumer    = "slow_consumer"    // the NATS client dropped messages: the handler is too slow
+	// ReasonWrongPartition: the batch arrived on herd.p.<n>.<service>.<version> but its group
+	// belongs to another partition (proto.PartitionOf). The partition mapping never does
+	// that; a publisher allowed on herd.p.> could, and two workers would merge one group.
+	ReasonWrongPartition = "wrong_partition"
 )
 
 // IntakeConfig configures an Intake.
@@ -118,7 +123,8 @@ var intakeHelp = map[string]string{
 	"herd_ingest_batches_total": "Agent batches the intake decoded and handed to the rollup.",
 	"herd_ingest_bytes_total":   "Bytes of agent batches the intake received, good or refused.",
 	"herd_ingest_dropped_total": "Agent batches the intake refused or the NATS client dropped, by reason: a decode reason " +
-		"(truncated, bad_magic, unknown_version, oversized, ...), bad_subject, subject_mismatch or slow_consumer.",
+		"(truncated, bad_magic, unknown_version, oversized, ...), bad_subject, subject_mismatch, wrong_partition (a " +
+		"partition subject whose number is not its group's) or slow_consumer.",
 }
 
 // NewIntakeMetrics registers the intake families in set; nil means a private Set (tests).
@@ -135,7 +141,7 @@ func NewIntakeMetrics(set *metrics.Set) *IntakeMetrics {
 		slow:    set.NewCounter(`herd_ingest_dropped_total{reason="` + ReasonSlowConsumer + `"}`),
 		reasons: make(map[string]*metrics.Counter),
 	}
-	for _, r := range []string{ReasonBadSubject, ReasonSubjectMismatch, "truncated", "bad_magic", "unknown_version", "oversized", "histogram_span"} {
+	for _, r := range []string{ReasonBadSubject, ReasonSubjectMismatch, ReasonWrongPartition, "truncated", "bad_magic", "unknown_version", "oversized", "histogram_span"} {
 		m.reason(r)
 	}
 	return m
@@ -188,9 +194,12 @@ func (s IntakeStats) Refused() uint64 {
 
 // Intake receives agent batches from NATS: it decodes each message with one reused
 // proto.Decoder on the subscription's goroutine, checks that the subject's service and
-// version match the batch's, and hands good batches to the handler. Refusals are counted in
-// herd_ingest_dropped_total{reason} (decode reasons of proto.Reason, "bad_subject",
-// "subject_mismatch", "slow_consumer") and logged at most every 10 s.
+// version match the batch's, and hands good batches to the handler. On a partition subject,
+// herd.p.<n>.<service>.<version>, it also checks that n is the group's partition
+// (proto.PartitionOf), so that no publisher can make two partitions' workers merge one group.
+// Refusals are counted in herd_ingest_dropped_total{reason} (decode reasons of proto.Reason,
+// "bad_subject", "subject_mismatch", "wrong_partition", "slow_consumer") and logged at most
+// every 10 s.
 type Intake struct {
 	cfg   IntakeConfig
 	nc    *nats.Conn
@@ -215,6 +224,8 @@ type Intake struct {
 type subjectInfo struct {
 	service, version string
 	bad              bool
+	// wrongPartition: a partition subject whose number is not the group's partition.
+	wrongPartition bool
 }
 
 // maxSubjects bounds the parsed-subject cache; it is cleared when full.
@@ -340,6 +351,10 @@ func (in *Intake) handleMsg(subject string, data []byte) {
 		in.refuse(ReasonBadSubject, subject, fmt.Errorf("subject %q does not name a service and version after %q", subject, in.cfg.Prefix))
 		return
 	}
+	if si.wrongPartition {
+		in.refuse(ReasonWrongPartition, subject, fmt.Errorf("subject %q is not the partition of group %s/%s", subject, si.service, si.version))
+		return
+	}
 	b := &in.batch
 	if err := in.dec.Decode(data, b); err != nil {
 		in.refuse(proto.Reason(err), subject, err)
@@ -364,6 +379,7 @@ func (in *Intake) parseSubject(subject string) subjectInfo {
 		si.bad = true
 	} else {
 		si.service, si.version = svc, ver
+		si.wrongPartition = !partitionMatches(subject)
 	}
 	if len(in.subjects) >= maxSubjects {
 		clear(in.subjects)
@@ -387,6 +403,20 @@ func parseWithPrefix(prefix, subject string) (service, version string, err error
 		rest = tail
 	}
 	return proto.ParseGroupSubject("", rest)
+}
+
+// partitionMatches reports whether subject, if it is a partition subject
+// herd.p.<n>.<service>.<version token>, names its group's partition; any other subject
+// matches. The subject's service and version were parsed already.
+func partitionMatches(subject string) bool {
+	rest, ok := strings.CutPrefix(subject, proto.PrefixPartition)
+	if !ok {
+		return true
+	}
+	num, group, _ := strings.Cut(rest, ".")
+	service, token, _ := strings.Cut(group, ".")
+	n, err := strconv.Atoi(num)
+	return err == nil && num == strconv.Itoa(n) && proto.PartitionOf(service, token) == n
 }
 
 // refuse counts a refused message and logs at most one line every 10 s.

@@ -353,3 +353,92 @@ func TestParseWithPrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestIntakeWrongPartition runs the intakes of two partitions as rollup workers do, on a
+// server with the partition mapping: a batch published on herd.in.> reaches its partition's
+// intake; one published directly on another partition's subject, or on a partition number
+// spelled otherwise, is refused as wrong_partition, so two workers never merge one group.
+func TestIntakeWrongPartition(t *testing.T) {
+	t.Parallel()
+	s := natstest.RunServer(t, natstest.Options{Mapping: true})
+	nc := natstest.Connect(t, s)
+	tok, err := proto.EscapeVersion("1.4.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	right := proto.PartitionOf("checkout", tok)
+	wrong := (right + 1) % proto.Partitions
+
+	set := metrics.NewSet()
+	m := NewIntakeMetrics(set)
+	var mu sync.Mutex
+	got := map[int][]uint64{} // partition → sequence numbers handed on
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	for _, p := range []int{right, wrong} {
+		cfg := IntakeConfig{Subject: proto.PartitionSubject(p), Prefix: proto.PartitionSubjectPrefix(p)}
+		in, err := NewIntake(cfg, m, nc, func(b *proto.Batch) {
+			mu.Lock()
+			defer mu.Unlock()
+			got[p] = append(got[p], b.Seq)
+		}, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			if err := in.Run(ctx); err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+		<-in.Ready()
+	}
+	// A catch-all intake on herd.p.> sees the odd spellings no worker subscribes to.
+	all, err := NewIntake(IntakeConfig{Subject: proto.SubjectPartitionAll, Prefix: proto.PrefixPartition + "*."}, m, nc, func(b *proto.Batch) {
+		mu.Lock()
+		defer mu.Unlock()
+		got[-1] = append(got[-1], b.Seq)
+	}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Go(func() {
+		if err := all.Run(ctx); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	<-all.Ready()
+
+	pub := natstest.Connect(t, s)
+	group := ".checkout." + tok
+	for seq, subject := range []string{
+		proto.PrefixIn + "checkout." + tok,                                 // mapped to its partition
+		proto.PartitionSubjectPrefix(right) + "checkout." + tok,            // its partition, directly
+		proto.PartitionSubjectPrefix(wrong) + "checkout." + tok,            // another partition
+		proto.PrefixPartition + "0" + fmt.Sprint(right) + group,            // its number with a leading zero
+		proto.PrefixPartition + fmt.Sprint(right+proto.Partitions) + group, // beyond the partitions
+	} {
+		if err := pub.Publish(subject, encodeRED(t, "checkout", "1.4.2", uint64(seq))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pub.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// right's intake and the catch-all take 0 and 1; wrong's intake and the catch-all
+	// refuse 2; the catch-all refuses 3 and 4.
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if st := m.Stats(); st.Batches != 4 || st.Dropped[ReasonWrongPartition] != 4 {
+			return fmt.Errorf("got %d batches, %d wrong_partition; want 4, 4", st.Batches, st.Dropped[ReasonWrongPartition])
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(got) != "map[-1:[0 1] "+fmt.Sprint(right)+":[0 1]]" {
+		t.Errorf("handed on: got %v; want partition %d (and the catch-all) to take batches 0 and 1, partition %d none", got, right, wrong)
+	}
+}

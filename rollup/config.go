@@ -25,10 +25,18 @@ type Config struct {
 	// InstanceTTL is how long the state of a silent instance is kept. It is also how long a
 	// group keeps emitting empty windows after its last batch (see Rollup).
 	InstanceTTL time.Duration
-	// MaxGroups bounds the number of (service, version) groups.
+	// MaxGroups bounds the number of (service, version) groups. A new group finding the
+	// table full takes the place of an idle group (see admit.go); without one it is refused
+	// as "too_many_groups".
 	MaxGroups int
+	// MaxVersionsPerService bounds the groups of one service. A new version finding its
+	// service at the quota takes the place of an idle version of the service; without one
+	// it is refused as "too_many_versions", before the table is full.
+	MaxVersionsPerService int
 	// MaxSeriesPerGroup bounds the number of distinct series of one group.
 	MaxSeriesPerGroup int
+	// MaxSeriesPerService bounds the distinct series of all of a service's groups together.
+	MaxSeriesPerService int
 	// MaxInstances bounds the number of instances whose state is kept; beyond it the least
 	// recently seen instance is forgotten.
 	MaxInstances int
@@ -62,18 +70,20 @@ type Config struct {
 // DefaultConfig returns the defaults that RegisterFlags registers.
 func DefaultConfig() Config {
 	return Config{
-		Window:            250 * time.Millisecond,
-		Lateness:          500 * time.Millisecond,
-		MaxFuture:         2 * time.Second,
-		InstanceTTL:       10 * time.Second,
-		MaxGroups:         10_000,
-		MaxSeriesPerGroup: 1_000,
-		MaxInstances:      100_000,
-		MaxWindowBuckets:  1 << 18,
-		Warmup:            5 * time.Second,
-		SplitSeries:       proto.SeriesRequests + "," + proto.SeriesErrors + "," + proto.SeriesLatency,
-		MaxSkew:           5 * time.Second,
-		CorrectionHorizon: time.Minute,
+		Window:                250 * time.Millisecond,
+		Lateness:              500 * time.Millisecond,
+		MaxFuture:             2 * time.Second,
+		InstanceTTL:           10 * time.Second,
+		MaxGroups:             10_000,
+		MaxVersionsPerService: 32,
+		MaxSeriesPerGroup:     1_000,
+		MaxSeriesPerService:   10_000,
+		MaxInstances:          100_000,
+		MaxWindowBuckets:      1 << 18,
+		Warmup:                5 * time.Second,
+		SplitSeries:           proto.SeriesRequests + "," + proto.SeriesErrors + "," + proto.SeriesLatency,
+		MaxSkew:               5 * time.Second,
+		CorrectionHorizon:     time.Minute,
 	}
 }
 
@@ -90,9 +100,13 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.InstanceTTL, "rollup.instance-ttl", d.InstanceTTL,
 		"forget a silent instance after this long; groups emit empty windows this long after their last batch (duration)")
 	fs.IntVar(&c.MaxGroups, "rollup.max-groups", d.MaxGroups,
-		"maximum number of (service, version) groups; batches of further groups are refused (count)")
+		"maximum number of (service, version) groups; a new group takes the place of an idle one, or is refused (count)")
+	fs.IntVar(&c.MaxVersionsPerService, "rollup.max-versions-per-service", d.MaxVersionsPerService,
+		"maximum groups (versions) of one service; a new version takes the place of an idle one of the service, or is refused (count)")
 	fs.IntVar(&c.MaxSeriesPerGroup, "rollup.max-series-per-group", d.MaxSeriesPerGroup,
 		"maximum number of distinct series per group; further series are refused (count)")
+	fs.IntVar(&c.MaxSeriesPerService, "rollup.max-series-per-service", d.MaxSeriesPerService,
+		"maximum number of distinct series of all of a service's groups together; further series are refused (count)")
 	fs.IntVar(&c.MaxInstances, "rollup.max-instances", d.MaxInstances,
 		"maximum number of instances whose dedup state is kept; the least recently seen is forgotten beyond it (count)")
 	fs.IntVar(&c.MaxWindowBuckets, "rollup.max-window-buckets", d.MaxWindowBuckets,
@@ -121,8 +135,12 @@ func (c *Config) Validate() error {
 			c.InstanceTTL, c.Window+c.Lateness+c.MaxFuture)
 	case c.MaxGroups < 1:
 		return fmt.Errorf("-rollup.max-groups %d must be at least 1", c.MaxGroups)
+	case c.MaxVersionsPerService < 1:
+		return fmt.Errorf("-rollup.max-versions-per-service %d must be at least 1", c.MaxVersionsPerService)
 	case c.MaxSeriesPerGroup < 1:
 		return fmt.Errorf("-rollup.max-series-per-group %d must be at least 1", c.MaxSeriesPerGroup)
+	case c.MaxSeriesPerService < 1:
+		return fmt.Errorf("-rollup.max-series-per-service %d must be at least 1", c.MaxSeriesPerService)
 	case c.MaxInstances < 1:
 		return fmt.Errorf("-rollup.max-instances %d must be at least 1", c.MaxInstances)
 	case c.MaxWindowBuckets < 2*proto.MaxBuckets:

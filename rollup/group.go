@@ -2,6 +2,7 @@ package rollup
 
 import (
 	"cmp"
+	"container/list"
 	"math"
 	"slices"
 	"strings"
@@ -36,7 +37,13 @@ type group struct {
 	// Empty windows are emitted while their end is within InstanceTTL of it.
 	lastData int64
 
-	seriesFullLogged bool
+	// Admission (see admit.go): the group's service, when it last had a batch merged (unix
+	// nanos, local clock), how many it had (up to 2), and its elements in the table's and the
+	// service's lists.
+	svc              *serviceState
+	lastBatch        int64
+	batches          int
+	inAll, inService *list.Element
 }
 
 func newGroup(k groupKey, next int64) *group {

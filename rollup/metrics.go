@@ -10,10 +10,13 @@ import (
 
 // Batch refusal reasons (label reason of herd_rollup_batches_refused_total).
 const (
-	ReasonLate             = "late"              // the batch's window is closed
-	ReasonFuture           = "future"            // the batch ends too far ahead of the local clock
-	ReasonDuplicate        = "duplicate"         // (instance, sequence) seen before, or too old to tell
-	ReasonTooManyGroups    = "too_many_groups"   // the group would exceed Config.MaxGroups
+	ReasonLate          = "late"            // the batch's window is closed
+	ReasonFuture        = "future"          // the batch ends too far ahead of the local clock
+	ReasonDuplicate     = "duplicate"       // (instance, sequence) seen before, or too old to tell
+	ReasonTooManyGroups = "too_many_groups" // the group would exceed Config.MaxGroups, and no group is idle
+	// ReasonTooManyVersions: the group would exceed its service's Config.MaxVersionsPerService,
+	// and no group of the service is idle.
+	ReasonTooManyVersions  = "too_many_versions"
 	ReasonInstanceConflict = "instance_conflict" // the instance id is already known in another group
 	// ReasonTooManyCorrections: the batch's window is closed and within the correction
 	// horizon, but as many corrections as the rollup keeps open are open already.
@@ -24,8 +27,10 @@ const (
 // batch is merged.
 const (
 	ReasonTooManySeries = "too_many_series" // the group would exceed Config.MaxSeriesPerGroup
-	ReasonKindMismatch  = "kind_mismatch"   // the series exists in the group with another kind
-	ReasonBadHistogram  = "bad_histogram"   // merging would exceed the histogram bucket bounds
+	// ReasonTooManyServiceSeries: the service's groups would exceed Config.MaxSeriesPerService.
+	ReasonTooManyServiceSeries = "too_many_service_series"
+	ReasonKindMismatch         = "kind_mismatch" // the series exists in the group with another kind
+	ReasonBadHistogram         = "bad_histogram" // merging would exceed the histogram bucket bounds
 	// ReasonOverflow: a sum of the window (counter, gauge or histogram sum, or a histogram
 	// count) would leave the finite range the rollup keeps (see MaxSum).
 	ReasonOverflow = "overflow"
@@ -43,8 +48,8 @@ const (
 )
 
 var (
-	batchReasons     = []string{ReasonLate, ReasonFuture, ReasonDuplicate, ReasonTooManyGroups, ReasonInstanceConflict, ReasonTooManyCorrections}
-	seriesReasons    = []string{ReasonTooManySeries, ReasonKindMismatch, ReasonBadHistogram, ReasonOverflow, ReasonTooManyBuckets}
+	batchReasons     = []string{ReasonLate, ReasonFuture, ReasonDuplicate, ReasonTooManyGroups, ReasonTooManyVersions, ReasonInstanceConflict, ReasonTooManyCorrections}
+	seriesReasons    = []string{ReasonTooManySeries, ReasonTooManyServiceSeries, ReasonKindMismatch, ReasonBadHistogram, ReasonOverflow, ReasonTooManyBuckets}
 	forgottenReasons = []string{forgotFinal, forgotExpired, forgotEvicted, forgotRestarted}
 	skipReasons      = []string{SkipBeforeSpan, SkipAfterSpan}
 )
@@ -59,21 +64,22 @@ var emitDelayBuckets = []float64{.05, .1, .25, .5, .55, .6, .7, .8, 1, 1.5, 2, 3
 // adds its changes of size to the groups, instances and series gauges, so that they read the
 // sum over every partition without a summing pass. Safe for concurrent use.
 type Metrics struct {
-	batches        *metrics.Counter
-	batchesMerged  *metrics.Counter
-	batchesWarming *metrics.Counter
-	batchesRefused map[string]*metrics.Counter
-	samples        *metrics.Counter
-	seriesRefused  map[string]*metrics.Counter
-	lost           *metrics.Counter
-	forgotten      map[string]*metrics.Counter
-	windows        *metrics.Counter
-	emptyWindows   *metrics.Counter
-	ticksMissed    *metrics.Counter
-	emitDelay      *metrics.PrometheusHistogram
-	skewCorrected  *metrics.Counter
-	corrected      *metrics.Counter
-	corrections    *metrics.Counter
+	batches         *metrics.Counter
+	batchesMerged   *metrics.Counter
+	batchesWarming  *metrics.Counter
+	batchesRefused  map[string]*metrics.Counter
+	samples         *metrics.Counter
+	seriesRefused   map[string]*metrics.Counter
+	lost            *metrics.Counter
+	forgotten       map[string]*metrics.Counter
+	groupsForgotten map[string]*metrics.Counter
+	windows         *metrics.Counter
+	emptyWindows    *metrics.Counter
+	ticksMissed     *metrics.Counter
+	emitDelay       *metrics.PrometheusHistogram
+	skewCorrected   *metrics.Counter
+	corrected       *metrics.Counter
+	corrections     *metrics.Counter
 
 	// Sizes, summed over the Rollups (each adds its deltas under its own mutex).
 	groups, instances, series atomic.Int64
@@ -92,6 +98,7 @@ type Metrics struct {
 //	herd_rollup_batches_warming_total, herd_rollup_batches_refused_total{reason},
 //	herd_rollup_samples_total, herd_rollup_series_refused_total{reason},
 //	herd_rollup_batches_lost_total, herd_rollup_instances_forgotten_total{reason},
+//	herd_rollup_groups_forgotten_total{reason},
 //	herd_rollup_windows_emitted_total, herd_rollup_empty_windows_emitted_total,
 //	herd_rollup_ticks_missed_total, herd_rollup_window_emit_delay_seconds (histogram),
 //	herd_rollup_batches_skew_corrected_total, herd_rollup_batches_corrected_total,
@@ -106,25 +113,26 @@ type Metrics struct {
 func NewMetrics(set *metrics.Set) *Metrics {
 	promhelp.Describe(rollupHelp)
 	m := &Metrics{
-		batches:        set.NewCounter("herd_rollup_batches_total"),
-		batchesMerged:  set.NewCounter("herd_rollup_batches_merged_total"),
-		batchesWarming: set.NewCounter("herd_rollup_batches_warming_total"),
-		batchesRefused: make(map[string]*metrics.Counter),
-		samples:        set.NewCounter("herd_rollup_samples_total"),
-		seriesRefused:  make(map[string]*metrics.Counter),
-		lost:           set.NewCounter("herd_rollup_batches_lost_total"),
-		forgotten:      make(map[string]*metrics.Counter),
-		windows:        set.NewCounter("herd_rollup_windows_emitted_total"),
-		emptyWindows:   set.NewCounter("herd_rollup_empty_windows_emitted_total"),
-		ticksMissed:    set.NewCounter("herd_rollup_ticks_missed_total"),
-		emitDelay:      set.NewPrometheusHistogramExt("herd_rollup_window_emit_delay_seconds", emitDelayBuckets),
-		skewCorrected:  set.NewCounter("herd_rollup_batches_skew_corrected_total"),
-		corrected:      set.NewCounter("herd_rollup_batches_corrected_total"),
-		corrections:    set.NewCounter("herd_rollup_corrections_emitted_total"),
-		skipped:        make(map[string]*metrics.Counter),
-		discarded:      set.NewCounter("herd_rollup_partition_windows_discarded_total"),
-		gaps:           set.NewCounter("herd_rollup_partition_gap_windows_total"),
-		srcErrors:      set.NewCounter("herd_rollup_partition_source_errors_total"),
+		batches:         set.NewCounter("herd_rollup_batches_total"),
+		batchesMerged:   set.NewCounter("herd_rollup_batches_merged_total"),
+		batchesWarming:  set.NewCounter("herd_rollup_batches_warming_total"),
+		batchesRefused:  make(map[string]*metrics.Counter),
+		samples:         set.NewCounter("herd_rollup_samples_total"),
+		seriesRefused:   make(map[string]*metrics.Counter),
+		lost:            set.NewCounter("herd_rollup_batches_lost_total"),
+		forgotten:       make(map[string]*metrics.Counter),
+		groupsForgotten: make(map[string]*metrics.Counter),
+		windows:         set.NewCounter("herd_rollup_windows_emitted_total"),
+		emptyWindows:    set.NewCounter("herd_rollup_empty_windows_emitted_total"),
+		ticksMissed:     set.NewCounter("herd_rollup_ticks_missed_total"),
+		emitDelay:       set.NewPrometheusHistogramExt("herd_rollup_window_emit_delay_seconds", emitDelayBuckets),
+		skewCorrected:   set.NewCounter("herd_rollup_batches_skew_corrected_total"),
+		corrected:       set.NewCounter("herd_rollup_batches_corrected_total"),
+		corrections:     set.NewCounter("herd_rollup_corrections_emitted_total"),
+		skipped:         make(map[string]*metrics.Counter),
+		discarded:       set.NewCounter("herd_rollup_partition_windows_discarded_total"),
+		gaps:            set.NewCounter("herd_rollup_partition_gap_windows_total"),
+		srcErrors:       set.NewCounter("herd_rollup_partition_source_errors_total"),
 	}
 	for _, r := range batchReasons {
 		m.batchesRefused[r] = set.NewCounter(`herd_rollup_batches_refused_total{reason="` + r + `"}`)
@@ -134,6 +142,9 @@ func NewMetrics(set *metrics.Set) *Metrics {
 	}
 	for _, r := range forgottenReasons {
 		m.forgotten[r] = set.NewCounter(`herd_rollup_instances_forgotten_total{reason="` + r + `"}`)
+	}
+	for _, r := range groupReasons {
+		m.groupsForgotten[r] = set.NewCounter(`herd_rollup_groups_forgotten_total{reason="` + r + `"}`)
 	}
 	for _, r := range skipReasons {
 		m.skipped[r] = set.NewCounter(`herd_rollup_partition_batches_skipped_total{reason="` + r + `"}`)
@@ -164,7 +175,10 @@ type Stats struct {
 	// Lost counts missing sequence numbers, once they can no longer arrive (see Rollup).
 	Lost uint64
 	// Forgotten counts instance states dropped, by reason: final, expired, evicted, restarted.
-	Forgotten           map[string]uint64
+	Forgotten map[string]uint64
+	// GroupsForgotten counts groups dropped, by reason: expired (no batch for
+	// Config.InstanceTTL), evicted (idle, to make room for a new group).
+	GroupsForgotten     map[string]uint64
 	WindowsEmitted      uint64 // windows handed to Emit, empty ones included, corrections not
 	CorrectionsEmitted  uint64 // corrections handed to Emit
 	EmptyWindowsEmitted uint64
@@ -187,6 +201,7 @@ func (m *Metrics) stats() Stats {
 		SeriesRefused:        make(map[string]uint64, len(seriesReasons)),
 		Lost:                 m.lost.Get(),
 		Forgotten:            make(map[string]uint64, len(forgottenReasons)),
+		GroupsForgotten:      make(map[string]uint64, len(groupReasons)),
 		WindowsEmitted:       m.windows.Get(),
 		EmptyWindowsEmitted:  m.emptyWindows.Get(),
 		TicksMissed:          m.ticksMissed.Get(),
@@ -203,6 +218,9 @@ func (m *Metrics) stats() Stats {
 	for r, c := range m.forgotten {
 		st.Forgotten[r] = c.Get()
 	}
+	for r, c := range m.groupsForgotten {
+		st.GroupsForgotten[r] = c.Get()
+	}
 	return st
 }
 
@@ -217,14 +235,17 @@ func (s Stats) Refused() uint64 {
 
 // rollupHelp is the # HELP text of every rollup family.
 var rollupHelp = map[string]string{
-	"herd_rollup_batches_total":                     "Agent batches handed to the rollup.",
-	"herd_rollup_batches_merged_total":              "Batches merged into a window.",
-	"herd_rollup_batches_warming_total":             "Batches merged into Series but not Warm: their instance was still warming up.",
-	"herd_rollup_batches_refused_total":             "Batches refused whole, by reason (late: after the correction horizon, lost; future, duplicate, too_many_groups, instance_conflict, too_many_corrections).",
+	"herd_rollup_batches_total":         "Agent batches handed to the rollup.",
+	"herd_rollup_batches_merged_total":  "Batches merged into a window.",
+	"herd_rollup_batches_warming_total": "Batches merged into Series but not Warm: their instance was still warming up.",
+	"herd_rollup_batches_refused_total": "Batches refused whole, by reason: late (after the correction horizon: lost), future, duplicate, " +
+		"instance_conflict, too_many_corrections, too_many_groups (the group table is full and no group is idle), " +
+		"too_many_versions (the service has its quota of groups and none is idle).",
 	"herd_rollup_samples_total":                     "Series samples merged.",
-	"herd_rollup_series_refused_total":              "Series samples refused within merged batches, by reason (too_many_series, kind_mismatch, bad_histogram, overflow, too_many_buckets); the rest of the batch is merged.",
+	"herd_rollup_series_refused_total":              "Series samples refused within merged batches, by reason (too_many_series, too_many_service_series, kind_mismatch, bad_histogram, overflow, too_many_buckets); the rest of the batch is merged.",
 	"herd_rollup_batches_lost_total":                "Batches never received: gaps in instances' sequence numbers.",
 	"herd_rollup_instances_forgotten_total":         "Instance states forgotten, by reason (final, expired, evicted, restarted).",
+	"herd_rollup_groups_forgotten_total":            "Groups forgotten, by reason: expired (no batch for the instance TTL) or evicted (idle, to make room for a new group).",
 	"herd_rollup_windows_emitted_total":             "Closed windows emitted (corrections not included).",
 	"herd_rollup_empty_windows_emitted_total":       "Closed windows emitted with no instance (a group that stopped reporting).",
 	"herd_rollup_ticks_missed_total":                "Window-close ticks that came too late and were skipped.",

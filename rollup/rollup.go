@@ -95,6 +95,14 @@
 // live instance, and its state stays as a tombstone that refuses redeliveries until it
 // expires.
 //
+// # Admission
+//
+// The groups are bounded in number (Config.MaxGroups), per service (MaxVersionsPerService)
+// and in series per service (MaxSeriesPerService). A new group that finds its service or the
+// table full takes the place of an idle group, one without a batch for a few seconds and
+// without an open window; only without one is its batch refused, as "too_many_versions" or
+// "too_many_groups". So a flood of group subjects cannot keep a new real group out.
+//
 // # Concurrency
 //
 // One mutex guards the groups and instance states; Add holds it for one batch. Closing holds
@@ -174,9 +182,9 @@ type Rollup struct {
 	freeBytes    int // w.bytes() summed over freeWindows
 	freeInsts    []*instance
 	// dropReason labels the next LRU eviction callback (forgot* constants).
-	dropReason     string
-	lastSweep      int64 // unix nanos of the last series sweep
-	groupsFullLogs bool
+	dropReason string
+	lastSweep  int64 // unix nanos of the last series sweep
+	adm        admission
 	// held are the batches waiting for their instance's next arrival, by instance id, and
 	// heldBytes their memory (see clock.go).
 	held      map[[16]byte]*heldBatch
@@ -225,6 +233,7 @@ func New(cfg Config, m *Metrics, emit Emit, logger *slog.Logger) (*Rollup, error
 		now:        time.Now,
 		groups:     make(map[groupKey]*group),
 		dropReason: forgotEvicted,
+		adm:        newAdmission(cfg),
 	}
 	if cfg.Warmup > 0 {
 		names, _ := cfg.splitNames() // checked by Validate
@@ -253,6 +262,7 @@ func (r *Rollup) releaseSizes() {
 	r.m.instances.Add(-int64(r.live))
 	r.m.series.Add(-int64(r.series))
 	clear(r.groups)
+	r.releaseAdmissionLocked()
 	r.live, r.series = 0, 0
 }
 
@@ -360,18 +370,11 @@ func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, at
 	gk := groupKey{b.Service, b.Version}
 	g := r.groups[gk]
 	if g == nil {
-		if len(r.groups) >= r.cfg.MaxGroups {
-			if !r.groupsFullLogs {
-				r.groupsFullLogs = true
-				r.logger.Warn("refusing new groups: limit reached", "limit", r.cfg.MaxGroups, "service", b.Service, "version", b.Version)
-			}
-			r.refuseArrivedLocked(in, b, ReasonTooManyGroups)
+		var reason string
+		if g, reason = r.admitLocked(gk, now); g == nil {
+			r.refuseArrivedLocked(in, b, reason)
 			return in
 		}
-		g = newGroup(gk, r.closedBefore)
-		r.groups[gk] = g
-		r.m.groups.Add(1)
-		r.logger.Info("group appeared", "service", b.Service, "version", b.Version)
 	}
 	var c *correction
 	if late {
@@ -450,6 +453,7 @@ func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, at
 		}
 	}
 	r.mergeLocked(g, w, b, half, now)
+	r.touchLocked(g, now)
 	r.m.batchesMerged.Inc()
 	if c != nil {
 		r.m.corrected.Inc()
@@ -475,18 +479,12 @@ func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, half int, now 
 		r.key = s.Key(r.key[:0])
 		id, ok := g.ids[string(r.key)]
 		if !ok {
-			if len(g.ids) >= r.cfg.MaxSeriesPerGroup {
-				if !g.seriesFullLogged {
-					g.seriesFullLogged = true
-					r.logger.Warn("refusing new series: group limit reached", "service", g.key.service,
-						"version", g.key.version, "limit", r.cfg.MaxSeriesPerGroup, "series", s.String())
-				}
-				r.m.seriesRefused[ReasonTooManySeries].Inc()
+			if reason := r.seriesRefusalLocked(g, s, now); reason != "" {
+				r.m.seriesRefused[reason].Inc()
 				continue
 			}
 			id = g.addSeries(string(r.key), s, r.splits(s.Name))
-			r.series++
-			r.m.series.Add(1)
+			r.addedSeriesLocked(g)
 		}
 		info := &g.series[id]
 		if info.kind != s.Kind {

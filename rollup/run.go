@@ -97,18 +97,11 @@ type closing struct {
 func (r *Rollup) closeLocked(cb int64) {
 	r.closedBefore = cb
 	r.closing = r.closing[:0]
-	for k, g := range r.groups {
+	for _, g := range r.groups {
 		r.closeGroupLocked(g, cb)
-		if len(g.windows) == 0 && g.next >= g.lastData+r.ttl && len(r.corr[k]) == 0 {
-			delete(r.groups, k)
-			r.series -= len(g.ids)
-			r.m.groups.Add(-1)
-			r.m.series.Add(-int64(len(g.ids)))
-			r.logger.Info("group expired", "service", k.service, "version", k.version)
+		if len(g.windows) == 0 && g.next >= g.lastData+r.ttl && len(r.corr[g.key]) == 0 {
+			r.dropGroupLocked(g, groupExpired)
 		}
-	}
-	if len(r.groups) < r.cfg.MaxGroups {
-		r.groupsFullLogs = false
 	}
 	slices.SortFunc(r.closing, func(a, b closing) int {
 		return cmp.Or(cmp.Compare(a.start, b.start), cmp.Compare(a.key.service, b.key.service), cmp.Compare(a.key.version, b.key.version))
@@ -161,11 +154,8 @@ func (r *Rollup) expireLocked(nowNs int64) {
 	}
 	r.lastSweep = nowNs
 	for _, g := range r.groups {
-		n := g.sweepSeries(nowNs - r.ttl)
-		if n > 0 {
-			r.series -= n
-			r.m.series.Add(-int64(n))
-			g.seriesFullLogged = false
+		if n := g.sweepSeries(nowNs - r.ttl); n > 0 {
+			r.forgetSeriesLocked(g, n)
 		}
 	}
 }

@@ -169,14 +169,16 @@ func TestConfig(t *testing.T) {
 		t.Errorf("parsed: got window %v groups %d; want 1s 5", c.Window, c.MaxGroups)
 	}
 	bad := map[string]func(*Config){
-		"-rollup.window":               func(c *Config) { c.Window = 1500 * time.Microsecond },
-		"-rollup.lateness":             func(c *Config) { c.Lateness = -1 },
-		"-rollup.max-future":           func(c *Config) { c.MaxFuture = -1 },
-		"-rollup.instance-ttl":         func(c *Config) { c.InstanceTTL = time.Second },
-		"-rollup.max-groups":           func(c *Config) { c.MaxGroups = 0 },
-		"-rollup.max-series-per-group": func(c *Config) { c.MaxSeriesPerGroup = 0 },
-		"-rollup.max-instances":        func(c *Config) { c.MaxInstances = 0 },
-		"-rollup.max-window-buckets":   func(c *Config) { c.MaxWindowBuckets = proto.MaxBuckets },
+		"-rollup.window":                   func(c *Config) { c.Window = 1500 * time.Microsecond },
+		"-rollup.lateness":                 func(c *Config) { c.Lateness = -1 },
+		"-rollup.max-future":               func(c *Config) { c.MaxFuture = -1 },
+		"-rollup.instance-ttl":             func(c *Config) { c.InstanceTTL = time.Second },
+		"-rollup.max-groups":               func(c *Config) { c.MaxGroups = 0 },
+		"-rollup.max-series-per-group":     func(c *Config) { c.MaxSeriesPerGroup = 0 },
+		"-rollup.max-versions-per-service": func(c *Config) { c.MaxVersionsPerService = 0 },
+		"-rollup.max-series-per-service":   func(c *Config) { c.MaxSeriesPerService = 0 },
+		"-rollup.max-instances":            func(c *Config) { c.MaxInstances = 0 },
+		"-rollup.max-window-buckets":       func(c *Config) { c.MaxWindowBuckets = proto.MaxBuckets },
 	}
 	for flagName, mutate := range bad {
 		c := DefaultConfig()
@@ -212,6 +214,9 @@ func TestMetricsExposed(t *testing.T) {
 		`herd_rollup_batches_refused_total{reason="future"} 1`,
 		`herd_rollup_series_refused_total{reason="too_many_series"} 0`,
 		`herd_rollup_instances_forgotten_total{reason="expired"} 0`,
+		`herd_rollup_batches_refused_total{reason="too_many_versions"} 0`,
+		`herd_rollup_series_refused_total{reason="too_many_service_series"} 0`,
+		`herd_rollup_groups_forgotten_total{reason="evicted"} 0`,
 		`herd_rollup_batches_lost_total 0`,
 		`herd_rollup_windows_emitted_total 1`,
 		`herd_rollup_groups 1`,

@@ -260,8 +260,8 @@ func TestReplayExpiresAndGroupsPrune(t *testing.T) {
 		}
 		time.Sleep(time.Minute)
 		srv.prune(time.Now())
-		if len(srv.services) != 0 || srv.m.groupsEvicted.Get() != 2 {
-			t.Fatalf("got %d services, %d evicted; want 0, 2", len(srv.services), srv.m.groupsEvicted.Get())
+		if len(srv.services) != 0 || srv.m.groupsEvicted[groupExpired].Get() != 2 {
+			t.Fatalf("got %d services, %d expired; want 0, 2", len(srv.services), srv.m.groupsEvicted[groupExpired].Get())
 		}
 	})
 }

@@ -20,8 +20,12 @@ type Config struct {
 	History time.Duration
 	// Replay is how long the hub keeps past events for clients resuming with ?since=.
 	Replay time.Duration
-	// MaxGroups bounds the number of (service, version) groups kept.
+	// MaxGroups bounds the number of (service, version) groups kept. A new group finding the
+	// table full takes the place of an idle group (see admit.go), or its window is refused.
 	MaxGroups int
+	// MaxVersionsPerService bounds the groups of one service kept. A new version beyond it
+	// takes the place of an idle version of the service, or its window is refused.
+	MaxVersionsPerService int
 	// ClientQueue bounds the number of events waiting for one client; beyond it the backlog
 	// is coalesced into a fresh snapshot.
 	ClientQueue int
@@ -40,19 +44,20 @@ type Config struct {
 // DefaultConfig returns the defaults that RegisterFlags registers.
 func DefaultConfig() Config {
 	return Config{
-		HTTP:               DefaultHTTPConfig(),
-		MaxClients:         1000,
-		MaxClientsPerToken: 256,
-		History:            15 * time.Minute,
-		Replay:             time.Minute,
-		MaxGroups:          1000,
-		ClientQueue:        1024,
-		WriteTimeout:       2 * time.Second,
-		PingInterval:       15 * time.Second,
-		SendBuffer:         256 << 10,
-		RequestsSeries:     "requests_total",
-		ErrorsSeries:       "errors_total",
-		LatencySeries:      "latency_seconds",
+		HTTP:                  DefaultHTTPConfig(),
+		MaxClients:            1000,
+		MaxClientsPerToken:    256,
+		History:               15 * time.Minute,
+		Replay:                time.Minute,
+		MaxGroups:             1000,
+		MaxVersionsPerService: 32,
+		ClientQueue:           1024,
+		WriteTimeout:          2 * time.Second,
+		PingInterval:          15 * time.Second,
+		SendBuffer:            256 << 10,
+		RequestsSeries:        "requests_total",
+		ErrorsSeries:          "errors_total",
+		LatencySeries:         "latency_seconds",
 	}
 }
 
@@ -70,7 +75,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Replay, "web.replay", d.Replay,
 		"how long past events are kept for reconnecting clients (duration)")
 	fs.IntVar(&c.MaxGroups, "web.max-groups", d.MaxGroups,
-		"maximum (service, version) groups kept; windows of further groups are refused (count)")
+		"maximum (service, version) groups kept; a new group takes the place of an idle one, or its windows are refused (count)")
+	fs.IntVar(&c.MaxVersionsPerService, "web.max-versions-per-service", d.MaxVersionsPerService,
+		"maximum groups kept of one service; a new version takes the place of an idle one of the service, or its windows are refused (count)")
 	fs.IntVar(&c.ClientQueue, "web.client-queue", d.ClientQueue,
 		"events queued per websocket client before its backlog is coalesced into a snapshot (count)")
 	fs.DurationVar(&c.WriteTimeout, "web.write-timeout", d.WriteTimeout,
@@ -103,6 +110,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("-web.replay %s must be between 0 and 1h", c.Replay)
 	case c.MaxGroups < 1:
 		return fmt.Errorf("-web.max-groups %d must be at least 1", c.MaxGroups)
+	case c.MaxVersionsPerService < 1:
+		return fmt.Errorf("-web.max-versions-per-service %d must be at least 1", c.MaxVersionsPerService)
 	case c.ClientQueue < 1:
 		return fmt.Errorf("-web.client-queue %d must be at least 1", c.ClientQueue)
 	case c.WriteTimeout < time.Millisecond:

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -19,11 +20,14 @@ import (
 
 // Reasons an input is refused (label reason of herd_web_inputs_refused_total).
 const (
-	ReasonHubFull    = "hub_full"    // the hub's input queue was full
-	ReasonBadInput   = "bad_input"   // a window, verdict or deployment that fails its schema (see checkVerdict)
-	ReasonStale      = "stale"       // a window not newer than the group's last one
-	ReasonMaxGroups  = "max_groups"  // the group would exceed Config.MaxGroups
-	ReasonNotRunning = "not_running" // Run has returned
+	ReasonHubFull   = "hub_full"   // the hub's input queue was full
+	ReasonBadInput  = "bad_input"  // a window, verdict or deployment that fails its schema (see checkVerdict)
+	ReasonStale     = "stale"      // a window not newer than the group's last one
+	ReasonMaxGroups = "max_groups" // the group would exceed Config.MaxGroups, and no group is idle
+	// ReasonTooManyVersions: the group would exceed its service's
+	// Config.MaxVersionsPerService, and no group of the service is idle.
+	ReasonTooManyVersions = "too_many_versions"
+	ReasonNotRunning      = "not_running" // Run has returned
 	// ReasonBadDecision counts decisions left out of the decisions page because they fail
 	// their schema, each time a listing leaves one out.
 	ReasonBadDecision = "bad_decision"
@@ -41,7 +45,7 @@ const (
 )
 
 var (
-	inputReasons   = []string{ReasonHubFull, ReasonBadInput, ReasonStale, ReasonMaxGroups, ReasonNotRunning, ReasonBadDecision}
+	inputReasons   = []string{ReasonHubFull, ReasonBadInput, ReasonStale, ReasonMaxGroups, ReasonTooManyVersions, ReasonNotRunning, ReasonBadDecision}
 	refuseReasons  = []string{ReasonLimit, ReasonTokenLimit, ReasonUnauthorized, ReasonBadRequest}
 	droppedReasons = []string{ReasonSlow, ReasonPingTimeout, ReasonShutdown}
 )
@@ -77,6 +81,7 @@ type Server struct {
 	mu       sync.RWMutex
 	services map[string]*service
 	ngroups  int
+	lru      list.List // every group (values *group), most recently active first (see admit.go)
 	seq      uint64
 	replay   replayRing
 	clients  map[*client]struct{}
@@ -108,7 +113,7 @@ type serverMetrics struct {
 	bytesSent     *metrics.Counter
 	badMessages   *metrics.Counter
 	windowDelay   *metrics.PrometheusHistogram
-	groupsEvicted *metrics.Counter
+	groupsEvicted map[string]*metrics.Counter // by reason
 }
 
 // windowDelayBuckets are the upper bounds of herd_web_window_delay_seconds: windows close
@@ -130,11 +135,11 @@ var serverHelp = map[string]string{
 	"herd_web_frames_sent_total":             "Websocket frames sent to clients.",
 	"herd_web_bytes_sent_total":              "Bytes of websocket frames sent to clients.",
 	"herd_web_inputs_total":                  "Inputs the dashboard's hub applied, by type: window, verdict or deployment.",
-	"herd_web_inputs_refused_total":          "Inputs the dashboard's hub refused, by reason: hub_full, bad_input, stale, max_groups or not_running; bad_decision counts decisions a listing left out.",
+	"herd_web_inputs_refused_total":          "Inputs the dashboard's hub refused, by reason: hub_full, bad_input, stale, max_groups (the table is full and no group is idle), too_many_versions (the service has its quota of groups and none is idle) or not_running; bad_decision counts decisions a listing left out.",
 	"herd_web_input_queue_length":            "Inputs waiting in the hub's queue.",
 	"herd_web_window_delay_seconds":          "Seconds from a window's end until the hub fanned it out to clients.",
 	"herd_web_groups":                        "Service groups (service and version) the dashboard holds.",
-	"herd_web_groups_evicted_total":          "Service groups the dashboard forgot: no window for longer than its history.",
+	"herd_web_groups_evicted_total":          "Service groups the dashboard forgot, by reason: expired (no window for longer than its history) or idle (no window with instances for 2 s, to make room for a new group).",
 }
 
 // New returns a Server for cfg. It starts nothing. Its self-metrics (herd_web_*) go into
@@ -176,13 +181,16 @@ func New(cfg Config, set *metrics.Set, logger *slog.Logger) (*Server, error) {
 		bytesSent:     set.NewCounter("herd_web_bytes_sent_total"),
 		badMessages:   set.NewCounter(`herd_web_client_messages_refused_total{reason="bad_message"}`),
 		windowDelay:   set.NewPrometheusHistogramExt("herd_web_window_delay_seconds", windowDelayBuckets),
-		groupsEvicted: set.NewCounter("herd_web_groups_evicted_total"),
+		groupsEvicted: map[string]*metrics.Counter{},
 	}
 	for _, t := range []string{"window", "verdict", "deployment"} {
 		s.m.inputs[t] = set.NewCounter(`herd_web_inputs_total{type="` + t + `"}`)
 	}
 	for _, r := range inputReasons {
 		s.m.inputsRefused[r] = set.NewCounter(`herd_web_inputs_refused_total{reason="` + r + `"}`)
+	}
+	for _, r := range []string{groupExpired, groupIdle} {
+		s.m.groupsEvicted[r] = set.NewCounter(`herd_web_groups_evicted_total{reason="` + r + `"}`)
 	}
 	for _, r := range refuseReasons {
 		s.m.refused[r] = set.NewCounter(`herd_web_clients_refused_total{reason="` + r + `"}`)
@@ -391,18 +399,16 @@ func (s *Server) applyWindowLocked(w *proto.Window, now time.Time) {
 		g = sv.groups[w.Version]
 	}
 	if g == nil {
-		if s.ngroups >= s.cfg.MaxGroups {
-			s.m.inputsRefused[ReasonMaxGroups].Inc()
+		if g = s.admitLocked(w, now); g == nil {
 			return
 		}
-		sv = s.serviceLocked(w.Service)
-		g = &group{version: w.Version, ring: newRing(ringSize(s.cfg.History, w))}
-		sv.groups[w.Version] = g
-		s.ngroups++
 	}
 	if last := g.ring.last(); last != nil && w.EndMs <= last.EndMs {
 		s.m.inputsRefused[ReasonStale].Inc()
 		return
+	}
+	if w.Instances > 0 {
+		s.touchLocked(g, now)
 	}
 	p := s.summarize(w)
 	g.ring.add(p)
@@ -430,11 +436,9 @@ func (s *Server) prune(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for name, sv := range s.services {
-		for v, g := range sv.groups {
+		for _, g := range sv.groups {
 			if last := g.ring.last(); last == nil || last.EndMs < cutoff {
-				delete(sv.groups, v)
-				s.ngroups--
-				s.m.groupsEvicted.Inc()
+				s.dropGroupLocked(g, groupExpired)
 			}
 		}
 		recent := false

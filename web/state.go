@@ -1,11 +1,13 @@
 package web
 
 import (
+	"container/list"
 	"maps"
 	"math"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/herd-dev/herd/proto"
 )
@@ -89,18 +91,26 @@ func finite(v float64) float64 {
 
 func clampInt32(n int) int32 { return int32(max(0, min(n, math.MaxInt32))) }
 
-// ring is a fixed-capacity ring buffer of points ordered by arrival.
+// ring is a ring buffer of at most size points ordered by arrival. Its array grows as it
+// fills, so that a group that sends a few windows (a flood of groups) holds a few points, not
+// its whole history's worth.
 type ring struct {
-	buf  []point
-	head int // index of the oldest point
+	buf  []point // len(buf) == n until the ring is full
+	size int
+	head int // index of the oldest point; 0 until the ring is full
 	n    int
 }
 
-func newRing(capacity int) ring { return ring{buf: make([]point, capacity)} }
+func newRing(capacity int) ring { return ring{size: capacity} }
 
 func (r *ring) add(p point) {
-	if r.n < len(r.buf) {
-		r.buf[(r.head+r.n)%len(r.buf)] = p
+	if r.n < r.size {
+		if r.n == cap(r.buf) {
+			nb := make([]point, r.n, min(max(2*r.n, 16), r.size))
+			copy(nb, r.buf)
+			r.buf = nb
+		}
+		r.buf = append(r.buf, p)
 		r.n++
 		return
 	}
@@ -142,6 +152,13 @@ type group struct {
 	version string
 	ring    ring
 	latest  *proto.Window // the newest full window, read-only
+	// Admission (see admit.go): the group's service, when it was created or a window with
+	// instances last arrived, how many such windows arrived (up to 2), and its element of
+	// Server.lru.
+	sv       *service
+	activeAt time.Time
+	live     int
+	inAll    *list.Element
 }
 
 // service is the state of one service. Verdicts holds its recent verdict changes (oldest
