@@ -32,7 +32,7 @@ func failoverFleet(t *testing.T, nc *nats.Conn) *sim.Fleet {
 // rollback still arrives within 10 s of the onset.
 func TestFailoverWorkerCrashDuringBadCanary(t *testing.T) {
 	t.Parallel()
-	oneCluster(t)
+	oneHeavy(t)
 	if testing.Short() {
 		t.Skip("runs a NATS cluster and a fleet in real time")
 	}
@@ -142,7 +142,7 @@ func contains(xs []int, x int) bool {
 // nothing is counted twice, and what was lost is reported.
 func TestFailoverNATSNodeLoss(t *testing.T) {
 	t.Parallel()
-	oneCluster(t)
+	oneHeavy(t)
 	if testing.Short() {
 		t.Skip("runs a NATS cluster and a fleet in real time")
 	}

@@ -63,15 +63,15 @@ func startRoles(t *testing.T, cfg Config, roles Roles) *Node {
 	return startNode(t, cfg)
 }
 
-// clusterSlot lets one real-time NATS cluster test run at a time, beside the package's
-// other parallel tests: three clusters with their workers and fleets at once on two cores
-// starve the lease renewals, and a lost lease loses windows by design (see rollup/lease).
-var clusterSlot sync.Mutex
+// heavySlot lets one heavy real-time test (a NATS cluster with workers and a fleet, or the
+// group flood) run at a time, beside the package's light parallel tests: two at once on two
+// cores starve the lease renewals, and a lost lease loses windows by design (see rollup/lease).
+var heavySlot sync.Mutex
 
-// oneCluster waits for the cluster slot and holds it until the test and all its cleanups
-// (the cluster's shutdown included) are done.
-func oneCluster(t *testing.T) {
+// oneHeavy waits for the heavy slot and holds it until the test and all its cleanups (the
+// cluster's shutdown included) are done.
+func oneHeavy(t *testing.T) {
 	t.Helper()
-	clusterSlot.Lock()
-	t.Cleanup(clusterSlot.Unlock) // registered first, so it runs last
+	heavySlot.Lock()
+	t.Cleanup(heavySlot.Unlock) // registered first, so it runs last
 }

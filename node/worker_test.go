@@ -206,7 +206,7 @@ func partitionOfGroup(t *testing.T, service, version string) int {
 // twice.
 func TestRollupWorkersOnCluster(t *testing.T) {
 	t.Parallel()
-	oneCluster(t)
+	oneHeavy(t)
 	if testing.Short() {
 		t.Skip("runs a NATS cluster and a fleet for several seconds")
 	}

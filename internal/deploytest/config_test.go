@@ -169,7 +169,10 @@ func TestClusterFromConfig(t *testing.T) {
 		if err := other.Publish("herd.in.search.2_2e0", []byte("s")); err != nil {
 			t.Fatal(err)
 		}
-		m, err := nextMsg(sub, 5*time.Second)
+		if err := other.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		m, err := nextMsg(sub, 10*time.Second)
 		if err != nil {
 			t.Fatalf("search batch: %v", err)
 		}
