@@ -162,8 +162,9 @@ func TestGroupFloodLeavesNewServiceExact(t *testing.T) {
 	go func() { fleetDone <- f.Run(context.Background(), fleetStart.Add(7*time.Second)) }()
 
 	// While it reports, the dashboard shows both groups of the new service (idle for 2 s
-	// after the fleet stops, they may make room for the flood).
-	checkFor(t, 8*time.Second, 50*time.Millisecond, func() error {
+	// after the fleet stops, they may make room for the flood). How soon depends on how fast
+	// the dashboard's table turns over under the flood: a bound for make perf.
+	shown := func() error {
 		rec := httptest.NewRecorder()
 		n.web.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v1/services/fresh", nil))
 		var sum web.ServiceSummary
@@ -171,8 +172,15 @@ func TestGroupFloodLeavesNewServiceExact(t *testing.T) {
 			return errorf("dashboard of fresh: got %d %s; want both groups with 2 windows or more", rec.Code, rec.Body.String())
 		}
 		return nil
-	})
-	t.Logf("dashboard shows both groups of the new service %s after it started", time.Since(fleetStart).Round(10*time.Millisecond))
+	}
+	shownAfter := 8 * time.Second
+	for deadline := fleetStart.Add(shownAfter); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if err := shown(); err == nil {
+			shownAfter = time.Since(fleetStart)
+			break
+		}
+	}
+	perftest.Within(t, "dashboard shows both groups of the new service after it started", shownAfter, 8*time.Second)
 	if err := <-fleetDone; err != nil {
 		t.Fatal(err)
 	}
