@@ -172,13 +172,13 @@ func BenchmarkWindowClose(b *testing.B) {
 	emitted := 0
 	r := benchRollup(b, &now, func(*proto.Window) { emitted++ })
 	fill := func(k int) {
-		end := now.Add(win)
+		start := now
+		now = now.Add(win) // a batch arrives at its interval's end, as an agent sends it
 		for _, bt := range batches {
 			bt.Seq = uint64(k)
-			bt.Start, bt.End = now.UnixNano(), end.UnixNano()
+			bt.Start, bt.End = start.UnixNano(), now.UnixNano()
 			r.Add(bt)
 		}
-		now = end
 	}
 	fill(0)
 	now = now.Add(lateness)
