@@ -25,18 +25,12 @@ func (t *Totals) AddWindow(w *proto.Window) {
 	t.InstancesStopped += uint64(w.InstancesStopped)
 	for i := range w.Series {
 		s := &w.Series[i]
-		if len(s.Labels) > 0 {
-			continue
-		}
-		switch s.Name {
-		case proto.SeriesRequests:
-			t.Requests += uint64(s.Value)
-		case proto.SeriesErrors:
-			t.Errors += uint64(s.Value)
-		case proto.SeriesLatency:
+		if len(s.Labels) == 0 {
+			var n uint64
 			if s.Hist != nil {
-				t.LatencyCount += s.Hist.Count
+				n = s.Hist.Count
 			}
+			t.addRED(s.Name, s.Value, n)
 		}
 	}
 }
@@ -46,16 +40,21 @@ func (t *Totals) addBatch(b *proto.Batch) {
 	t.BatchesSent++
 	for i := range b.Series {
 		s := &b.Series[i]
-		if len(s.Labels) > 0 {
-			continue
+		if len(s.Labels) == 0 {
+			t.addRED(s.Name, s.Value, s.Hist.Count)
 		}
-		switch s.Name {
-		case proto.SeriesRequests:
-			t.Requests += uint64(s.Value)
-		case proto.SeriesErrors:
-			t.Errors += uint64(s.Value)
-		case proto.SeriesLatency:
-			t.LatencyCount += s.Hist.Count
-		}
+	}
+}
+
+// addRED adds one unlabelled series of a window or a batch: a RED counter's value, or the
+// latency histogram's observation count.
+func (t *Totals) addRED(name string, value float64, observations uint64) {
+	switch name {
+	case proto.SeriesRequests:
+		t.Requests += uint64(value)
+	case proto.SeriesErrors:
+		t.Errors += uint64(value)
+	case proto.SeriesLatency:
+		t.LatencyCount += observations
 	}
 }
