@@ -44,7 +44,9 @@ type windowSums struct {
 	delays  []time.Duration // receive time minus window end
 }
 
-func collectWindows(t *testing.T, url string) *windowSums {
+// collectWindows totals the windows published on subject (proto.SubjectRollupAll, or one
+// service's herd.rollup.<service>.>) and records their delays.
+func collectWindows(t *testing.T, url, subject string) *windowSums {
 	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
@@ -52,7 +54,7 @@ func collectWindows(t *testing.T, url string) *windowSums {
 	}
 	t.Cleanup(nc.Close)
 	ws := &windowSums{byGroup: map[[2]string]*sim.Totals{}}
-	_, err = nc.Subscribe(proto.SubjectRollupAll, func(m *nats.Msg) {
+	_, err = nc.Subscribe(subject, func(m *nats.Msg) {
 		got := time.Now()
 		w, err := proto.UnmarshalWindow(m.Data)
 		if err != nil {
@@ -87,7 +89,7 @@ func TestExactUnderChurn(t *testing.T) {
 		t.Skip("runs a fleet for several seconds")
 	}
 	s, stop := testStack(t)
-	ws := collectWindows(t, s.NATSURL())
+	ws := collectWindows(t, s.NATSURL(), proto.SubjectRollupAll)
 
 	nc, err := nats.Connect(s.NATSURL())
 	if err != nil {

@@ -70,7 +70,7 @@ func TestGroupFloodLeavesNewServiceExact(t *testing.T) {
 	cfg.NATSListen, cfg.DataDir, cfg.HTTPListen = "127.0.0.1:0", t.TempDir(), ""
 	n, stop := runNode(t, cfg, testLogger(t))
 	waitReady(t, n)
-	ws := collectGroupWindows(t, n.NATSURL(), "fresh")
+	ws := collectWindows(t, n.NATSURL(), proto.PrefixRollup+"fresh.>")
 
 	const (
 		subjects = 50_000
@@ -243,38 +243,4 @@ func TestGroupFloodLeavesNewServiceExact(t *testing.T) {
 	if v[`herd_rollup_batches_refused_total{reason="too_many_versions"}`] == 0 {
 		t.Errorf("no batch refused as too_many_versions; want the flooding services held to their quota")
 	}
-}
-
-// collectGroupWindows totals the windows of service's groups published on herd.rollup.
-func collectGroupWindows(t *testing.T, url, service string) *windowSums {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	ws := &windowSums{byGroup: map[[2]string]*sim.Totals{}}
-	_, err = nc.Subscribe(proto.PrefixRollup+service+".>", func(m *nats.Msg) {
-		w, err := proto.UnmarshalWindow(m.Data)
-		if err != nil {
-			t.Errorf("bad window on %s: %v", m.Subject, err)
-			return
-		}
-		ws.mu.Lock()
-		defer ws.mu.Unlock()
-		k := [2]string{w.Service, w.Version}
-		tot := ws.byGroup[k]
-		if tot == nil {
-			tot = &sim.Totals{Service: w.Service, Version: w.Version}
-			ws.byGroup[k] = tot
-		}
-		tot.AddWindow(w)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	return ws
 }
