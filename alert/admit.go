@@ -111,8 +111,8 @@ func (d *Detector) evictVersionLocked(s *service, now int64) bool {
 }
 
 // evictIdleLocked evicts the evictable group that has been idle longest among the table's
-// least recently active ones, and reports whether there was one. Kept groups met on the way go to the front of the list, out
-// of the way of the next evictions.
+// least recently active ones, and reports whether there was one. Kept groups met on the way
+// go to the front of the list, out of the way of the next evictions.
 func (d *Detector) evictIdleLocked(now int64) bool {
 	e := d.lru.Back()
 	for range maxEvictScan {

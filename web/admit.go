@@ -113,8 +113,8 @@ func (s *Server) evictVersionLocked(sv *service, now time.Time) bool {
 }
 
 // evictIdleLocked evicts the evictable group idle longest among the table's least recently
-// active ones, and reports whether there was one. Watched groups met on the way go to the front of the list, out of the way of
-// the next evictions.
+// active ones, and reports whether there was one. Watched groups met on the way go to the
+// front of the list, out of the way of the next evictions.
 func (s *Server) evictIdleLocked(now time.Time) bool {
 	e := s.lru.Back()
 	for range maxEvictScan {
