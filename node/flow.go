@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -69,7 +70,34 @@ func (n *Node) Announce(d proto.Deployment) error {
 // still reaches the local consumers.
 func (n *Node) emit(w *proto.Window) {
 	_ = n.pub.Window(w)
+	n.liveWindow(w)
+}
+
+// liveWindow, liveVerdict and liveDeployment hand a live input to the local consumers, or to
+// the gate while the history is replayed. Once the gate is open they call straight through:
+// no lock and no closure per input.
+func (n *Node) liveWindow(w *proto.Window) {
+	if n.live.isOpen() {
+		n.windowIn(w)
+		return
+	}
 	n.live.do(func() { n.windowIn(w) })
+}
+
+func (n *Node) liveVerdict(v proto.Verdict) {
+	if n.live.isOpen() {
+		n.verdictIn(v)
+		return
+	}
+	n.live.do(func() { n.verdictIn(v) })
+}
+
+func (n *Node) liveDeployment(d proto.Deployment) {
+	if n.live.isOpen() {
+		n.deploymentIn(d)
+		return
+	}
+	n.live.do(func() { n.deploymentIn(d) })
 }
 
 // maxHeld bounds the live inputs held back while the history is replayed; past it the
@@ -81,11 +109,16 @@ const maxHeld = 1 << 20
 // rollup runs, before the replay starts, so nothing that arrives during a restart is lost,
 // and nothing live is applied before the history it follows.
 type gate struct {
+	// opened is set once release has applied the held inputs; it never clears.
+	opened  atomic.Bool
 	mu      sync.Mutex // Guards the fields below; held while the held inputs are applied.
 	open    bool
 	held    []func()
 	dropped *metrics.Counter
 }
+
+// isOpen reports whether release has run: inputs may then be applied directly.
+func (g *gate) isOpen() bool { return g.opened.Load() }
 
 // do applies f now if the gate is open, or holds it.
 func (g *gate) do(f func()) {
@@ -111,6 +144,7 @@ func (g *gate) release() {
 		f()
 	}
 	g.held, g.open = nil, true
+	g.opened.Store(true)
 }
 
 // windowIn hands a closed window to the local detector, dashboard and consumers. A

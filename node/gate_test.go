@@ -23,7 +23,13 @@ func TestGateHoldsThenReleasesInOrder(t *testing.T) {
 	if len(got) != 0 {
 		t.Fatalf("applied %v before the release; want nothing", got)
 	}
+	if g.isOpen() {
+		t.Fatal("gate open before the release")
+	}
 	g.release()
+	if !g.isOpen() {
+		t.Fatal("gate closed after the release")
+	}
 	g.do(add(5))
 	if want := []int{0, 1, 2, 3, 4, 5}; !slices.Equal(got, want) {
 		t.Errorf("got %v; want %v", got, want)

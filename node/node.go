@@ -118,9 +118,9 @@ func New(cfg Config, logger *slog.Logger) (_ *Node, err error) {
 	}
 	n.live.dropped = n.metrics.NewCounter(`herd_node_live_inputs_dropped_total`)
 	n.dec = bus.NewDecoder(bus.Handlers{
-		Window:     func(w *proto.Window) { n.live.do(func() { n.windowIn(w) }) },
-		Verdict:    func(v proto.Verdict) { n.live.do(func() { n.verdictIn(v) }) },
-		Deployment: func(d proto.Deployment) { n.live.do(func() { n.deploymentIn(d) }) },
+		Window:     n.liveWindow,
+		Verdict:    n.liveVerdict,
+		Deployment: n.liveDeployment,
 	}, n.metrics)
 	if err := n.newHTTP(); err != nil {
 		return nil, err
