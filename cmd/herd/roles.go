@@ -5,7 +5,6 @@ import (
 	"flag"
 
 	"github.com/herd-dev/herd/node"
-	"github.com/herd-dev/herd/rollup/lease"
 )
 
 // roleCommand builds `herd rollup`, `herd detect` or `herd web`: one role against an
@@ -20,15 +19,7 @@ func roleCommand(name, usage, short string, roles node.Roles) command {
 			cfg := node.DefaultConfig()
 			cfg.Roles, cfg.Name = roles, "herd-"+name
 			nodeFlags(fs, &cfg, roles, e.getenv)
-			return func(ctx context.Context) error {
-				if roles.Rollup {
-					if cfg.Leases.WorkerID == "" {
-						cfg.Leases.WorkerID = lease.DefaultWorkerID()
-					}
-					cfg.Name = "herd-rollup-" + cfg.Leases.WorkerID
-				}
-				return runNode(ctx, e, name, cfg)
-			}
+			return func(ctx context.Context) error { return runNode(ctx, e, name, cfg) }
 		},
 	}
 }

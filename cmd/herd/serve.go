@@ -35,6 +35,9 @@ func runNode(ctx context.Context, e *env, name string, cfg node.Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
+	if cfg.Roles.Rollup {
+		cfg.Name += "-" + cfg.Leases.WorkerID // Validate has given the worker its id
+	}
 	n, err := node.New(cfg, e.logger)
 	if err != nil {
 		return err
