@@ -41,6 +41,10 @@ type IntakeConfig struct {
 	// DrainTimeout bounds how long Run waits, on cancellation, for buffered messages to be
 	// handled (default 5 s).
 	DrainTimeout time.Duration
+	// Queue, when set, subscribes as a member of this NATS queue group: each message reaches
+	// one member only. Two intakes of one process in the same group hand the subscription
+	// over without loss or duplicates: the second subscribes, then the first drains.
+	Queue string
 }
 
 // Defaults of IntakeConfig.
@@ -274,7 +278,7 @@ func (in *Intake) Ready() <-chan struct{} { return in.ready }
 // subscription (handling what is buffered, up to DrainTimeout), unsubscribes and returns.
 // The handler is not called after Run returns.
 func (in *Intake) Run(ctx context.Context) error {
-	sub, err := in.nc.Subscribe(in.cfg.Subject, in.onMsg)
+	sub, err := in.nc.QueueSubscribe(in.cfg.Subject, in.cfg.Queue, in.onMsg)
 	if err != nil {
 		return fmt.Errorf("cannot subscribe to %s: %w", in.cfg.Subject, err)
 	}

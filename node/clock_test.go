@@ -278,7 +278,7 @@ func freePort(t *testing.T) int {
 // TestServeRestartCorrectionsExact stops serve (SIGTERM) while its agents keep publishing
 // and restarts it on the same data directory and port 3 s later. The agents' connections
 // drop first, so they buffer in nats.go's reconnect buffer from the moment serve goes, and
-// reconnect once the new serve takes batches; what they buffered is late for its windows.
+// reconnect as soon as the new serve's port opens; what they buffered is late for its windows.
 // The history stream then holds windows plus corrections whose totals are exactly what the
 // agents sent, and every batch sits in its own interval's window or correction (delay is
 // not taken for clock skew).
@@ -335,8 +335,10 @@ func TestServeRestartCorrectionsExact(t *testing.T) {
 		t.Fatalf("first serve: %v", err)
 	}
 	time.Sleep(time.Until(cutAt.Add(3 * time.Second)))
-	n2, stop2 := start()
+	// The agents retry every 50 ms from now on: they reconnect, and flush what they buffered,
+	// the moment the new serve opens its port.
 	net.setCut(false)
+	n2, stop2 := start()
 	time.Sleep(2 * time.Second) // the agents reconnect, flush their buffers and go on
 	stopAgents()
 	<-agentsDone

@@ -10,8 +10,10 @@
 // local detector and dashboard) → detector → verdicts (published on herd.verdict.*) →
 // delivery. A role that is not local gets its input from NATS instead.
 //
-// Run starts the outputs first, replays the history stream into them, subscribes, then
-// starts the inputs; on cancellation it stops in data-flow order: not ready → stop the
+// Run starts the outputs first, subscribes, starts the inputs, opens the embedded server's
+// client listener once the intake has subscribed (so an agent that connects the moment the
+// port opens loses nothing), replays the history stream into the outputs while the inputs'
+// windows are held, then lets them through; on cancellation it stops in data-flow order: not ready → stop the
 // inputs (drain the intake, release the leases and let released partitions close their
 // windows) → flush open windows → unsubscribe → stop detector, delivery and dashboard →
 // stop HTTP → drain NATS → stop the embedded server. Every goroutine it starts has exited

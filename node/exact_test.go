@@ -34,7 +34,9 @@ func testStack(t *testing.T) (s *Node, stop func() error) {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.NATSListen, cfg.DataDir, cfg.HTTPListen = "127.0.0.1:0", t.TempDir(), "127.0.0.1:0"
-	return runNode(t, cfg, testLogger(t))
+	s, stop = runNode(t, cfg, testLogger(t))
+	waitReady(t, s) // the NATS port opens before ready
+	return s, stop
 }
 
 // windowSums totals what windows carried per group.

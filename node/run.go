@@ -9,7 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/internal/bus"
+	"github.com/herd-dev/herd/internal/embednats"
 )
 
 // Run runs the node until ctx is done or a component fails, then stops it in data-flow order
@@ -21,7 +23,8 @@ func (n *Node) Run(ctx context.Context) error {
 	defer stopOut()
 	// Outputs first; then the subscriptions and inputs, whose windows, verdicts and
 	// deployments are held back while the history is replayed into the outputs; then the
-	// held inputs in order.
+	// embedded server's listener, once the intake has subscribed; then the held inputs in
+	// order.
 	if n.dl != nil {
 		r.start("delivery", outCtx, n.dl.Run)
 	}
@@ -36,25 +39,19 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	stopInputs := n.startInputs(&r)
-	n.replay(ctx)
-	n.live.release()
-	if n.det != nil {
-		r.start("detector", outCtx, n.det.Run)
-	}
-	for _, hs := range []struct {
-		srv *http.Server
-		ln  net.Listener
-	}{{n.httpSrv, n.httpLn}, {n.opsSrv, n.opsLn}} {
-		if hs.srv == nil {
-			continue
+	if err := n.listen(&r); err != nil {
+		r.fail(err)
+		n.live.release()
+	} else {
+		n.replay(ctx)
+		n.live.release()
+		if n.det != nil {
+			r.start("detector", outCtx, n.det.Run)
 		}
-		r.wg.Go(func() {
-			if err := hs.srv.Serve(hs.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				r.fail(fmt.Errorf("http: %w", err))
-			}
-		})
+		n.serveHTTP(&r)
+		n.ready.Store(true)
+		close(n.readyc)
 	}
-	n.ready.Store(true)
 	var runErr error
 	select {
 	case <-ctx.Done():
@@ -64,11 +61,15 @@ func (n *Node) Run(ctx context.Context) error {
 	stopInputs() // every batch received is merged, every window closed and published
 	sub.Unsubscribe()
 	stopOut()
-	for _, srv := range []*http.Server{n.httpSrv, n.opsSrv} {
-		if srv != nil {
+	for _, hs := range []struct {
+		srv *http.Server
+		ln  net.Listener
+	}{{n.httpSrv, n.httpLn}, {n.opsSrv, n.opsLn}} {
+		if hs.srv != nil {
 			shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_ = srv.Shutdown(shutCtx)
+			_ = hs.srv.Shutdown(shutCtx)
 			cancel()
+			_ = hs.ln.Close() // not served when Run failed before ready
 		}
 	}
 	r.wg.Wait()
@@ -123,19 +124,11 @@ func (n *Node) subscribe() (*bus.Subscription, error) {
 func (n *Node) startInputs(r *runner) (stop func()) {
 	switch {
 	case n.intake != nil:
-		intakeCtx, stopIntake := context.WithCancel(context.Background())
 		rollCtx, stopRoll := context.WithCancel(context.Background())
-		intakeDone := make(chan struct{})
-		r.wg.Go(func() {
-			defer close(intakeDone)
-			if err := n.intake.Run(intakeCtx); err != nil {
-				r.fail(fmt.Errorf("intake: %w", err))
-			}
-		})
+		n.intakeRun = n.runIntake(r, n.intake)
 		r.start("rollup", rollCtx, n.roll.Run)
 		return func() {
-			stopIntake()
-			<-intakeDone // every buffered batch is merged
+			n.intakeRun.stop() // every buffered batch is merged
 			n.roll.Flush()
 			stopRoll()
 		}
@@ -143,6 +136,107 @@ func (n *Node) startInputs(r *runner) (stop func()) {
 		return n.worker.start(r)
 	}
 	return func() {}
+}
+
+// intakeRun is one running intake.
+type intakeRun struct {
+	in     *ingest.Intake
+	cancel context.CancelFunc
+	done   chan struct{} // closed when Run has returned
+}
+
+// runIntake runs in on a goroutine of r.
+func (n *Node) runIntake(r *runner, in *ingest.Intake) *intakeRun {
+	ctx, cancel := context.WithCancel(context.Background())
+	ir := &intakeRun{in: in, cancel: cancel, done: make(chan struct{})}
+	r.wg.Go(func() {
+		defer close(ir.done)
+		if err := in.Run(ctx); err != nil {
+			r.fail(fmt.Errorf("intake: %w", err))
+		}
+	})
+	return ir
+}
+
+// subscribed waits until the intake's subscription is registered with the server; false if
+// its Run ended first (and reported why).
+func (ir *intakeRun) subscribed() bool {
+	select {
+	case <-ir.in.Ready():
+		return true
+	case <-ir.done:
+		return false
+	}
+}
+
+// stop stops the intake and waits until it has handled what it had buffered.
+func (ir *intakeRun) stop() {
+	ir.cancel()
+	<-ir.done
+}
+
+// listen opens the embedded server's client listener once the intake (if any) has
+// subscribed, so that no batch an agent publishes finds the server without a subscriber,
+// however soon after the port opens the agent connects; then it moves the intake to a
+// loopback TCP connection (see startEmbedded).
+func (n *Node) listen(r *runner) error {
+	if n.ns == nil || embednats.Listening(n.ns) {
+		return nil
+	}
+	if n.intakeRun != nil && !n.intakeRun.subscribed() {
+		return errors.New("the intake did not subscribe; not opening the NATS listener")
+	}
+	if err := embednats.Listen(n.ns); err != nil {
+		return err
+	}
+	n.logger.Info("NATS listening", "url", n.ns.ClientURL())
+	if n.intakeRun != nil && n.intakeOpts != nil {
+		n.handover(r)
+	}
+	return nil
+}
+
+// handover moves the intake from the node's in-process connection to a loopback TCP
+// connection of its own. Both intakes are members of one queue group (IntakeConfig.Queue),
+// which gives each batch to one member: the new intake subscribes, then the first drains,
+// so every batch is taken exactly once, in at most two goroutines for a moment (the
+// rollup's dedup tolerates the reordering). On failure the intake stays in process.
+func (n *Node) handover(r *runner) {
+	nc, err := bus.Connect(bus.Client{URLs: n.ns.ClientURL()}, n.cfg.Name+"-intake", n.metrics, n.logger, n.intakeOpts...)
+	if err != nil {
+		n.logger.Warn("the intake stays on the in-process connection", "err", err)
+		return
+	}
+	in, err := ingest.NewIntake(n.cfg.Intake, n.intakeM, nc, n.roll.Add, n.logger.With("component", "intake"))
+	if err != nil {
+		nc.Close()
+		n.logger.Warn("the intake stays on the in-process connection", "err", err)
+		return
+	}
+	next := n.runIntake(r, in)
+	if !next.subscribed() {
+		nc.Close() // next's Run has failed and reported it: the node stops
+		return
+	}
+	n.intakeRun.stop()
+	n.intakeNC, n.intake, n.intakeRun = nc, in, next
+}
+
+// serveHTTP serves the HTTP listeners on goroutines of r.
+func (n *Node) serveHTTP(r *runner) {
+	for _, hs := range []struct {
+		srv *http.Server
+		ln  net.Listener
+	}{{n.httpSrv, n.httpLn}, {n.opsSrv, n.opsLn}} {
+		if hs.srv == nil {
+			continue
+		}
+		r.wg.Go(func() {
+			if err := hs.srv.Serve(hs.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				r.fail(fmt.Errorf("http: %w", err))
+			}
+		})
+	}
 }
 
 // stopNATS drains the connection (pending publications reach the server) and stops the

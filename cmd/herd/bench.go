@@ -141,6 +141,11 @@ func benchIngest(ctx context.Context, e *env, instances int, duration time.Durat
 	defer stop()
 	done := make(chan error, 1)
 	go func() { done <- n.Run(runCtx) }()
+	select {
+	case <-n.Ready():
+	case err := <-done:
+		return err
+	}
 	// Windows are counted as a consumer of herd.rollup.> sees them, after NATS.
 	col := &windowCollector{got: map[[2]string]uint64{}}
 	wc, err := bus.Connect(bus.Client{URLs: n.NATSURL()}, "herd-bench-windows", nil, e.logger)

@@ -42,6 +42,27 @@ func runNode(ctx context.Context, e *env, name string, cfg node.Config) error {
 	if err != nil {
 		return err
 	}
+	// The addresses are printed once the node is ready: the embedded NATS opens its port
+	// only after the intake has subscribed.
+	printCtx, stopPrint := context.WithCancel(ctx)
+	printed := make(chan struct{})
+	go func() {
+		defer close(printed)
+		select {
+		case <-n.Ready():
+			fmt.Fprintf(e.stdout, "herd %s: %s\n", name, where(n, cfg))
+		case <-printCtx.Done():
+		}
+	}()
+	err = n.Run(ctx)
+	stopPrint()
+	<-printed
+	fmt.Fprintf(e.stdout, "herd %s: stopped\n", name)
+	return err
+}
+
+// where says where a ready node listens.
+func where(n *node.Node, cfg node.Config) string {
 	where := "NATS " + n.NATSURL()
 	if u := n.HTTPURL(); u != "" {
 		where += ", HTTP " + u
@@ -55,10 +76,7 @@ func runNode(ctx context.Context, e *env, name string, cfg node.Config) error {
 	if cfg.Roles.Rollup {
 		where = "worker " + cfg.Leases.WorkerID + " on " + where
 	}
-	fmt.Fprintf(e.stdout, "herd %s: %s\n", name, where)
-	err = n.Run(ctx)
-	fmt.Fprintf(e.stdout, "herd %s: stopped\n", name)
-	return err
+	return where
 }
 
 // parseRoles parses the -roles flag.

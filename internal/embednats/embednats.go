@@ -28,6 +28,11 @@ type Config struct {
 	MaxPayload int32
 	// Security holds authentication, TLS and monitoring; the zero value has none of them.
 	Security Security
+	// DeferListen starts the server without its client listener: only in-process clients
+	// (Connect) reach it until Listen opens the listener. A process that must subscribe
+	// before any remote client can publish (so that nothing published is dropped for want of
+	// a subscriber) subscribes in process first, then calls Listen.
+	DeferListen bool
 }
 
 // Start starts a server and waits until it accepts connections. The caller stops it with
@@ -45,6 +50,7 @@ func Start(cfg Config) (*server.Server, error) {
 		JetStream:  cfg.JetStream,
 		StoreDir:   cfg.StoreDir,
 		MaxPayload: cfg.MaxPayload,
+		DontListen: cfg.DeferListen,
 	}
 	if opts.Host == "" {
 		opts.Host = "127.0.0.1"
@@ -79,6 +85,22 @@ func Start(cfg Config) (*server.Server, error) {
 	}
 	return s, nil
 }
+
+// Listen opens the client listener of a server started with DeferListen and returns once it
+// accepts connections; then s.ClientURL has the real port. It is an error to call it twice.
+func Listen(s *server.Server) error {
+	if s.Addr() != nil {
+		return errors.New("the embedded nats-server listens already")
+	}
+	s.AcceptLoop(make(chan struct{})) // returns once the listener is set up, or failed
+	if s.Addr() == nil {
+		return fmt.Errorf("cannot listen for NATS clients on %s (is the port free?)", s.ClientURL())
+	}
+	return nil
+}
+
+// Listening reports whether s has its client listener open.
+func Listening(s *server.Server) bool { return s.Addr() != nil }
 
 // Shutdown stops s and waits for it.
 func Shutdown(s *server.Server) {

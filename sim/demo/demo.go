@@ -188,18 +188,7 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	d.dl = n.Delivery()
 	n.OnVerdict(d.onVerdict)
-	pc, err := bus.Connect(bus.Client{URLs: n.NATSURL()}, "herd-demo-fleet", nil, d.cfg.Logger)
-	if err != nil {
-		return err
-	}
-	defer pc.Close()
-	fl, err := d.fleet(pc.Publish)
-	if err != nil {
-		return err
-	}
-	recv := &http.Server{Handler: d.receiver(secret, func() { fl.Group(demoService, demoCanary).SetTarget(0) }),
-		ReadHeaderTimeout: 5 * time.Second}
-	return d.runStory(ctx, n, fl, recv, recvLn)
+	return d.runStory(ctx, n, secret, recvLn)
 }
 
 // addReceiver opens the demo's deploy tool, a local receiver of herd's signed rollback
@@ -233,14 +222,45 @@ func (d *demo) fleet(publish ingest.PublishFunc) (*sim.Fleet, error) {
 	})
 }
 
-// runStory runs the node, the receiver, the fleet and the watcher, tells the story, and stops
-// them all (each goroutine is waited for) when it has ended or ctx is done.
-func (d *demo) runStory(ctx context.Context, n *node.Node, fl *sim.Fleet, recv *http.Server, recvLn net.Listener) error {
+// runStory runs the node and, once it is ready, the receiver, the fleet and the watcher,
+// tells the story, and stops them all (each goroutine is waited for) when it has ended or
+// ctx is done.
+func (d *demo) runStory(ctx context.Context, n *node.Node, secret []byte, recvLn net.Listener) error {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	wg.Go(func() { errc <- n.Run(runCtx) })
+	// abort stops what runs so far and returns err (or Run's failure).
+	abort := func(err error) error {
+		stop()
+		wg.Wait()
+		close(errc)
+		if runErr := <-errc; runErr != nil && !errors.Is(runErr, context.Canceled) {
+			return runErr
+		}
+		return err
+	}
+	select {
+	case <-n.Ready():
+	case <-ctx.Done():
+		return abort(nil)
+	case err := <-errc:
+		errc <- err
+		return abort(nil)
+	}
+	// The fleet publishes over NATS like agents do, to the port the node has opened.
+	pc, err := bus.Connect(bus.Client{URLs: n.NATSURL()}, "herd-demo-fleet", nil, d.cfg.Logger)
+	if err != nil {
+		return abort(err)
+	}
+	defer pc.Close()
+	fl, err := d.fleet(pc.Publish)
+	if err != nil {
+		return abort(err)
+	}
+	recv := &http.Server{Handler: d.receiver(secret, func() { fl.Group(demoService, demoCanary).SetTarget(0) }),
+		ReadHeaderTimeout: 5 * time.Second}
 	wg.Go(func() {
 		if err := recv.Serve(recvLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
