@@ -1,7 +1,6 @@
 package alert
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -9,7 +8,7 @@ import (
 )
 
 // errNotNew refuses a deployment whose canary is not a new version.
-var errNotNew = errors.New("a canary must be a new version")
+var errNotNew = fmt.Errorf("%w: a canary must be a new version", proto.ErrDeploymentRefused)
 
 // Announce registers a deployment: Canary is compared with Baseline from dep.UnixMs (from now
 // when it is 0). It refuses a canary that is the service's established version or the

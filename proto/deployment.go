@@ -2,8 +2,14 @@ package proto
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 )
+
+// ErrDeploymentRefused is wrapped by the error of a deployment the detector refuses on its
+// merits (its canary is not a new version, say), as opposed to one that could not be
+// announced for want of NATS: an HTTP API answers the first with 409 Conflict.
+var ErrDeploymentRefused = errors.New("deployment refused")
 
 // Deployment announces that Canary is being rolled out beside Baseline in Service. It arrives
 // on herd.deploy.<service> or POST /api/v1/deployments as JSON.

@@ -280,6 +280,10 @@ func (s *Server) servePostDeployment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := (*f)(d); err != nil {
+		if errors.Is(err, proto.ErrDeploymentRefused) {
+			writeError(w, http.StatusConflict, "refused", err.Error())
+			return
+		}
 		writeError(w, http.StatusServiceUnavailable, "announce_failed", "cannot announce deployment: "+err.Error())
 		return
 	}

@@ -151,6 +151,9 @@ func TestAPITokenAndAnnounce(t *testing.T) {
 		if d.Canary == "9" {
 			return errors.New("detector unavailable")
 		}
+		if d.Canary == "8" {
+			return fmt.Errorf("8 is the established version of checkout: %w", proto.ErrDeploymentRefused)
+		}
 		got = append(got, d)
 		return nil
 	})
@@ -163,6 +166,7 @@ func TestAPITokenAndAnnounce(t *testing.T) {
 		`{"service":"Checkout","baseline":"1","canary":"2"}`: 400,
 		`not json`: 400,
 		`{"service":"checkout","baseline":"1","canary":"9"}`: 503,
+		`{"service":"checkout","baseline":"1","canary":"8"}`: 409, // refused by the detector
 	} {
 		if code := post(t, base+"/deployments", "tok", body); code != want {
 			t.Errorf("got %d for POST %s; want %d", code, body, want)
