@@ -107,7 +107,9 @@ func (r *Rollup) admitLocked(k groupKey, now int64) (*group, string) {
 			return nil, ReasonTooManyVersions
 		}
 	}
-	if len(r.groups) >= r.cfg.MaxGroups && !r.evictIdleLocked(&a.lru, now) {
+	// The bound is over every Rollup counting into r.m: a worker's partitions share it, so
+	// a flood spread over many partitions cannot hold MaxGroups groups in each.
+	if r.m.groups.Load() >= int64(r.cfg.MaxGroups) && !r.evictIdleLocked(&a.lru, now) {
 		if a.groupsRefused++; now-a.groupsWarned >= warnEvery {
 			r.logger.Warn("refusing new groups: limit reached, none idle", "limit", r.cfg.MaxGroups,
 				"service", k.service, "version", k.version, "refused_since_last_warning", a.groupsRefused)

@@ -25,9 +25,11 @@ type Config struct {
 	// InstanceTTL is how long the state of a silent instance is kept. It is also how long a
 	// group keeps emitting empty windows after its last batch (see Rollup).
 	InstanceTTL time.Duration
-	// MaxGroups bounds the number of (service, version) groups. A new group finding the
-	// table full takes the place of an idle group (see admit.go); without one it is refused
-	// as "too_many_groups".
+	// MaxGroups bounds the number of (service, version) groups, over every Rollup that
+	// counts into the same Metrics (all the partitions of a Partitioned: a worker holds at
+	// most MaxGroups groups whatever the partitions it owns). A new group finding the table
+	// full takes the place of an idle group of its own Rollup (see admit.go); without one it
+	// is refused as "too_many_groups".
 	MaxGroups int
 	// MaxVersionsPerService bounds the groups of one service. A new version finding its
 	// service at the quota takes the place of an idle version of the service; without one

@@ -354,3 +354,45 @@ func TestPartitionedSharedMetrics(t *testing.T) {
 		}
 	})
 }
+
+// TestPartitionedGroupsBoundedPerWorker floods two partitions of one worker with groups: the
+// worker holds at most MaxGroups groups in all, not MaxGroups in each partition.
+func TestPartitionedGroupsBoundedPerWorker(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		cfg := DefaultConfig()
+		cfg.MaxGroups = 5
+		m := NewMetrics(metrics.NewSet())
+		src := &fanout{}
+		pr, err := NewPartitioned(cfg, m, src.source, func(*proto.Window) {}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go pr.Run(ctx)
+		t0 := time.Now().Truncate(time.Second).Add(time.Second)
+		time.Sleep(time.Until(t0))
+		a := testLease(t0, t0.Add(time.Hour))
+		b := testLease(t0, t0.Add(time.Hour))
+		b.partition = 3
+		pr.Acquire(a)
+		pr.Acquire(b)
+		synctest.Wait()
+		time.Sleep(win)
+		// The test source hands every batch to both partitions: 4 services make 8 groups
+		// wanted, 4 in each partition.
+		for i := range 4 {
+			src.publish(groupBatch(fmt.Sprintf("svc-%d", i), "1", 10+i, 0, time.Now(), counter(proto.SeriesRequests, 1)))
+		}
+		st := pr.Stats()
+		if st.Groups != cfg.MaxGroups || st.RefusedBy[ReasonTooManyGroups] != uint64(8-cfg.MaxGroups) {
+			t.Errorf("got %d groups, %d refused too_many_groups; want %d, %d (MaxGroups over the worker)",
+				st.Groups, st.RefusedBy[ReasonTooManyGroups], cfg.MaxGroups, 8-cfg.MaxGroups)
+		}
+		a.end(time.Now())
+		b.end(time.Now())
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+	})
+}
