@@ -608,7 +608,7 @@ func (d *Detector) judgeLocked(c *comparison, logAvg float64, nowMs int64) {
 	if logAvg >= c.logTh {
 		dec := c.decisive()
 		ev := c.evidence(dec)
-		ev.Effects = c.effects()
+		ev.Effects = c.effects(&ev)
 		d.finishLocked(c, proto.StateRollback, nowMs, dec, ev, c.rollbackSentence(&ev, dec, c.elapsed(nowMs)))
 		return
 	}
@@ -619,7 +619,7 @@ func (d *Detector) judgeLocked(c *comparison, logAvg float64, nowMs int64) {
 	exposure := time.Duration(nowMs-c.startMs) * time.Millisecond
 	if exposure >= set.minExposure && c.windows%passCheckEvery == 0 && c.passes() {
 		ev := c.evidence("")
-		ev.Effects = c.effects()
+		ev.Effects = c.effects(&ev)
 		d.finishLocked(c, proto.StatePass, nowMs, "", ev, c.passSentence(&ev, c.elapsed(nowMs)))
 		return
 	}

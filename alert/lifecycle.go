@@ -40,7 +40,7 @@ type lifecycle struct {
 // stops the comparison, or, for a pass with a watch, keeps it watching.
 func (d *Detector) finishLocked(c *comparison, state proto.State, nowMs int64, decisive string, ev proto.Evidence, sentence string) {
 	if ev.Effects == nil {
-		ev.Effects = c.effects()
+		ev.Effects = c.effects(&ev)
 	}
 	wasWatching := c.life.watching
 	watch := state == proto.StatePass && c.set.watch > 0 && !wasWatching
@@ -170,7 +170,7 @@ func (d *Detector) endWatchLocked(c *comparison, nowMs int64, reason string) {
 	v := c.verdict
 	v.Update, v.Watch = true, &w
 	v.Evidence = c.evidence("")
-	v.Evidence.Effects = c.effects()
+	v.Evidence.Effects = c.effects(&v.Evidence)
 	v.Sentence = clipSentence(fmt.Sprintf("%s; promoted, watched %s without regression until %s", c.life.passSentence, watched, why))
 	c.verdict = v
 	d.emitLocked(v)
@@ -191,8 +191,8 @@ func (d *Detector) liveUpdateLocked(c *comparison, nowMs int64) {
 	v := c.verdict
 	v.Update = true
 	v.Evidence = c.evidence("")
-	v.Evidence.Effects = c.effects()
-	v.Evidence.Progress = c.progress(nowMs)
+	v.Evidence.Effects = c.effects(&v.Evidence)
+	v.Evidence.Progress = c.progress(&v.Evidence, nowMs)
 	head := c.pendingSentence()
 	if c.life.watching {
 		w := c.life.watch

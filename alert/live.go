@@ -61,6 +61,8 @@ type liveEvidence struct {
 	// firstMs and lastMs bound the windows added; totalMs is the start of the first window
 	// in total (which a restart of the tests in a watch resets).
 	firstMs, lastMs, totalMs int64
+	// ra and rb are scratch for the recent sums, kept to reuse their histograms' memory.
+	ra, rb liveSide
 }
 
 // restartTotal empties the totals: they follow the tests, which a watch restarts.
@@ -117,15 +119,15 @@ func (l *liveEvidence) recent(a, b *liveSide) {
 	}
 }
 
-// effects says each count test's evidence in its metric's units (see proto.Effect); nil
-// before the tests start.
-func (c *comparison) effects() []proto.Effect {
+// effects says each count test's evidence in its metric's units (see proto.Effect), taking
+// the tests' confidence sequences from ev (c.evidence's); nil before the tests start.
+func (c *comparison) effects(ev *proto.Evidence) []proto.Effect {
 	if !c.testsReady || c.life.live.lastMs == 0 {
 		return nil
 	}
 	l := &c.life.live
-	var ra, rb liveSide
-	l.recent(&ra, &rb)
+	ra, rb := &l.ra, &l.rb
+	l.recent(ra, rb)
 	span := min(int64(recentMs), l.lastMs-l.firstMs)
 	alpha := c.set.alpha
 	var out []proto.Effect
@@ -136,7 +138,7 @@ func (c *comparison) effects() []proto.Effect {
 			e.Metric, e.Unit = "errors", proto.UnitRatio
 			e.Baseline, e.Canary = share(ra.e, ra.n), share(rb.e, rb.n)
 			e.BaselineSinceStart, e.CanarySinceStart = share(l.total[0].e, l.total[0].n), share(l.total[1].e, l.total[1].n)
-			e.Low, e.High = c.shareInterval(t, alpha)
+			e.Low, e.High = shareInterval(t, ev)
 		case t.quantile > 0:
 			e.Metric, e.Unit = "p"+strconv.FormatFloat(t.quantile*100, 'f', -1, 64), proto.UnitSeconds
 			e.Baseline, e.Canary = quantileOf(&ra.lat, t.quantile), quantileOf(&rb.lat, t.quantile)
@@ -145,9 +147,9 @@ func (c *comparison) effects() []proto.Effect {
 		default:
 			e.Metric, e.Unit = "slower than "+seconds(t.threshold), proto.UnitRatio
 			above := func(s *liveSide) float64 { return share(float64(s.lat.CountAtOrAbove(t.bucket)), float64(s.lat.Count)) }
-			e.Baseline, e.Canary = above(&ra), above(&rb)
+			e.Baseline, e.Canary = above(ra), above(rb)
 			e.BaselineSinceStart, e.CanarySinceStart = above(&l.total[0]), above(&l.total[1])
-			e.Low, e.High = c.shareInterval(t, alpha)
+			e.Low, e.High = shareInterval(t, ev)
 		}
 		if e.Baseline == 0 && e.Canary == 0 && e.BaselineSinceStart == 0 && e.CanarySinceStart == 0 {
 			continue // no data for this test yet
@@ -159,22 +161,26 @@ func (c *comparison) effects() []proto.Effect {
 	return out
 }
 
-// shareInterval is a count test's confidence sequence for the canary/baseline ratio ψ,
-// times the baseline's share of events: an interval for the canary's share in the same
-// unit. Zero without events.
-func (c *comparison) shareInterval(t *countTest, alpha float64) (lo, hi float64) {
-	if t.eA+t.eB == 0 || t.nA <= 0 {
-		return 0, 0
-	}
-	l, h, ok := t.cs.Bounds(alpha)
-	if !ok {
-		return 0, 0
+// shareInterval is a count test's confidence sequence for the canary/baseline ratio ψ (as
+// ev reports it), times the baseline's share of events: an interval for the canary's share
+// in the same unit. Zero without events.
+func shareInterval(t *countTest, ev *proto.Evidence) (lo, hi float64) {
+	te := testEvidence(ev, t.name)
+	if te == nil || t.eA+t.eB == 0 || t.nA <= 0 || !(te.CSHigh > te.CSLow) {
+		return 0, 0 // no events, or no confidence sequence yet (evidence reports the effect for both)
 	}
 	base := t.eA / t.nA
-	if base == 0 {
-		return 0, 0
+	return min(te.CSLow*base, 1), min(te.CSHigh*base, 1)
+}
+
+// testEvidence returns the evidence of the named test, or nil.
+func testEvidence(ev *proto.Evidence, name string) *proto.TestEvidence {
+	for i := range ev.Tests {
+		if ev.Tests[i].Name == name {
+			return &ev.Tests[i]
+		}
 	}
-	return min(l*base, 1), min(h*base, 1)
+	return nil
 }
 
 // quantileInterval bounds quantile q of the canary's latency from its observations h: the
@@ -297,9 +303,9 @@ func (c *comparison) leadingEffect(effects []proto.Effect, name string) *proto.E
 	return nil
 }
 
-// progress says how far an undecided comparison is from a decision at window time nowMs;
-// nil before the tests start.
-func (c *comparison) progress(nowMs int64) *proto.Progress {
+// progress says how far an undecided comparison is from a decision at window time nowMs,
+// taking the tests' confidence sequences from ev; nil before the tests start.
+func (c *comparison) progress(ev *proto.Evidence, nowMs int64) *proto.Progress {
 	if !c.testsReady {
 		return nil
 	}
@@ -309,11 +315,8 @@ func (c *comparison) progress(nowMs int64) *proto.Progress {
 		p.Rollback = min(max(logAvg/c.logTh, 0), 1)
 	}
 	for _, t := range c.tests {
-		if t.eA+t.eB == 0 {
-			continue
-		}
-		if _, hi, ok := t.cs.Bounds(c.set.alpha); ok {
-			p.CSHigh = max(p.CSHigh, hi)
+		if te := testEvidence(ev, t.name); te != nil && t.eA+t.eB > 0 && te.CSHigh > te.CSLow {
+			p.CSHigh = max(p.CSHigh, te.CSHigh)
 		}
 	}
 	evidence := fmt.Sprintf("evidence %.0f %% of the way to a rollback (e-value %s of %s)",
