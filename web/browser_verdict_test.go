@@ -140,12 +140,20 @@ func TestBrowserVerdictPanel(t *testing.T) {
 		Sentence: "canary error ratio 62 % over the last 1.0 s (ceiling 50 %, baseline 0.1 %), decided after 9.0 s"}
 	decisions.set(proto.Decision{ID: prb.DecisionID, Verdict: prb, Status: "none"})
 	ts.srv.SetVerdict(prb)
+	// A pass that keeps watching its canary.
+	pass := proto.Verdict{Service: "search", Baseline: "2.0.0", Canary: "2.0.1", State: proto.StatePass, UnixMs: now.UnixMilli(),
+		StartedMs: now.Add(-6 * time.Minute).UnixMilli(), DecisionID: "1f2e3d4c-5b6a-4c7d-8e9f-0a1b2c3d4e5f", DecidedAfterMs: 305000,
+		Sentence: "no regression after 305.0 s: errors 1.0× (CS ≤ 1.3); all below the accept margin 1.5×; promoted, watching for 30.0 min (α 0.01) or until the baseline stops serving",
+		Watch:    &proto.Watch{Active: true, PassMs: now.UnixMilli(), UntilMs: now.Add(30 * time.Minute).UnixMilli(), Alpha: 0.01}}
+	decisions.set(proto.Decision{ID: pass.DecisionID, Verdict: pass, Status: "none"})
+	ts.srv.SetVerdict(pass)
 	b.do(t, 10*time.Second, chromedp.Click(chromedp.CSS(`a[href^="/"][data-nav].muted`)))
 	b.waitJS(t, 10*time.Second, `!!document.querySelector('a.tile[data-service=payments] .badge')`)
 	b.waitJS(t, 5*time.Second, `document.querySelector('a.tile[data-service=payments] .badge').textContent === 'rollback — not delivered (no target)'`)
 	if cls := eval[string](t, b, `document.querySelector('a.tile[data-service=payments]').className`); !strings.Contains(cls, "h-undelivered") {
 		t.Errorf("payments tile: got class %q; want h-undelivered", cls)
 	}
+	b.waitJS(t, 5*time.Second, `document.querySelector('a.tile[data-service=search] .badge')?.textContent === 'promoted, watching'`)
 	if cls := eval[string](t, b, `document.querySelector('a.tile[data-service=checkout] .badge').className`); cls != "badge rollback" {
 		t.Errorf("checkout tile badge: got class %q; want badge rollback (delivered)", cls)
 	}

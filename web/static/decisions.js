@@ -37,7 +37,8 @@ export function mount(el, app) {
 function card(d) {
   const v = d.verdict || {};
   const e = v.evidence || {};
-  const view = verdictView(Object.assign({}, v, { delivery: decisionDelivery(d) }));
+  // The decision's own state: its delivery, not the watch that may have followed a pass.
+  const view = verdictView(Object.assign({}, v, { delivery: decisionDelivery(d), watch: null }));
   const state = view.cls;
   const rows = (d.deliveries || []).map(x => html`<tr><td>${time(x.unix_ms)}</td><td>${x.target}</td>
     <td class="num">${x.attempt}</td><td class="num">${x.status || '–'}</td><td>${x.outcome}</td>

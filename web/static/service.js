@@ -135,7 +135,8 @@ export function mount(el, app, name) {
     for (const d of svc.deployments) markers.push({ t: d.unix_ms, color: theme.canary, dash: [4, 3], label: `deploy ${d.canary}` });
     for (const v of svc.verdicts) {
       if (v.state === 'pending') continue;
-      markers.push({ t: v.unix_ms, color: v.state === 'rollback' ? theme.bad : v.state === 'pass' ? theme.ok : theme.warn, label: v.state });
+      const view = verdictPanel.verdictView(v); // a rollback is red only once delivered
+      markers.push({ t: v.unix_ms, color: view.cls === 'rollback' ? theme.bad : view.cls === 'pass' ? theme.ok : theme.warn, label: view.text });
     }
     const xsS = xs.map(t => t / 1000);
     charts['c-rate'].setData([xsS, ...rateS]);
