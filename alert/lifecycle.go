@@ -177,10 +177,19 @@ func (d *Detector) endWatchLocked(c *comparison, nowMs int64, reason string) {
 	c.pendA, c.pendB, c.free = nil, nil, nil
 }
 
+// watchEvidenceEvery is how many times EvidenceEvery a watching comparison waits between
+// two live evidence updates: a watch runs for long, and every update is a message on
+// herd.verdict and in the history stream.
+const watchEvidenceEvery = 10
+
 // liveUpdateLocked republishes a pending or watching comparison's verdict with its live
-// evidence, at most once per EvidenceEvery of window time.
+// evidence, at most once per EvidenceEvery of window time (watchEvidenceEvery times that
+// while watching).
 func (d *Detector) liveUpdateLocked(c *comparison, nowMs int64) {
 	every := d.cfg.EvidenceEvery.Milliseconds()
+	if c.life.watching {
+		every *= watchEvidenceEvery
+	}
 	if every <= 0 || nowMs-c.life.emittedMs < every {
 		return
 	}
