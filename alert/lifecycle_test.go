@@ -216,3 +216,32 @@ func TestLiveEvidenceOff(t *testing.T) {
 		t.Fatalf("got %d updates; want none", n)
 	}
 }
+
+// TestWatchSuperseded: a new deployment of the watched canary ends the watch and starts a
+// comparison of its own.
+func TestWatchSuperseded(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.2, errA: 0.005, errB: 0.005})
+	f.step(40, true, false, 1, 0, 0)
+	f.announce()
+	for range 4 * 300 {
+		if f.step(1, true, true, 1, 0, 0); f.last().State != proto.StatePending {
+			break
+		}
+	}
+	if v := f.last(); v.State != proto.StatePass || v.Watch == nil || !v.Watch.Active {
+		t.Fatalf("got %s, watch %+v; want pass, watching", v.State, v.Watch)
+	}
+	f.step(4*5, true, true, 1, 0, 0)
+	f.announce() // the same canary deployed again, later
+	u := f.lastUpdate()
+	if u.Watch == nil || u.Watch.Active || u.Watch.Reason != proto.WatchSuperseded {
+		t.Fatalf("got watch %+v; want ended, superseded", u.Watch)
+	}
+	if got := f.states(); len(got) != 3 || got[2] != proto.StatePending {
+		t.Fatalf("got verdicts %v; want [pending pass pending]", got)
+	}
+	if got := f.d.m.watching.Load(); got != 0 {
+		t.Fatalf("herd_detector_comparisons_watching: got %d; want 0", got)
+	}
+}
