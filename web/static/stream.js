@@ -152,17 +152,17 @@ export class Stream {
 const maxVerdicts = 64;
 
 // addVerdict adds a verdict to a service's list: an update (live evidence, delivery state,
-// a watch's end) replaces the verdict of the same comparison and state it updates.
+// a watch's end) replaces the verdict of the same comparison and state it updates, where it
+// is (a pass's delivery state may change after a later rollback of the same canary).
 function addVerdict(vs, v) {
   if (v.update) {
     for (let i = vs.length - 1; i >= 0; i--) {
       const o = vs[i];
-      if (o.baseline !== v.baseline || o.canary !== v.canary) continue;
-      if (o.state === v.state && (o.decision_id || '') === (v.decision_id || '') && o.started_unix_ms === v.started_unix_ms) {
+      if (o.baseline === v.baseline && o.canary === v.canary && o.state === v.state &&
+          (o.decision_id || '') === (v.decision_id || '') && o.started_unix_ms === v.started_unix_ms) {
         vs[i] = v;
         return;
       }
-      break;
     }
   }
   vs.push(v);
