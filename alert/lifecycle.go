@@ -202,7 +202,7 @@ func (d *Detector) liveUpdateLocked(c *comparison, nowMs int64) {
 	v.Evidence = c.evidence("")
 	v.Evidence.Effects = c.effects(&v.Evidence)
 	v.Evidence.Progress = c.progress(&v.Evidence, nowMs)
-	head := c.pendingSentence()
+	head := "pending" // the comparison's start said what is compared (pendingSentence)
 	if c.life.watching {
 		w := c.life.watch
 		v.Watch = &w

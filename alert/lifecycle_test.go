@@ -195,7 +195,7 @@ func TestLiveEvidenceWhilePending(t *testing.T) {
 	if p == nil || p.Rollback < 0 || p.Rollback > 1 || p.PassInMs <= 0 || p.AcceptMargin != 1.5 || !strings.Contains(p.Text, "of the way to a rollback") {
 		t.Fatalf("progress: got %+v", p)
 	}
-	if !strings.HasPrefix(u.Sentence, "comparing canary v2 with baseline v1") || !strings.Contains(u.Sentence, "a pass needs") {
+	if !strings.HasPrefix(u.Sentence, "pending: ") || !strings.Contains(u.Sentence, "a pass needs") {
 		t.Fatalf("sentence: got %q", u.Sentence)
 	}
 	if vs := f.d.Verdicts(); len(vs) != 1 || vs[0].Evidence.Progress == nil {

@@ -30,7 +30,7 @@ func TestBrowserVerdictPanel(t *testing.T) {
 	started := time.Now().Add(-20 * time.Second).UnixMilli()
 	pending := proto.Verdict{Service: "checkout", Baseline: "1.4.2", Canary: "1.5.0", State: proto.StatePending,
 		UnixMs: started, StartedMs: started, Sentence: "comparing canary 1.5.0 with baseline 1.4.2 (announced; warm-up 1s, α 0.01)",
-		Evidence: proto.Evidence{Alpha: 0.01, EValue: 2.9, Threshold: 100, Windows: 76}}
+		Evidence: proto.Evidence{Alpha: 0.01, EValue: 2.9, Threshold: 100, Windows: 76, FirstMs: started, LastMs: time.Now().Add(-time.Second).UnixMilli()}}
 	effects := func(errCanary, ratio float64) []proto.Effect {
 		return []proto.Effect{
 			{Test: "errors", Metric: "errors", Unit: proto.UnitRatio, Canary: errCanary, Baseline: 0.0106, CanarySinceStart: 0.0159,
@@ -63,12 +63,12 @@ func TestBrowserVerdictPanel(t *testing.T) {
 		t.Errorf("effects header %q lacks the interval's level", head)
 	}
 	// The age, counting.
-	ageRe := regexp.MustCompile(`^updated (\d+) s ago$`)
+	ageRe := regexp.MustCompile(`^pending since (\d+) s ago$`)
 	age := func() int {
 		text := eval[string](t, b, `document.querySelector('#verdict-age').textContent`)
 		m := ageRe.FindStringSubmatch(text)
 		if m == nil {
-			t.Fatalf("age %q; want 'updated N s ago'", text)
+			t.Fatalf("age %q; want 'pending since N s ago'", text)
 		}
 		n, _ := strconv.Atoi(m[1])
 		return n
@@ -77,7 +77,10 @@ func TestBrowserVerdictPanel(t *testing.T) {
 	if first < 19 || first > 30 {
 		t.Fatalf("got age %d s; want ≈ 20 s", first)
 	}
-	b.waitJS(t, 5*time.Second, `/^updated (\d+) s ago$/.test(document.querySelector('#verdict-age').textContent) && +document.querySelector('#verdict-age').textContent.match(/\d+/)[0] >= `+strconv.Itoa(first+2))
+	b.waitJS(t, 5*time.Second, `/^pending since (\d+) s ago$/.test(document.querySelector('#verdict-age').textContent) && +document.querySelector('#verdict-age').textContent.match(/\d+/)[0] >= `+strconv.Itoa(first+2))
+	if got := eval[string](t, b, `document.querySelector('#verdict-evidence-age').textContent`); !strings.HasPrefix(got, "● evidence as of ") {
+		t.Errorf("evidence age %q; want '● evidence as of N s ago'", got)
+	}
 	if got := eval[string](t, b, `document.querySelector('#verdict-progress').innerText`); !strings.Contains(got, "23 % of the way to a rollback") {
 		t.Errorf("progress %q lacks the distance from a decision", got)
 	}
