@@ -76,10 +76,11 @@ export function render(el, badgeEl, v, nowMs) {
   let delivery = '';
   if (v.decision_id) {
     const d = deliveryState(v);
-    delivery = html`<span id="verdict-delivery" class="delivery ${d.failing ? 'failing' : 'ok'}">${d.word}${d.targets.length ? ': ' + targetsText(d.targets) : ''}</span> · `;
+    delivery = html` · <span id="verdict-delivery" class="delivery ${d.failing ? 'failing' : 'ok'}">${d.word}${d.targets.length ? ': ' + targetsText(d.targets) : ''}</span>`;
   }
-  const timing = final ? html`decided after <b id="verdict-decided-after">${decidedAfter(v)}</b> (at ${time(v.unix_ms)})`
-    : html`started ${ago(nowMs - v.started_unix_ms)} ago`;
+  // A pending verdict's age is how long the comparison has run; a final one says when it decided.
+  const timing = final ? html` · decided after <b id="verdict-decided-after">${decidedAfter(v)}</b> (at ${time(v.unix_ms)})`
+    : state === 'pending' ? '' : html` · started ${ago(nowMs - v.started_unix_ms)} ago`;
   const evidenceAge = live && e.last_unix_ms > 0
     ? html` · <span id="verdict-evidence-age" class="live-dot">● evidence as of ${ago(nowMs - e.last_unix_ms)} ago</span>` : '';
   const effects = (Array.isArray(e.effects) ? e.effects : []).filter(x => x && typeof x === 'object');
@@ -97,8 +98,7 @@ export function render(el, badgeEl, v, nowMs) {
       <td class="num">${num(t.effect)}×</td><td class="num">[${num(t.cs_low)}, ${num(t.cs_high)}]</td></tr>`);
   setHTML(el, html`
     <div class="sentence" id="verdict-sentence">${v.sentence || v.state}</div>
-    <div class="muted verdict-meta"><span id="verdict-age" data-unix-ms="${v.unix_ms}">${label} ${age} ago</span> ·
-      ${delivery}${timing}${evidenceAge}</div>
+    <div class="muted verdict-meta"><span id="verdict-age" data-unix-ms="${v.unix_ms}">${label} ${age} ago</span>${delivery}${timing}${evidenceAge}</div>
     ${rows.length ? html`<table id="verdict-effects" style="margin-top:.5rem"><tr><th>metric</th><th class="num">canary</th>
       <th class="num">baseline</th><th class="num">ratio, last ${recentS} s</th><th class="num">ratio, since start</th>
       <th class="num">canary ${num(100 * (effects[0].level || 0), 0)} % interval</th></tr>${rows}</table>` : ''}
