@@ -168,6 +168,7 @@ func (d *Detector) startLocked(s *service, baseline, canary string, createdMs in
 	if old := s.comps[canary]; old != nil && !old.final {
 		d.m.comparisonsActive.Add(-1)
 	}
+	d.supersedeLocked(s.comps[canary], createdMs)
 	c := newComparison(s.name, baseline, canary, &s.set, createdMs, announced)
 	if b := s.groups[baseline]; b != nil {
 		c.freeze(b.reference())

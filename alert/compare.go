@@ -97,6 +97,7 @@ type comparison struct {
 	recentPos        int
 
 	verdict proto.Verdict
+	life    lifecycle // watch and live evidence (lifecycle.go, live.go)
 }
 
 // threshold is a frozen latency threshold.

@@ -65,6 +65,17 @@ type Config struct {
 	// the place of an idle one of the service no comparison names, or its windows are
 	// dropped as too_many_versions. An announced canary is admitted beyond it.
 	MaxVersionsPerService int
+	// Watch is how long a comparison keeps watching a canary after it passed ("promoted,
+	// watching"): a regression in that time rolls it back. The watch ends sooner when the
+	// baseline stops serving (NoTrafficAfter without a live baseline window) or a newer
+	// deployment takes over. 0 ends every comparison at its pass.
+	Watch time.Duration
+	// WatchAlpha is the watch's own false-rollback bound, spent over the watch's segments
+	// (see docs/detector.md); 0 takes Alpha.
+	WatchAlpha float64
+	// EvidenceEvery is how often a pending or watching comparison republishes its live
+	// evidence (a verdict with Update set), in window time; 0 publishes state changes only.
+	EvidenceEvery time.Duration
 	// PolicyFile is the path of the JSON policy file; empty means none.
 	PolicyFile string
 }
@@ -89,6 +100,9 @@ func DefaultConfig() Config {
 		MaxUnpaired:           64,
 		MaxGroups:             10000,
 		MaxVersionsPerService: 32,
+		Watch:                 30 * time.Minute,
+		WatchAlpha:            0.01,
+		EvidenceEvery:         time.Second,
 	}
 }
 
@@ -112,6 +126,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxUnpaired, "detect.max-unpaired", c.MaxUnpaired, "windows (count) per comparison kept waiting for their partner window")
 	fs.IntVar(&c.MaxGroups, "detect.max-groups", c.MaxGroups, "most (service, version) groups (count) tracked; a new group takes the place of an idle one no comparison names, or is dropped")
 	fs.IntVar(&c.MaxVersionsPerService, "detect.max-versions-per-service", c.MaxVersionsPerService, "most groups (count) of one service tracked; a new version takes the place of an idle one of the service no comparison names, or is dropped (a canary with a comparison is admitted beyond it)")
+	fs.DurationVar(&c.Watch, "detect.watch", c.Watch, "after a pass, keep comparing for this long (or until the baseline stops serving) and roll back a later regression (0 = stop at the pass)")
+	fs.Float64Var(&c.WatchAlpha, "detect.watch-alpha", c.WatchAlpha, "false-rollback bound α of the watch after a pass (0 ≤ α < 0.5; 0 = -detect.alpha)")
+	fs.DurationVar(&c.EvidenceEvery, "detect.evidence-every", c.EvidenceEvery, "republish a pending or watching comparison's live evidence this often, in window time (0 = state changes only)")
 	fs.StringVar(&c.PolicyFile, "detect.policy", c.PolicyFile, "JSON policy file with per-service overrides and selectors (empty: none)")
 }
 
@@ -120,7 +137,7 @@ func (c *Config) Validate() error {
 	s := settings{
 		alpha: c.Alpha, margin: c.Margin, spread: c.InstanceSpread, accept: c.AcceptMargin,
 		warmup: c.Warmup, minExposure: c.MinExposure, maxDuration: c.MaxDuration,
-		ceiling: c.ErrorCeiling, dkwMargin: c.DKWMargin,
+		ceiling: c.ErrorCeiling, dkwMargin: c.DKWMargin, watch: c.Watch, watchAlpha: c.WatchAlpha,
 	}
 	if err := s.validate("detect."); err != nil {
 		return err
@@ -142,6 +159,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("bad -detect.max-groups %d: want ≥ 1", c.MaxGroups)
 	case c.MaxVersionsPerService < 1:
 		return fmt.Errorf("bad -detect.max-versions-per-service %d: want ≥ 1", c.MaxVersionsPerService)
+	case c.EvidenceEvery < 0:
+		return fmt.Errorf("bad -detect.evidence-every %s: want ≥ 0", c.EvidenceEvery)
 	}
 	return nil
 }
@@ -174,6 +193,10 @@ func (s *settings) validate(prefix string) error {
 		return fmt.Errorf("bad %s %g: want 0 < ratio ≤ 1", name("error-ceiling", "error_ceiling"), s.ceiling)
 	case !(s.dkwMargin >= 0 && s.dkwMargin <= 1):
 		return fmt.Errorf("bad %s %g: want 0 ≤ distance ≤ 1", name("dkw-margin", "dkw_margin"), s.dkwMargin)
+	case s.watch < 0:
+		return fmt.Errorf("bad %s %s: want ≥ 0", name("watch", "watch"), s.watch)
+	case !(s.watchAlpha >= 0 && s.watchAlpha < 0.5):
+		return fmt.Errorf("bad %s %g: want 0 ≤ α < 0.5 (0: the comparison's α)", name("watch-alpha", "watch_alpha"), s.watchAlpha)
 	}
 	return nil
 }

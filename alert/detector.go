@@ -82,7 +82,8 @@ type detectorMetrics struct {
 	badAnnouncement, notNewCanary         *metrics.Counter
 	judgedAnnouncement                    *metrics.Counter
 	pending, pass, rollback, inconclusive *metrics.Counter
-	comparisonsActive                     atomic.Int64
+	updates                               *metrics.Counter
+	comparisonsActive, watching           atomic.Int64
 }
 
 // service is the detector state of one service.
@@ -185,6 +186,8 @@ var detectorHelp = map[string]string{
 	"herd_detector_announcements_repeated_total": "Announcements of a deployment the detector judged already; its decision stands.",
 	"herd_detector_verdicts_total":               "Verdict changes the detector published, by state: pending, pass, rollback or inconclusive.",
 	"herd_detector_comparisons_active":           "Canary comparisons running (not yet final).",
+	"herd_detector_comparisons_watching":         "Passed canaries whose comparison keeps watching them (promoted, watching).",
+	"herd_detector_verdict_updates_total":        "Verdicts republished without a state change: live evidence of pending and watching comparisons, and watch ends.",
 	"herd_detector_shadow_comparisons_total":     "Shadow A/A comparisons (a baseline's two halves) that concluded, by service.",
 	"herd_detector_shadow_rollbacks_total":       "Shadow A/A comparisons that rolled back, by service: each is a false alarm.",
 	"herd_detector_shadow_rollback_ratio":        "Shadow A/A rollbacks per concluded shadow comparison, by service: the observed false-rollback rate.",
@@ -231,7 +234,9 @@ func newDetector(cfg Config, set *metrics.Set, pol *Policy, onVerdict func(proto
 		pass:               s.NewCounter(`herd_detector_verdicts_total{state="pass"}`),
 		rollback:           s.NewCounter(`herd_detector_verdicts_total{state="rollback"}`),
 		inconclusive:       s.NewCounter(`herd_detector_verdicts_total{state="inconclusive"}`),
+		updates:            s.NewCounter("herd_detector_verdict_updates_total"),
 	}
+	s.NewGauge("herd_detector_comparisons_watching", func() float64 { return float64(d.m.watching.Load()) })
 	s.NewGauge("herd_detector_comparisons_active", func() float64 { return float64(d.m.comparisonsActive.Load()) })
 	for _, r := range []string{groupExpired, groupEvicted} {
 		d.m.groupsForgotten[r] = s.NewCounter(`herd_detector_groups_forgotten_total{reason="` + r + `"}`)
@@ -262,6 +267,15 @@ func (d *Detector) unlockAndEmit() {
 
 // emitLocked records a verdict change.
 func (d *Detector) emitLocked(v proto.Verdict) {
+	if v.Update {
+		d.m.updates.Inc()
+		if v.Watch != nil && !v.Watch.Active {
+			d.logger.Info("watch ended", "service", v.Service, "baseline", v.Baseline, "canary", v.Canary,
+				"reason", v.Watch.Reason, "decision_id", v.DecisionID)
+		}
+		d.out = append(d.out, v)
+		return
+	}
 	switch v.State {
 	case proto.StatePending:
 		d.m.pending.Inc()
@@ -339,7 +353,7 @@ func (d *Detector) AddWindow(w *proto.Window) {
 	}
 	baseline := false
 	for _, c := range s.comps {
-		if c.final {
+		if c.final && !c.life.watching {
 			continue
 		}
 		switch w.Version {
@@ -432,6 +446,9 @@ func (g *group) recent(k int) (n, e float64) {
 // instance), the tests tx (the warm instances when the window carries them).
 func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window, x, tx *extract) {
 	set := c.set
+	if d.retiredLocked(c, w.EndMs) {
+		return
+	}
 	if w.Instances == 0 && x.requests == 0 {
 		// Nobody reported: evidence for the gone guard if the baseline served in the same
 		// interval, judged here too since the baseline's window may have come first.
@@ -495,6 +512,11 @@ func (d *Detector) baselineWindowLocked(s *service, c *comparison, w *proto.Wind
 		c.baselineServingMs = w.StartMs
 	}
 	c.lastBaselineEndMs = w.EndMs
+	if live {
+		c.life.baselineLiveEndMs = w.EndMs
+	} else if d.retiredLocked(c, w.EndMs) {
+		return
+	}
 	c.gone.baseline(span{w.StartMs, w.EndMs}, live)
 	if c.firstCanaryMs == 0 {
 		return
@@ -502,7 +524,7 @@ func (d *Detector) baselineWindowLocked(s *service, c *comparison, w *proto.Wind
 	if d.goneLocked(c, w.EndMs) {
 		return
 	}
-	if live && !c.noTraffic {
+	if live && !c.noTraffic && !c.life.watching {
 		// Quiet while the baseline served: a stall of every group is not the canary's.
 		quiet := time.Duration(w.EndMs-max(c.lastTrafficMs, c.baselineServingMs)) * time.Millisecond
 		if quiet >= d.cfg.NoTrafficAfter {
@@ -533,6 +555,7 @@ func (d *Detector) pairLocked(c *comparison, w *proto.Window, x *extract, isBase
 		}
 		c.initTests()
 	}
+	c.life.live.add(isBaseline, w, x, !c.frozen || len(c.thresholds) > 0)
 	mine, other := &c.pendB, &c.pendA
 	if isBaseline {
 		mine, other = &c.pendA, &c.pendB
@@ -585,18 +608,26 @@ func (d *Detector) judgeLocked(c *comparison, logAvg float64, nowMs int64) {
 	if logAvg >= c.logTh {
 		dec := c.decisive()
 		ev := c.evidence(dec)
+		ev.Effects = c.effects(&ev)
 		d.finishLocked(c, proto.StateRollback, nowMs, dec, ev, c.rollbackSentence(&ev, dec, c.elapsed(nowMs)))
+		return
+	}
+	if c.life.watching {
+		d.watchLocked(c, nowMs)
 		return
 	}
 	exposure := time.Duration(nowMs-c.startMs) * time.Millisecond
 	if exposure >= set.minExposure && c.windows%passCheckEvery == 0 && c.passes() {
 		ev := c.evidence("")
+		ev.Effects = c.effects(&ev)
 		d.finishLocked(c, proto.StatePass, nowMs, "", ev, c.passSentence(&ev, c.elapsed(nowMs)))
 		return
 	}
 	if time.Duration(nowMs-c.createdMs)*time.Millisecond >= set.maxDuration {
 		d.expireLocked(c, nowMs)
+		return
 	}
+	d.liveUpdateLocked(c, nowMs)
 }
 
 // expireLocked ends a comparison that ran out of time as inconclusive.
@@ -604,15 +635,4 @@ func (d *Detector) expireLocked(c *comparison, nowMs int64) {
 	ev := c.evidence("")
 	d.finishLocked(c, proto.StateInconclusive, nowMs, "max_duration", ev,
 		c.undecidedSentence(&ev, time.Duration(nowMs-c.createdMs)*time.Millisecond))
-}
-
-// finishLocked publishes a final verdict and stops the comparison.
-func (d *Detector) finishLocked(c *comparison, state proto.State, nowMs int64, decisive string, ev proto.Evidence, sentence string) {
-	d.emitLocked(c.setState(state, nowMs, decisive, ev, sentence))
-	c.final = true
-	if g := d.services[c.service].groups[c.canary]; g != nil {
-		g.judged, g.judgedBaseline, g.judgedUntilMs = true, c.baseline, c.judgedUntilMs()
-	}
-	d.m.comparisonsActive.Add(-1)
-	c.pendA, c.pendB, c.free = nil, nil, nil
 }

@@ -20,13 +20,18 @@ type detectorRun struct {
 	d        *Detector
 	nowMs    int64
 	mu       sync.Mutex
-	verdicts []proto.Verdict
+	verdicts []proto.Verdict // state changes
+	updates  []proto.Verdict // verdicts with Update set: live evidence, watch ends
 }
 
 // record is the Detector's publish function.
 func (f *detectorRun) record(v proto.Verdict) {
 	f.mu.Lock()
-	f.verdicts = append(f.verdicts, v)
+	if v.Update {
+		f.updates = append(f.updates, v)
+	} else {
+		f.verdicts = append(f.verdicts, v)
+	}
 	f.mu.Unlock()
 }
 

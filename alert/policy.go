@@ -36,6 +36,9 @@ type ServicePolicy struct {
 	MaxDuration    *Duration `json:"max_duration,omitempty"`
 	ErrorCeiling   *float64  `json:"error_ceiling,omitempty"`
 	DKWMargin      *float64  `json:"dkw_margin,omitempty"`
+	// Watch and WatchAlpha set the watch after a pass (see Config.Watch, Config.WatchAlpha).
+	Watch      *Duration `json:"watch,omitempty"`
+	WatchAlpha *float64  `json:"watch_alpha,omitempty"`
 	// SLOLatency adds a latency test at the bucket edge at or just above this latency.
 	SLOLatency *Duration `json:"slo_latency,omitempty"`
 	// Quantiles of the baseline at which latency thresholds are frozen (default 0.5, 0.9, 0.99).
@@ -83,6 +86,8 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 type settings struct {
 	alpha, margin, spread, accept, ceiling, dkwMargin float64
 	warmup, minExposure, maxDuration                  time.Duration
+	watch                                             time.Duration // 0: no watch after a pass
+	watchAlpha                                        float64
 	sloSeconds                                        float64 // 0: none
 	quantiles                                         []float64
 	weights                                           Weights
@@ -103,6 +108,7 @@ func (c *Config) baseSettings() settings {
 		alpha: c.Alpha, margin: c.Margin, spread: c.InstanceSpread, accept: c.AcceptMargin,
 		ceiling: c.ErrorCeiling, dkwMargin: c.DKWMargin,
 		warmup: c.Warmup, minExposure: c.MinExposure, maxDuration: c.MaxDuration,
+		watch: c.Watch, watchAlpha: c.WatchAlpha,
 		quantiles: defaultQuantiles, weights: defaultWeights,
 		requests: defaultRequests, errors: defaultErrors, latency: defaultLatency,
 	}
@@ -129,6 +135,8 @@ func (s *settings) apply(sp *ServicePolicy) error {
 	setD(&s.warmup, sp.Warmup)
 	setD(&s.minExposure, sp.MinExposure)
 	setD(&s.maxDuration, sp.MaxDuration)
+	setD(&s.watch, sp.Watch)
+	setF(&s.watchAlpha, sp.WatchAlpha)
 	if sp.SLOLatency != nil {
 		if *sp.SLOLatency <= 0 {
 			return fmt.Errorf("bad slo_latency %s: want > 0", time.Duration(*sp.SLOLatency))

@@ -91,7 +91,14 @@ func (c *comparison) rollbackSentence(ev *proto.Evidence, decisive string, elaps
 				t.Effect, seconds(t.ThresholdSeconds), c.dkw.band, c.set.dkwMargin, after(elapsed))
 		}
 		if ct := c.test(decisive); ct != nil {
-			return effectSentence(t, ct, c.set.alpha) + ", decided after " + after(elapsed)
+			test := effectSentence(t, ct, c.set.alpha)
+			if e := c.leadingEffect(ev.Effects, decisive); e != nil && e.Test == decisive {
+				if !ct.latency {
+					test = "ratio" + strings.TrimPrefix(test, ct.subject())
+				}
+				test = e.Text + "; " + test
+			}
+			return test + ", decided after " + after(elapsed)
 		}
 	}
 	return "canary worse than baseline, decided after " + after(elapsed)

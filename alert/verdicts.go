@@ -20,6 +20,12 @@ func (d *Detector) Tick(now time.Time) {
 	for name, s := range d.services {
 		for v, c := range s.comps {
 			switch {
+			case c.life.watching:
+				if nowMs >= c.life.watch.UntilMs {
+					d.endWatchLocked(c, nowMs, proto.WatchTime)
+				} else {
+					d.retiredLocked(c, nowMs)
+				}
 			case c.final:
 				if time.Duration(nowMs-c.verdict.UnixMs)*time.Millisecond > finalRetention {
 					delete(s.comps, v)

@@ -165,7 +165,7 @@ func (n *Node) windowIn(w *proto.Window) {
 // decided is the local detector's output, called in order: publish the verdict, hand final
 // ones to delivery, tell the local consumers.
 func (n *Node) decided(v proto.Verdict) {
-	final := v.State == proto.StateRollback || v.State == proto.StatePass
+	final := v.Decides() // an update (live evidence, a watch's end) takes no new decision
 	if n.replaying.Load() {
 		// Re-derived from replayed windows: the decision id is the one already taken, so
 		// delivery does not send it again; the stream already holds the verdict itself.

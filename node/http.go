@@ -40,6 +40,7 @@ func (n *Node) newHTTP() (err error) {
 		switch {
 		case n.dl != nil:
 			n.web.SetDecisions(n.dl.Decisions)
+			n.web.SetDecisionLookup(n.dl.Decision)
 		case n.js != nil:
 			n.web.SetDecisions(deliver.StoredDecisions(deliver.NewKVReader(n.js).Decisions, time.Second, n.logger))
 		}

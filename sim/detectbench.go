@@ -194,6 +194,7 @@ func runScenario(cfg DetectConfig, dc alert.Config, b *traffic.Bins, sc detectSc
 		dc.MinExposure = cfg.Duration + time.Hour // no promotion: every trial runs the full time
 	}
 	dc.MaxDuration = max(dc.MaxDuration, cfg.Duration+time.Minute)
+	dc.EvidenceEvery = 0 // live evidence updates decide nothing, and the bench reads only the final verdicts
 	results := make([]trialResult, cfg.Trials)
 	var next atomic.Int64
 	var wg sync.WaitGroup

@@ -65,13 +65,14 @@ func (s *Server) touchLocked(g *group, now time.Time) {
 	s.lru.MoveToFront(g.inAll)
 }
 
-// watched reports whether the newest verdict of one of sv's comparisons is pending and names
-// version as canary or baseline.
+// watched reports whether the newest verdict of one of sv's comparisons is pending (or a
+// pass still watching the canary) and names version as canary or baseline.
 func (sv *service) watched(version string) bool {
 	vs := sv.verdicts
 	for i := len(vs) - 1; i >= 0; i-- {
 		v := &vs[i]
-		if v.State != proto.StatePending || v.Canary != version && v.Baseline != version {
+		running := v.State == proto.StatePending || v.Watch != nil && v.Watch.Active
+		if !running || v.Canary != version && v.Baseline != version {
 			continue
 		}
 		newest := true

@@ -99,7 +99,8 @@ type ServiceSummary struct {
 
 // summaryLocked summarizes a service; the caller holds s.mu.
 func (s *Server) summaryLocked(sv *service, full bool) ServiceSummary {
-	out := ServiceSummary{Service: sv.name, Groups: []GroupSummary{}, Verdicts: nonNil(sv.latestVerdicts())}
+	now := time.Now()
+	out := ServiceSummary{Service: sv.name, Groups: []GroupSummary{}, Verdicts: stampAges(nonNil(sv.latestVerdicts()), now)}
 	win := s.window()
 	per := max(1, int(time.Second/win))
 	for _, g := range sv.sortedGroups() {
@@ -121,7 +122,7 @@ func (s *Server) summaryLocked(sv *service, full bool) ServiceSummary {
 		out.Groups = append(out.Groups, gs)
 	}
 	if full {
-		out.History = nonNil(append([]proto.Verdict(nil), sv.verdicts...))
+		out.History = stampAges(nonNil(append([]proto.Verdict(nil), sv.verdicts...)), now)
 		out.Deployments = nonNil(append([]proto.Deployment(nil), sv.deployments...))
 	}
 	return out
@@ -238,7 +239,7 @@ func (s *Server) serveVerdicts(w http.ResponseWriter, r *http.Request) {
 	s.mu.RUnlock()
 	writeJSON(w, http.StatusOK, struct {
 		Verdicts []proto.Verdict `json:"verdicts"`
-	}{out})
+	}{stampAges(out, time.Now())})
 }
 
 func (s *Server) serveDeployments(w http.ResponseWriter, r *http.Request) {

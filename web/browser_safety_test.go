@@ -50,7 +50,17 @@ func TestBrowserHostileVerdict(t *testing.T) {
 		UnixMs: now.UnixMilli(), StartedMs: now.Add(-8 * time.Second).UnixMilli(), DecisionID: pwnVersionA,
 		Sentence: pwnScript + pwnImg + ` & 'quoted' "text"`,
 		Evidence: proto.Evidence{Alpha: 0.01, EValue: 180, Threshold: 100, Decisive: pwnImg, Windows: 31,
-			Tests: []proto.TestEvidence{{Name: pwnImg, EValue: 355, Weight: 0.5, Effect: 5.1, CSLow: 2.9, CSHigh: 9}}}}
+			Tests: []proto.TestEvidence{{Name: pwnImg, EValue: 355, Weight: 0.5, Effect: 5.1, CSLow: 2.9, CSHigh: 9}},
+			Effects: []proto.Effect{{Test: pwnImg, Metric: pwnScript, Unit: proto.UnitRatio, Canary: 0.02, Baseline: 0.01,
+				Ratio: 2, RatioSinceStart: 1.5, Low: 0.015, High: 0.03, Level: 0.99, RecentMs: 30000, Text: pwnImg}},
+			Progress: &proto.Progress{Rollback: 0.5, Text: pwnScript}},
+		Watch: &proto.Watch{PassMs: now.UnixMilli() - 5000, UntilMs: now.UnixMilli() + 60000, Alpha: 0.01, Reason: pwnImg}}
+	// The delivery state joined by decision id: a hostile target and error, retrying.
+	hostileTarget := `webhook:http://x/"><img src=x onerror=window.__pwned=1>`
+	ts.srv.SetDecisionLookup(func(id string) (proto.Decision, bool) {
+		return proto.Decision{ID: id, Verdict: v, Status: "delivering", Deliveries: []proto.Delivery{{Target: hostileTarget,
+			Attempt: 1, UnixMs: v.UnixMs, Status: 503, Outcome: "retry", Error: pwnScript}}}, id == pwnVersionA
+	})
 	ts.srv.AddDeployment(proto.Deployment{Service: long, Baseline: pwnVersionA, Canary: pwnVersionB, UnixMs: now.Add(-9 * time.Second).UnixMilli()})
 	ts.srv.SetVerdict(v)
 	ts.srv.SetDecisions(func() []proto.Decision {
@@ -103,9 +113,10 @@ func TestBrowserHostileVerdict(t *testing.T) {
 
 	// Service page: badge, evidence (sentence, decision id, test name), groups table.
 	b.do(t, 20*time.Second, chromedp.Navigate(ts.http.URL+"/services/"+long))
-	b.waitJS(t, 10*time.Second, `document.querySelector('#verdict-state')?.textContent === 'rollback'`)
+	b.waitJS(t, 10*time.Second, `document.querySelector('#verdict-state')?.textContent === 'rollback — delivery failing'`)
 	text = eval[string](t, b, `document.querySelector('main').innerText`)
-	for _, want := range []string{long, pwnScript + pwnImg + ` & 'quoted' "text"`, "decision " + pwnVersionA, pwnImg, pwnVersionB, longVersion} {
+	for _, want := range []string{long, pwnScript + pwnImg + ` & 'quoted' "text"`, "decision " + pwnVersionA, pwnImg, pwnVersionB, longVersion,
+		hostileTarget + " (HTTP 503, retry: " + pwnScript + ")", pwnScript + "\t2.00 %"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("service page %q lacks %q as text", text, want)
 		}

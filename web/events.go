@@ -164,7 +164,7 @@ func (s *Server) snapshotLocked(only string, historyMs int64, now time.Time) sna
 	since := sn.nowMs - historyMs
 	add := func(sv *service) {
 		ss := snapService{name: sv.name,
-			verdicts:    append([]proto.Verdict(nil), sv.verdicts...),
+			verdicts:    stampAges(append([]proto.Verdict(nil), sv.verdicts...), now),
 			deployments: append([]proto.Deployment(nil), sv.deployments...)}
 		for _, g := range sv.sortedGroups() {
 			ss.groups = append(ss.groups, snapGroup{version: g.version, points: g.ring.since(nil, since)})

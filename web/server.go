@@ -56,9 +56,10 @@ const inputQueue = 8192
 
 // input is one item for the hub; exactly one field is set.
 type input struct {
-	w *proto.Window
-	v *proto.Verdict
-	d *proto.Deployment
+	w  *proto.Window
+	v  *proto.Verdict
+	d  *proto.Deployment
+	dl *deliveryUpdate
 }
 
 // Server is herd's web component: state for the API, the websocket hub and the dashboard.
@@ -74,6 +75,7 @@ type Server struct {
 	guard    *Guard
 
 	decisions atomic.Pointer[func() []proto.Decision]
+	lookup    atomic.Pointer[func(id string) (proto.Decision, bool)]
 	announce  atomic.Pointer[func(proto.Deployment) error]
 
 	// mu guards the fields below. The hub holds it for writing while it applies and fans out
@@ -98,22 +100,23 @@ type Server struct {
 
 // serverMetrics are the Server's self-metrics, all in one Set.
 type serverMetrics struct {
-	set           *metrics.Set
-	inputs        map[string]*metrics.Counter // by type
-	inputsRefused map[string]*metrics.Counter
-	refused       map[string]*metrics.Counter
-	dropped       map[string]*metrics.Counter
-	connects      *metrics.Counter
-	disconnects   *metrics.Counter
-	resyncs       *metrics.Counter
-	coalesced     *metrics.Counter
-	resumes       *metrics.Counter
-	resets        *metrics.Counter
-	framesSent    *metrics.Counter
-	bytesSent     *metrics.Counter
-	badMessages   *metrics.Counter
-	windowDelay   *metrics.PrometheusHistogram
-	groupsEvicted map[string]*metrics.Counter // by reason
+	set            *metrics.Set
+	inputs         map[string]*metrics.Counter // by type
+	inputsRefused  map[string]*metrics.Counter
+	refused        map[string]*metrics.Counter
+	dropped        map[string]*metrics.Counter
+	connects       *metrics.Counter
+	disconnects    *metrics.Counter
+	resyncs        *metrics.Counter
+	coalesced      *metrics.Counter
+	verdictUpdates *metrics.Counter
+	resumes        *metrics.Counter
+	resets         *metrics.Counter
+	framesSent     *metrics.Counter
+	bytesSent      *metrics.Counter
+	badMessages    *metrics.Counter
+	windowDelay    *metrics.PrometheusHistogram
+	groupsEvicted  map[string]*metrics.Counter // by reason
 }
 
 // windowDelayBuckets are the upper bounds of herd_web_window_delay_seconds: windows close
@@ -129,6 +132,7 @@ var serverHelp = map[string]string{
 	"herd_web_clients_dropped_total":         "Websocket clients dropped by the server, by reason: slow, ping_timeout or shutdown.",
 	"herd_web_client_snapshots_total":        "Snapshots sent to websocket clients (on connect, subscribe or resync).",
 	"herd_web_client_events_coalesced_total": "Events not sent one by one because a client's queue was full: the next snapshot carries them.",
+	"herd_web_verdict_updates_total":         "Verdict updates (live evidence, watch ends) that replaced the verdict they update instead of adding to the history.",
 	"herd_web_client_resumes_total":          "Websocket clients that resumed from a sequence number with the events they missed.",
 	"herd_web_client_resets_total":           "Websocket clients that asked to resume but got a snapshot: the events were no longer kept.",
 	"herd_web_client_messages_refused_total": "Messages from websocket clients ignored, by reason: bad_message.",
@@ -166,22 +170,23 @@ func New(cfg Config, set *metrics.Set, logger *slog.Logger) (*Server, error) {
 	}
 	promhelp.Describe(serverHelp)
 	s.m = serverMetrics{
-		set:           set,
-		inputs:        map[string]*metrics.Counter{},
-		inputsRefused: map[string]*metrics.Counter{},
-		refused:       map[string]*metrics.Counter{},
-		dropped:       map[string]*metrics.Counter{},
-		connects:      set.NewCounter("herd_web_clients_connected_total"),
-		disconnects:   set.NewCounter("herd_web_clients_disconnected_total"),
-		resyncs:       set.NewCounter("herd_web_client_snapshots_total"),
-		coalesced:     set.NewCounter("herd_web_client_events_coalesced_total"),
-		resumes:       set.NewCounter("herd_web_client_resumes_total"),
-		resets:        set.NewCounter("herd_web_client_resets_total"),
-		framesSent:    set.NewCounter("herd_web_frames_sent_total"),
-		bytesSent:     set.NewCounter("herd_web_bytes_sent_total"),
-		badMessages:   set.NewCounter(`herd_web_client_messages_refused_total{reason="bad_message"}`),
-		windowDelay:   set.NewPrometheusHistogramExt("herd_web_window_delay_seconds", windowDelayBuckets),
-		groupsEvicted: map[string]*metrics.Counter{},
+		set:            set,
+		inputs:         map[string]*metrics.Counter{},
+		inputsRefused:  map[string]*metrics.Counter{},
+		refused:        map[string]*metrics.Counter{},
+		dropped:        map[string]*metrics.Counter{},
+		connects:       set.NewCounter("herd_web_clients_connected_total"),
+		disconnects:    set.NewCounter("herd_web_clients_disconnected_total"),
+		resyncs:        set.NewCounter("herd_web_client_snapshots_total"),
+		coalesced:      set.NewCounter("herd_web_client_events_coalesced_total"),
+		verdictUpdates: set.NewCounter("herd_web_verdict_updates_total"),
+		resumes:        set.NewCounter("herd_web_client_resumes_total"),
+		resets:         set.NewCounter("herd_web_client_resets_total"),
+		framesSent:     set.NewCounter("herd_web_frames_sent_total"),
+		bytesSent:      set.NewCounter("herd_web_bytes_sent_total"),
+		badMessages:    set.NewCounter(`herd_web_client_messages_refused_total{reason="bad_message"}`),
+		windowDelay:    set.NewPrometheusHistogramExt("herd_web_window_delay_seconds", windowDelayBuckets),
+		groupsEvicted:  map[string]*metrics.Counter{},
 	}
 	for _, t := range []string{"window", "verdict", "deployment"} {
 		s.m.inputs[t] = set.NewCounter(`herd_web_inputs_total{type="` + t + `"}`)
@@ -287,9 +292,12 @@ func (s *Server) Run(ctx context.Context) error {
 	s.logger.Info("web hub started", "history", s.cfg.History, "max_clients", s.cfg.MaxClients)
 	prune := time.NewTicker(pruneInterval)
 	defer prune.Stop()
+	stopPoller := s.runPoller(ctx)
+	defer stopPoller()
 	for {
 		select {
 		case <-ctx.Done():
+			stopPoller()
 			s.shutdown()
 			s.logger.Info("web hub stopped")
 			if errors.Is(ctx.Err(), context.Canceled) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -339,16 +347,15 @@ func (s *Server) apply(in input) {
 		s.applyWindowLocked(in.w, now)
 	case in.v != nil:
 		s.m.inputs["verdict"].Inc()
-		v := *in.v
-		sv := s.serviceLocked(v.Service)
-		sv.verdicts = appendBounded(sv.verdicts, v, maxVerdicts)
-		s.publishLocked(v.Service, now, encodeVerdictEvent(s.seq+1, &v))
+		s.applyVerdictLocked(*in.v, now)
 	case in.d != nil:
 		s.m.inputs["deployment"].Inc()
 		d := *in.d
 		sv := s.serviceLocked(d.Service)
 		sv.deployments = appendBounded(sv.deployments, d, maxDeployments)
 		s.publishLocked(d.Service, now, encodeDeploymentEvent(s.seq+1, &d))
+	case in.dl != nil:
+		s.applyDeliveryLocked(*in.dl, now)
 	}
 }
 

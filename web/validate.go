@@ -119,7 +119,101 @@ func checkVerdict(v *proto.Verdict) error {
 	if err := checkTime("first_unix_ms", e.FirstMs); err != nil {
 		return err
 	}
-	return checkTime("last_unix_ms", e.LastMs)
+	if err := checkTime("last_unix_ms", e.LastMs); err != nil {
+		return err
+	}
+	if err := checkEffects(e.Effects); err != nil {
+		return err
+	}
+	if p := e.Progress; p != nil {
+		if err := checkFinite("progress", p.Rollback, p.CSHigh, p.AcceptMargin); err != nil {
+			return err
+		}
+		if p.PassInMs < 0 || p.PassInMs > maxUnixMs {
+			return fmt.Errorf("%w: progress pass_in_ms %d", errBad, p.PassInMs)
+		}
+		if err := checkText("progress text", p.Text, maxSentence); err != nil {
+			return err
+		}
+	}
+	if err := checkTime("decided_after_ms", v.DecidedAfterMs); err != nil {
+		return err
+	}
+	if w := v.Watch; w != nil {
+		if err := checkFinite("watch alpha", w.Alpha); err != nil {
+			return err
+		}
+		for _, t := range []struct {
+			what string
+			ms   int64
+		}{{"watch pass_unix_ms", w.PassMs}, {"watch until_unix_ms", w.UntilMs}, {"watch ended_unix_ms", w.EndedMs}} {
+			if err := checkTime(t.what, t.ms); err != nil {
+				return err
+			}
+		}
+		if err := checkText("watch reason", w.Reason, maxName); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// units are the effect units the dashboard knows.
+var units = map[string]bool{proto.UnitRatio: true, proto.UnitSeconds: true}
+
+// checkEffects checks a verdict's plain-word effects.
+func checkEffects(es []proto.Effect) error {
+	if len(es) > maxTests {
+		return fmt.Errorf("%w: %d effects, more than %d", errBad, len(es), maxTests)
+	}
+	for i := range es {
+		e := &es[i]
+		if err := checkText("effect test", e.Test, maxName); err != nil {
+			return err
+		}
+		if err := checkText("effect metric", e.Metric, maxName); err != nil {
+			return err
+		}
+		if !units[e.Unit] {
+			return fmt.Errorf("%w: effect %s has unknown unit %q", errBad, clipText(e.Test, 40), clipText(e.Unit, 40))
+		}
+		if err := checkFinite("effect "+e.Test, e.Canary, e.Baseline, e.CanarySinceStart, e.BaselineSinceStart,
+			e.Ratio, e.RatioSinceStart, e.Low, e.High, e.Level); err != nil {
+			return err
+		}
+		if e.RecentMs < 0 || e.SinceMs < 0 || e.RecentMs > maxUnixMs || e.SinceMs > maxUnixMs {
+			return fmt.Errorf("%w: effect %s has a bad span", errBad, clipText(e.Test, 40))
+		}
+		if err := checkText("effect text", e.Text, maxSentence); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxTargets bounds the target answers of a delivery state; the last ones are left out.
+const maxTargets = 64
+
+// cleanDelivery bounds a delivery state for the dashboard: free text from the far end
+// (targets, errors) is clipped, never refused, so that a long error never hides a decision.
+func cleanDelivery(d *proto.DeliveryState) *proto.DeliveryState {
+	if d == nil {
+		return nil
+	}
+	out := &proto.DeliveryState{Status: clipText(d.Status, maxName)}
+	for i, t := range d.Targets {
+		if i == maxTargets {
+			break
+		}
+		t.Target = clipText(t.Target, maxDeliveryText)
+		t.Outcome = clipText(t.Outcome, maxName)
+		t.Error = clipText(t.Error, maxDeliveryText)
+		if checkTime("unix_ms", t.UnixMs) != nil {
+			t.UnixMs = 0
+		}
+		out.Targets = append(out.Targets, t)
+	}
+	return out
 }
 
 // checkDeployment checks a deploy announcement's tokens and time.

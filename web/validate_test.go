@@ -17,7 +17,13 @@ func goodVerdict() proto.Verdict {
 		UnixMs: 1_795_656_790_000, StartedMs: 1_795_656_782_000, DecisionID: "4b6f0f7e-2f0e-4c1e-9d7a-1f2e3d4c5b6a",
 		Sentence: "errors 5.1× baseline, 99 % CS [2.9, 9.0], decided after 7.8 s",
 		Evidence: proto.Evidence{Alpha: 0.01, EValue: 180, Threshold: 100, Decisive: "errors", Windows: 31,
-			Tests: []proto.TestEvidence{{Name: "errors", EValue: 355, Weight: 0.5, Effect: 5.1, CSLow: 2.9, CSHigh: 9}}}}
+			Tests: []proto.TestEvidence{{Name: "errors", EValue: 355, Weight: 0.5, Effect: 5.1, CSLow: 2.9, CSHigh: 9}},
+			Effects: []proto.Effect{{Test: "errors", Metric: "errors", Unit: proto.UnitRatio, Canary: 0.0219, Baseline: 0.0106,
+				Ratio: 2.1, RatioSinceStart: 1.5, Low: 0.014, High: 0.029, Level: 0.99, RecentMs: 30000, SinceMs: 60000,
+				Text: "errors 2.19 % vs 1.06 % (×2.1, last 30 s; ×1.5 since start), canary 1.40 %–2.91 % (99 %)"}},
+			Progress: &proto.Progress{Rollback: 1, CSHigh: 9, AcceptMargin: 1.5, Text: "evidence 100 % of the way to a rollback"}},
+		DecidedAfterMs: 7800,
+		Watch:          &proto.Watch{PassMs: 1_795_656_780_000, UntilMs: 1_795_658_580_000, Alpha: 0.01, EndedMs: 1_795_656_790_000, Reason: proto.WatchRegression}}
 }
 
 // TestCheckVerdict checks that the schema refuses what a forged verdict may carry and keeps
@@ -28,29 +34,42 @@ func TestCheckVerdict(t *testing.T) {
 		t.Fatalf("got %v for a good verdict; want nil", err)
 	}
 	for name, mut := range map[string]func(*proto.Verdict){
-		"markup state":        func(v *proto.Verdict) { v.State = "<img src=x onerror=window.__pwned=1>" },
-		"unknown state":       func(v *proto.Verdict) { v.State = "rolled" },
-		"empty state":         func(v *proto.Verdict) { v.State = "" },
-		"bad service":         func(v *proto.Verdict) { v.Service = "<b>" },
-		"long service":        func(v *proto.Verdict) { v.Service = strings.Repeat("a", proto.MaxServiceLen+1) },
-		"no canary":           func(v *proto.Verdict) { v.Canary = "" },
-		"version with space":  func(v *proto.Verdict) { v.Baseline = "1 2" },
-		"long version":        func(v *proto.Verdict) { v.Canary = strings.Repeat("9", proto.MaxVersionLen+1) },
-		"negative time":       func(v *proto.Verdict) { v.UnixMs = -1 },
-		"far future":          func(v *proto.Verdict) { v.StartedMs = math.MaxInt64 },
-		"long sentence":       func(v *proto.Verdict) { v.Sentence = strings.Repeat("x", maxSentence+1) },
-		"control in sentence": func(v *proto.Verdict) { v.Sentence = "a\x00b" },
-		"bad UTF-8":           func(v *proto.Verdict) { v.Sentence = "\xff\xfe" },
-		"long decision id":    func(v *proto.Verdict) { v.DecisionID = strings.Repeat("d", maxName+1) },
-		"NaN e-value":         func(v *proto.Verdict) { v.Evidence.EValue = math.NaN() },
-		"Inf threshold":       func(v *proto.Verdict) { v.Evidence.Threshold = math.Inf(1) },
-		"Inf test effect":     func(v *proto.Verdict) { v.Evidence.Tests[0].Effect = math.Inf(-1) },
-		"long test name":      func(v *proto.Verdict) { v.Evidence.Tests[0].Name = strings.Repeat("t", maxName+1) },
-		"too many tests":      func(v *proto.Verdict) { v.Evidence.Tests = make([]proto.TestEvidence, maxTests+1) },
-		"negative windows":    func(v *proto.Verdict) { v.Evidence.Windows = -1 },
+		"markup state":         func(v *proto.Verdict) { v.State = "<img src=x onerror=window.__pwned=1>" },
+		"unknown state":        func(v *proto.Verdict) { v.State = "rolled" },
+		"empty state":          func(v *proto.Verdict) { v.State = "" },
+		"bad service":          func(v *proto.Verdict) { v.Service = "<b>" },
+		"long service":         func(v *proto.Verdict) { v.Service = strings.Repeat("a", proto.MaxServiceLen+1) },
+		"no canary":            func(v *proto.Verdict) { v.Canary = "" },
+		"version with space":   func(v *proto.Verdict) { v.Baseline = "1 2" },
+		"long version":         func(v *proto.Verdict) { v.Canary = strings.Repeat("9", proto.MaxVersionLen+1) },
+		"negative time":        func(v *proto.Verdict) { v.UnixMs = -1 },
+		"far future":           func(v *proto.Verdict) { v.StartedMs = math.MaxInt64 },
+		"long sentence":        func(v *proto.Verdict) { v.Sentence = strings.Repeat("x", maxSentence+1) },
+		"control in sentence":  func(v *proto.Verdict) { v.Sentence = "a\x00b" },
+		"bad UTF-8":            func(v *proto.Verdict) { v.Sentence = "\xff\xfe" },
+		"long decision id":     func(v *proto.Verdict) { v.DecisionID = strings.Repeat("d", maxName+1) },
+		"NaN e-value":          func(v *proto.Verdict) { v.Evidence.EValue = math.NaN() },
+		"Inf threshold":        func(v *proto.Verdict) { v.Evidence.Threshold = math.Inf(1) },
+		"Inf test effect":      func(v *proto.Verdict) { v.Evidence.Tests[0].Effect = math.Inf(-1) },
+		"long test name":       func(v *proto.Verdict) { v.Evidence.Tests[0].Name = strings.Repeat("t", maxName+1) },
+		"too many tests":       func(v *proto.Verdict) { v.Evidence.Tests = make([]proto.TestEvidence, maxTests+1) },
+		"negative windows":     func(v *proto.Verdict) { v.Evidence.Windows = -1 },
+		"unknown effect unit":  func(v *proto.Verdict) { v.Evidence.Effects[0].Unit = "<b>" },
+		"NaN effect":           func(v *proto.Verdict) { v.Evidence.Effects[0].Low = math.NaN() },
+		"Inf effect ratio":     func(v *proto.Verdict) { v.Evidence.Effects[0].Ratio = math.Inf(1) },
+		"long effect text":     func(v *proto.Verdict) { v.Evidence.Effects[0].Text = strings.Repeat("x", maxSentence+1) },
+		"control in metric":    func(v *proto.Verdict) { v.Evidence.Effects[0].Metric = "p\x0099" },
+		"negative effect span": func(v *proto.Verdict) { v.Evidence.Effects[0].RecentMs = -1 },
+		"too many effects":     func(v *proto.Verdict) { v.Evidence.Effects = make([]proto.Effect, maxTests+1) },
+		"NaN progress":         func(v *proto.Verdict) { v.Evidence.Progress.Rollback = math.NaN() },
+		"long progress text":   func(v *proto.Verdict) { v.Evidence.Progress.Text = strings.Repeat("x", maxSentence+1) },
+		"negative pass_in":     func(v *proto.Verdict) { v.Evidence.Progress.PassInMs = -1 },
+		"negative decided":     func(v *proto.Verdict) { v.DecidedAfterMs = -1 },
+		"watch far future":     func(v *proto.Verdict) { v.Watch.UntilMs = math.MaxInt64 },
+		"watch NaN alpha":      func(v *proto.Verdict) { v.Watch.Alpha = math.NaN() },
+		"long watch reason":    func(v *proto.Verdict) { v.Watch.Reason = strings.Repeat("r", maxName+1) },
 	} {
 		v := goodVerdict()
-		v.Evidence.Tests = append([]proto.TestEvidence(nil), v.Evidence.Tests...)
 		mut(&v)
 		if err := checkVerdict(&v); err == nil {
 			t.Errorf("%s: got nil; want refused", name)

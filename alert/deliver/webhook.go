@@ -41,9 +41,16 @@ type WebhookData struct {
 	Verdict  proto.State `json:"verdict"`
 	Sentence string      `json:"sentence"`
 	// StartedMs and DecidedMs bound the comparison (unix milliseconds).
-	StartedMs int64          `json:"started_unix_ms"`
-	DecidedMs int64          `json:"decided_unix_ms"`
-	Evidence  proto.Evidence `json:"evidence"`
+	StartedMs int64 `json:"started_unix_ms"`
+	DecidedMs int64 `json:"decided_unix_ms"`
+	// DecidedAfterMs is how long the canary had run when decided: the "decided after"
+	// figure of the sentence and the dashboard (proto.Verdict.DecidedAfterMs).
+	DecidedAfterMs int64 `json:"decided_after_ms"`
+	// Evidence holds the numbers, Evidence.Effects the evidence in the metrics' units.
+	Evidence proto.Evidence `json:"evidence"`
+	// Watch is set on a pass that keeps watching the canary, and on a rollback of a
+	// regression found while watching after a pass (see docs/detector.md).
+	Watch *proto.Watch `json:"watch,omitempty"`
 	// Actions are what herd asks the receiver to do, e.g. ["abort_rollout",
 	// "scale_canary_to_zero"] for a rollback and ["promote_canary"] for a pass.
 	Actions []string `json:"actions"`
@@ -67,15 +74,17 @@ func NewWebhookBody(d *proto.Decision) WebhookBody {
 		DecisionID: d.ID,
 		Timestamp:  time.UnixMilli(v.UnixMs).UTC().Format("2006-01-02T15:04:05.000Z07:00"),
 		Data: WebhookData{
-			Service:   v.Service,
-			Baseline:  Group{Version: v.Baseline, Instances: v.Evidence.BaselineInstances},
-			Canary:    Group{Version: v.Canary, Instances: v.Evidence.CanaryInstances},
-			Verdict:   v.State,
-			Sentence:  v.Sentence,
-			StartedMs: v.StartedMs,
-			DecidedMs: v.UnixMs,
-			Evidence:  v.Evidence,
-			Actions:   actions,
+			Service:        v.Service,
+			Baseline:       Group{Version: v.Baseline, Instances: v.Evidence.BaselineInstances},
+			Canary:         Group{Version: v.Canary, Instances: v.Evidence.CanaryInstances},
+			Verdict:        v.State,
+			Sentence:       v.Sentence,
+			StartedMs:      v.StartedMs,
+			DecidedMs:      v.UnixMs,
+			DecidedAfterMs: v.DecidedAfterMs,
+			Evidence:       v.Evidence,
+			Watch:          v.Watch,
+			Actions:        actions,
 		},
 	}
 }

@@ -205,6 +205,8 @@ func TestWebhookPassOnlyWhenEnabled(t *testing.T) {
 			d := newTestDeliverer(t, Config{Webhooks: []string{srv.URL}, WebhookSecrets: []string{testOldSecret}, DeliverPass: pass}, nil)
 			startRun(t, d)
 			v := testVerdict(proto.StatePass)
+			v.DecidedAfterMs = 7800
+			v.Watch = &proto.Watch{Active: true, PassMs: v.UnixMs, UntilMs: v.UnixMs + 1_800_000, Alpha: 0.01}
 			if err := d.Decide(v); err != nil {
 				t.Fatal(err)
 			}
@@ -228,6 +230,9 @@ func TestWebhookPassOnlyWhenEnabled(t *testing.T) {
 			}
 			if body.Type != TypePromotionConfirmed || fmt.Sprint(body.Data.Actions) != "[promote_canary]" {
 				t.Errorf("got type %q actions %v; want %q [promote_canary]", body.Type, body.Data.Actions, TypePromotionConfirmed)
+			}
+			if body.Data.DecidedAfterMs != 7800 || body.Data.Watch == nil || !body.Data.Watch.Active {
+				t.Errorf("got decided_after_ms %d, watch %+v; want 7800 and the active watch", body.Data.DecidedAfterMs, body.Data.Watch)
 			}
 		})
 	}

@@ -390,8 +390,8 @@ func sleepUntil(ctx context.Context, t time.Time) bool {
 
 // onVerdict tells the story of the demo service's verdicts.
 func (d *demo) onVerdict(v proto.Verdict) {
-	if v.Service != demoService {
-		return
+	if v.Service != demoService || v.Update {
+		return // updates republish a state told already
 	}
 	d.mu.Lock()
 	first := d.verdict == nil || d.verdict.State != v.State

@@ -2,14 +2,15 @@
 // is escaped (html`…`, setHTML).
 import { F, recent, roles, latestVerdict } from './stream.js';
 import { rate, pct, secs, html, setHTML, stateClass } from './format.js';
+import { badge as verdictBadge, verdictView } from './verdict.js';
 
 const RESORT_MS = 5000;
 
 // health ranks a service: lower is worse and sorts first.
 function health(svc) {
   const v = latestVerdict(svc);
-  const state = stateClass(v ? v.state : (svc.groups.size > 1 ? 'pending' : 'healthy'));
-  const rank = { rollback: 0, inconclusive: 1, pending: 2, pass: 3, healthy: 4 }[state] ?? 4;
+  const state = v ? verdictView(v).cls : stateClass(svc.groups.size > 1 ? 'pending' : 'healthy');
+  const rank = { rollback: 0, undelivered: 0, inconclusive: 1, pending: 2, pass: 3, healthy: 4 }[state] ?? 4;
   return { state, rank };
 }
 
@@ -104,7 +105,7 @@ function color(info, version) {
 
 function tileHTML(info) {
   const v = latestVerdict(info.svc);
-  const badge = html`<span class="badge ${info.health.state}">${info.health.state}</span>`;
+  const badge = v ? verdictBadge(v) : html`<span class="badge ${info.health.state}">${info.health.state}</span>`;
   const total = info.groups.reduce((s, x) => s + x.r.rps, 0) || 1;
   const split = info.groups.map(x =>
     html`<i style="width:${(100 * x.r.rps / total).toFixed(1)}%;background:${color(info, x.version)}" title="${x.version}"></i>`);

@@ -2,7 +2,8 @@
 // and the current evidence in words and numbers. Every text comes from the server and is
 // escaped (html`…`, setHTML); chart labels are drawn on canvas.
 import { F, recent, roles, latestVerdict } from './stream.js';
-import { rate, pct, secs, ago, num, time, html, setHTML, stateClass } from './format.js';
+import { rate, pct, secs, html, setHTML } from './format.js';
+import * as verdictPanel from './verdict.js';
 
 export function mount(el, app, name) {
   const rangeMs = app.rangeS * 1000;
@@ -134,7 +135,8 @@ export function mount(el, app, name) {
     for (const d of svc.deployments) markers.push({ t: d.unix_ms, color: theme.canary, dash: [4, 3], label: `deploy ${d.canary}` });
     for (const v of svc.verdicts) {
       if (v.state === 'pending') continue;
-      markers.push({ t: v.unix_ms, color: v.state === 'rollback' ? theme.bad : v.state === 'pass' ? theme.ok : theme.warn, label: v.state });
+      const view = verdictPanel.verdictView(v); // a rollback is red only once delivered
+      markers.push({ t: v.unix_ms, color: view.cls === 'rollback' ? theme.bad : view.cls === 'pass' ? theme.ok : theme.warn, label: view.text });
     }
     const xsS = xs.map(t => t / 1000);
     charts['c-rate'].setData([xsS, ...rateS]);
@@ -175,25 +177,7 @@ export function mount(el, app, name) {
         : html`<div class="sentence">One version running (${r.baseline || '–'}); no comparison in progress.</div>`);
       return;
     }
-    setHTML(badge, html`<span class="badge ${stateClass(v.state)}" id="verdict-state">${v.state}</span>`);
-    const e = v.evidence || {};
-    const final = v.state === 'rollback' || v.state === 'pass';
-    const since = v.started_unix_ms ? Date.now() - v.started_unix_ms : 0;
-    const tests = (e.tests || []).map(t => html`<tr${t.name === e.decisive ? html` style="font-weight:600"` : ''}>
-      <td>${t.name}</td><td class="num">${num(t.e_value)}</td><td class="num">${num(t.weight)}</td>
-      <td class="num">${t.threshold_seconds ? secs(t.threshold_seconds) : ''}</td>
-      <td class="num">${t.baseline_e}/${t.baseline_n}</td><td class="num">${t.canary_e}/${t.canary_n}</td>
-      <td class="num">${num(t.effect)}×</td><td class="num">[${num(t.cs_low)}, ${num(t.cs_high)}]</td></tr>`);
-    setHTML(el.querySelector('#evidence'), html`
-      <div class="sentence" id="verdict-sentence">${v.sentence || v.state}</div>
-      <div class="muted">${v.canary} (canary) vs ${v.baseline} (baseline) ·
-        e-value <b>${num(e.e_value)}</b> vs threshold <b>${num(e.threshold)}</b> (α = ${num(e.alpha, 3)})
-        ${e.decisive ? html` · decided by <b>${e.decisive}</b>` : ''} ·
-        ${e.windows || 0} window pairs · instances ${e.canary_instances ?? '–'} canary / ${e.baseline_instances ?? '–'} baseline ·
-        ${final ? 'decided after ' + ago(v.unix_ms - v.started_unix_ms) + ' (at ' + time(v.unix_ms) + ')' : 'comparing for ' + ago(since)}
-        ${v.decision_id ? html` · decision <code>${v.decision_id}</code> (<a href="/decisions${location.search}" data-nav>deliveries</a>)` : ''}</div>
-      ${tests.length ? html`<table style="margin-top:.5rem"><tr><th>test</th><th class="num">e-value</th><th class="num">weight</th><th class="num">τ</th>
-        <th class="num">baseline events/n</th><th class="num">canary events/n</th><th class="num">effect ψ</th><th class="num">confidence sequence</th></tr>${tests}</table>` : ''}`);
+    verdictPanel.render(el.querySelector('#evidence'), badge, v, Date.now() + app.stream.serverOffsetMs);
   }
 
   const onResize = () => { layoutKey = ''; app.invalidate(); };

@@ -22,6 +22,7 @@ export class Stream {
     this.ws = null;
     this.status = 'connecting';
     this.nextRetryAt = 0;
+    this.serverOffsetMs = 0; // the server's clock minus the page's, from the last snapshot
   }
 
   on(f) { this.listeners.add(f); return () => this.listeners.delete(f); }
@@ -93,7 +94,7 @@ export class Stream {
       case 'resume': stats.resumes++; break;
       case 'window': this.addPoint(ev.service, ev.version, ev.p, now); break;
       case 'verdict':
-        this.svc(ev.verdict.service).verdicts.push(ev.verdict);
+        addVerdict(this.svc(ev.verdict.service).verdicts, ev.verdict);
         stats.verdicts.push({ seq: ev.seq, state: ev.verdict.state, service: ev.verdict.service, recvMs: now, unixMs: ev.verdict.unix_ms });
         this.emit('verdict', ev.verdict);
         break;
@@ -115,6 +116,7 @@ export class Stream {
     if (sn.reset) stats.resets++;
     this.seq = sn.seq;
     this.windowMs = sn.window_ms;
+    if (typeof sn.now_unix_ms === 'number') this.serverOffsetMs = sn.now_unix_ms - Date.now();
     this.services = new Map();
     for (const s of sn.services) {
       const svc = this.svc(s.service);
@@ -144,6 +146,27 @@ export class Stream {
     stats.lags.push(now - p[F.end]);
     if (stats.lags.length > 20000) stats.lags.splice(0, 10000);
   }
+}
+
+// maxVerdicts bounds the verdicts kept per service, as the server does.
+const maxVerdicts = 64;
+
+// addVerdict adds a verdict to a service's list: an update (live evidence, delivery state,
+// a watch's end) replaces the verdict of the same comparison and state it updates, where it
+// is (a pass's delivery state may change after a later rollback of the same canary).
+function addVerdict(vs, v) {
+  if (v.update) {
+    for (let i = vs.length - 1; i >= 0; i--) {
+      const o = vs[i];
+      if (o.baseline === v.baseline && o.canary === v.canary && o.state === v.state &&
+          (o.decision_id || '') === (v.decision_id || '') && o.started_unix_ms === v.started_unix_ms) {
+        vs[i] = v;
+        return;
+      }
+    }
+  }
+  vs.push(v);
+  if (vs.length > maxVerdicts) vs.splice(0, vs.length - maxVerdicts);
 }
 
 // Summaries over the newest second of a group's points.
