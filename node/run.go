@@ -32,10 +32,14 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		stopOut()
 		r.wg.Wait()
+		if n.otlp != nil {
+			n.otlp.Close()
+		}
 		n.stopNATS()
 		return err
 	}
 	stopInputs := n.startInputs(&r)
+	stopOTLP := n.startOTLP(&r)
 	n.replay(ctx)
 	n.live.release()
 	if n.det != nil {
@@ -61,6 +65,7 @@ func (n *Node) Run(ctx context.Context) error {
 	case runErr = <-r.errc:
 	}
 	n.ready.Store(false)
+	stopOTLP()   // every OTLP request in flight is published, before the intake drains
 	stopInputs() // every batch received is merged, every window closed and published
 	sub.Unsubscribe()
 	stopOut()
