@@ -124,5 +124,14 @@ func (in *Instance) Serve(ctx context.Context, code int, seconds float64) {
 	in.semconv.Record(ctx, seconds, metric.WithAttributes(attribute.Int("http.response.status_code", code)))
 }
 
-// Shutdown exports what was recorded since the last export and stops the instance.
-func (in *Instance) Shutdown(ctx context.Context) error { return in.mp.Shutdown(ctx) }
+// Shutdown exports what was recorded since the last export and stops the instance. The
+// caller has stopped recording. It flushes before shutting down: the SDK's Shutdown cancels
+// a periodic export in flight, whose deltas (with delta temporality) are then lost; a flush
+// waits for it, and a periodic export starting after the flush carries nothing.
+func (in *Instance) Shutdown(ctx context.Context) error {
+	if err := in.mp.ForceFlush(ctx); err != nil {
+		_ = in.mp.Shutdown(ctx)
+		return fmt.Errorf("cannot flush: %w", err)
+	}
+	return in.mp.Shutdown(ctx)
+}
