@@ -21,6 +21,7 @@ const (
 	DefaultMaxInstancesPerService = 10_000
 	DefaultMaxSeriesPerInstance   = 2_000
 	DefaultInstanceTTL            = 10 * time.Minute
+	DefaultMaxConns               = 1024
 )
 
 // Config configures a Receiver. Zero fields take their defaults, but for the listeners.
@@ -31,8 +32,12 @@ type Config struct {
 	// GRPCListen is host:port of the OTLP/gRPC listener; empty serves no OTLP/gRPC.
 	GRPCListen string
 	// Token, when set, is the bearer token every request must carry
-	// (Authorization: Bearer <token>, as HTTP header or gRPC metadata).
+	// (Authorization: Bearer <token>, as HTTP header or gRPC metadata). Without one, only
+	// requests from loopback addresses are taken (reason "unauthorized" for the others).
 	Token string
+	// MaxConns bounds the open connections of both listeners together; one beyond it is
+	// closed at once (reason "too_many_connections").
+	MaxConns int
 	// MaxRequestBytes bounds one request's body, after decompression (reason "oversized").
 	MaxRequestBytes int
 	// ServiceKey, VersionKey and InstanceKey are the resource attributes naming the service,
@@ -58,7 +63,8 @@ func (c *Config) Enabled() bool { return c.HTTPListen != "" || c.GRPCListen != "
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HTTPListen, "otlp.http", c.HTTPListen, "OTLP/HTTP listener for metrics, POST /v1/metrics in protobuf or JSON (`host:port`, port 0 picks a free one; empty: off)")
 	fs.StringVar(&c.GRPCListen, "otlp.grpc", c.GRPCListen, "OTLP/gRPC listener for metrics (`host:port`, port 0 picks a free one; empty: off)")
-	fs.StringVar(&c.Token, "otlp.token", "", "bearer `token` every OTLP request must carry (prefer the environment variable; empty: none)")
+	fs.StringVar(&c.Token, "otlp.token", "", "bearer `token` every OTLP request must carry (prefer the environment variable; empty: OTLP only from loopback addresses)")
+	fs.IntVar(&c.MaxConns, "otlp.max-conns", DefaultMaxConns, "open connections of the OTLP listeners together; one beyond is closed at once (`count`)")
 	fs.IntVar(&c.MaxRequestBytes, "otlp.max-request-bytes", DefaultMaxRequestBytes, "largest OTLP request body, after decompression (`bytes`)")
 	fs.StringVar(&c.ServiceKey, "otlp.service-attribute", DefaultServiceKey, "resource attribute `key` naming the service")
 	fs.StringVar(&c.VersionKey, "otlp.version-attribute", DefaultVersionKey, "resource attribute `key` naming the version (e.g. k8s.deployment.name or a pod-template-hash label)")
@@ -94,6 +100,9 @@ func (c *Config) setDefaults() {
 	if c.InstanceTTL == 0 {
 		c.InstanceTTL = DefaultInstanceTTL
 	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
 }
 
 // Validate checks the config, naming the offending flag; zero fields take their defaults.
@@ -122,6 +131,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("-otlp.max-instances %d and -otlp.max-instances-per-service %d must be ≥ 1", d.MaxInstances, d.MaxInstancesPerService)
 	case d.MaxSeriesPerInstance < 1 || d.MaxSeriesPerInstance > maxSeriesPerBatch:
 		return fmt.Errorf("-otlp.max-series-per-instance %d must be between 1 and %d", d.MaxSeriesPerInstance, maxSeriesPerBatch)
+	case d.MaxConns < 1:
+		return fmt.Errorf("-otlp.max-conns %d must be ≥ 1", d.MaxConns)
 	case d.InstanceTTL < time.Second:
 		return fmt.Errorf("-otlp.instance-ttl %s must be at least 1s", d.InstanceTTL)
 	case d.ServiceKey == d.VersionKey:

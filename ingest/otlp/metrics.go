@@ -11,7 +11,8 @@ import (
 
 // Refusal reasons of whole requests (herd_otlp_requests_refused_total{reason}).
 const (
-	ReasonUnauthorized = "unauthorized"           // no or a wrong bearer token
+	ReasonUnauthorized = "unauthorized"           // no or a wrong bearer token; without a token, not from loopback
+	ReasonConnections  = "too_many_connections"   // a connection over Config.MaxConns, closed at once
 	ReasonMediaType    = "unsupported_media_type" // neither application/x-protobuf nor application/json
 	ReasonBadRequest   = "bad_request"            // another method or path, or an unreadable body
 	ReasonOversized    = "oversized"              // over Config.MaxRequestBytes
@@ -37,7 +38,7 @@ const (
 	ReasonPublish          = "publish"            // NATS did not take the batch
 )
 
-var requestReasons = []string{ReasonUnauthorized, ReasonMediaType, ReasonBadRequest, ReasonOversized, ReasonMalformed}
+var requestReasons = []string{ReasonUnauthorized, ReasonConnections, ReasonMediaType, ReasonBadRequest, ReasonOversized, ReasonMalformed}
 
 var pointReasons = []string{ReasonMissingService, ReasonBadService, ReasonMissingVersion, ReasonBadVersion,
 	ReasonBadAttributes, ReasonTooManyInstances, ReasonTooManySeries, ReasonKindConflict, ReasonOutOfOrder,
@@ -46,7 +47,7 @@ var pointReasons = []string{ReasonMissingService, ReasonBadService, ReasonMissin
 // otlpHelp describes the receiver's families.
 var otlpHelp = map[string]string{
 	"herd_otlp_requests_total":         "OTLP export requests received, by transport (http or grpc), good or refused.",
-	"herd_otlp_requests_refused_total": "OTLP export requests refused whole, by reason: unauthorized, unsupported_media_type, bad_request, oversized or malformed.",
+	"herd_otlp_requests_refused_total": "OTLP export requests refused whole, by reason: unauthorized, too_many_connections (a connection closed at once), unsupported_media_type, bad_request, oversized or malformed.",
 	"herd_otlp_points_total":           "OTLP data points taken into herd batches.",
 	"herd_otlp_points_refused_total": "OTLP data points refused (answered as rejected_data_points), by reason: missing_service, bad_service, " +
 		"missing_version, bad_version, bad_attributes, too_many_instances, too_many_series, kind_conflict, out_of_order, " +

@@ -56,6 +56,7 @@ type Receiver struct {
 	nInstances atomic.Int64 // len(instances), for the gauge
 
 	httpLn, grpcLn net.Listener // nil when off
+	conns          atomic.Int64 // open connections of both listeners
 	httpSrv        *http.Server
 	grpcSrv        *grpc.Server
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -51,7 +52,7 @@ func (r *Receiver) listen() error {
 		if err != nil {
 			return fmt.Errorf("cannot listen for OTLP/HTTP on %s: %w", r.cfg.HTTPListen, err)
 		}
-		r.httpLn = ln
+		r.httpLn = r.limit(ln)
 		r.httpSrv = &http.Server{
 			Handler:           r.HTTPHandler(),
 			ReadHeaderTimeout: readHeaderTimeout,
@@ -67,7 +68,7 @@ func (r *Receiver) listen() error {
 			r.Close()
 			return fmt.Errorf("cannot listen for OTLP/gRPC on %s: %w", r.cfg.GRPCListen, err)
 		}
-		r.grpcLn = ln
+		r.grpcLn = r.limit(ln)
 		r.grpcSrv = grpc.NewServer(
 			grpc.MaxRecvMsgSize(r.cfg.MaxRequestBytes),
 			grpc.StatsHandler(grpcStats{r}),
@@ -75,6 +76,13 @@ func (r *Receiver) listen() error {
 		pmetricotlp.RegisterGRPCServer(r.grpcSrv, &grpcServer{r: r})
 	}
 	return nil
+}
+
+// limit bounds a listener's connections by the shared MaxConns.
+func (r *Receiver) limit(ln net.Listener) net.Listener {
+	return &limitListener{Listener: ln, open: &r.conns, max: int64(r.cfg.MaxConns), drop: func() {
+		r.refuseRequest(ReasonConnections, ln.Addr().String(), fmt.Errorf("%d connections open (-otlp.max-conns)", r.cfg.MaxConns))
+	}}
 }
 
 // HTTPAddr is the address of the OTLP/HTTP listener, or "" without one.
@@ -166,13 +174,22 @@ func (r *Receiver) stop() {
 	}
 }
 
-// authorized checks an Authorization header value against the token.
-func (r *Receiver) authorized(header string) bool {
+// authorized checks an Authorization header value against the token; without a token it
+// takes requests from loopback addresses only.
+func (r *Receiver) authorized(header string, remote net.Addr) bool {
 	if r.cfg.Token == "" {
-		return true
+		return isLoopback(remote)
 	}
 	tok, ok := strings.CutPrefix(header, "Bearer ")
 	return ok && subtle.ConstantTimeCompare([]byte(tok), []byte(r.cfg.Token)) == 1
+}
+
+// unauthorized says why a request was not authorized.
+func (r *Receiver) unauthorized(remote net.Addr) error {
+	if r.cfg.Token == "" {
+		return fmt.Errorf("OTLP from %v refused: without -otlp.token only loopback clients may send", remote)
+	}
+	return errors.New("no or a wrong bearer token")
 }
 
 // refuseRequest counts and logs a request refused whole.
@@ -203,9 +220,14 @@ func (r *Receiver) serveHTTP(w http.ResponseWriter, req *http.Request) {
 		writeStatus(w, ct, http.StatusMethodNotAllowed, codes.InvalidArgument, "OTLP metrics are POSTed")
 		return
 	}
-	if !r.authorized(req.Header.Get("Authorization")) {
-		r.refuseRequest(ReasonUnauthorized, "http", errors.New("no or a wrong bearer token"))
-		writeStatus(w, ct, http.StatusUnauthorized, codes.Unauthenticated, "a bearer token is required")
+	var remote net.Addr
+	if a, err := net.ResolveTCPAddr("tcp", req.RemoteAddr); err == nil {
+		remote = a
+	}
+	if !r.authorized(req.Header.Get("Authorization"), remote) {
+		err := r.unauthorized(remote)
+		r.refuseRequest(ReasonUnauthorized, "http", err)
+		writeStatus(w, ct, http.StatusUnauthorized, codes.Unauthenticated, err.Error())
 		return
 	}
 	if t, _, _ := mime.ParseMediaType(req.Header.Get("Content-Type")); t != contentProto && t != contentJSON {
@@ -316,16 +338,19 @@ type grpcServer struct {
 func (s *grpcServer) Export(ctx context.Context, req pmetricotlp.ExportRequest) (pmetricotlp.ExportResponse, error) {
 	r := s.r
 	r.m.requests["grpc"].Inc()
-	if r.cfg.Token != "" {
-		md, _ := metadata.FromIncomingContext(ctx)
-		auth := ""
-		if v := md.Get("authorization"); len(v) > 0 {
-			auth = v[0]
-		}
-		if !r.authorized(auth) {
-			r.refuseRequest(ReasonUnauthorized, "grpc", errors.New("no or a wrong bearer token"))
-			return pmetricotlp.NewExportResponse(), status.Error(codes.Unauthenticated, "a bearer token is required")
-		}
+	md, _ := metadata.FromIncomingContext(ctx)
+	auth := ""
+	if v := md.Get("authorization"); len(v) > 0 {
+		auth = v[0]
+	}
+	var remote net.Addr
+	if p, ok := peer.FromContext(ctx); ok {
+		remote = p.Addr
+	}
+	if !r.authorized(auth, remote) {
+		err := r.unauthorized(remote)
+		r.refuseRequest(ReasonUnauthorized, "grpc", err)
+		return pmetricotlp.NewExportResponse(), status.Error(codes.Unauthenticated, err.Error())
 	}
 	res := r.Export(req.Metrics())
 	resp := pmetricotlp.NewExportResponse()
