@@ -23,8 +23,8 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		if l.open.Add(1) > l.max {
 			l.open.Add(-1)
-			c.Close()
 			l.drop()
+			c.Close()
 			continue
 		}
 		return &limitConn{Conn: c, open: l.open}, nil

@@ -118,7 +118,7 @@ func New(cfg Config, set *metrics.Set, publish ingest.PublishFunc, logger *slog.
 	r.horizon = r.now().UnixNano()
 	_, _ = rand.Read(r.nonce[:])
 	r.m = newRecvMetrics(set, func() float64 { return float64(r.nInstances.Load()) })
-	r.work.New = func() any { return &work{} }
+	r.work.New = func() any { return &work{index: map[*instance]int{}} }
 	if err := r.listen(); err != nil {
 		return nil, err
 	}
@@ -137,6 +137,10 @@ func (r *Receiver) Export(md pmetric.Metrics) Result {
 	w.reasons = w.reasons[:0]
 	now := r.now()
 	rms := md.ResourceMetrics()
+	// Resources of one instance (a Collector's batch of several exports) are converted
+	// together, in timestamp order.
+	clear(w.index)
+	w.groups = w.groups[:0]
 	for i := 0; i < rms.Len(); i++ {
 		rm := rms.At(i)
 		inst, reason, err := r.instance(w, rm.Resource().Attributes(), now)
@@ -144,7 +148,17 @@ func (r *Receiver) Export(md pmetric.Metrics) Result {
 			r.refuse(w, reason, countPoints(rm), "", err)
 			continue
 		}
-		r.convert(w, inst, rm)
+		k, ok := w.index[inst]
+		if !ok {
+			k = len(w.groups)
+			w.index[inst] = k
+			w.groups = append(w.groups, resources{in: inst})
+		}
+		w.groups[k].rms = append(w.groups[k].rms, rm)
+	}
+	for i := range w.groups {
+		r.convert(w, w.groups[i].in, w.groups[i].rms)
+		w.groups[i] = resources{}
 	}
 	r.m.points.Add(int(w.res.Accepted))
 	if len(w.reasons) > 0 {
@@ -329,6 +343,13 @@ func (r *Receiver) sweep(now time.Time) {
 type work struct {
 	res     Result
 	reasons []string
+	// times are the timestamps of the resource being converted, one pass each; with
+	// filter set, a pass converts only the points of timestamp only.
+	times   []int64
+	filter  bool
+	only    int64
+	groups  []resources
+	index   map[*instance]int
 	key     []byte
 	labels  []proto.Label
 	staged  []staged
@@ -342,7 +363,15 @@ type work struct {
 	explD   explicitHist
 }
 
-// staged is one converted data point waiting for its batch.
+// resources are the resources of one request that name one instance.
+type resources struct {
+	in  *instance
+	rms []pmetric.ResourceMetrics
+}
+
+// staged is one converted data point waiting for its batch. An entry whose series has no
+// kind is a marker of a point that changed nothing (a zero delta): its batch is still sent,
+// as an agent sends one every interval, so the rollup sees the instance report.
 type staged struct {
 	t, start int64
 	s        proto.Series
@@ -361,27 +390,101 @@ func (w *work) next() *staged {
 	return st
 }
 
-// convert turns a resource's points into batches and publishes them.
-func (r *Receiver) convert(w *work, in *instance, rm pmetric.ResourceMetrics) {
+// convert turns an instance's resources' points into batches and publishes them.
+func (r *Receiver) convert(w *work, in *instance, rms []pmetric.ResourceMetrics) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	w.staged = w.staged[:0]
-	sms := rm.ScopeMetrics()
-	for i := 0; i < sms.Len(); i++ {
-		ms := sms.At(i).Metrics()
-		for j := 0; j < ms.Len(); j++ {
-			r.metric(w, in, ms.At(j))
+	// Points are converted in timestamp order, so that a request holding several exports
+	// of the instance yields each series' deltas in order. The common request has one
+	// timestamp and takes one pass.
+	w.times = w.times[:0]
+	for _, rm := range rms {
+		w.times = timestamps(w.times, rm.ScopeMetrics())
+	}
+	slices.Sort(w.times)
+	w.times = slices.Compact(w.times)
+	if len(w.times) > maxPasses {
+		w.times = w.times[:maxPasses]
+		w.times[maxPasses-1] = math.MaxInt64 // stands for every later timestamp
+	}
+	w.filter = len(w.times) > 1
+	for _, ts := range w.times {
+		w.only = ts
+		for _, rm := range rms {
+			sms := rm.ScopeMetrics()
+			for i := 0; i < sms.Len(); i++ {
+				ms := sms.At(i).Metrics()
+				for j := 0; j < ms.Len(); j++ {
+					r.metric(w, in, ms.At(j))
+				}
+			}
 		}
 	}
+	w.filter = false
 	in.known = true
 	r.emit(w, in)
 }
 
-// metric converts one metric's points.
+// maxPasses bounds the distinct timestamps of one instance's points converted in order;
+// points of later timestamps are converted in the last pass, in the order they come.
+const maxPasses = 64
+
+// timestamps appends the timestamps of a resource's points to dst, skipping repeats of the
+// last one.
+func timestamps(dst []int64, sms pmetric.ScopeMetricsSlice) []int64 {
+	add := func(ts pcommon.Timestamp) {
+		t := int64(ts)
+		if len(dst) > 0 && dst[len(dst)-1] == t {
+			return
+		}
+		dst = append(dst, t)
+	}
+	for i := 0; i < sms.Len(); i++ {
+		ms := sms.At(i).Metrics()
+		for j := 0; j < ms.Len(); j++ {
+			m := ms.At(j)
+			switch m.Type() {
+			case pmetric.MetricTypeGauge:
+				for k := 0; k < m.Gauge().DataPoints().Len(); k++ {
+					add(m.Gauge().DataPoints().At(k).Timestamp())
+				}
+			case pmetric.MetricTypeSum:
+				for k := 0; k < m.Sum().DataPoints().Len(); k++ {
+					add(m.Sum().DataPoints().At(k).Timestamp())
+				}
+			case pmetric.MetricTypeHistogram:
+				for k := 0; k < m.Histogram().DataPoints().Len(); k++ {
+					add(m.Histogram().DataPoints().At(k).Timestamp())
+				}
+			case pmetric.MetricTypeExponentialHistogram:
+				for k := 0; k < m.ExponentialHistogram().DataPoints().Len(); k++ {
+					add(m.ExponentialHistogram().DataPoints().At(k).Timestamp())
+				}
+			default:
+				add(0) // refused whole, once
+			}
+		}
+	}
+	return dst
+}
+
+// skip reports whether a point of timestamp ts belongs to another pass than w.only.
+func (w *work) skip(ts int64) bool {
+	if !w.filter {
+		return false
+	}
+	if w.only == math.MaxInt64 {
+		return ts <= w.times[maxPasses-2]
+	}
+	return ts != w.only
+}
+
+// metric converts one metric's points (those of the current pass).
 func (r *Receiver) metric(w *work, in *instance, m pmetric.Metric) {
 	name := m.Name()
 	if name == "" || len(name) > proto.MaxStringBytes || !utf8.ValidString(name) {
-		r.refuse(w, ReasonBadAttributes, pointsOf(m), in.service, fmt.Errorf("metric name %q is empty, longer than %d bytes or not UTF-8", clip(name), proto.MaxStringBytes))
+		r.refuseMetric(w, ReasonBadAttributes, pointsOf(m), in.service, fmt.Errorf("metric name %q is empty, longer than %d bytes or not UTF-8", clip(name), proto.MaxStringBytes))
 		return
 	}
 	switch m.Type() {
@@ -396,12 +499,12 @@ func (r *Receiver) metric(w *work, in *instance, m pmetric.Metric) {
 		kind := proto.KindCounter
 		if !s.IsMonotonic() {
 			if !cum {
-				r.refuse(w, ReasonUnsupportedType, s.DataPoints().Len(), in.service, fmt.Errorf("%s is a non-monotonic delta sum", clip(name)))
+				r.refuseMetric(w, ReasonUnsupportedType, s.DataPoints().Len(), in.service, fmt.Errorf("%s is a non-monotonic delta sum", clip(name)))
 				return
 			}
 			kind, cum = proto.KindGauge, false
 		} else if s.AggregationTemporality() == pmetric.AggregationTemporalityUnspecified {
-			r.refuse(w, ReasonUnsupportedType, s.DataPoints().Len(), in.service, fmt.Errorf("%s has no aggregation temporality", clip(name)))
+			r.refuseMetric(w, ReasonUnsupportedType, s.DataPoints().Len(), in.service, fmt.Errorf("%s has no aggregation temporality", clip(name)))
 			return
 		}
 		dps := s.DataPoints()
@@ -412,7 +515,7 @@ func (r *Receiver) metric(w *work, in *instance, m pmetric.Metric) {
 		h := m.Histogram()
 		cum := h.AggregationTemporality() == pmetric.AggregationTemporalityCumulative
 		if !cum && h.AggregationTemporality() != pmetric.AggregationTemporalityDelta {
-			r.refuse(w, ReasonUnsupportedType, h.DataPoints().Len(), in.service, fmt.Errorf("%s has no aggregation temporality", clip(name)))
+			r.refuseMetric(w, ReasonUnsupportedType, h.DataPoints().Len(), in.service, fmt.Errorf("%s has no aggregation temporality", clip(name)))
 			return
 		}
 		dps := h.DataPoints()
@@ -423,7 +526,7 @@ func (r *Receiver) metric(w *work, in *instance, m pmetric.Metric) {
 		h := m.ExponentialHistogram()
 		cum := h.AggregationTemporality() == pmetric.AggregationTemporalityCumulative
 		if !cum && h.AggregationTemporality() != pmetric.AggregationTemporalityDelta {
-			r.refuse(w, ReasonUnsupportedType, h.DataPoints().Len(), in.service, fmt.Errorf("%s has no aggregation temporality", clip(name)))
+			r.refuseMetric(w, ReasonUnsupportedType, h.DataPoints().Len(), in.service, fmt.Errorf("%s has no aggregation temporality", clip(name)))
 			return
 		}
 		dps := h.DataPoints()
@@ -431,8 +534,16 @@ func (r *Receiver) metric(w *work, in *instance, m pmetric.Metric) {
 			r.exponential(w, in, name, dps.At(i), cum)
 		}
 	case pmetric.MetricTypeSummary:
-		r.refuse(w, ReasonUnsupportedType, m.Summary().DataPoints().Len(), in.service, fmt.Errorf("%s is a summary: send a histogram", clip(name)))
+		r.refuseMetric(w, ReasonUnsupportedType, m.Summary().DataPoints().Len(), in.service, fmt.Errorf("%s is a summary: send a histogram", clip(name)))
 	}
+}
+
+// refuseMetric refuses a whole metric's points, in the first pass only.
+func (r *Receiver) refuseMetric(w *work, reason string, n int, service string, err error) {
+	if w.filter && w.only != w.times[0] {
+		return
+	}
+	r.refuse(w, reason, n, service, err)
 }
 
 // point looks up (creating) the state of a point's series and checks its kind and order.
@@ -513,10 +624,10 @@ func (r *Receiver) firstIsDelta(in *instance, start int64) bool {
 
 // number converts a gauge or sum point.
 func (r *Receiver) number(w *work, in *instance, name string, dp pmetric.NumberDataPoint, kind proto.Kind, cum bool) {
-	if dp.Flags().NoRecordedValue() {
+	ts := int64(dp.Timestamp())
+	if w.skip(ts) || dp.Flags().NoRecordedValue() {
 		return
 	}
-	ts := int64(dp.Timestamp())
 	s := r.point(w, in, name, dp.Attributes(), ts, 1, kind, cum)
 	if s == nil {
 		return
@@ -546,20 +657,20 @@ func (r *Receiver) number(w *work, in *instance, name string, dp pmetric.NumberD
 	}
 	s.lastT = ts
 	w.res.Accepted++
-	if kind == proto.KindCounter && d == 0 {
-		return
-	}
 	st := w.next()
 	st.t, st.start = ts, start
+	if kind == proto.KindCounter && d == 0 {
+		return // a marker: the batch of ts is sent, without the series
+	}
 	st.s.Name, st.s.Labels, st.s.Kind, st.s.Value = s.name, s.labels, kind, d
 }
 
 // explicit converts an explicit-bucket histogram point.
 func (r *Receiver) explicit(w *work, in *instance, name string, dp pmetric.HistogramDataPoint, cum bool) {
-	if dp.Flags().NoRecordedValue() {
+	ts := int64(dp.Timestamp())
+	if w.skip(ts) || dp.Flags().NoRecordedValue() {
 		return
 	}
-	ts := int64(dp.Timestamp())
 	s := r.point(w, in, name, dp.Attributes(), ts, 1, proto.KindHistogram, cum)
 	if s == nil {
 		return
@@ -605,20 +716,19 @@ func (r *Receiver) explicit(w *work, in *instance, name string, dp pmetric.Histo
 	}
 	s.lastT = ts
 	w.res.Accepted++
-	if d == nil || st.s.Hist.Count == 0 {
-		w.staged = w.staged[:len(w.staged)-1]
-		return
-	}
 	st.t, st.start = ts, start
+	if d == nil || st.s.Hist.Count == 0 {
+		return // a marker: the batch of ts is sent, without the series
+	}
 	st.s.Name, st.s.Labels, st.s.Kind = s.name, s.labels, proto.KindHistogram
 }
 
 // exponential converts an exponential histogram point.
 func (r *Receiver) exponential(w *work, in *instance, name string, dp pmetric.ExponentialHistogramDataPoint, cum bool) {
-	if dp.Flags().NoRecordedValue() {
+	ts := int64(dp.Timestamp())
+	if w.skip(ts) || dp.Flags().NoRecordedValue() {
 		return
 	}
-	ts := int64(dp.Timestamp())
 	s := r.point(w, in, name, dp.Attributes(), ts, 1, proto.KindHistogram, cum)
 	if s == nil {
 		return
@@ -678,11 +788,10 @@ func (r *Receiver) exponential(w *work, in *instance, name string, dp pmetric.Ex
 	}
 	s.lastT = ts
 	w.res.Accepted++
-	if d == nil || st.s.Hist.Count == 0 {
-		w.staged = w.staged[:len(w.staged)-1]
-		return
-	}
 	st.t, st.start = ts, start
+	if d == nil || st.s.Hist.Count == 0 {
+		return // a marker: the batch of ts is sent, without the series
+	}
 	st.s.Name, st.s.Labels, st.s.Kind = s.name, s.labels, proto.KindHistogram
 }
 
@@ -742,7 +851,9 @@ func (r *Receiver) publishBatch(w *work, in *instance, pts []staged) {
 	in.seq++
 	b.Series = b.Series[:0]
 	for i := range pts {
-		b.Series = append(b.Series, pts[i].s)
+		if pts[i].s.Kind != 0 {
+			b.Series = append(b.Series, pts[i].s)
+		}
 	}
 	var err error
 	w.buf, err = w.enc.Append(w.buf[:0], b)
