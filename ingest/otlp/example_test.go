@@ -38,9 +38,10 @@ func Example_sdk() {
 			attribute.String("service.version", "1.4.2"),
 			attribute.String("service.instance.id", uuid.NewString()),
 		)),
-		// Exponential histograms map exactly onto herd's buckets (scale ≥ 5).
+		// Exponential histograms at scale 5 are herd's buckets exactly; 512 buckets keep scale 5
+		// over a range of 2^16 (100 µs to 6.5 s) before the SDK coarsens them.
 		sdkmetric.WithView(sdkmetric.NewView(sdkmetric.Instrument{Kind: sdkmetric.InstrumentKindHistogram},
-			sdkmetric.Stream{Aggregation: sdkmetric.AggregationBase2ExponentialHistogram{MaxSize: 160, MaxScale: 20}})),
+			sdkmetric.Stream{Aggregation: sdkmetric.AggregationBase2ExponentialHistogram{MaxSize: 512, MaxScale: 5}})),
 	)
 	defer func() {
 		// Flush first: Shutdown cancels a periodic export in flight, and with delta
