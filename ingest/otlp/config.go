@@ -20,6 +20,7 @@ const (
 	DefaultMaxInstances           = 100_000
 	DefaultMaxInstancesPerService = 10_000
 	DefaultMaxSeriesPerInstance   = 2_000
+	DefaultMaxSeries              = 1_000_000
 	DefaultInstanceTTL            = 10 * time.Minute
 	DefaultMaxConns               = 1024
 )
@@ -49,8 +50,10 @@ type Config struct {
 	MaxInstances           int
 	MaxInstancesPerService int
 	// MaxSeriesPerInstance bounds the series of one instance (reason "too_many_series"); it
-	// is at most proto.MaxSeries, the series of one batch.
+	// is at most proto.MaxSeries, the series of one batch. MaxSeries bounds the series of all
+	// instances together.
 	MaxSeriesPerInstance int
+	MaxSeries            int
 	// InstanceTTL is how long an instance's state is kept after its last request.
 	InstanceTTL time.Duration
 }
@@ -72,6 +75,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxInstances, "otlp.max-instances", DefaultMaxInstances, "instances whose cumulative state the OTLP receiver keeps (`count`)")
 	fs.IntVar(&c.MaxInstancesPerService, "otlp.max-instances-per-service", DefaultMaxInstancesPerService, "instances of one service the OTLP receiver keeps (`count`)")
 	fs.IntVar(&c.MaxSeriesPerInstance, "otlp.max-series-per-instance", DefaultMaxSeriesPerInstance, "series of one OTLP instance (`count`, at most 4096)")
+	fs.IntVar(&c.MaxSeries, "otlp.max-series", DefaultMaxSeries, "series of all OTLP instances together whose state the receiver keeps (`count`)")
 	fs.DurationVar(&c.InstanceTTL, "otlp.instance-ttl", DefaultInstanceTTL, "how long an OTLP instance's state is kept after its last export (`duration`)")
 }
 
@@ -99,6 +103,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.InstanceTTL == 0 {
 		c.InstanceTTL = DefaultInstanceTTL
+	}
+	if c.MaxSeries == 0 {
+		c.MaxSeries = DefaultMaxSeries
 	}
 	if c.MaxConns == 0 {
 		c.MaxConns = DefaultMaxConns
@@ -131,6 +138,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("-otlp.max-instances %d and -otlp.max-instances-per-service %d must be ≥ 1", d.MaxInstances, d.MaxInstancesPerService)
 	case d.MaxSeriesPerInstance < 1 || d.MaxSeriesPerInstance > maxSeriesPerBatch:
 		return fmt.Errorf("-otlp.max-series-per-instance %d must be between 1 and %d", d.MaxSeriesPerInstance, maxSeriesPerBatch)
+	case d.MaxSeries < 1:
+		return fmt.Errorf("-otlp.max-series %d must be ≥ 1", d.MaxSeries)
 	case d.MaxConns < 1:
 		return fmt.Errorf("-otlp.max-conns %d must be ≥ 1", d.MaxConns)
 	case d.InstanceTTL < time.Second:

@@ -158,3 +158,29 @@ func TestPartialSuccess(t *testing.T) {
 	}
 	check("gRPC", resp)
 }
+
+// TestSweepForgets checks that instances silent for the TTL are forgotten with their series,
+// and that the series bound refuses past it.
+func TestSweepForgets(t *testing.T) {
+	r, err := New(Config{InstanceTTL: time.Second, MaxSeries: 8}, nil, newBatchSums().publish, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	r.now = func() time.Time { return now }
+	md := seedRequest("checkout", "1", "a", 1)
+	seedRequest("checkout", "1", "b", 1).ResourceMetrics().MoveAndAppendTo(md.ResourceMetrics())
+	seedRequest("checkout", "1", "c", 1).ResourceMetrics().MoveAndAppendTo(md.ResourceMetrics())
+	res := r.Export(md) // 4 series each: the third instance's are over the bound of 8
+	if res.Rejected != 4 || r.Stats().PointsRefused[ReasonTooManySeries] != 4 {
+		t.Errorf("rejected %d (%v); want the third instance's 4 points as too_many_series", res.Rejected, r.Stats().PointsRefused)
+	}
+	r.sweep(now.Add(500 * time.Millisecond))
+	if n := r.nInstances.Load(); n != 3 {
+		t.Errorf("%d instances after half the TTL; want 3", n)
+	}
+	r.sweep(now.Add(2 * time.Second))
+	if n, s := r.nInstances.Load(), r.nSeries.Load(); n != 0 || s != 0 || len(r.perService) != 0 {
+		t.Errorf("after the TTL: %d instances, %d series, per service %v; want none", n, s, r.perService)
+	}
+}

@@ -13,8 +13,9 @@ const (
 	maxScale = 20
 )
 
-// maxRawBuckets bounds the buckets of one side of one exponential data point.
-const maxRawBuckets = 1 << 16
+// maxRawBuckets bounds the buckets of one side of one exponential data point, and so the
+// state a cumulative series keeps (SDKs default to 160).
+const maxRawBuckets = 2048
 
 // herdScale is the OpenTelemetry scale whose buckets are herd's (see proto.Gamma).
 const herdScale = 5

@@ -54,6 +54,7 @@ type Receiver struct {
 	instances  map[string]*instance
 	perService map[string]int
 	nInstances atomic.Int64 // len(instances), for the gauge
+	nSeries    atomic.Int64 // series of all instances
 
 	httpLn, grpcLn net.Listener // nil when off
 	conns          atomic.Int64 // open connections of both listeners
@@ -330,6 +331,9 @@ func (r *Receiver) sweep(now time.Time) {
 	defer r.mu.Unlock()
 	for k, in := range r.instances {
 		if in.lastSeen.Load() < cut {
+			in.mu.Lock() // a request still converting finishes first
+			r.nSeries.Add(-int64(len(in.series)))
+			in.mu.Unlock()
 			delete(r.instances, k)
 			if r.perService[in.service]--; r.perService[in.service] <= 0 {
 				delete(r.perService, in.service)
@@ -570,6 +574,11 @@ func (r *Receiver) point(w *work, in *instance, name string, attrs pcommon.Map, 
 	if !ok {
 		if len(in.series) >= r.cfg.MaxSeriesPerInstance {
 			r.refuse(w, ReasonTooManySeries, 1, in.service, fmt.Errorf("an instance of %s/%s has %d series (-otlp.max-series-per-instance)", in.service, in.version, r.cfg.MaxSeriesPerInstance))
+			return nil
+		}
+		if r.nSeries.Add(1) > int64(r.cfg.MaxSeries) {
+			r.nSeries.Add(-1)
+			r.refuse(w, ReasonTooManySeries, 1, in.service, fmt.Errorf("the receiver keeps %d series (-otlp.max-series)", r.cfg.MaxSeries))
 			return nil
 		}
 		s = &series{name: name, labels: slices.Clone(labels), kind: kind, cum: cum}
