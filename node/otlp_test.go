@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -207,11 +208,11 @@ func (g *otlpGroup) Stop() error {
 	}
 }
 
-// TestOTLPWindowsExact runs two services through a real node's OTLP receiver, one over HTTP
-// with cumulative temporality, one over gRPC with delta temporality, both with two versions
-// and instances replaced every second or so, and checks that the closed windows' totals
-// equal what the OpenTelemetry SDK recorded: every request counted and every latency
-// observed, exactly.
+// TestOTLPWindowsExact runs four services through a real node's OTLP receiver, one for each
+// transport (HTTP, gRPC) and temporality (cumulative, delta), each with two versions and
+// instances replaced every second or so, and checks that the closed windows' totals equal
+// what the OpenTelemetry SDK recorded: every request counted and every latency observed,
+// exactly.
 func TestOTLPWindowsExact(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
@@ -219,13 +220,27 @@ func TestOTLPWindowsExact(t *testing.T) {
 	}
 	n := otlpNode(t, nil)
 	ss := collectSeries(t, n.NATSURL())
-	ep := n.OTLPHTTPURL()[len("http://"):]
-	var recHTTP, recGRPC otlpRecorded
+	services := []struct {
+		name, transport string
+		delta           bool
+		rec             otlpRecorded
+	}{
+		{name: "checkout", transport: "http"},
+		{name: "cart", transport: "http", delta: true},
+		{name: "search", transport: "grpc"},
+		{name: "payments", transport: "grpc", delta: true},
+	}
 	var groups []*otlpGroup
-	for _, v := range []string{"1.0.0", "1.1.0"} {
-		groups = append(groups,
-			startOTLPGroup(otlptest.Config{Transport: "http", Endpoint: ep, Service: "checkout", Version: v, Interval: 250 * time.Millisecond}, 2, 5, 0.02, time.Second, &recHTTP),
-			startOTLPGroup(otlptest.Config{Transport: "grpc", Endpoint: n.OTLPGRPCAddr(), Delta: true, Service: "payments", Version: v, Interval: 250 * time.Millisecond}, 2, 5, 0.02, time.Second, &recGRPC))
+	for i := range services {
+		sv := &services[i]
+		ep := n.OTLPHTTPURL()[len("http://"):]
+		if sv.transport == "grpc" {
+			ep = n.OTLPGRPCAddr()
+		}
+		for _, v := range []string{"1.0.0", "1.1.0"} {
+			groups = append(groups, startOTLPGroup(otlptest.Config{Transport: sv.transport, Endpoint: ep, Delta: sv.delta,
+				Service: sv.name, Version: v, Interval: 250 * time.Millisecond}, 2, 3, 0.02, time.Second, &sv.rec))
+		}
 	}
 	time.Sleep(3 * time.Second) // the load's duration, not a wait for a condition
 	started := int64(0)
@@ -236,19 +251,29 @@ func TestOTLPWindowsExact(t *testing.T) {
 		started += g.started.Load()
 	}
 	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
-		if err := ss.diff("checkout", &recHTTP); err != nil {
-			return err
+		for i := range services {
+			if err := ss.diff(services[i].name, &services[i].rec); err != nil {
+				return fmt.Errorf("%s over %s (delta %v): %w", services[i].name, services[i].transport, services[i].delta, err)
+			}
 		}
-		return ss.diff("payments", &recGRPC)
+		return nil
 	})
 	st := n.OTLP().Stats()
 	if len(st.PointsRefused) > 0 || len(st.RequestsRefused) > 0 {
 		t.Errorf("OTLP refused points %v, requests %v; want none", st.PointsRefused, st.RequestsRefused)
 	}
-	if late := n.Rollup().Stats().RefusedBy["late"]; late > 0 {
-		t.Logf("%d batches came after their window closed (counted as corrections or late)", late)
+	var requests float64
+	for i := range services {
+		for _, m := range services[i].rec.sums {
+			for s, v := range m {
+				if strings.HasPrefix(s, otlptest.Requests+"{") {
+					requests += v
+				}
+			}
+		}
 	}
-	t.Logf("%d instances over 3 s; %d OTLP points in %d batches", started, st.Points, st.Batches)
+	t.Logf("%d instances over 3 s, %.0f requests recorded; %d OTLP points in %d batches; windows equal the SDK's totals; rollup refused %v",
+		started, requests, st.Points, st.Batches, n.Rollup().Stats().RefusedBy)
 }
 
 // TestOTLPCanaryRollback rolls back a canary whose error rate triples, seen through OTLP
