@@ -13,6 +13,7 @@ import (
 	"github.com/herd-dev/herd/alert"
 	"github.com/herd-dev/herd/alert/deliver"
 	"github.com/herd-dev/herd/ingest"
+	"github.com/herd-dev/herd/ingest/otlp"
 	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/rollup"
@@ -65,8 +66,11 @@ type Config struct {
 	// the worker stops (Roles.Rollup).
 	DrainTimeout time.Duration
 
-	Rollup  rollup.Config
-	Intake  ingest.IntakeConfig
+	Rollup rollup.Config
+	Intake ingest.IntakeConfig
+	// OTLP configures the OTLP metrics receiver of the ingest role; without listeners
+	// (the default here; `herd serve` listens on 4318 and 4317) there is none.
+	OTLP    otlp.Config
 	Leases  lease.Config
 	Detect  alert.Config
 	Deliver deliver.Config
@@ -155,6 +159,9 @@ func (c *Config) validateComponents() error {
 	}
 	if r.Ingest {
 		if err := c.Intake.Validate(); err != nil {
+			return err
+		}
+		if err := c.OTLP.Validate(); err != nil {
 			return err
 		}
 	}

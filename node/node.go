@@ -21,6 +21,7 @@ import (
 	"github.com/herd-dev/herd/alert"
 	"github.com/herd-dev/herd/alert/deliver"
 	"github.com/herd-dev/herd/ingest"
+	"github.com/herd-dev/herd/ingest/otlp"
 	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/internal/jsretry"
@@ -47,7 +48,8 @@ type Node struct {
 	live    gate         // live inputs, held while the history is replayed
 	history *bus.History // nil without JetStream or without a role that replays
 
-	intake *ingest.Intake // the ingest role, with roll
+	intake *ingest.Intake // the ingest role, with roll and otlp
+	otlp   *otlp.Receiver // nil without OTLP listeners
 	roll   *rollup.Rollup
 	worker *worker // the partitioned rollup role
 
@@ -97,6 +99,9 @@ func New(cfg Config, logger *slog.Logger) (_ *Node, err error) {
 	}
 	defer func() {
 		if err != nil {
+			if n.otlp != nil {
+				n.otlp.Close()
+			}
 			n.closeNATS()
 		}
 	}()
@@ -233,7 +238,7 @@ func (n *Node) newIngest() (err error) {
 	if n.intake, err = ingest.NewIntake(n.cfg.Intake, n.intakeM, n.nc, n.roll.Add, n.logger.With("component", "intake")); err != nil {
 		return fmt.Errorf("cannot create intake: %w", err)
 	}
-	return nil
+	return n.newOTLP()
 }
 
 func (n *Node) newDetect() (err error) {

@@ -35,10 +35,14 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		stopOut()
 		r.wg.Wait()
+		if n.otlp != nil {
+			n.otlp.Close()
+		}
 		n.stopNATS()
 		return err
 	}
 	stopInputs := n.startInputs(&r)
+	stopOTLP := n.startOTLP(&r)
 	if err := n.listen(&r); err != nil {
 		r.fail(err)
 		n.live.release()
@@ -58,6 +62,7 @@ func (n *Node) Run(ctx context.Context) error {
 	case runErr = <-r.errc:
 	}
 	n.ready.Store(false)
+	stopOTLP()   // every OTLP request in flight is published, before the intake drains
 	stopInputs() // every batch received is merged, every window closed and published
 	sub.Unsubscribe()
 	stopOut()

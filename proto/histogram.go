@@ -9,10 +9,10 @@ import (
 )
 
 // Gamma is the ratio between consecutive bucket boundaries shared by every herd sketch:
-// 2^(1/32). Bucket i holds values in [Gamma^i, Gamma^(i+1)), which is bucket i+1 of an
-// OpenTelemetry exponential histogram at scale 5 or a Prometheus native histogram of schema 5
-// (those put the boundary value in the lower bucket). The relative error of a quantile is
-// (Gamma-1)/(Gamma+1) ≈ 1.08 %.
+// 2^(1/32). Bucket i holds values in [Gamma^i, Gamma^(i+1)), which is bucket i of an
+// OpenTelemetry exponential histogram at scale 5, (Gamma^i, Gamma^(i+1)], and bucket i+1 of a
+// Prometheus native histogram of schema 5 (both put the boundary value in the lower bucket).
+// The relative error of a quantile is (Gamma-1)/(Gamma+1) ≈ 1.08 %.
 var Gamma = math.Exp2(1.0 / 32)
 
 // Mapping is the DDSketch index mapping for Gamma. Every sketch herd builds uses it.

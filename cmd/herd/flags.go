@@ -73,6 +73,7 @@ func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles, getenv func(str
 	}
 	if r.Ingest {
 		cfg.Intake.RegisterFlags(fs)
+		cfg.OTLP.RegisterFlags(fs)
 	}
 	if r.Rollup {
 		fs.DurationVar(&cfg.DrainTimeout, "intake.drain-timeout", cfg.DrainTimeout, "how long a partition's intake drains when the partition moves or the worker stops (`duration`)")

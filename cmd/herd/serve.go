@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/herd-dev/herd/ingest/otlp"
 	"github.com/herd-dev/herd/node"
 )
 
@@ -17,6 +18,7 @@ func serveCommand() command {
 		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
 			cfg := node.DefaultConfig()
 			cfg.Name = "herd-serve"
+			cfg.OTLP.HTTPListen, cfg.OTLP.GRPCListen = otlp.DefaultHTTPListen, otlp.DefaultGRPCListen
 			nodeFlags(fs, &cfg, node.Roles{Ingest: true, Detect: true, Web: true}, e.getenv)
 			roles := fs.String("roles", "ingest,detect,web", "roles to run, comma-separated: ingest (intake and rollup; leave it out when `herd rollup` workers do it), detect, web")
 			return func(ctx context.Context) error {
@@ -69,6 +71,12 @@ func where(n *node.Node, cfg node.Config) string {
 		if cfg.Roles.Web {
 			where += fmt.Sprintf(" (dashboard %s/, metrics %s/metrics)", u, u)
 		}
+	}
+	if u := n.OTLPHTTPURL(); u != "" {
+		where += ", OTLP/HTTP " + u + otlp.PathMetrics
+	}
+	if a := n.OTLPGRPCAddr(); a != "" {
+		where += ", OTLP/gRPC " + a
 	}
 	if u := n.MonitorURL(); u != "" {
 		where += ", NATS monitoring " + u
