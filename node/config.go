@@ -204,6 +204,9 @@ func (c *Config) targetsFromPolicy() error {
 	var p struct {
 		Targets json.RawMessage `json:"targets"`
 	}
+	if data, err = alert.PolicyJSON(data); err != nil {
+		return nil // the detector reports a malformed policy file with its own words
+	}
 	if err := json.Unmarshal(data, &p); err != nil || len(p.Targets) == 0 {
 		return nil // the detector reports a malformed policy file with its own words
 	}
