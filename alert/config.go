@@ -112,7 +112,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxUnpaired, "detect.max-unpaired", c.MaxUnpaired, "windows (count) per comparison kept waiting for their partner window")
 	fs.IntVar(&c.MaxGroups, "detect.max-groups", c.MaxGroups, "most (service, version) groups (count) tracked; a new group takes the place of an idle one no comparison names, or is dropped")
 	fs.IntVar(&c.MaxVersionsPerService, "detect.max-versions-per-service", c.MaxVersionsPerService, "most groups (count) of one service tracked; a new version takes the place of an idle one of the service no comparison names, or is dropped (a canary with a comparison is admitted beyond it)")
-	fs.StringVar(&c.PolicyFile, "detect.policy", c.PolicyFile, "JSON policy file with per-service overrides and selectors (empty: none)")
+	fs.StringVar(&c.PolicyFile, "detect.policy", c.PolicyFile, "policy file (JSON or YAML) with per-service overrides, signal profiles and selectors (empty: none; signals detected per service)")
 }
 
 // Validate checks c, naming the flag of a bad value.

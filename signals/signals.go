@@ -4,7 +4,7 @@
 // else from the built-in profile that the series the service actually sends recognise:
 // herd's own names, the Prometheus client conventions, OpenTelemetry's HTTP and RPC semantic
 // conventions (as sent over OTLP and as exported to Prometheus), and Istio's standard
-// metrics. See docs/detector.md, "Signals and profiles".
+// metrics. See docs/dashboard.md, "Signals and profiles".
 //
 // The package imports only proto: alert and web import it, and neither imports the other.
 package signals
@@ -255,6 +255,9 @@ type Values struct {
 	// HasLatency reports whether any latency histogram was selected.
 	HasLatency bool
 	Latency    proto.Histogram
+	// One is the only latency series selected, when exactly one was (nil otherwise): a
+	// reader in seconds may take its precomputed quantiles. It points into the series read.
+	One *proto.WindowSeries
 	// Skipped counts selected series of the wrong kind (see Selector.Sum, Selector.Merge).
 	Skipped int
 }
@@ -268,6 +271,18 @@ func (d *Definition) Read(ss []proto.WindowSeries, v *Values) {
 	v.Skipped += b
 	v.HasLatency, b = d.Latency.Merge(ss, &v.Latency)
 	v.Skipped += b
+	v.One = nil
+	if v.HasLatency && b == 0 {
+		for i := range ss {
+			if d.Latency.Matches(ss[i].Name, ss[i].Labels) {
+				if v.One != nil {
+					v.One = nil
+					break
+				}
+				v.One = &ss[i]
+			}
+		}
+	}
 	if v.HasLatency && d.LatencyUnit != 1 && d.LatencyUnit > 0 {
 		ToSeconds(&v.Latency, d.LatencyUnit)
 	}
