@@ -344,7 +344,7 @@ func (d *Detector) AddWindow(w *proto.Window) {
 	// The guards read every instance (x); the tests read the warm instances (tx) when the
 	// rollup split the series the selectors read.
 	x, tx := &d.x, &d.x
-	if s.choice.Observe(w.Series) {
+	if was := s.choice.Definition().Profile; s.choice.Observe(w.Series) && s.choice.Definition().Profile != was {
 		d.logger.Info("signals", "service", s.name, "profile", s.choice.Definition().Profile,
 			"definition", s.choice.Definition().String())
 	}

@@ -416,14 +416,12 @@ func (s *Server) applyWindowLocked(w *proto.Window, now time.Time) {
 		s.touchLocked(g, now)
 	}
 	sv = g.sv
-	if was := sv.choice.Definition().Profile; sv.choice.Observe(w.Series) {
+	if was := sv.choice.Definition().Profile; sv.choice.Observe(w.Series) && sv.choice.Definition().Profile != was {
+		// Pages learn the new profile before the first window read with it. (Herd's own
+		// names, read until a profile is detected, need no event or log line when detected.)
 		s.logger.Info("signals", "service", sv.name, "profile", sv.choice.Definition().Profile,
 			"definition", sv.choice.Definition().String())
-		if sv.choice.Definition().Profile != was {
-			// Pages learn the new profile before the first window read with it. (Herd's own
-			// names, read until a profile is detected, need no event when detected.)
-			s.publishLocked(w.Service, now, encodeSignalsEvent(s.seq+1, sv))
-		}
+		s.publishLocked(w.Service, now, encodeSignalsEvent(s.seq+1, sv))
 	}
 	p := s.summarize(sv, w)
 	g.ring.add(p)
