@@ -129,7 +129,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Watch, "detect.watch", c.Watch, "after a pass, keep comparing for this long (or until the baseline stops serving) and roll back a later regression (0 = stop at the pass)")
 	fs.Float64Var(&c.WatchAlpha, "detect.watch-alpha", c.WatchAlpha, "false-rollback bound α of the watch after a pass (0 ≤ α < 0.5; 0 = -detect.alpha)")
 	fs.DurationVar(&c.EvidenceEvery, "detect.evidence-every", c.EvidenceEvery, "republish a pending or watching comparison's live evidence this often, in window time (0 = state changes only)")
-	fs.StringVar(&c.PolicyFile, "detect.policy", c.PolicyFile, "JSON policy file with per-service overrides and selectors (empty: none)")
+	fs.StringVar(&c.PolicyFile, "detect.policy", c.PolicyFile, "policy file (JSON or YAML) with per-service overrides, signal profiles and selectors (empty: none; signals detected per service)")
 }
 
 // Validate checks c, naming the flag of a bad value.

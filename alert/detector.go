@@ -20,6 +20,7 @@ import (
 
 	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/signals"
 )
 
 // Retention of idle state.
@@ -90,6 +91,7 @@ type detectorMetrics struct {
 type service struct {
 	name   string
 	set    settings
+	choice signals.Choice         // the service's signals: pinned by the policy, or detected
 	groups map[string]*group      // by version
 	comps  map[string]*comparison // by canary version
 	shadow *shadowMetrics         // created at the first shadow comparison
@@ -299,9 +301,27 @@ func (d *Detector) serviceLocked(name string) *service {
 	if s == nil {
 		s = &service{name: name, set: settingsFor(&d.cfg, d.policy, name),
 			groups: map[string]*group{}, comps: map[string]*comparison{}}
+		s.choice = signals.NewChoice(s.set.signals)
 		d.services[name] = s
 	}
 	return s
+}
+
+// Signals returns the signal definition the detector reads for service: the one its policy
+// pins, else the profile detected from the service's windows so far (signals.Default before
+// any, and for a service it does not know).
+func (d *Detector) Signals(service string) *signals.Definition {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if s := d.services[service]; s != nil {
+		return s.choice.Definition()
+	}
+	if d.policy != nil {
+		if def := d.policy.Signals(&d.cfg, service); def != nil {
+			return def
+		}
+	}
+	return signals.Default()
 }
 
 // AddWindow feeds one closed window. It does not keep w or anything w points to.
@@ -338,13 +358,18 @@ func (d *Detector) AddWindow(w *proto.Window) {
 	// The guards read every instance (x); the tests read the warm instances (tx) when the
 	// rollup split the series the selectors read.
 	x, tx := &d.x, &d.x
-	if bad := s.set.extract(w.Series, x); bad > 0 {
+	if was := s.choice.Definition().Profile; s.choice.Observe(w.Series) && s.choice.Definition().Profile != was {
+		d.logger.Info("signals", "service", s.name, "profile", s.choice.Definition().Profile,
+			"definition", s.choice.Definition().String())
+	}
+	sig := s.choice.Definition()
+	if bad := x.read(sig, w.Series); bad > 0 {
 		d.m.wrongKind.Add(bad)
 	}
-	split := s.set.splitCovers(w)
+	split := splitCovers(sig, w)
 	if split {
 		tx = &d.xw
-		s.set.extract(w.Warm, tx)
+		tx.read(sig, w.Warm)
 		d.m.warmWindows.Inc()
 	}
 	g.observe(w, x, tx)
@@ -377,20 +402,23 @@ func (d *Detector) AddWindow(w *proto.Window) {
 	}
 }
 
-// extract reads the role values of a window's series ss with the service's selectors and
-// returns how many selected series had the wrong kind.
-func (set *settings) extract(ss []proto.WindowSeries, x *extract) (wrongKind int) {
+// read sets x to the signals of a window's series ss under the service's definition sig
+// (latency in seconds) and returns how many selected series had the wrong kind.
+func (x *extract) read(sig *signals.Definition, ss []proto.WindowSeries) (wrongKind int) {
 	var b int
-	x.requests, wrongKind = set.requests.sumCounters(ss)
-	x.errors, b = set.errors.sumCounters(ss)
+	x.requests, wrongKind = sig.Requests.Sum(ss)
+	x.errors, b = sig.Errors.Sum(ss)
 	wrongKind += b
-	x.hasLatency, b = set.latency.mergeHistograms(ss, &x.latency)
+	x.hasLatency, b = sig.Latency.Merge(ss, &x.latency)
+	if x.hasLatency && sig.LatencyUnit != 1 {
+		signals.ToSeconds(&x.latency, sig.LatencyUnit)
+	}
 	return wrongKind + b
 }
 
-// splitCovers reports whether w's Warm and Halves carry every series the selectors read.
-func (set *settings) splitCovers(w *proto.Window) bool {
-	return w.Splits(set.requests.Name) && w.Splits(set.errors.Name) && w.Splits(set.latency.Name)
+// splitCovers reports whether w's Warm and Halves carry every series sig reads.
+func splitCovers(sig *signals.Definition, w *proto.Window) bool {
+	return w.Splits(sig.Requests.Name) && w.Splits(sig.Errors.Name) && w.Splits(sig.Latency.Name)
 }
 
 // observe updates the group's bookkeeping with a window: the guard sums from x (every

@@ -7,14 +7,19 @@ import (
 	"math"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/signals"
 )
 
 // Policy is the detector's policy file: overrides of the flag defaults for all services
-// (Defaults) and per service (Services, keyed by service name). It is JSON; unknown fields
-// are errors. docs/detector.md documents every field with an example.
+// (Defaults) and per service (Services, keyed by service name). It is JSON or YAML (the same
+// fields; see ParsePolicy); unknown fields are errors. docs/detector.md documents every field
+// with an example.
 type Policy struct {
 	Defaults ServicePolicy            `json:"defaults"`
 	Services map[string]ServicePolicy `json:"services"`
@@ -43,12 +48,19 @@ type ServicePolicy struct {
 	SLOLatency *Duration `json:"slo_latency,omitempty"`
 	// Quantiles of the baseline at which latency thresholds are frozen (default 0.5, 0.9, 0.99).
 	Quantiles []float64 `json:"quantiles,omitempty"`
+	// Profile pins one of the built-in signal profiles (signals.ProfileNames) instead of
+	// detecting it from the series the service sends.
+	Profile string `json:"profile,omitempty"`
 	// Requests, Errors and Latency are selectors mapping the service's own series onto the
-	// roles (defaults requests_total, errors_total, latency_seconds). Requests and Errors sum
-	// counters; Latency merges histograms.
+	// signals, in place of the profile's (see package signals). Requests and Errors sum
+	// counters and histograms' counts; Latency merges histograms. Any of them (or Profile)
+	// pins the service's signals: without, its profile is detected from its series.
 	Requests string `json:"requests,omitempty"`
 	Errors   string `json:"errors,omitempty"`
 	Latency  string `json:"latency,omitempty"`
+	// LatencyUnit is the unit of the Latency selector's histogram values, e.g. "1ms"
+	// (default one second).
+	LatencyUnit *Duration `json:"latency_unit,omitempty"`
 	// Weights of the tests in the average e-value.
 	Weights *Weights `json:"weights,omitempty"`
 }
@@ -91,13 +103,11 @@ type settings struct {
 	sloSeconds                                        float64 // 0: none
 	quantiles                                         []float64
 	weights                                           Weights
-	requests, errors, latency                         *Selector
+	// signals is the definition the policy pins, or nil: the profile is detected.
+	signals *signals.Definition
 }
 
 var (
-	defaultRequests  = MustSelector(proto.SeriesRequests)
-	defaultErrors    = MustSelector(proto.SeriesErrors)
-	defaultLatency   = MustSelector(proto.SeriesLatency)
 	defaultQuantiles = []float64{0.5, 0.9, 0.99}
 	defaultWeights   = Weights{Errors: 0.5, Latency: 0.4, DKW: 0.1}
 )
@@ -110,7 +120,6 @@ func (c *Config) baseSettings() settings {
 		warmup: c.Warmup, minExposure: c.MinExposure, maxDuration: c.MaxDuration,
 		watch: c.Watch, watchAlpha: c.WatchAlpha,
 		quantiles: defaultQuantiles, weights: defaultWeights,
-		requests: defaultRequests, errors: defaultErrors, latency: defaultLatency,
 	}
 }
 
@@ -162,26 +171,52 @@ func (s *settings) apply(sp *ServicePolicy) error {
 		}
 		s.weights = *w
 	}
-	for _, r := range []struct {
-		text  string
-		dst   **Selector
-		field string
-	}{{sp.Requests, &s.requests, "requests"}, {sp.Errors, &s.errors, "errors"}, {sp.Latency, &s.latency, "latency"}} {
-		if r.text == "" {
-			continue
-		}
-		sel, err := ParseSelector(r.text)
-		if err != nil {
-			return fmt.Errorf("bad %s: %w", r.field, err)
-		}
-		*r.dst = sel
+	if err := s.pin(sp); err != nil {
+		return err
 	}
 	return s.validate("")
 }
 
+// pin overlays the signal definition of sp (a profile, selectors) on s's.
+func (s *settings) pin(sp *ServicePolicy) error {
+	if sp.Profile == "" && sp.Requests == "" && sp.Errors == "" && sp.Latency == "" {
+		if sp.LatencyUnit != nil {
+			return fmt.Errorf("bad latency_unit: it needs a latency selector")
+		}
+		return nil
+	}
+	base := s.signals
+	if sp.Profile != "" {
+		if base = signals.Profile(sp.Profile); base == nil {
+			return fmt.Errorf("bad profile %q: want one of %s", sp.Profile, strings.Join(signals.ProfileNames(), ", "))
+		}
+	}
+	var unit float64
+	if sp.LatencyUnit != nil {
+		if sp.Latency == "" {
+			return fmt.Errorf("bad latency_unit: it needs a latency selector")
+		}
+		if unit = time.Duration(*sp.LatencyUnit).Seconds(); !(unit > 0) {
+			return fmt.Errorf("bad latency_unit %s: want > 0", time.Duration(*sp.LatencyUnit))
+		}
+	}
+	d, err := signals.Pin(base, sp.Requests, sp.Errors, sp.Latency, unit)
+	if err != nil {
+		return err
+	}
+	s.signals = d
+	return nil
+}
+
 // ParsePolicy decodes and checks a policy file's contents against the flag defaults in cfg.
+// The file is JSON, or YAML with the same field names (converted to JSON by sigs.k8s.io/yaml);
+// either way unknown fields and duplicate keys are errors.
 func ParsePolicy(data []byte, cfg *Config) (*Policy, error) {
 	var p Policy
+	data, err := PolicyJSON(data)
+	if err != nil {
+		return nil, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
@@ -204,6 +239,20 @@ func ParsePolicy(data []byte, cfg *Config) (*Policy, error) {
 		}
 	}
 	return &p, nil
+}
+
+// PolicyJSON returns a policy file's contents as JSON: data itself when it is a JSON object,
+// else data read as YAML (sigs.k8s.io/yaml, strict: duplicate keys are errors). Other readers
+// of the file (the deploy-tool targets) decode through it too.
+func PolicyJSON(data []byte) ([]byte, error) {
+	if t := bytes.TrimLeft(data, " \t\r\n"); len(t) > 0 && t[0] == '{' {
+		return data, nil
+	}
+	j, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return nil, fmt.Errorf("cannot decode policy as YAML: %w", err)
+	}
+	return j, nil
 }
 
 // LoadPolicy reads and checks a policy file.
@@ -247,7 +296,7 @@ func (p *Policy) SeriesNames() []string {
 			if text == "" {
 				continue
 			}
-			if sel, err := ParseSelector(text); err == nil && sel.Name != "" {
+			if sel, err := signals.ParseSelector(text); err == nil && sel.Name != "" {
 				names = append(names, sel.Name)
 			}
 		}
@@ -258,4 +307,14 @@ func (p *Policy) SeriesNames() []string {
 	}
 	slices.Sort(names)
 	return slices.Compact(names)
+}
+
+// Signals returns the signal definition p pins for service, or nil when the service's
+// profile is to be detected from its series. cfg gives the flag defaults p was checked
+// against. The dashboard and `herd tail` read the same definition as the detector with it.
+func (p *Policy) Signals(cfg *Config, service string) *signals.Definition {
+	if p == nil {
+		return nil
+	}
+	return settingsFor(cfg, p, service).signals
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/herd-dev/herd/signals"
 )
 
 // examplePolicy is the example of docs/detector.md.
@@ -45,13 +47,71 @@ func TestParsePolicyExample(t *testing.T) {
 		t.Fatalf("checkout settings: got α=%g margin=%g spread=%g warmup=%s slo=%g; want 0.001 1.2 0.15 10s 0.3",
 			s.alpha, s.margin, s.spread, s.warmup, s.sloSeconds)
 	}
-	if got := s.errors.String(); !strings.Contains(got, "code=~'5..'") {
-		t.Fatalf("errors selector: got %q; want the policy's", got)
+	if got := s.signals.Errors.String(); !strings.Contains(got, "code=~'5..'") || s.signals.Profile != signals.ProfilePolicy {
+		t.Fatalf("errors selector: got %q (profile %q); want the policy's", got, s.signals.Profile)
 	}
 	other := settingsFor(&cfg, p, "search")
-	if other.alpha != cfg.Alpha || other.warmup != 10*time.Second || other.requests != defaultRequests {
-		t.Fatalf("search settings: got α=%g warmup=%s requests=%s; want flag α, policy default warm-up, requests_total",
-			other.alpha, other.warmup, other.requests)
+	if other.alpha != cfg.Alpha || other.warmup != 10*time.Second || other.signals != nil || p.Signals(&cfg, "search") != nil {
+		t.Fatalf("search settings: got α=%g warmup=%s signals=%v; want flag α, policy default warm-up, detected signals",
+			other.alpha, other.warmup, other.signals)
+	}
+}
+
+// examplePolicyYAML is examplePolicy in YAML, with a pinned profile for another service.
+const examplePolicyYAML = `
+defaults:
+  warmup: 10s
+  instance_spread: 0.15
+services:
+  checkout:
+    alpha: 0.001
+    margin: 1.2
+    slo_latency: 300ms
+    quantiles: [0.5, 0.99]
+    requests: http_requests_total{job="checkout"}
+    errors: http_requests_total{job="checkout",code=~'5..'}
+    latency: http_request_duration_seconds{route!~'/health.*'}
+    weights: {errors: 0.6, latency: 0.3, dkw: 0.1}
+  mesh:
+    profile: istio
+  legacy:
+    latency: request_latency_ms
+    latency_unit: 1ms
+`
+
+func TestParsePolicyYAML(t *testing.T) {
+	t.Parallel()
+	cfg := DefaultConfig()
+	p, err := ParsePolicy([]byte(examplePolicyYAML), &cfg)
+	if err != nil {
+		t.Fatalf("ParsePolicy(YAML): got %v; want no error", err)
+	}
+	s := settingsFor(&cfg, p, "checkout")
+	if s.alpha != 0.001 || s.spread != 0.15 || s.warmup != 10*time.Second || s.sloSeconds != 0.3 || s.weights.Errors != 0.6 {
+		t.Fatalf("checkout settings from YAML: got α=%g spread=%g warmup=%s slo=%g weights=%+v", s.alpha, s.spread, s.warmup, s.sloSeconds, s.weights)
+	}
+	if got := s.signals.Errors.String(); got != `http_requests_total{job="checkout",code=~'5..'}` {
+		t.Fatalf("errors selector from YAML: got %q", got)
+	}
+	if d := p.Signals(&cfg, "mesh"); d == nil || d.Profile != "istio" || !d.Pinned() {
+		t.Fatalf("mesh: got %v; want the istio profile pinned", d)
+	}
+	if d := p.Signals(&cfg, "legacy"); d == nil || d.LatencyUnit != 0.001 || d.Requests.String() != "requests_total" {
+		t.Fatalf("legacy: got %v; want herd's requests and a latency in ms", d)
+	}
+	for _, c := range []struct{ in, wantErr string }{
+		{"services:\n  a:\n    alpah: 0.1\n", "unknown field"},
+		{"services:\n  a:\n    alpha: 0.01\n    alpha: 0.02\n", "cannot decode policy as YAML"},
+		{"services: [1, 2]\n", "cannot decode policy"},
+		{"services:\n  a:\n    profile: nginx\n", `bad profile "nginx"`},
+		{"services:\n  a:\n    latency_unit: 1ms\n", "latency_unit: it needs a latency selector"},
+		{"services:\n  a:\n    latency: x\n    latency_unit: 0s\n", "bad latency_unit"},
+		{"\tservices: {", "cannot decode policy as YAML"},
+	} {
+		_, err := ParsePolicy([]byte(c.in), &cfg)
+		if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+			t.Errorf("ParsePolicy(%q): got %v; want an error containing %q", c.in, err, c.wantErr)
+		}
 	}
 }
 
@@ -125,6 +185,7 @@ func FuzzParsePolicy(f *testing.F) {
 	f.Add(examplePolicy)
 	f.Add(`{"services": {"a": {"errors": "x{code=~'5..'}"}}}`)
 	f.Add(`{"defaults": {"weights": {"errors": 0}}}`)
+	f.Add(examplePolicyYAML)
 	f.Fuzz(func(t *testing.T, s string) {
 		cfg := DefaultConfig()
 		p, err := ParsePolicy([]byte(s), &cfg)

@@ -97,7 +97,7 @@ func (d *Detector) shadowWindowLocked(s *service, g *group, w *proto.Window) {
 		sh.initTests()
 	}
 	for h := range d.xh {
-		s.set.extract(w.Halves[h], &d.xh[h])
+		d.xh[h].read(s.choice.Definition(), w.Halves[h])
 	}
 	a, b := sh.newRecord(), sh.newRecord()
 	sh.fill(a, w, &d.xh[0])

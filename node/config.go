@@ -18,6 +18,7 @@ import (
 	"github.com/herd-dev/herd/internal/embednats"
 	"github.com/herd-dev/herd/rollup"
 	"github.com/herd-dev/herd/rollup/lease"
+	"github.com/herd-dev/herd/signals"
 	"github.com/herd-dev/herd/web"
 )
 
@@ -184,8 +185,8 @@ func (c *Config) validateComponents() error {
 			return err
 		}
 	}
-	if (r.Ingest || r.Rollup) && c.Detect.PolicyFile != "" {
-		if err := c.splitFromPolicy(); err != nil {
+	if r.Ingest || r.Rollup {
+		if err := c.splitSignals(); err != nil {
 			return err
 		}
 	}
@@ -211,6 +212,9 @@ func (c *Config) targetsFromPolicy() error {
 	var p struct {
 		Targets json.RawMessage `json:"targets"`
 	}
+	if data, err = alert.PolicyJSON(data); err != nil {
+		return nil // the detector reports a malformed policy file with its own words
+	}
 	if err := json.Unmarshal(data, &p); err != nil || len(p.Targets) == 0 {
 		return nil // the detector reports a malformed policy file with its own words
 	}
@@ -222,21 +226,26 @@ func (c *Config) targetsFromPolicy() error {
 	return nil
 }
 
-// splitFromPolicy adds the series the policy's selectors read to -rollup.split-series, so
-// per-instance warm-up and the shadow check apply to services with their own series names.
-func (c *Config) splitFromPolicy() error {
+// splitSignals adds the series the built-in signal profiles and the policy's selectors read
+// to -rollup.split-series, so per-instance warm-up and the shadow check apply to services
+// with their own series names (a name no service sends costs nothing).
+func (c *Config) splitSignals() error {
 	if strings.TrimSpace(c.Rollup.SplitSeries) == "*" {
 		return nil
 	}
-	pol, err := alert.LoadPolicy(c.Detect.PolicyFile, &c.Detect)
-	if err != nil {
-		return fmt.Errorf("-detect.policy: %w", err)
+	names := signals.SeriesNames()
+	if c.Detect.PolicyFile != "" {
+		pol, err := alert.LoadPolicy(c.Detect.PolicyFile, &c.Detect)
+		if err != nil {
+			return fmt.Errorf("-detect.policy: %w", err)
+		}
+		names = append(names, pol.SeriesNames()...)
 	}
 	have := map[string]bool{}
 	for _, n := range strings.Split(c.Rollup.SplitSeries, ",") {
 		have[strings.TrimSpace(n)] = true
 	}
-	for _, n := range pol.SeriesNames() {
+	for _, n := range names {
 		if !have[n] {
 			c.Rollup.SplitSeries += "," + n
 			have[n] = true

@@ -28,6 +28,7 @@ import (
 	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/rollup"
+	"github.com/herd-dev/herd/signals"
 	"github.com/herd-dev/herd/web"
 )
 
@@ -125,6 +126,9 @@ func New(cfg Config, logger *slog.Logger) (_ *Node, err error) {
 		}
 	}
 	if r.Web {
+		if cfg.Web.Signals, err = policySignals(&cfg); err != nil {
+			return nil, err
+		}
 		if n.web, err = web.New(cfg.Web, n.metrics, logger.With("component", "web")); err != nil {
 			return nil, fmt.Errorf("cannot create the dashboard: %w", err)
 		}
@@ -239,6 +243,20 @@ func (n *Node) newIngest() (err error) {
 		return fmt.Errorf("cannot create intake: %w", err)
 	}
 	return n.newOTLP()
+}
+
+// policySignals returns the signal definitions the policy file pins, for the dashboard to
+// read what the detector reads (nil without a policy file: every profile is detected).
+func policySignals(cfg *Config) (func(string) *signals.Definition, error) {
+	if cfg.Detect.PolicyFile == "" {
+		return nil, nil
+	}
+	pol, err := alert.LoadPolicy(cfg.Detect.PolicyFile, &cfg.Detect)
+	if err != nil {
+		return nil, fmt.Errorf("-detect.policy: %w", err)
+	}
+	dc := cfg.Detect
+	return func(service string) *signals.Definition { return pol.Signals(&dc, service) }, nil
 }
 
 func (n *Node) newDetect() (err error) {

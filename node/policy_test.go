@@ -46,3 +46,48 @@ func TestTargetsFromPolicyFile(t *testing.T) {
 		t.Errorf("misspelt targets: got %v; want an error naming -detect.policy", err)
 	}
 }
+
+// TestPolicyFileYAMLAndSignals: the policy file may be YAML, targets included; the rollup
+// splits every built-in profile's series, and the web role reads the signals the policy pins.
+func TestPolicyFileYAMLAndSignals(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, []byte(`
+services:
+  mesh:
+    profile: istio
+  checkout:
+    errors: orders_total{outcome="failed"}
+targets:
+  flagger:
+    - {namespace: shop, name: checkout, service: checkout}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Detect.PolicyFile = path
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	if len(cfg.Deliver.Targets.Flagger) != 1 {
+		t.Errorf("got targets %+v; want the Flagger target of the YAML policy", cfg.Deliver.Targets)
+	}
+	for _, want := range []string{"orders_total", "http_requests_total", "http.server.request.duration", "istio_requests_total"} {
+		if !strings.Contains(cfg.Rollup.SplitSeries, want) {
+			t.Errorf("-rollup.split-series = %q; want %s split", cfg.Rollup.SplitSeries, want)
+		}
+	}
+	pinned, err := policySignals(&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := pinned("mesh"); d == nil || d.Profile != "istio" {
+		t.Errorf("mesh: got %v; want the istio profile pinned", d)
+	}
+	if d := pinned("checkout"); d == nil || d.Profile != "policy" || d.Errors.String() != `orders_total{outcome="failed"}` {
+		t.Errorf("checkout: got %v; want the policy's errors selector", d)
+	}
+	if d := pinned("search"); d != nil {
+		t.Errorf("search: got %v; want nil (detected)", d)
+	}
+}

@@ -86,9 +86,35 @@ type GroupSummary struct {
 	Windows           int     `json:"windows"`
 }
 
+// SignalsSummary is the API's view of the definition of a service's signals (see package
+// signals): the profile the dashboard and the detector read, and its selectors.
+type SignalsSummary struct {
+	// Profile is a built-in profile's name, or "policy" for the policy file's selectors.
+	Profile string `json:"profile"`
+	// Detected is false while none of the service's windows carried a profile's series
+	// (herd's own names are read meanwhile); Pinned is true when the policy file fixes it.
+	Detected bool   `json:"detected"`
+	Pinned   bool   `json:"pinned"`
+	Requests string `json:"requests"`
+	Errors   string `json:"errors"`
+	Latency  string `json:"latency"`
+	// LatencyUnitSeconds is the latency histogram's unit (0.001: milliseconds); the API and
+	// the dashboard show latencies in seconds whatever it is.
+	LatencyUnitSeconds float64 `json:"latency_unit_seconds"`
+}
+
+// signalsSummary describes the current definition of sv.
+func signalsSummary(sv *service) SignalsSummary {
+	d := sv.choice.Definition()
+	return SignalsSummary{Profile: d.Profile, Detected: sv.choice.Detected(), Pinned: d.Pinned(),
+		Requests: d.Requests.String(), Errors: d.Errors.String(), Latency: d.Latency.String(),
+		LatencyUnitSeconds: d.LatencyUnit}
+}
+
 // ServiceSummary is the API's view of one service.
 type ServiceSummary struct {
 	Service string         `json:"service"`
+	Signals SignalsSummary `json:"signals"`
 	Groups  []GroupSummary `json:"groups"`
 	// Verdicts holds the latest verdict of each canary, newest first.
 	Verdicts []proto.Verdict `json:"verdicts"`
@@ -100,7 +126,7 @@ type ServiceSummary struct {
 // summaryLocked summarizes a service; the caller holds s.mu.
 func (s *Server) summaryLocked(sv *service, full bool) ServiceSummary {
 	now := time.Now()
-	out := ServiceSummary{Service: sv.name, Groups: []GroupSummary{}, Verdicts: stampAges(nonNil(sv.latestVerdicts()), now)}
+	out := ServiceSummary{Service: sv.name, Signals: signalsSummary(sv), Groups: []GroupSummary{}, Verdicts: stampAges(nonNil(sv.latestVerdicts()), now)}
 	win := s.window()
 	per := max(1, int(time.Second/win))
 	for _, g := range sv.sortedGroups() {

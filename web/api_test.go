@@ -216,7 +216,6 @@ func TestConfigValidate(t *testing.T) {
 		func(c *Config) { c.History = time.Millisecond },
 		func(c *Config) { c.ClientQueue = 0 },
 		func(c *Config) { c.WriteTimeout = 0 },
-		func(c *Config) { c.LatencySeries = "" },
 	} {
 		c := DefaultConfig()
 		mut(&c)

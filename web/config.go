@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/herd-dev/herd/signals"
 )
 
 // Config configures a Server. Start from DefaultConfig or RegisterFlags.
@@ -36,9 +38,10 @@ type Config struct {
 	// SendBuffer is the kernel send buffer of each websocket connection in bytes (0: system default).
 	// A small buffer makes a stalled client hit WriteTimeout sooner.
 	SendBuffer int
-	// RequestsSeries, ErrorsSeries and LatencySeries name the series (without labels) the
-	// dashboard charts: a counter of requests, a counter of errors, a latency histogram in seconds.
-	RequestsSeries, ErrorsSeries, LatencySeries string
+	// Signals, if set, returns the signal definition a policy pins for a service, or nil to
+	// detect the service's profile from the series it sends (see package signals). The node
+	// passes the detector's policy, so the dashboard charts what the detector judges.
+	Signals func(service string) *signals.Definition
 }
 
 // DefaultConfig returns the defaults that RegisterFlags registers.
@@ -55,9 +58,6 @@ func DefaultConfig() Config {
 		WriteTimeout:          2 * time.Second,
 		PingInterval:          15 * time.Second,
 		SendBuffer:            256 << 10,
-		RequestsSeries:        "requests_total",
-		ErrorsSeries:          "errors_total",
-		LatencySeries:         "latency_seconds",
 	}
 }
 
@@ -86,12 +86,6 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"websocket ping interval; a client silent for twice this is dropped (duration)")
 	fs.IntVar(&c.SendBuffer, "web.send-buffer", d.SendBuffer,
 		"kernel send buffer per websocket connection (bytes; 0 keeps the system's)")
-	fs.StringVar(&c.RequestsSeries, "web.requests-series", d.RequestsSeries,
-		"counter series charted as requests (name)")
-	fs.StringVar(&c.ErrorsSeries, "web.errors-series", d.ErrorsSeries,
-		"counter series charted as errors (name)")
-	fs.StringVar(&c.LatencySeries, "web.latency-series", d.LatencySeries,
-		"histogram series charted as latency in seconds (name)")
 }
 
 // Validate checks c and names the offending flag.
@@ -120,8 +114,6 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("-web.ping-interval %s must be at least 10ms", c.PingInterval)
 	case c.SendBuffer < 0:
 		return fmt.Errorf("-web.send-buffer %d must not be negative", c.SendBuffer)
-	case c.RequestsSeries == "" || c.ErrorsSeries == "" || c.LatencySeries == "":
-		return fmt.Errorf("-web.requests-series, -web.errors-series and -web.latency-series must not be empty")
 	}
 	return nil
 }

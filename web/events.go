@@ -117,6 +117,18 @@ func encodeWindowEvent(seq uint64, service, version string, p *point) []byte {
 	return append(b, '}')
 }
 
+// encodeSignalsEvent encodes {"type":"signals","seq":N,"service":S,"signals":{…}}: the
+// service's signal definition changed (a profile was detected).
+func encodeSignalsEvent(seq uint64, sv *service) []byte {
+	b, _ := json.Marshal(struct {
+		Type    string         `json:"type"`
+		Seq     uint64         `json:"seq"`
+		Service string         `json:"service"`
+		Signals SignalsSummary `json:"signals"`
+	}{"signals", seq, sv.name, signalsSummary(sv)})
+	return b
+}
+
 func encodeVerdictEvent(seq uint64, v *proto.Verdict) []byte {
 	b, _ := json.Marshal(struct {
 		Type    string         `json:"type"`
@@ -147,6 +159,7 @@ type snapshot struct {
 
 type snapService struct {
 	name        string
+	signals     SignalsSummary
 	groups      []snapGroup
 	verdicts    []proto.Verdict
 	deployments []proto.Deployment
@@ -163,7 +176,7 @@ func (s *Server) snapshotLocked(only string, historyMs int64, now time.Time) sna
 	sn := snapshot{seq: s.seq, nowMs: now.UnixMilli(), historyMs: historyMs, service: only}
 	since := sn.nowMs - historyMs
 	add := func(sv *service) {
-		ss := snapService{name: sv.name,
+		ss := snapService{name: sv.name, signals: signalsSummary(sv),
 			verdicts:    stampAges(append([]proto.Verdict(nil), sv.verdicts...), now),
 			deployments: append([]proto.Deployment(nil), sv.deployments...)}
 		for _, g := range sv.sortedGroups() {
@@ -186,8 +199,8 @@ func (s *Server) snapshotLocked(only string, historyMs int64, now time.Time) sna
 // encode writes the snapshot message:
 //
 //	{"type":"snapshot","seq":N,"reset":B,"now_unix_ms":T,"window_ms":W,"history_ms":H,
-//	 "service":S,"fields":[…],"services":[{"service":S,"groups":[{"version":V,"points":[[…]…]}],
-//	 "verdicts":[…],"deployments":[…]}]}
+//	 "service":S,"fields":[…],"services":[{"service":S,"signals":{…},
+//	 "groups":[{"version":V,"points":[[…]…]}],"verdicts":[…],"deployments":[…]}]}
 func (sn *snapshot) encode(windowMs int64) []byte {
 	b := make([]byte, 0, 4096)
 	b = append(b, `{"type":"snapshot","seq":`...)
@@ -212,6 +225,8 @@ func (sn *snapshot) encode(windowMs int64) []byte {
 		}
 		b = append(b, `{"service":`...)
 		b = appendString(b, sv.name)
+		b = append(b, `,"signals":`...)
+		b = appendJSON(b, sv.signals)
 		b = append(b, `,"groups":[`...)
 		for j, g := range sv.groups {
 			if j > 0 {

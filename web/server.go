@@ -16,6 +16,7 @@ import (
 
 	"github.com/herd-dev/herd/internal/promhelp"
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/signals"
 )
 
 // Reasons an input is refused (label reason of herd_web_inputs_refused_total).
@@ -88,6 +89,7 @@ type Server struct {
 	replay   replayRing
 	clients  map[*client]struct{}
 	stopped  bool
+	vals     signals.Values // scratch of summarize
 
 	nclients atomic.Int64
 	connWG   sync.WaitGroup // the writer goroutines of websocket connections
@@ -371,6 +373,9 @@ func (s *Server) serviceLocked(name string) *service {
 	sv := s.services[name]
 	if sv == nil {
 		sv = &service{name: name, groups: map[string]*group{}}
+		if s.cfg.Signals != nil {
+			sv.choice = signals.NewChoice(s.cfg.Signals(name))
+		}
 		s.services[name] = sv
 	}
 	return sv
@@ -417,7 +422,15 @@ func (s *Server) applyWindowLocked(w *proto.Window, now time.Time) {
 	if w.Instances > 0 {
 		s.touchLocked(g, now)
 	}
-	p := s.summarize(w)
+	sv = g.sv
+	if was := sv.choice.Definition().Profile; sv.choice.Observe(w.Series) && sv.choice.Definition().Profile != was {
+		// Pages learn the new profile before the first window read with it. (Herd's own
+		// names, read until a profile is detected, need no event or log line when detected.)
+		s.logger.Info("signals", "service", sv.name, "profile", sv.choice.Definition().Profile,
+			"definition", sv.choice.Definition().String())
+		s.publishLocked(w.Service, now, encodeSignalsEvent(s.seq+1, sv))
+	}
+	p := s.summarize(sv, w)
 	g.ring.add(p)
 	g.latest = w
 	s.m.windowDelay.Update(float64(now.UnixMilli()-w.EndMs) / 1000)

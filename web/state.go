@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/signals"
 )
 
 // point is the compact summary of one closed window that the ring buffers keep and the
@@ -61,24 +62,22 @@ func appendFloat(b []byte, v float64) []byte {
 	return strconv.AppendFloat(b, v, 'g', 6, 64)
 }
 
-// summarize turns a closed window into a point, reading the configured series.
-func (s *Server) summarize(w *proto.Window) point {
+// summarize turns a closed window into a point, reading the service's signals (sv.choice,
+// which the window may move to a more preferred profile first: see signals.Choice). The
+// caller holds s.mu for writing: it uses s.vals.
+func (s *Server) summarize(sv *service, w *proto.Window) point {
 	p := point{EndMs: w.EndMs, ClosedMs: w.ClosedMs, Instances: clampInt32(w.Instances),
 		Started: clampInt32(w.InstancesStarted), Stopped: clampInt32(w.InstancesStopped)}
-	if r := w.Find(s.cfg.RequestsSeries); r != nil {
-		p.Requests = finite(r.Value)
+	v := &s.vals
+	sv.choice.Definition().Read(w.Series, v)
+	p.Requests, p.Errors = finite(v.Requests), finite(v.Errors)
+	switch one := v.One; {
+	case one != nil && sv.choice.Definition().LatencyUnit == 1 && (one.P50 != 0 || one.P99 != 0):
+		p.P50, p.P90, p.P99 = one.P50, one.P90, one.P99 // the rollup's, for the common case
+	case v.HasLatency && v.Latency.Count > 0:
+		p.P50, p.P90, p.P99 = v.Latency.Quantile(0.5), v.Latency.Quantile(0.9), v.Latency.Quantile(0.99)
 	}
-	if e := w.Find(s.cfg.ErrorsSeries); e != nil {
-		p.Errors = finite(e.Value)
-	}
-	if l := w.Find(s.cfg.LatencySeries); l != nil {
-		p.P50, p.P90, p.P99 = l.P50, l.P90, l.P99
-		if l.Hist != nil && l.Hist.Count > 0 && p.P50 == 0 && p.P99 == 0 {
-			// A producer that sent only the buckets: the window is read-only, so compute here.
-			p.P50, p.P90, p.P99 = l.Hist.Quantile(0.5), l.Hist.Quantile(0.9), l.Hist.Quantile(0.99)
-		}
-		p.P50, p.P90, p.P99 = finite(p.P50), finite(p.P90), finite(p.P99)
-	}
+	p.P50, p.P90, p.P99 = finite(p.P50), finite(p.P90), finite(p.P99)
 	return p
 }
 
@@ -165,6 +164,7 @@ type group struct {
 // first, bounded by maxVerdicts), Deployments its recent announcements (bounded by maxDeployments).
 type service struct {
 	name        string
+	choice      signals.Choice // the service's signals: pinned by the policy, or detected
 	groups      map[string]*group
 	verdicts    []proto.Verdict
 	deployments []proto.Deployment

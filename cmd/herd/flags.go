@@ -86,6 +86,11 @@ func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles, getenv func(str
 	}
 	if r.Web {
 		cfg.Web.RegisterFlags(fs)
+		if !r.Detect {
+			// The dashboard reads the signals the policy file defines, as the detector does.
+			fs.StringVar(&cfg.Detect.PolicyFile, "detect.policy", cfg.Detect.PolicyFile,
+				"the detector's policy `file` (JSON or YAML), for the signal definitions it pins (empty: every service's profile is detected from its series)")
+		}
 	} else {
 		cfg.Web.HTTP.RegisterFlags(fs) // the tokens and limits of the HTTP listener
 	}

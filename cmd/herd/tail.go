@@ -14,8 +14,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/herd-dev/herd/alert"
 	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/proto"
+	"github.com/herd-dev/herd/signals"
 )
 
 func tailCommand() command {
@@ -28,7 +30,12 @@ func tailCommand() command {
 			natsFlags(fs, &client, defaultNATSURL)
 			service := fs.String("service", "", "only windows of this `service` (default all)")
 			asJSON := fs.Bool("json", false, "print one JSON object per window and line")
+			policy := fs.String("detect.policy", "", "the detector's policy `file` (JSON or YAML), for the signal definitions it pins (empty: every service's profile is detected from its series)")
 			return func(ctx context.Context) error {
+				sr, err := newSignalReader(*policy)
+				if err != nil {
+					return fmt.Errorf("%w: %v", errUsage, err)
+				}
 				subject := proto.SubjectRollupAll
 				if *service != "" {
 					if err := proto.ValidService(*service); err != nil {
@@ -44,7 +51,7 @@ func tailCommand() command {
 					return err
 				}
 				defer nc.Close()
-				return tail(ctx, nc, subject, *asJSON, e.stdout)
+				return tail(ctx, nc, subject, *asJSON, sr, e.stdout)
 			}
 		},
 	}
@@ -75,7 +82,68 @@ type tailWindow struct {
 	InstancesStarted int          `json:"instances_started"`
 	InstancesStopped int          `json:"instances_stopped"`
 	Correction       bool         `json:"correction,omitempty"` // late data of a window printed before; totals add it
+	Signals          *tailSignals `json:"signals,omitempty"`
 	Series           []tailSeries `json:"series"`
+}
+
+// tailSignals are a window's signals under its service's definition (package signals), the
+// one the detector and the dashboard read. Latencies are in seconds (0: no latency).
+type tailSignals struct {
+	Profile  string  `json:"profile"`
+	Requests float64 `json:"requests"`
+	Errors   float64 `json:"errors"`
+	P50      float64 `json:"p50"`
+	P90      float64 `json:"p90"`
+	P99      float64 `json:"p99"`
+}
+
+// maxTailServices bounds the services whose detected profile `herd tail` remembers; beyond
+// it the memory starts over (profiles are detected again from the next windows).
+const maxTailServices = 10_000
+
+// signalReader reads windows' signals as the detector does: the definitions a policy pins,
+// else the profile detected per service. It is used from one goroutine at a time.
+type signalReader struct {
+	pinned  func(service string) *signals.Definition
+	choices map[string]*signals.Choice
+	vals    signals.Values
+}
+
+// newSignalReader loads the policy file at path ("" for none).
+func newSignalReader(path string) (*signalReader, error) {
+	sr := &signalReader{pinned: func(string) *signals.Definition { return nil }, choices: map[string]*signals.Choice{}}
+	if path == "" {
+		return sr, nil
+	}
+	cfg := alert.DefaultConfig()
+	pol, err := alert.LoadPolicy(path, &cfg)
+	if err != nil {
+		return nil, fmt.Errorf("-detect.policy: %w", err)
+	}
+	sr.pinned = func(service string) *signals.Definition { return pol.Signals(&cfg, service) }
+	return sr, nil
+}
+
+// read returns w's signals, after letting w's series choose its service's profile.
+func (sr *signalReader) read(w *proto.Window) *tailSignals {
+	c := sr.choices[w.Service]
+	if c == nil {
+		if len(sr.choices) >= maxTailServices {
+			clear(sr.choices)
+		}
+		ch := signals.NewChoice(sr.pinned(w.Service))
+		c = &ch
+		sr.choices[w.Service] = c
+	}
+	c.Observe(w.Series)
+	d := c.Definition()
+	v := &sr.vals
+	d.Read(w.Series, v)
+	out := &tailSignals{Profile: d.Profile, Requests: v.Requests, Errors: v.Errors}
+	if v.HasLatency && v.Latency.Count > 0 {
+		out.P50, out.P90, out.P99 = v.Latency.Quantile(0.5), v.Latency.Quantile(0.9), v.Latency.Quantile(0.99)
+	}
+	return out
 }
 
 func toTail(w *proto.Window) tailWindow {
@@ -101,7 +169,7 @@ func toTail(w *proto.Window) tailWindow {
 
 // tail prints every window on subject until ctx is done. Windows are printed by the
 // subscription's goroutine; a window that does not decode is reported on its own line.
-func tail(ctx context.Context, nc *nats.Conn, subject string, asJSON bool, out io.Writer) error {
+func tail(ctx context.Context, nc *nats.Conn, subject string, asJSON bool, sr *signalReader, out io.Writer) error {
 	bw := bufio.NewWriter(out)
 	var mu sync.Mutex // guards bw
 	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
@@ -111,11 +179,13 @@ func tail(ctx context.Context, nc *nats.Conn, subject string, asJSON bool, out i
 		if err != nil {
 			fmt.Fprintf(bw, "# %s: %v\n", m.Subject, err)
 		} else if asJSON {
-			b, _ := json.Marshal(toTail(w))
+			t := toTail(w)
+			t.Signals = sr.read(w)
+			b, _ := json.Marshal(t)
 			bw.Write(b)
 			bw.WriteByte('\n')
 		} else {
-			bw.WriteString(formatWindow(w))
+			bw.WriteString(formatWindow(w, sr.read(w)))
 		}
 		bw.Flush()
 	})
@@ -141,8 +211,8 @@ func tail(ctx context.Context, nc *nats.Conn, subject string, asJSON bool, out i
 	return bw.Flush()
 }
 
-// formatWindow renders a window on one line for people.
-func formatWindow(w *proto.Window) string {
+// formatWindow renders a window on one line for people, its signals (if not nil) first.
+func formatWindow(w *proto.Window, sig *tailSignals) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s %s inst=%d", time.UnixMilli(w.StartMs).Format("15:04:05.000"), w.Service, w.Version, w.Instances)
 	if w.Correction {
@@ -150,6 +220,13 @@ func formatWindow(w *proto.Window) string {
 	}
 	if w.InstancesStarted > 0 || w.InstancesStopped > 0 {
 		fmt.Fprintf(&b, " (+%d -%d)", w.InstancesStarted, w.InstancesStopped)
+	}
+	if sig != nil {
+		fmt.Fprintf(&b, " [%s req=%s err=%s", sig.Profile, fmtNum(sig.Requests), fmtNum(sig.Errors))
+		if sig.P99 > 0 {
+			fmt.Fprintf(&b, " p50=%s p99=%s", fmtSeconds(sig.P50), fmtSeconds(sig.P99))
+		}
+		b.WriteByte(']')
 	}
 	for i := range w.Series {
 		s := &w.Series[i]

@@ -1,6 +1,6 @@
 // Fleet overview: one tile per service, Hystrix style. Every text comes from the server and
 // is escaped (html`…`, setHTML).
-import { F, recent, roles, latestVerdict } from './stream.js';
+import { F, recent, roles, latestVerdict, signalsTitle } from './stream.js';
 import { rate, pct, secs, html, setHTML, stateClass } from './format.js';
 import { badge as verdictBadge, verdictView } from './verdict.js';
 
@@ -113,7 +113,9 @@ function tileHTML(info) {
       <td><span class="sw" style="background:${color(info, x.version)}"></span>${x.version}${x.version === info.canary ? html` <span class="muted">canary</span>` : ''}</td>
       <td class="num">${x.r.inst}</td><td class="num">${rate(x.r.rps)}</td><td class="num">${pct(x.r.errRatio)}</td>
       <td class="num">${secs(x.r.p99)}</td><td class="num">${(100 * x.r.rps / total).toFixed(0)} %</td></tr>`);
-  return html`<div class="head"><span class="name">${info.name}</span>${badge}</div>
+  const sig = info.svc.signals;
+  const profile = sig ? html`<span class="profile" title="${signalsTitle(sig)}">${sig.profile}</span>` : '';
+  return html`<div class="head"><span><span class="name">${info.name}</span> ${profile}</span>${badge}</div>
     <div class="big">
       <div><b>${rate(info.rps)}</b><span>req/s</span></div>
       <div><b>${pct(info.errRatio)}</b><span>errors</span></div>

@@ -1,7 +1,7 @@
 // Service page: baseline and canary overlaid live, instances, deploy and verdict markers,
 // and the current evidence in words and numbers. Every text comes from the server and is
 // escaped (html`…`, setHTML); chart labels are drawn on canvas.
-import { F, recent, roles, latestVerdict } from './stream.js';
+import { F, recent, roles, latestVerdict, signalsTitle } from './stream.js';
 import { rate, pct, secs, html, setHTML } from './format.js';
 import * as verdictPanel from './verdict.js';
 
@@ -12,7 +12,7 @@ export function mount(el, app, name) {
     <div class="toolbar"><h1 style="margin:0" id="svc-name">${name}</h1><span id="svc-badge"></span>
       <a href="/${location.search}" data-nav class="muted">← fleet</a></div>
     <div class="panel evidence" id="evidence"></div>
-    <div class="panel"><h2>Groups</h2><div id="groups"></div></div>
+    <div class="panel"><h2>Groups <span id="svc-signals" class="profile"></span></h2><div id="groups"></div></div>
     <div class="charts">
       <div class="panel"><h2>Request rate (req/s)</h2><div id="c-rate"></div></div>
       <div class="panel"><h2>Error ratio (%, 1 s rolling)</h2><div id="c-err"></div></div>
@@ -151,6 +151,10 @@ export function mount(el, app, name) {
   }
 
   function renderGroups(svc, versions, r, wms) {
+    const sigEl = el.querySelector('#svc-signals');
+    const sig = svc.signals;
+    sigEl.textContent = sig ? `signals: ${sig.profile}` : '';
+    sigEl.title = signalsTitle(sig);
     const rows = versions.map(v => {
       const g = svc.groups.get(v);
       const x = recent(g, wms);

@@ -99,13 +99,14 @@ export class Stream {
         this.emit('verdict', ev.verdict);
         break;
       case 'deployment': this.svc(ev.deployment.service).deployments.push(ev.deployment); break;
+      case 'signals': this.svc(ev.service).signals = ev.signals; break;
     }
   }
 
   svc(name) {
     let s = this.services.get(name);
     if (!s) {
-      s = { name, groups: new Map(), verdicts: [], deployments: [] };
+      s = { name, groups: new Map(), verdicts: [], deployments: [], signals: null };
       this.services.set(name, s);
     }
     return s;
@@ -122,6 +123,7 @@ export class Stream {
       const svc = this.svc(s.service);
       svc.verdicts = s.verdicts;
       svc.deployments = s.deployments;
+      svc.signals = s.signals || null;
       for (const g of s.groups) svc.groups.set(g.version, { version: g.version, points: g.points });
     }
     this.emit('snapshot', sn);
@@ -199,6 +201,14 @@ export function roles(svc) {
     if (n > bestN) { best = g.version; bestN = n; }
   }
   return { baseline: best, canary: null };
+}
+
+// signalsTitle describes a service's signal definition for a tooltip.
+export function signalsTitle(sig) {
+  if (!sig) return '';
+  return `signals: ${sig.profile}${sig.pinned ? ' (policy file)' : sig.detected ? ' (detected)' : ' (default)'}\n` +
+    `requests: ${sig.requests}\nerrors: ${sig.errors}\nlatency: ${sig.latency}` +
+    (sig.latency_unit_seconds !== 1 ? ` (unit ${sig.latency_unit_seconds} s)` : '');
 }
 
 // latestVerdict returns the newest verdict of the service, or null.

@@ -1,4 +1,4 @@
-package alert
+package signals
 
 import (
 	"fmt"
@@ -43,14 +43,17 @@ func (m *Matcher) Matches(v string) bool {
 	return false
 }
 
-// Selector picks the series of a window that play one role (requests, errors or latency) for
-// the detector, in the Prometheus series selector syntax:
+// Selector picks the series of a window that play one role (requests, errors or latency), in
+// the Prometheus series selector syntax:
 //
 //	name{label="v",code=~"5..",x!="y",y!~"re"}
 //
 // The metric name is required; the braces are optional; values are quoted with " or ' and
 // may use the escapes \\, \", \' and \n; regular expressions are RE2 and anchored at both
-// ends, as in Prometheus. A Selector is immutable and safe for concurrent use.
+// ends, as in Prometheus. Names in OpenTelemetry's form, with dots, are written as they are
+// (http.server.request.duration{http.response.status_code=~"5.."}) or quoted as in
+// Prometheus 3 ({"http.server.request.duration","http.response.status_code"=~"5.."}).
+// A Selector is immutable and safe for concurrent use.
 type Selector struct {
 	Name     string
 	Matchers []Matcher
@@ -95,12 +98,14 @@ func (p *selParser) skipSpace() {
 	}
 }
 
+// ident reads a bare name: a Prometheus name, or an OpenTelemetry one with dots (never
+// leading).
 func (p *selParser) ident(metric bool) string {
 	start := p.pos
 	for p.pos < len(p.s) {
 		c := p.s[p.pos]
 		ok := c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' ||
-			p.pos > start && c >= '0' && c <= '9' || metric && c == ':'
+			p.pos > start && (c >= '0' && c <= '9' || c == '.') || metric && c == ':'
 		if !ok {
 			break
 		}
@@ -109,10 +114,15 @@ func (p *selParser) ident(metric bool) string {
 	return p.s[start:p.pos]
 }
 
+// quotedAhead reports whether a quoted string starts at the current position.
+func (p *selParser) quotedAhead() bool {
+	return p.pos < len(p.s) && (p.s[p.pos] == '"' || p.s[p.pos] == '\'')
+}
+
 func (p *selParser) parse() (*Selector, error) {
 	p.skipSpace()
 	sel := &Selector{Name: p.ident(true)}
-	if sel.Name == "" {
+	if sel.Name == "" && !(p.pos < len(p.s) && p.s[p.pos] == '{') {
 		if p.pos >= len(p.s) {
 			return nil, p.errorf("empty selector: want a metric name")
 		}
@@ -127,6 +137,27 @@ func (p *selParser) parse() (*Selector, error) {
 	}
 	p.pos++
 	seen := map[string]bool{}
+	if sel.Name == "" {
+		// Prometheus 3: the name quoted as the first element, {"name", label="v"}.
+		p.skipSpace()
+		if !p.quotedAhead() {
+			return nil, p.errorf("want a metric name")
+		}
+		name, err := p.quoted()
+		if err != nil {
+			return nil, err
+		}
+		if name == "" {
+			return nil, p.errorf("empty metric name")
+		}
+		sel.Name = name
+		p.skipSpace()
+		if p.pos < len(p.s) && p.s[p.pos] == ',' {
+			p.pos++
+		} else if p.pos >= len(p.s) || p.s[p.pos] != '}' {
+			return nil, p.errorf("want ',' or '}' after the quoted metric name")
+		}
+	}
 	for {
 		p.skipSpace()
 		if p.pos < len(p.s) && p.s[p.pos] == '}' {
@@ -167,7 +198,18 @@ func (p *selParser) matcher() (Matcher, error) {
 	if p.pos >= len(p.s) {
 		return m, p.errorf("missing '}'")
 	}
-	m.Name = p.ident(false)
+	if p.quotedAhead() {
+		name, err := p.quoted()
+		if err != nil {
+			return m, err
+		}
+		if name == "" {
+			return m, p.errorf("empty label name")
+		}
+		m.Name = name
+	} else {
+		m.Name = p.ident(false)
+	}
 	if m.Name == "" {
 		return m, p.errorf("want a label name, got %q", p.s[p.pos])
 	}
@@ -264,35 +306,32 @@ func labelValue(ls proto.Labels, name string) string {
 	return ""
 }
 
-// SumCounters returns the sum of the counter series of w that s selects, and how many
-// selected series were not counters (and so were skipped).
-func (s *Selector) SumCounters(w *proto.Window) (sum float64, wrongKind int) {
-	return s.sumCounters(w.Series)
-}
-
-func (s *Selector) sumCounters(ss []proto.WindowSeries) (sum float64, wrongKind int) {
+// Sum returns the sum over the series of ss that s selects of each counter's value and each
+// histogram's observation count (OpenTelemetry's HTTP and RPC conventions count requests
+// with their duration histogram), and how many selected series were neither (gauges) or
+// carried a negative or NaN value, and were skipped.
+func (s *Selector) Sum(ss []proto.WindowSeries) (sum float64, wrongKind int) {
 	for i := range ss {
 		ws := &ss[i]
 		if !s.Matches(ws.Name, ws.Labels) {
 			continue
 		}
-		if ws.Kind != proto.KindCounter || !(ws.Value >= 0) {
+		switch {
+		case ws.Kind == proto.KindCounter && ws.Value >= 0:
+			sum += ws.Value
+		case ws.Kind == proto.KindHistogram && ws.Hist != nil:
+			sum += float64(ws.Hist.Count)
+		default:
 			wrongKind++
-			continue
 		}
-		sum += ws.Value
 	}
 	return sum, wrongKind
 }
 
-// MergeHistograms merges the histogram series of w that s selects into dst (which it resets
-// first) and reports whether any matched, and how many selected series were not histograms
-// (or could not be merged) and were skipped.
-func (s *Selector) MergeHistograms(w *proto.Window, dst *proto.Histogram) (found bool, wrongKind int) {
-	return s.mergeHistograms(w.Series, dst)
-}
-
-func (s *Selector) mergeHistograms(ss []proto.WindowSeries, dst *proto.Histogram) (found bool, wrongKind int) {
+// Merge merges the histogram series of ss that s selects into dst (which it resets first)
+// and reports whether any matched, and how many selected series were not histograms (or
+// could not be merged) and were skipped.
+func (s *Selector) Merge(ss []proto.WindowSeries, dst *proto.Histogram) (found bool, wrongKind int) {
 	dst.Reset()
 	for i := range ss {
 		ws := &ss[i]

@@ -1,4 +1,4 @@
-package alert
+package signals
 
 import (
 	"strings"
@@ -28,6 +28,11 @@ func TestParseSelectorBad(t *testing.T) {
 		{`m{,}`, "want a label name"},
 		{`m{1a="x"}`, "want a label name"},
 		{`m{a="x"`, "missing '}'"},
+		{`{""}`, "empty metric name"},
+		{`{"m" x}`, "want ',' or '}' after the quoted metric name"},
+		{`{"m",""="x"}`, "empty label name"},
+		{`.m`, "want a metric name"},
+		{`{`, "want a metric name"},
 	} {
 		_, err := ParseSelector(c.in)
 		if err == nil {
@@ -54,6 +59,26 @@ func TestParseSelectorGood(t *testing.T) {
 	}
 	if _, err := ParseSelector("ns:metric_total"); err != nil {
 		t.Fatalf("ParseSelector(ns:metric_total): got %v; want no error", err)
+	}
+	// OpenTelemetry names: bare with dots, or quoted as in Prometheus 3.
+	for _, in := range []string{
+		`http.server.request.duration{http.response.status_code=~"5.."}`,
+		`{"http.server.request.duration", "http.response.status_code"=~"5.."}`,
+		`{'http.server.request.duration',"http.response.status_code"=~"5..",}`,
+	} {
+		s, err := ParseSelector(in)
+		if err != nil {
+			t.Fatalf("ParseSelector(%s): got %v; want no error", in, err)
+		}
+		if s.Name != "http.server.request.duration" || len(s.Matchers) != 1 || s.Matchers[0].Name != "http.response.status_code" {
+			t.Fatalf("ParseSelector(%s): got %q %+v; want the OpenTelemetry name and label", in, s.Name, s.Matchers)
+		}
+		if !s.Matches("http.server.request.duration", proto.Labels{{Name: "http.response.status_code", Value: "503"}}) {
+			t.Fatalf("ParseSelector(%s): does not match a 503", in)
+		}
+	}
+	if s, err := ParseSelector(`{"a b"}`); err != nil || s.Name != "a b" || len(s.Matchers) != 0 {
+		t.Fatalf(`ParseSelector({"a b"}): got %v, %v; want the name "a b"`, s, err)
 	}
 }
 
@@ -99,21 +124,25 @@ func TestSelectorSumAndMerge(t *testing.T) {
 		{Name: "dur", Labels: proto.Labels{{Name: "route", Value: "a"}}, Kind: proto.KindHistogram, Hist: h1},
 		{Name: "dur", Labels: proto.Labels{{Name: "route", Value: "b"}}, Kind: proto.KindHistogram, Hist: h2},
 	}}
-	if sum, bad := MustSelector("http_requests_total").SumCounters(w); sum != 97 || bad != 1 {
+	if sum, bad := MustSelector("http_requests_total").Sum(w.Series); sum != 97 || bad != 1 {
 		t.Fatalf("all requests: got sum %g, skipped %d; want 97, 1", sum, bad)
 	}
-	if sum, bad := MustSelector(`http_requests_total{code=~"5.."}`).SumCounters(w); sum != 7 || bad != 1 {
+	if sum, bad := MustSelector(`http_requests_total{code=~"5.."}`).Sum(w.Series); sum != 7 || bad != 1 {
 		t.Fatalf("errors: got sum %g, skipped %d; want 7, 1", sum, bad)
 	}
 	var dst proto.Histogram
-	found, bad := MustSelector("dur").MergeHistograms(w, &dst)
+	found, bad := MustSelector("dur").Merge(w.Series, &dst)
 	if !found || bad != 0 || dst.Count != 5 {
 		t.Fatalf("latency: got found=%v skipped=%d count=%d; want true, 0, 5", found, bad, dst.Count)
+	}
+	// A histogram counts its observations as requests (OpenTelemetry's conventions).
+	if sum, bad := MustSelector(`dur{route="a"}`).Sum(w.Series); sum != 3 || bad != 0 {
+		t.Fatalf("histogram count: got sum %g, skipped %d; want 3, 0", sum, bad)
 	}
 }
 
 func FuzzParseSelector(f *testing.F) {
-	for _, s := range []string{`m`, `m{a="b"}`, `m{a=~"x|y",b!~'z'}`, `m{`, `{}`, `m{a="\"}`} {
+	for _, s := range []string{`m`, `m{a="b"}`, `m{a=~"x|y",b!~'z'}`, `m{`, `{}`, `m{a="\"}`, `{"a.b","c.d"="e"}`, `a.b{c.d!~"x"}`} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
