@@ -78,6 +78,7 @@ type feeder struct {
 	rng      *rand.Rand
 	inst     map[string]int
 	next     int64 // the end of the first window run emits; 0: the next aligned end
+	ran      int   // window ends run has emitted
 }
 
 func newFeeder(srv *Server, window time.Duration, groups ...groupSpec) *feeder {
@@ -130,8 +131,24 @@ func (f *feeder) run(ctx context.Context) {
 		case <-time.After(wait):
 		}
 		f.tick(next)
+		f.mu.Lock()
+		f.ran++
+		f.mu.Unlock()
 		next += w
 	}
+}
+
+// emitted returns how many windows of service run has emitted.
+func (f *feeder) emitted(service string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, g := range f.groups {
+		if g.service == service {
+			n++
+		}
+	}
+	return n * f.ran
 }
 
 // testServer runs a Server and its handler on a real listener.
