@@ -12,6 +12,7 @@ import (
 
 	"github.com/herd-dev/herd/alert"
 	"github.com/herd-dev/herd/alert/deliver"
+	"github.com/herd-dev/herd/export"
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/internal/embednats"
@@ -71,6 +72,8 @@ type Config struct {
 	Detect  alert.Config
 	Deliver deliver.Config
 	Web     web.Config
+	// Export configures /metrics/groups (the detect and web roles).
+	Export export.Config
 }
 
 // DefaultConfig returns every default, with all of serve's roles.
@@ -82,7 +85,7 @@ func DefaultConfig() Config {
 		Retention: time.Hour, RetentionBytes: 1 << 30, Replicas: 1, DrainTimeout: time.Second,
 		Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig(), Leases: lease.DefaultConfig(),
 		Detect: alert.DefaultConfig(), Deliver: deliver.Config{Timeout: 2 * time.Second, MaxRetry: time.Hour},
-		Web: web.DefaultConfig(),
+		Web: web.DefaultConfig(), Export: export.DefaultConfig(),
 	}
 }
 
@@ -184,6 +187,13 @@ func (c *Config) validateComponents() error {
 	}
 	if r.Web {
 		if err := c.Web.Validate(); err != nil {
+			return err
+		}
+		// The export reads the series the dashboard charts.
+		c.Export.RequestsSeries, c.Export.ErrorsSeries, c.Export.LatencySeries = c.Web.RequestsSeries, c.Web.ErrorsSeries, c.Web.LatencySeries
+	}
+	if r.Detect || r.Web {
+		if err := c.Export.Validate(); err != nil {
 			return err
 		}
 	}
