@@ -52,7 +52,7 @@ func (n *Node) newHTTP() (err error) {
 		decisions := protect(n.dl.HTTPHandler())
 		mux.Handle("/api/v1/decisions", decisions)
 		mux.Handle("/api/v1/decisions/", decisions)
-		mux.Handle("/api/v1/flagger/", protect(n.dl.FlaggerHandler(n.det.Latest)))
+		mux.Handle("/api/v1/flagger/", protect(n.dl.FlaggerHandler(n.det.Latest, n.Announce)))
 	}
 	mux.Handle("GET /metrics", protect(http.HandlerFunc(n.serveMetrics)))
 	if n.exp != nil {
