@@ -259,6 +259,8 @@ func (s *Server) serveVerdicts(w http.ResponseWriter, r *http.Request) {
 	}
 	out := s.verdicts(only, canary)
 	if wait > 0 && !final(out) {
+		// The listener's write timeout would cut a long wait: this answer gets its own.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 10*time.Second))
 		t := time.NewTicker(verdictWaitPoll)
 		defer t.Stop()
 		deadline := time.NewTimer(wait)
