@@ -177,7 +177,7 @@ func (e *Exporter) addHistLocked(g *group, h *proto.Histogram) {
 	g.sum += h.Sum
 }
 
-// SetVerdict records the current state of a comparison. A new comparison over
+// SetVerdict records the current state of a comparison: the last one set wins. A new comparison over
 // Config.MaxVerdicts is refused and counted once old final verdicts cannot make room.
 func (e *Exporter) SetVerdict(v proto.Verdict) {
 	now := e.now()
@@ -196,9 +196,8 @@ func (e *Exporter) SetVerdict(v proto.Verdict) {
 		x = &verdict{}
 		e.verdicts[k] = x
 	}
-	if v.UnixMs < x.changeMs {
-		return // an older state arriving late
-	}
+	// Verdicts arrive in the order the detector reached them (one subject per service);
+	// their UnixMs is event time (a window's end), which may precede an announcement's.
 	x.state, x.eValue, x.changeMs, x.seen = v.State, v.Evidence.EValue, v.UnixMs, now
 }
 
