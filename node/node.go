@@ -297,6 +297,15 @@ func (n *Node) HTTPURL() string {
 	return "http://" + n.httpLn.Addr().String()
 }
 
+// OpsURL is the base URL of the operations listener (Config.MetricsListen), or "" without
+// one.
+func (n *Node) OpsURL() string {
+	if n.opsLn == nil {
+		return ""
+	}
+	return "http://" + n.opsLn.Addr().String()
+}
+
 // Metrics returns the set every family of the node is registered in.
 func (n *Node) Metrics() *metrics.Set { return n.metrics }
 

@@ -56,6 +56,9 @@ func runNode(ctx context.Context, e *env, name string, cfg node.Config) error {
 		where = "worker " + cfg.Leases.WorkerID + " on " + where
 	}
 	fmt.Fprintf(e.stdout, "herd %s: %s\n", name, where)
+	if name == "serve" {
+		writeSummary(e.stdout, summaryOf(n, cfg))
+	}
 	err = n.Run(ctx)
 	fmt.Fprintf(e.stdout, "herd %s: stopped\n", name)
 	return err
