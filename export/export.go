@@ -56,6 +56,9 @@ import (
 type Exporter struct {
 	cfg Config
 	now func() time.Time
+	// leLabels[j] is `,le="<Buckets[j]>"`, and stateLabels[k] `,state="<states[k]>"`,
+	// formatted once.
+	leLabels, stateLabels [][]byte
 
 	mu       sync.Mutex // Guards the maps below.
 	groups   map[groupKey]*group
@@ -93,7 +96,7 @@ type verdict struct {
 // Validate.
 func New(cfg Config, set *metrics.Set) *Exporter {
 	promhelp.Describe(exportHelp)
-	return &Exporter{
+	e := &Exporter{
 		cfg: cfg, now: time.Now,
 		groups:          map[groupKey]*group{},
 		verdicts:        map[verdictKey]*verdict{},
@@ -103,6 +106,13 @@ func New(cfg Config, set *metrics.Set) *Exporter {
 		expiredGroups:   set.NewCounter(`herd_export_expired_total{kind="group"}`),
 		expiredVerdicts: set.NewCounter(`herd_export_expired_total{kind="verdict"}`),
 	}
+	for _, le := range cfg.Buckets {
+		e.leLabels = append(e.leLabels, appendLabel(nil, "le", formatBound(le), false))
+	}
+	for _, st := range states {
+		e.stateLabels = append(e.stateLabels, appendLabel(nil, "state", string(st), false))
+	}
+	return e
 }
 
 var exportHelp = map[string]string{
@@ -291,9 +301,9 @@ func (e *Exporter) WritePrometheus(w io.Writer) {
 	family("herd_group_latency_seconds", "histogram", "Request latency of the group in seconds, from herd's merged sketches.")
 	for i := range gs {
 		var cum uint64
-		for j, le := range e.cfg.Buckets {
+		for j := range e.cfg.Buckets {
 			cum += gs[i].counts[j]
-			sample("herd_group_latency_seconds_bucket", glabels[i], appendLabel(nil, "le", formatBound(le), false), float64(cum))
+			sample("herd_group_latency_seconds_bucket", glabels[i], e.leLabels[j], float64(cum))
 		}
 		sample("herd_group_latency_seconds_bucket", glabels[i], []byte(`,le="+Inf"`), float64(gs[i].count))
 		sample("herd_group_latency_seconds_sum", glabels[i], nil, gs[i].sum)
@@ -317,12 +327,12 @@ func (e *Exporter) WritePrometheus(w io.Writer) {
 	}
 	family("herd_verdict", "gauge", "herd's current verdict of each comparison (service, baseline, canary): 1 for its state, 0 for the other states.")
 	for i := range vs {
-		for _, st := range states {
+		for k, st := range states {
 			v := 0.0
 			if vs[i].state == st {
 				v = 1
 			}
-			sample("herd_verdict", vlabels[i], appendLabel(nil, "state", string(st), false), v)
+			sample("herd_verdict", vlabels[i], e.stateLabels[k], v)
 		}
 	}
 	family("herd_verdict_e_value", "gauge", "Combined e-value of each comparison's sequential tests (rollback at 1/alpha).")
