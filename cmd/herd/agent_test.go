@@ -125,3 +125,23 @@ func TestAgentWaitsForNATS(t *testing.T) {
 	}
 	done <- 0 // for the deferred wait
 }
+
+// TestLogFormat checks --log.format: every command has it, json gives JSON lines, and an
+// unknown format is a usage error.
+func TestLogFormat(t *testing.T) {
+	t.Parallel()
+	for _, c := range commands() {
+		if c.raw != nil {
+			continue
+		}
+		if code, out, _ := runHerd(t, nil, c.name, "--help"); code != 0 || !strings.Contains(out, "--log.format") {
+			t.Errorf("herd %s --help: no --log.format", c.name)
+		}
+	}
+	if code, _, errOut := runHerd(t, nil, "version", "--log.format", "xml"); code != 2 || !strings.Contains(errOut, "log.format") {
+		t.Errorf("--log.format xml: got %d %q; want 2 naming the flag", code, errOut)
+	}
+	if code, _, _ := runHerd(t, map[string]string{"HERD_LOG_FORMAT": "json"}, "version"); code != 0 {
+		t.Errorf("HERD_LOG_FORMAT=json: got exit %d; want 0", code)
+	}
+}
