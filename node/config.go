@@ -12,6 +12,7 @@ import (
 
 	"github.com/herd-dev/herd/alert"
 	"github.com/herd-dev/herd/alert/deliver"
+	"github.com/herd-dev/herd/export"
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/ingest/otlp"
 	"github.com/herd-dev/herd/internal/bus"
@@ -76,6 +77,8 @@ type Config struct {
 	Detect  alert.Config
 	Deliver deliver.Config
 	Web     web.Config
+	// Export configures /metrics/groups (the detect and web roles).
+	Export export.Config
 }
 
 // DefaultConfig returns every default, with all of serve's roles.
@@ -87,7 +90,7 @@ func DefaultConfig() Config {
 		Retention: time.Hour, RetentionBytes: 1 << 30, Replicas: 1, DrainTimeout: time.Second,
 		Rollup: rollup.DefaultConfig(), Intake: ingest.DefaultIntakeConfig(), Leases: lease.DefaultConfig(),
 		Detect: alert.DefaultConfig(), Deliver: deliver.Config{Timeout: 2 * time.Second, MaxRetry: time.Hour},
-		Web: web.DefaultConfig(),
+		Web: web.DefaultConfig(), Export: export.DefaultConfig(),
 	}
 }
 
@@ -192,6 +195,11 @@ func (c *Config) validateComponents() error {
 	}
 	if r.Web {
 		if err := c.Web.Validate(); err != nil {
+			return err
+		}
+	}
+	if r.Detect || r.Web {
+		if err := c.Export.Validate(); err != nil {
 			return err
 		}
 	}

@@ -157,6 +157,9 @@ func (n *Node) windowIn(w *proto.Window) {
 	if n.web != nil && !w.Correction {
 		n.web.AddWindow(w)
 	}
+	if n.exp != nil {
+		n.exp.AddWindow(w)
+	}
 	for _, f := range n.windowSubs() {
 		f(w)
 	}
@@ -190,6 +193,9 @@ func (n *Node) decided(v proto.Verdict) {
 func (n *Node) verdictIn(v proto.Verdict) {
 	if n.web != nil {
 		n.web.SetVerdict(v)
+	}
+	if n.exp != nil {
+		n.exp.SetVerdict(v)
 	}
 	for _, f := range n.verdictSubs() {
 		f(v)
@@ -234,6 +240,9 @@ func (n *Node) replay(ctx context.Context) {
 			}
 		},
 		Verdict: func(v proto.Verdict) {
+			if n.exp != nil {
+				n.exp.SetVerdict(v) // the current states; the counters start afresh
+			}
 			if n.web != nil {
 				_ = n.web.Restore(ctx, nil, &v, nil)
 			}

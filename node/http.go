@@ -16,7 +16,8 @@ import (
 
 // newHTTP opens the HTTP listener and builds its routes: /metrics, /livez and /readyz on
 // every node; the dashboard and the API with the web role; the decisions and Flagger
-// endpoints with the detect role. Without an HTTP address it does nothing.
+// endpoints with the detect role; /metrics/groups (per-version rollups and verdicts, see
+// package export) with either. Without an HTTP address it does nothing.
 //
 // Every route but /livez, /readyz and the dashboard's static page goes through one Guard
 // (the web server's, else a Guard of its own) configured by Config.Web.HTTP: with tokens,
@@ -52,9 +53,12 @@ func (n *Node) newHTTP() (err error) {
 		decisions := protect(n.dl.HTTPHandler())
 		mux.Handle("/api/v1/decisions", decisions)
 		mux.Handle("/api/v1/decisions/", decisions)
-		mux.Handle("/api/v1/flagger/", protect(n.dl.FlaggerHandler(n.det.Latest)))
+		mux.Handle("/api/v1/flagger/", protect(n.dl.FlaggerHandler(n.det.Latest, n.Announce)))
 	}
 	mux.Handle("GET /metrics", protect(http.HandlerFunc(n.serveMetrics)))
+	if n.exp != nil {
+		mux.Handle("GET /metrics/groups", protect(n.exp))
+	}
 	mux.HandleFunc("GET /livez", n.serveLive)
 	mux.HandleFunc("GET /readyz", n.serveReady)
 	if err := n.newOpsHTTP(); err != nil {
@@ -71,7 +75,7 @@ func (n *Node) newHTTP() (err error) {
 }
 
 // newOpsHTTP opens the optional operations listener (Config.MetricsListen): /metrics,
-// /livez and /readyz without a token, for a Prometheus scrape and probes inside a cluster
+// /metrics/groups, /livez and /readyz without a token, for a Prometheus scrape and probes inside a cluster
 // while the main listener requires one.
 func (n *Node) newOpsHTTP() error {
 	if n.cfg.MetricsListen == "" {
@@ -79,6 +83,9 @@ func (n *Node) newOpsHTTP() error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", n.serveMetrics)
+	if n.exp != nil {
+		mux.Handle("GET /metrics/groups", n.exp)
+	}
 	mux.HandleFunc("GET /livez", n.serveLive)
 	mux.HandleFunc("GET /readyz", n.serveReady)
 	ln, err := net.Listen("tcp", n.cfg.MetricsListen)

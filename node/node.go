@@ -20,6 +20,7 @@ import (
 
 	"github.com/herd-dev/herd/alert"
 	"github.com/herd-dev/herd/alert/deliver"
+	"github.com/herd-dev/herd/export"
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/ingest/otlp"
 	"github.com/herd-dev/herd/internal/bus"
@@ -56,7 +57,8 @@ type Node struct {
 
 	det *alert.Detector // the detect role, with dl
 	dl  *deliver.Deliverer
-	web *web.Server // the web role
+	web *web.Server      // the web role
+	exp *export.Exporter // /metrics/groups: the detect and web roles
 
 	httpLn  net.Listener // nil without HTTP
 	httpSrv *http.Server
@@ -125,13 +127,21 @@ func New(cfg Config, logger *slog.Logger) (_ *Node, err error) {
 			return nil, err
 		}
 	}
-	if r.Web {
-		if cfg.Web.Signals, err = policySignals(&cfg); err != nil {
+	if r.Detect || r.Web {
+		// The dashboard and the export read the signals the policy pins, as the detector does.
+		sig, err := policySignals(&cfg)
+		if err != nil {
 			return nil, err
 		}
+		cfg.Web.Signals, cfg.Export.Signals = sig, sig
+	}
+	if r.Web {
 		if n.web, err = web.New(cfg.Web, n.metrics, logger.With("component", "web")); err != nil {
 			return nil, fmt.Errorf("cannot create the dashboard: %w", err)
 		}
+	}
+	if r.Detect || r.Web {
+		n.exp = export.New(cfg.Export, n.metrics)
 	}
 	n.live.dropped = n.metrics.NewCounter(`herd_node_live_inputs_dropped_total`)
 	n.dec = bus.NewDecoder(bus.Handlers{
@@ -334,6 +344,15 @@ func (n *Node) HTTPURL() string {
 	return "http://" + n.httpLn.Addr().String()
 }
 
+// OpsURL is the base URL of the operations listener (Config.MetricsListen), or "" without
+// one.
+func (n *Node) OpsURL() string {
+	if n.opsLn == nil {
+		return ""
+	}
+	return "http://" + n.opsLn.Addr().String()
+}
+
 // Metrics returns the set every family of the node is registered in.
 func (n *Node) Metrics() *metrics.Set { return n.metrics }
 
@@ -345,6 +364,9 @@ func (n *Node) Detector() *alert.Detector { return n.det }
 
 // Rollup returns the rollup of the ingest role, or nil.
 func (n *Node) Rollup() *rollup.Rollup { return n.roll }
+
+// Export returns the exporter of /metrics/groups, or nil without the detect and web roles.
+func (n *Node) Export() *export.Exporter { return n.exp }
 
 // Intake returns the intake of the ingest role, or nil.
 func (n *Node) Intake() *ingest.Intake { return n.intake }

@@ -17,7 +17,7 @@ import (
 //	GET  /api/v1/services/{service}                    one service, with verdict and deploy history
 //	GET  /api/v1/services/{service}/windows[?version=V&since_ms=T]  window summaries from the ring buffers
 //	GET  /api/v1/services/{service}/series[?version=V] the newest full window of each group (all series)
-//	GET  /api/v1/verdicts[?service=S]                  latest verdict of every canary
+//	GET  /api/v1/verdicts[?service=S&canary=V&wait=D]  latest verdict of every canary (see serveVerdicts)
 //	GET  /api/v1/deployments[?service=S]               recent deploy announcements
 //	POST /api/v1/deployments                           announce a deployment (only with SetAnnounce)
 //	GET  /api/v1/dashboard/decisions[?service=S]       decisions with delivery logs (SetDecisions)
@@ -253,19 +253,89 @@ func (s *Server) serveSeries(w http.ResponseWriter, r *http.Request) {
 	}{nonNil(ws)})
 }
 
+// maxVerdictWait bounds the wait parameter of GET /api/v1/verdicts.
+const maxVerdictWait = 5 * time.Minute
+
+// verdictWaitPoll is how often a waiting verdicts request looks for a final verdict.
+const verdictWaitPoll = 100 * time.Millisecond
+
+// verdictsResponse is the body of GET /api/v1/verdicts. State is set when the request names
+// a service and a canary: the state of that canary's newest verdict, or "none" while herd has none; a
+// deploy tool's gate reads it (Argo Rollouts' web provider: jsonPath {$.state}).
+type verdictsResponse struct {
+	Verdicts []proto.Verdict `json:"verdicts"`
+	State    string          `json:"state,omitempty"`
+}
+
+// serveVerdicts answers GET /api/v1/verdicts[?service=S&canary=V&wait=D]: the latest verdict
+// of every comparison, of service S only, of canary version V only. With both and wait
+// (a Go duration up to maxVerdictWait), the answer waits until that canary's verdict is final
+// (pass, rollback, inconclusive) or the wait is over, so that one measurement of a gate can
+// span herd's decision.
 func (s *Server) serveVerdicts(w http.ResponseWriter, r *http.Request) {
-	only := r.URL.Query().Get("service")
-	s.mu.RLock()
-	out := []proto.Verdict{}
-	for _, name := range sortedKeys(s.services) {
-		if only == "" || name == only {
-			out = append(out, s.services[name].latestVerdicts()...)
+	q := r.URL.Query()
+	only, canary := q.Get("service"), q.Get("canary")
+	var wait time.Duration
+	if v := q.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > maxVerdictWait || canary == "" || only == "" {
+			writeError(w, http.StatusBadRequest, "bad_wait", "wait must be a duration between 0 and 5m, with service and canary")
+			return
+		}
+		wait = d
+	}
+	out := s.verdicts(only, canary)
+	if wait > 0 && !final(out) {
+		// The listener's write timeout would cut a long wait: this answer gets its own.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 10*time.Second))
+		t := time.NewTicker(verdictWaitPoll)
+		defer t.Stop()
+		deadline := time.NewTimer(wait)
+		defer deadline.Stop()
+	poll:
+		for !final(out) {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-deadline.C:
+				break poll
+			case <-t.C:
+				out = s.verdicts(only, canary)
+			}
 		}
 	}
-	s.mu.RUnlock()
-	writeJSON(w, http.StatusOK, struct {
-		Verdicts []proto.Verdict `json:"verdicts"`
-	}{stampAges(out, time.Now())})
+	resp := verdictsResponse{Verdicts: stampAges(out, time.Now())}
+	if only != "" && canary != "" {
+		resp.State = "none"
+		if len(out) > 0 {
+			resp.State = string(out[0].State)
+		}
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// verdicts returns the latest verdict of each comparison of service (all when empty) and
+// canary version (all when empty), newest first within a service.
+func (s *Server) verdicts(service, canary string) []proto.Verdict {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := []proto.Verdict{}
+	for _, name := range sortedKeys(s.services) {
+		if service != "" && name != service {
+			continue
+		}
+		for _, v := range s.services[name].latestVerdicts() {
+			if canary == "" || v.Canary == canary {
+				out = append(out, v)
+			}
+		}
+	}
+	return out
+}
+
+// final reports whether the newest verdict of vs is final.
+func final(vs []proto.Verdict) bool {
+	return len(vs) > 0 && vs[0].State != proto.StatePending
 }
 
 func (s *Server) serveDeployments(w http.ResponseWriter, r *http.Request) {

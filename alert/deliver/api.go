@@ -135,13 +135,21 @@ type FlaggerPayload struct {
 // The canary (namespace/name) maps to a herd service through Targets.Flagger, else the
 // metadata key "service", else its name. When the metadata key "canary" is set, the
 // verdict must be about that canary version. A malformed payload gets 400.
-func (d *Deliverer) FlaggerHandler(lookup func(service string) (proto.Verdict, bool)) http.Handler {
+//
+// Answers are keyed by the payload's checksum (the canary's revision): a verdict of a
+// comparison that started before herd first saw the checksum belongs to an earlier revision
+// and is not answered (403), so a config-only revision with the same version does not get the
+// previous revision's verdict. At the first call of a new revision, unless the service's
+// latest comparison is still pending, restart (may be nil) starts a new comparison of the same
+// baseline and canary versions. See MaxFlaggerRevisions.
+func (d *Deliverer) FlaggerHandler(lookup func(service string) (proto.Verdict, bool), restart RestartFunc) http.Handler {
+	rv := &revisions{m: map[string]revision{}, evicted: d.counter(`herd_deliver_flagger_revisions_total{event="evicted"}`)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/flagger/rollback", func(w http.ResponseWriter, r *http.Request) {
-		d.serveFlagger(w, r, lookup, "rollback", proto.StateRollback)
+		d.serveFlagger(w, r, lookup, rv, restart, "rollback", proto.StateRollback)
 	})
 	mux.HandleFunc("POST /api/v1/flagger/confirm-promotion", func(w http.ResponseWriter, r *http.Request) {
-		d.serveFlagger(w, r, lookup, "confirm-promotion", proto.StatePass)
+		d.serveFlagger(w, r, lookup, rv, restart, "confirm-promotion", proto.StatePass)
 	})
 	return mux
 }
@@ -155,7 +163,7 @@ type flaggerAnswer struct {
 	Reason     string      `json:"reason"`
 }
 
-func (d *Deliverer) serveFlagger(w http.ResponseWriter, r *http.Request, lookup func(string) (proto.Verdict, bool), hook string, want proto.State) {
+func (d *Deliverer) serveFlagger(w http.ResponseWriter, r *http.Request, lookup func(string) (proto.Verdict, bool), rv *revisions, restart RestartFunc, hook string, want proto.State) {
 	answer := func(status int, a flaggerAnswer) {
 		d.counter(`herd_deliver_flagger_requests_total{hook=%q,answer="%d"}`, hook, status).Inc()
 		writeJSON(w, status, a)
@@ -189,6 +197,12 @@ func (d *Deliverer) serveFlagger(w http.ResponseWriter, r *http.Request, lookup 
 		return
 	}
 	v, ok := lookup(service)
+	if p.Checksum != "" {
+		if why := d.checkRevision(rv, restart, p.Namespace+"/"+p.Name, p.Checksum, service, v, ok); why != "" {
+			answer(http.StatusForbidden, flaggerAnswer{Service: service, Reason: why})
+			return
+		}
+	}
 	if !ok {
 		refuse(http.StatusForbidden, "no_verdict", "herd has no verdict for service "+service)
 		return

@@ -141,12 +141,13 @@ func TestFlaggerHooks(t *testing.T) {
 	srv := httptest.NewServer(d.FlaggerHandler(func(s string) (proto.Verdict, bool) {
 		v, ok := verdicts[s]
 		return v, ok
-	}))
+	}, nil))
 	t.Cleanup(srv.Close)
 
-	// Payloads as Flagger sends them (name, namespace, phase, checksum, type, metadata).
+	// Payloads as Flagger sends them (name, namespace, phase, type, metadata), without the
+	// checksum, whose revisions TestFlaggerRevisions checks.
 	payload := func(name, typ string, meta string) string {
-		return `{"name":"` + name + `","namespace":"shop","phase":"Progressing","checksum":"7d9c6d8f5","type":"` +
+		return `{"name":"` + name + `","namespace":"shop","phase":"Progressing","type":"` +
 			typ + `","metadata":{` + meta + `}}`
 	}
 	for _, c := range []struct {

@@ -68,14 +68,26 @@ func (a *argo) wants(v *proto.Verdict) bool {
 	return v.State == proto.StateRollback && v.Service == a.cfg.Service
 }
 
+// podTemplate is the part of a pod template the abort precondition reads.
+type podTemplate struct {
+	Metadata struct {
+		Labels map[string]string `json:"labels"`
+	} `json:"metadata"`
+}
+
+// workloadRef names the Deployment (or ReplicaSet, PodTemplate) whose pod template a Rollout
+// with spec.workloadRef uses instead of its own.
+type workloadRef struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Name       string `json:"name"`
+}
+
 // rollout is the part of an Argo Rollouts Rollout that the abort precondition reads.
 type rollout struct {
 	Spec struct {
-		Template struct {
-			Metadata struct {
-				Labels map[string]string `json:"labels"`
-			} `json:"metadata"`
-		} `json:"template"`
+		Template    podTemplate  `json:"template"`
+		WorkloadRef *workloadRef `json:"workloadRef"`
 	} `json:"spec"`
 	Status struct {
 		Abort          bool   `json:"abort"`
@@ -86,9 +98,12 @@ type rollout struct {
 }
 
 // attempt GETs the rollout and PATCHes its status with abort=true only if the rollout is
-// still progressing to the judged version: the pod template's version label equals the
-// canary version, and the current pod hash is not yet the stable one. A rollout that is
-// already aborted counts as done.
+// still progressing to the judged version: the canary version is the pod template's version
+// label or the rollout's current pod-template-hash (agents that report the
+// rollouts-pod-template-hash label as their version), and the current pod hash is not yet
+// the stable one. A rollout with spec.workloadRef has no template of its own: the label is
+// read from the referenced Deployment's template. A rollout that is already aborted counts
+// as done.
 func (a *argo) attempt(ctx context.Context, c *http.Client, d *proto.Decision) result {
 	if a.client != nil {
 		c = a.client
@@ -101,13 +116,26 @@ func (a *argo) attempt(ctx context.Context, c *http.Client, d *proto.Decision) r
 	if res.err != nil || res.class != classDone {
 		return res
 	}
-	canary := d.Verdict.Canary
-	switch got := ro.Spec.Template.Metadata.Labels[a.cfg.VersionLabel]; {
-	case ro.Status.Abort:
+	if ro.Status.Abort {
 		return result{class: classDone, status: res.status, err: errors.New("rollout already aborted")}
-	case got != canary:
+	}
+	labels, where := ro.Spec.Template.Metadata.Labels, "rollout template"
+	if ref := ro.Spec.WorkloadRef; ref != nil && ref.Name != "" {
+		if ref.Kind != "Deployment" {
+			return result{class: classFailed, status: res.status,
+				err: fmt.Errorf("not aborted: workloadRef kind %q is not a Deployment (herd reads the version of a Deployment's template only)", ref.Kind)}
+		}
+		tpl, res := a.getDeployment(ctx, c, token, ref.Name)
+		if res.err != nil || res.class != classDone {
+			return res
+		}
+		labels, where = tpl.Metadata.Labels, "template of deployment "+ref.Name
+	}
+	canary := d.Verdict.Canary
+	switch got := labels[a.cfg.VersionLabel]; {
+	case got != canary && (ro.Status.CurrentPodHash == "" || ro.Status.CurrentPodHash != canary):
 		return result{class: classSkipped, status: res.status,
-			err: fmt.Errorf("not aborted: rollout template label %s is %q, not the judged canary %q", a.cfg.VersionLabel, got, canary)}
+			err: fmt.Errorf("not aborted: %s label %s is %q and the current pod hash %q, neither the judged canary %q", where, a.cfg.VersionLabel, got, ro.Status.CurrentPodHash, canary)}
 	case ro.Status.StableRS != "" && ro.Status.CurrentPodHash == ro.Status.StableRS:
 		return result{class: classSkipped, status: res.status,
 			err: fmt.Errorf("not aborted: rollout is fully promoted to %q", canary)}
@@ -135,27 +163,44 @@ func (a *argo) header(req *http.Request, token string) {
 }
 
 func (a *argo) get(ctx context.Context, c *http.Client, token string) (*rollout, result) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.url, nil)
+	var ro rollout
+	return &ro, a.getJSON(ctx, c, token, a.url, "rollout", &ro)
+}
+
+// getDeployment GETs the pod template of the Deployment name in the rollout's namespace.
+func (a *argo) getDeployment(ctx context.Context, c *http.Client, token, name string) (*podTemplate, result) {
+	var dep struct {
+		Spec struct {
+			Template podTemplate `json:"template"`
+		} `json:"spec"`
+	}
+	u := strings.TrimSuffix(a.cfg.APIServer, "/") + "/apis/apps/v1/namespaces/" + url.PathEscape(a.cfg.Namespace) +
+		"/deployments/" + url.PathEscape(name)
+	return &dep.Spec.Template, a.getJSON(ctx, c, token, u, "deployment "+name, &dep)
+}
+
+// getJSON GETs u and decodes the object into dst; what names it in errors.
+func (a *argo) getJSON(ctx context.Context, c *http.Client, token, u, what string, dst any) result {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return nil, result{class: classFailed, err: fmt.Errorf("cannot build request: %w", netError(err))}
+		return result{class: classFailed, err: fmt.Errorf("cannot build request: %w", netError(err))}
 	}
 	a.header(req, token)
 	resp, err := c.Do(req)
 	if err != nil {
-		return nil, result{class: classRetry, err: netError(err)}
+		return result{class: classRetry, err: netError(err)}
 	}
 	defer drain(resp)
 	if resp.StatusCode != http.StatusOK {
 		r := statusResult(resp)
-		if r.class == classDone { // 2xx other than 200, or 409: no rollout to read
+		if r.class == classDone { // 2xx other than 200, or 409: no object to read
 			r = result{class: classRetry, status: resp.StatusCode, err: fmt.Errorf("HTTP %d", resp.StatusCode)}
 		}
-		r.err = fmt.Errorf("cannot get rollout: %w", r.err)
-		return nil, r
+		r.err = fmt.Errorf("cannot get %s: %w", what, r.err)
+		return r
 	}
-	var ro rollout
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&ro); err != nil {
-		return nil, result{class: classRetry, status: resp.StatusCode, err: fmt.Errorf("cannot decode rollout: %w", err)}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(dst); err != nil {
+		return result{class: classRetry, status: resp.StatusCode, err: fmt.Errorf("cannot decode %s: %w", what, err)}
 	}
-	return &ro, result{class: classDone, status: resp.StatusCode}
+	return result{class: classDone, status: resp.StatusCode}
 }

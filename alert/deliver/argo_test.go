@@ -25,6 +25,7 @@ type fakeArgo struct {
 	t           *testing.T
 	mu          sync.Mutex
 	rollout     map[string]any
+	deployment  map[string]any // the workloadRef's Deployment "checkout-app", if any
 	patchStatus int
 	getStatus   int
 	calls       []string
@@ -49,6 +50,10 @@ func (f *fakeArgo) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(f.rollout)
+	case r.Method == http.MethodGet && r.URL.Path == "/apis/apps/v1/namespaces/shop/deployments/checkout-app" && f.deployment != nil:
+		f.calls = append(f.calls, "GET-deployment")
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(f.deployment)
 	case r.Method == http.MethodPatch && r.URL.Path == path+"/status":
 		if ct := r.Header.Get("Content-Type"); ct != "application/merge-patch+json" {
 			f.t.Errorf("PATCH: got Content-Type %q; want application/merge-patch+json", ct)
@@ -83,6 +88,20 @@ func rolloutJSON(version, currentHash, stableRS string, abort bool) map[string]a
 	}
 }
 
+// workloadRefRollout is a rollout whose pod template is the Deployment checkout-app's.
+func workloadRefRollout(kind, currentHash, stableRS string) map[string]any {
+	ro := rolloutJSON("", currentHash, stableRS, false)
+	ro["spec"] = map[string]any{"workloadRef": map[string]any{"apiVersion": "apps/v1", "kind": kind, "name": "checkout-app"}}
+	return ro
+}
+
+// deploymentJSON is the Deployment checkout-app with the version label.
+func deploymentJSON(version string) map[string]any {
+	return map[string]any{"apiVersion": "apps/v1", "kind": "Deployment", "spec": map[string]any{
+		"replicas": 0, "template": map[string]any{"metadata": map[string]any{
+			"labels": map[string]any{"app": "checkout", "app.kubernetes.io/version": version}}}}}
+}
+
 func argoTarget(t *testing.T, url string) ArgoTarget {
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(tokenFile, []byte(argoToken+"\n"), 0o600); err != nil {
@@ -100,20 +119,29 @@ func TestArgoAttempt(t *testing.T) {
 		patchStatus int
 		class       class
 		calls       string
+		deployment  map[string]any
+		canary      string // default 1.4.2
 	}{
-		{"progressing", rolloutJSON("1.4.2", "6f9c7", "5d8b4", false), 0, 0, classDone, "GET PATCH"},
-		{"patch conflict", rolloutJSON("1.4.2", "6f9c7", "5d8b4", false), 0, 409, classDone, "GET PATCH"},
-		{"patch 503", rolloutJSON("1.4.2", "6f9c7", "5d8b4", false), 0, 503, classRetry, "GET PATCH"},
-		{"patch 422", rolloutJSON("1.4.2", "6f9c7", "5d8b4", false), 0, 422, classFailed, "GET PATCH"},
-		{"already aborted", rolloutJSON("1.4.2", "6f9c7", "5d8b4", true), 0, 0, classDone, "GET"},
-		{"moved to another version", rolloutJSON("1.4.3", "7a1e2", "5d8b4", false), 0, 0, classSkipped, "GET"},
-		{"fully promoted", rolloutJSON("1.4.2", "6f9c7", "6f9c7", false), 0, 0, classSkipped, "GET"},
-		{"rollout not found", nil, 404, 0, classFailed, "GET"},
-		{"api server down", nil, 500, 0, classRetry, "GET"},
+		{"progressing", rolloutJSON("1.4.2", "6f9c7", "5d8b4", false), 0, 0, classDone, "GET PATCH", nil, ""},
+		{"patch conflict", rolloutJSON("1.4.2", "6f9c7", "5d8b4", false), 0, 409, classDone, "GET PATCH", nil, ""},
+		{"patch 503", rolloutJSON("1.4.2", "6f9c7", "5d8b4", false), 0, 503, classRetry, "GET PATCH", nil, ""},
+		{"patch 422", rolloutJSON("1.4.2", "6f9c7", "5d8b4", false), 0, 422, classFailed, "GET PATCH", nil, ""},
+		{"already aborted", rolloutJSON("1.4.2", "6f9c7", "5d8b4", true), 0, 0, classDone, "GET", nil, ""},
+		{"moved to another version", rolloutJSON("1.4.3", "7a1e2", "5d8b4", false), 0, 0, classSkipped, "GET", nil, ""},
+		{"fully promoted", rolloutJSON("1.4.2", "6f9c7", "6f9c7", false), 0, 0, classSkipped, "GET", nil, ""},
+		{"rollout not found", nil, 404, 0, classFailed, "GET", nil, ""},
+		{"api server down", nil, 500, 0, classRetry, "GET", nil, ""},
+		{name: "pod-template-hash version", rollout: rolloutJSON("", "6f9c7", "5d8b4", false), canary: "6f9c7", class: classDone, calls: "GET PATCH"},
+		{name: "hash version promoted", rollout: rolloutJSON("", "6f9c7", "6f9c7", false), canary: "6f9c7", class: classSkipped, calls: "GET"},
+		{name: "hash version moved on", rollout: rolloutJSON("", "7a1e2", "5d8b4", false), canary: "6f9c7", class: classSkipped, calls: "GET"},
+		{name: "workloadRef", rollout: workloadRefRollout("Deployment", "6f9c7", "5d8b4"), deployment: deploymentJSON("1.4.2"), class: classDone, calls: "GET GET-deployment PATCH"},
+		{name: "workloadRef moved on", rollout: workloadRefRollout("Deployment", "7a1e2", "5d8b4"), deployment: deploymentJSON("1.4.3"), class: classSkipped, calls: "GET GET-deployment"},
+		{name: "workloadRef with a hash version", rollout: workloadRefRollout("Deployment", "6f9c7", "5d8b4"), deployment: deploymentJSON("1.4.3"), canary: "6f9c7", class: classDone, calls: "GET GET-deployment PATCH"},
+		{name: "workloadRef not a Deployment", rollout: workloadRefRollout("ReplicaSet", "6f9c7", "5d8b4"), class: classFailed, calls: "GET"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			f := &fakeArgo{t: t, rollout: c.rollout, getStatus: c.getStatus, patchStatus: c.patchStatus}
+			f := &fakeArgo{t: t, rollout: c.rollout, deployment: c.deployment, getStatus: c.getStatus, patchStatus: c.patchStatus}
 			srv := httptest.NewServer(f)
 			defer srv.Close()
 			a, err := newArgo(argoTarget(t, srv.URL), srv.Client(), nil)
@@ -121,6 +149,9 @@ func TestArgoAttempt(t *testing.T) {
 				t.Fatal(err)
 			}
 			v := testVerdict(proto.StateRollback)
+			if c.canary != "" {
+				v.Canary = c.canary
+			}
 			res := a.attempt(context.Background(), srv.Client(), &proto.Decision{ID: v.DecisionID, Verdict: v})
 			if res.class != c.class {
 				t.Errorf("got class %d (%v); want %d", res.class, res.err, c.class)

@@ -34,7 +34,7 @@ func BenchmarkFlaggerHook(b *testing.B) {
 		b.Fatal(err)
 	}
 	v := testVerdict(proto.StateRollback)
-	h := d.FlaggerHandler(func(string) (proto.Verdict, bool) { return v, true })
+	h := d.FlaggerHandler(func(string) (proto.Verdict, bool) { return v, true }, nil)
 	const body = `{"name":"checkout","namespace":"shop","phase":"Progressing","checksum":"7d9c6d8f5","type":"rollback","metadata":{}}`
 	b.ReportAllocs()
 	for b.Loop() {

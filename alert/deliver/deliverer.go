@@ -84,12 +84,13 @@ var deliverHelp = map[string]string{
 		"duplicate (known already) or exists (another herd stored it first).",
 	"herd_deliver_store_errors_total": "Decision store errors, by operation: create, update, conflict, get, list or decode " +
 		"(a stored record that is corrupt or invalid, skipped).",
-	"herd_deliver_flagger_requests_total": "Flagger webhook requests answered, by hook (rollback, confirm-promotion) and answer.",
-	"herd_deliver_flagger_refused_total":  "Flagger webhook requests refused, by reason.",
-	"herd_deliver_api_refused_total":      "Decision API requests refused, by reason.",
-	"herd_deliver_log_rows_dropped_total": "Delivery log rows dropped: a decision keeps its last 1000 rows.",
-	"herd_deliver_decisions_open":         "Decisions with a target still being delivered.",
-	"herd_deliver_targets":                "Delivery targets configured.",
+	"herd_deliver_flagger_requests_total":  "Flagger webhook requests answered, by hook (rollback, confirm-promotion) and answer.",
+	"herd_deliver_flagger_revisions_total": "Flagger canary revisions (checksums) the hooks saw: new, restarted (a new comparison started), restart_refused, evicted (over MaxFlaggerRevisions).",
+	"herd_deliver_flagger_refused_total":   "Flagger webhook requests refused, by reason.",
+	"herd_deliver_api_refused_total":       "Decision API requests refused, by reason.",
+	"herd_deliver_log_rows_dropped_total":  "Delivery log rows dropped: a decision keeps its last 1000 rows.",
+	"herd_deliver_decisions_open":          "Decisions with a target still being delivered.",
+	"herd_deliver_targets":                 "Delivery targets configured.",
 }
 
 // New builds a Deliverer from a validated cfg (Config.Validate decodes the secrets); it

@@ -58,7 +58,7 @@ func TestMetricsExposition(t *testing.T) {
 	})
 	_ = d.Decide(testVerdict(proto.StatePending))    // refused
 	_ = d.Redeliver(v.DecisionID, "webhook:nowhere") // refused by the API
-	flagger := httptest.NewServer(d.FlaggerHandler(func(string) (proto.Verdict, bool) { return v, true }))
+	flagger := httptest.NewServer(d.FlaggerHandler(func(string) (proto.Verdict, bool) { return v, true }, nil))
 	defer flagger.Close()
 	doJSON(t, "POST", flagger.URL+"/api/v1/flagger/rollback", `{"name":"checkout","namespace":"shop"}`, nil)
 	doJSON(t, "POST", flagger.URL+"/api/v1/flagger/rollback", `{`, nil)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/internal/bus"
 )
@@ -27,9 +29,18 @@ func agentCommand() command {
 				if err := client.Validate(); err != nil {
 					return fmt.Errorf("%w: %v", errUsage, err)
 				}
-				nc, err := bus.Connect(client, "herd-agent", nil, e.logger)
+				// The agent starts before NATS may be reachable (a pod starting beside a
+				// restarting cluster): it keeps retrying, and its batches wait in the client's
+				// reconnect buffer (bounded; what does not fit is counted by RunAgent).
+				nc, err := bus.Connect(client, "herd-agent", nil, e.logger, nats.RetryOnFailedConnect(true),
+					nats.ConnectHandler(func(nc *nats.Conn) {
+						e.logger.Info("connected to NATS", "url", nc.ConnectedUrlRedacted())
+					}))
 				if err != nil {
 					return err
+				}
+				if !nc.IsConnected() {
+					e.logger.Warn("NATS is not reachable yet; the agent runs and keeps retrying", "nats", bus.RedactURLs(client.URLs))
 				}
 				err = ingest.RunAgent(ctx, cfg, nc.Publish, e.logger)
 				// The final batch is in the client's buffer: deliver it before leaving.

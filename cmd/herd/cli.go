@@ -100,6 +100,7 @@ func runCommand(ctx context.Context, c command, args []string, e *env) int {
 	fs := flag.NewFlagSet("herd "+c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors and usage are printed below, once
 	runFn := c.flags(fs, e)
+	logFormat := fs.String("log.format", "text", "log `format` on stderr: text or json (log/slog's handlers, one record a line)")
 	usage := func(w io.Writer) {
 		fmt.Fprintf(w, "usage: herd %s %s\n\n%s.\n\nFlags (each falls back to the environment variable shown):\n", c.name, c.usage, capitalize(c.short))
 		printFlags(w, fs)
@@ -119,6 +120,14 @@ func runCommand(ctx context.Context, c command, args []string, e *env) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(e.stderr, "herd %s: unexpected arguments %q\n", c.name, fs.Args())
+		return 2
+	}
+	switch *logFormat {
+	case "text": // the logger run made, or the caller's
+	case "json":
+		e.logger = slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	default:
+		fmt.Fprintf(e.stderr, "herd %s: -log.format %q: want text or json\n", c.name, *logFormat)
 		return 2
 	}
 	return exitStatus(c.name, runFn(ctx), e)

@@ -61,7 +61,11 @@ func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles, getenv func(str
 	default:
 		httpFlag(fs, &cfg.HTTPListen, "the decisions API, /metrics, /livez and /readyz")
 	}
-	fs.StringVar(&cfg.MetricsListen, "http.metrics-listen", cfg.MetricsListen, "a second listener (`host:port`) with /metrics, /livez and /readyz only and no token, for a Prometheus scrape and probes while -http requires a token (empty: none)")
+	ops := "/metrics, /livez and /readyz"
+	if r.Detect || r.Web || embedded {
+		ops = "/metrics, /metrics/groups (herd's rollups and verdicts), /livez and /readyz"
+	}
+	fs.StringVar(&cfg.MetricsListen, "http.metrics-listen", cfg.MetricsListen, "a second listener (`host:port`) with "+ops+" only and no token, for a Prometheus scrape and probes while -http requires a token (empty: none)")
 	if r.Detect || r.Web || embedded {
 		fs.StringVar(&cfg.DataDir, "data", cfg.DataDir, "`directory` of the embedded nats-server's JetStream store, and of decisions when NATS has no JetStream")
 		fs.DurationVar(&cfg.Retention, "retention", cfg.Retention, "how long closed windows, verdicts and deployments are kept in JetStream for restarts (`duration`)")
@@ -83,6 +87,9 @@ func nodeFlags(fs *flag.FlagSet, cfg *node.Config, r node.Roles, getenv func(str
 		cfg.Detect.RegisterFlags(fs)
 		cfg.Deliver.RegisterFlags(fs)
 		cfg.Deliver.Getenv = getenv
+	}
+	if r.Detect || r.Web {
+		cfg.Export.RegisterFlags(fs)
 	}
 	if r.Web {
 		cfg.Web.RegisterFlags(fs)

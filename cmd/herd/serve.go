@@ -53,6 +53,9 @@ func runNode(ctx context.Context, e *env, name string, cfg node.Config) error {
 		select {
 		case <-n.Ready():
 			fmt.Fprintf(e.stdout, "herd %s: %s\n", name, where(n, cfg))
+			if name == "serve" {
+				writeSummary(e.stdout, summaryOf(n, cfg))
+			}
 		case <-printCtx.Done():
 		}
 	}()
