@@ -168,6 +168,10 @@ func (r *Rollup) holdLocked(in *instance, b *proto.Batch, now int64) {
 	r.held[b.Instance] = h
 	r.heldBytes += h.bytes
 	in.held = true
+	if r.heldBy == nil {
+		r.heldBy = make(map[groupKey]int)
+	}
+	r.heldBy[groupKey{b.Service, b.Version}]++
 }
 
 // releaseLocked places the held batch h with the correction its instance's clock gives now,
@@ -177,6 +181,11 @@ func (r *Rollup) holdLocked(in *instance, b *proto.Batch, now int64) {
 func (r *Rollup) releaseLocked(h *heldBatch, now int64) {
 	delete(r.held, h.b.Instance)
 	r.heldBytes -= h.bytes
+	if k := (groupKey{h.b.Service, h.b.Version}); r.heldBy[k] > 1 {
+		r.heldBy[k]--
+	} else {
+		delete(r.heldBy, k)
+	}
 	in, ok := r.insts.Peek(h.b.Instance)
 	if !ok || !in.held || in.start != h.b.InstanceStart {
 		r.placeLocked(nil, true, &h.b, 0, h.at, now)

@@ -78,6 +78,7 @@ type benchIngestReport struct {
 	HeapMiB        float64 `json:"heap_mib"`
 	Exact          bool    `json:"exact"`
 	GOMAXPROCS     int     `json:"gomaxprocs"`
+	WindowDelayP50 float64 `json:"window_delay_p50_ms"`
 	WindowDelayP99 float64 `json:"window_delay_p99_ms"`
 }
 
@@ -204,6 +205,7 @@ func (r *benchIngestReport) finish(totals []sim.Totals, col *windowCollector, sa
 	r.LostRequests = int64(want) - int64(col.requests())
 	col.mu.Lock()
 	r.WindowsReceived = col.windows
+	r.WindowDelayP50 = float64(percentile(col.delays, 0.50)) / 1e6
 	r.WindowDelayP99 = float64(percentile(col.delays, 0.99)) / 1e6
 	col.mu.Unlock()
 	r.BatchesPerSec = float64(r.BatchesSent) / elapsed.Seconds()

@@ -1,0 +1,243 @@
+package rollup
+
+import (
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/herd-dev/herd/proto"
+)
+
+const settle = 20 * time.Millisecond
+
+// closeDelay returns how long after its end w was closed.
+func closeDelay(w *proto.Window) time.Duration {
+	return time.Duration(w.ClosedMs-w.EndMs) * time.Millisecond
+}
+
+// sumRequests returns the requests of ws (windows and corrections) by window start.
+func sumRequests(ws []*proto.Window) (map[int64]float64, float64) {
+	by := map[int64]float64{}
+	var total float64
+	for _, w := range ws {
+		if c := find(w, proto.SeriesRequests); c != nil {
+			by[w.StartMs] += c.Value
+			total += c.Value
+		}
+	}
+	return by, total
+}
+
+// TestCompleteWindowsCloseEarly: five instances send their batch 2–6 ms after every window's
+// end, one of them stops with a final batch. Every window closes Settle after the last batch
+// of the burst, not after the lateness, holds everyone, and the totals are exact.
+func TestCompleteWindowsCloseEarly(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		r, s := newTestRollup(t, DefaultConfig())
+		runRollup(t, r)
+		base := time.Now().Add(time.Second)
+		const n, instances = 12, 5
+		want := 0.0
+		for k := range n {
+			end := base.Add(time.Duration(k) * win)
+			for i := range instances {
+				if i == 4 && k > 6 {
+					continue // stopped in window 6
+				}
+				time.Sleep(time.Until(end.Add(time.Duration(2+i) * time.Millisecond)))
+				b := batch(i, uint64(k), end, counter(proto.SeriesRequests, 1))
+				b.Final = i == 4 && k == 6
+				r.Add(b)
+				want++
+			}
+		}
+		time.Sleep(time.Until(base.Add(n*win + lateness)))
+		synctest.Wait()
+		ws := s.take()
+		_, total := sumRequests(ws)
+		if total != want {
+			t.Errorf("got %v requests; want %v", total, want)
+		}
+		for _, w := range ws {
+			if w.Correction {
+				t.Errorf("window %d: got a correction; want none", w.StartMs)
+			}
+			if w.Instances == 0 {
+				continue
+			}
+			// The last batch arrives 6 ms (5 ms without the stopped one) after the end.
+			if d := closeDelay(w); d > 6*time.Millisecond+settle {
+				t.Errorf("window %d with %d instances closed %v after its end; want ≤ %v", w.StartMs, w.Instances, d, 6*time.Millisecond+settle)
+			}
+		}
+		if got := len(ws); got < n {
+			t.Errorf("got %d windows; want ≥ %d", got, n)
+		}
+		if st := r.Stats(); st.WindowsClosedComplete < n || st.Refused() != 0 || st.BatchesCorrected != 0 {
+			t.Errorf("got %d closed complete, refused %v, %d corrected; want ≥ %d, none, 0", st.WindowsClosedComplete, st.RefusedBy, st.BatchesCorrected, n)
+		}
+	})
+}
+
+// TestStragglerHoldsOnlyItsWindow: of four instances, one stops mid-window without a final
+// batch (it crashed). The window it was expected in waits the full lateness for it; the
+// windows after close early again, without it.
+func TestStragglerHoldsOnlyItsWindow(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		r, s := newTestRollup(t, DefaultConfig())
+		runRollup(t, r)
+		base := time.Now().Add(time.Second)
+		const n, crashAfter = 10, 4
+		want := 0.0
+		for k := range n {
+			end := base.Add(time.Duration(k) * win)
+			time.Sleep(time.Until(end.Add(3 * time.Millisecond)))
+			for i := range 4 {
+				if i == 3 && k > crashAfter {
+					continue
+				}
+				r.Add(batch(i, uint64(k), end, counter(proto.SeriesRequests, 1)))
+				want++
+			}
+		}
+		time.Sleep(time.Until(base.Add(n*win + lateness)))
+		synctest.Wait()
+		ws := s.take()
+		if _, total := sumRequests(ws); total != want {
+			t.Errorf("got %v requests; want %v", total, want)
+		}
+		waited := ms(base.Add(crashAfter * win)) // the window the crashed instance never sent
+		waitedClose := waited + (win + lateness).Milliseconds()
+		for _, w := range ws {
+			if w.Instances == 0 {
+				continue
+			}
+			// A group's windows close in order: those ending before the waited one
+			// closes close with it.
+			early := max(w.EndMs+(3*time.Millisecond+settle).Milliseconds(), waitedClose)
+			switch {
+			case w.StartMs == waited && closeDelay(w) != lateness:
+				t.Errorf("window %d (the crashed instance's): closed %v after its end; want %v", w.StartMs, closeDelay(w), lateness)
+			case w.StartMs > waited && w.ClosedMs > early:
+				t.Errorf("window %d: closed at %d; want ≤ %d", w.StartMs, w.ClosedMs, early)
+			case w.StartMs < waited && closeDelay(w) > 3*time.Millisecond+settle:
+				t.Errorf("window %d: closed %v after its end; want ≤ %v", w.StartMs, closeDelay(w), 3*time.Millisecond+settle)
+			}
+		}
+	})
+}
+
+// TestSkewedInstanceIsExpected: an instance whose clock is 1 s behind is expected in the
+// windows its batches are placed in after the clock correction: once its offset is known,
+// the windows close early and hold it.
+func TestSkewedInstanceIsExpected(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		r, s := newTestRollup(t, DefaultConfig())
+		runRollup(t, r)
+		base := time.Now().Add(time.Second)
+		agents := []*skewedAgent{{id: 0, born: base.Add(-win)}, {id: 1, skew: -time.Second, born: base.Add(-win - time.Second)}}
+		const n = 30
+		for k := range n {
+			end := base.Add(time.Duration(k) * win)
+			time.Sleep(time.Until(end.Add(4 * time.Millisecond)))
+			for _, a := range agents {
+				r.Add(a.batch(end, 1))
+			}
+		}
+		time.Sleep(time.Until(base.Add(n*win + lateness)))
+		synctest.Wait()
+		ws := s.take()
+		checkMarkers(t, ws)
+		if _, total := sumRequests(ws); total != 2*n {
+			t.Errorf("got %v requests; want %d", total, 2*n)
+		}
+		early := 0
+		for _, w := range ws {
+			if w.Instances == 2 && closeDelay(w) <= 4*time.Millisecond+settle {
+				early++
+			}
+		}
+		// The first windows wait while the skewed instance's first batch is held.
+		if early < n-4 {
+			t.Errorf("got %d windows of both instances closed early; want ≥ %d", early, n-4)
+		}
+	})
+}
+
+// TestLateBatchAfterEarlyClose: a window closed early (its expected instances all sent);
+// then a new instance's first batch for it arrives 100 ms after its end, within the
+// lateness. It becomes a correction, counted, and the totals stay exact.
+func TestLateBatchAfterEarlyClose(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		r, s := newTestRollup(t, DefaultConfig())
+		runRollup(t, r)
+		base := time.Now().Add(time.Second)
+		for k := range 4 {
+			end := base.Add(time.Duration(k) * win)
+			time.Sleep(time.Until(end.Add(2 * time.Millisecond)))
+			for i := range 3 {
+				r.Add(batch(i, uint64(k), end, counter(proto.SeriesRequests, 1)))
+			}
+		}
+		late := base.Add(3 * win)
+		time.Sleep(time.Until(late.Add(100 * time.Millisecond)))
+		r.Add(batch(9, 0, late, counter(proto.SeriesRequests, 5)))
+		time.Sleep(time.Until(late.Add(2 * lateness)))
+		synctest.Wait()
+		ws := s.take()
+		by, total := sumRequests(ws)
+		if total != 4*3+5 || by[ms(late.Add(-win))] != 3+5 {
+			t.Errorf("got %v requests, %v in the late window; want %d, %d", total, by[ms(late.Add(-win))], 4*3+5, 3+5)
+		}
+		var corr *proto.Window
+		for _, w := range ws {
+			if w.Correction {
+				corr = w
+			}
+		}
+		if corr == nil || corr.StartMs != ms(late.Add(-win)) || corr.Instances != 1 {
+			t.Fatalf("got correction %+v; want one of window %d with 1 instance", corr, ms(late.Add(-win)))
+		}
+		if st := r.Stats(); st.BatchesCorrected != 1 || st.CorrectionsEmitted != 1 || st.Refused() != 0 {
+			t.Errorf("got %d corrected in %d corrections, refused %v; want 1, 1, none", st.BatchesCorrected, st.CorrectionsEmitted, st.RefusedBy)
+		}
+	})
+}
+
+// TestLongIntervalIsExpected: an instance sending every second (four windows) is expected
+// in every fourth window only; its batches are never corrections, and the windows in between
+// close early.
+func TestLongIntervalIsExpected(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		r, s := newTestRollup(t, DefaultConfig())
+		runRollup(t, r)
+		base := time.Now().Add(time.Second)
+		const n = 16
+		for k := range n {
+			end := base.Add(time.Duration(k) * win)
+			time.Sleep(time.Until(end.Add(2 * time.Millisecond)))
+			r.Add(batch(0, uint64(k), end, counter(proto.SeriesRequests, 1)))
+			if k%4 == 3 {
+				time.Sleep(10 * time.Millisecond) // the slow one arrives after the others
+				b := batch(1, uint64(k/4), end, counter(proto.SeriesRequests, 4))
+				b.Start = end.Add(-4 * win).UnixNano()
+				r.Add(b)
+			}
+		}
+		time.Sleep(time.Until(base.Add(n*win + lateness)))
+		synctest.Wait()
+		ws := s.take()
+		if _, total := sumRequests(ws); total != 2*n {
+			t.Errorf("got %v requests; want %d", total, 2*n)
+		}
+		st := r.Stats()
+		if st.BatchesCorrected != 0 || st.WindowsClosedComplete < n-1 {
+			t.Errorf("got %d corrected, %d closed complete; want 0, ≥ %d", st.BatchesCorrected, st.WindowsClosedComplete, n-1)
+		}
+	})
+}
