@@ -192,6 +192,9 @@ type Rollup struct {
 	// heldBytes their memory (see clock.go).
 	held      map[[16]byte]*heldBatch
 	heldBytes int
+	// heldQ is the held batches in order of arrival, and batches released since (see
+	// releaseDueLocked); its length is bounded by the batches held within holdFor.
+	heldQ []*heldBatch
 	// corr are the open corrections by group, ncorr their number (see correct.go).
 	corr  map[groupKey][]*correction
 	ncorr int
