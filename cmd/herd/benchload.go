@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,7 @@ type loadFlags struct {
 	serveMetrics             string
 	lagLimit                 time.Duration
 	child                    bool
+	cpuProfile               string
 }
 
 func benchLoadCommand() command {
@@ -54,6 +56,7 @@ func benchLoadCommand() command {
 			fs.Uint64Var(&l.seed, "seed", 1, "random seed of the traffic (process i uses seed+i)")
 			fs.StringVar(&l.serveMetrics, "serve-metrics", "", "`URL` of the herd serve's /metrics, scraped every second for its CPU, RSS and refusals (optional)")
 			fs.DurationVar(&l.lagLimit, "lag-limit", 100*time.Millisecond, "publish lag (boundary → last batch of the interval handed to NATS) beyond which the generator counts as behind, at p99 (duration)")
+			fs.StringVar(&l.cpuProfile, "cpuprofile", "", "write the generator's CPU profile to this `file` (with -procs 1)")
 			fs.BoolVar(&l.child, "child", false, "run as one of --procs processes: publish and print what was sent, without collecting windows")
 			return func(ctx context.Context) error { return benchLoad(ctx, e, l) }
 		},
@@ -124,6 +127,17 @@ func benchLoad(ctx context.Context, e *env, l loadFlags) error {
 	}
 	if err := l.nats.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if l.cpuProfile != "" {
+		f, err := os.Create(l.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cannot write the CPU profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cannot start the CPU profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if l.child {
 		r, err := generate(ctx, e, l, l.instances, l.seed)
