@@ -291,7 +291,7 @@ func generateAll(ctx context.Context, e *env, l loadFlags) ([]genReport, error) 
 		if i < l.instances%l.procs {
 			n++
 		}
-		args := []string{"bench", "load", "-child", "-nats", l.nats.URLs, "-instances", strconv.Itoa(n),
+		args := []string{"bench", "load", "-child", "-cpuprofile", "", "-serve-metrics", "", "-nats", l.nats.URLs, "-instances", strconv.Itoa(n),
 			"-conns", strconv.Itoa(l.conns), "-rps", fmt.Sprint(l.rps), "-duration", l.duration.String(),
 			"-lifetime-min", l.lifetimeMin.String(), "-lifetime-max", l.lifetimeMax.String(),
 			"-seed", strconv.FormatUint(l.seed+uint64(i), 10)}
