@@ -298,6 +298,11 @@ func generateAll(ctx context.Context, e *env, l loadFlags) ([]genReport, error) 
 		wg.Go(func() {
 			cmd := exec.CommandContext(ctx, exe, args...)
 			cmd.Stderr = e.stderr
+			// The credentials go by environment (a password on a command line is visible to
+			// every user of the machine), the files by flag.
+			cmd.Env = append(os.Environ(), "HERD_NATS_USER="+l.nats.User, "HERD_NATS_PASSWORD="+l.nats.Password,
+				"HERD_NATS_CREDS="+l.nats.CredsFile, "HERD_NATS_NKEY="+l.nats.NKeyFile, "HERD_NATS_TLS_CA="+l.nats.TLSCA,
+				"HERD_NATS_TLS_CERT="+l.nats.TLSCert, "HERD_NATS_TLS_KEY="+l.nats.TLSKey)
 			out, err := cmd.Output()
 			if err != nil {
 				errs[i] = fmt.Errorf("generator process %d: %w", i, err)
