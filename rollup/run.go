@@ -19,7 +19,10 @@ func (r *Rollup) Run(ctx context.Context) error {
 	defer timer.Stop()
 	now := r.now().UnixNano()
 	due := r.nextDue(now)
-	var recheck int64
+	var recheck, last int64
+	// A completed window wakes Run at once, but Advance runs at most every minGap: with many
+	// groups completing one after another, the windows that completed meanwhile close together.
+	minGap := max(r.settle/4, int64(time.Millisecond))
 	for {
 		at := due
 		if r.early {
@@ -35,8 +38,13 @@ func (r *Rollup) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-r.wake:
 			timer.Stop()
+			if t := r.now().UnixNano(); t < last+minGap {
+				now, recheck = t, last+minGap
+				continue
+			}
 		}
-		r.Advance(r.now())
+		last = r.now().UnixNano()
+		r.Advance(time.Unix(0, last))
 		r.mu.Lock()
 		recheck = r.recheck
 		r.mu.Unlock()
