@@ -72,8 +72,9 @@ func (r *Rollup) nextDue(now int64) int64 {
 }
 
 // Advance places the batches held too long for their instance's next arrival (see the
-// package doc, Clocks), then closes and emits every window due at now (end + lateness ≤ now),
-// in time order, including the empty windows of recently active groups, then the corrections
+// package doc, Clocks), then closes and emits every window due at now (end + lateness ≤ now)
+// and, with Config.CloseComplete, every window complete at now (see complete.go), in time
+// order per group, including the empty windows of recently active groups, then the corrections
 // open for Lateness; and it forgets instances silent for InstanceTTL. Run calls it; tests and
 // one-shot tools may call it directly.
 func (r *Rollup) Advance(now time.Time) {
