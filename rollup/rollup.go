@@ -201,7 +201,8 @@ type Rollup struct {
 	// heldBy counts the held batches by group: a group with one closes no window early.
 	heldBy map[groupKey]int
 	// reopen holds, for the groups dropped after closing intervals early, where their next
-	// interval starts, until closedBefore passes it; at most MaxGroups (see idle).
+	// interval starts, until closedBefore passes it (within Lateness): at most the groups
+	// dropped in that time, and an idle group is not evicted while it holds MaxGroups.
 	reopen map[groupKey]int64
 	// recheck is when a complete window settles (0: none); Run wakes then.
 	recheck int64
