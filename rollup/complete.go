@@ -115,10 +115,27 @@ func (r *Rollup) cancelExpectLocked(in *instance, now int64) {
 // checkCompleteLocked wakes Run when e's window of g has ended and got what it expected.
 func (r *Rollup) checkCompleteLocked(g *group, e *expect, now int64) {
 	if e.got >= e.want && e.idx*r.w == g.next && now >= g.next+r.w {
-		select {
-		case r.wake <- struct{}{}:
-		default:
-		}
+		r.signalLocked()
+	}
+}
+
+// mergedLateLocked wakes Run after a batch was merged into g's window index idx after the
+// window's end while the window has what it expected: Run then closes it Settle after this
+// batch, rather than at the next window's end.
+func (r *Rollup) mergedLateLocked(g *group, idx, now int64) {
+	if !r.early || now < (idx+1)*r.w {
+		return
+	}
+	if e := g.findExpect(idx); e == nil || e.got >= e.want {
+		r.signalLocked()
+	}
+}
+
+// signalLocked wakes Run, unless a wake-up is pending already.
+func (r *Rollup) signalLocked() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
 	}
 }
 

@@ -241,3 +241,46 @@ func TestLongIntervalIsExpected(t *testing.T) {
 		}
 	})
 }
+
+// TestEvictedAfterEarlyCloseStaysClosed: a one-shot group's window closes early and the
+// group is evicted for another version of its service; a late batch for that window then
+// brings the group back. Its window is not reopened: the batch becomes a correction, and the
+// window is published once.
+func TestEvictedAfterEarlyCloseStaysClosed(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		cfg := DefaultConfig()
+		cfg.MaxVersionsPerService = 1
+		r, s := newTestRollup(t, cfg)
+		runRollup(t, r)
+		end := time.Now().Add(time.Second)
+		time.Sleep(time.Until(end.Add(2 * time.Millisecond)))
+		r.Add(groupBatch("checkout", "1", 1, 0, end, counter(proto.SeriesRequests, 1)))
+		time.Sleep(time.Until(end.Add(30 * time.Millisecond))) // checkout/1 closed early
+		r.Add(groupBatch("checkout", "2", 2, 0, end, counter(proto.SeriesRequests, 2)))
+		time.Sleep(time.Until(end.Add(100 * time.Millisecond))) // checkout/2 closed early too
+		r.Add(groupBatch("checkout", "1", 3, 0, end, counter(proto.SeriesRequests, 5)))
+		time.Sleep(time.Until(end.Add(2 * lateness)))
+		synctest.Wait()
+		var windows, corrections int
+		var total float64
+		for _, w := range s.take() {
+			t.Logf("%s/%s [%d, %d) closed %d, %d instances, correction %v", w.Service, w.Version, w.StartMs, w.EndMs, w.ClosedMs, w.Instances, w.Correction)
+			if w.Version != "1" || w.StartMs != ms(end.Add(-win)) {
+				continue
+			}
+			if w.Correction {
+				corrections++
+			} else {
+				windows++
+			}
+			total += find(w, proto.SeriesRequests).Value
+		}
+		if windows != 1 || corrections != 1 || total != 6 {
+			t.Errorf("checkout/1's window: got %d windows, %d corrections, %v requests; want 1, 1, 6", windows, corrections, total)
+		}
+		if st := r.Stats(); st.GroupsForgotten[groupEvicted] != 2 || st.Refused() != 0 {
+			t.Errorf("got %d groups evicted, refused %v; want 2, none", st.GroupsForgotten[groupEvicted], st.RefusedBy)
+		}
+	})
+}

@@ -368,7 +368,10 @@ func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, at
 	}
 	gk := groupKey{b.Service, b.Version}
 	g := r.groups[gk]
-	late := start < r.closedBefore || start+r.w+r.lateness <= at || (g != nil && start < g.next)
+	// Closed: before closedBefore, due when b arrived, or closed early in its group (or in
+	// the group's previous incarnation, whose next interval reopen keeps; see admitLocked).
+	late := start < r.closedBefore || start+r.w+r.lateness <= at || (g != nil && start < g.next) ||
+		(g == nil && start < r.reopen[gk])
 	var refuse string
 	switch {
 	case end > at+r.maxFuture:
@@ -480,6 +483,9 @@ func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, at
 	r.touchLocked(g, now)
 	if in != nil {
 		r.expectLocked(in, g, idx, end, b.End-b.Start, b.Final, c != nil, now)
+	}
+	if c == nil {
+		r.mergedLateLocked(g, idx, now)
 	}
 	r.m.batchesMerged.Inc()
 	if c != nil {
