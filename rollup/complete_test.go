@@ -1,6 +1,9 @@
 package rollup
 
 import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -283,4 +286,93 @@ func TestEvictedAfterEarlyCloseStaysClosed(t *testing.T) {
 			t.Errorf("got %d groups evicted, refused %v; want 2, none", st.GroupsForgotten[groupEvicted], st.RefusedBy)
 		}
 	})
+}
+
+// TestEarlyCloseRandomized drives a rollup with early closes through random batches of
+// instances that come, go, straggle and crash, in groups that are evicted and made anew
+// (three versions per service at most): it never panics, never publishes a window twice, and
+// every merged batch is in exactly one window or correction.
+func TestEarlyCloseRandomized(t *testing.T) {
+	t.Parallel()
+	for seed := range uint64(50) {
+		synctest.Test(t, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.MaxVersionsPerService = 3
+			r, s := newTestRollup(t, cfg)
+			rng := rand.New(rand.NewPCG(seed, 7))
+			base := time.Now().Add(time.Second)
+			type inst struct {
+				id, version int
+				seq         uint64
+			}
+			var insts []*inst
+			for i := range 12 {
+				insts = append(insts, &inst{id: i, version: rng.IntN(2)})
+			}
+			for k := range 40 {
+				end := base.Add(time.Duration(k) * win)
+				// Each instance sends its batch for the window ending at end, some late,
+				// some never (crashed), some replaced by a new one.
+				type send struct {
+					at time.Duration
+					in *inst
+				}
+				var sends []send
+				if k%10 == 9 { // a deploy: every instance is replaced by one of the next versions
+					for _, in := range insts {
+						*in = inst{id: in.id + 1000, version: (k/10 + 1 + rng.IntN(2)) % 6}
+					}
+				}
+				for _, in := range insts {
+					switch p := rng.IntN(20); {
+					case p == 0: // crashed: replaced by a new instance of a current version
+						*in = inst{id: in.id + 100, version: (k/8 + rng.IntN(2)) % 6}
+					case p < 3: // and two one-shot publishers of any version, one of them late
+						v := rng.IntN(6)
+						sends = append(sends, send{time.Duration(rng.IntN(8)) * time.Millisecond,
+							&inst{id: 10_000 + 100*k + in.id, version: v}})
+						sends = append(sends, send{time.Duration(20+rng.IntN(400)) * time.Millisecond,
+							&inst{id: 20_000 + 100*k + in.id, version: v}})
+						sends = append(sends, send{time.Duration(rng.IntN(8)) * time.Millisecond, in})
+					case p < 5: // straggler
+						sends = append(sends, send{time.Duration(rng.IntN(900)) * time.Millisecond, in})
+					default:
+						sends = append(sends, send{time.Duration(rng.IntN(8)) * time.Millisecond, in})
+					}
+				}
+				slices.SortFunc(sends, func(a, b send) int { return int(a.at - b.at) })
+				for _, sd := range sends {
+					if time.Until(end.Add(sd.at)) > 0 {
+						time.Sleep(time.Until(end.Add(sd.at)))
+					}
+					r.Advance(time.Now())
+					r.Add(groupBatch("svc", fmt.Sprint(sd.in.version), sd.in.id, sd.in.seq, end, counter(proto.SeriesRequests, 1)))
+					sd.in.seq++
+				}
+				time.Sleep(time.Until(end.Add(win - time.Millisecond)))
+				r.Advance(time.Now())
+			}
+			time.Sleep(2 * time.Second)
+			r.Advance(time.Now())
+			r.Flush()
+			seen := map[string]int{}
+			var total float64
+			for _, w := range s.take() {
+				if !w.Correction {
+					k := fmt.Sprintf("%s/%s@%d", w.Service, w.Version, w.StartMs)
+					if seen[k]++; seen[k] > 1 {
+						t.Errorf("seed %d: window %s published twice", seed, k)
+					}
+				}
+				if c := find(w, proto.SeriesRequests); c != nil {
+					total += c.Value
+				}
+			}
+			st := r.Stats()
+			t.Logf("seed %d: %d merged, %d corrected, %d closed complete, groups forgotten %v, refused %v", seed, st.BatchesMerged, st.BatchesCorrected, st.WindowsClosedComplete, st.GroupsForgotten, st.RefusedBy)
+			if total != float64(st.BatchesMerged) {
+				t.Errorf("seed %d: windows and corrections hold %v requests; %d batches merged (refused %v)", seed, total, st.BatchesMerged, st.RefusedBy)
+			}
+		})
+	}
 }
