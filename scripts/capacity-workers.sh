@@ -18,8 +18,10 @@ sleep 4
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 S0=$(cpu $SP); W0=(); for p in ${WP[@]}; do W0+=($(cpu $p)); done; T0=$(date +%s.%N)
 uptime > $OUT/$TAG.load
+( while sleep 30; do echo "$(date +%T) rss_kib serve $(awk '/VmRSS/{print $2}' /proc/$SP/status) workers $(for p in ${WP[@]}; do awk '/VmRSS/{printf "%s ", $2}' /proc/$p/status; done)"; done ) > $OUT/$TAG.rss 2>/dev/null &
+RP=$!
 $BIN bench load --nats nats://127.0.0.1:$NP --instances $N --duration $D --conns 8 > $OUT/$TAG.json 2>$OUT/$TAG.err
-T1=$(date +%s.%N); uptime >> $OUT/$TAG.load
+T1=$(date +%s.%N); uptime >> $OUT/$TAG.load; kill $RP
 echo "serve $(( $(cpu $SP) - S0 )) ticks" > $OUT/$TAG.cpu
 i=0; for p in ${WP[@]}; do echo "worker$i $(( $(cpu $p) - ${W0[$i]} )) ticks, $(grep VmHWM /proc/$p/status)" >> $OUT/$TAG.cpu; i=$((i+1)); done
 echo "elapsed $(python3 -c "print($T1-$T0)") s" >> $OUT/$TAG.cpu
