@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +46,13 @@ type IntakeConfig struct {
 	// one member only. Two intakes of one process in the same group hand the subscription
 	// over without loss or duplicates: the second subscribes, then the first drains.
 	Queue string
+	// Workers is how many goroutines decode and hand on batches (0: one per core, at most
+	// 8). The messages of one subject, so of one group, always go to the same worker, in
+	// order. With more than one, the subscription's goroutine only routes messages; each
+	// worker's queue holds at most min(64, PendingMsgs/(4·Workers)) of them and a full one
+	// blocks the routing, so the subscription's own bounded buffer fills and its overflow is
+	// counted as slow_consumer.
+	Workers int
 }
 
 // Defaults of IntakeConfig.
@@ -52,6 +60,8 @@ const (
 	DefaultPendingMsgs  = 500_000
 	DefaultPendingBytes = 64 << 20
 	DefaultDrainTimeout = 5 * time.Second
+	// maxWorkers bounds the default Workers.
+	maxWorkers = 8
 )
 
 // DefaultIntakeConfig returns the config with every default filled in.
@@ -68,6 +78,7 @@ func (c *IntakeConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.PendingMsgs, "intake.pending-msgs", DefaultPendingMsgs, "messages buffered for the intake before the NATS client drops them (`count`)")
 	fs.IntVar(&c.PendingBytes, "intake.pending-bytes", DefaultPendingBytes, "bytes buffered for the intake before the NATS client drops messages (`bytes`)")
 	fs.DurationVar(&c.DrainTimeout, "intake.drain-timeout", DefaultDrainTimeout, "how long shutdown waits for buffered batches (`duration`)")
+	fs.IntVar(&c.Workers, "intake.workers", 0, "goroutines that decode batches, one group's always on the same one (`count`; 0: one per core, at most 8)")
 }
 
 func (c *IntakeConfig) setDefaults() {
@@ -86,6 +97,9 @@ func (c *IntakeConfig) setDefaults() {
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
+	if c.Workers == 0 {
+		c.Workers = min(runtime.GOMAXPROCS(0), maxWorkers)
+	}
 }
 
 // Validate checks the config; zero fields take their defaults.
@@ -103,6 +117,9 @@ func (c *IntakeConfig) Validate() error {
 	}
 	if d.DrainTimeout < 0 {
 		return fmt.Errorf("-intake.drain-timeout %v must be ≥ 0", d.DrainTimeout)
+	}
+	if d.Workers < 1 || d.Workers > 256 {
+		return fmt.Errorf("-intake.workers %d must be between 1 and 256 (0: one per core)", c.Workers)
 	}
 	return nil
 }
@@ -196,9 +213,12 @@ func (s IntakeStats) Refused() uint64 {
 	return n
 }
 
-// Intake receives agent batches from NATS: it decodes each message with one reused
-// proto.Decoder on the subscription's goroutine, checks that the subject's service and
-// version match the batch's, and hands good batches to the handler. On a partition subject,
+// Intake receives agent batches from NATS: it decodes each message with a reused
+// proto.Decoder, checks that the subject's service and version match the batch's, and hands
+// good batches to the handler. With one worker (IntakeConfig.Workers) that happens on the
+// subscription's goroutine; with several, that goroutine routes each message by its subject
+// to a worker, so batches of different groups are decoded in parallel and those of one
+// group in order. On a partition subject,
 // herd.p.<n>.<service>.<version>, it also checks that n is the group's partition
 // (proto.PartitionOf), so that no publisher can make two partitions' workers merge one group.
 // Refusals are counted in herd_ingest_dropped_total{reason} (decode reasons of proto.Reason,
@@ -215,14 +235,29 @@ type Intake struct {
 	// goroutine touches it.
 	slowSeen uint64
 
-	mu sync.Mutex // Guards the fields below; held while a message is handled.
-	// stopped is set when Run returns: the handler is never called after that.
-	stopped    bool
-	dec        proto.Decoder
-	batch      proto.Batch
-	subjects   map[string]subjectInfo // parsed subjects, bounded
+	// workers decode and hand on messages; with one, the subscription's goroutine runs it
+	// itself. queues[i] feeds workers[i] when there are several.
+	workers []*worker
+	queues  []chan *nats.Msg
+
+	// routeMu guards stopped: the subscription's goroutine holds it for reading while it
+	// routes a message, Run for writing when it stops routing.
+	routeMu sync.RWMutex
+	// stopped is set when Run stops: the handler is never called after Run returns.
+	stopped bool
+
+	logMu      sync.Mutex // Guards the fields below.
 	lastLog    time.Time
 	suppressed int
+}
+
+// worker is the decoding state of one of an Intake's workers.
+type worker struct {
+	mu       sync.Mutex // Guards the fields below; held while a message is handled.
+	stopped  bool       // set when Run stops
+	dec      proto.Decoder
+	batch    proto.Batch
+	subjects map[string]subjectInfo // parsed subjects, bounded
 }
 
 type subjectInfo struct {
@@ -236,8 +271,9 @@ type subjectInfo struct {
 const maxSubjects = 4096
 
 // NewIntake builds an intake reading from nc that counts into m (nil: metrics of its own, for
-// tests). handle is called on the subscription's goroutine with each good batch; the batch
-// and everything it points to are valid only during the call. NewIntake subscribes nothing;
+// tests). handle is called with each good batch, on the subscription's goroutine or, with
+// several workers, concurrently from the workers (never two batches of one group at once);
+// the batch and everything it points to are valid only during the call. NewIntake subscribes nothing;
 // Run does.
 //
 // Slow-consumer drops are read from the subscription (nats.Subscription.Dropped), so the
@@ -257,15 +293,18 @@ func NewIntake(cfg IntakeConfig, m *IntakeMetrics, nc *nats.Conn, handle func(*p
 	if m == nil {
 		m = NewIntakeMetrics(nil)
 	}
-	return &Intake{
-		cfg:      cfg,
-		nc:       nc,
-		fn:       handle,
-		log:      logger,
-		m:        m,
-		ready:    make(chan struct{}),
-		subjects: make(map[string]subjectInfo),
-	}, nil
+	in := &Intake{
+		cfg:   cfg,
+		nc:    nc,
+		fn:    handle,
+		log:   logger,
+		m:     m,
+		ready: make(chan struct{}),
+	}
+	for range cfg.Workers {
+		in.workers = append(in.workers, &worker{subjects: make(map[string]subjectInfo)})
+	}
+	return in, nil
 }
 
 // Stats returns the totals of the intake's IntakeMetrics: those of every intake sharing them.
@@ -278,6 +317,35 @@ func (in *Intake) Ready() <-chan struct{} { return in.ready }
 // subscription (handling what is buffered, up to DrainTimeout), unsubscribes and returns.
 // The handler is not called after Run returns.
 func (in *Intake) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	if len(in.workers) > 1 {
+		size := min(64, in.cfg.PendingMsgs/(4*len(in.workers)))
+		in.queues = make([]chan *nats.Msg, len(in.workers))
+		for i, w := range in.workers {
+			q := make(chan *nats.Msg, size)
+			in.queues[i] = q
+			wg.Go(func() {
+				for m := range q {
+					in.handle(w, m.Subject, m.Data)
+				}
+			})
+		}
+	}
+	// Whatever way Run returns, routing stops first, then the workers finish their queues.
+	defer func() {
+		in.routeMu.Lock()
+		in.stopped = true
+		in.routeMu.Unlock()
+		for _, q := range in.queues {
+			close(q)
+		}
+		wg.Wait()
+		for _, w := range in.workers {
+			w.mu.Lock()
+			w.stopped = true
+			w.mu.Unlock()
+		}
+	}()
 	sub, err := in.nc.QueueSubscribe(in.cfg.Subject, in.cfg.Queue, in.onMsg)
 	if err != nil {
 		return fmt.Errorf("cannot subscribe to %s: %w", in.cfg.Subject, err)
@@ -315,9 +383,6 @@ func (in *Intake) Run(ctx context.Context) error {
 	if sub.IsValid() {
 		_ = sub.Unsubscribe()
 	}
-	in.mu.Lock()
-	in.stopped = true
-	in.mu.Unlock()
 	in.log.Info("intake stopped", "subject", in.cfg.Subject)
 	return nil
 }
@@ -340,17 +405,44 @@ func (in *Intake) HandleAsyncError(_ *nats.Conn, sub *nats.Subscription, err err
 	}
 }
 
-func (in *Intake) onMsg(m *nats.Msg) { in.handleMsg(m.Subject, m.Data) }
-
-// handleMsg checks, decodes and hands on one message.
-func (in *Intake) handleMsg(subject string, data []byte) {
-	in.mu.Lock()
-	defer in.mu.Unlock()
+// onMsg handles m on the subscription's goroutine, or routes it to the worker of its
+// subject.
+func (in *Intake) onMsg(m *nats.Msg) {
+	if len(in.queues) == 0 {
+		in.handle(in.workers[0], m.Subject, m.Data)
+		return
+	}
+	in.routeMu.RLock()
+	defer in.routeMu.RUnlock()
 	if in.stopped {
 		return
 	}
+	in.queues[workerOf(m.Subject, len(in.queues))] <- m
+}
+
+// workerOf returns the worker of subject among n: FNV-1a of the subject, so one group's
+// messages stay in order on one worker.
+func workerOf(subject string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(subject); i++ {
+		h ^= uint32(subject[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
+}
+
+// handleMsg handles one message on the first worker (tests and benchmarks).
+func (in *Intake) handleMsg(subject string, data []byte) { in.handle(in.workers[0], subject, data) }
+
+// handle checks, decodes and hands on one message with w's state.
+func (in *Intake) handle(w *worker, subject string, data []byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped {
+		return
+	}
 	in.m.bytes.Add(len(data))
-	si := in.parseSubject(subject)
+	si := in.parseSubject(w, subject)
 	if si.bad {
 		in.refuse(ReasonBadSubject, subject, fmt.Errorf("subject %q does not name a service and version after %q", subject, in.cfg.Prefix))
 		return
@@ -359,8 +451,8 @@ func (in *Intake) handleMsg(subject string, data []byte) {
 		in.refuse(ReasonWrongPartition, subject, fmt.Errorf("subject %q is not the partition of group %s/%s", subject, si.service, si.version))
 		return
 	}
-	b := &in.batch
-	if err := in.dec.Decode(data, b); err != nil {
+	b := &w.batch
+	if err := w.dec.Decode(data, b); err != nil {
 		in.refuse(proto.Reason(err), subject, err)
 		return
 	}
@@ -372,9 +464,10 @@ func (in *Intake) handleMsg(subject string, data []byte) {
 	in.fn(b)
 }
 
-// parseSubject returns the service and version a subject names, cached. The caller holds mu.
-func (in *Intake) parseSubject(subject string) subjectInfo {
-	if si, ok := in.subjects[subject]; ok {
+// parseSubject returns the service and version a subject names, cached in w. The caller
+// holds w.mu.
+func (in *Intake) parseSubject(w *worker, subject string) subjectInfo {
+	if si, ok := w.subjects[subject]; ok {
 		return si
 	}
 	var si subjectInfo
@@ -385,10 +478,10 @@ func (in *Intake) parseSubject(subject string) subjectInfo {
 		si.service, si.version = svc, ver
 		si.wrongPartition = !partitionMatches(subject)
 	}
-	if len(in.subjects) >= maxSubjects {
-		clear(in.subjects)
+	if len(w.subjects) >= maxSubjects {
+		clear(w.subjects)
 	}
-	in.subjects[subject] = si
+	w.subjects[subject] = si
 	return si
 }
 
@@ -426,6 +519,8 @@ func partitionMatches(subject string) bool {
 // refuse counts a refused message and logs at most one line every 10 s.
 func (in *Intake) refuse(reason, subject string, err error) {
 	in.m.reason(reason).Inc()
+	in.logMu.Lock()
+	defer in.logMu.Unlock()
 	now := time.Now()
 	if now.Sub(in.lastLog) < 10*time.Second {
 		in.suppressed++

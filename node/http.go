@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -14,8 +15,8 @@ import (
 	"github.com/herd-dev/herd/web"
 )
 
-// newHTTP opens the HTTP listener and builds its routes: /metrics, /livez and /readyz on
-// every node; the dashboard and the API with the web role; the decisions and Flagger
+// newHTTP opens the HTTP listener and builds its routes: /metrics, /debug/pprof/, /livez and
+// /readyz on every node; the dashboard and the API with the web role; the decisions and Flagger
 // endpoints with the detect role; /metrics/groups (per-version rollups and verdicts, see
 // package export) with either. Without an HTTP address it does nothing.
 //
@@ -59,6 +60,12 @@ func (n *Node) newHTTP() (err error) {
 	if n.exp != nil {
 		mux.Handle("GET /metrics/groups", protect(n.exp))
 	}
+	// Profiles, behind the same Guard as /metrics: with tokens, a token is required.
+	mux.Handle("GET /debug/pprof/", protect(http.HandlerFunc(pprof.Index)))
+	mux.Handle("GET /debug/pprof/cmdline", protect(http.HandlerFunc(pprof.Cmdline)))
+	mux.Handle("GET /debug/pprof/profile", protect(http.HandlerFunc(pprof.Profile)))
+	mux.Handle("GET /debug/pprof/symbol", protect(http.HandlerFunc(pprof.Symbol)))
+	mux.Handle("GET /debug/pprof/trace", protect(http.HandlerFunc(pprof.Trace)))
 	mux.HandleFunc("GET /livez", n.serveLive)
 	mux.HandleFunc("GET /readyz", n.serveReady)
 	if err := n.newOpsHTTP(); err != nil {

@@ -122,7 +122,7 @@ func (r *Rollup) admitLocked(k groupKey, now int64) (*group, string) {
 		svc = new(serviceState)
 		a.services[k.service] = svc
 	}
-	g := newGroup(k, r.closedBefore)
+	g := newGroup(k, max(r.closedBefore, r.reopen[k]))
 	g.svc = svc
 	g.lastBatch = now
 	g.batches = 0
@@ -163,7 +163,7 @@ func (r *Rollup) evictIdleLocked(l *list.List, now int64) bool {
 // idle reports whether g may be evicted at now: it holds no open window or correction and has
 // had no batch for idleAfter, or a single batch ever.
 func (r *Rollup) idle(g *group, now int64) bool {
-	return len(g.windows) == 0 && len(r.corr[g.key]) == 0 && (g.batches <= 1 || now-g.lastBatch >= r.adm.idleAfter)
+	return len(g.windows) == 0 && len(r.corr[g.key]) == 0 && (g.next <= r.closedBefore || len(r.reopen) < r.cfg.MaxGroups) && (g.batches <= 1 || now-g.lastBatch >= r.adm.idleAfter)
 }
 
 // dropGroupLocked forgets g, for reason (groupExpired, groupEvicted). It must hold no open
@@ -174,6 +174,13 @@ func (r *Rollup) dropGroupLocked(g *group, reason string) {
 	}
 	a := &r.adm
 	delete(r.groups, g.key)
+	if g.next > r.closedBefore {
+		// Its intervals up to g.next closed early: made anew, it must not reopen them.
+		if r.reopen == nil {
+			r.reopen = make(map[groupKey]int64)
+		}
+		r.reopen[g.key] = g.next
+	}
 	a.lru.Remove(g.inAll)
 	svc := g.svc
 	svc.groups.Remove(g.inService)

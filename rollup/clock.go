@@ -166,8 +166,13 @@ func (r *Rollup) holdLocked(in *instance, b *proto.Batch, now int64) {
 		r.held = make(map[[16]byte]*heldBatch)
 	}
 	r.held[b.Instance] = h
+	r.heldQ = append(r.heldQ, h)
 	r.heldBytes += h.bytes
 	in.held = true
+	if r.heldBy == nil {
+		r.heldBy = make(map[groupKey]int)
+	}
+	r.heldBy[groupKey{b.Service, b.Version}]++
 }
 
 // releaseLocked places the held batch h with the correction its instance's clock gives now,
@@ -177,6 +182,11 @@ func (r *Rollup) holdLocked(in *instance, b *proto.Batch, now int64) {
 func (r *Rollup) releaseLocked(h *heldBatch, now int64) {
 	delete(r.held, h.b.Instance)
 	r.heldBytes -= h.bytes
+	if k := (groupKey{h.b.Service, h.b.Version}); r.heldBy[k] > 1 {
+		r.heldBy[k]--
+	} else {
+		delete(r.heldBy, k)
+	}
 	in, ok := r.insts.Peek(h.b.Instance)
 	if !ok || !in.held || in.start != h.b.InstanceStart {
 		r.placeLocked(nil, true, &h.b, 0, h.at, now)
@@ -187,15 +197,38 @@ func (r *Rollup) releaseLocked(h *heldBatch, now int64) {
 }
 
 // releaseDueLocked releases the batches held for holdFor or longer at now, or all of them.
+// r.heldQ holds them in order of arrival, with the ones released since: only its due head
+// is looked at, so a check costs nothing while nothing is due.
 func (r *Rollup) releaseDueLocked(now int64, all bool) {
 	if len(r.held) == 0 {
+		clear(r.heldQ)
+		r.heldQ = r.heldQ[:0]
 		return
 	}
-	due := make([]*heldBatch, 0, len(r.held))
-	for _, h := range r.held {
-		if all || now-h.at >= r.holdFor() {
+	var due []*heldBatch
+	if all {
+		due = make([]*heldBatch, 0, len(r.held))
+		for _, h := range r.held {
 			due = append(due, h)
 		}
+		clear(r.heldQ)
+		r.heldQ = r.heldQ[:0]
+	} else {
+		n := 0
+		for _, h := range r.heldQ {
+			if r.held[h.b.Instance] == h {
+				if now-h.at < r.holdFor() {
+					break
+				}
+				due = append(due, h)
+			} // else released already
+			n++
+		}
+		clear(r.heldQ[:n])
+		r.heldQ = r.heldQ[n:]
+	}
+	if len(due) == 0 {
+		return
 	}
 	// In arrival order, so that what is placed does not depend on map order.
 	slices.SortFunc(due, func(a, b *heldBatch) int {

@@ -67,6 +67,14 @@ type Config struct {
 	// is merged into a correction of that window (proto.Window.Correction); an older one is
 	// refused as "late". 0 refuses every late batch.
 	CorrectionHorizon time.Duration
+	// CloseComplete closes a window before its end + Lateness once it is complete: every
+	// instance expected in it (see Rollup, Completeness) has sent its batch for it, and no
+	// batch was merged into it for Settle. Late batches for a window closed early are merged
+	// into corrections like any other (CorrectionHorizon).
+	CloseComplete bool
+	// Settle is how long a complete window stays open after its end and after the last
+	// batch merged into it, for the batches of instances not expected in it yet (new ones).
+	Settle time.Duration
 }
 
 // DefaultConfig returns the defaults that RegisterFlags registers.
@@ -86,6 +94,8 @@ func DefaultConfig() Config {
 		SplitSeries:           proto.SeriesRequests + "," + proto.SeriesErrors + "," + proto.SeriesLatency,
 		MaxSkew:               5 * time.Second,
 		CorrectionHorizon:     time.Minute,
+		CloseComplete:         true,
+		Settle:                20 * time.Millisecond,
 	}
 }
 
@@ -119,6 +129,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		"comma-separated names of the series the windows' warm aggregate and halves carry, * for every series (names)")
 	fs.DurationVar(&c.MaxSkew, "rollup.max-skew", d.MaxSkew,
 		"largest agent clock offset corrected, estimated per instance from arrival times; 0 corrects none (duration)")
+	fs.BoolVar(&c.CloseComplete, "rollup.close-complete", d.CloseComplete,
+		"close a window before its lateness ran out once every instance expected in it sent its batch and -rollup.settle passed without a batch (bool)")
+	fs.DurationVar(&c.Settle, "rollup.settle", d.Settle,
+		"how long a complete window stays open after its end and its last batch, for new instances' first batches (duration)")
 	fs.DurationVar(&c.CorrectionHorizon, "rollup.correction-horizon", d.CorrectionHorizon,
 		"a batch arriving up to this long after its window's end is still published, as a correction of the closed window; an older one is refused as late; 0 refuses every late batch (duration)")
 }
@@ -153,6 +167,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("-rollup.max-skew %s must be between 0 and 1h", c.MaxSkew)
 	case c.CorrectionHorizon < 0 || c.CorrectionHorizon > time.Hour:
 		return fmt.Errorf("-rollup.correction-horizon %s must be between 0 and 1h", c.CorrectionHorizon)
+	case c.Settle < 0 || c.Settle > time.Hour:
+		return fmt.Errorf("-rollup.settle %s must be between 0 and 1h", c.Settle)
 	}
 	if c.Warmup > 0 {
 		if _, err := c.splitNames(); err != nil {

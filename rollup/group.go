@@ -31,6 +31,9 @@ type group struct {
 
 	// windows are the open windows, sorted by start.
 	windows []*window
+	// exp are the batches expected in the windows not closed yet, by window index,
+	// ascending (see complete.go).
+	exp []expect
 	// next is the start of the first window interval not yet closed (unix nanos).
 	next int64
 	// lastData is the end of the newest closed window that had at least one merged batch.
@@ -172,7 +175,9 @@ type window struct {
 	split split
 	// Instance counts (see proto.Window).
 	instances, started, stopped int
-	halfInstances               [2]int
+	// lastAdd is when the last batch was merged (unix nanos, local clock).
+	lastAdd       int64
+	halfInstances [2]int
 	// buckets is the dense histogram buckets of the accumulators in use (counted against
 	// Config.MaxWindowBuckets); held is the bucket capacity of every accumulator, which
 	// stays across reuse.
@@ -317,6 +322,7 @@ func (w *window) reset() {
 	clear(w.meta) // drop references to deleted series' strings
 	w.meta = w.meta[:0]
 	w.instances, w.started, w.stopped = 0, 0, 0
+	w.lastAdd = 0
 	w.halfInstances = [2]int{}
 	w.buckets = 0
 }

@@ -37,6 +37,11 @@ type instance struct {
 	// its batches waits in Rollup.held for the next arrival to tell skew from delay.
 	clk  clock
 	held bool
+
+	// expG and expIdx are the group and window index its next batch is expected in; expG
+	// is nil when it expects none (see complete.go).
+	expG   *group
+	expIdx int64
 }
 
 // reset makes in the state of a new instance whose first batch has sequence number seq and

@@ -76,6 +76,7 @@ type Metrics struct {
 	windows         *metrics.Counter
 	emptyWindows    *metrics.Counter
 	ticksMissed     *metrics.Counter
+	closedEarly     *metrics.Counter
 	emitDelay       *metrics.PrometheusHistogram
 	skewCorrected   *metrics.Counter
 	corrected       *metrics.Counter
@@ -125,6 +126,7 @@ func NewMetrics(set *metrics.Set) *Metrics {
 		windows:         set.NewCounter("herd_rollup_windows_emitted_total"),
 		emptyWindows:    set.NewCounter("herd_rollup_empty_windows_emitted_total"),
 		ticksMissed:     set.NewCounter("herd_rollup_ticks_missed_total"),
+		closedEarly:     set.NewCounter("herd_rollup_windows_closed_complete_total"),
 		emitDelay:       set.NewPrometheusHistogramExt("herd_rollup_window_emit_delay_seconds", emitDelayBuckets),
 		skewCorrected:   set.NewCounter("herd_rollup_batches_skew_corrected_total"),
 		corrected:       set.NewCounter("herd_rollup_batches_corrected_total"),
@@ -183,31 +185,35 @@ type Stats struct {
 	CorrectionsEmitted  uint64 // corrections handed to Emit
 	EmptyWindowsEmitted uint64
 	TicksMissed         uint64
-	Groups              int // current groups
-	Instances           int // current live (not stopped) instances
-	Series              int // current series over all groups
+	// WindowsClosedComplete counts the windows (empty ones included) closed before their
+	// lateness ran out because they were complete (Config.CloseComplete).
+	WindowsClosedComplete uint64
+	Groups                int // current groups
+	Instances             int // current live (not stopped) instances
+	Series                int // current series over all groups
 }
 
 func (m *Metrics) stats() Stats {
 	st := Stats{
-		Batches:              m.batches.Get(),
-		BatchesMerged:        m.batchesMerged.Get(),
-		BatchesCorrected:     m.corrected.Get(),
-		BatchesSkewCorrected: m.skewCorrected.Get(),
-		CorrectionsEmitted:   m.corrections.Get(),
-		BatchesWarming:       m.batchesWarming.Get(),
-		RefusedBy:            make(map[string]uint64, len(batchReasons)),
-		Samples:              m.samples.Get(),
-		SeriesRefused:        make(map[string]uint64, len(seriesReasons)),
-		Lost:                 m.lost.Get(),
-		Forgotten:            make(map[string]uint64, len(forgottenReasons)),
-		GroupsForgotten:      make(map[string]uint64, len(groupReasons)),
-		WindowsEmitted:       m.windows.Get(),
-		EmptyWindowsEmitted:  m.emptyWindows.Get(),
-		TicksMissed:          m.ticksMissed.Get(),
-		Groups:               int(m.groups.Load()),
-		Instances:            int(m.instances.Load()),
-		Series:               int(m.series.Load()),
+		Batches:               m.batches.Get(),
+		BatchesMerged:         m.batchesMerged.Get(),
+		BatchesCorrected:      m.corrected.Get(),
+		BatchesSkewCorrected:  m.skewCorrected.Get(),
+		CorrectionsEmitted:    m.corrections.Get(),
+		BatchesWarming:        m.batchesWarming.Get(),
+		RefusedBy:             make(map[string]uint64, len(batchReasons)),
+		Samples:               m.samples.Get(),
+		SeriesRefused:         make(map[string]uint64, len(seriesReasons)),
+		Lost:                  m.lost.Get(),
+		Forgotten:             make(map[string]uint64, len(forgottenReasons)),
+		GroupsForgotten:       make(map[string]uint64, len(groupReasons)),
+		WindowsEmitted:        m.windows.Get(),
+		EmptyWindowsEmitted:   m.emptyWindows.Get(),
+		TicksMissed:           m.ticksMissed.Get(),
+		WindowsClosedComplete: m.closedEarly.Get(),
+		Groups:                int(m.groups.Load()),
+		Instances:             int(m.instances.Load()),
+		Series:                int(m.series.Load()),
 	}
 	for r, c := range m.batchesRefused {
 		st.RefusedBy[r] = c.Get()
@@ -249,6 +255,7 @@ var rollupHelp = map[string]string{
 	"herd_rollup_windows_emitted_total":             "Closed windows emitted (corrections not included).",
 	"herd_rollup_empty_windows_emitted_total":       "Closed windows emitted with no instance (a group that stopped reporting).",
 	"herd_rollup_ticks_missed_total":                "Window-close ticks that came too late and were skipped.",
+	"herd_rollup_windows_closed_complete_total":     "Windows closed before their lateness ran out: every instance expected in them had sent its batch.",
 	"herd_rollup_window_emit_delay_seconds":         "Delay from a window's end to its emission.",
 	"herd_rollup_batches_skew_corrected_total":      "Batches merged with their times corrected for the clock offset estimated for their instance.",
 	"herd_rollup_batches_corrected_total":           "Batches that arrived after their window closed, within the correction horizon, merged into a correction.",

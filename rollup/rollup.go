@@ -6,9 +6,12 @@
 //
 // A batch covering [Start, End) belongs to the window [s, s+W) with s = floor((End+c-1)/W)·W,
 // where c is its instance's clock correction (0 for a clock that is right; see Clocks), so a
-// batch aligned at t lands in [t-W, t). A window closes once now ≥ its end + lateness; Run
-// does that on a timer aligned to those instants, Advance does it for a given time and Flush
-// closes everything. A batch for a closed window is merged into a correction of it if the
+// batch aligned at t lands in [t-W, t). A window closes once now ≥ its end + lateness, or
+// earlier, with Config.CloseComplete, once it is complete: every instance expected in it (one
+// whose previous batch said its next would end there) has sent its batch, and Settle passed
+// since its end and its last batch (see complete.go). Run does that on a timer aligned to
+// those instants and when a batch completes a window, Advance does it for a given time and
+// Flush closes everything. A batch for a closed window is merged into a correction of it if the
 // window ended less than CorrectionHorizon ago (see Corrections), and refused as "late"
 // otherwise: lost, and counted. A batch ending (corrected) more than MaxFuture ahead of the
 // local clock is refused as "future".
@@ -189,9 +192,26 @@ type Rollup struct {
 	// heldBytes their memory (see clock.go).
 	held      map[[16]byte]*heldBatch
 	heldBytes int
+	// heldQ is the held batches in order of arrival, and batches released since (see
+	// releaseDueLocked); its length is bounded by the batches held within holdFor.
+	heldQ []*heldBatch
 	// corr are the open corrections by group, ncorr their number (see correct.go).
 	corr  map[groupKey][]*correction
 	ncorr int
+	// heldBy counts the held batches by group: a group with one closes no window early.
+	heldBy map[groupKey]int
+	// reopen holds, for the groups dropped after closing intervals early, where their next
+	// interval starts, until closedBefore passes it (within Lateness): at most the groups
+	// dropped in that time, and an idle group is not evicted while it holds MaxGroups.
+	reopen map[groupKey]int64
+	// recheck is when a complete window settles (0: none); Run wakes then.
+	recheck int64
+
+	// early is Config.CloseComplete, settle Config.Settle in nanos; wake tells Run that a
+	// window may have become complete (see complete.go).
+	early  bool
+	settle int64
+	wake   chan struct{}
 }
 
 // maxFree bounds the recycled windows and instance states kept; maxFreeBytes bounds the
@@ -234,6 +254,9 @@ func New(cfg Config, m *Metrics, emit Emit, logger *slog.Logger) (*Rollup, error
 		groups:     make(map[groupKey]*group),
 		dropReason: forgotEvicted,
 		adm:        newAdmission(cfg),
+		early:      cfg.CloseComplete,
+		settle:     int64(cfg.Settle),
+		wake:       make(chan struct{}, 1),
 	}
 	if cfg.Warmup > 0 {
 		names, _ := cfg.splitNames() // checked by Validate
@@ -343,7 +366,12 @@ func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, at
 			return in
 		}
 	}
-	late := start < r.closedBefore || start+r.w+r.lateness <= at
+	gk := groupKey{b.Service, b.Version}
+	g := r.groups[gk]
+	// Closed: before closedBefore, due when b arrived, or closed early in its group (or in
+	// the group's previous incarnation, whose next interval reopen keeps; see admitLocked).
+	late := start < r.closedBefore || start+r.w+r.lateness <= at || (g != nil && start < g.next) ||
+		(g == nil && start < r.reopen[gk])
 	var refuse string
 	switch {
 	case end > at+r.maxFuture:
@@ -367,8 +395,6 @@ func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, at
 		return in
 	}
 
-	gk := groupKey{b.Service, b.Version}
-	g := r.groups[gk]
 	if g == nil {
 		var reason string
 		if g, reason = r.admitLocked(gk, now); g == nil {
@@ -453,7 +479,14 @@ func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, at
 		}
 	}
 	r.mergeLocked(g, w, b, half, now)
+	w.lastAdd = now
 	r.touchLocked(g, now)
+	if in != nil {
+		r.expectLocked(in, g, idx, end, b.End-b.Start, b.Final, c != nil, now)
+	}
+	if c == nil {
+		r.mergedLateLocked(g, idx, now)
+	}
 	r.m.batchesMerged.Inc()
 	if c != nil {
 		r.m.corrected.Inc()
@@ -594,6 +627,7 @@ func (r *Rollup) stopLocked(in *instance) {
 		return
 	}
 	in.stopped = true
+	r.cancelExpectLocked(in, r.now().UnixNano())
 	r.live--
 	r.m.instances.Add(-1)
 	r.m.forgotten[forgotFinal].Inc()
@@ -603,6 +637,7 @@ func (r *Rollup) stopLocked(in *instance) {
 // gaps as lost and recycles the state. r.dropReason names the cause.
 func (r *Rollup) onDropLocked(_ [16]byte, in *instance) {
 	r.m.lost.Add(int(in.pending()))
+	r.cancelExpectLocked(in, r.now().UnixNano())
 	if !in.stopped {
 		r.live--
 		r.m.instances.Add(-1)

@@ -390,8 +390,12 @@ func TestFinalForgetsInstance(t *testing.T) {
 		r.Add(fin) // redelivered final: refused, not a new instance
 		closeAll(r, end.Add(win))
 		ws := s.take()
+		// Windows after the last batch, complete with nobody expected, close early: empty.
+		for len(ws) > 2 && ws[len(ws)-1].Instances == 0 {
+			ws = ws[:len(ws)-1]
+		}
 		if len(ws) != 2 {
-			t.Fatalf("got %d windows; want 2", len(ws))
+			t.Fatalf("got %d windows with data; want 2", len(ws))
 		}
 		if ws[1].InstancesStopped != 1 || ws[1].Instances != 1 || ws[1].InstancesStarted != 0 {
 			t.Errorf("window 2: got instances %d started %d stopped %d; want 1 0 1",

@@ -10,30 +10,60 @@ import (
 )
 
 // Run closes windows until ctx is done, on a timer aligned to the instants windows become
-// due (window end + lateness), counting ticks it could not keep. It returns nil once ctx is
-// done and its timer is stopped; it does not flush (call Flush after stopping intake).
+// due (window end + lateness), counting ticks it could not keep. With Config.CloseComplete it
+// also wakes Settle after every window end, when a batch completes a window, and when a
+// complete window settles, to close complete windows early. It returns nil once ctx is done
+// and its timer is stopped; it does not flush (call Flush after stopping intake).
 func (r *Rollup) Run(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	now := r.now().UnixNano()
 	due := r.nextDue(now)
+	var recheck, last int64
+	// A completed window wakes Run at once, but Advance runs at most every minGap: with many
+	// groups completing one after another, the windows that completed meanwhile close together.
+	minGap := max(r.settle/4, int64(time.Millisecond))
 	for {
-		timer.Reset(time.Duration(due - now))
+		at := due
+		if r.early {
+			at = min(at, r.nextSettled(now))
+			if recheck > now {
+				at = min(at, recheck)
+			}
+		}
+		timer.Reset(time.Duration(at - now))
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-timer.C:
+		case <-r.wake:
+			timer.Stop()
+			if t := r.now().UnixNano(); t < last+minGap {
+				now, recheck = t, last+minGap
+				continue
+			}
 		}
-		r.Advance(r.now())
+		last = r.now().UnixNano()
+		r.Advance(time.Unix(0, last))
+		r.mu.Lock()
+		recheck = r.recheck
+		r.mu.Unlock()
 		// A slow Emit or a late timer skips due instants; the next Advance closes their
 		// windows too, late, and the skipped ticks are counted.
 		now = r.now().UnixNano()
-		next := r.nextDue(now)
-		if skipped := (next-due)/r.w - 1; skipped > 0 {
-			r.m.ticksMissed.Add(int(skipped))
+		if now >= due {
+			next := r.nextDue(now)
+			if skipped := (next-due)/r.w - 1; skipped > 0 {
+				r.m.ticksMissed.Add(int(skipped))
+			}
+			due = next
 		}
-		due = next
 	}
+}
+
+// nextSettled returns the first instant after now that lies Settle after a window end.
+func (r *Rollup) nextSettled(now int64) int64 {
+	return (floorDiv(now-r.settle, r.w)+1)*r.w + r.settle
 }
 
 // nextDue returns the first instant after now at which a window becomes due.
@@ -42,8 +72,9 @@ func (r *Rollup) nextDue(now int64) int64 {
 }
 
 // Advance places the batches held too long for their instance's next arrival (see the
-// package doc, Clocks), then closes and emits every window due at now (end + lateness ≤ now),
-// in time order, including the empty windows of recently active groups, then the corrections
+// package doc, Clocks), then closes and emits every window due at now (end + lateness ≤ now)
+// and, with Config.CloseComplete, every window complete at now (see complete.go), in time
+// order per group, including the empty windows of recently active groups, then the corrections
 // open for Lateness; and it forgets instances silent for InstanceTTL. Run calls it; tests and
 // one-shot tools may call it directly.
 func (r *Rollup) Advance(now time.Time) {
@@ -54,6 +85,8 @@ func (r *Rollup) Advance(now time.Time) {
 	r.releaseDueLocked(nowNs, false)
 	cb := floorDiv(nowNs-r.lateness, r.w) * r.w
 	r.closeLocked(max(cb, r.closedBefore))
+	r.recheck = r.closeCompleteLocked(nowNs)
+	r.sortClosing()
 	r.closeCorrectionsLocked(nowNs, false)
 	r.expireLocked(nowNs)
 	r.mu.Unlock()
@@ -97,12 +130,22 @@ type closing struct {
 func (r *Rollup) closeLocked(cb int64) {
 	r.closedBefore = cb
 	r.closing = r.closing[:0]
+	for k, next := range r.reopen {
+		if next <= cb {
+			delete(r.reopen, k)
+		}
+	}
 	for _, g := range r.groups {
 		r.closeGroupLocked(g, cb)
 		if len(g.windows) == 0 && g.next >= g.lastData+r.ttl && len(r.corr[g.key]) == 0 {
 			r.dropGroupLocked(g, groupExpired)
 		}
 	}
+	r.sortClosing()
+}
+
+// sortClosing orders r.closing by start, then group. The caller holds emitMu.
+func (r *Rollup) sortClosing() {
 	slices.SortFunc(r.closing, func(a, b closing) int {
 		return cmp.Or(cmp.Compare(a.start, b.start), cmp.Compare(a.key.service, b.key.service), cmp.Compare(a.key.version, b.key.version))
 	})
@@ -135,6 +178,7 @@ func (r *Rollup) closeGroupLocked(g *group, cb int64) {
 		}
 		g.next = next
 	}
+	g.trimExpect(r.w)
 }
 
 // expireLocked forgets instances silent for InstanceTTL and, every half TTL, series unused

@@ -21,7 +21,9 @@ import (
 func TestRunClosesAtEndPlusLateness(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r, s := newTestRollup(t, DefaultConfig())
+		cfg := DefaultConfig()
+		cfg.CloseComplete = false
+		r, s := newTestRollup(t, cfg)
 		ctx, cancel := context.WithCancel(t.Context())
 		var wg sync.WaitGroup
 		wg.Go(func() {

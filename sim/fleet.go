@@ -33,8 +33,15 @@ type FleetConfig struct {
 	Seed uint64
 	// Shards is the number of goroutines the instances are spread over [4].
 	Shards int
-	// Publish sends a batch; typically (*nats.Conn).Publish. Required.
+	// Publish sends a batch; typically (*nats.Conn).Publish. Required unless Publishers is set.
 	Publish ingest.PublishFunc
+	// Publishers, if set, replaces Publish: shard i publishes with Publishers[i mod len], so a
+	// load generator can spread the instances over several connections.
+	Publishers []ingest.PublishFunc
+	// OnInterval, if set, is called by each shard after it published an interval's batches:
+	// the boundary they were stamped with, when the shard finished, and how many boundaries
+	// it skipped before the next one because it was late. It runs on the shard's goroutine.
+	OnInterval func(shard int, boundary, done time.Time, skipped int)
 	// Logger receives the instances' logs [none].
 	Logger *slog.Logger
 }
@@ -78,8 +85,13 @@ func NewFleet(cfg FleetConfig) (*Fleet, error) {
 	if cfg.Interval > time.Duration(proto.MaxInterval) {
 		return nil, fmt.Errorf("cannot create fleet: interval %s is longer than %s", cfg.Interval, time.Duration(proto.MaxInterval))
 	}
-	if cfg.Publish == nil {
+	if cfg.Publish == nil && len(cfg.Publishers) == 0 {
 		return nil, errors.New("cannot create fleet: no publish function")
+	}
+	for _, p := range cfg.Publishers {
+		if p == nil {
+			return nil, errors.New("cannot create fleet: nil publish function in Publishers")
+		}
 	}
 	if cfg.LifetimeMin <= 0 || cfg.LifetimeMax < cfg.LifetimeMin {
 		return nil, fmt.Errorf("cannot create fleet: instance lifetime range [%s, %s] is empty", cfg.LifetimeMin, cfg.LifetimeMax)
@@ -184,7 +196,7 @@ func (f *Fleet) runShard(ctx context.Context, shard int, end time.Time) error {
 	// Start the initial instances at once, with random ages so they do not all end together.
 	for _, g := range f.groups {
 		for range f.shardTarget(g, shard) {
-			in, err := f.start(g, now, rng, true)
+			in, err := f.start(g, shard, now, rng, true)
 			if err != nil {
 				f.stopAll(live, rng, now)
 				return err
@@ -235,7 +247,7 @@ func (f *Fleet) runShard(ctx context.Context, shard int, end time.Time) error {
 		// Replace ended instances; they start at the boundary.
 		for _, g := range f.groups {
 			for n := f.shardTarget(g, shard) - counts[g]; n > 0; n-- {
-				in, err := f.start(g, t, rng, false)
+				in, err := f.start(g, shard, t, rng, false)
 				if err != nil {
 					f.stopAll(live, rng, t)
 					return err
@@ -243,13 +255,28 @@ func (f *Fleet) runShard(ctx context.Context, shard int, end time.Time) error {
 				live = append(live, in)
 			}
 		}
+		boundary, done := next, time.Now()
 		next = next.Add(iv)
+		skipped := 0
 		if d := time.Until(next); d < 0 {
 			// Missed boundaries: skip to the next one ahead (the interval is simply longer).
-			next = time.Now().Truncate(iv).Add(iv)
+			ahead := time.Now().Truncate(iv).Add(iv)
+			skipped = int(ahead.Sub(next) / iv)
+			next = ahead
+		}
+		if f.cfg.OnInterval != nil {
+			f.cfg.OnInterval(shard, boundary, done, skipped)
 		}
 		timer.Reset(time.Until(next))
 	}
+}
+
+// publisher returns the publish function of shard.
+func (f *Fleet) publisher(shard int) ingest.PublishFunc {
+	if n := len(f.cfg.Publishers); n > 0 {
+		return f.cfg.Publishers[shard%n]
+	}
+	return f.cfg.Publish
 }
 
 // stopAll ends every instance at t with its last interval's traffic and a final batch.
@@ -260,7 +287,7 @@ func (f *Fleet) stopAll(live []*instance, rng *rand.Rand, t time.Time) {
 	}
 }
 
-func (f *Fleet) start(g *GroupState, now time.Time, rng *rand.Rand, initial bool) (*instance, error) {
+func (f *Fleet) start(g *GroupState, shard int, now time.Time, rng *rand.Rand, initial bool) (*instance, error) {
 	// Identities are random like a real fleet's; only the traffic follows the seed (two
 	// runs with one seed must not look like the same instances to the rollup).
 	id := uuid.New()
@@ -269,7 +296,7 @@ func (f *Fleet) start(g *GroupState, now time.Time, rng *rand.Rand, initial bool
 		Service:  g.spec.Service,
 		Version:  g.spec.Version,
 		Interval: f.cfg.Interval,
-		Publish:  f.cfg.Publish,
+		Publish:  f.publisher(shard),
 		Instance: id,
 		Start:    now,
 		Logger:   f.cfg.Logger,

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/node"
@@ -21,13 +23,13 @@ import (
 
 // benchCommands are the benchmarks `herd bench <what>` runs.
 func benchCommands() []command {
-	return []command{benchIngestCommand(), benchDetectCommand()}
+	return []command{benchIngestCommand(), benchLoadCommand(), benchDetectCommand()}
 }
 
 func benchCommand() command {
 	return command{
 		name:  "bench",
-		usage: "ingest|detect [flags]   (see 'herd bench <what> --help')",
+		usage: "ingest|load|detect [flags]   (see 'herd bench <what> --help')",
 		short: "run reproducible end-to-end benchmarks",
 		raw: func(ctx context.Context, e *env, args []string) error {
 			if len(args) > 0 && args[0] != "-h" && args[0] != "--help" {
@@ -39,7 +41,7 @@ func benchCommand() command {
 						return nil
 					}
 				}
-				return fmt.Errorf("%w: unknown benchmark %q: herd bench ingest | detect", errUsage, args[0])
+				return fmt.Errorf("%w: unknown benchmark %q: herd bench ingest | load | detect", errUsage, args[0])
 			}
 			w := e.stdout // help asked for goes to stdout, a missing argument to stderr
 			if len(args) == 0 {
@@ -78,7 +80,17 @@ type benchIngestReport struct {
 	HeapMiB        float64 `json:"heap_mib"`
 	Exact          bool    `json:"exact"`
 	GOMAXPROCS     int     `json:"gomaxprocs"`
+	WindowDelayP50 float64 `json:"window_delay_p50_ms"`
 	WindowDelayP99 float64 `json:"window_delay_p99_ms"`
+	Corrections    int     `json:"corrections_received"`
+	Conns          int     `json:"conns"`
+	// The generator's publish lag (boundary → its last batch handed to NATS) and the
+	// boundaries it skipped; Behind names the side that fell behind when not exact
+	// ("generator", "herd", "both"), Why what showed it.
+	BoundariesMissed int     `json:"gen_boundaries_missed"`
+	LagP99Ms         float64 `json:"gen_publish_lag_p99_ms"`
+	Behind           string  `json:"behind,omitempty"`
+	Why              string  `json:"why,omitempty"`
 }
 
 func benchIngestCommand() command {
@@ -90,7 +102,8 @@ func benchIngestCommand() command {
 			instances := fs.Int("instances", 5000, "simulated instances (count)")
 			duration := fs.Duration("duration", 30*time.Second, "how long the fleet publishes (duration)")
 			rps := fs.Float64("rps", 20, "requests per second per instance (rate)")
-			return func(ctx context.Context) error { return benchIngest(ctx, e, *instances, *duration, *rps) }
+			conns := fs.Int("conns", 8, "NATS connections the fleet publishes over (count)")
+			return func(ctx context.Context) error { return benchIngest(ctx, e, *instances, *duration, *rps, *conns) }
 		},
 	}
 }
@@ -98,18 +111,23 @@ func benchIngestCommand() command {
 // windowCollector sums the requests of every window it sees and records each window's delay
 // (arrival − window end).
 type windowCollector struct {
-	mu      sync.Mutex // Guards the fields below.
-	windows int
-	delays  []time.Duration
-	got     map[[2]string]uint64
+	mu          sync.Mutex // Guards the fields below.
+	windows     int
+	corrections int
+	delays      []time.Duration
+	got         map[[2]string]uint64
 }
 
 func (c *windowCollector) add(w *proto.Window) {
 	at := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.windows++
-	c.delays = append(c.delays, at.Sub(time.UnixMilli(w.EndMs)))
+	if w.Correction {
+		c.corrections++
+	} else {
+		c.windows++
+		c.delays = append(c.delays, at.Sub(time.UnixMilli(w.EndMs)))
+	}
 	if r := w.Find(proto.SeriesRequests); r != nil {
 		c.got[[2]string{w.Service, w.Version}] += uint64(r.Value)
 	}
@@ -126,7 +144,10 @@ func (c *windowCollector) requests() uint64 {
 }
 
 // benchIngest runs serve and a fleet in one process and reports throughput, CPU and loss.
-func benchIngest(ctx context.Context, e *env, instances int, duration time.Duration, rps float64) error {
+func benchIngest(ctx context.Context, e *env, instances int, duration time.Duration, rps float64, conns int) error {
+	if conns < 1 {
+		return fmt.Errorf("%w: -conns %d must be ≥ 1", errUsage, conns)
+	}
 	cfg := node.DefaultConfig()
 	cfg.NATSListen, cfg.DataDir, cfg.HTTPListen = "127.0.0.1:0", tempDir(), "127.0.0.1:0"
 	defer os.RemoveAll(cfg.DataDir)
@@ -157,18 +178,29 @@ func benchIngest(ctx context.Context, e *env, instances int, duration time.Durat
 		return err
 	}
 
-	pc, err := bus.Connect(bus.Client{URLs: n.NATSURL()}, "herd-bench-fleet", nil, e.logger)
-	if err != nil {
-		return err
+	var pcs []*nats.Conn
+	defer func() {
+		for _, pc := range pcs {
+			pc.Close()
+		}
+	}()
+	var pubs []ingest.PublishFunc
+	for i := range conns {
+		pc, err := bus.Connect(bus.Client{URLs: n.NATSURL()}, fmt.Sprintf("herd-bench-fleet-%d", i), nil, e.logger)
+		if err != nil {
+			return err
+		}
+		pcs = append(pcs, pc)
+		pubs = append(pubs, pc.Publish)
 	}
-	defer pc.Close()
+	lag := newLagRecorder(conns)
 	groups, err := sim.Spread(sim.SpreadConfig{Services: []string{"checkout", "search", "cart", "auth"}, Instances: instances,
 		CanaryShare: 0.2, RPS: rps, ErrorRate: 0.005, LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond})
 	if err != nil {
 		return fmt.Errorf("%w: -instances %d: %v", errUsage, instances, err)
 	}
 	f, err := sim.NewFleet(sim.FleetConfig{Groups: groups, LifetimeMin: 20 * time.Second, LifetimeMax: 60 * time.Second,
-		Interval: ingest.DefaultInterval, Seed: 1, Publish: pc.Publish, Logger: e.logger})
+		Interval: ingest.DefaultInterval, Seed: 1, Shards: conns, Publishers: pubs, OnInterval: lag.record, Logger: e.logger})
 	if err != nil {
 		return err
 	}
@@ -176,7 +208,9 @@ func benchIngest(ctx context.Context, e *env, instances int, duration time.Durat
 	if err := f.Run(ctx, t0.Add(duration)); err != nil {
 		return err
 	}
-	_ = pc.FlushTimeout(10 * time.Second)
+	for _, pc := range pcs {
+		_ = pc.FlushTimeout(10 * time.Second)
+	}
 	elapsed, cpu := time.Since(t0), cpuTime()-cpu0
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -189,6 +223,17 @@ func benchIngest(ctx context.Context, e *env, instances int, duration time.Durat
 		MaxRSSMiB: maxRSSMiB(), GOMAXPROCS: runtime.GOMAXPROCS(0),
 		RollupRefused: n.Rollup().Stats().Refused(), IntakeRefused: n.Intake().Stats().Refused()}
 	r.finish(f.Totals(), col, n.Rollup().Stats().Samples, elapsed)
+	var g genReport
+	lag.report(&g)
+	r.Conns, r.BoundariesMissed, r.LagP99Ms = conns, g.BoundariesMissed, g.LagP99Ms
+	if !r.Exact {
+		st, in := n.Rollup().Stats(), n.Intake().Stats()
+		s := &serveSample{RefusedLate: float64(st.RefusedBy["late"]), SlowConsumer: float64(in.Dropped[ingest.ReasonSlowConsumer])}
+		r.Behind, r.Why = blame(genBehind(g.BoundariesMissed, g.LagP99Ms, r.BatchesUnsent, 100*time.Millisecond), herdBehind(s, r.LostRequests))
+		if r.Behind == "" {
+			r.Behind, r.Why = "unknown", fmt.Sprintf("%d requests missing; neither side reported falling behind", r.LostRequests)
+		}
+	}
 	out, _ := json.Marshal(r)
 	fmt.Fprintln(e.stdout, string(out))
 	return nil
@@ -209,6 +254,7 @@ func (r *benchIngestReport) finish(totals []sim.Totals, col *windowCollector, sa
 	r.LostRequests = int64(want) - int64(col.requests())
 	col.mu.Lock()
 	r.WindowsReceived = col.windows
+	r.WindowDelayP50 = float64(percentile(col.delays, 0.50)) / 1e6
 	r.WindowDelayP99 = float64(percentile(col.delays, 0.99)) / 1e6
 	col.mu.Unlock()
 	r.BatchesPerSec = float64(r.BatchesSent) / elapsed.Seconds()

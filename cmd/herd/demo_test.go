@@ -52,7 +52,7 @@ func TestDemoScenarios(t *testing.T) {
 		outcome      string
 		maxWebhookMs int64 // from onset; 0: no webhook allowed
 	}{
-		{"crash", "rollback", 2000},
+		{"crash", "rollback", 500},
 		{"errors", "rollback", 10000},
 		// A young fleet: every instance is still warming up when the canary starts, so the
 		// latency thresholds must freeze from all instances (this once ended in a pass).

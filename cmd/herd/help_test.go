@@ -18,7 +18,7 @@ func TestHelpGolden(t *testing.T) {
 	for _, c := range commands() {
 		names = append(names, c.name)
 	}
-	names = append(names, "bench ingest", "bench detect")
+	names = append(names, "bench ingest", "bench load", "bench detect")
 	for _, name := range names {
 		args := append(strings.Fields(name), "--help")
 		code, out, errOut := runHerd(t, nil, args...)
