@@ -30,6 +30,10 @@ type ScraperConfig struct {
 	URL string
 	// Timeout bounds one scrape (default: the client's interval).
 	Timeout time.Duration
+	// FinalTimeout bounds the final scrape Run makes when it is stopped (default: Timeout).
+	// A target going away (a pod being deleted) still serves for a while, and its last
+	// counts are in that scrape alone: it may be worth waiting longer for.
+	FinalTimeout time.Duration
 	// MaxSeries bounds the series tracked from the target (default 1000). Series beyond it
 	// are skipped and counted with reason "limit".
 	MaxSeries int
@@ -142,6 +146,9 @@ func NewScraper(cfg ScraperConfig, c *Client, logger *slog.Logger, set *metrics.
 	if cfg.Timeout == 0 {
 		cfg.Timeout = c.Interval()
 	}
+	if cfg.FinalTimeout == 0 {
+		cfg.FinalTimeout = cfg.Timeout
+	}
 	if cfg.MaxSeries == 0 {
 		cfg.MaxSeries = DefaultMaxSeries
 	}
@@ -151,7 +158,7 @@ func NewScraper(cfg ScraperConfig, c *Client, logger *slog.Logger, set *metrics.
 	if cfg.StaleAfter == 0 {
 		cfg.StaleAfter = DefaultStaleAfter
 	}
-	if cfg.Timeout < 0 || cfg.MaxSeries < 0 || cfg.MaxBodyBytes < 0 || cfg.StaleAfter < 0 {
+	if cfg.Timeout < 0 || cfg.FinalTimeout < 0 || cfg.MaxSeries < 0 || cfg.MaxBodyBytes < 0 || cfg.StaleAfter < 0 {
 		return nil, errors.New("invalid scraper config: negative timeout, series, body or stale limit")
 	}
 	hc := cfg.HTTPClient
@@ -212,12 +219,16 @@ func (s *Scraper) fail(reason string, err error) error {
 }
 
 // Run scrapes and flushes the client at every aligned interval boundary until ctx is
-// cancelled, then scrapes once more (bounded by Timeout) and flushes the final batch. Scrape
+// cancelled, then scrapes once more (bounded by FinalTimeout) and flushes the final batch. Scrape
 // failures are counted and logged when the state changes (failing / recovered); the
 // interval's batch is published anyway.
 func (s *Scraper) Run(ctx context.Context) error {
-	return s.client.runAligned(ctx, func(ctx context.Context) {
-		err := s.Scrape(ctx)
+	return s.client.runAligned(ctx, func(ctx context.Context, final bool) {
+		timeout := s.cfg.Timeout
+		if final {
+			timeout = s.cfg.FinalTimeout
+		}
+		err := s.scrape(ctx, timeout)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		switch {
@@ -235,10 +246,14 @@ func (s *Scraper) Run(ctx context.Context) error {
 // client. A failed scrape (network, status, size, parse error) changes no baseline and is
 // returned as a *ScrapeError.
 func (s *Scraper) Scrape(ctx context.Context) error {
+	return s.scrape(ctx, s.cfg.Timeout)
+}
+
+func (s *Scraper) scrape(ctx context.Context, timeout time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.scrapes.Inc()
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.cfg.URL, nil)
 	if err != nil {
