@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"runtime/pprof"
 	"strings"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/ingest/kube"
+	"github.com/herd-dev/herd/ingest/mesh"
 	"github.com/herd-dev/herd/internal/checkfor"
 	"github.com/herd-dev/herd/internal/natstest"
 	"github.com/herd-dev/herd/internal/perftest"
@@ -129,6 +131,7 @@ func group(svc, ver string) map[string]string {
 type intake struct {
 	mu       sync.Mutex
 	requests map[string]float64            // by service/version
+	errors   map[string]float64            // by service/version
 	finals   map[string]map[uuid.UUID]bool // instances whose final batch arrived, by group
 	seen     map[uuid.UUID]map[string]bool // groups each instance published in
 	batches  int
@@ -137,15 +140,18 @@ type intake struct {
 func startIntake(t *testing.T) (*intake, ingest.PublishFunc) {
 	t.Helper()
 	nc := natstest.Connect(t, natstest.RunServer(t, natstest.Options{}))
-	sum := &intake{requests: map[string]float64{}, finals: map[string]map[uuid.UUID]bool{}, seen: map[uuid.UUID]map[string]bool{}}
+	sum := &intake{requests: map[string]float64{}, errors: map[string]float64{}, finals: map[string]map[uuid.UUID]bool{}, seen: map[uuid.UUID]map[string]bool{}}
 	in, err := ingest.NewIntake(ingest.IntakeConfig{}, nil, nc, func(b *proto.Batch) {
 		sum.mu.Lock()
 		defer sum.mu.Unlock()
 		g := b.Service + "/" + b.Version
 		sum.batches++
 		for _, s := range b.Series {
-			if s.Name == proto.SeriesRequests {
+			switch s.Name {
+			case proto.SeriesRequests:
 				sum.requests[g] += s.Value
+			case proto.SeriesErrors:
+				sum.errors[g] += s.Value
 			}
 		}
 		if sum.seen[b.Instance] == nil {
@@ -327,6 +333,79 @@ func TestAgentChurn(t *testing.T) {
 	if got := set.GetOrCreateCounter(`herd_agent_kube_pods_skipped_total{reason="no_version"}`).Get(); got != 1 {
 		t.Errorf("got %d pods skipped for no_version; want 1", got)
 	}
+}
+
+// TestAgentMesh scrapes meshed pods whose proxies serve the recorded Istio and Linkerd
+// expositions: Istio pods are found by their injector's annotation alone (-mesh istio),
+// Linkerd pods by herd.dev/mesh; each version's group gets its destination RED. The pods are
+// new, so the first scrape counts whole values: the totals are those of the last exposition.
+func TestAgentMesh(t *testing.T) {
+	t.Parallel()
+	p := newPods(t)
+	in, publish := startIntake(t)
+	cs := fake.NewClientset()
+	_, stop := runAgent(t, kube.Config{Interval: 50 * time.Millisecond, Mesh: mesh.Istio}, cs, publish, nil)
+	podsAPI := cs.CoreV1().Pods("shop")
+	want := map[string][2]float64{ // requests, errors of the destination, in the second exposition
+		"reviews/v1": {1671, 5}, "reviews/v2": {1679, 46}, "books/v1": {8954, 101}, "books/v2": {1488, 88},
+	}
+	var created []*corev1.Pod
+	for _, f := range []struct{ fixture, svc, ver string }{
+		{"istio-v1", "reviews", "v1"}, {"istio-v2", "reviews", "v2"}, {"linkerd-v1", "books", "v1"}, {"linkerd-v2", "books", "v2"},
+	} {
+		body, err := os.ReadFile("../mesh/testdata/" + f.fixture + "-0.txt")
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := f.svc + "-" + f.ver
+		p.counter(name).body = body
+		pod := p.pod(name, node, map[string]string{"app": f.svc, "version": f.ver})
+		path := "/pods/" + name + "/metrics"
+		if f.svc == "reviews" { // Istio's injector: its status, and the merged endpoint in prometheus.io/*
+			pod.Annotations = map[string]string{"sidecar.istio.io/status": `{"containers":["istio-proxy"]}`,
+				kube.PromScrape: "true", kube.PromPort: p.port, kube.PromPath: path}
+		} else { // Linkerd's proxy, at the port herd.dev/port moves from 4191 to the test server's
+			pod.Annotations = map[string]string{kube.AnnotationMesh: "linkerd", kube.AnnotationPort: p.port, kube.AnnotationPath: path}
+		}
+		if _, err := podsAPI.Create(t.Context(), pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		created = append(created, pod)
+	}
+	// Scraped once at least: then the second exposition, and the pods go.
+	checkfor.Within(t, 10*time.Second, 10*time.Millisecond, func() error {
+		for _, pod := range created {
+			if in.total(pod.Labels["app"]+"/"+pod.Labels["version"]) == 0 {
+				return fmt.Errorf("pod %s not delivered yet", pod.Name)
+			}
+		}
+		return nil
+	})
+	for _, pod := range created {
+		fixture := map[string]string{"reviews": "istio-", "books": "linkerd-"}[pod.Labels["app"]] + pod.Labels["version"] + "-1.txt"
+		body, err := os.ReadFile("../mesh/testdata/" + fixture)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.mu.Lock()
+		p.counters[pod.Name].body = body
+		p.mu.Unlock()
+		if err := podsAPI.Delete(t.Context(), pod.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkfor.Within(t, 10*time.Second, 10*time.Millisecond, func() error {
+		for g, w := range want {
+			in.mu.Lock()
+			r, e := in.requests[g], in.errors[g]
+			in.mu.Unlock()
+			if r != w[0] || e != w[1] {
+				return fmt.Errorf("group %s: got %v requests, %v errors; want %v, %v", g, r, e, w[0], w[1])
+			}
+		}
+		return nil
+	})
+	stop()
 }
 
 func waitTarget(t *testing.T, a *kube.Agent, uid types.UID, version string) {
