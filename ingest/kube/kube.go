@@ -55,7 +55,12 @@ type Agent struct {
 	mu      sync.Mutex // Guards the fields below.
 	targets map[types.UID]*target
 	skipped map[types.UID]string // the skip reason last logged for a pod
-	closed  bool                 // Run is stopping: no new targets
+	// retired holds the last target of each pod that stopped being scraped but still
+	// exists (relabelled into a group it cannot have, unannotated, not running), until it
+	// is deleted: scraped again, the pod takes over its baselines, so nothing is counted a
+	// second time.
+	retired map[types.UID]*target
+	closed  bool // Run is stopping: no new targets
 }
 
 // target is one scraped pod: its goroutine runs scraper until cancel, then closes done.
@@ -107,6 +112,7 @@ func New(cfg Config, kube kubernetes.Interface, set *metrics.Set, publish ingest
 		skips:   make(map[string]*metrics.Counter),
 		targets: make(map[types.UID]*target),
 		skipped: make(map[types.UID]string),
+		retired: make(map[types.UID]*target),
 	}
 	for _, r := range skipReasons {
 		a.skips[r] = set.GetOrCreateCounter(`herd_agent_kube_pods_skipped_total{reason="` + r + `"}`)
@@ -204,12 +210,14 @@ func (a *Agent) update(obj any) {
 		delete(a.skipped, pod.UID)
 		if old != nil {
 			a.stopLocked(pod.UID, old)
+			a.retired[pod.UID] = old
 		}
 		return
 	case skip != "":
 		a.skipLocked(pod, skip, detail)
 		if old != nil {
 			a.stopLocked(pod.UID, old)
+			a.retired[pod.UID] = old
 		}
 		return
 	case old != nil && old.spec == sp:
@@ -221,6 +229,8 @@ func (a *Agent) update(obj any) {
 	delete(a.skipped, pod.UID)
 	if old != nil {
 		a.stopLocked(pod.UID, old)
+	} else if old = a.retired[pod.UID]; old != nil {
+		delete(a.retired, pod.UID)
 	}
 	a.startLocked(pod, sp, old)
 }
@@ -237,6 +247,7 @@ func (a *Agent) remove(obj any) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.skipped, pod.UID)
+	delete(a.retired, pod.UID)
 	if t := a.targets[pod.UID]; t != nil {
 		a.stopLocked(pod.UID, t)
 	}
@@ -259,8 +270,9 @@ func (a *Agent) stopLocked(uid types.UID, t *target) {
 	a.stops.Inc()
 }
 
-// startLocked starts scraping pod as sp. A predecessor (the pod's previous target, being
-// stopped) is waited for; if it scraped the same endpoint, its baselines are taken over.
+// startLocked starts scraping pod as sp. A predecessor (the pod's previous target, stopped
+// or being stopped) is waited for; if it scraped the same endpoint, its baselines are taken
+// over.
 func (a *Agent) startLocked(pod *corev1.Pod, sp spec, pred *target) {
 	log := a.log.With("pod", pod.Namespace+"/"+pod.Name)
 	c, err := ingest.NewClient(ingest.ClientConfig{Service: sp.service, Version: sp.version, Interval: a.cfg.Interval,

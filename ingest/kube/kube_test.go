@@ -22,7 +22,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/ingest/kube"
@@ -188,8 +190,31 @@ func (in *intake) final(g string, id uuid.UUID) bool {
 	return in.finals[g][id]
 }
 
-// runAgent starts an agent on node and stops it (and waits for it) when the test ends.
-func runAgent(t *testing.T, cfg kube.Config, cs *fake.Clientset, publish ingest.PublishFunc, set *metrics.Set) (*kube.Agent, func()) {
+// newClientset returns a fake API server whose first watch closes watching once it is
+// established: the fake replays nothing, so a pod changed between the informer's list and
+// its watch would go unseen (a real API server replays from the list's resource version).
+func newClientset() (cs *fake.Clientset, watching <-chan struct{}) {
+	cs = fake.NewClientset()
+	ch := make(chan struct{})
+	var once sync.Once
+	cs.PrependWatchReactor("pods", func(action k8stesting.Action) (bool, watch.Interface, error) {
+		var opts metav1.ListOptions
+		if wa, ok := action.(k8stesting.WatchActionImpl); ok {
+			opts = wa.ListOptions
+		}
+		w, err := cs.Tracker().Watch(action.GetResource(), action.GetNamespace(), opts)
+		if err != nil {
+			return false, nil, err
+		}
+		once.Do(func() { close(ch) })
+		return true, w, nil
+	})
+	return cs, ch
+}
+
+// runAgent starts an agent on node, waits until it watches the pods, and stops it (and
+// waits for it) when the test ends.
+func runAgent(t *testing.T, cfg kube.Config, cs *fake.Clientset, watching <-chan struct{}, publish ingest.PublishFunc, set *metrics.Set) (*kube.Agent, func()) {
 	t.Helper()
 	cfg.Node = node
 	a, err := kube.New(cfg, cs, set, publish, quiet)
@@ -209,6 +234,11 @@ func runAgent(t *testing.T, cfg kube.Config, cs *fake.Clientset, publish ingest.
 		})
 	}
 	t.Cleanup(stop)
+	select {
+	case <-watching:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not watch the pods within 10s")
+	}
 	return a, stop
 }
 
@@ -226,9 +256,9 @@ func TestAgentChurn(t *testing.T) {
 	}
 	p := newPods(t)
 	in, publish := startIntake(t)
-	cs := fake.NewClientset()
+	cs, watching := newClientset()
 	set := metrics.NewSet()
-	a, stop := runAgent(t, kube.Config{Interval: 20 * time.Millisecond}, cs, publish, set)
+	a, stop := runAgent(t, kube.Config{Interval: 20 * time.Millisecond}, cs, watching, publish, set)
 	ctx := t.Context()
 	pods := cs.CoreV1().Pods("shop")
 
@@ -343,8 +373,8 @@ func TestAgentMesh(t *testing.T) {
 	t.Parallel()
 	p := newPods(t)
 	in, publish := startIntake(t)
-	cs := fake.NewClientset()
-	_, stop := runAgent(t, kube.Config{Interval: 50 * time.Millisecond, Mesh: mesh.Istio}, cs, publish, nil)
+	cs, watching := newClientset()
+	_, stop := runAgent(t, kube.Config{Interval: 50 * time.Millisecond, Mesh: mesh.Istio}, cs, watching, publish, nil)
 	podsAPI := cs.CoreV1().Pods("shop")
 	want := map[string][2]float64{ // requests, errors of the destination, in the second exposition
 		"reviews/v1": {1671, 5}, "reviews/v2": {1679, 46}, "books/v1": {8954, 101}, "books/v2": {1488, 88},
@@ -408,6 +438,135 @@ func TestAgentMesh(t *testing.T) {
 	stop()
 }
 
+// TestAgentPauseCountsOnce relabels a scraped pod into a group it cannot have (no version)
+// and back: scraped again, it counts from its baselines, not its whole values a second time.
+func TestAgentPauseCountsOnce(t *testing.T) {
+	t.Parallel()
+	p := newPods(t)
+	in, publish := startIntake(t)
+	cs, watching := newClientset()
+	a, _ := runAgent(t, kube.Config{Interval: 20 * time.Millisecond}, cs, watching, publish, nil)
+	podsAPI := cs.CoreV1().Pods("shop")
+	c := p.counter("cart-1")
+	c.requests.Store(10)
+	pod := p.pod("cart-1", node, group("cart", "v1"))
+	if _, err := podsAPI.Create(t.Context(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitTotal := func(want float64) {
+		t.Helper()
+		checkfor.Within(t, 10*time.Second, 10*time.Millisecond, func() error {
+			if got := in.total("cart/v1"); got != want {
+				return fmt.Errorf("got %v requests; want %v", got, want)
+			}
+			return nil
+		})
+	}
+	waitTotal(10)
+	pod.Labels = map[string]string{"app.kubernetes.io/name": "cart"}
+	if _, err := podsAPI.Update(t.Context(), pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	checkfor.Within(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if n := a.Len(); n != 0 {
+			return fmt.Errorf("%d pods scraped; want 0", n)
+		}
+		return nil
+	})
+	pod.Labels = group("cart", "v1")
+	if _, err := podsAPI.Update(t.Context(), pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitTarget(t, a, pod.UID, "v1")
+	c.requests.Add(5)
+	if err := podsAPI.Delete(t.Context(), pod.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	id := uuid.MustParse(string(pod.UID))
+	checkfor.Within(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if !in.final("cart/v1", id) || a.Len() != 0 {
+			return fmt.Errorf("no final batch yet")
+		}
+		return nil
+	})
+	waitTotal(15)
+}
+
+// TestAgentHundredsOfPods scrapes 300 pods at once at the default 250 ms interval while
+// their counters move, then deletes them all: every count arrives, in its pod's group.
+func TestAgentHundredsOfPods(t *testing.T) {
+	t.Parallel()
+	n := 300
+	if testing.Short() {
+		n = 60
+	}
+	p := newPods(t)
+	in, publish := startIntake(t)
+	cs, watching := newClientset()
+	set := metrics.NewSet()
+	a, _ := runAgent(t, kube.Config{}, cs, watching, publish, set)
+	podsAPI := cs.CoreV1().Pods("shop")
+	var names []string
+	want := map[string]float64{}
+	for i := range n {
+		svc := fmt.Sprintf("svc-%d", i%10)
+		name := fmt.Sprintf("%s-%d", svc, i)
+		names = append(names, name)
+		p.counter(name).requests.Store(int64(i))
+		want[svc+"/v1"] += float64(i)
+		if _, err := podsAPI.Create(t.Context(), p.pod(name, node, group(svc, "v1")), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if (i+1)%50 == 0 { // the fake API server's watch holds 100 events
+			checkfor.Within(t, 10*time.Second, 10*time.Millisecond, func() error {
+				if a.Len() != i+1 {
+					return fmt.Errorf("%d pods scraped; want %d", a.Len(), i+1)
+				}
+				return nil
+			})
+		}
+	}
+	// Three more rounds of counts while every pod is scraped every 250 ms.
+	for round := range 3 {
+		for i, name := range names {
+			p.counter(name).requests.Add(int64(round + 1))
+			want[fmt.Sprintf("svc-%d/v1", i%10)] += float64(round + 1)
+		}
+		scrapes := set.GetOrCreateCounter("herd_agent_scrapes_total").Get()
+		checkfor.Within(t, 20*time.Second, 20*time.Millisecond, func() error {
+			if got := set.GetOrCreateCounter("herd_agent_scrapes_total").Get(); got < scrapes+uint64(n) {
+				return fmt.Errorf("%d scrapes since the counts moved; want ≥ %d", got-scrapes, n)
+			}
+			return nil
+		})
+	}
+	for i, name := range names {
+		if err := podsAPI.Delete(t.Context(), name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if (i+1)%50 == 0 {
+			checkfor.Within(t, 10*time.Second, 10*time.Millisecond, func() error {
+				if a.Len() != n-i-1 {
+					return fmt.Errorf("%d pods scraped; want %d", a.Len(), n-i-1)
+				}
+				return nil
+			})
+		}
+	}
+	checkfor.Within(t, 20*time.Second, 20*time.Millisecond, func() error {
+		for g, w := range want {
+			if got := in.total(g); got != w {
+				return fmt.Errorf("group %s: got %v requests; want %v", g, got, w)
+			}
+		}
+		return nil
+	})
+	t.Logf("%d pods at 250 ms: %d scrapes, %d failed (timeouts on this machine), %d missed ticks", n,
+		set.GetOrCreateCounter("herd_agent_scrapes_total").Get(),
+		set.GetOrCreateCounter(`herd_agent_scrape_errors_total{reason="http"}`).Get(),
+		set.GetOrCreateCounter("herd_agent_missed_ticks_total").Get())
+}
+
 func waitTarget(t *testing.T, a *kube.Agent, uid types.UID, version string) {
 	t.Helper()
 	checkfor.Within(t, 10*time.Second, 5*time.Millisecond, func() error {
@@ -431,9 +590,9 @@ func TestAgentLifecycles(t *testing.T) {
 	}
 	p := newPods(t)
 	in, publish := startIntake(t)
-	cs := fake.NewClientset()
+	cs, watching := newClientset()
 	set := metrics.NewSet()
-	a, _ := runAgent(t, kube.Config{Interval: 20 * time.Millisecond}, cs, publish, set)
+	a, _ := runAgent(t, kube.Config{Interval: 20 * time.Millisecond}, cs, watching, publish, set)
 	defer func() {
 		var sb strings.Builder
 		set.WritePrometheus(&sb)
