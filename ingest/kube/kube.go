@@ -35,6 +35,10 @@ import (
 	"github.com/herd-dev/herd/internal/promhelp"
 )
 
+// syncWarnAfter is how long Run waits for the first list of pods before it says so, and
+// again after each such wait.
+const syncWarnAfter = 30 * time.Second
+
 // Agent discovers the pods of one node and scrapes them. Build it with New and run it with
 // Run; its event handlers run on the informer's goroutine and never block on a scrape.
 type Agent struct {
@@ -144,7 +148,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("cannot watch the pods of node %s: %w", a.cfg.Node, err)
 	}
 	factory.Start(ctx.Done())
-	synced := cache.WaitForCacheSync(ctx.Done(), inf.HasSynced)
+	synced := false
+	for !synced && ctx.Err() == nil {
+		wctx, cancel := context.WithTimeout(ctx, syncWarnAfter)
+		synced = cache.WaitForCacheSync(wctx.Done(), inf.HasSynced)
+		cancel()
+		if !synced && ctx.Err() == nil {
+			a.log.Warn("cannot list the node's pods yet: is the API server reachable, and may the service account list and watch pods (deploy/kubernetes/agent-rbac.yaml)?",
+				"waited", syncWarnAfter)
+		}
+	}
 	if synced {
 		a.log.Info("kubernetes discovery started", "pods_scraped", a.Len(), "interval", a.cfg.Interval, "mesh", string(a.cfg.Mesh))
 	}
