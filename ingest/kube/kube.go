@@ -35,6 +35,10 @@ import (
 	"github.com/herd-dev/herd/internal/promhelp"
 )
 
+// resync is how often every known pod is reconciled again although nothing changed: a pod
+// skipped for the limit is taken up within this time once a slot is free.
+const resync = time.Minute
+
 // syncWarnAfter is how long Run waits for the first list of pods before it says so, and
 // again after each such wait.
 const syncWarnAfter = 30 * time.Second
@@ -134,7 +138,7 @@ func New(cfg Config, kube kubernetes.Interface, set *metrics.Set, publish ingest
 // goroutine it started has exited. It returns an error only if the pods cannot be listed
 // before ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
-	factory := informers.NewSharedInformerFactoryWithOptions(a.kube, 0,
+	factory := informers.NewSharedInformerFactoryWithOptions(a.kube, resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.cfg.Node).String()
 		}),
@@ -158,6 +162,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				"waited", syncWarnAfter)
 		}
 	}
+	synced = synced || inf.HasSynced() // WaitForCacheSync polls: it may not have looked since
 	if synced {
 		a.log.Info("kubernetes discovery started", "pods_scraped", a.Len(), "interval", a.cfg.Interval, "mesh", string(a.cfg.Mesh))
 	}

@@ -577,11 +577,11 @@ func waitTarget(t *testing.T, a *kube.Agent, uid types.UID, version string) {
 	})
 }
 
-// TestAgentLifecycles runs 10,000 pod lifecycles (HERD_PERF=1; 2,000 otherwise, 500 with
+// TestAgentLifecycles runs 10,000 pod lifecycles (HERD_PERF=1; 1,000 otherwise, 500 with
 // -short; created, then deleted at once) through one agent and checks that every one's counts arrive exactly and that neither goroutines nor
 // the heap grow: each pod's goroutine, HTTP connection and state go with it.
 func TestAgentLifecycles(t *testing.T) {
-	n := 2000
+	n := 1000
 	switch {
 	case perftest.Enabled():
 		n = 10_000
