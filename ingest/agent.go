@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/herd-dev/herd/ingest/mesh"
 )
 
 // AgentConfig is the configuration of `herd agent`: the instance's identity, the endpoint it
@@ -23,6 +25,9 @@ type AgentConfig struct {
 	Scrape string
 	// Interval is the scrape and batch interval (flag -interval, default 250 ms).
 	Interval time.Duration
+	// Mesh names the mesh profile (flag -mesh: none, istio or linkerd): the target is a
+	// mesh proxy whose request metrics become herd's RED series (package ingest/mesh).
+	Mesh string
 
 	serviceFrom, versionFrom string // environment variable a default came from
 }
@@ -46,6 +51,8 @@ func (c *AgentConfig) RegisterFlags(fs *flag.FlagSet, getenv func(string) string
 		"(default service.version in OTEL_RESOURCE_ATTRIBUTES)")
 	fs.StringVar(&c.Scrape, "scrape", "", "local Prometheus/OpenMetrics `URL` to scrape every interval, e.g. http://127.0.0.1:9100/metrics")
 	fs.DurationVar(&c.Interval, "interval", DefaultInterval, "scrape and batch interval, aligned to wall-clock multiples (`duration`)")
+	fs.StringVar(&c.Mesh, "mesh", "", "mesh `profile` of the target: none, istio (an Envoy sidecar's /stats/prometheus) or linkerd "+
+		"(a linkerd-proxy's :4191/metrics): its request metrics become requests_total, errors_total and latency_seconds")
 }
 
 type envVal struct{ name, value string }
@@ -93,6 +100,9 @@ func (c *AgentConfig) Validate() error {
 		}
 		return fmt.Errorf("-interval: %w", err)
 	}
+	if _, err := mesh.Parse(c.Mesh); err != nil {
+		return fmt.Errorf("-mesh: %w", err)
+	}
 	if c.Scrape == "" {
 		return errors.New("-scrape is required: the local metrics URL, e.g. http://127.0.0.1:9100/metrics")
 	}
@@ -134,7 +144,11 @@ func NewAgent(cfg AgentConfig, set *metrics.Set, publish PublishFunc, logger *sl
 	if err != nil {
 		return nil, err
 	}
-	s, err := NewScraper(ScraperConfig{URL: cfg.Scrape}, c, logger.With("component", "agent", "url", cfg.Scrape), set)
+	sc := ScraperConfig{URL: cfg.Scrape}
+	if p, _ := mesh.Parse(cfg.Mesh); p != mesh.None {
+		sc.Rewriter = p.Rewriter()
+	}
+	s, err := NewScraper(sc, c, logger.With("component", "agent", "url", cfg.Scrape), set)
 	if err != nil {
 		return nil, err
 	}

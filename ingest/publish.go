@@ -280,8 +280,8 @@ func (c *Client) Run(ctx context.Context) error {
 
 // runAligned calls collect (if set) then Flush at every aligned boundary. On cancellation it
 // calls collect once more with a context that is not cancelled (collect bounds it itself)
-// and flushes the final batch.
-func (c *Client) runAligned(ctx context.Context, collect func(ctx context.Context)) error {
+// and final true, and flushes the final batch.
+func (c *Client) runAligned(ctx context.Context, collect func(ctx context.Context, final bool)) error {
 	iv := c.cfg.Interval
 	next := alignUp(time.Now(), iv)
 	t := time.NewTimer(time.Until(next))
@@ -290,7 +290,7 @@ func (c *Client) runAligned(ctx context.Context, collect func(ctx context.Contex
 		select {
 		case <-ctx.Done():
 			if collect != nil {
-				collect(context.WithoutCancel(ctx))
+				collect(context.WithoutCancel(ctx), true)
 			}
 			return c.Close()
 		case <-t.C:
@@ -306,7 +306,7 @@ func (c *Client) runAligned(ctx context.Context, collect func(ctx context.Contex
 			c.stats.missedAdd(uint64(n))
 		}
 		if collect != nil {
-			collect(ctx)
+			collect(ctx, false)
 		}
 		if err := c.Flush(b, false); errors.Is(err, ErrClosed) {
 			return nil

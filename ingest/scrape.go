@@ -30,6 +30,10 @@ type ScraperConfig struct {
 	URL string
 	// Timeout bounds one scrape (default: the client's interval).
 	Timeout time.Duration
+	// FinalTimeout bounds the final scrape Run makes when it is stopped (default: Timeout).
+	// A target going away (a pod being deleted) still serves for a while, and its last
+	// counts are in that scrape alone: it may be worth waiting longer for.
+	FinalTimeout time.Duration
 	// MaxSeries bounds the series tracked from the target (default 1000). Series beyond it
 	// are skipped and counted with reason "limit".
 	MaxSeries int
@@ -41,6 +45,25 @@ type ScraperConfig struct {
 	StaleAfter time.Duration
 	// HTTPClient is used for requests (nil: a client of its own).
 	HTTPClient *http.Client
+	// CountFirst makes the first scrape count the whole value of every counter and
+	// histogram, as later scrapes do for a series they first see: for a target known to have
+	// started after the agent began watching it (a pod created while the agent runs), whose
+	// every count is new. Otherwise the first scrape only sets baselines.
+	CountFirst bool
+	// Rewriter, if set, rewrites each scrape before it is converted (the mesh profiles).
+	Rewriter Rewriter
+}
+
+// Rewriter rewrites what a target exposes before the scraper converts it: a service-mesh
+// proxy's request metrics become herd's RED series (package ingest/mesh).
+type Rewriter interface {
+	// Rewrite returns the families to convert. It may modify and return fams.
+	Rewrite(fams []*dto.MetricFamily) []*dto.MetricFamily
+	// Publish returns the labels the series name{labels} is published with (sorted by
+	// name). The scraper keeps its baseline per scraped series and adds each one's delta to
+	// the published series: scraped series published alike are summed (counters,
+	// histograms; a gauge takes the last value).
+	Publish(name string, labels []proto.Label) []proto.Label
 }
 
 // Defaults of ScraperConfig.
@@ -109,6 +132,8 @@ type scrapeSeries struct {
 	prev     float64         // counter baseline
 	prevH    proto.Histogram // histogram baseline (cumulative, in herd buckets)
 	lastSeen time.Time
+	name     string        // published name
+	labels   []proto.Label // published labels
 }
 
 // NewScraper builds a scraper feeding c. It starts nothing. set (may be nil) receives the
@@ -121,6 +146,9 @@ func NewScraper(cfg ScraperConfig, c *Client, logger *slog.Logger, set *metrics.
 	if cfg.Timeout == 0 {
 		cfg.Timeout = c.Interval()
 	}
+	if cfg.FinalTimeout == 0 {
+		cfg.FinalTimeout = cfg.Timeout
+	}
 	if cfg.MaxSeries == 0 {
 		cfg.MaxSeries = DefaultMaxSeries
 	}
@@ -130,7 +158,7 @@ func NewScraper(cfg ScraperConfig, c *Client, logger *slog.Logger, set *metrics.
 	if cfg.StaleAfter == 0 {
 		cfg.StaleAfter = DefaultStaleAfter
 	}
-	if cfg.Timeout < 0 || cfg.MaxSeries < 0 || cfg.MaxBodyBytes < 0 || cfg.StaleAfter < 0 {
+	if cfg.Timeout < 0 || cfg.FinalTimeout < 0 || cfg.MaxSeries < 0 || cfg.MaxBodyBytes < 0 || cfg.StaleAfter < 0 {
 		return nil, errors.New("invalid scraper config: negative timeout, series, body or stale limit")
 	}
 	hc := cfg.HTTPClient
@@ -155,6 +183,7 @@ func NewScraper(cfg ScraperConfig, c *Client, logger *slog.Logger, set *metrics.
 		errs:      make(map[string]*metrics.Counter),
 		skips:     make(map[string]*metrics.Counter),
 		state:     make(map[string]*scrapeSeries),
+		primed:    cfg.CountFirst,
 	}
 	for _, r := range scrapeErrorReasons {
 		s.errs[r] = set.GetOrCreateCounter(`herd_agent_scrape_errors_total{reason="` + r + `"}`)
@@ -190,12 +219,16 @@ func (s *Scraper) fail(reason string, err error) error {
 }
 
 // Run scrapes and flushes the client at every aligned interval boundary until ctx is
-// cancelled, then scrapes once more (bounded by Timeout) and flushes the final batch. Scrape
+// cancelled, then scrapes once more (bounded by FinalTimeout) and flushes the final batch. Scrape
 // failures are counted and logged when the state changes (failing / recovered); the
 // interval's batch is published anyway.
 func (s *Scraper) Run(ctx context.Context) error {
-	return s.client.runAligned(ctx, func(ctx context.Context) {
-		err := s.Scrape(ctx)
+	return s.client.runAligned(ctx, func(ctx context.Context, final bool) {
+		timeout := s.cfg.Timeout
+		if final {
+			timeout = s.cfg.FinalTimeout
+		}
+		err := s.scrape(ctx, timeout)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		switch {
@@ -213,10 +246,14 @@ func (s *Scraper) Run(ctx context.Context) error {
 // client. A failed scrape (network, status, size, parse error) changes no baseline and is
 // returned as a *ScrapeError.
 func (s *Scraper) Scrape(ctx context.Context) error {
+	return s.scrape(ctx, s.cfg.Timeout)
+}
+
+func (s *Scraper) scrape(ctx context.Context, timeout time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.scrapes.Inc()
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.cfg.URL, nil)
 	if err != nil {
@@ -243,6 +280,9 @@ func (s *Scraper) Scrape(ctx context.Context) error {
 	fams, err := s.parse(resp.Header, s.body.Bytes())
 	if err != nil {
 		return s.fail("parse", fmt.Errorf("cannot parse the response of %s: %w", s.cfg.URL, err))
+	}
+	if s.cfg.Rewriter != nil {
+		fams = s.cfg.Rewriter.Rewrite(fams)
 	}
 	now := time.Now()
 	for _, f := range fams {
@@ -381,9 +421,20 @@ func (s *Scraper) series(name string, kind proto.Kind, now time.Time) (st *scrap
 		s.skip("limit")
 		return nil, false
 	}
-	st = &scrapeSeries{kind: kind, lastSeen: now}
 	labels := slices.Clone(s.labels)
-	switch kind {
+	if s.cfg.Rewriter != nil {
+		labels = s.cfg.Rewriter.Publish(name, labels)
+	}
+	st = &scrapeSeries{kind: kind, lastSeen: now}
+	s.register(st, name, labels)
+	s.state[string(s.key)] = st
+	return st, true
+}
+
+// register binds st to the client's instrument name{labels}.
+func (s *Scraper) register(st *scrapeSeries, name string, labels []proto.Label) {
+	st.name, st.labels = name, labels
+	switch st.kind {
 	case proto.KindCounter:
 		st.counter = s.client.Counter(name, labels...)
 	case proto.KindGauge:
@@ -391,8 +442,45 @@ func (s *Scraper) series(name string, kind proto.Kind, now time.Time) (st *scrap
 	case proto.KindHistogram:
 		st.hist = s.client.Histogram(name, labels...)
 	}
-	s.state[string(s.key)] = st
-	return st, true
+}
+
+// Baseline is what a scraper knows of its target's cumulative values, handed to the scraper
+// that takes the target over (a pod relabelled into another group): the successor's first
+// scrape then counts from these values, so nothing is lost or counted twice across the
+// change.
+type Baseline struct {
+	primed bool
+	state  map[string]*scrapeSeries
+}
+
+// Handover returns the scraper's baseline. Call it after Run has returned (the final scrape
+// is done); the scraper must not be used afterwards.
+func (s *Scraper) Handover() *Baseline {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := &Baseline{primed: s.primed, state: s.state}
+	s.state = make(map[string]*scrapeSeries)
+	return b
+}
+
+// Adopt takes over a predecessor's baseline, re-registering its series on this scraper's
+// client. Call it before the first scrape; a nil b is ignored.
+func (s *Scraper) Adopt(b *Baseline) {
+	if b == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.primed = s.primed || b.primed
+	for k, old := range b.state {
+		if len(s.state) >= s.cfg.MaxSeries {
+			break
+		}
+		st := &scrapeSeries{kind: old.kind, prev: old.prev, lastSeen: old.lastSeen}
+		st.prevH.CopyFrom(&old.prevH)
+		s.register(st, old.name, old.labels)
+		s.state[k] = st
+	}
 }
 
 func (s *Scraper) counter(name string, v float64, now time.Time) {

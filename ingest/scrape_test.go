@@ -417,3 +417,57 @@ func TestScraperOpenMetrics(t *testing.T) {
 		t.Errorf("got %d fallbacks; want 0", n)
 	}
 }
+
+// TestScraperHandover checks CountFirst and a baseline handed from one scraper to the next
+// (a target moving to another group): each count is published once, by the scraper that
+// saw it happen.
+func TestScraperHandover(t *testing.T) {
+	t.Parallel()
+	tg := &target{status: 200, contentType: textType}
+	srv := httptest.NewServer(tg)
+	defer srv.Close()
+	body := func(n int) []byte {
+		return fmt.Appendf(nil, "# TYPE requests_total counter\nrequests_total{code=\"200\"} %d\n", n)
+	}
+	newScraper := func(version string, countFirst bool) (*Scraper, *float64) {
+		got := new(float64)
+		c, err := NewClient(ClientConfig{Service: "cart", Version: version, Publish: func(string, []byte) error { return nil },
+			OnBatch: func(b *proto.Batch, _ error) {
+				for _, s := range b.Series {
+					*got += s.Value
+				}
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := NewScraper(ScraperConfig{URL: srv.URL, CountFirst: countFirst}, c, quiet, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, got
+	}
+	a, gotA := newScraper("v1", true)
+	tg.set(200, textType, body(7))
+	if err := a.Scrape(t.Context()); err != nil { // CountFirst: 7 counts
+		t.Fatal(err)
+	}
+	tg.set(200, textType, body(10))
+	if err := a.Scrape(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.client.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, gotB := newScraper("v2", true)
+	b.Adopt(a.Handover())
+	tg.set(200, textType, body(16))
+	if err := b.Scrape(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.client.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if *gotA != 10 || *gotB != 6 {
+		t.Errorf("got %v in v1, %v in v2; want 10 and 6", *gotA, *gotB)
+	}
+}

@@ -107,3 +107,24 @@ func TestAgentIdentityFromEnvironment(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentKubernetesUsage checks that `herd agent --kubernetes` needs its node and a known
+// mesh profile, named in the error, before it connects anywhere.
+func TestAgentKubernetesUsage(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{nil, []string{"agent", "--kubernetes"}, "-kubernetes.node is required"},
+		{map[string]string{"HERD_KUBERNETES_NODE": "n1"}, []string{"agent", "--kubernetes", "--mesh", "consul"}, "-mesh"},
+		{map[string]string{"HERD_KUBERNETES_NODE": "n1", "HERD_KUBERNETES_MAX_PODS": "-1"}, []string{"agent", "--kubernetes"}, "-kubernetes.max-pods"},
+		{nil, []string{"agent", "--service", "a", "--version", "1", "--scrape", "http://127.0.0.1:1/metrics", "--mesh", "consul"}, "-mesh"},
+	} {
+		code, _, errOut := runHerd(t, tc.env, tc.args...)
+		if code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("env %v, args %v: got exit %d, %q; want 2 and %q", tc.env, tc.args, code, errOut, tc.want)
+		}
+	}
+}
