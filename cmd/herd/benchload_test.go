@@ -32,7 +32,7 @@ func TestBenchLoadAgainstServe(t *testing.T) {
 			t.Errorf("node: %v", err)
 		}
 	}()
-	<-n.Intake().Ready()
+	<-n.Ready() // the NATS port opens once the intake has subscribed
 	code, out, errOut := runHerd(t, nil, "bench", "load", "--nats", n.NATSURL(), "--instances", "40", "--conns", "3",
 		"--duration", "2s", "--lifetime-min", "500ms", "--lifetime-max", "1s", "--serve-metrics", n.HTTPURL()+"/metrics")
 	if code != 0 {
