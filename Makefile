@@ -3,7 +3,7 @@ GO      ?= go
 PKGS    ?= ./...
 BENCH   ?= .
 # Tests whose wall-clock bounds `make perf` enforces (internal/perftest).
-PERF_TESTS ?= TestExactUnderChurn|TestDashboardFreshness|TestRollupWorkersOnCluster|TestFailoverWorkerCrashDuringBadCanary|TestGroupFloodLeavesNewServiceExact|TestDemoScenarios|TestFanout|TestBrowserServiceLive|TestKillNode
+PERF_TESTS ?= TestExactUnderChurn|TestDashboardFreshness|TestRollupWorkersOnCluster|TestFailoverWorkerCrashDuringBadCanary|TestGroupFloodLeavesNewServiceExact|TestDemoScenarios|TestFanout|TestBrowserServiceLive|TestKillNode|TestAgentLifecycles|TestOTLPCanaryRollback
 # Printed before and after the tests when the dashboard's browser tests cannot run.
 CHROMIUM_NOTICE = command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	echo '!!!!! chromium not found: the dashboard browser tests are SKIPPED. Install it: apt-get install chromium !!!!!'
