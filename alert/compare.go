@@ -97,6 +97,8 @@ type comparison struct {
 	recentPos        int
 
 	verdict proto.Verdict
+
+	edges *edgeComparison // outbound edges (edges.go); nil until a window is paired
 }
 
 // threshold is a frozen latency threshold.

@@ -533,6 +533,7 @@ func (d *Detector) pairLocked(c *comparison, w *proto.Window, x *extract, isBase
 		}
 		c.initTests()
 	}
+	c.edgeWindow(w, isBaseline) // outbound edges (edges.go)
 	mine, other := &c.pendB, &c.pendA
 	if isBaseline {
 		mine, other = &c.pendA, &c.pendB
@@ -580,18 +581,23 @@ func (d *Detector) pairLocked(c *comparison, w *proto.Window, x *extract, isBase
 }
 
 // judgeLocked decides after a compared window pair.
-func (d *Detector) judgeLocked(c *comparison, logAvg float64, nowMs int64) {
+func (d *Detector) judgeLocked(c *comparison, redLogAvg float64, nowMs int64) {
 	set := c.set
+	logAvg, _ := c.withEdges(redLogAvg) // the RED tests' average joined by the edges' (edges.go)
 	if logAvg >= c.logTh {
+		if ev, sentence, ok := c.edgeRollback(logAvg, redLogAvg, c.elapsed(nowMs)); ok {
+			d.finishLocked(c, proto.StateRollback, nowMs, ev.Decisive, ev, sentence)
+			return
+		}
 		dec := c.decisive()
-		ev := c.evidence(dec)
+		ev := c.edgeEvidence(c.evidence(dec), logAvg)
 		d.finishLocked(c, proto.StateRollback, nowMs, dec, ev, c.rollbackSentence(&ev, dec, c.elapsed(nowMs)))
 		return
 	}
 	exposure := time.Duration(nowMs-c.startMs) * time.Millisecond
-	if exposure >= set.minExposure && c.windows%passCheckEvery == 0 && c.passes() {
-		ev := c.evidence("")
-		d.finishLocked(c, proto.StatePass, nowMs, "", ev, c.passSentence(&ev, c.elapsed(nowMs)))
+	if exposure >= set.minExposure && c.windows%passCheckEvery == 0 && c.passes() && c.edgesPass() {
+		ev := c.edgeEvidence(c.evidence(""), logAvg)
+		d.finishLocked(c, proto.StatePass, nowMs, "", ev, c.passSentence(&ev, c.elapsed(nowMs))+c.newDepsSentence())
 		return
 	}
 	if time.Duration(nowMs-c.createdMs)*time.Millisecond >= set.maxDuration {
