@@ -597,7 +597,7 @@ func (d *Detector) judgeLocked(c *comparison, redLogAvg float64, nowMs int64) {
 	exposure := time.Duration(nowMs-c.startMs) * time.Millisecond
 	if exposure >= set.minExposure && c.windows%passCheckEvery == 0 && c.passes() && c.edgesPass() {
 		ev := c.edgeEvidence(c.evidence(""), logAvg)
-		d.finishLocked(c, proto.StatePass, nowMs, "", ev, c.passSentence(&ev, c.elapsed(nowMs))+c.newDepsSentence())
+		d.finishLocked(c, proto.StatePass, nowMs, "", ev, c.passSentence(&ev, c.elapsed(nowMs))+c.edgesPassSentence())
 		return
 	}
 	if time.Duration(nowMs-c.createdMs)*time.Millisecond >= set.maxDuration {

@@ -434,14 +434,35 @@ func (c *comparison) edgeSentence(j *edgeJudge, t *edgeTest, e float64, elapsed 
 		edge, what, over, e, 1/c.set.alpha, after(elapsed))
 }
 
-// newDepsSentence names the new dependencies, for a pass sentence; "" when there are none.
-func (c *comparison) newDepsSentence() string {
-	if c.edges == nil || len(c.edges.newDeps) == 0 {
+// edgesPassSentence says what the edges showed, for a pass sentence: the edges judged with
+// their highest confidence bound, and the new dependencies; "" without edges.
+func (c *comparison) edgesPassSentence() string {
+	e := c.edges
+	if e == nil || e.weight == 0 {
 		return ""
 	}
-	var parts []string
-	for _, k := range sortedKeys(c.edges.newDeps) {
-		parts = append(parts, fmt.Sprintf("%s (%.0f calls)", k, c.edges.newDeps[k][0]))
+	var out string
+	if len(e.judges) > 0 {
+		worst, name := 0.0, ""
+		for _, t := range e.tests() {
+			if t.eA+t.eB == 0 {
+				continue
+			}
+			if _, hi, ok := t.cs.Bounds(c.set.alpha); ok && hi > worst {
+				worst, name = hi, t.name
+			}
+		}
+		out = fmt.Sprintf("; outbound edges judged: %d", len(e.judges))
+		if name != "" {
+			out += fmt.Sprintf(", highest bound %s %s×", name, ratio(worst))
+		}
 	}
-	return "; new dependencies the baseline never calls: " + strings.Join(parts, ", ")
+	if len(e.newDeps) > 0 {
+		var parts []string
+		for _, k := range sortedKeys(e.newDeps) {
+			parts = append(parts, fmt.Sprintf("%s (%.0f calls)", k, e.newDeps[k][0]))
+		}
+		out += "; new dependencies the baseline never calls: " + strings.Join(parts, ", ")
+	}
+	return out
 }
