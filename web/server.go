@@ -94,6 +94,8 @@ type Server struct {
 	slots   map[string]int // websocket clients by caller (see callerOf)
 
 	m serverMetrics
+
+	graph *flowGraph // the live dependency graph (graph.go); its own lock
 }
 
 // serverMetrics are the Server's self-metrics, all in one Set.
@@ -199,6 +201,7 @@ func New(cfg Config, set *metrics.Set, logger *slog.Logger) (*Server, error) {
 		s.m.dropped[r] = set.NewCounter(`herd_web_clients_dropped_total{reason="` + r + `"}`)
 	}
 	s.guard = NewGuard(cfg.HTTP, set)
+	s.graph = newFlowGraph(set) // the dependency graph (graph.go)
 	s.guard.onRefuse = func(r *http.Request, reason string) {
 		if reason == ReasonUnauthorized && strings.HasSuffix(r.URL.Path, "/stream") {
 			s.m.refused[ReasonUnauthorized].Inc()
@@ -337,6 +340,7 @@ func (s *Server) apply(in input) {
 	case in.w != nil:
 		s.m.inputs["window"].Inc()
 		s.applyWindowLocked(in.w, now)
+		s.graph.addWindow(in.w)
 	case in.v != nil:
 		s.m.inputs["verdict"].Inc()
 		v := *in.v
