@@ -221,7 +221,7 @@ export function mount(el, app) {
     const columns = new Map();
     for (const [n, k] of col) { if (!columns.has(k)) columns.set(k, []); columns.get(k).push(n); }
     const pos = new Map();
-    const cx = (k) => w / 2 + k * Math.min(260, (w - 160) / 4);
+    const cx = (k) => w / 2 + k * Math.min(330, (w - 170) / 4);
     for (const [k, ns] of columns) {
       ns.sort();
       const step = Math.min(56, (h - 60) / Math.max(ns.length, 1));
@@ -260,8 +260,9 @@ export function mount(el, app) {
       ctx.bezierCurveTo((p.x + r.x) / 2, p.y + offset, (p.x + r.x) / 2, r.y + offset, r.x - 70, r.y + offset);
       ctx.stroke();
       if (label) {
+        // Beside the callee: the baseline's above its line, the canary's below.
         ctx.fillStyle = color;
-        ctx.fillText(label, (p.x + r.x) / 2 - 40, (p.y + r.y) / 2 + offset + (offset > 0 ? 12 : -4));
+        ctx.fillText(label, r.x - 76 - ctx.measureText(label).width, r.y + (offset > 0 ? 18 : -9));
       } else if (e.callee === focus || col.get(e.caller) !== undefined) {
         ctx.fillStyle = c.muted;
         ctx.fillText(`${fmtRate(e.rps)}/s · ${(100 * e.error_ratio).toFixed(1)} %`, (p.x + r.x) / 2 - 30, (p.y + r.y) / 2 - 3);
@@ -340,8 +341,13 @@ class FleetLayout {
         this.domains.set(s.domain, { x: (i % cols) * 260, y: Math.floor(i / cols) * 260 });
       }
     }
+    // Placed services are pinned; only those of the new services' domains take part.
+    const freshDomains = new Set(fresh.map(s => s.domain));
     const nodes = [];
-    for (const [name, p] of this.pos) nodes.push({ id: name, x: p.x, y: p.y, fx: p.x, fy: p.y });
+    for (const [name, p] of this.pos) {
+      if (freshDomains.has(g.services.get(name)?.domain)) nodes.push({ id: name, x: p.x, y: p.y, fx: p.x, fy: p.y });
+    }
+    const first = this.pos.size === 0;
     let seed = 1;
     const rnd = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
     for (const s of fresh.sort((a, b) => a.name < b.name ? -1 : 1)) {
@@ -360,7 +366,7 @@ class FleetLayout {
         .force('x', d3.forceX(n => centre(n).x).strength(0.25))
         .force('y', d3.forceY(n => centre(n).y).strength(0.25))
         .stop();
-      sim.tick(60);
+      sim.tick(first ? 40 : 20);
     }
     for (const n of nodes) if (!this.pos.has(n.id)) this.pos.set(n.id, { x: n.x, y: n.y });
     this.bounds = null;
