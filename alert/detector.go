@@ -334,6 +334,7 @@ func (d *Detector) AddWindow(w *proto.Window) {
 		d.m.warmWindows.Inc()
 	}
 	g.observe(w, x, tx)
+	d.inboundWindowLocked(w) // a callee's errors by caller group (edges.go)
 	if s.comps[w.Version] == nil {
 		d.inferLocked(s, g, w.StartMs)
 	}

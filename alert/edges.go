@@ -36,8 +36,9 @@ const (
 	// maxEdgeSlots bounds the edges judged per comparison; further edges are reported
 	// unjudged (evidence name edge_unjudged).
 	maxEdgeSlots = 8
-	// edgeTestsPerSlot: fan-out, errors, latency.
-	edgeTestsPerSlot = 3
+	// edgeTestsPerSlot: fan-out, errors, latency, and the callee's errors on the caller's
+	// requests (blast radius).
+	edgeTestsPerSlot = 4
 	// maxEdgesPerWindow bounds the edges read from one window (the rollup's per-group series
 	// limit bounds them first).
 	maxEdgesPerWindow = 512
@@ -101,7 +102,10 @@ func (t *edgeTest) recentRates() (a, b float64, pairs int) {
 type edgeJudge struct {
 	key                  proto.EdgeKey
 	fanout, errors, slow edgeTest
-	ref                  proto.Histogram // baseline latency until the threshold freezes
+	// blast compares the callee's errors on requests from the canary with those from the
+	// baseline, read from the callee's own windows (proto.SeriesInboundRequests by caller).
+	blast edgeTest
+	ref   proto.Histogram // baseline latency until the threshold freezes
 	frozen               bool
 }
 
@@ -234,11 +238,12 @@ func (c *comparison) edgePair(a, b *edgeRecord) {
 			delete(e.newDeps, k)
 			if len(e.judges) < maxEdgeSlots {
 				j := &edgeJudge{key: k}
-				for _, t := range []*countTest{&j.fanout.countTest, &j.errors.countTest, &j.slow.countTest} {
+				for _, t := range []*countTest{&j.fanout.countTest, &j.errors.countTest, &j.slow.countTest, &j.blast.countTest} {
 					t.weight, t.logW = w, math.Log(w)
 					t.ep.init(c.psi0)
 				}
 				j.fanout.name, j.errors.name, j.slow.name = "edge_fanout "+k.String(), "edge_errors "+k.String(), "edge_latency "+k.String()
+				j.blast.name = "edge_blast " + k.String()
 				j.slow.latency, j.slow.quantile = true, edgeQuantile
 				j.ref.Merge(&ea.latency)
 				e.judges = append(e.judges, j)
@@ -294,6 +299,9 @@ func (e *edgeComparison) tests() []*countTest {
 		if j.frozen {
 			out = append(out, &j.slow.countTest)
 		}
+		if j.blast.nA+j.blast.nB > 0 {
+			out = append(out, &j.blast.countTest)
+		}
 	}
 	return out
 }
@@ -327,7 +335,7 @@ func (c *comparison) edgeDecisive() (*edgeJudge, *edgeTest) {
 	var bt *edgeTest
 	best := math.Inf(-1)
 	for _, j := range c.edges.judges {
-		for _, t := range []*edgeTest{&j.fanout, &j.errors, &j.slow} {
+		for _, t := range []*edgeTest{&j.fanout, &j.errors, &j.slow, &j.blast} {
 			if v := t.logW + t.ep.LogE(); t.weight > 0 && v > best {
 				best, bj, bt = v, j, t
 			}
@@ -423,6 +431,8 @@ func (c *comparison) edgeSentence(j *edgeJudge, t *edgeTest, e float64, elapsed 
 		what = fmt.Sprintf("%.1f calls per request vs %.1f", b, a)
 	case &j.errors:
 		what = fmt.Sprintf("%.1f %% of calls fail vs %.1f %%", 100*b, 100*a)
+	case &j.blast:
+		what = fmt.Sprintf("%s fails %.1f %% of the canary's requests vs %.1f %% of the baseline's", j.key.Callee, 100*b, 100*a)
 	default:
 		what = fmt.Sprintf("%.0f %% of calls slower than %s vs %.0f %%", 100*b, seconds(t.threshold), 100*a)
 	}
@@ -465,4 +475,57 @@ func (c *comparison) edgesPassSentence() string {
 		out += "; new dependencies the baseline never calls: " + strings.Join(parts, ", ")
 	}
 	return out
+}
+
+// inboundWindowLocked reads a callee's window for its requests and errors by caller group
+// (proto.SeriesInboundRequests, …) and, for every running comparison of a caller whose
+// canary and baseline both called it in this window, updates the blast-radius test of the
+// edge to this callee: the callee's errors on the canary's requests against those on the
+// baseline's, one conditional-binomial update per callee window. The caller holds d.mu.
+func (d *Detector) inboundWindowLocked(w *proto.Window) {
+	type counts struct{ n, e float64 }
+	var by map[[2]string]*counts
+	for i := range w.Series {
+		s := &w.Series[i]
+		svc, ver, ok := proto.CallerOf(s.Name, s.Labels)
+		if !ok || s.Kind != proto.KindCounter || !(s.Value >= 0) || d.services[svc] == nil {
+			continue
+		}
+		if by == nil {
+			by = map[[2]string]*counts{}
+		}
+		c := by[[2]string{svc, ver}]
+		if c == nil {
+			if len(by) >= maxEdgesPerWindow {
+				continue
+			}
+			c = &counts{}
+			by[[2]string{svc, ver}] = c
+		}
+		if s.Name == proto.SeriesInboundRequests {
+			c.n += s.Value
+		} else {
+			c.e += s.Value
+		}
+	}
+	if by == nil {
+		return
+	}
+	for k := range by {
+		caller := d.services[k[0]]
+		for _, c := range caller.comps {
+			if c.final || c.edges == nil || c.edges.weight == 0 || c.canary != k[1] {
+				continue
+			}
+			a, b := by[[2]string{k[0], c.baseline}], by[k]
+			if a == nil {
+				continue
+			}
+			for _, j := range c.edges.judges {
+				if j.key.Callee == w.Service && j.key.Operation == "" {
+					c.edgeUpdate(&j.blast, a.n, b.n, min(a.e, a.n), min(b.e, b.n))
+				}
+			}
+		}
+	}
 }

@@ -212,3 +212,50 @@ func TestEdgeAAFalseRollbacks(t *testing.T) {
 		t.Errorf("got %d false rollbacks of %d; want fewer than 9 (α %g)", rollbacks, trials, cfg.Alpha)
 	}
 }
+
+// TestEdgeBlastRadiusRollsBack: the canary's calls look fine from its side, but the callee's
+// own windows show it failing the canary's requests 5× as often as the baseline's.
+func TestEdgeBlastRadiusRollsBack(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.2, errA: 0.01, errB: 0.01})
+	base := []edgeSpec{{callee: "payments", perRequest: 1, errRatio: 0.01, latencyMedian: 0.02}}
+	win := testWindow.Milliseconds()
+	// callee feeds payments' window of the interval just fed: its requests from each shop
+	// version (the calls) and its errors on them.
+	callee := func(errA, errB float64) {
+		start := f.nowMs - win
+		calls := func(share float64) float64 { return traffic.Poisson(f.r, 2000*share*testWindow.Seconds()) }
+		w := &proto.Window{Service: "payments", Version: "7.1.0", StartMs: start, EndMs: start + win, Instances: 4}
+		for _, g := range []struct {
+			version  string
+			n, ratio float64
+		}{{"v1", calls(0.8), errA}, {"v2", calls(0.2), errB}} {
+			ls := []proto.Label{{Name: proto.LabelCaller, Value: "shop"}, {Name: proto.LabelCallerVersion, Value: g.version}}
+			w.Series = append(w.Series,
+				proto.WindowSeries{Name: proto.SeriesInboundRequests, Labels: ls, Kind: proto.KindCounter, Value: g.n},
+				proto.WindowSeries{Name: proto.SeriesInboundErrors, Labels: ls, Kind: proto.KindCounter, Value: min(traffic.Poisson(f.r, g.n*g.ratio), g.n)})
+		}
+		f.d.AddWindow(w)
+	}
+	f.stepEdges(20, base, nil)
+	f.announce()
+	for range 8 {
+		f.stepEdges(1, base, base)
+		callee(0.01, 0.01)
+	}
+	for range 400 {
+		f.stepEdges(1, base, base)
+		callee(0.01, 0.05)
+		if f.last().State != proto.StatePending {
+			break
+		}
+	}
+	v := f.last()
+	t.Log(v.Sentence)
+	if v.State != proto.StateRollback || v.Evidence.Decisive != "edge_blast payments" {
+		t.Fatalf("got %s by %q (%s); want rollback by edge_blast payments", v.State, v.Evidence.Decisive, v.Sentence)
+	}
+	if !strings.HasPrefix(v.Sentence, "shop v2 → payments: payments fails ") {
+		t.Errorf("sentence %q; want it to name the edge and the callee's failures", v.Sentence)
+	}
+}
