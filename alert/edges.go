@@ -104,9 +104,9 @@ type edgeJudge struct {
 	fanout, errors, slow edgeTest
 	// blast compares the callee's errors on requests from the canary with those from the
 	// baseline, read from the callee's own windows (proto.SeriesInboundRequests by caller).
-	blast edgeTest
-	ref   proto.Histogram // baseline latency until the threshold freezes
-	frozen               bool
+	blast  edgeTest
+	ref    proto.Histogram // baseline latency until the threshold freezes
+	frozen bool
 }
 
 // edgeComparison is the edge part of a comparison. The Detector's mutex guards it.
