@@ -26,7 +26,7 @@ const (
 	// maxGraphGroups bounds the groups whose request rates the graph holds.
 	maxGraphGroups = 10_000
 	// graphTau is the time constant of the rates (exponentially weighted per window).
-	graphTau = 5 * time.Second
+	graphTau = 2 * time.Second
 	// graphIdle drops an edge or a group not seen for this long.
 	graphIdle = 2 * time.Minute
 )
@@ -35,14 +35,17 @@ const (
 // concurrent use.
 type flowGraph struct {
 	mu      sync.Mutex // Guards the fields below.
-	edges   map[graphEdgeID]*graphRate
-	groups  map[[2]string]*graphRate
+	groups  map[[2]string]*graphGroup
+	nedges  int // edges over all groups
 	refused *metrics.Counter
 }
 
-type graphEdgeID struct {
-	caller, version string
-	edge            proto.EdgeKey
+// graphGroup is one (service, version) group: its request rate and its edges' rates. Every
+// window of the group updates all of them (an edge missing from a window called nothing),
+// so a group that stops decays its edges with its requests.
+type graphGroup struct {
+	rate  graphRate
+	edges map[proto.EdgeKey]*graphRate
 }
 
 // graphRate is an exponentially weighted rate of events and errors per second.
@@ -72,7 +75,7 @@ func (r *graphRate) add(n, e float64, endMs, widthMs int64) {
 func newFlowGraph(set *metrics.Set) *flowGraph {
 	promhelp.Describe(map[string]string{"herd_web_graph_edges_refused_total": "Edges of windows the dependency graph " +
 		"skipped because it holds its limit of 20000 edges."})
-	return &flowGraph{edges: map[graphEdgeID]*graphRate{}, groups: map[[2]string]*graphRate{},
+	return &flowGraph{groups: map[[2]string]*graphGroup{},
 		refused: set.NewCounter("herd_web_graph_edges_refused_total")}
 }
 
@@ -120,23 +123,30 @@ func (g *flowGraph) addWindow(w *proto.Window) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	gk := [2]string{w.Service, w.Version}
-	if r := g.groups[gk]; r != nil || len(g.groups) < maxGraphGroups {
-		if r == nil {
-			r = &graphRate{}
-			g.groups[gk] = r
+	gr := g.groups[gk]
+	if gr == nil {
+		if len(g.groups) >= maxGraphGroups {
+			return
 		}
-		r.add(req.n, req.e, w.EndMs, width)
+		gr = &graphGroup{edges: map[proto.EdgeKey]*graphRate{}}
+		g.groups[gk] = gr
+	}
+	gr.rate.add(req.n, req.e, w.EndMs, width)
+	for k, r := range gr.edges {
+		if es[k] == nil {
+			r.add(0, 0, w.EndMs, width)
+		}
 	}
 	for k, c := range es {
-		id := graphEdgeID{w.Service, w.Version, k}
-		r := g.edges[id]
+		r := gr.edges[k]
 		if r == nil {
-			if len(g.edges) >= maxGraphEdges {
+			if g.nedges >= maxGraphEdges {
 				g.refused.Inc()
 				continue
 			}
 			r = &graphRate{}
-			g.edges[id] = r
+			gr.edges[k] = r
+			g.nedges++
 		}
 		r.add(c.n, c.e, w.EndMs, width)
 	}
@@ -147,13 +157,9 @@ func (g *flowGraph) prune(nowMs int64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	cut := nowMs - graphIdle.Milliseconds()
-	for k, r := range g.edges {
-		if r.lastMs < cut {
-			delete(g.edges, k)
-		}
-	}
-	for k, r := range g.groups {
-		if r.lastMs < cut {
+	for k, gr := range g.groups {
+		if gr.rate.lastMs < cut {
+			g.nedges -= len(gr.edges)
 			delete(g.groups, k)
 		}
 	}
@@ -219,17 +225,17 @@ func (s *Server) serveGraph(w http.ResponseWriter, _ *http.Request) {
 		return sv
 	}
 	g.mu.Lock()
-	for id, r := range g.edges {
-		ratio := 0.0
-		if r.perSec > 0 {
-			ratio = min(r.errPerSec/r.perSec, 1)
-		}
-		out.Edges = append(out.Edges, GraphEdge{Caller: id.caller, Version: id.version, Callee: id.edge.Callee,
-			Operation: id.edge.Operation, RPS: round3(r.perSec), ErrorRatio: round3(ratio)})
-	}
 	groups := make(map[[2]string]graphRate, len(g.groups))
-	for k, r := range g.groups {
-		groups[k] = *r
+	for gk, gr := range g.groups {
+		groups[gk] = gr.rate
+		for k, r := range gr.edges {
+			ratio := 0.0
+			if r.perSec > 0 {
+				ratio = min(r.errPerSec/r.perSec, 1)
+			}
+			out.Edges = append(out.Edges, GraphEdge{Caller: gk[0], Version: gk[1], Callee: k.Callee,
+				Operation: k.Operation, RPS: round3(r.perSec), ErrorRatio: round3(ratio)})
+		}
 	}
 	g.mu.Unlock()
 	slices.SortFunc(out.Edges, func(a, b GraphEdge) int {
