@@ -98,6 +98,8 @@ type comparison struct {
 
 	verdict proto.Verdict
 	life    lifecycle // watch and live evidence (lifecycle.go, live.go)
+
+	edges *edgeComparison // outbound edges (edges.go); nil until a window is paired
 }
 
 // threshold is a frozen latency threshold.

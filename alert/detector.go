@@ -373,6 +373,7 @@ func (d *Detector) AddWindow(w *proto.Window) {
 		d.m.warmWindows.Inc()
 	}
 	g.observe(w, x, tx)
+	d.inboundWindowLocked(w) // a callee's errors by caller group (edges.go)
 	if s.comps[w.Version] == nil {
 		d.inferLocked(s, g, w.StartMs)
 	}
@@ -584,6 +585,7 @@ func (d *Detector) pairLocked(c *comparison, w *proto.Window, x *extract, isBase
 		c.initTests()
 	}
 	c.life.live.add(isBaseline, w, x, !c.frozen || len(c.thresholds) > 0)
+	c.edgeWindow(w, isBaseline, d.services[c.service].choice.Definition()) // outbound edges (edges.go)
 	mine, other := &c.pendB, &c.pendA
 	if isBaseline {
 		mine, other = &c.pendA, &c.pendB
@@ -631,11 +633,16 @@ func (d *Detector) pairLocked(c *comparison, w *proto.Window, x *extract, isBase
 }
 
 // judgeLocked decides after a compared window pair.
-func (d *Detector) judgeLocked(c *comparison, logAvg float64, nowMs int64) {
+func (d *Detector) judgeLocked(c *comparison, redLogAvg float64, nowMs int64) {
 	set := c.set
+	logAvg, _ := c.withEdges(redLogAvg) // the RED tests' average joined by the edges' (edges.go)
 	if logAvg >= c.logTh {
+		if ev, sentence, ok := c.edgeRollback(logAvg, redLogAvg, c.elapsed(nowMs)); ok {
+			d.finishLocked(c, proto.StateRollback, nowMs, ev.Decisive, ev, sentence)
+			return
+		}
 		dec := c.decisive()
-		ev := c.evidence(dec)
+		ev := c.edgeEvidence(c.evidence(dec), logAvg)
 		ev.Effects = c.effects(&ev)
 		d.finishLocked(c, proto.StateRollback, nowMs, dec, ev, c.rollbackSentence(&ev, dec, c.elapsed(nowMs)))
 		return
@@ -645,10 +652,10 @@ func (d *Detector) judgeLocked(c *comparison, logAvg float64, nowMs int64) {
 		return
 	}
 	exposure := time.Duration(nowMs-c.startMs) * time.Millisecond
-	if exposure >= set.minExposure && c.windows%passCheckEvery == 0 && c.passes() {
-		ev := c.evidence("")
+	if exposure >= set.minExposure && c.windows%passCheckEvery == 0 && c.passes() && c.edgesPass() {
+		ev := c.edgeEvidence(c.evidence(""), logAvg)
 		ev.Effects = c.effects(&ev)
-		d.finishLocked(c, proto.StatePass, nowMs, "", ev, c.passSentence(&ev, c.elapsed(nowMs)))
+		d.finishLocked(c, proto.StatePass, nowMs, "", ev, c.passSentence(&ev, c.elapsed(nowMs))+c.edgesPassSentence())
 		return
 	}
 	if time.Duration(nowMs-c.createdMs)*time.Millisecond >= set.maxDuration {

@@ -21,6 +21,7 @@ import (
 var DetectScenarios = []string{
 	"aa", "aa-outage", "aa-spread", "aa-promote",
 	"errors-x1.5", "errors-x3", "errors-x10", "crash-loop", "latency-tail", "latency-x1.2",
+	"edges-aa", "edges-fanout-x2", "edges-fanout-x5", "edges-downstream-x3", // detectedges.go
 }
 
 // detectScenario describes how the simulated canary differs from the baseline.
@@ -31,10 +32,11 @@ type detectScenario struct {
 	crash      bool    // canary instances crash-loop: 90 % errors, half the traffic
 	tailFrac   float64 // share of canary requests delayed by tailShift
 	tailShift  float64
-	scale      float64 // canary latency multiplier
-	outage     bool    // two 15 s outages hitting both versions: errors ×20, latency ×3
-	spread     bool    // 2 canary vs 20 baseline instances, instances differ
-	promote    bool    // A/A with promotion enabled: measures time to pass
+	scale      float64      // canary latency multiplier
+	outage     bool         // two 15 s outages hitting both versions: errors ×20, latency ×3
+	spread     bool         // 2 canary vs 20 baseline instances, instances differ
+	promote    bool         // A/A with promotion enabled: measures time to pass
+	edge       edgeScenario // request-flow scenarios (detectedges.go)
 }
 
 func scenarioByName(name string) (detectScenario, bool) {
@@ -61,7 +63,7 @@ func scenarioByName(name string) (detectScenario, bool) {
 	case "latency-x1.2":
 		s.scale = 1.2
 	default:
-		return s, false
+		return s, edgeScenarioByName(name, &s)
 	}
 	return s, true
 }
@@ -289,6 +291,8 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *traffic.Bins, sc detectScena
 		f := [2]float64{traffic.Normal: 1, traffic.Outage: 20}[st]
 		ga.ErrorRate[st], gb.ErrorRate[st] = min(errA*f, 1), min(errB*f, 1)
 	}
+	edgesA := newBenchEdges(sc, "v1", perWindow*(1-share), false)
+	edgesB := newBenchEdges(sc, "v2", perWindow*share, true)
 	windows := int(cfg.Duration / cfg.Window)
 	pre := int(benchPreSeconds * time.Second / cfg.Window)
 	var outages [2]int
@@ -317,7 +321,7 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *traffic.Bins, sc detectScena
 				st = traffic.Outage
 			}
 		}
-		det.AddWindow(ga.Fill(r, start, start+winMs, load, st, 0))
+		det.AddWindow(edgesA.decorate(r, ga.Fill(r, start, start+winMs, load, st, 0), perWindow*(1-share), st))
 		if k == pre {
 			_ = det.Announce(proto.Deployment{Service: benchService, Baseline: "v1", Canary: "v2", UnixMs: canaryStart})
 		}
@@ -328,7 +332,7 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *traffic.Bins, sc detectScena
 			gb.Instances, gb.InstancesStarted = 1+r.IntN(kB), 1
 			det.AddWindow(gb.Fill(r, start, start+winMs, load*0.5, st, 0.9))
 		} else {
-			det.AddWindow(gb.Fill(r, start, start+winMs, load, st, 0))
+			det.AddWindow(edgesB.decorate(r, gb.Fill(r, start, start+winMs, load, st, 0), perWindow*share, st))
 		}
 		if last.State == proto.StatePass || last.State == proto.StateRollback {
 			break

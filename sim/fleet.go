@@ -33,6 +33,9 @@ type FleetConfig struct {
 	Seed uint64
 	// Shards is the number of goroutines the instances are spread over [4].
 	Shards int
+	// Calls are the outbound edges of each service (every version of it), by caller service:
+	// every request of the caller makes the calls (see Edge).
+	Calls map[string][]Edge
 	// Publish sends a batch; typically (*nats.Conn).Publish. Required unless Publishers is set.
 	Publish ingest.PublishFunc
 	// Publishers, if set, replaces Publish: shard i publishes with Publishers[i mod len], so a
@@ -58,8 +61,9 @@ type Fleet struct {
 	groups  []*GroupState
 	metrics *metrics.Set // the clients' self-metrics, kept off the global set
 
-	mu     sync.Mutex // guards totals
-	totals map[*GroupState]*Totals
+	mu       sync.Mutex // guards totals and edgeSums
+	totals   map[*GroupState]*Totals
+	edgeSums EdgeSums
 }
 
 // instance is one simulated instance: a real ingest.Client fed with generated traffic. Its
@@ -68,6 +72,7 @@ type instance struct {
 	g      *GroupState
 	client *ingest.Client
 	red    *ingest.RED
+	edges  *ingest.Edges // nil when the group calls nothing
 	dies   time.Time
 }
 
@@ -96,7 +101,7 @@ func NewFleet(cfg FleetConfig) (*Fleet, error) {
 	if cfg.LifetimeMin <= 0 || cfg.LifetimeMax < cfg.LifetimeMin {
 		return nil, fmt.Errorf("cannot create fleet: instance lifetime range [%s, %s] is empty", cfg.LifetimeMin, cfg.LifetimeMax)
 	}
-	f := &Fleet{cfg: cfg, metrics: metrics.NewSet(), totals: map[*GroupState]*Totals{}}
+	f := &Fleet{cfg: cfg, metrics: metrics.NewSet(), totals: map[*GroupState]*Totals{}, edgeSums: EdgeSums{}}
 	for _, s := range cfg.Groups {
 		if err := s.validate(); err != nil {
 			return nil, fmt.Errorf("cannot create fleet: %w", err)
@@ -105,6 +110,9 @@ func NewFleet(cfg FleetConfig) (*Fleet, error) {
 			return nil, fmt.Errorf("cannot create fleet: group %s/%s is listed twice", s.Service, s.Version)
 		}
 		g := newGroupState(s)
+		if err := g.edges.init(cfg.Calls[s.Service]); err != nil {
+			return nil, fmt.Errorf("cannot create fleet: service %s: %w", s.Service, err)
+		}
 		f.groups = append(f.groups, g)
 		f.totals[g] = &Totals{Service: s.Service, Version: s.Version}
 	}
@@ -309,6 +317,7 @@ func (f *Fleet) start(g *GroupState, shard int, now time.Time, rng *rand.Rand, i
 				return
 			}
 			tot.addBatch(b)
+			f.edgeSums.addBatch(b)
 		},
 	})
 	if err != nil {
@@ -325,7 +334,7 @@ func (f *Fleet) start(g *GroupState, shard int, now time.Time, rng *rand.Rand, i
 	tot.InstancesStarted++
 	f.mu.Unlock()
 	g.live.Add(1)
-	return &instance{g: g, client: c, red: c.RED(), dies: now.Add(life)}, nil
+	return &instance{g: g, client: c, red: c.RED(), edges: newEdges(g, c), dies: now.Add(life)}, nil
 }
 
 func (f *Fleet) stop(in *instance, t time.Time) {
@@ -346,5 +355,9 @@ func (f *Fleet) traffic(in *instance, rng *rand.Rand) {
 		errRate = 1 // a crash-looping instance fails what reaches it, then dies
 	}
 	m := traffic.LogNormal(g.spec.LatencyMedian, g.spec.LatencyP99, g.LatencyFactor())
-	traffic.Requests(rng, g.spec.RPS*f.cfg.Interval.Seconds(), errRate, m, in.red.Observe)
+	observe := in.red.Observe
+	if in.edges != nil {
+		observe = withCalls(in, rng, observe)
+	}
+	traffic.Requests(rng, g.spec.RPS*f.cfg.Interval.Seconds(), errRate, m, observe)
 }

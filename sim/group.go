@@ -35,6 +35,7 @@ type GroupState struct {
 	// replacements do the same (a crash loop).
 	crash atomic.Bool
 	live  atomic.Int64 // instances currently alive
+	edges edgeKnobs    // the service's calls and their knobs (edges.go)
 }
 
 func newGroupState(spec Group) *GroupState {

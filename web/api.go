@@ -40,10 +40,12 @@ func (s *Server) Handler() http.Handler {
 	api("POST /api/v1/deployments", s.servePostDeployment)
 	api("GET /api/v1/dashboard/decisions", s.serveDecisions)
 	api("GET /api/v1/stream", s.serveStream)
+	api("GET /api/v1/graph", s.serveGraph)
 	mux.Handle("GET /static/", staticHandler())
 	mux.HandleFunc("GET /{$}", serveIndex)
 	mux.HandleFunc("GET /services/{service}", serveIndex)
 	mux.HandleFunc("GET /decisions", serveIndex)
+	mux.HandleFunc("GET /graph", serveIndex)
 	return mux
 }
 

@@ -98,6 +98,8 @@ type Server struct {
 	slots   map[string]int // websocket clients by caller (see callerOf)
 
 	m serverMetrics
+
+	graph *flowGraph // the live dependency graph (graph.go); its own lock
 }
 
 // serverMetrics are the Server's self-metrics, all in one Set.
@@ -206,6 +208,7 @@ func New(cfg Config, set *metrics.Set, logger *slog.Logger) (*Server, error) {
 		s.m.dropped[r] = set.NewCounter(`herd_web_clients_dropped_total{reason="` + r + `"}`)
 	}
 	s.guard = NewGuard(cfg.HTTP, set)
+	s.graph = newFlowGraph(set) // the dependency graph (graph.go)
 	s.guard.onRefuse = func(r *http.Request, reason string) {
 		if reason == ReasonUnauthorized && strings.HasSuffix(r.URL.Path, "/stream") {
 			s.m.refused[ReasonUnauthorized].Inc()
@@ -431,6 +434,7 @@ func (s *Server) applyWindowLocked(w *proto.Window, now time.Time) {
 		s.publishLocked(w.Service, now, encodeSignalsEvent(s.seq+1, sv))
 	}
 	p := s.summarize(sv, w)
+	s.graph.addWindow(w, p.Requests, p.Errors)
 	g.ring.add(p)
 	g.latest = w
 	s.m.windowDelay.Update(float64(now.UnixMilli()-w.EndMs) / 1000)

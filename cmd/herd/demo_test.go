@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/herd-dev/herd/internal/perftest"
@@ -50,18 +51,25 @@ func TestDemoScenarios(t *testing.T) {
 	for _, tc := range []struct {
 		scenario     string
 		outcome      string
-		maxWebhookMs int64 // from onset; 0: no webhook allowed
+		maxWebhookMs int64    // from onset; 0: no webhook allowed
+		decisive     string   // the decisive test of the rollback, if it matters
+		args         []string // more flags
 	}{
-		{"crash", "rollback", 500},
-		{"errors", "rollback", 10000},
+		{"crash", "rollback", 500, "", nil},
+		{"errors", "rollback", 10000, "", nil},
 		// A young fleet: every instance is still warming up when the canary starts, so the
 		// latency thresholds must freeze from all instances (this once ended in a pass).
-		{"latency", "rollback", 10000},
-		{"good", "pass", 0},
+		{"latency", "rollback", 10000, "", nil},
+		{"good", "pass", 0, "", nil},
+		// Request flow: the canary's own RED stays normal; its edge to payments decides.
+		{"fanout", "rollback", 10000, "edge_fanout payments", nil},
+		{"downstream", "rollback", 10000, "edge_errors payments", nil},
+		{"good", "pass", 0, "", []string{"--graph"}},
 	} {
-		t.Run(tc.scenario, func(t *testing.T) {
+		name := strings.Join(append([]string{tc.scenario}, tc.args...), " ")
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			code, events := runDemo(t, "--scenario", tc.scenario, "--duration", "90s")
+			code, events := runDemo(t, append([]string{"--scenario", tc.scenario, "--duration", "90s"}, tc.args...)...)
 			if code != 0 {
 				t.Fatalf("herd demo --scenario %s exited %d; want 0", tc.scenario, code)
 			}
@@ -88,10 +96,25 @@ func TestDemoScenarios(t *testing.T) {
 				t.Fatal("no webhook_received event after the onset")
 			}
 			perftest.Within(t, "webhook received after onset (ms)", *hook.SinceOnsetMs, tc.maxWebhookMs)
+			if v := firstVerdict(events, "rollback"); tc.decisive != "" && (v == nil || v.Evidence == nil || v.Evidence.Decisive != tc.decisive) {
+				t.Errorf("rollback verdict %+v; want it decided by %s", v, tc.decisive)
+			} else if tc.decisive != "" && !strings.Contains(v.Text, "checkout 1.5.0 → payments: ") {
+				t.Errorf("rollback verdict %q; want it to name the edge checkout 1.5.0 → payments", v.Text)
+			}
 			if firstEvent(events, "instances_stopped") == nil {
 				t.Errorf("the canary's instances were not stopped after the rollback")
 			}
 			t.Logf("%s: webhook %d ms after onset; %s", tc.scenario, *hook.SinceOnsetMs, sum.Summary.Sentence)
 		})
 	}
+}
+
+// firstVerdict returns the first verdict event with this state, or nil.
+func firstVerdict(events []demo.Event, state string) *demo.Event {
+	for i := range events {
+		if events[i].Type == "verdict" && events[i].State == state {
+			return &events[i]
+		}
+	}
+	return nil
 }

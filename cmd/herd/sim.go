@@ -1,15 +1,18 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/sim"
+	"github.com/herd-dev/herd/sim/graph"
 )
 
 // simFlags are the flags of `herd sim`.
@@ -23,6 +26,8 @@ type simFlags struct {
 	lifetimeMin, lifetimeMax  time.Duration
 	interval, duration        time.Duration
 	seed                      uint64
+	graph                     int
+	graphCallees              float64
 }
 
 func (s *simFlags) register(fs *flag.FlagSet) {
@@ -40,6 +45,32 @@ func (s *simFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&s.interval, "interval", ingest.DefaultInterval, "batch interval of every instance (duration)")
 	fs.DurationVar(&s.duration, "duration", 0, "how long to run; 0 runs until interrupted (duration)")
 	fs.Uint64Var(&s.seed, "seed", 1, "random seed; the same seed gives the same traffic")
+	fs.IntVar(&s.graph, "graph", 0, "simulate a generated service graph of this many services instead of -services (each request fans out along its edges; 0: off) (count)")
+	fs.Float64Var(&s.graphCallees, "graph-callees", 3, "mean callees per service of the generated graph (count)")
+}
+
+// graphGroups generates the -graph service graph: one group per service at the first
+// version, sized by its request rate, and the calls of each service.
+func (s *simFlags) graphGroups() ([]sim.Group, map[string][]sim.Edge, error) {
+	g, err := graph.New(graph.Config{Services: s.graph, Callees: s.graphCallees, EntryRPS: s.rps * float64(s.instances) / 4,
+		RPSPerInstance: s.rps, MaxInstances: max(1, s.instances/s.graph), Seed: s.seed})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: -graph %d, -graph-callees %v: %v", errUsage, s.graph, s.graphCallees, err)
+	}
+	version := "1.0.0"
+	if len(s.versions) > 0 {
+		version = s.versions[0]
+	}
+	return g.Groups(version, s.errorRate, s.latencyMedian, s.latencyP99), g.Calls, nil
+}
+
+// edgeTotal is one edge's line of `herd sim`'s JSON.
+type edgeTotal struct {
+	Service   string `json:"service"`
+	Version   string `json:"version"`
+	Callee    string `json:"callee"`
+	Operation string `json:"operation,omitempty"`
+	sim.EdgeTotals
 }
 
 // spread spreads the instances over services and versions (see sim.Spread).
@@ -61,7 +92,14 @@ func simCommand() command {
 			var s simFlags
 			s.register(fs)
 			return func(ctx context.Context) error {
-				groups, err := s.spread()
+				var groups []sim.Group
+				var calls map[string][]sim.Edge
+				var err error
+				if s.graph > 0 {
+					groups, calls, err = s.graphGroups()
+				} else {
+					groups, err = s.spread()
+				}
 				if err != nil {
 					return err
 				}
@@ -73,7 +111,7 @@ func simCommand() command {
 					return err
 				}
 				defer nc.Close()
-				f, err := sim.NewFleet(sim.FleetConfig{Groups: groups, LifetimeMin: s.lifetimeMin, LifetimeMax: s.lifetimeMax,
+				f, err := sim.NewFleet(sim.FleetConfig{Groups: groups, Calls: calls, LifetimeMin: s.lifetimeMin, LifetimeMax: s.lifetimeMax,
 					Interval: s.interval, Seed: s.seed, Publish: nc.Publish, Logger: e.logger})
 				if err != nil {
 					return fmt.Errorf("%w: %v", errUsage, err)
@@ -90,7 +128,18 @@ func simCommand() command {
 				if err := nc.FlushTimeout(10 * time.Second); err != nil {
 					return fmt.Errorf("cannot flush the last batches to NATS: %w", err)
 				}
-				out, _ := json.Marshal(map[string]any{"groups": f.Totals()})
+				res := map[string]any{"groups": f.Totals()}
+				if s.graph > 0 {
+					edges := []edgeTotal{}
+					for id, t := range f.EdgeTotals() {
+						edges = append(edges, edgeTotal{id.Service, id.Version, id.Edge.Callee, id.Edge.Operation, t})
+					}
+					slices.SortFunc(edges, func(a, b edgeTotal) int {
+						return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Version, b.Version), cmp.Compare(a.Callee, b.Callee))
+					})
+					res["edges"] = edges
+				}
+				out, _ := json.Marshal(res)
 				fmt.Fprintln(e.stdout, string(out))
 				return nil
 			}

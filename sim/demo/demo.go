@@ -67,6 +67,9 @@ var Scenarios = map[string]string{
 	"latency": "canary latency ×3",
 	"crash":   "canary instances crash-loop",
 	"good":    "no regression (canary as good as baseline)",
+	// Request-flow scenarios (flow.go): the canary's own RED stays normal.
+	"fanout":     "canary calls payments 5× per request",
+	"downstream": "canary's calls make payments fail 5× as often",
 }
 
 // Config configures a run. Start from DefaultConfig.
@@ -82,6 +85,9 @@ type Config struct {
 	Duration time.Duration
 	// JSON prints one JSON Event per line instead of a timeline.
 	JSON bool
+	// Graph runs the request flow around checkout and a generated service graph (flow.go);
+	// the fanout and downstream scenarios always do.
+	Graph bool
 	// Baseline and Canary are the instance counts of the two versions.
 	Baseline, Canary int
 	// RPS is each instance's request rate; ErrorRate the failure probability before onset.
@@ -153,7 +159,7 @@ const (
 
 func (d *demo) run(ctx context.Context) error {
 	if _, ok := Scenarios[d.cfg.Scenario]; !ok {
-		return fmt.Errorf("unknown scenario %q: want errors, latency, crash or good", d.cfg.Scenario)
+		return fmt.Errorf("unknown scenario %q: want errors, latency, crash, good, fanout or downstream", d.cfg.Scenario)
 	}
 	if d.cfg.Node.DataDir == node.DefaultConfig().DataDir {
 		// Each demo starts from nothing: no decisions of an earlier run.
@@ -208,15 +214,24 @@ func (d *demo) addReceiver() (net.Listener, []byte, error) {
 // fleet builds the simulated fleet: the baseline, the canary (no instances until deployed)
 // and another service.
 func (d *demo) fleet(publish ingest.PublishFunc) (*sim.Fleet, error) {
+	var more []sim.Group
+	var calls map[string][]sim.Edge
+	if d.cfg.Graph || flowScenario(d.cfg.Scenario) {
+		var err error
+		if more, calls, err = d.flowGroups(); err != nil {
+			return nil, err
+		}
+	}
 	return sim.NewFleet(sim.FleetConfig{
-		Groups: []sim.Group{
+		Calls: calls,
+		Groups: append([]sim.Group{
 			{Service: demoService, Version: demoBaseline, Instances: d.cfg.Baseline, RPS: d.cfg.RPS, ErrorRate: d.cfg.ErrorRate,
 				LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond},
 			{Service: demoService, Version: demoCanary, Instances: 0, RPS: d.cfg.RPS, ErrorRate: d.cfg.ErrorRate,
 				LatencyMedian: 40 * time.Millisecond, LatencyP99: 200 * time.Millisecond},
 			{Service: demoOther, Version: "2.0.1", Instances: 6, RPS: d.cfg.RPS, ErrorRate: 0.002,
 				LatencyMedian: 15 * time.Millisecond, LatencyP99: 90 * time.Millisecond},
-		},
+		}, more...),
 		LifetimeMin: 20 * time.Second, LifetimeMax: 60 * time.Second, Interval: d.cfg.Node.Rollup.Window,
 		Seed: d.cfg.Seed, Publish: publish, Logger: d.cfg.Logger,
 	})
@@ -332,6 +347,8 @@ func (d *demo) story(ctx context.Context, n *node.Node, fl *sim.Fleet, start tim
 		canary.SetLatencyFactor(3)
 	case "crash":
 		canary.SetCrash(true)
+	case "fanout", "downstream":
+		flowOnset(canary, d.cfg.Scenario)
 	}
 	d.mu.Lock()
 	d.onset = time.Now()

@@ -4,6 +4,7 @@ import { Stream } from './stream.js';
 import * as overview from './overview.js';
 import * as servicePage from './service.js';
 import * as decisionsPage from './decisions.js';
+import * as graphPage from './graph.js';
 
 const q = () => new URLSearchParams(location.search);
 
@@ -48,6 +49,9 @@ function route() {
   document.querySelectorAll('nav a').forEach(a => a.classList.remove('active'));
   if ((m = path.match(/^\/services\/([a-z0-9_-]+)$/))) {
     page = servicePage.mount(main, app, m[1]);
+  } else if (path === '/graph') {
+    document.getElementById('nav-graph').classList.add('active');
+    page = graphPage.mount(main, app);
   } else if (path === '/decisions') {
     document.getElementById('nav-decisions').classList.add('active');
     page = decisionsPage.mount(main, app);
