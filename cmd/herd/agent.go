@@ -10,8 +10,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/nats-io/nats.go"
 
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/ingest/kube"
