@@ -32,6 +32,7 @@ type ServicePolicy struct {
 	InstanceSpread *float64  `json:"instance_spread,omitempty"`
 	AcceptMargin   *float64  `json:"accept_margin,omitempty"`
 	Warmup         *Duration `json:"warmup,omitempty"`
+	ColdStart      *Duration `json:"cold_start,omitempty"`
 	MinExposure    *Duration `json:"min_exposure,omitempty"`
 	MaxDuration    *Duration `json:"max_duration,omitempty"`
 	ErrorCeiling   *float64  `json:"error_ceiling,omitempty"`
@@ -82,7 +83,7 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 // settings are one service's resolved settings.
 type settings struct {
 	alpha, margin, spread, accept, ceiling, dkwMargin float64
-	warmup, minExposure, maxDuration                  time.Duration
+	warmup, coldStart, minExposure, maxDuration       time.Duration
 	sloSeconds                                        float64 // 0: none
 	quantiles                                         []float64
 	weights                                           Weights
@@ -102,7 +103,7 @@ func (c *Config) baseSettings() settings {
 	return settings{
 		alpha: c.Alpha, margin: c.Margin, spread: c.InstanceSpread, accept: c.AcceptMargin,
 		ceiling: c.ErrorCeiling, dkwMargin: c.DKWMargin,
-		warmup: c.Warmup, minExposure: c.MinExposure, maxDuration: c.MaxDuration,
+		warmup: c.Warmup, coldStart: c.ColdStart, minExposure: c.MinExposure, maxDuration: c.MaxDuration,
 		quantiles: defaultQuantiles, weights: defaultWeights,
 		requests: defaultRequests, errors: defaultErrors, latency: defaultLatency,
 	}
@@ -127,6 +128,7 @@ func (s *settings) apply(sp *ServicePolicy) error {
 	setF(&s.ceiling, sp.ErrorCeiling)
 	setF(&s.dkwMargin, sp.DKWMargin)
 	setD(&s.warmup, sp.Warmup)
+	setD(&s.coldStart, sp.ColdStart)
 	setD(&s.minExposure, sp.MinExposure)
 	setD(&s.maxDuration, sp.MaxDuration)
 	if sp.SLOLatency != nil {
