@@ -23,7 +23,7 @@ const passCheckEvery = 4
 // instance for a second or two adds at most 2·burstLogCap, whereas a regression keeps adding.
 const (
 	burstBlockMs = 2000
-	burstLogCap  = 1.6 // ln 5
+	burstLogCap  = 2.3 // ln 10
 )
 
 // record is what a comparison keeps of one group's window until the partner window arrives.

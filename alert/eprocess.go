@@ -45,8 +45,15 @@ type EProcess struct {
 	sums     [len(grid)]float64 // Σ over closed blocks of min(block log LR, logCap)
 	block    [len(grid)]float64 // the open block's log LR (uncapped)
 	blockID  int64
-	logCap   float64 // ln C; +Inf: no cap
+	logCap   [len(grid)]float64 // per alternative: min(ln C, capEvents·ln(ψ_j/ψ0)); +Inf: no cap
 }
+
+// capEvents bounds the block evidence of an alternative ψ_j close to ψ0 further, to what
+// capEvents canary events more than expected would give it (capEvents·ln(ψ_j/ψ0)): a
+// regression within a few per cent of ψ0 never gathers more in one block, whereas a burst
+// would hand the alternatives next to ψ0 evidence that the windows after it hardly take
+// back.
+const capEvents = 8
 
 // NewEProcess returns an e-process with margin psi0 ≥ 1 (1 means "no worse than baseline").
 func NewEProcess(psi0 float64) *EProcess {
@@ -57,19 +64,24 @@ func NewEProcess(psi0 float64) *EProcess {
 
 func (p *EProcess) init(psi0 float64) {
 	p.psi0 = psi0
-	p.logCap = math.Inf(1)
 	p.blockID = 0
 	for j, g := range grid {
 		p.psi[j] = psi0 * g
 		p.logRatio[j] = math.Log(g)
 		p.sums[j] = 0
 		p.block[j] = 0
+		p.logCap[j] = math.Inf(1)
 	}
 }
 
 // SetBlockCap sets ln C, the most log evidence one block adds per alternative (see
-// UpdateBlock); +Inf (the default) means no cap. Set it before the first update.
-func (p *EProcess) SetBlockCap(logCap float64) { p.logCap = logCap }
+// UpdateBlock; alternatives close to ψ0 get less, see capEvents); +Inf (the default) means
+// no cap. Set it before the first update.
+func (p *EProcess) SetBlockCap(logCap float64) {
+	for j := range p.logCap {
+		p.logCap[j] = min(logCap, capEvents*p.logRatio[j])
+	}
+}
 
 // Margin returns ψ0.
 func (p *EProcess) Margin() float64 { return p.psi0 }
@@ -98,7 +110,7 @@ func (p *EProcess) UpdateBlock(id int64, nA, nB, eA, eB float64) {
 	}
 	if id != p.blockID {
 		for j := range p.block {
-			p.sums[j] += min(p.block[j], p.logCap)
+			p.sums[j] += min(p.block[j], p.logCap[j])
 			p.block[j] = 0
 		}
 		p.blockID = id
@@ -115,7 +127,7 @@ func (p *EProcess) UpdateBlock(id int64, nA, nB, eA, eB float64) {
 func (p *EProcess) LogE() float64 {
 	var terms [len(grid)]float64
 	for j := range terms {
-		terms[j] = p.sums[j] + min(p.block[j], p.logCap)
+		terms[j] = p.sums[j] + min(p.block[j], p.logCap[j])
 	}
 	return min(logSumExp(terms[:])-math.Log(float64(len(grid))), maxLogE)
 }

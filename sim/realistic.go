@@ -270,6 +270,11 @@ type realGroup struct {
 	// Per partition drawn counts.
 	counts [2 * proto.NumBuckets][]uint64
 	n, e   [2 * proto.NumBuckets]float64
+	// The published window and its series, reused (the detector keeps none of it).
+	w          proto.Window
+	sets       [numSets]seriesSet
+	buckets    [proto.NumBuckets][]proto.WindowSeries
+	bucketInst [proto.NumBuckets]int
 }
 
 func newRealGroup(service, version string, bins *traffic.Bins) *realGroup {
@@ -342,57 +347,96 @@ func (g *realGroup) fill(r *rand.Rand, t0ms int64, startSec, width, load float64
 	}
 	startMs := t0ms + int64(math.Round(startSec*1000))
 	endMs := t0ms + int64(math.Round((startSec+width)*1000))
-	w := &proto.Window{
+	// Buckets hold the warm partitions, halves the sums of buckets, Warm the sum of halves,
+	// Series Warm plus the young partitions.
+	for b := range proto.NumBuckets {
+		g.set(setBucket0+b, nil, 2*b)
+	}
+	g.set(setHalf0, g.sets[setBucket0:setBucket0+proto.NumBuckets/2])
+	g.set(setHalf0+1, g.sets[setBucket0+proto.NumBuckets/2:setBucket0+proto.NumBuckets])
+	g.set(setWarm, g.sets[setHalf0:setHalf0+2])
+	young := make([]int, 0, proto.NumBuckets)
+	for b := range proto.NumBuckets {
+		young = append(young, 2*b+1)
+	}
+	g.set(setAll, g.sets[setWarm:setWarm+1], young...)
+	w := &g.w
+	*w = proto.Window{
 		Service: g.service, Version: g.version, StartMs: startMs, EndMs: endMs, ClosedMs: endMs,
 		Instances: instances, InstancesStarted: started,
-		WarmupMs: realRollupWarmupSecs * 1000, SplitSeries: []string{"*"}, WarmInstances: warm,
+		WarmupMs: realRollupWarmupSecs * 1000, SplitSeries: splitAll, WarmInstances: warm,
+		Series: g.sets[setAll].ss[:], Warm: g.sets[setWarm].ss[:],
+		Buckets: g.buckets[:], BucketInstances: g.bucketInst[:],
 	}
-	all := func(int) bool { return true }
-	isWarm := func(p int) bool { return p%2 == 0 }
-	w.Series = g.series(all)
-	w.Warm = g.series(isWarm)
 	for h := range 2 {
-		w.Halves[h] = g.series(func(p int) bool { return p%2 == 0 && (p/2)/(proto.NumBuckets/2) == h })
+		w.Halves[h] = g.sets[setHalf0+h].ss[:]
 	}
 	for b := range proto.NumBuckets {
 		w.HalfInstances[b/(proto.NumBuckets/2)] += bucketInst[b]
-	}
-	w.Buckets = make([][]proto.WindowSeries, proto.NumBuckets)
-	w.BucketInstances = make([]int, proto.NumBuckets)
-	for b := range proto.NumBuckets {
-		w.Buckets[b] = g.series(func(p int) bool { return p == 2*b })
-		w.BucketInstances[b] = bucketInst[b]
+		g.bucketInst[b] = bucketInst[b]
+		g.buckets[b] = g.sets[setBucket0+b].ss[:]
 	}
 	return w
 }
 
-// series merges the partitions selected by keep into the RED triple.
-func (g *realGroup) series(keep func(p int) bool) []proto.WindowSeries {
-	h := &proto.Histogram{}
+var splitAll = []string{"*"}
+
+// Indexes of realGroup.sets.
+const (
+	setAll = iota
+	setWarm
+	setHalf0
+	setBucket0 = setHalf0 + 2
+	numSets    = setBucket0 + proto.NumBuckets
+)
+
+// seriesSet is one published RED triple of a window, reused from window to window.
+type seriesSet struct {
+	ss     [3]proto.WindowSeries
+	h      proto.Histogram
+	n, e   float64
+	counts []uint64 // dense, from bins.Lo()
+}
+
+// set fills sets[i] with the sum of the sets from and the partitions parts.
+func (g *realGroup) set(i int, from []seriesSet, parts ...int) {
+	st := &g.sets[i]
 	b := g.bins
-	lo, width := b.Lo(), b.Width()
-	h.Positive.Offset = int32(lo)
-	h.Positive.Counts = make([]uint64, width)
-	var n, e, sum float64
-	for p := range g.counts {
-		if !keep(p) || g.n[p] == 0 && g.e[p] == 0 {
-			continue
-		}
-		n += g.n[p]
-		e += g.e[p]
-		for j, c := range g.counts[p] {
-			if c > 0 {
-				i := b.Index(j)
-				h.Positive.Counts[i-lo] += c
-				sum += float64(c) * proto.BucketValue(i)
-			}
+	lo := b.Lo()
+	if st.counts == nil {
+		st.counts = make([]uint64, b.Width())
+	}
+	clear(st.counts)
+	st.n, st.e = 0, 0
+	for k := range from {
+		f := &from[k]
+		st.n += f.n
+		st.e += f.e
+		for j, c := range f.counts {
+			st.counts[j] += c
 		}
 	}
-	h.Count, h.Sum = uint64(n), sum
-	return []proto.WindowSeries{
-		{Name: proto.SeriesErrors, Kind: proto.KindCounter, Value: e},
-		{Name: proto.SeriesLatency, Kind: proto.KindHistogram, Hist: h, Count: uint64(n), Sum: sum},
-		{Name: proto.SeriesRequests, Kind: proto.KindCounter, Value: n},
+	for _, p := range parts {
+		if g.n[p] == 0 && g.e[p] == 0 {
+			continue
+		}
+		st.n += g.n[p]
+		st.e += g.e[p]
+		for j, c := range g.counts[p] {
+			st.counts[b.Index(j)-lo] += c
+		}
+	}
+	var sum float64
+	for j, c := range st.counts {
+		if c > 0 {
+			sum += float64(c) * proto.BucketValue(lo+j)
+		}
+	}
+	st.h = proto.Histogram{Count: uint64(st.n), Sum: sum, Positive: proto.Buckets{Offset: int32(lo), Counts: st.counts}}
+	st.ss = [3]proto.WindowSeries{
+		{Name: proto.SeriesErrors, Kind: proto.KindCounter, Value: st.e},
+		{Name: proto.SeriesLatency, Kind: proto.KindHistogram, Hist: &st.h, Count: uint64(st.n), Sum: sum},
+		{Name: proto.SeriesRequests, Kind: proto.KindCounter, Value: st.n},
 	}
 }
 
