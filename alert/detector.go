@@ -467,14 +467,15 @@ func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window
 	k := min(max(int(time.Second/width), 1), maxGuardWindows)
 	g := &c.ceiling
 	g.add(w.StartMs, c.firstCanaryMs, x.requests, x.errors)
-	if n, e := g.n, g.e; n >= float64(d.cfg.GuardMinRequests) && e/n > set.ceiling && g.logE(set.ceiling) >= g.logThreshold(set.alpha) {
+	if g.fired(set.ceiling, set.alpha) && g.firedN >= float64(d.cfg.GuardMinRequests) {
+		n, e := g.firedN, g.firedE
 		var bn, be float64
 		if b := s.groups[c.baseline]; b != nil && b.lastEndMs >= w.EndMs-time.Second.Milliseconds() {
 			bn, be = b.recent(k)
 		}
 		if bn == 0 || be/bn < set.ceiling/2 {
 			ev := c.evidence("guard_error_ceiling")
-			ev.Tests = append(ev.Tests, proto.TestEvidence{Name: "guard_error_ceiling", EValue: math.Exp(min(g.logE(set.ceiling), maxLogE)),
+			ev.Tests = append(ev.Tests, proto.TestEvidence{Name: "guard_error_ceiling", EValue: math.Exp(min(logE(set.ceiling, n, e), maxLogE)),
 				BaselineN: uint64(bn), BaselineE: uint64(be), CanaryN: uint64(n), CanaryE: uint64(e), Effect: e / n,
 				CanaryRatio: e / n, BaselineRatio: be / max(bn, 1)})
 			base := "no baseline traffic"
@@ -482,6 +483,9 @@ func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window
 				base = fmt.Sprintf("baseline %.1f %%", 100*be/bn)
 			}
 			blockStart := c.firstCanaryMs + (g.block-1)*1000
+			if n > g.n {
+				blockStart -= 1000
+			}
 			sentence := fmt.Sprintf("canary error ratio %.0f %% over the last %s (ceiling %.0f %%, %s), decided after %s",
 				100*e/n, after(time.Duration(w.EndMs-blockStart)*time.Millisecond), 100*set.ceiling, base, after(c.elapsed(w.EndMs)))
 			d.finishLocked(c, proto.StateRollback, w.EndMs, "guard_error_ceiling", ev, sentence)

@@ -10,6 +10,20 @@ import (
 // ψ0 are still caught by the 30× alternative within a window or two.
 var grid = [...]float64{1.1, 1.25, 1.5, 2, 3, 5, 10, 30}
 
+// gridWeights are the mixture weights w_j of the alternatives (they sum to 1): most on 1.5–3×
+// ψ0, where a regression takes longest to show, least on the ends (next to ψ0 nothing is
+// detected within a comparison anyway; beyond 10× the evidence comes within a window or two
+// whatever the weight).
+var gridWeights = [len(grid)]float64{0.08, 0.12, 0.16, 0.18, 0.16, 0.12, 0.1, 0.08}
+
+// logGridWeights are ln w_j.
+var logGridWeights = func() (l [len(grid)]float64) {
+	for j, w := range gridWeights {
+		l[j] = math.Log(w)
+	}
+	return l
+}()
+
 // maxLogE caps reported log e-values so that exp stays finite (JSON cannot carry +Inf).
 const maxLogE = 700
 
@@ -26,7 +40,7 @@ const maxLogE = 700
 //
 // (the second form needs one logarithm per alternative), and the e-process is
 // E_t = Σ_j w_j·exp(Σ_{k≤t} ℓ_k(ψ_j)) with ψ_j = ψ0×{1.1, 1.25, 1.5, 2, 3, 5, 10, 30} and
-// w_j = 1/8, kept in log space. Under any ψ ≤ ψ0 it is a nonnegative supermartingale with
+// w_j = {.08, .12, .16, .18, .16, .12, .1, .08}, kept in log space. Under any ψ ≤ ψ0 it is a nonnegative supermartingale with
 // E_0 = 1, so by Ville's inequality P(∃t: E_t ≥ 1/α) ≤ α.
 //
 // Bounded evidence per block (UpdateBlock). A burst of errors on one instance for a second
@@ -127,9 +141,9 @@ func (p *EProcess) UpdateBlock(id int64, nA, nB, eA, eB float64) {
 func (p *EProcess) LogE() float64 {
 	var terms [len(grid)]float64
 	for j := range terms {
-		terms[j] = p.sums[j] + min(p.block[j], p.logCap[j])
+		terms[j] = logGridWeights[j] + p.sums[j] + min(p.block[j], p.logCap[j])
 	}
-	return min(logSumExp(terms[:])-math.Log(float64(len(grid))), maxLogE)
+	return min(logSumExp(terms[:]), maxLogE)
 }
 
 // E returns E_t (capped at e^700).

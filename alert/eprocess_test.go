@@ -22,19 +22,20 @@ import (
 //	ψ = 10:   16·1000/14641           = 1.092822
 //	ψ = 30:   16·27000/923521         = 0.467771
 //
-// and E = (sum)/8 = 10.068293/8 = 1.258537.
+// and E = Σ_j w_j·LR(ψ_j) = 1.341438 with the grid's weights
+// {.08, .12, .16, .18, .16, .12, .1, .08}.
 func TestEProcessHandComputed(t *testing.T) {
 	t.Parallel()
 	p := NewEProcess(1)
 	p.Update(100, 100, 1, 3)
-	if got, want := math.Exp(p.LogE()), 1.258537; math.Abs(got-want) > 1e-5 {
+	if got, want := math.Exp(p.LogE()), 1.341438; math.Abs(got-want) > 1e-5 {
 		t.Fatalf("E after one window: got %.6f; want %.6f", got, want)
 	}
-	// The same window again: each ratio squares. E = Σ LR²/8.
+	// The same window again: each ratio squares. E = Σ w_j·LR_j².
 	lrs := []float64{1.095017, 1.219326, 1.382400, 1.580247, 1.687500, 1.543210, 1.092822, 0.467771}
 	var want float64
-	for _, lr := range lrs {
-		want += lr * lr / 8
+	for j, lr := range lrs {
+		want += gridWeights[j] * lr * lr
 	}
 	p.Update(100, 100, 1, 3)
 	if got := math.Exp(p.LogE()); math.Abs(got-want) > 1e-4 {
@@ -49,9 +50,9 @@ func TestEProcessMargin(t *testing.T) {
 	p := NewEProcess(2)
 	p.Update(10, 10, 0, 1)
 	var want float64
-	for _, g := range grid {
+	for j, g := range grid {
 		psi := 2 * g
-		want += 1.5 * psi / (psi + 1) / 8
+		want += gridWeights[j] * 1.5 * psi / (psi + 1)
 	}
 	if got := math.Exp(p.LogE()); math.Abs(got-want) > 1e-9 {
 		t.Fatalf("E: got %.9f; want %.9f", got, want)

@@ -92,7 +92,8 @@ func realScenarioByName(name string) (realScenario, bool) {
 // Constants of the realistic fleet, stated in docs/detector.md.
 const (
 	realRollupWarmupSecs = 5   // the rollup's per-instance warm-up (-rollup.warmup default)
-	realHistorySecs      = 300 // baseline-only history before the canary starts, in 1 s windows
+	realHistorySecs      = 1800 // baseline-only history before the canary starts, in realHistoryWindow windows
+	realHistoryWindow    = 10   // seconds
 	realLifeSecs         = 600 // mean instance life with churn
 	realBurstSecs        = 2
 	realRampSecs         = 300
@@ -341,8 +342,8 @@ func (g *realGroup) fill(r *rand.Rand, t0ms int64, startSec, width, load float64
 				g.n[p] += float64(c)
 			}
 		}
-		if g.errs[p] > 0 {
-			g.e[p] = min(traffic.Poisson(r, g.errs[p]), g.n[p])
+		if g.errs[p] > 0 && g.n[p] > 0 {
+			g.e[p] = binomial(r, g.n[p], g.errs[p]/sumOf(g.means[p]))
 		}
 	}
 	startMs := t0ms + int64(math.Round(startSec*1000))
@@ -507,7 +508,8 @@ func mixProbs(bins *traffic.Bins, shares [3]float64, m traffic.LatencyModel) []f
 	return out
 }
 
-// runRealTrial runs trial idx: realHistorySecs of baseline windows (1 s wide), then baseline
+// runRealTrial runs trial idx: realHistorySecs of baseline windows (10 s wide: the baseline
+// has been running for a while, as baselines do), then baseline
 // and canary windows of 250 ms until the detector (and, for a regression, the oracle)
 // decided or the duration ends.
 func runRealTrial(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, sc realScenario, idx int) realTrial {
@@ -569,9 +571,9 @@ func runRealTrial(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, sc r
 		return realTrial{trialResult: trialResult{err: err}}
 	}
 	t0 := int64(1_700_000_000_000)
-	for t := 0.0; t < canarySec; t++ {
-		churn(t, 1)
-		det.AddWindow(ga.fill(r, t0, t, 1, load(t), &sc))
+	for t := 0.0; t < canarySec; t += realHistoryWindow {
+		churn(t, realHistoryWindow)
+		det.AddWindow(ga.fill(r, t0, t, realHistoryWindow, load(t), &sc))
 	}
 	canaryStartMs := t0 + canarySec*1000
 	_ = det.Announce(proto.Deployment{Service: benchService, Baseline: "v1", Canary: "v2", UnixMs: canaryStartMs})
@@ -625,4 +627,29 @@ func oracleCounts(w *proto.Window, latency bool, bucket int) (n, e float64) {
 		}
 	}
 	return n, e
+}
+
+// sumOf returns the sum of xs.
+func sumOf(xs []float64) (s float64) {
+	for _, x := range xs {
+		s += x
+	}
+	return s
+}
+
+// binomial draws the errors among n requests failing with probability p: Poisson(n·p) capped
+// at n for small p (where the two agree), one draw per request otherwise (bursts, high error
+// ratios), so that a 60 % burst does not read as 90 %.
+func binomial(r *rand.Rand, n, p float64) float64 {
+	p = min(p, 1)
+	if p < 0.05 {
+		return min(traffic.Poisson(r, n*p), n)
+	}
+	var e float64
+	for range int(n) {
+		if r.Float64() < p {
+			e++
+		}
+	}
+	return e
 }
