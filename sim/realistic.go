@@ -91,10 +91,10 @@ func realScenarioByName(name string) (realScenario, bool) {
 
 // Constants of the realistic fleet, stated in docs/detector.md.
 const (
-	realRollupWarmupSecs = 5   // the rollup's per-instance warm-up (-rollup.warmup default)
+	realRollupWarmupSecs = 5    // the rollup's per-instance warm-up (-rollup.warmup default)
 	realHistorySecs      = 1800 // baseline-only history before the canary starts, in realHistoryWindow windows
 	realHistoryWindow    = 10   // seconds
-	realLifeSecs         = 600 // mean instance life with churn
+	realLifeSecs         = 600  // mean instance life with churn
 	realBurstSecs        = 2
 	realRampSecs         = 300
 )

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/herd-dev/herd/alert"
 	"github.com/herd-dev/herd/sim"
 	"github.com/herd-dev/herd/sim/demo"
 )
@@ -30,6 +31,7 @@ func benchDetectCommand() command {
 			fs.BoolVar(&o.json, "json", false, "print the JSON report after the table")
 			fs.IntVar(&o.realistic, "realistic", 100, "trials per scenario of the realistic suite (fleet conditions with production defaults; 1000 for the published figures; count; 0 skips)")
 			fs.StringVar(&o.realScenarios, "realistic-scenarios", "", "realistic-suite scenarios, comma-separated (default all)")
+			fs.DurationVar(&o.coldStart, "cold-start", alert.DefaultConfig().ColdStart, "the detector's -detect.cold-start in the realistic suite (duration; 0 compares latency from the start)")
 			fs.IntVar(&o.e2e, "e2e", 3, "real-time end-to-end trials per regression scenario (crash, errors, latency) through agent library → NATS → rollup → detector → webhook receiver (count; 0 skips)")
 			return func(ctx context.Context) error { return benchDetect(ctx, e, o) }
 		},
@@ -40,6 +42,7 @@ func benchDetectCommand() command {
 type benchDetectOptions struct {
 	trials, e2e, realistic int
 	realScenarios          string
+	coldStart              time.Duration
 	duration               time.Duration
 	rps                    float64
 	shares, scenarios      string
@@ -72,7 +75,9 @@ func benchDetect(ctx context.Context, e *env, o benchDetectOptions) error {
 	fmt.Fprintf(e.stdout, "(%s wall time)\n", time.Since(start).Round(time.Second))
 	var real *sim.DetectReport
 	if o.realistic > 0 {
-		rc := sim.RealisticConfig{Trials: o.realistic, Duration: o.duration, Seed: o.seed}
+		dc := alert.DefaultConfig()
+		dc.ColdStart = o.coldStart
+		rc := sim.RealisticConfig{Trials: o.realistic, Duration: o.duration, Seed: o.seed, Detector: &dc}
 		if o.realScenarios != "" {
 			rc.Scenarios = strings.Split(o.realScenarios, ",")
 		}
