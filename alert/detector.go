@@ -339,7 +339,10 @@ func (d *Detector) AddWindow(w *proto.Window) {
 		d.m.warmWindows.Inc()
 	}
 	g.observe(w, x, tx)
-	g.disp.observe(w, &s.set, &d.xb)
+	if c := s.comps[w.Version]; c == nil || c.final {
+		// A canary being judged is no baseline: its buckets can wait.
+		g.disp.observe(w, &s.set, &d.xb)
+	}
 	if s.comps[w.Version] == nil {
 		d.inferLocked(s, g, w.StartMs)
 	}

@@ -276,6 +276,12 @@ type realGroup struct {
 	sets       [numSets]seriesSet
 	buckets    [proto.NumBuckets][]proto.WindowSeries
 	bucketInst [proto.NumBuckets]int
+	values     []float64 // proto.BucketValue of each dense index from bins.Lo()
+	// noBuckets leaves Buckets out of the windows (the canary's: nothing reads them);
+	// coarse draws the instances by half only and leaves Buckets out too (the baseline's
+	// during a comparison: the margins were set from the history before it; this saves
+	// most of the simulation's draws).
+	noBuckets, coarse bool
 }
 
 func newRealGroup(service, version string, bins *traffic.Bins) *realGroup {
@@ -306,7 +312,11 @@ func (g *realGroup) fill(r *rand.Rand, t0ms int64, startSec, width, load float64
 			started++
 		}
 		young := age < realRollupWarmupSecs
-		p := 2 * in.bucket
+		bucket := in.bucket
+		if g.coarse {
+			bucket -= bucket % (proto.NumBuckets / 2) // halves only
+		}
+		p := 2 * bucket
 		if young {
 			p++
 		} else {
@@ -377,6 +387,9 @@ func (g *realGroup) fill(r *rand.Rand, t0ms int64, startSec, width, load float64
 		g.bucketInst[b] = bucketInst[b]
 		g.buckets[b] = g.sets[setBucket0+b].ss[:]
 	}
+	if g.noBuckets || g.coarse {
+		w.Buckets, w.BucketInstances = nil, nil
+	}
 	return w
 }
 
@@ -427,10 +440,16 @@ func (g *realGroup) set(i int, from []seriesSet, parts ...int) {
 			st.counts[b.Index(j)-lo] += c
 		}
 	}
+	if g.values == nil {
+		g.values = make([]float64, b.Width())
+		for j := range g.values {
+			g.values[j] = proto.BucketValue(lo + j)
+		}
+	}
 	var sum float64
 	for j, c := range st.counts {
 		if c > 0 {
-			sum += float64(c) * proto.BucketValue(lo+j)
+			sum += float64(c) * g.values[j]
 		}
 	}
 	st.h = proto.Histogram{Count: uint64(st.n), Sum: sum, Positive: proto.Buckets{Offset: int32(lo), Counts: st.counts}}
@@ -521,6 +540,7 @@ func runRealTrial(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, sc r
 	}
 	ga := newRealGroup(benchService, "v1", bins)
 	gb := newRealGroup(benchService, "v2", bins)
+	gb.noBuckets = true
 	total := float64(sc.kA + sc.kB)
 	ga.perInstRPS, gb.perInstRPS = sc.rps/total, sc.rps/total
 	ga.inst = newRealInstances(r, &sc, bins, sc.kA, false, 0)
@@ -575,6 +595,7 @@ func runRealTrial(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, sc r
 		churn(t, realHistoryWindow)
 		det.AddWindow(ga.fill(r, t0, t, realHistoryWindow, load(t), &sc))
 	}
+	ga.coarse = true
 	canaryStartMs := t0 + canarySec*1000
 	_ = det.Announce(proto.Deployment{Service: benchService, Baseline: "v1", Canary: "v2", UnixMs: canaryStartMs})
 	const width = 0.25
