@@ -29,7 +29,7 @@ func benchDetectCommand() command {
 			fs.StringVar(&o.scenarios, "scenarios", "", "scenarios, comma-separated (default all)")
 			fs.Uint64Var(&o.seed, "seed", 1, "random seed")
 			fs.BoolVar(&o.json, "json", false, "print the JSON report after the table")
-			fs.IntVar(&o.realistic, "realistic", 100, "trials per scenario of the realistic suite (fleet conditions with production defaults; 1000 for the published figures; count; 0 skips)")
+			fs.IntVar(&o.realistic, "realistic", 100, "trials per scenario of the realistic suite (fleet conditions, herd as shipped; the published figures use 1000; count; 0 skips)")
 			fs.StringVar(&o.realScenarios, "realistic-scenarios", "", "realistic-suite scenarios, comma-separated (default all)")
 			fs.DurationVar(&o.coldStart, "cold-start", alert.DefaultConfig().ColdStart, "the detector's -detect.cold-start in the realistic suite (duration; 0 compares latency from the start)")
 			fs.IntVar(&o.e2e, "e2e", 3, "real-time end-to-end trials per regression scenario (crash, errors, latency) through agent library → NATS → rollup → detector → webhook receiver (count; 0 skips)")
