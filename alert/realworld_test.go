@@ -201,3 +201,34 @@ func TestDetectorColdStartIsNotARegression(t *testing.T) {
 		t.Fatalf("2× slower for good: decided %d ms after the canary started; want after its 30 s cold start", v.UnixMs-v.StartedMs)
 	}
 }
+
+// youngFleet runs a baseline of 10 warm and 2 young instances (it churns) and a canary of 2
+// warm and 1 young, the young ones of each with the given error ratios, for 60 s of canary.
+func youngFleet(t *testing.T, baseYoungErr, canaryYoungErr float64) *splitFleet {
+	t.Helper()
+	f := newSplitFleet(t, testConfig())
+	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
+	f.b = f.group("v2", 40, 0.005, [2]int{1, 1})
+	f.a.warming.ErrorRate[traffic.Normal], f.a.warmingInst = baseYoungErr, 2
+	f.b.warming.ErrorRate[traffic.Normal], f.b.warmingInst = canaryYoungErr, 1
+	f.step(4*40, false)
+	f.announce()
+	f.step(4*60, true)
+	return f
+}
+
+// TestDetectorComparesYoungWithYoung: young instances that fail while they start are no
+// regression when the baseline's young instances fail alike; a canary whose young instances
+// fail far more than the baseline's young ones is rolled back by the errors test.
+func TestDetectorComparesYoungWithYoung(t *testing.T) {
+	t.Parallel()
+	f := youngFleet(t, 0.2, 0.2)
+	if v := f.last(); v.State == proto.StateRollback {
+		t.Fatalf("young instances of both at 20 %% errors: got a rollback (%s); want none", v.Sentence)
+	}
+	g := youngFleet(t, 0.005, 0.2)
+	if v := g.last(); v.State != proto.StateRollback || v.Evidence.Decisive != "errors" {
+		t.Fatalf("young canary instances at 20 %% errors, the baseline's at 0.5 %%: got %s by %q (%s); want a rollback by errors",
+			v.State, v.Evidence.Decisive, v.Sentence)
+	}
+}
