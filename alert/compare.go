@@ -421,7 +421,7 @@ func (c *comparison) passes() bool {
 // evidence fills the verdict's evidence from the tests.
 func (c *comparison) evidence(decisive string) proto.Evidence {
 	ev := proto.Evidence{
-		Alpha: c.set.alpha, Threshold: math.Exp(c.logTh), EValue: 1, Decisive: decisive,
+		Alpha: c.set.alpha, Threshold: 1 / (alphaTests * c.set.alpha), EValue: 1, Decisive: decisive,
 		Windows: c.windows, FirstMs: c.firstMs, LastMs: c.lastMs,
 		CanaryInstances: c.canaryInstances, BaselineInstances: c.baselineInstances,
 	}
