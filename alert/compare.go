@@ -347,15 +347,10 @@ func (c *comparison) update(a, b *record) float64 {
 			t.cs.Update(eA+eB, eB, c.latticeFor(i, nB/(nA+nB)))
 		}
 	}
-	if c.dkw != nil {
-		var ha, hb *proto.Histogram
-		if a.hasHist {
-			ha = &a.hist
-		}
-		if b.hasHist {
-			hb = &b.hist
-		}
-		c.dkw.add(ha, hb)
+	if c.dkw != nil && a.hasHist && b.hasHist {
+		// Only pairs: a baseline window without its canary partner (a canary in its cold
+		// start) would shift the baseline's CDF alone under load or outages.
+		c.dkw.add(&a.hist, &b.hist)
 		c.dkw.check()
 	}
 	return c.logAverage()
