@@ -667,11 +667,12 @@ func nativeToHerd(dst *proto.Histogram, h *dto.Histogram) string {
 	return ""
 }
 
-// classicRepresentative returns the value a classic bucket's count is placed at: the
-// geometric midpoint of (lo, hi] when lo > 0, the arithmetic midpoint when lo ≤ 0 (half the
+// ClassicRepresentative returns the value a classic (explicit-bounds) histogram bucket's
+// count is placed at, for `herd agent`'s scraped Prometheus histograms and the OTLP
+// receiver's explicit-bucket histograms alike: the geometric midpoint of (lo, hi] when lo > 0, the arithmetic midpoint when lo ≤ 0 (half the
 // upper bound for a first bucket above zero), the upper bound for a first bucket at or below
 // zero, and the last finite bound for the +Inf bucket.
-func classicRepresentative(lo, hi float64, first bool) float64 {
+func ClassicRepresentative(lo, hi float64, first bool) float64 {
 	switch {
 	case math.IsInf(hi, 1):
 		return lo
@@ -711,7 +712,7 @@ func classicToHerd(dst *proto.Histogram, h *dto.Histogram) string {
 			return "bad_histogram"
 		}
 		if n := cum - prevCum; n > 0 {
-			if !dst.Observe(classicRepresentative(lo, hi, i == 0), n) {
+			if !dst.Observe(ClassicRepresentative(lo, hi, i == 0), n) {
 				return "bad_histogram"
 			}
 		}

@@ -3,6 +3,7 @@ package otlp
 import (
 	"math"
 
+	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -171,7 +172,7 @@ func (h *explicitHist) deltaFrom(cur, prev *explicitHist) bool {
 }
 
 // toHerd places each bucket's count at a representative value of its bounds (see
-// classicRepresentative). It reports false for bounds that are not increasing or a count
+// ingest.ClassicRepresentative). It reports false for bounds that are not increasing or a count
 // that cannot be placed.
 func (h *explicitHist) toHerd(dst *proto.Histogram) bool {
 	dst.Reset()
@@ -188,7 +189,7 @@ func (h *explicitHist) toHerd(dst *proto.Histogram) bool {
 			}
 		}
 		if c > 0 {
-			v := classicRepresentative(lo, hi, i == 0)
+			v := ingest.ClassicRepresentative(lo, hi, i == 0)
 			if math.IsInf(v, 0) { // no finite bound at all
 				v = 0
 			}
@@ -200,23 +201,4 @@ func (h *explicitHist) toHerd(dst *proto.Histogram) bool {
 	}
 	dst.Sum = h.sum
 	return !math.IsNaN(h.sum) && !math.IsInf(h.sum, 0)
-}
-
-// classicRepresentative returns the value a classic bucket's count is placed at, as `herd
-// agent` places a scraped classic Prometheus histogram's: the geometric midpoint of (lo, hi]
-// when lo > 0, the arithmetic midpoint when lo ≤ 0 (half the upper bound for a first bucket
-// above zero), the upper bound for a first bucket at or below zero, and the last finite
-// bound for the bucket above it.
-func classicRepresentative(lo, hi float64, first bool) float64 {
-	switch {
-	case math.IsInf(hi, 1):
-		return lo
-	case first && hi > 0:
-		return hi / 2
-	case first:
-		return hi
-	case lo > 0:
-		return math.Sqrt(lo * hi)
-	}
-	return (lo + hi) / 2
 }
