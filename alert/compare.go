@@ -263,14 +263,9 @@ func (c *comparison) update(a, b *record) float64 {
 		} else {
 			nA, nB, eA, eB = a.n, b.n, a.e, b.e
 		}
-		t.nA += nA
-		t.nB += nB
-		t.eA += eA
-		t.eB += eB
-		if !(nA > 0 && nB > 0 && eA+eB > 0) {
+		if !t.add(nA, nB, eA, eB) {
 			continue
 		}
-		t.ep.Update(nA, nB, eA, eB)
 		t.cs.Update(eA+eB, eB, c.latticeFor(nB/(nA+nB)))
 	}
 	if c.dkw != nil {
@@ -437,4 +432,18 @@ func (c *comparison) elapsed(unixMs int64) time.Duration {
 		from = c.firstCanaryMs
 	}
 	return time.Duration(max(unixMs-from, 0)) * time.Millisecond
+}
+
+// add counts one window pair into t's totals and, when both sides have requests and either
+// has errors, into its e-process; it reports whether it did.
+func (t *countTest) add(nA, nB, eA, eB float64) bool {
+	t.nA += nA
+	t.nB += nB
+	t.eA += eA
+	t.eB += eB
+	if !(nA > 0 && nB > 0 && eA+eB > 0) {
+		return false
+	}
+	t.ep.Update(nA, nB, eA, eB)
+	return true
 }

@@ -275,14 +275,9 @@ func (c *comparison) edgeUpdate(et *edgeTest, nA, nB, eA, eB float64) {
 	et.recent[et.pos] = [4]float64{nA, nB, eA, eB}
 	et.pos = (et.pos + 1) % recentPairs
 	t := &et.countTest
-	t.nA += nA
-	t.nB += nB
-	t.eA += eA
-	t.eB += eB
-	if !(nA > 0 && nB > 0 && eA+eB > 0) {
+	if !t.add(nA, nB, eA, eB) {
 		return
 	}
-	t.ep.Update(nA, nB, eA, eB)
 	if t.ep.LogE() <= 0 {
 		et.since = 0
 	} else {
