@@ -381,6 +381,19 @@ type staged struct {
 	s        proto.Series
 }
 
+// accept counts a converted point of s at ts (start: its start time) into st, the entry just
+// taken by next, and reports send. Unless send, st stays a marker: the batch of ts is sent,
+// without the series (a zero delta, or a first cumulative point that only sets the base).
+func (w *work) accept(st *staged, s *series, kind proto.Kind, ts, start int64, send bool) bool {
+	s.lastT = ts
+	w.res.Accepted++
+	st.t, st.start = ts, start
+	if send {
+		st.s.Name, st.s.Labels, st.s.Kind = s.name, s.labels, kind
+	}
+	return send
+}
+
 // next returns a cleared staged entry at the end of w.staged, reusing memory.
 func (w *work) next() *staged {
 	if len(w.staged) < cap(w.staged) {
@@ -664,14 +677,9 @@ func (r *Receiver) number(w *work, in *instance, name string, dp pmetric.NumberD
 		}
 		s.prev, s.startT, s.has = v, start, true
 	}
-	s.lastT = ts
-	w.res.Accepted++
-	st := w.next()
-	st.t, st.start = ts, start
-	if kind == proto.KindCounter && d == 0 {
-		return // a marker: the batch of ts is sent, without the series
+	if st := w.next(); w.accept(st, s, kind, ts, start, kind != proto.KindCounter || d != 0) {
+		st.s.Value = d
 	}
-	st.s.Name, st.s.Labels, st.s.Kind, st.s.Value = s.name, s.labels, kind, d
 }
 
 // explicit converts an explicit-bucket histogram point.
@@ -723,13 +731,7 @@ func (r *Receiver) explicit(w *work, in *instance, name string, dp pmetric.Histo
 		s.prevX.copyFrom(h)
 		s.startT, s.has = start, true
 	}
-	s.lastT = ts
-	w.res.Accepted++
-	st.t, st.start = ts, start
-	if d == nil || st.s.Hist.Count == 0 {
-		return // a marker: the batch of ts is sent, without the series
-	}
-	st.s.Name, st.s.Labels, st.s.Kind = s.name, s.labels, proto.KindHistogram
+	w.accept(st, s, proto.KindHistogram, ts, start, d != nil && st.s.Hist.Count > 0)
 }
 
 // exponential converts an exponential histogram point.
@@ -795,13 +797,7 @@ func (r *Receiver) exponential(w *work, in *instance, name string, dp pmetric.Ex
 		s.prevE.copyFrom(h)
 		s.startT, s.has = start, true
 	}
-	s.lastT = ts
-	w.res.Accepted++
-	st.t, st.start = ts, start
-	if d == nil || st.s.Hist.Count == 0 {
-		return // a marker: the batch of ts is sent, without the series
-	}
-	st.s.Name, st.s.Labels, st.s.Kind = s.name, s.labels, proto.KindHistogram
+	w.accept(st, s, proto.KindHistogram, ts, start, d != nil && st.s.Hist.Count > 0)
 }
 
 // emit publishes the staged points of an instance: one batch per timestamp, in order. A
