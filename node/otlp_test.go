@@ -86,12 +86,10 @@ func collectSeries(t *testing.T, url string) *seriesSums {
 }
 
 // diff returns the first difference between the windows' totals and what was recorded.
-func (ss *seriesSums) diff(service string, rec *otlpRecorded) error {
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
+func (ss *seriesSums) diff(service string, rec *otlptest.Recorded) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	for v, m := range rec.sums {
+	for v, m := range rec.Sums() {
 		for s, want := range m {
 			if got := ss.sums[[2]string{service, v}][s]; got != want {
 				return fmt.Errorf("%s/%s %s: windows total %v; the SDK recorded %v", service, v, s, got, want)
@@ -99,29 +97,6 @@ func (ss *seriesSums) diff(service string, rec *otlpRecorded) error {
 		}
 	}
 	return nil
-}
-
-// otlpRecorded is what test services recorded, per version and series.
-type otlpRecorded struct {
-	mu   sync.Mutex
-	sums map[string]map[string]float64
-}
-
-func (r *otlpRecorded) add(version string, code int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.sums == nil {
-		r.sums = map[string]map[string]float64{}
-	}
-	m := r.sums[version]
-	if m == nil {
-		m = map[string]float64{}
-		r.sums[version] = m
-	}
-	c := fmt.Sprint(code)
-	m[proto.SeriesString(otlptest.Requests, []proto.Label{{Name: otlptest.StatusCode, Value: c}})]++
-	m[proto.SeriesString(otlptest.Duration, []proto.Label{{Name: otlptest.StatusCode, Value: c}})]++
-	m[proto.SeriesString(otlptest.SemconvDuration, []proto.Label{{Name: "http.response.status_code", Value: c}})]++
 }
 
 // otlpGroup drives instances of one version through the real OpenTelemetry SDK: each
@@ -132,14 +107,14 @@ type otlpGroup struct {
 	perTick     int
 	life        time.Duration
 	errPermille atomic.Int64
-	rec         *otlpRecorded
+	rec         *otlptest.Recorded
 	wg          sync.WaitGroup
 	stop        chan struct{}
 	started     atomic.Int64
 	errs        chan error
 }
 
-func startOTLPGroup(cfg otlptest.Config, instances, perTick int, errRate float64, life time.Duration, rec *otlpRecorded) *otlpGroup {
+func startOTLPGroup(cfg otlptest.Config, instances, perTick int, errRate float64, life time.Duration, rec *otlptest.Recorded) *otlpGroup {
 	g := &otlpGroup{cfg: cfg, perTick: perTick, life: life, rec: rec, stop: make(chan struct{}), errs: make(chan error, 64)}
 	g.errPermille.Store(int64(errRate * 1000))
 	for range instances {
@@ -185,7 +160,7 @@ func (g *otlpGroup) slot() {
 						code = 500
 					}
 					in.Serve(ctx, code, math.Exp(rng.NormFloat64()*0.5)*0.04)
-					g.rec.add(c.Version, code)
+					g.rec.Add(c.Version, code)
 				}
 			}
 		}
@@ -223,7 +198,7 @@ func TestOTLPWindowsExact(t *testing.T) {
 	services := []struct {
 		name, transport string
 		delta           bool
-		rec             otlpRecorded
+		rec             otlptest.Recorded
 	}{
 		{name: "checkout", transport: "http"},
 		{name: "cart", transport: "http", delta: true},
@@ -264,7 +239,7 @@ func TestOTLPWindowsExact(t *testing.T) {
 	}
 	var requests float64
 	for i := range services {
-		for _, m := range services[i].rec.sums {
+		for _, m := range services[i].rec.Sums() {
 			for s, v := range m {
 				if strings.HasPrefix(s, otlptest.Requests+"{") {
 					requests += v
@@ -305,7 +280,7 @@ func TestOTLPCanaryRollback(t *testing.T) {
 	if err := n.Announce(proto.Deployment{Service: "checkout", Baseline: "1.0.0", Canary: "1.1.0"}); err != nil {
 		t.Fatal(err)
 	}
-	var rec otlpRecorded
+	var rec otlptest.Recorded
 	ep := n.OTLPHTTPURL()[len("http://"):]
 	base := startOTLPGroup(otlptest.Config{Transport: "http", Endpoint: ep, Service: "checkout", Version: "1.0.0", Interval: 250 * time.Millisecond}, 3, 10, 0.01, 0, &rec)
 	canary := startOTLPGroup(otlptest.Config{Transport: "grpc", Endpoint: n.OTLPGRPCAddr(), Service: "checkout", Version: "1.1.0", Interval: 250 * time.Millisecond}, 2, 10, 0.01, 0, &rec)
@@ -353,7 +328,7 @@ func TestOTLPBadInput(t *testing.T) {
 	})
 	ss := collectSeries(t, n.NATSURL())
 	ep := n.OTLPHTTPURL()[len("http://"):]
-	var rec otlpRecorded
+	var rec otlptest.Recorded
 	good := startOTLPGroup(otlptest.Config{Transport: "http", Endpoint: ep, Service: "checkout", Version: "1.0.0", Interval: 250 * time.Millisecond}, 2, 5, 0.02, time.Second, &rec)
 
 	post := func(ct string, body []byte) *http.Response {

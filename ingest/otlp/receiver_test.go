@@ -75,29 +75,6 @@ func (s *batchSums) get(version, series string) float64 {
 	return s.sums[version][series]
 }
 
-// recorded is what the test services recorded, per version and series.
-type recorded struct {
-	mu   sync.Mutex
-	sums map[string]map[string]float64
-}
-
-func (r *recorded) add(version string, code int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.sums == nil {
-		r.sums = map[string]map[string]float64{}
-	}
-	m := r.sums[version]
-	if m == nil {
-		m = map[string]float64{}
-		r.sums[version] = m
-	}
-	c := fmt.Sprint(code)
-	m[proto.SeriesString(otlptest.Requests, []proto.Label{{Name: otlptest.StatusCode, Value: c}})]++
-	m[proto.SeriesString(otlptest.Duration, []proto.Label{{Name: otlptest.StatusCode, Value: c}})]++
-	m[proto.SeriesString(otlptest.SemconvDuration, []proto.Label{{Name: "http.response.status_code", Value: c}})]++
-}
-
 func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(&testWriter{t}, nil))
@@ -135,7 +112,7 @@ func startReceiver(t testing.TB, cfg Config, publish func(string, []byte) error)
 // intervals, at most three at a time, recording requests with random status codes and
 // durations spanning six orders of magnitude; it returns when every instance has shut down
 // (its last export answered).
-func runChurn(t *testing.T, cfg otlptest.Config, instances int, rec *recorded) {
+func runChurn(t *testing.T, cfg otlptest.Config, instances int, rec *otlptest.Recorded) {
 	t.Helper()
 	ctx := context.Background()
 	sem := make(chan struct{}, 3)
@@ -161,7 +138,7 @@ func runChurn(t *testing.T, cfg otlptest.Config, instances int, rec *recorded) {
 						code = 500
 					}
 					in.Serve(ctx, code, 1e-4*float64(rng.IntN(1_000_000)+1))
-					rec.add(c.Version, code)
+					rec.Add(c.Version, code)
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
@@ -193,7 +170,7 @@ func TestSDKExact(t *testing.T) {
 			if tc.transport == "grpc" {
 				ep = r.GRPCAddr()
 			}
-			var rec recorded
+			var rec otlptest.Recorded
 			runChurn(t, otlptest.Config{Transport: tc.transport, Endpoint: ep, Delta: tc.delta, Service: "checkout"}, 8, &rec)
 			st := r.Stats()
 			if len(st.PointsRefused) > 0 || len(st.RequestsRefused) > 0 {
@@ -204,7 +181,7 @@ func TestSDKExact(t *testing.T) {
 				t.Error(err)
 			}
 			sums.mu.Unlock()
-			for v, m := range rec.sums {
+			for v, m := range rec.Sums() {
 				for s, want := range m {
 					if got := sums.get(v, s); got != want {
 						t.Errorf("version %s, %s: got %v; want %v", v, s, got, want)

@@ -27,7 +27,7 @@ func TestToken(t *testing.T) {
 	sums := newBatchSums()
 	r := startReceiver(t, Config{Token: "s3cret"}, sums.publish)
 	ctx := context.Background()
-	var rec recorded
+	var rec otlptest.Recorded
 	for _, tr := range []string{"http", "grpc"} {
 		ep := r.HTTPAddr()
 		if tr == "grpc" {
@@ -39,13 +39,13 @@ func TestToken(t *testing.T) {
 		}
 		for range 10 {
 			in.Serve(ctx, 200, 0.01)
-			rec.add("1", 200)
+			rec.Add("1", 200)
 		}
 		if err := in.Shutdown(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for s, want := range rec.sums["1"] {
+	for s, want := range rec.Sums()["1"] {
 		if got := sums.get("1", s); got != want {
 			t.Errorf("%s: got %v; want %v", s, got, want)
 		}
