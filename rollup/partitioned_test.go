@@ -308,30 +308,38 @@ func BenchmarkPartitionedAdd(b *testing.B) {
 	}
 }
 
+// twoPartitions runs, inside a synctest bubble until the test ends, a Partitioned of cfg
+// counting into one Metrics and fed by a fanout source, with two partitions acquired (0 and
+// 3) one window ago.
+func twoPartitions(t *testing.T, cfg Config) (pr *Partitioned, src *fanout, a, b *fakeLease) {
+	t.Helper()
+	src = &fanout{}
+	pr, err := NewPartitioned(cfg, NewMetrics(metrics.NewSet()), src.source, func(*proto.Window) {}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go pr.Run(ctx)
+	t0 := time.Now().Truncate(time.Second).Add(time.Second)
+	time.Sleep(time.Until(t0))
+	a = testLease(t0, t0.Add(time.Hour))
+	b = testLease(t0, t0.Add(time.Hour))
+	b.partition = 3
+	pr.Acquire(a)
+	pr.Acquire(b)
+	synctest.Wait()
+	time.Sleep(win)
+	return pr, src, a, b
+}
+
 // TestPartitionedSharedMetrics checks that the rollups of every partition count into the
 // Metrics the Partitioned was built with, so that the size gauges sum over the running
 // partitions and drop back to zero once they stopped, while the counters keep their totals.
 func TestPartitionedSharedMetrics(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		m := NewMetrics(metrics.NewSet())
-		src := &fanout{}
-		pr, err := NewPartitioned(DefaultConfig(), m, src.source, func(*proto.Window) {}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		go pr.Run(ctx)
-		t0 := time.Now().Truncate(time.Second).Add(time.Second)
-		time.Sleep(time.Until(t0))
-		a := testLease(t0, t0.Add(time.Hour))
-		b := testLease(t0, t0.Add(time.Hour))
-		b.partition = 3
-		pr.Acquire(a)
-		pr.Acquire(b)
-		synctest.Wait()
-		time.Sleep(win)
+		pr, src, a, b := twoPartitions(t, DefaultConfig())
 		// The test source hands every batch to both partitions.
 		src.publish(batch(1, 1, time.Now(), counter("requests", 1), counter("errors", 0)))
 		src.publish(batch(2, 1, time.Now(), counter("requests", 1)))
@@ -362,24 +370,7 @@ func TestPartitionedGroupsBoundedPerWorker(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := DefaultConfig()
 		cfg.MaxGroups = 5
-		m := NewMetrics(metrics.NewSet())
-		src := &fanout{}
-		pr, err := NewPartitioned(cfg, m, src.source, func(*proto.Window) {}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		go pr.Run(ctx)
-		t0 := time.Now().Truncate(time.Second).Add(time.Second)
-		time.Sleep(time.Until(t0))
-		a := testLease(t0, t0.Add(time.Hour))
-		b := testLease(t0, t0.Add(time.Hour))
-		b.partition = 3
-		pr.Acquire(a)
-		pr.Acquire(b)
-		synctest.Wait()
-		time.Sleep(win)
+		pr, src, a, b := twoPartitions(t, cfg)
 		// The test source hands every batch to both partitions: 4 services make 8 groups
 		// wanted, 4 in each partition.
 		for i := range 4 {
