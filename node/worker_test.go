@@ -348,9 +348,13 @@ func TestRollupWorkersOnCluster(t *testing.T) {
 			gapWindows += tw.n.worker.parts.Stats().GapWindows
 			movesIn += tw.n.worker.leases.Moves()[lease.MoveAcquiredExpired]
 		}
-		if movesIn != uint64(len(parts)) {
-			t.Errorf("survivors took over %d expired leases; want the crashed worker's %d", movesIn, len(parts))
+		// Every partition of the crashed worker is taken over. A survivor's own lease that
+		// expired because its renewal ran late (a starved machine) is taken over too: that
+		// depends on scheduling, so make perf bounds it, not this test.
+		if movesIn < uint64(len(parts)) {
+			t.Errorf("survivors took over %d expired leases; want at least the crashed worker's %d", movesIn, len(parts))
 		}
+		perftest.Within(t, "survivors' own leases expired (renewed late) during the failover", int(movesIn)-len(parts), 0)
 		t.Logf("crashed worker %s held %d partitions with %d of %d groups; owned again after %s",
 			ws[victim].n.worker.leases.WorkerID(), len(parts), movedGroups, len(want), takeover.Round(time.Millisecond))
 		if movedGroups > 0 {
