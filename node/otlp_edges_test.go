@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -11,7 +12,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/pmetric"
+	"go.opentelemetry.io/collector/pdata/pmetric/pmetricotlp"
 
+	"github.com/herd-dev/herd/ingest/otlp"
 	"github.com/herd-dev/herd/internal/otlptest"
 	"github.com/herd-dev/herd/internal/perftest"
 	"github.com/herd-dev/herd/proto"
@@ -311,4 +316,95 @@ func TestOTLPSemconvProfile(t *testing.T) {
 		t.Errorf("%d windows' series carry herd's own RED names; want none", ss.herdNamed)
 	}
 	t.Logf("windows read through %s equal the SDK's totals: %v (requests, errors, latency count by group)", profile.Profile, want)
+}
+
+// TestOTLPEdgesCalleeFlood has one group call 100,000 distinct callees (50 instances, 2,000
+// server.address values each, over OTLP/HTTP) while a service instrumented with the SDK
+// exports beside it: the flood's edges are bounded to -otlp.max-callees-per-group callees
+// plus _other, the folded points counted, its calls still all counted, and the good
+// service's windows exact.
+func TestOTLPEdgesCalleeFlood(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("runs an instrumented service in real time")
+	}
+	n := otlpNode(t, nil)
+	ss := collectSeries(t, n.NATSURL())
+	var rec otlptest.Recorded
+	good := startOTLPGroup(otlptest.Config{Transport: "http", Endpoint: n.OTLPHTTPURL()[len("http://"):], Service: "checkout",
+		Version: "1.0.0", Interval: 250 * time.Millisecond}, 2, 5, 0.02, time.Second, &rec, withCalls(1, 1, 20))
+	const instances, perInstance = 50, 2000
+	for i := range instances {
+		md := pmetric.NewMetrics()
+		rm := md.ResourceMetrics().AppendEmpty()
+		a := rm.Resource().Attributes()
+		a.PutStr("service.name", "flood")
+		a.PutStr("service.version", "1.0.0")
+		a.PutStr("service.instance.id", fmt.Sprintf("i-%d", i))
+		m := rm.ScopeMetrics().AppendEmpty().Metrics().AppendEmpty()
+		m.SetName(otlp.MetricHTTPClientDuration)
+		m.SetUnit("s")
+		h := m.SetEmptyHistogram()
+		h.SetAggregationTemporality(pmetric.AggregationTemporalityDelta)
+		now := time.Now()
+		for j := range perInstance {
+			dp := h.DataPoints().AppendEmpty()
+			dp.SetStartTimestamp(pcommon.NewTimestampFromTime(now.Add(-250 * time.Millisecond)))
+			dp.SetTimestamp(pcommon.NewTimestampFromTime(now))
+			dp.ExplicitBounds().FromRaw([]float64{0.01, 0.1})
+			dp.BucketCounts().FromRaw([]uint64{0, 1, 0})
+			dp.SetCount(1)
+			dp.SetSum(0.05)
+			dp.Attributes().PutStr("server.address", fmt.Sprintf("dep-%d-%d.shop.svc", i, j))
+			dp.Attributes().PutInt("http.response.status_code", 200)
+		}
+		body, err := pmetricotlp.NewExportRequestFromMetrics(md).MarshalProto()
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Post(n.OTLPHTTPURL()+otlp.PathMetrics, "application/x-protobuf", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("flood request %d: status %d; want 200", i, resp.StatusCode)
+		}
+	}
+	time.Sleep(time.Second) // the good service's load goes on past the flood
+	if err := good.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error { return ss.diff("checkout", &rec) })
+	var calls, other float64
+	callees := 0
+	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		calls, other, callees = 0, 0, 0
+		for s, v := range ss.sums[[2]string{"flood", "1.0.0"}] {
+			if strings.HasPrefix(s, proto.SeriesEdgeCalls) {
+				calls += v
+				callees++
+				if strings.Contains(s, `"`+proto.CalleeOther+`"`) {
+					other = v
+				}
+			}
+		}
+		if calls != instances*perInstance {
+			return fmt.Errorf("flood: windows hold %v calls; want %d", calls, instances*perInstance)
+		}
+		return nil
+	})
+	st := n.OTLP().Stats()
+	limit := otlp.DefaultMaxCalleesPerGroup
+	if callees != limit+1 || other != float64(instances*perInstance-limit) || st.EdgesOther[otlp.EdgeReasonTooManyCallees] != uint64(instances*perInstance-limit) {
+		t.Errorf("flood: %d callees, %v calls under %s, %v counted; want %d callees and %s, %d calls under it, counted",
+			callees, other, proto.CalleeOther, st.EdgesOther, limit, proto.CalleeOther, instances*perInstance-limit)
+	}
+	if len(st.PointsRefused) > 0 {
+		t.Errorf("OTLP refused points %v; want none", st.PointsRefused)
+	}
+	t.Logf("100,000 callees of one group: %d edge series, %v calls under %s (herd_otlp_edge_points_other_total %v); checkout exact beside it",
+		callees, other, proto.CalleeOther, st.EdgesOther)
 }
