@@ -187,7 +187,7 @@ func TestOTLPEdgesFanoutRollback(t *testing.T) {
 type signalSums struct {
 	mu                       sync.Mutex
 	requests, errors, counts map[[2]string]float64 // by service, version
-	herdNamed                int // series with herd's own RED names
+	herdNamed                int                   // series with herd's own RED names
 }
 
 func collectSignals(t *testing.T, url string, def *signals.Definition) *signalSums {
