@@ -62,6 +62,10 @@ type Config struct {
 	// OpenTelemetry client metrics (edges.go); calls to further callees are recorded under
 	// callee proto.CalleeOther (herd_otlp_edge_points_other_total{reason="too_many_callees"}).
 	MaxCalleesPerGroup int
+	// RPCCalleeFromAddress names the callee of RPC client metrics by the server's host
+	// (server.address, net.peer.name: its first DNS label) rather than by rpc.service, for
+	// gRPC services whose names are not the services deployed.
+	RPCCalleeFromAddress bool
 }
 
 // Enabled reports whether c serves any listener.
@@ -83,6 +87,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxSeriesPerInstance, "otlp.max-series-per-instance", DefaultMaxSeriesPerInstance, "series of one OTLP instance (`count`, at most 4096)")
 	fs.IntVar(&c.MaxSeries, "otlp.max-series", DefaultMaxSeries, "series of all OTLP instances together whose state the receiver keeps (`count`)")
 	fs.IntVar(&c.MaxCalleesPerGroup, "otlp.max-callees-per-group", DefaultMaxCalleesPerGroup, "distinct callees of one group's edges from OpenTelemetry client metrics; calls to others count under callee _other (`count`)")
+	fs.BoolVar(&c.RPCCalleeFromAddress, "otlp.rpc-callee-from-address", false, "name the callee of RPC client metrics (rpc.client.duration …) by server.address's first DNS label rather than by rpc.service")
 	fs.DurationVar(&c.InstanceTTL, "otlp.instance-ttl", DefaultInstanceTTL, "how long an OTLP instance's state is kept after its last export (`duration`)")
 }
 

@@ -83,6 +83,25 @@ var edgeSources = map[string]*edgeSource{
 		callees: []calleeAttr{{"rpc.service", calleeService}, {"rpc.method", calleeMethod}, {"server.address", calleeHost}}},
 }
 
+// sourcesFor returns edgeSources, with the RPC conventions' callee taken from the server's
+// host (server.address, net.peer.name) rather than from rpc.service and rpc.method when
+// byAddress is set.
+func sourcesFor(byAddress bool) map[string]*edgeSource {
+	if !byAddress {
+		return edgeSources
+	}
+	out := make(map[string]*edgeSource, len(edgeSources))
+	for name, src := range edgeSources {
+		if src.grpc {
+			c := *src
+			c.callees = []calleeAttr{{"server.address", calleeHost}, {"net.peer.name", calleeHost}}
+			src = &c
+		}
+		out[name] = src
+	}
+	return out
+}
+
 // Reasons a client point's calls are recorded under callee proto.CalleeOther
 // (herd_otlp_edge_points_other_total{reason}).
 const (

@@ -216,4 +216,17 @@ func TestCalleeNames(t *testing.T) {
 			t.Errorf("%s %v: callee %q, reason %q; want %q, %q", tc.metric, tc.attrs, callee, reason, tc.callee, tc.reason)
 		}
 	}
+	// With RPCCalleeFromAddress, the host names RPC callees.
+	byAddr := sourcesFor(true)
+	attrs := pcommon.NewMap()
+	attrs.PutStr("rpc.service", "shop.Payments")
+	attrs.PutStr("server.address", "payments.shop.svc:50051")
+	for _, m := range []string{MetricRPCClientDuration, MetricRPCClientCallDuration} {
+		if callee, _ := calleeOf(byAddr[m], attrs); callee != "payments" {
+			t.Errorf("%s by address: callee %q; want payments", m, callee)
+		}
+	}
+	if byAddr[MetricHTTPClientDuration] != edgeSources[MetricHTTPClientDuration] || len(edgeSources[MetricRPCClientDuration].callees) != 3 {
+		t.Error("sourcesFor changed the HTTP sources or the defaults")
+	}
 }

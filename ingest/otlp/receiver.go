@@ -49,6 +49,8 @@ type Receiver struct {
 	horizon int64
 	now     func() time.Time
 	work    sync.Pool // *work
+	// edgeSources are the client conventions read as edges, by metric name (edges.go).
+	edgeSources map[string]*edgeSource
 
 	mu         sync.Mutex // Guards the fields below.
 	instances  map[string]*instance
@@ -121,6 +123,7 @@ func New(cfg Config, set *metrics.Set, publish ingest.PublishFunc, logger *slog.
 		instances: map[string]*instance{}, perService: map[string]int{}, groups: map[string]*groupEdges{},
 	}
 	r.horizon = r.now().UnixNano()
+	r.edgeSources = sourcesFor(cfg.RPCCalleeFromAddress)
 	_, _ = rand.Read(r.nonce[:])
 	r.m = newRecvMetrics(set, func() float64 { return float64(r.nInstances.Load()) })
 	r.work.New = func() any { return &work{index: map[*instance]int{}, edgeIdx: map[string]int{}} }
@@ -553,7 +556,7 @@ func (r *Receiver) metric(w *work, in *instance, m pmetric.Metric) {
 			return
 		}
 		dps := h.DataPoints()
-		src := edgeSources[name]
+		src := r.edgeSources[name]
 		for i := 0; i < dps.Len(); i++ {
 			r.explicit(w, in, name, m.Unit(), src, dps.At(i), cum)
 		}
@@ -565,7 +568,7 @@ func (r *Receiver) metric(w *work, in *instance, m pmetric.Metric) {
 			return
 		}
 		dps := h.DataPoints()
-		src := edgeSources[name]
+		src := r.edgeSources[name]
 		for i := 0; i < dps.Len(); i++ {
 			r.exponential(w, in, name, m.Unit(), src, dps.At(i), cum)
 		}
