@@ -29,7 +29,7 @@
 // inbound series name the caller's identity, not its version: they give no caller group.
 // A Rewriter bounds the distinct callees and callers it publishes (DefaultMaxCallees,
 // DefaultMaxCallers); further ones are published as proto.CalleeOther and
-// proto.CallerUnknown and counted (Rewriter.Stats).
+// proto.CallerUnknown and counted (Rewriter.Stats, herd_agent_mesh_series_other_total).
 package mesh
 
 import (
@@ -39,8 +39,11 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/herd-dev/herd/proto"
+	"github.com/VictoriaMetrics/metrics"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/herd-dev/herd/internal/promhelp"
+	"github.com/herd-dev/herd/proto"
 )
 
 // Profile names a mesh whose proxy metrics are read. The zero value reads none.
@@ -96,6 +99,28 @@ type Rewriter struct {
 	callers map[[2]string]struct{}
 
 	stats [numReasons]atomic.Uint64
+	// counters, when set (WithMetrics), count the same into a metrics set; the Rewriters of
+	// one agent share them.
+	counters [numReasons]*metrics.Counter
+}
+
+// otherFamily counts the proxy series of all of an agent's Rewriters published under a
+// stand-in callee or caller.
+const otherFamily = "herd_agent_mesh_series_other_total"
+
+// WithMetrics makes r count the series it publishes under proto.CalleeOther or
+// proto.CallerUnknown in set as well, as herd_agent_mesh_series_other_total{reason} (shared
+// by every Rewriter counting into set), and returns r. Call it before r is used.
+func (r *Rewriter) WithMetrics(set *metrics.Set) *Rewriter {
+	if r == nil || set == nil {
+		return r
+	}
+	promhelp.Describe(map[string]string{otherFamily: "Mesh proxy series published under callee _other or caller _unknown, by reason: " +
+		"too_many_callees and too_many_callers (over 64 per proxy), no_callee and no_caller (no label names a herd service, e.g. traffic leaving or entering the mesh)."})
+	for i, reason := range reasonNames {
+		r.counters[i] = set.GetOrCreateCounter(otherFamily + `{reason="` + reason + `"}`)
+	}
+	return r
 }
 
 // Reasons a proxy series is published under proto.CalleeOther or proto.CallerUnknown.
@@ -251,6 +276,9 @@ func (r *Rewriter) count(reason string) {
 	for i, n := range reasonNames {
 		if n == reason {
 			r.stats[i].Add(1)
+			if r.counters[i] != nil {
+				r.counters[i].Inc()
+			}
 		}
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/ingest/mesh"
 	"github.com/herd-dev/herd/proto"
@@ -232,7 +234,8 @@ func TestParse(t *testing.T) {
 // under _other and _unknown and counted.
 func TestRequestFlowNames(t *testing.T) {
 	t.Parallel()
-	r := mesh.Istio.Rewriter()
+	set := metrics.NewSet()
+	r := mesh.Istio.Rewriter().WithMetrics(set)
 	ls := func(kv ...string) []proto.Label {
 		var out []proto.Label
 		for i := 0; i < len(kv); i += 2 {
@@ -279,5 +282,10 @@ func TestRequestFlowNames(t *testing.T) {
 		mesh.ReasonNoCaller: 1, mesh.ReasonTooManyCallers: 3 + 100 - mesh.DefaultMaxCallers}
 	if got := r.Stats(); !maps.Equal(got, want) {
 		t.Errorf("stats %v; want %v", got, want)
+	}
+	for reason, n := range want {
+		if got := set.GetOrCreateCounter(`herd_agent_mesh_series_other_total{reason="` + reason + `"}`).Get(); got != n {
+			t.Errorf("herd_agent_mesh_series_other_total{reason=%q} %d; want %d", reason, got, n)
+		}
 	}
 }
