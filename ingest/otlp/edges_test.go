@@ -230,3 +230,74 @@ func TestCalleeNames(t *testing.T) {
 		t.Error("sourcesFor changed the HTTP sources or the defaults")
 	}
 }
+
+// TestClientMetricsEdgesFlood has one group call 100,000 distinct callees (50 instances of
+// 2,000 server.address values each, delta) in the same requests as another group's client
+// metrics: the flood's edges are bounded (the callees over the bound counted under _other),
+// its calls all counted, and the other group's edges exact.
+func TestClientMetricsEdgesFlood(t *testing.T) {
+	t.Parallel()
+	byGroup := map[string]*edgeLog{}
+	var dec proto.Decoder
+	var b proto.Batch
+	publish := func(_ string, data []byte) error {
+		if err := dec.Decode(data, &b); err != nil {
+			return err
+		}
+		l := byGroup[b.Service]
+		if l == nil {
+			l = newEdgeLog()
+			byGroup[b.Service] = l
+		}
+		return l.publish("", data)
+	}
+	r, err := New(Config{}, nil, publish, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const instances, perInstance = 50, 2000
+	start := time.Now()
+	for i := range instances {
+		md := pmetric.NewMetrics()
+		for _, svc := range []string{"flood", "checkout"} {
+			rm := md.ResourceMetrics().AppendEmpty()
+			a := rm.Resource().Attributes()
+			a.PutStr("service.name", svc)
+			a.PutStr("service.version", "1")
+			a.PutStr("service.instance.id", fmt.Sprint(i))
+			m := rm.ScopeMetrics().AppendEmpty().Metrics().AppendEmpty()
+			m.SetName(MetricHTTPClientDuration)
+			h := m.SetEmptyHistogram()
+			h.SetAggregationTemporality(pmetric.AggregationTemporalityDelta)
+			if svc == "checkout" {
+				explicitPoint(h, start, start.Add(time.Second), []float64{0.1}, []uint64{uint64(i), 1}, 1,
+					map[string]any{"server.address": "payments", "http.response.status_code": 503})
+				continue
+			}
+			for j := range perInstance {
+				explicitPoint(h, start, start.Add(time.Second), []float64{0.1}, []uint64{1, 0}, 0.05,
+					map[string]any{"server.address": fmt.Sprintf("dep-%d-%d", i, j), "http.response.status_code": 200})
+			}
+		}
+		if res := r.Export(md); res.Rejected > 0 {
+			t.Fatalf("rejected %d: %s", res.Rejected, res.Message)
+		}
+	}
+	flood, good := byGroup["flood"], byGroup["checkout"]
+	var calls float64
+	for _, c := range flood.calls {
+		calls += c
+	}
+	limit := DefaultMaxCalleesPerGroup
+	if len(flood.calls) != limit+1 || calls != instances*perInstance || flood.calls[proto.CalleeOther] != instances*perInstance-float64(limit) {
+		t.Errorf("flood: %d callees, %v calls, %v under %s; want %d callees and %s, %d calls, %d under it",
+			len(flood.calls), calls, flood.calls[proto.CalleeOther], proto.CalleeOther, limit, proto.CalleeOther, instances*perInstance, instances*perInstance-limit)
+	}
+	if got := r.Stats().EdgesOther[EdgeReasonTooManyCallees]; got != instances*perInstance-uint64(limit) {
+		t.Errorf("herd_otlp_edge_points_other_total{reason=too_many_callees} %d; want %d", got, instances*perInstance-limit)
+	}
+	// checkout: instance i made i+1 calls, all failed.
+	if want := float64(instances * (instances + 1) / 2); good.calls["payments"] != want || good.errors["payments"] != want || len(good.calls) != 1 {
+		t.Errorf("checkout beside the flood: calls %v, errors %v; want payments %v and %v", good.calls, good.errors, want, want)
+	}
+}
