@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +22,7 @@ import (
 	"github.com/herd-dev/herd/internal/perftest"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/signals"
+	"github.com/herd-dev/herd/web"
 )
 
 // withCalls makes each request of a group call payments calls times over HTTP and inventory
@@ -183,6 +185,30 @@ func TestOTLPEdgesFanoutRollback(t *testing.T) {
 		t.Errorf("checkout's signals profile %q; want otel-http", p)
 	}
 	perftest.Within(t, "fan-out rollback webhook after the onset over OTLP (s)", took.Seconds(), 10)
+	// The dependency graph shows both versions' edges to payments, the canary's at ~5× the
+	// calls per request.
+	checkFor(t, 5*time.Second, 50*time.Millisecond, func() error {
+		resp, err := http.Get(n.HTTPURL() + "/api/v1/graph")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var g web.Graph
+		if err := json.NewDecoder(resp.Body).Decode(&g); err != nil {
+			return fmt.Errorf("cannot decode the graph: %w", err)
+		}
+		rps := map[string]float64{}
+		for _, e := range g.Edges {
+			if e.Caller == "checkout" && e.Callee == "payments" {
+				rps[e.Version] = e.RPS
+			}
+		}
+		if rps["1.0.0"] <= 0 || rps["1.1.0"] <= 0 {
+			return fmt.Errorf("graph edges checkout → payments by version %v; want both versions' with calls", rps)
+		}
+		t.Logf("graph: checkout → payments %.0f calls/s from 1.0.0 (3 instances), %.0f from 1.1.0 (2 instances)", rps["1.0.0"], rps["1.1.0"])
+		return nil
+	})
 }
 
 // signalSums totals the signals of closed windows (corrections included) per group, read
