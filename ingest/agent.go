@@ -146,7 +146,7 @@ func NewAgent(cfg AgentConfig, set *metrics.Set, publish PublishFunc, logger *sl
 	}
 	sc := ScraperConfig{URL: cfg.Scrape}
 	if p, _ := mesh.Parse(cfg.Mesh); p != mesh.None {
-		sc.Rewriter = p.Rewriter()
+		sc.Rewriter = p.Rewriter().WithMetrics(set)
 	}
 	s, err := NewScraper(sc, c, logger.With("component", "agent", "url", cfg.Scrape), set)
 	if err != nil {

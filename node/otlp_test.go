@@ -112,11 +112,18 @@ type otlpGroup struct {
 	stop        chan struct{}
 	started     atomic.Int64
 	errs        chan error
+	// calls and rpcCalls are the outbound calls each request makes, to payments over HTTP
+	// (otlptest.Instance.Call) and to inventory over gRPC (otlptest.Instance.RPC);
+	// callErrPermille is the share (×1000) of them that fail.
+	calls, rpcCalls, callErrPermille atomic.Int64
 }
 
-func startOTLPGroup(cfg otlptest.Config, instances, perTick int, errRate float64, life time.Duration, rec *otlptest.Recorded) *otlpGroup {
+func startOTLPGroup(cfg otlptest.Config, instances, perTick int, errRate float64, life time.Duration, rec *otlptest.Recorded, opts ...func(*otlpGroup)) *otlpGroup {
 	g := &otlpGroup{cfg: cfg, perTick: perTick, life: life, rec: rec, stop: make(chan struct{}), errs: make(chan error, 64)}
 	g.errPermille.Store(int64(errRate * 1000))
+	for _, o := range opts {
+		o(g)
+	}
 	for range instances {
 		g.wg.Go(g.slot)
 	}
@@ -160,7 +167,12 @@ func (g *otlpGroup) slot() {
 						code = 500
 					}
 					in.Serve(ctx, code, math.Exp(rng.NormFloat64()*0.5)*0.04)
-					g.rec.Add(c.Version, code)
+					if c.SemconvOnly {
+						g.rec.AddSemconv(c.Version, code)
+					} else {
+						g.rec.Add(c.Version, code)
+					}
+					g.outbound(ctx, in, c.Version, rng)
 				}
 			}
 		}
@@ -168,6 +180,30 @@ func (g *otlpGroup) slot() {
 		if err := in.Shutdown(ctx); err != nil {
 			g.errs <- fmt.Errorf("instance %s: shutdown: %w", c.Instance, err)
 		}
+	}
+}
+
+// outbound makes one request's outbound calls and records them.
+func (g *otlpGroup) outbound(ctx context.Context, in *otlptest.Instance, version string, rng *rand.Rand) {
+	for range g.calls.Load() {
+		failed := rng.Int64N(1000) < g.callErrPermille.Load()
+		code := 200
+		if failed {
+			code = 503
+		} else if rng.Int64N(50) == 0 {
+			code = 404 // the caller's fault: a call, not a failed one
+		}
+		in.Call(ctx, "payments", code, math.Exp(rng.NormFloat64()*0.5)*0.01)
+		g.rec.AddCall(version, "payments", failed)
+	}
+	for range g.rpcCalls.Load() {
+		failed := rng.Int64N(1000) < g.callErrPermille.Load()
+		code := 0 // OK
+		if failed {
+			code = 14 // UNAVAILABLE
+		}
+		in.RPC(ctx, "Inventory", code, math.Exp(rng.NormFloat64()*0.5)*5)
+		g.rec.AddCall(version, "inventory", failed)
 	}
 }
 
@@ -276,6 +312,9 @@ func TestOTLPCanaryRollback(t *testing.T) {
 		c.Detect.PolicyFile = policy
 		c.Deliver.Webhooks = []string{recv.URL + "/hook"}
 		c.Deliver.WebhookSecrets = []string{"test-secret"}
+		// A canary whose exporters a loaded machine starves for a second is not crash-looping:
+		// the test is about another decision.
+		c.Detect.GoneAfter = 5 * time.Second
 	})
 	if err := n.Announce(proto.Deployment{Service: "checkout", Baseline: "1.0.0", Canary: "1.1.0"}); err != nil {
 		t.Fatal(err)

@@ -70,8 +70,12 @@ func profile(name, doc, requests, errors, latency string, unit float64, marker s
 
 // grpcServerErrors are the gRPC status codes that count as the server's errors: UNKNOWN,
 // DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS (as OpenTelemetry's
-// RPC conventions classify them).
-const grpcServerErrors = `2|4|12|13|14|15`
+// RPC conventions classify them); grpcServerErrorNames the same by name, as the current RPC
+// conventions' rpc.response.status_code holds them.
+const (
+	grpcServerErrors     = `2|4|12|13|14|15`
+	grpcServerErrorNames = `UNKNOWN|DEADLINE_EXCEEDED|UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS`
+)
 
 // profiles are the built-in profiles, most preferred first. Their names are stable: the API,
 // the dashboard and policy files use them.
@@ -101,6 +105,9 @@ var profiles = []*Definition{
 	profile("otel-rpc-prometheus", "OpenTelemetry RPC server conventions exported to Prometheus: rpc_server_duration_milliseconds",
 		`rpc_server_duration_milliseconds`, `rpc_server_duration_milliseconds{rpc_grpc_status_code=~"`+grpcServerErrors+`"}`,
 		`rpc_server_duration_milliseconds`, 0.001, ""),
+	profile("otel-rpc-call", "OpenTelemetry's current RPC server conventions: rpc.server.call.duration in s, rpc.response.status_code",
+		`rpc.server.call.duration`, `rpc.server.call.duration{rpc.response.status_code=~"`+grpcServerErrorNames+`|`+grpcServerErrors+`"}`,
+		`rpc.server.call.duration`, 1, ""),
 	profile("istio", "Istio/Envoy standard metrics, as the destination reports them: istio_requests_total{response_code}",
 		`istio_requests_total{reporter!="source"}`, `istio_requests_total{reporter!="source",response_code=~"5.."}`,
 		`istio_request_duration_milliseconds{reporter!="source"}`, 0.001, ""),

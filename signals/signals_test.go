@@ -61,6 +61,10 @@ func TestProfilesRecognise(t *testing.T) {
 			histogram("rpc.server.duration", 4, 50, "rpc.grpc.status_code", "0"),
 			histogram("rpc.server.duration", 4, 5, "rpc.grpc.status_code", "14"),
 			histogram("rpc.server.duration", 4, 5, "rpc.grpc.status_code", "5")}, 60, 5, 0.004, 60},
+		{"otel-rpc-call", []proto.WindowSeries{
+			histogram("rpc.server.call.duration", 0.004, 50, "rpc.response.status_code", "OK", "rpc.method", "shop.Payments/Charge"),
+			histogram("rpc.server.call.duration", 0.004, 5, "rpc.response.status_code", "UNAVAILABLE", "rpc.method", "shop.Payments/Charge"),
+			histogram("rpc.server.call.duration", 0.004, 5, "rpc.response.status_code", "NOT_FOUND", "rpc.method", "shop.Payments/Charge")}, 60, 5, 0.004, 60},
 		{"istio", []proto.WindowSeries{
 			counter("istio_requests_total", 100, "reporter", "destination", "response_code", "200"),
 			counter("istio_requests_total", 100, "reporter", "source", "response_code", "200"),

@@ -309,7 +309,7 @@ func (a *Agent) startLocked(pod *corev1.Pod, sp spec, pred *target) {
 	sc := ingest.ScraperConfig{URL: sp.url, HTTPClient: &http.Client{Transport: tr}, FinalTimeout: a.cfg.FinalTimeout,
 		CountFirst: pred == nil && startedAfter(pod, a.start)}
 	if r := sp.mesh.Rewriter(); r != nil {
-		sc.Rewriter = r
+		sc.Rewriter = r.WithMetrics(a.set)
 	}
 	s, err := ingest.NewScraper(sc, c, log, a.set)
 	if err != nil {

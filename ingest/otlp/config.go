@@ -23,6 +23,8 @@ const (
 	DefaultMaxSeries              = 1_000_000
 	DefaultInstanceTTL            = 10 * time.Minute
 	DefaultMaxConns               = 1024
+	// DefaultMaxCalleesPerGroup is ingest.DefaultMaxCallees, the Go library's bound.
+	DefaultMaxCalleesPerGroup = 64
 )
 
 // Config configures a Receiver. Zero fields take their defaults, but for the listeners.
@@ -56,6 +58,14 @@ type Config struct {
 	MaxSeries            int
 	// InstanceTTL is how long an instance's state is kept after its last request.
 	InstanceTTL time.Duration
+	// MaxCalleesPerGroup bounds the distinct callees of one group's edges taken from
+	// OpenTelemetry client metrics (edges.go); calls to further callees are recorded under
+	// callee proto.CalleeOther (herd_otlp_edge_points_other_total{reason="too_many_callees"}).
+	MaxCalleesPerGroup int
+	// RPCCalleeFromAddress names the callee of RPC client metrics by the server's host
+	// (server.address, net.peer.name: its first DNS label) rather than by rpc.service, for
+	// gRPC services whose names are not the services deployed.
+	RPCCalleeFromAddress bool
 }
 
 // Enabled reports whether c serves any listener.
@@ -76,6 +86,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxInstancesPerService, "otlp.max-instances-per-service", DefaultMaxInstancesPerService, "instances of one service the OTLP receiver keeps (`count`)")
 	fs.IntVar(&c.MaxSeriesPerInstance, "otlp.max-series-per-instance", DefaultMaxSeriesPerInstance, "series of one OTLP instance (`count`, at most 4096)")
 	fs.IntVar(&c.MaxSeries, "otlp.max-series", DefaultMaxSeries, "series of all OTLP instances together whose state the receiver keeps (`count`)")
+	fs.IntVar(&c.MaxCalleesPerGroup, "otlp.max-callees-per-group", DefaultMaxCalleesPerGroup, "distinct callees of one group's edges from OpenTelemetry client metrics; calls to others count under callee _other (`count`)")
+	fs.BoolVar(&c.RPCCalleeFromAddress, "otlp.rpc-callee-from-address", false, "name the callee of RPC client metrics (rpc.client.duration …) by server.address's first DNS label rather than by rpc.service")
 	fs.DurationVar(&c.InstanceTTL, "otlp.instance-ttl", DefaultInstanceTTL, "how long an OTLP instance's state is kept after its last export (`duration`)")
 }
 
@@ -110,6 +122,9 @@ func (c *Config) setDefaults() {
 	if c.MaxConns == 0 {
 		c.MaxConns = DefaultMaxConns
 	}
+	if c.MaxCalleesPerGroup == 0 {
+		c.MaxCalleesPerGroup = DefaultMaxCalleesPerGroup
+	}
 }
 
 // Validate checks the config, naming the offending flag; zero fields take their defaults.
@@ -140,6 +155,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("-otlp.max-series-per-instance %d must be between 1 and %d", d.MaxSeriesPerInstance, maxSeriesPerBatch)
 	case d.MaxSeries < 1:
 		return fmt.Errorf("-otlp.max-series %d must be ≥ 1", d.MaxSeries)
+	case d.MaxCalleesPerGroup < 1:
+		return fmt.Errorf("-otlp.max-callees-per-group %d must be ≥ 1", d.MaxCalleesPerGroup)
 	case d.MaxConns < 1:
 		return fmt.Errorf("-otlp.max-conns %d must be ≥ 1", d.MaxConns)
 	case d.InstanceTTL < time.Second:

@@ -25,6 +25,10 @@
 //   - Explicit-bucket histograms are placed like classic Prometheus ones (each bucket's count
 //     at a representative value of its bounds, as `herd agent` does).
 //   - Summaries and non-monotonic delta sums are refused (reason "unsupported_type").
+//   - OpenTelemetry's client duration histograms (http.client.request.duration,
+//     rpc.client.duration, …) become the caller group's request-flow edges
+//     (proto.SeriesEdgeCalls, …) by callee, bounded per group (edges.go); the client series
+//     themselves are not published.
 //
 // Refusals are answered with the OTLP partial-success fields (rejected_data_points and a
 // message), counted in herd_otlp_points_refused_total{reason} or, for a whole request,

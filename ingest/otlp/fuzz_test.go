@@ -2,6 +2,7 @@ package otlp
 
 import (
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
@@ -67,6 +68,33 @@ func FuzzExport(f *testing.F) {
 		}
 		f.Add(b)
 	}
+	// Client metrics that become edges: explicit and exponential, HTTP and RPC.
+	md, ms := clientMetrics(time.Unix(1, 0))
+	m := ms.AppendEmpty()
+	m.SetName(MetricHTTPClientDuration)
+	h := m.SetEmptyHistogram()
+	h.SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	explicitPoint(h, time.Unix(0, 1), time.Unix(1, 0), []float64{0.01, 0.1}, []uint64{1, 2, 3}, 0.5,
+		map[string]any{"server.address": "payments.shop:80", "http.response.status_code": 503})
+	e := ms.AppendEmpty()
+	e.SetName(MetricRPCClientDuration)
+	e.SetUnit("ms")
+	eh := e.SetEmptyExponentialHistogram()
+	eh.SetAggregationTemporality(pmetric.AggregationTemporalityDelta)
+	ep := eh.DataPoints().AppendEmpty()
+	ep.SetTimestamp(pcommon.Timestamp(1e9))
+	ep.SetScale(3)
+	ep.Positive().SetOffset(20)
+	ep.Positive().BucketCounts().FromRaw([]uint64{1, 0, 2})
+	ep.SetCount(3)
+	ep.SetSum(30)
+	ep.Attributes().PutStr("rpc.service", "shop.Inventory")
+	ep.Attributes().PutInt("rpc.grpc.status_code", 14)
+	b, err := pmetricotlp.NewExportRequestFromMetrics(md).MarshalProto()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
 	sums := newBatchSums()
 	r, err := New(Config{}, nil, sums.publish, testLogger(f))
 	if err != nil {

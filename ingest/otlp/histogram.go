@@ -172,9 +172,10 @@ func (h *explicitHist) deltaFrom(cur, prev *explicitHist) bool {
 }
 
 // toHerd places each bucket's count at a representative value of its bounds (see
-// ingest.ClassicRepresentative). It reports false for bounds that are not increasing or a count
-// that cannot be placed.
-func (h *explicitHist) toHerd(dst *proto.Histogram) bool {
+// ingest.ClassicRepresentative), the bounds and the sum taken in units of unit (1: as they
+// are; 0.001: milliseconds made seconds). It reports false for bounds that are not increasing
+// or a count that cannot be placed.
+func (h *explicitHist) toHerd(dst *proto.Histogram, unit float64) bool {
 	dst.Reset()
 	if len(h.counts) != len(h.bounds)+1 {
 		return false
@@ -183,7 +184,7 @@ func (h *explicitHist) toHerd(dst *proto.Histogram) bool {
 	for i, c := range h.counts {
 		hi := math.Inf(1)
 		if i < len(h.bounds) {
-			hi = h.bounds[i]
+			hi = h.bounds[i] * unit
 			if math.IsNaN(hi) || math.IsInf(hi, 0) || hi <= lo {
 				return false
 			}
@@ -199,6 +200,28 @@ func (h *explicitHist) toHerd(dst *proto.Histogram) bool {
 		}
 		lo = hi
 	}
-	dst.Sum = h.sum
-	return !math.IsNaN(h.sum) && !math.IsInf(h.sum, 0)
+	dst.Sum = h.sum * unit
+	return !math.IsNaN(dst.Sum) && !math.IsInf(dst.Sum, 0)
+}
+
+// toSeconds rescales h, whose values are in units of unit seconds, to seconds: each bucket's
+// count moves to the bucket holding its representative value times unit. The mapping is
+// monotone and counts stay exact; quantiles keep herd's relative accuracy within a bucket.
+func toSeconds(h *proto.Histogram, unit float64) {
+	var out proto.Histogram
+	out.ZeroCount = h.ZeroCount
+	for _, side := range []struct {
+		src  *proto.Buckets
+		sign float64
+	}{{&h.Positive, 1}, {&h.Negative, -1}} {
+		for k, n := range side.src.Counts {
+			if n > 0 && !out.Observe(side.sign*proto.BucketValue(int(side.src.Offset)+k)*unit, n) {
+				out.ZeroCount += n // beyond the bucket bounds: cannot happen for unit ≤ 1
+				out.Count += n
+			}
+		}
+	}
+	out.Count = h.Count
+	out.Sum = h.Sum * unit
+	h.CopyFrom(&out)
 }

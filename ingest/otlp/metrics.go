@@ -55,6 +55,8 @@ var otlpHelp = map[string]string{
 	"herd_otlp_batches_total":        "Batches the OTLP receiver published on herd.in.<service>.<version>.",
 	"herd_otlp_counter_resets_total": "Cumulative OTLP series that went back (a restart or a new start time); the new value is taken as the delta.",
 	"herd_otlp_instances":            "Instances whose state the OTLP receiver keeps.",
+	"herd_otlp_edge_points_other_total": "OTLP client-metric points (http.client.request.duration, rpc.client.duration …) whose calls were recorded under callee _other, by reason: " +
+		"missing_callee (no callee attribute), bad_callee (no herd service name even cleaned) or too_many_callees (over -otlp.max-callees-per-group).",
 }
 
 // recvMetrics are a Receiver's self-metrics. Safe for concurrent use.
@@ -65,6 +67,7 @@ type recvMetrics struct {
 	pointRefused   map[string]*metrics.Counter
 	batches        *metrics.Counter
 	resets         *metrics.Counter
+	edgeOther      map[string]*metrics.Counter // by reason
 
 	logMu      sync.Mutex // Guards the fields below.
 	lastLog    time.Time
@@ -80,6 +83,7 @@ func newRecvMetrics(set *metrics.Set, instances func() float64) *recvMetrics {
 		requests:       map[string]*metrics.Counter{},
 		requestRefused: map[string]*metrics.Counter{},
 		pointRefused:   map[string]*metrics.Counter{},
+		edgeOther:      map[string]*metrics.Counter{},
 		points:         set.NewCounter("herd_otlp_points_total"),
 		batches:        set.NewCounter("herd_otlp_batches_total"),
 		resets:         set.NewCounter("herd_otlp_counter_resets_total"),
@@ -93,6 +97,9 @@ func newRecvMetrics(set *metrics.Set, instances func() float64) *recvMetrics {
 	for _, r := range pointReasons {
 		m.pointRefused[r] = set.NewCounter(`herd_otlp_points_refused_total{reason="` + r + `"}`)
 	}
+	for _, r := range edgeReasons {
+		m.edgeOther[r] = set.NewCounter(`herd_otlp_edge_points_other_total{reason="` + r + `"}`)
+	}
 	set.NewGauge("herd_otlp_instances", instances)
 	return m
 }
@@ -104,11 +111,19 @@ type Stats struct {
 	RequestsRefused map[string]uint64 // requests refused whole, by reason
 	Batches         uint64            // batches published
 	Resets          uint64            // cumulative series that went back
+	// EdgesOther counts client-metric points recorded under callee proto.CalleeOther, by
+	// reason (EdgeReasonTooManyCallees, …).
+	EdgesOther map[string]uint64
 }
 
 func (m *recvMetrics) stats() Stats {
 	st := Stats{Points: m.points.Get(), Batches: m.batches.Get(), Resets: m.resets.Get(),
-		PointsRefused: map[string]uint64{}, RequestsRefused: map[string]uint64{}}
+		PointsRefused: map[string]uint64{}, RequestsRefused: map[string]uint64{}, EdgesOther: map[string]uint64{}}
+	for r, c := range m.edgeOther {
+		if n := c.Get(); n > 0 {
+			st.EdgesOther[r] = n
+		}
+	}
 	for r, c := range m.pointRefused {
 		if n := c.Get(); n > 0 {
 			st.PointsRefused[r] = n

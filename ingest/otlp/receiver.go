@@ -49,12 +49,15 @@ type Receiver struct {
 	horizon int64
 	now     func() time.Time
 	work    sync.Pool // *work
+	// edgeSources are the client conventions read as edges, by metric name (edges.go).
+	edgeSources map[string]*edgeSource
 
 	mu         sync.Mutex // Guards the fields below.
 	instances  map[string]*instance
 	perService map[string]int
-	nInstances atomic.Int64 // len(instances), for the gauge
-	nSeries    atomic.Int64 // series of all instances
+	groups     map[string]*groupEdges // by service "\x00" version: the callees of each group
+	nInstances atomic.Int64           // len(instances), for the gauge
+	nSeries    atomic.Int64           // series of all instances
 
 	httpLn, grpcLn net.Listener // nil when off
 	conns          atomic.Int64 // open connections of both listeners
@@ -66,6 +69,7 @@ type Receiver struct {
 type instance struct {
 	service, version, subject string
 	id                        [16]byte
+	edges                     *groupEdges  // the group's callees, shared by its instances
 	lastSeen                  atomic.Int64 // unix ns of its last request
 
 	mu sync.Mutex // Guards the fields below; held while a resource's points are converted and published.
@@ -90,6 +94,8 @@ type series struct {
 	prev   float64
 	prevE  expHist
 	prevX  explicitHist
+	// edge is set for a client series whose points become edges (edges.go).
+	edge *edgeOut
 }
 
 // Result is what Export did with a request's data points.
@@ -114,12 +120,13 @@ func New(cfg Config, set *metrics.Set, publish ingest.PublishFunc, logger *slog.
 	}
 	r := &Receiver{
 		cfg: cfg, publish: publish, log: logger, now: time.Now,
-		instances: map[string]*instance{}, perService: map[string]int{},
+		instances: map[string]*instance{}, perService: map[string]int{}, groups: map[string]*groupEdges{},
 	}
 	r.horizon = r.now().UnixNano()
+	r.edgeSources = sourcesFor(cfg.RPCCalleeFromAddress)
 	_, _ = rand.Read(r.nonce[:])
 	r.m = newRecvMetrics(set, func() float64 { return float64(r.nInstances.Load()) })
-	r.work.New = func() any { return &work{index: map[*instance]int{}} }
+	r.work.New = func() any { return &work{index: map[*instance]int{}, edgeIdx: map[string]int{}} }
 	if err := r.listen(); err != nil {
 		return nil, err
 	}
@@ -260,6 +267,12 @@ func (r *Receiver) instance(w *work, attrs pcommon.Map, now time.Time) (*instanc
 		return nil, ReasonBadVersion, err
 	}
 	in := &instance{service: svc, version: version, subject: subject, series: map[string]*series{}}
+	gk := svc + "\x00" + version
+	if in.edges = r.groups[gk]; in.edges == nil {
+		in.edges = &groupEdges{}
+		r.groups[gk] = in.edges
+	}
+	in.edges.refs++
 	h := sha256.New()
 	h.Write(r.nonce[:])
 	h.Write(k)
@@ -338,6 +351,9 @@ func (r *Receiver) sweep(now time.Time) {
 			if r.perService[in.service]--; r.perService[in.service] <= 0 {
 				delete(r.perService, in.service)
 			}
+			if in.edges.refs--; in.edges.refs <= 0 {
+				delete(r.groups, in.service+"\x00"+in.version)
+			}
 		}
 	}
 	r.nInstances.Store(int64(len(r.instances)))
@@ -354,6 +370,7 @@ type work struct {
 	only    int64
 	groups  []resources
 	index   map[*instance]int
+	edgeIdx map[string]int // edge series of the batch being built: index in batch.Series
 	key     []byte
 	labels  []proto.Label
 	staged  []staged
@@ -379,6 +396,9 @@ type resources struct {
 type staged struct {
 	t, start int64
 	s        proto.Series
+	// edge marks a point of an edge series, which other points of the batch may add to;
+	// extra one of the entries beyond the first that one client point makes (calls, errors).
+	edge, extra bool
 }
 
 // accept counts a converted point of s at ts (start: its start time) into st, the entry just
@@ -402,7 +422,7 @@ func (w *work) next() *staged {
 		w.staged = append(w.staged, staged{})
 	}
 	st := &w.staged[len(w.staged)-1]
-	st.t, st.start = 0, 0
+	st.t, st.start, st.edge, st.extra = 0, 0, false, false
 	st.s.Name, st.s.Labels, st.s.Kind, st.s.Value = "", nil, 0, 0
 	return st
 }
@@ -536,8 +556,9 @@ func (r *Receiver) metric(w *work, in *instance, m pmetric.Metric) {
 			return
 		}
 		dps := h.DataPoints()
+		src := r.edgeSources[name]
 		for i := 0; i < dps.Len(); i++ {
-			r.explicit(w, in, name, dps.At(i), cum)
+			r.explicit(w, in, name, m.Unit(), src, dps.At(i), cum)
 		}
 	case pmetric.MetricTypeExponentialHistogram:
 		h := m.ExponentialHistogram()
@@ -547,8 +568,9 @@ func (r *Receiver) metric(w *work, in *instance, m pmetric.Metric) {
 			return
 		}
 		dps := h.DataPoints()
+		src := r.edgeSources[name]
 		for i := 0; i < dps.Len(); i++ {
-			r.exponential(w, in, name, dps.At(i), cum)
+			r.exponential(w, in, name, m.Unit(), src, dps.At(i), cum)
 		}
 	case pmetric.MetricTypeSummary:
 		r.refuseMetric(w, ReasonUnsupportedType, m.Summary().DataPoints().Len(), in.service, fmt.Errorf("%s is a summary: send a histogram", clip(name)))
@@ -565,7 +587,10 @@ func (r *Receiver) refuseMetric(w *work, reason string, n int, service string, e
 
 // point looks up (creating) the state of a point's series and checks its kind and order.
 // It returns nil after counting a refusal.
-func (r *Receiver) point(w *work, in *instance, name string, attrs pcommon.Map, ts, n int64, kind proto.Kind, cum bool) *series {
+//
+// src, when set, is the client convention whose points become edges: a new series gets its
+// edge from its attributes and the metric's unit.
+func (r *Receiver) point(w *work, in *instance, name string, attrs pcommon.Map, ts int64, kind proto.Kind, cum bool, src *edgeSource, unit string) *series {
 	if ts <= 0 {
 		r.refuse(w, ReasonBadTimestamp, 1, in.service, fmt.Errorf("a point of %s has no timestamp", clip(name)))
 		return nil
@@ -595,6 +620,9 @@ func (r *Receiver) point(w *work, in *instance, name string, attrs pcommon.Map, 
 			return nil
 		}
 		s = &series{name: name, labels: slices.Clone(labels), kind: kind, cum: cum}
+		if src != nil {
+			s.edge = r.edgeOf(in, src, unit, attrs)
+		}
 		in.series[string(k)] = s
 	}
 	if s.kind != kind || s.cum != cum {
@@ -650,7 +678,7 @@ func (r *Receiver) number(w *work, in *instance, name string, dp pmetric.NumberD
 	if w.skip(ts) || dp.Flags().NoRecordedValue() {
 		return
 	}
-	s := r.point(w, in, name, dp.Attributes(), ts, 1, kind, cum)
+	s := r.point(w, in, name, dp.Attributes(), ts, kind, cum, nil, "")
 	if s == nil {
 		return
 	}
@@ -683,12 +711,13 @@ func (r *Receiver) number(w *work, in *instance, name string, dp pmetric.NumberD
 }
 
 // explicit converts an explicit-bucket histogram point.
-func (r *Receiver) explicit(w *work, in *instance, name string, dp pmetric.HistogramDataPoint, cum bool) {
+// src, when set, makes its points edges (edges.go); unit is the metric's unit.
+func (r *Receiver) explicit(w *work, in *instance, name, unit string, src *edgeSource, dp pmetric.HistogramDataPoint, cum bool) {
 	ts := int64(dp.Timestamp())
 	if w.skip(ts) || dp.Flags().NoRecordedValue() {
 		return
 	}
-	s := r.point(w, in, name, dp.Attributes(), ts, 1, proto.KindHistogram, cum)
+	s := r.point(w, in, name, dp.Attributes(), ts, proto.KindHistogram, cum, src, unit)
 	if s == nil {
 		return
 	}
@@ -722,7 +751,11 @@ func (r *Receiver) explicit(w *work, in *instance, name string, dp pmetric.Histo
 		}
 	}
 	st := w.next()
-	if d != nil && !d.toHerd(&st.s.Hist) {
+	unitS := 1.0
+	if s.edge != nil {
+		unitS = s.edge.unit
+	}
+	if d != nil && !d.toHerd(&st.s.Hist, unitS) {
 		w.staged = w.staged[:len(w.staged)-1]
 		r.refuse(w, ReasonBadHistogram, 1, in.service, fmt.Errorf("%s: bounds not increasing, or a count herd cannot place", clip(proto.SeriesString(name, s.labels))))
 		return
@@ -731,16 +764,21 @@ func (r *Receiver) explicit(w *work, in *instance, name string, dp pmetric.Histo
 		s.prevX.copyFrom(h)
 		s.startT, s.has = start, true
 	}
+	if s.edge != nil {
+		r.acceptEdge(w, s, ts, start, d != nil)
+		return
+	}
 	w.accept(st, s, proto.KindHistogram, ts, start, d != nil && st.s.Hist.Count > 0)
 }
 
 // exponential converts an exponential histogram point.
-func (r *Receiver) exponential(w *work, in *instance, name string, dp pmetric.ExponentialHistogramDataPoint, cum bool) {
+// src, when set, makes its points edges (edges.go); unit is the metric's unit.
+func (r *Receiver) exponential(w *work, in *instance, name, unit string, src *edgeSource, dp pmetric.ExponentialHistogramDataPoint, cum bool) {
 	ts := int64(dp.Timestamp())
 	if w.skip(ts) || dp.Flags().NoRecordedValue() {
 		return
 	}
-	s := r.point(w, in, name, dp.Attributes(), ts, 1, proto.KindHistogram, cum)
+	s := r.point(w, in, name, dp.Attributes(), ts, proto.KindHistogram, cum, src, unit)
 	if s == nil {
 		return
 	}
@@ -797,7 +835,40 @@ func (r *Receiver) exponential(w *work, in *instance, name string, dp pmetric.Ex
 		s.prevE.copyFrom(h)
 		s.startT, s.has = start, true
 	}
+	if s.edge != nil {
+		if d != nil && s.edge.unit != 1 {
+			toSeconds(&st.s.Hist, s.edge.unit)
+		}
+		r.acceptEdge(w, s, ts, start, d != nil)
+		return
+	}
 	w.accept(st, s, proto.KindHistogram, ts, start, d != nil && st.s.Hist.Count > 0)
+}
+
+// acceptEdge makes the point of client series s just staged (its histogram, in seconds, in
+// the last staged entry) its edge's latency, calls and, if its calls failed, errors. Unless
+// send, the entry stays a marker (a first cumulative point that only sets the base).
+func (r *Receiver) acceptEdge(w *work, s *series, ts, start int64, send bool) {
+	st := &w.staged[len(w.staged)-1]
+	n := st.s.Hist.Count
+	if !w.accept(st, s, proto.KindHistogram, ts, start, send && n > 0) {
+		return
+	}
+	e := s.edge
+	if e.reason != "" {
+		r.m.edgeOther[e.reason].Inc()
+	}
+	st.s.Name, st.s.Labels, st.edge = proto.SeriesEdgeLatency, e.labels, true
+	for _, c := range [...]struct {
+		name string
+		on   bool
+	}{{proto.SeriesEdgeCalls, true}, {proto.SeriesEdgeErrors, e.failed}} {
+		if c.on {
+			x := w.next() // may move w.staged: st is not used after this
+			x.t, x.start, x.edge, x.extra = ts, start, true, true
+			x.s.Name, x.s.Labels, x.s.Kind, x.s.Value = c.name, e.labels, proto.KindCounter, float64(n)
+		}
+	}
 }
 
 // emit publishes the staged points of an instance: one batch per timestamp, in order. A
@@ -855,19 +926,40 @@ func (r *Receiver) publishBatch(w *work, in *instance, pts []staged) {
 	b.Seq, b.Start, b.End, b.Final = in.seq, start, end, false
 	in.seq++
 	b.Series = b.Series[:0]
+	clear(w.edgeIdx)
+	points := 0
 	for i := range pts {
-		if pts[i].s.Kind != 0 {
-			b.Series = append(b.Series, pts[i].s)
+		p := &pts[i]
+		if !p.extra {
+			points++
 		}
+		if p.s.Kind == 0 {
+			continue
+		}
+		if p.edge {
+			// Points of several client series (status codes, methods …) that name one
+			// callee add up to one edge series.
+			w.key = append(append(append(w.key[:0], p.s.Name...), 0xff), p.s.Labels[0].Value...)
+			if j, ok := w.edgeIdx[string(w.key)]; ok {
+				if p.s.Kind == proto.KindCounter {
+					b.Series[j].Value += p.s.Value
+				} else if !b.Series[j].Hist.Merge(&p.s.Hist) {
+					r.unaccept(w, ReasonBadHistogram, 1, in, fmt.Errorf("%s: the edge's buckets exceed herd's range", clip(proto.SeriesString(p.s.Name, p.s.Labels))))
+				}
+				continue
+			}
+			w.edgeIdx[string(w.key)] = len(b.Series)
+		}
+		b.Series = append(b.Series, p.s)
 	}
 	var err error
 	w.buf, err = w.enc.Append(w.buf[:0], b)
 	if err != nil {
-		r.unaccept(w, ReasonEncode, len(pts), in, fmt.Errorf("cannot encode batch of %s/%s: %w", in.service, in.version, err))
+		r.unaccept(w, ReasonEncode, points, in, fmt.Errorf("cannot encode batch of %s/%s: %w", in.service, in.version, err))
 		return
 	}
 	if err := r.publish(in.subject, w.buf); err != nil {
-		r.unaccept(w, ReasonPublish, len(pts), in, fmt.Errorf("cannot publish batch on %s: %w", in.subject, err))
+		r.unaccept(w, ReasonPublish, points, in, fmt.Errorf("cannot publish batch on %s: %w", in.subject, err))
 		return
 	}
 	r.m.batches.Inc()

@@ -7,6 +7,7 @@ package otlptest
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -30,6 +31,17 @@ const (
 	SemconvDuration = "http.server.request.duration"
 	// StatusCode is the attribute of Requests and Duration.
 	StatusCode = "status_code"
+	// ClientDuration is a Float64Histogram named as OpenTelemetry's HTTP client conventions
+	// name it (seconds), with server.address, server.port, http.request.method and
+	// http.response.status_code (and error.type for a 4xx or 5xx), as explicit buckets.
+	ClientDuration = "http.client.request.duration"
+	// RPCClientDuration is a Float64Histogram named as the experimental RPC client
+	// conventions name it (milliseconds), with rpc.system, rpc.service, rpc.method and
+	// rpc.grpc.status_code, aggregated as an exponential histogram.
+	RPCClientDuration = "rpc.client.duration"
+	// Route and Method are the http.route and http.request.method of SemconvDuration in
+	// SemconvOnly mode.
+	Route, Method = "/cart/{id}", "GET"
 )
 
 // Config describes one instance.
@@ -47,14 +59,21 @@ type Config struct {
 	Token string
 	// MaxScale bounds the exponential histogram's scale (default 20, the SDK's).
 	MaxScale int32
+	// SemconvOnly makes Serve record SemconvDuration alone, with http.route and
+	// http.request.method as well: a service instrumented with OpenTelemetry's semantic
+	// conventions only.
+	SemconvOnly bool
 }
 
 // Instance is one instrumented process.
 type Instance struct {
-	mp       *sdkmetric.MeterProvider
-	requests metric.Int64Counter
-	duration metric.Float64Histogram
-	semconv  metric.Float64Histogram
+	mp          *sdkmetric.MeterProvider
+	semconvOnly bool
+	requests    metric.Int64Counter
+	duration    metric.Float64Histogram
+	semconv     metric.Float64Histogram
+	client      metric.Float64Histogram
+	rpc         metric.Float64Histogram
 }
 
 // Start starts an instance exporting to cfg.Endpoint.
@@ -101,12 +120,18 @@ func Start(ctx context.Context, cfg Config) (*Instance, error) {
 		sdkmetric.WithResource(resource.NewSchemaless(attrs...)),
 		sdkmetric.WithView(sdkmetric.NewView(sdkmetric.Instrument{Name: Duration},
 			sdkmetric.Stream{Aggregation: sdkmetric.AggregationBase2ExponentialHistogram{MaxSize: 160, MaxScale: cfg.MaxScale}})),
+		sdkmetric.WithView(sdkmetric.NewView(sdkmetric.Instrument{Name: RPCClientDuration},
+			sdkmetric.Stream{Aggregation: sdkmetric.AggregationBase2ExponentialHistogram{MaxSize: 160, MaxScale: cfg.MaxScale}})),
 	)
 	m := mp.Meter("herd-otlptest")
-	in := &Instance{mp: mp}
+	in := &Instance{mp: mp, semconvOnly: cfg.SemconvOnly}
 	if in.requests, err = m.Int64Counter(Requests); err == nil {
 		if in.duration, err = m.Float64Histogram(Duration, metric.WithUnit("s")); err == nil {
-			in.semconv, err = m.Float64Histogram(SemconvDuration, metric.WithUnit("s"))
+			if in.semconv, err = m.Float64Histogram(SemconvDuration, metric.WithUnit("s")); err == nil {
+				if in.client, err = m.Float64Histogram(ClientDuration, metric.WithUnit("s")); err == nil {
+					in.rpc, err = m.Float64Histogram(RPCClientDuration, metric.WithUnit("ms"))
+				}
+			}
 		}
 	}
 	if err != nil {
@@ -116,8 +141,14 @@ func Start(ctx context.Context, cfg Config) (*Instance, error) {
 	return in, nil
 }
 
-// Serve records one request: Requests, Duration and SemconvDuration, with its status code.
+// Serve records one request: Requests, Duration and SemconvDuration, with its status code
+// (SemconvDuration alone, with Route and Method, in SemconvOnly mode).
 func (in *Instance) Serve(ctx context.Context, code int, seconds float64) {
+	if in.semconvOnly {
+		in.semconv.Record(ctx, seconds, metric.WithAttributes(attribute.Int("http.response.status_code", code),
+			attribute.String("http.route", Route), attribute.String("http.request.method", Method)))
+		return
+	}
 	a := metric.WithAttributes(attribute.Int(StatusCode, code))
 	in.requests.Add(ctx, 1, a)
 	in.duration.Record(ctx, seconds, a)
@@ -134,4 +165,25 @@ func (in *Instance) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("cannot flush: %w", err)
 	}
 	return in.mp.Shutdown(ctx)
+}
+
+// Call records one outbound HTTP call to callee (server.address
+// <callee>.shop.svc.cluster.local) answered with code, as OpenTelemetry's HTTP client
+// instrumentation does: ClientDuration, with error.type for a 4xx or 5xx.
+func (in *Instance) Call(ctx context.Context, callee string, code int, seconds float64) {
+	attrs := []attribute.KeyValue{attribute.String("server.address", callee+".shop.svc.cluster.local"),
+		attribute.Int("server.port", 8080), attribute.String("http.request.method", "GET"),
+		attribute.Int("http.response.status_code", code)}
+	if code >= 400 {
+		attrs = append(attrs, attribute.String("error.type", strconv.Itoa(code)))
+	}
+	in.client.Record(ctx, seconds, metric.WithAttributes(attrs...))
+}
+
+// RPC records one outbound gRPC call of service.Method ending with the gRPC status code, as
+// the experimental RPC client conventions do: RPCClientDuration in milliseconds.
+func (in *Instance) RPC(ctx context.Context, service string, code int, ms float64) {
+	in.rpc.Record(ctx, ms, metric.WithAttributes(attribute.String("rpc.system", "grpc"),
+		attribute.String("rpc.service", service), attribute.String("rpc.method", "Get"),
+		attribute.Int("rpc.grpc.status_code", code)))
 }
