@@ -12,6 +12,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/herd-dev/herd/internal/perftest"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -31,6 +32,7 @@ const (
 // errors) is escaped; service and version names at their length limits render. A control
 // shows that the payload does run when inserted as markup in this browser.
 func TestBrowserHostileVerdict(t *testing.T) {
+	perftest.Parallel(t)
 	if testing.Short() {
 		t.Skip("browser test")
 	}
@@ -175,6 +177,7 @@ func jsString(s string) string { return fmt.Sprintf("%q", s) }
 // announcement is made; the same page served from the listener's own loopback address may
 // announce (the control).
 func TestBrowserCrossSiteWriteRefused(t *testing.T) {
+	perftest.Parallel(t)
 	if testing.Short() {
 		t.Skip("browser test")
 	}

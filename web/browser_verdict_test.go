@@ -9,6 +9,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/herd-dev/herd/internal/perftest"
 	"github.com/herd-dev/herd/proto"
 )
 
@@ -17,6 +18,7 @@ import (
 // reload, and the decision's delivery state — a rollback is red only once delivered — and
 // the overview's badge of a rollback that had no target.
 func TestBrowserVerdictPanel(t *testing.T) {
+	perftest.Parallel(t)
 	if testing.Short() {
 		t.Skip("browser test")
 	}

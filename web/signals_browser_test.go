@@ -21,6 +21,7 @@ import (
 
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/internal/checkfor"
+	"github.com/herd-dev/herd/internal/perftest"
 	"github.com/herd-dev/herd/node"
 	"github.com/herd-dev/herd/proto"
 	"github.com/herd-dev/herd/web"
@@ -116,6 +117,7 @@ func startAgent(t *testing.T, a *promApp, url, version string) {
 // the dashboard shows the service's request rate, error ratio and latency from the
 // prometheus profile — the same signals on which the detector rolls back a failing canary.
 func TestBrowserPrometheusClientService(t *testing.T) {
+	perftest.Parallel(t)
 	if testing.Short() {
 		t.Skip("browser test")
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
@@ -69,6 +70,11 @@ func TestDemoScenarios(t *testing.T) {
 		name := strings.Join(append([]string{tc.scenario}, tc.args...), " ")
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
+			if slices.Contains(tc.args, "--graph") && !perftest.Enabled() {
+				// The graph's good canary passes only once every edge's interval is narrow:
+				// about 60 s of real time. make perf runs it.
+				t.Skip("the graph's good scenario takes about a minute: make perf (HERD_PERF=1) runs it")
+			}
 			code, events := runDemo(t, append([]string{"--scenario", tc.scenario, "--duration", "90s"}, tc.args...)...)
 			if code != 0 {
 				t.Fatalf("herd demo --scenario %s exited %d; want 0", tc.scenario, code)

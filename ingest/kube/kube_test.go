@@ -496,9 +496,12 @@ func TestAgentPauseCountsOnce(t *testing.T) {
 // their counters move, then deletes them all: every count arrives, in its pod's group.
 func TestAgentHundredsOfPods(t *testing.T) {
 	t.Parallel()
-	n := 300
-	if testing.Short() {
+	n := 300 // make perf
+	switch {
+	case testing.Short():
 		n = 60
+	case !perftest.Enabled():
+		n = 120 // every pod is scraped every 250 ms: make test keeps it light
 	}
 	p := newPods(t)
 	in, publish := startIntake(t)
@@ -577,16 +580,16 @@ func waitTarget(t *testing.T, a *kube.Agent, uid types.UID, version string) {
 	})
 }
 
-// TestAgentLifecycles runs 10,000 pod lifecycles (HERD_PERF=1; 1,000 otherwise, 500 with
+// TestAgentLifecycles runs 10,000 pod lifecycles (HERD_PERF=1; 300 otherwise, 100 with
 // -short; created, then deleted at once) through one agent and checks that every one's counts arrive exactly and that neither goroutines nor
 // the heap grow: each pod's goroutine, HTTP connection and state go with it.
 func TestAgentLifecycles(t *testing.T) {
-	n := 1000
+	n := 300
 	switch {
 	case perftest.Enabled():
 		n = 10_000
 	case testing.Short():
-		n = 500
+		n = 100
 	}
 	p := newPods(t)
 	in, publish := startIntake(t)

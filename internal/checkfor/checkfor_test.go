@@ -19,3 +19,12 @@ func TestWithinReturnsOnceTrue(t *testing.T) {
 		t.Errorf("condition checked %d times; want 3", n)
 	}
 }
+
+func TestScale(t *testing.T) {
+	t.Parallel()
+	for env, want := range map[string]float64{"": 3, "1": 1, "2.5": 2.5, "0": 3, "-1": 3, "x": 3} {
+		if got := scale(env); got != want {
+			t.Errorf("scale(%q) = %v; want %v", env, got, want)
+		}
+	}
+}

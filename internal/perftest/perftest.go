@@ -28,3 +28,11 @@ func Within[T ~int | ~int64 | ~float64](t testing.TB, what string, got, limit T)
 		t.Logf("perf: %s = %v is over its bound %v (not enforced; %s=1 enforces it)", what, got, limit, EnvVar)
 	}
 }
+
+// Parallel marks t parallel unless the bounds are enforced: `make test` runs such a test
+// beside others, `make perf` alone, so that what it measures is herd and not its neighbours.
+func Parallel(t *testing.T) {
+	if !Enabled() {
+		t.Parallel()
+	}
+}
