@@ -74,6 +74,7 @@ func TestGroupFloodLeavesNewServiceExact(t *testing.T) {
 		// admission for a tenth of the work. make perf floods at full size with the defaults.
 		subjects, floodFor = 5_000, 8*time.Second
 		cfg.Rollup.MaxGroups, cfg.Detect.MaxGroups, cfg.Web.MaxGroups = 1_000, 1_000, 100
+		cfg.Rollup.InstanceTTL = 3 * time.Second // the table drains sooner after the flood
 	}
 	n, stop := runNode(t, cfg, testLogger(t))
 	waitReady(t, n)
