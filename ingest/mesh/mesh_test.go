@@ -139,7 +139,8 @@ func TestProfilesRED(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s, err := ingest.NewScraper(ingest.ScraperConfig{URL: srv.URL + "/stats/prometheus", Rewriter: tc.profile.Rewriter()}, c, nil, nil)
+			s, err := ingest.NewScraper(ingest.ScraperConfig{URL: srv.URL + "/stats/prometheus", Rewriter: tc.profile.Rewriter(),
+				Timeout: 10 * time.Second}, c, nil, nil) // one scrape under test, not the interval
 			if err != nil {
 				t.Fatal(err)
 			}

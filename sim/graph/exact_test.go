@@ -154,6 +154,7 @@ func TestEdgesExactUnderChurn(t *testing.T) {
 			floodEdges++
 		}
 	}
+	nWindows := windows
 	mu.Unlock()
 	// Every flood batch reaches the rollup; all but the limit's worth of its series are refused.
 	wantRefused := uint64(floodCallees - cfg.Rollup.MaxSeriesPerGroup)
@@ -166,7 +167,7 @@ func TestEdgesExactUnderChurn(t *testing.T) {
 		return nil
 	})
 	t.Logf("%d edges, %d calls exact over %d windows; flood: %d edges kept, %d series refused (too_many_series)",
-		len(want), calls, windows, floodEdges, refused)
+		len(want), calls, nWindows, floodEdges, refused)
 	if floodEdges == 0 || floodEdges > uint64(cfg.Rollup.MaxSeriesPerGroup) {
 		t.Errorf("flood edges in windows: got %d; want 1 to %d (the per-group series limit)", floodEdges, cfg.Rollup.MaxSeriesPerGroup)
 	}
