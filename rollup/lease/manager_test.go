@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -290,4 +291,75 @@ func TestAbandonWhileBinding(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("got %v after Abandon; want nil", err)
 	}
+}
+
+// TestLeasesSurviveBlockedRun blocks a worker's Run goroutine (its claims, callbacks and
+// watch) for longer than a lease lasts after a renewal under the old, single-goroutine
+// design (1.2 s) but less than TTL − Margin − Heartbeat: the renewer keeps renewing, so the
+// worker keeps every lease it still holds and nobody takes one over.
+func TestLeasesSurviveBlockedRun(t *testing.T) {
+	t.Parallel()
+	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &leaseLog{}
+	cfg := DefaultConfig()
+	block := 2 * time.Second
+	if limit := cfg.TTL - cfg.Margin - cfg.Heartbeat; block >= limit {
+		t.Fatalf("BUG: block %s must be shorter than what the leases tolerate, %s", block, limit)
+	}
+	var once sync.Once
+	blocked, unblocked := make(chan struct{}), make(chan struct{})
+	// w1's first release (rebalancing when w3 joins) blocks its Run goroutine.
+	cfg.WorkerID = "w1"
+	w1, err := New(cfg, nil, js, log.acquire("w1"), func(*Lease) {
+		once.Do(func() {
+			close(blocked)
+			time.Sleep(block) // the starved work loop
+			close(unblocked)
+		})
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := w1.Run(ctx); err != nil {
+			t.Errorf("lease manager of w1: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	w2, _, _ := startManager(t, js, log, "w2")
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error { return checkBalanced([]*Manager{w1, w2}, proto.Partitions) })
+
+	w3, _, _ := startManager(t, js, log, "w3")
+	<-blocked
+	kept := w1.Owned()
+	<-unblocked
+	s0 := w1.steps.Load()
+	// Let Run's goroutine run a few steps: under the old design it would now find every
+	// deadline passed and lose the leases.
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if err := checkBalanced([]*Manager{w1, w2, w3}, proto.Partitions); err != nil {
+			return err
+		}
+		if !slices.Equal(w1.Owned(), kept) {
+			return fmt.Errorf("w1 holds %v; want the %v it held when its Run goroutine blocked", w1.Owned(), kept)
+		}
+		if w1.steps.Load() < s0+3 {
+			return errors.New("w1's Run has not stepped three times since the block")
+		}
+		return nil
+	})
+	for _, m := range []*Manager{w1, w2, w3} {
+		mv := m.Moves()
+		if mv[MoveLostExpired]+mv[MoveLostTaken]+mv[MoveAcquiredExpired] != 0 {
+			t.Errorf("worker %s: moves %v; want no lease lost or taken over while w1's Run was blocked %s", m.WorkerID(), mv, block)
+		}
+	}
+	log.checkInvariant(t)
+	t.Logf("w1's Run blocked %s: renewals late %d, longest gap between renewals %s", block, w1.RenewLate(), w1.RenewGapMax().Round(time.Millisecond))
 }
