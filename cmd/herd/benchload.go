@@ -22,6 +22,7 @@ import (
 	"github.com/herd-dev/herd/ingest"
 	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/sim"
+	"github.com/herd-dev/herd/sim/load"
 )
 
 // loadFlags are the flags of `herd bench load`.
@@ -36,6 +37,7 @@ type loadFlags struct {
 	lagLimit                 time.Duration
 	child                    bool
 	cpuProfile               string
+	templates                int
 }
 
 func benchLoadCommand() command {
@@ -57,6 +59,7 @@ func benchLoadCommand() command {
 			fs.StringVar(&l.serveMetrics, "serve-metrics", "", "`URL` of the herd serve's /metrics, scraped every second for its CPU, RSS and refusals (optional)")
 			fs.DurationVar(&l.lagLimit, "lag-limit", 100*time.Millisecond, "publish lag (boundary → last batch of the interval handed to NATS) beyond which the generator counts as behind, at p99 (duration)")
 			fs.StringVar(&l.cpuProfile, "cpuprofile", "", "write the generator's CPU profile to this `file` (with -procs 1)")
+			fs.IntVar(&l.templates, "templates", 64, "batch bodies encoded once per group and reused (sim/load); 0 draws and encodes every batch through a client like herd sim (count)")
 			fs.BoolVar(&l.child, "child", false, "run as one of --procs processes: publish and print what was sent, without collecting windows")
 			return func(ctx context.Context) error { return benchLoad(ctx, e, l) }
 		},
@@ -294,7 +297,7 @@ func generateAll(ctx context.Context, e *env, l loadFlags) ([]genReport, error) 
 		args := []string{"bench", "load", "-child", "-cpuprofile", "", "-serve-metrics", "", "-nats", l.nats.URLs, "-instances", strconv.Itoa(n),
 			"-conns", strconv.Itoa(l.conns), "-rps", fmt.Sprint(l.rps), "-duration", l.duration.String(),
 			"-lifetime-min", l.lifetimeMin.String(), "-lifetime-max", l.lifetimeMax.String(),
-			"-seed", strconv.FormatUint(l.seed+uint64(i), 10)}
+			"-seed", strconv.FormatUint(l.seed+uint64(i), 10), "-templates", strconv.Itoa(l.templates)}
 		wg.Go(func() {
 			cmd := exec.CommandContext(ctx, exe, args...)
 			cmd.Stderr = e.stderr
@@ -350,13 +353,26 @@ func generate(ctx context.Context, e *env, l loadFlags, instances int, seed uint
 		pubs = append(pubs, nc.Publish)
 	}
 	lag := newLagRecorder(l.conns)
-	f, err := sim.NewFleet(sim.FleetConfig{Groups: groups, LifetimeMin: l.lifetimeMin, LifetimeMax: l.lifetimeMax,
-		Interval: ingest.DefaultInterval, Seed: seed, Shards: l.conns, Publishers: pubs, OnInterval: lag.record, Logger: e.logger})
-	if err != nil {
-		return r, fmt.Errorf("%w: %v", errUsage, err)
+	var run func(context.Context, time.Time) error
+	var totals func() []sim.Totals
+	if l.templates > 0 {
+		g, err := load.New(load.Config{Groups: groups, LifetimeMin: l.lifetimeMin, LifetimeMax: l.lifetimeMax, Interval: ingest.DefaultInterval,
+			Seed: seed, Publishers: pubs, Templates: l.templates, OnInterval: lag.record})
+		if err != nil {
+			return r, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		run = func(ctx context.Context, end time.Time) error { g.Run(ctx, end); return nil }
+		totals = g.Totals
+	} else {
+		f, err := sim.NewFleet(sim.FleetConfig{Groups: groups, LifetimeMin: l.lifetimeMin, LifetimeMax: l.lifetimeMax,
+			Interval: ingest.DefaultInterval, Seed: seed, Shards: l.conns, Publishers: pubs, OnInterval: lag.record, Logger: e.logger})
+		if err != nil {
+			return r, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		run, totals = f.Run, f.Totals
 	}
 	cpu0, t0 := cpuTime(), time.Now()
-	if err := f.Run(ctx, t0.Add(l.duration)); err != nil {
+	if err := run(ctx, t0.Add(l.duration)); err != nil {
 		return r, err
 	}
 	for _, nc := range conns {
@@ -366,7 +382,7 @@ func generate(ctx context.Context, e *env, l loadFlags, instances int, seed uint
 	}
 	r.CPUCores = (cpuTime() - cpu0).Seconds() / time.Since(t0).Seconds()
 	r.MaxRSSMiB = maxRSSMiB()
-	r.Totals = f.Totals()
+	r.Totals = totals()
 	lag.report(&r)
 	return r, nil
 }
