@@ -18,6 +18,8 @@ type Lease struct {
 	released atomic.Bool
 	done     chan struct{}
 
+	// renewing is set while the renewer has a renewal of the lease in flight.
+	renewing atomic.Bool
 	// write serializes this worker's writes of the lease's key: a renewal and the release
 	// are never in flight together. It is held across the KV call.
 	write sync.Mutex

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -21,56 +23,48 @@ type lostLease struct {
 // renew runs the renewer until ctx is done: every Tick it renews the worker's heartbeat and
 // each held lease whose last renewal was sent Heartbeat ago or more. It runs on a goroutine
 // of its own so that renewals never wait for claims, callbacks or the watch on Run's
-// goroutine; it touches only the leases (under their locks) and hands leases it finds taken
-// to Run through l.lost.
+// goroutine, and each write runs on a goroutine of its own (one at most per lease and one
+// for the heartbeat) so that a slow answer holds up only its own lease. It touches only the
+// leases (under their locks) and hands leases it finds taken to Run through l.lost. It
+// returns after every write it started returned.
 func (l *Manager) renew(ctx context.Context) {
-	var hbSent time.Time
-	l.renewRound(ctx, &hbSent)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var hbSent atomic.Int64 // unix nanos of the last successful heartbeat
+	var hbBusy atomic.Bool
 	tick := time.NewTicker(l.cfg.Tick)
 	defer tick.Stop()
 	for {
+		now := time.Now()
+		if now.UnixNano()-hbSent.Load() >= int64(l.cfg.Heartbeat) && hbBusy.CompareAndSwap(false, true) {
+			wg.Go(func() {
+				defer hbBusy.Store(false)
+				if r := l.writeHeartbeat(ctx); r.err != nil {
+					l.kvErrors.Inc()
+					l.logger.Debug("cannot renew the worker heartbeat", "err", r.err)
+				} else {
+					hbSent.Store(r.sent.UnixNano())
+				}
+			})
+		}
+		if held := l.held.Load(); held != nil {
+			for _, ls := range *held {
+				if _, sent, _ := ls.state(); ls.Released() || now.Sub(sent) < l.cfg.Heartbeat || !ls.renewing.CompareAndSwap(false, true) {
+					continue
+				}
+				wg.Go(func() {
+					defer ls.renewing.Store(false)
+					var r kvResult
+					l.renewOne(ctx, ls, &r)
+					l.applyRenew(ls, &r)
+				})
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			l.renewRound(ctx, &hbSent)
 		}
-	}
-}
-
-// renewRound renews the heartbeat if due and every held lease due, concurrently.
-func (l *Manager) renewRound(ctx context.Context, hbSent *time.Time) {
-	now := time.Now()
-	var due []*Lease
-	if held := l.held.Load(); held != nil {
-		for _, ls := range *held {
-			if _, sent, _ := ls.state(); !ls.Released() && now.Sub(sent) >= l.cfg.Heartbeat {
-				due = append(due, ls)
-			}
-		}
-	}
-	hb := now.Sub(*hbSent) >= l.cfg.Heartbeat
-	// Slot 0 is the heartbeat, so that it never queues behind the leases.
-	res := make([]kvResult, len(due)+1)
-	inParallel(len(res), func(i int) {
-		if i == 0 {
-			if hb {
-				res[0] = l.writeHeartbeat(ctx)
-			}
-			return
-		}
-		l.renewOne(ctx, due[i-1], &res[i])
-	})
-	if hb {
-		if r := res[0]; r.err != nil {
-			l.kvErrors.Inc()
-			l.logger.Debug("cannot renew the worker heartbeat", "err", r.err)
-		} else {
-			*hbSent = r.sent
-		}
-	}
-	for i, ls := range due {
-		l.applyRenew(ls, &res[i+1])
 	}
 }
 
@@ -112,7 +106,7 @@ func (l *Manager) decode(b []byte) (v leaseValue, ok bool) {
 // errReleased marks a renewal not sent because the lease ended meanwhile.
 var errReleased = errors.New("lease ended")
 
-// applyRenew applies the renewal of a held lease, on the renewer's goroutine.
+// applyRenew applies the renewal of a held lease; it is safe for concurrent use.
 func (l *Manager) applyRenew(ls *Lease, r *kvResult) {
 	switch {
 	case errors.Is(r.err, errReleased):
