@@ -11,13 +11,13 @@ set -u
 MODE=${1:?usage: capacity-accept.sh serve|workers [INSTANCES] [DURATION] [TAG]}; N=${2:-50000}; D=${3:-10m}
 TAG=${4:-accept-$MODE-$N-$D}; BIN=${HERD:-herd}; OUT=${OUT:-/tmp/herd-capacity}; mkdir -p "$OUT"
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-NP=$(port); HP=$(port)
+NP=$(port); HP=$(port); MP=$(port)
 DATA=$(mktemp -d "$OUT/data-XXXX")
 PIDS=(); NAMES=(); METRICS=()
 cleanup() { [ -n "${SAMPLER:-}" ] && kill "$SAMPLER" 2>/dev/null; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$DATA"; }
 trap cleanup EXIT
 ROLES=(); [ "$MODE" = workers ] && ROLES=(--roles detect,web)
-"$BIN" serve "${ROLES[@]}" --nats.listen 127.0.0.1:$NP --http 127.0.0.1:$HP --otlp.grpc= --otlp.http= --data "$DATA" > "$OUT/$TAG.serve.log" 2>&1 &
+"$BIN" serve "${ROLES[@]}" --nats.listen 127.0.0.1:$NP --nats.monitor 127.0.0.1:$MP --http 127.0.0.1:$HP --otlp.grpc= --otlp.http= --data "$DATA" > "$OUT/$TAG.serve.log" 2>&1 &
 PIDS+=($!); NAMES+=(serve); METRICS+=(http://127.0.0.1:$HP/metrics)
 for _ in $(seq 100); do curl -sf http://127.0.0.1:$HP/readyz >/dev/null && break; sleep 0.2; done
 if [ "$MODE" = workers ]; then
@@ -48,4 +48,7 @@ kill "$SAMPLER"; SAMPLER=
 : > "$OUT/$TAG.metrics"
 for i in "${!METRICS[@]}"; do curl -sf "${METRICS[$i]}" | sed "s/^/${NAMES[$i]} /" >> "$OUT/$TAG.metrics"; done
 echo "CLK_TCK $(getconf CLK_TCK)" >> "$OUT/$TAG.metrics"
+# The embedded nats-server's own view: connections it cut as slow consumers (it logs nothing).
+curl -sf http://127.0.0.1:$MP/varz > "$OUT/$TAG.varz"
+for n in "${NAMES[@]}"; do c=$(grep -c 'disconnected from NATS' "$OUT/$TAG.$n.log" 2>/dev/null); echo "$n ${c:-0}"; done > "$OUT/$TAG.disconnects"
 python3 "$(dirname "$0")/capacity-summary.py" "$MODE" "$OUT/$TAG"

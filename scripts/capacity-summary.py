@@ -60,6 +60,15 @@ def main():
           f"{total('herd_rollup_batches_corrected_total'):,.0f} batches merged into corrections")
     check(f"window delay p99 ≤ {BOUND_MS} ms", rep["window_delay_p99_ms"] <= BOUND_MS,
           f"p50 {rep['window_delay_p50_ms']:.0f} ms, p99 {rep['window_delay_p99_ms']:.0f} ms")
+    try:
+        varz = json.load(open(base + ".varz"))
+        disc = dict(l.split() for l in open(base + ".disconnects") if l.strip())
+        cut = varz.get("slow_consumers", 0)
+        check("no connection cut", cut == 0 and all(v == "0" for v in disc.values()),
+              f"embedded nats-server cut {cut} slow-consumer connections {varz.get('slow_consumer_stats', {})}; "
+              f"NATS disconnects by process {disc}")
+    except (OSError, ValueError):
+        pass
     wanted = rep["instances"] * 4
     check("generator kept up", rep["behind"] in ("", "herd"),
           f"{rep['batches_per_second']:,.0f} batches/s sent ({wanted:,} wanted), {rep['gen_boundaries_missed']} boundaries missed, "
