@@ -72,7 +72,8 @@ def main():
     wanted = rep["instances"] * 4
     check("generator kept up", rep["behind"] in ("", "herd"),
           f"{rep['batches_per_second']:,.0f} batches/s sent ({wanted:,} wanted), {rep['gen_boundaries_missed']} boundaries missed, "
-          f"publish lag p50 {rep['gen_publish_lag_p50_ms']:.0f} / p99 {rep['gen_publish_lag_p99_ms']:.0f} ms, "
+          f"publish lag p50 {rep['gen_publish_lag_p50_ms']:.0f} / p99 {rep['gen_publish_lag_p99_ms']:.0f} ms "
+          f"(own p99 {rep.get('gen_own_lag_p99_ms', float('nan')):.0f} ms, {rep.get('gen_publish_wait_seconds', float('nan')):.1f} s blocked in Publish), "
           f"{rep['gen_cpu_cores']:.3f} core, {rep['gen_max_rss_mib']:.0f} MiB; behind: {rep['behind'] or 'nobody'} {rep.get('why', '')}")
     bps = rep["batches_per_second"]
     print("  CPU (from /proc, over the run) and RSS (MiB at each quarter of the run, after the 25 % warm-up):")

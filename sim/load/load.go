@@ -50,6 +50,11 @@ type Config struct {
 	// OnInterval, if set, is called by each shard after it published an interval: the
 	// boundary, when it finished, and how many boundaries it skipped because it was late.
 	OnInterval func(shard int, boundary, done time.Time, skipped int)
+	// OnPublishWait, if set, is called by each shard just before OnInterval with the time it
+	// spent inside the publish function for that interval: a NATS connection whose server
+	// does not read fast enough makes Publish block, and that lag is the server's, not the
+	// generator's.
+	OnPublishWait func(shard int, wait time.Duration)
 }
 
 // template is one pre-encoded body and what it counts.
@@ -288,6 +293,7 @@ func (g *Generator) runShard(ctx context.Context, shard int, end time.Time) {
 		}
 	}()
 	var buf []byte
+	var wait time.Duration // inside pub, this interval
 	publish := func(in *instance, t int64, final bool) {
 		gr := g.groups[in.g]
 		tp := &gr.templates[rng.IntN(len(gr.templates))]
@@ -299,7 +305,10 @@ func (g *Generator) runShard(ctx context.Context, shard int, end time.Time) {
 		in.seq++
 		in.last = t
 		s := &tot[in.g]
-		if err := pub(gr.subject, buf); err != nil {
+		t0 := time.Now()
+		err := pub(gr.subject, buf)
+		wait += time.Since(t0)
+		if err != nil {
 			s.BatchesUnsent++
 			return
 		}
@@ -379,6 +388,10 @@ func (g *Generator) runShard(ctx context.Context, shard int, end time.Time) {
 			skipped = int(ahead.Sub(next) / iv)
 			next = ahead
 		}
+		if g.cfg.OnPublishWait != nil {
+			g.cfg.OnPublishWait(shard, wait)
+		}
+		wait = 0
 		if g.cfg.OnInterval != nil {
 			g.cfg.OnInterval(shard, boundary, done, skipped)
 		}
