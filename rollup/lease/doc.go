@@ -20,7 +20,11 @@
 // clocks: a claimer treats a lease as expired once it has seen no new revision for
 // Config.TTL since it first observed the current one. The owner stops counting on a lease at
 // TTL − Config.Margin after it sent its last successful renewal, which was before any claimer
-// observed it, so the owner has let go (by at least Margin) before anyone can claim.
+// observed it, so the owner has let go (by at least Margin) before anyone can claim. If a
+// renewal is still in flight at that deadline (a slow server), the owner waits for it, at most
+// TTL longer, publishing nothing beyond the Expires last acknowledged: if the renewal's
+// compare-and-set succeeds, nobody wrote the key in between and the lease goes on; if a claim
+// came first, the renewal fails and the claimer's From is at least that Expires.
 //
 // Key w.<id> is a worker's heartbeat; a worker counts the heartbeats renewed within TTL (itself
 // included) and aims at ⌈partitions / workers⌉ leases: it claims free and expired partitions

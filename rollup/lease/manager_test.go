@@ -360,3 +360,48 @@ func TestLeasesSurviveBlockedRun(t *testing.T) {
 	log.checkInvariant(t)
 	t.Logf("w1's Run blocked %s: renewals late %d, longest gap between renewals %s", block, w1.RenewLate(), w1.RenewGapMax().Round(time.Millisecond))
 }
+
+// TestExpiryWaitsForRenewalInFlight checks the owner's expiry rule: at its deadline a lease is
+// given up unless a renewal is still in flight, which is waited for until TTL past the
+// deadline.
+func TestExpiryWaitsForRenewalInFlight(t *testing.T) {
+	t.Parallel()
+	cfg := DefaultConfig()
+	cfg.WorkerID = "w1"
+	var released []int
+	m, err := New(cfg, nil, struct{ jetstream.JetStream }{}, func(*Lease) {}, func(l *Lease) { released = append(released, l.Partition()) }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	m.claimAfter = now.Add(time.Hour) // no claims: this test has no KV store
+	hold := func(p int, deadline time.Time, renewing bool) *Lease {
+		ls := &Lease{partition: p, epoch: 1, done: make(chan struct{}), rev: 1, sent: deadline.Add(cfg.Margin - cfg.TTL), deadline: deadline}
+		ls.until.Store(deadline.UnixNano())
+		ls.renewing.Store(renewing)
+		m.owned[p] = ls
+		return ls
+	}
+	hold(1, now.Add(2*time.Second), false)            // before its deadline
+	inFlight := hold(2, now.Add(-time.Second), true)  // past it, a renewal in flight
+	hold(3, now.Add(-time.Second), false)             // past it, nothing in flight
+	hold(4, now.Add(-cfg.TTL-time.Millisecond), true) // in flight, but TTL past the deadline
+	m.step(context.Background(), now)
+	if !slices.Equal(released, []int{3, 4}) {
+		t.Errorf("got leases %v given up; want [3 4]", released)
+	}
+	if got := m.Moves()[MoveLostExpired]; got != 2 {
+		t.Errorf("got %d lost_expired; want 2", got)
+	}
+	// The renewal is applied late: the lease goes on with the new deadline.
+	sent := now.Add(-500 * time.Millisecond)
+	wall, deadline := m.expiry(sent)
+	inFlight.renewing.Store(false)
+	if gap := inFlight.renewed(2, sent, wall, deadline); gap <= 0 {
+		t.Errorf("got gap %s since the previous renewal; want it positive", gap)
+	}
+	m.step(context.Background(), now.Add(time.Second))
+	if inFlight.Released() || !slices.Equal(m.Owned(), []int{1, 2}) {
+		t.Errorf("after the late renewal: owned %v, lease 2 released %v; want [1 2] held", m.Owned(), inFlight.Released())
+	}
+}

@@ -78,8 +78,9 @@ func (l *Manager) writeHeartbeat(ctx context.Context) kvResult {
 }
 
 // renewOne writes the renewal of ls, a compare-and-set on the revision last known. A
-// renewal may take until the lease's deadline: giving up earlier only to send the same
-// write again would load a slow server more.
+// renewal may take until TTL past the lease's deadline (step keeps a lease whose renewal is
+// in flight that long): giving up earlier only to send the same write again would load a
+// slow server more.
 func (l *Manager) renewOne(ctx context.Context, ls *Lease, r *kvResult) {
 	ls.write.Lock()
 	defer ls.write.Unlock()
@@ -90,7 +91,7 @@ func (l *Manager) renewOne(ctx context.Context, ls *Lease, r *kvResult) {
 	rev, _, deadline := ls.state()
 	r.sent = time.Now()
 	wall, _ := l.expiry(r.sent)
-	cctx, cancel := context.WithTimeout(ctx, max(l.cfg.Heartbeat, time.Until(deadline)))
+	cctx, cancel := context.WithTimeout(ctx, max(l.cfg.Heartbeat, time.Until(deadline.Add(l.cfg.TTL))))
 	r.rev, r.err = l.kv.Update(cctx, partKey(ls.partition), l.encode(ls.epoch, l.cfg.WorkerID, wall), rev)
 	cancel()
 	if errors.Is(r.err, jetstream.ErrKeyRevisionMismatch) {

@@ -76,9 +76,19 @@ func (l *Manager) applyRead(p int, r *kvResult) {
 // partition order afterwards.
 func (l *Manager) step(ctx context.Context, now time.Time) {
 	for _, ls := range l.sortedOwned() {
-		if _, _, deadline := ls.state(); !now.Before(deadline) {
-			l.lose(ls, MoveLostExpired)
+		_, _, deadline := ls.state()
+		if now.Before(deadline) {
+			continue
 		}
+		// A renewal still in flight may yet be applied: its compare-and-set then proves that
+		// nobody wrote the key meanwhile, and the lease goes on. Until stays at the last
+		// acknowledged Expires, so nothing beyond it is published while we wait; a later
+		// owner's From is at least the Expires it replaced, ours or the renewal's. Wait at
+		// most TTL past the deadline.
+		if ls.renewing.Load() && now.Before(deadline.Add(l.cfg.TTL)) {
+			continue
+		}
+		l.lose(ls, MoveLostExpired)
 	}
 	l.probeSilent(ctx, now)
 	n := l.liveWorkers(now)
