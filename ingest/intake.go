@@ -53,6 +53,9 @@ type IntakeConfig struct {
 	// blocks the routing, so the subscription's own bounded buffer fills and its overflow is
 	// counted as slow_consumer.
 	Workers int
+	// Limiter, if set, bounds the handlers running at once over every intake sharing it
+	// (see Limiter); nil: no bound beyond Workers.
+	Limiter *Limiter
 }
 
 // Defaults of IntakeConfig.
@@ -326,7 +329,9 @@ func (in *Intake) Run(ctx context.Context) error {
 			in.queues[i] = q
 			wg.Go(func() {
 				for m := range q {
+					in.cfg.Limiter.acquire()
 					in.handle(w, m.Subject, m.Data)
+					in.cfg.Limiter.release()
 				}
 			})
 		}
@@ -409,7 +414,9 @@ func (in *Intake) HandleAsyncError(_ *nats.Conn, sub *nats.Subscription, err err
 // subject.
 func (in *Intake) onMsg(m *nats.Msg) {
 	if len(in.queues) == 0 {
+		in.cfg.Limiter.acquire()
 		in.handle(in.workers[0], m.Subject, m.Data)
+		in.cfg.Limiter.release()
 		return
 	}
 	in.routeMu.RLock()

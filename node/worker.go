@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -23,11 +24,17 @@ type worker struct {
 	// intakeMetrics are shared by every partition's intake: the families count over all
 	// partitions, past and present, without summing at scrape time.
 	intakeMetrics *ingest.IntakeMetrics
+	// limit bounds the partitions' intake handlers running at once to the cores, so that
+	// lease renewals never queue behind one busy goroutine per partition.
+	limit *ingest.Limiter
 }
 
 func newWorker(n *Node) (*worker, error) {
 	w := &worker{n: n, intakeMetrics: ingest.NewIntakeMetrics(n.metrics)}
 	var err error
+	if w.limit, err = ingest.NewLimiter(runtime.GOMAXPROCS(0)); err != nil {
+		return nil, err
+	}
 	w.parts, err = rollup.NewPartitioned(n.cfg.Rollup, rollup.NewMetrics(n.metrics), w.source, n.emit, n.logger.With("component", "rollup"))
 	if err != nil {
 		return nil, err
@@ -47,6 +54,7 @@ func (w *worker) source(ctx context.Context, p int, add func(*proto.Batch)) erro
 	cfg.Subject = proto.PartitionSubject(p)
 	cfg.Prefix = proto.PartitionSubjectPrefix(p)
 	cfg.DrainTimeout = w.n.cfg.DrainTimeout
+	cfg.Limiter = w.limit
 	in, err := ingest.NewIntake(cfg, w.intakeMetrics, w.n.nc, add, w.n.logger.With("component", "intake", "partition", p))
 	if err != nil {
 		return err

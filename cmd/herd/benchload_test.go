@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/herd-dev/herd/node"
 )
@@ -73,5 +74,14 @@ func TestBlame(t *testing.T) {
 	}
 	if why := herdBehind(&serveSample{SlowConsumer: 2}, 0); !strings.Contains(why, "slow consumer") {
 		t.Errorf("herd dropping: got %q; want the slow-consumer drops named", why)
+	}
+	// A generator late only while blocked in Publish was held up by herd's NATS server.
+	blocked := benchLoadReport{BoundariesMissed: 4, LagP99Ms: 900, OwnLagP99Ms: 20, PublishWaitS: 12}
+	if got, why := blameLoad(&blocked, 100*time.Millisecond); got != "herd" || !strings.Contains(why, "waited 12.0 s in Publish") {
+		t.Errorf("generator blocked in Publish: got %q, %q; want herd, with the wait named", got, why)
+	}
+	slow := benchLoadReport{BoundariesMissed: 4, LagP99Ms: 900, OwnLagP99Ms: 800, PublishWaitS: 1}
+	if got, _ := blameLoad(&slow, 100*time.Millisecond); got != "generator" {
+		t.Errorf("generator slow itself: got %q; want generator", got)
 	}
 }

@@ -20,14 +20,21 @@
 // clocks: a claimer treats a lease as expired once it has seen no new revision for
 // Config.TTL since it first observed the current one. The owner stops counting on a lease at
 // TTL − Config.Margin after it sent its last successful renewal, which was before any claimer
-// observed it, so the owner has let go (by at least Margin) before anyone can claim.
+// observed it, so the owner has let go (by at least Margin) before anyone can claim. If a
+// renewal is still in flight at that deadline (a slow server), the owner waits for it, at most
+// TTL longer, publishing nothing beyond the Expires last acknowledged: if the renewal's
+// compare-and-set succeeds, nobody wrote the key in between and the lease goes on; if a claim
+// came first, the renewal fails and the claimer's From is at least that Expires.
 //
 // Key w.<id> is a worker's heartbeat; a worker counts the heartbeats renewed within TTL (itself
 // included) and aims at ⌈partitions / workers⌉ leases: it claims free and expired partitions
 // below that and releases the excess above it, so that leases rebalance when workers join or
 // leave. A worker that stops cleanly releases its leases (an Update to a free value) and
-// deletes its heartbeat, so others take over at once; the leases of a dead worker are taken
-// over TTL after their last renewal.
+// deletes its heartbeat, so others take over at once. A worker whose heartbeat is silent for
+// Config.ProbeAfter is probed on NATS: if its connection is gone ("no responders"), its leases
+// are claimed at once; the leases of a worker still connected but stuck are taken over TTL
+// after their last renewal. The owner renews from a goroutine of its own, so a worker whose
+// claims, callbacks or processing are slow keeps its leases.
 //
 // # Exactness across a change of owner
 //

@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -17,10 +18,19 @@ type Lease struct {
 	released atomic.Bool
 	done     chan struct{}
 
-	// Owned by the Manager's Run goroutine.
-	rev      uint64
-	sent     time.Time // when the last successful write was sent (monotonic)
-	deadline time.Time // sent + TTL − Margin
+	// renewing is set while the renewer has a renewal of the lease in flight.
+	renewing atomic.Bool
+	// write serializes this worker's writes of the lease's key: a renewal and the release
+	// are never in flight together. It is held across the KV call.
+	write sync.Mutex
+
+	mu sync.Mutex // Guards the fields below; held briefly by Run's goroutine and the renewer.
+	// rev is the key's revision last written or observed by this worker.
+	rev uint64
+	// sent is when the last successful renewal (or the claim) was sent (monotonic).
+	sent time.Time
+	// deadline is sent + TTL − Margin: the owner counts on the lease until then.
+	deadline time.Time
 }
 
 // Partition returns the partition owned.
@@ -47,13 +57,48 @@ func (l *Lease) Released() bool { return l.released.Load() }
 // Done is closed when the lease has ended; Until is final from then on.
 func (l *Lease) Done() <-chan struct{} { return l.done }
 
-// end marks the lease ended at until.
+// end marks the lease ended at until. After it, renewals no longer move Until.
 func (l *Lease) end(until time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.released.Swap(true) {
 		return
 	}
 	l.until.Store(until.UnixNano())
 	close(l.done)
+}
+
+// renewed records a successful renewal sent at sent with revision rev, unless the lease has
+// ended (its Until is final) or a later revision was already adopted. It returns the time
+// since the previous successful renewal was sent.
+func (l *Lease) renewed(rev uint64, sent, wall, deadline time.Time) (gap time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	gap = sent.Sub(l.sent)
+	if l.released.Load() || rev < l.rev {
+		return gap
+	}
+	l.rev, l.sent, l.deadline = rev, sent, deadline
+	l.until.Store(wall.UnixNano())
+	return gap
+}
+
+// state returns the revision, the send time of the last renewal and the deadline.
+func (l *Lease) state() (rev uint64, sent, deadline time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.rev, l.sent, l.deadline
+}
+
+// adopt takes revision rev of the key, written by this worker for this lease (a renewal
+// whose answer was lost or not yet applied). Until and the deadline stay at the earlier,
+// safe values.
+func (l *Lease) adopt(rev uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if rev > l.rev {
+		l.rev = rev
+	}
 }
 
 // leaseValue is what key p.<n> holds. Worker is empty for a released lease.

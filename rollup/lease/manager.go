@@ -24,7 +24,7 @@ import (
 // Reasons of herd_rollup_partition_moves_total.
 const (
 	MoveAcquiredFree    = "acquired_free"    // claimed a free or never used partition
-	MoveAcquiredExpired = "acquired_expired" // took over an expired lease (a dead or stuck owner)
+	MoveAcquiredExpired = "acquired_expired" // took over an expired lease (a stuck owner) or a dead owner's (its connection gone)
 	MoveReleased        = "released"         // released to rebalance
 	MoveShutdown        = "shutdown"         // released on clean shutdown
 	MoveLostExpired     = "lost_expired"     // could not renew in time
@@ -34,10 +34,11 @@ const (
 var moveReasons = []string{MoveAcquiredFree, MoveAcquiredExpired, MoveReleased, MoveShutdown, MoveLostExpired, MoveLostTaken}
 
 // Manager acquires, renews and releases one worker's partition leases in a JetStream KV
-// bucket (see the package documentation for the protocol). All state changes happen on the
-// goroutine running Run, and the callbacks are called from it; the KV writes of one round
-// run concurrently (at most maxInFlight at once), and Run applies their results after the
-// last one returned.
+// bucket (see the package documentation for the protocol). Claims, releases and the view of
+// the bucket are handled on the goroutine running Run, and the callbacks are called from it;
+// renewals of the held leases and of the worker's heartbeat run on a goroutine of their own
+// (the renewer), so that they never wait behind claims, callbacks or the watch. The KV
+// writes of one round run concurrently (at most maxInFlight at once).
 type Manager struct {
 	cfg       Config
 	js        jetstream.JetStream
@@ -45,10 +46,20 @@ type Manager struct {
 	onRelease func(*Lease)
 	logger    *slog.Logger
 
-	moves    map[string]*metrics.Counter
-	kvErrors *metrics.Counter
-	ownedN   atomic.Int64
-	workersN atomic.Int64
+	moves     map[string]*metrics.Counter
+	kvErrors  *metrics.Counter
+	renewLate *metrics.Counter
+	probes    map[string]*metrics.Counter
+	ownedN    atomic.Int64
+	workersN  atomic.Int64
+	steps     atomic.Int64 // rounds of step run, for tests
+	// renewGapMax is the longest time between two successful renewals of a lease, in
+	// nanoseconds, since the manager started.
+	renewGapMax atomic.Int64
+	// held is the leases to renew (the renewer's copy of owned), replaced by ownedChanged.
+	held atomic.Pointer[[]*Lease]
+	// lost carries leases the renewer found taken to Run's goroutine, which ends them.
+	lost chan lostLease
 
 	// abandoned ends when Abandon is called.
 	abandoned context.Context
@@ -63,9 +74,10 @@ type Manager struct {
 	parts      []keyView
 	workers    map[string]keyView
 	owned      map[int]*Lease
-	hbRev      uint64
-	hbSent     time.Time
 	claimAfter time.Time
+	// dead holds the workers whose connection a probe found gone, with when; their leases
+	// are claimable at once. A worker leaves it when its heartbeat is renewed again.
+	dead map[string]time.Time
 }
 
 // New returns the lease manager of worker cfg.WorkerID (DefaultWorkerID if empty) using js.
@@ -74,8 +86,9 @@ type Manager struct {
 // nothing.
 //
 // New registers the manager's self-metrics in set: herd_rollup_partition_moves_total{reason}
-// (Move* constants), herd_rollup_lease_kv_errors_total, herd_rollup_partitions_owned and
-// herd_rollup_workers_live. The set must not hold them already (one Manager per set); nil
+// (Move* constants), herd_rollup_lease_kv_errors_total, herd_rollup_lease_renew_late_total,
+// herd_rollup_lease_renew_gap_max_seconds, herd_rollup_lease_probes_total{result},
+// herd_rollup_partitions_owned and herd_rollup_workers_live. The set must not hold them already (one Manager per set); nil
 // registers them in a private set. logger should carry component=leases; nil discards logs.
 func New(cfg Config, set *metrics.Set, js jetstream.JetStream, onAcquire, onRelease func(*Lease), logger *slog.Logger) (*Manager, error) {
 	if cfg.WorkerID == "" {
@@ -100,12 +113,20 @@ func New(cfg Config, set *metrics.Set, js jetstream.JetStream, onAcquire, onRele
 		parts:   make([]keyView, proto.Partitions),
 		workers: map[string]keyView{},
 		owned:   map[int]*Lease{},
+		dead:    map[string]time.Time{},
+		probes:  map[string]*metrics.Counter{},
+		lost:    make(chan lostLease, proto.Partitions),
 	}
 	l.abandoned, l.abandon = context.WithCancel(context.Background())
 	for _, r := range moveReasons {
 		l.moves[r] = set.NewCounter(`herd_rollup_partition_moves_total{reason="` + r + `"}`)
 	}
 	l.kvErrors = set.NewCounter("herd_rollup_lease_kv_errors_total")
+	l.renewLate = set.NewCounter("herd_rollup_lease_renew_late_total")
+	set.NewGauge("herd_rollup_lease_renew_gap_max_seconds", func() float64 { return time.Duration(l.renewGapMax.Load()).Seconds() })
+	for _, r := range probeResults {
+		l.probes[r] = set.NewCounter(`herd_rollup_lease_probes_total{result="` + r + `"}`)
+	}
 	set.NewGauge("herd_rollup_partitions_owned", func() float64 { return float64(l.ownedN.Load()) })
 	set.NewGauge("herd_rollup_workers_live", func() float64 { return float64(l.workersN.Load()) })
 	return l, nil
@@ -122,6 +143,13 @@ func (l *Manager) Moves() map[string]uint64 {
 	}
 	return out
 }
+
+// RenewLate returns how many lease renewals were sent late: 2 × Heartbeat or more after the
+// lease's previous successful renewal (a starved process or a slow server).
+func (l *Manager) RenewLate() uint64 { return l.renewLate.Get() }
+
+// RenewGapMax returns the longest time between two successful renewals of one lease so far.
+func (l *Manager) RenewGapMax() time.Duration { return time.Duration(l.renewGapMax.Load()) }
 
 // Owned returns the partitions held, sorted.
 func (l *Manager) Owned() []int {
@@ -164,7 +192,18 @@ func (l *Manager) Run(ctx context.Context) error {
 		}
 	}
 	defer func() { _ = w.Stop() }()
-	l.heartbeat(ctx, time.Now())
+	alive, err := l.subscribeAlive()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = alive.Unsubscribe() }()
+	// The renewer writes the heartbeat first, then renews every held lease each Heartbeat.
+	rctx, stopRenewer := context.WithCancel(context.Background())
+	defer context.AfterFunc(l.abandoned, stopRenewer)()
+	var renewer sync.WaitGroup
+	defer renewer.Wait()
+	defer stopRenewer()
+	renewer.Go(func() { l.renew(rctx) })
 	// Give other workers' heartbeats a moment to arrive before the first claims, so that a
 	// pool starting together does not first pile every partition on one worker.
 	l.claimAfter = time.Now().Add(l.cfg.Heartbeat)
@@ -176,11 +215,20 @@ func (l *Manager) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			stopRenewer()
+			renewer.Wait()
 			l.shutdown()
 			return nil
 		case <-l.abandoned.Done():
+			// As if the process died: no more answers to probes, no more renewals.
+			_ = alive.Unsubscribe()
 			l.logger.Warn("lease manager abandoned its leases", "worker", l.cfg.WorkerID, "partitions", len(l.owned))
 			return nil
+		case ll := <-l.lost:
+			if l.owned[ll.ls.partition] == ll.ls {
+				l.lose(ll.ls, MoveLostTaken)
+			}
+			l.applyRead(ll.ls.partition, &ll.r)
 		case e, ok := <-updates:
 			if !ok {
 				updates = nil
@@ -192,6 +240,7 @@ func (l *Manager) Run(ctx context.Context) error {
 			}
 		case <-tick.C:
 			l.step(ctx, time.Now())
+			l.steps.Add(1)
 		}
 	}
 }
@@ -267,15 +316,17 @@ func (l *Manager) observe(e jetstream.KeyValueEntry, now time.Time) {
 			}
 		}
 		*v = keyView{exists: exists, rev: e.Revision(), val: val, seen: now}
-		if ls := l.owned[p]; ls != nil && e.Revision() > ls.rev {
-			if exists && val.Worker == l.cfg.WorkerID && val.Epoch == ls.epoch {
-				// A renewal that timed out but was applied: adopt its revision. Until
-				// and the deadline stay at the earlier, safe values.
-				ls.rev = e.Revision()
-				return
+		if ls := l.owned[p]; ls != nil {
+			if rev, _, _ := ls.state(); e.Revision() > rev {
+				if exists && val.Worker == l.cfg.WorkerID && val.Epoch == ls.epoch {
+					// A renewal whose result the renewer has not applied yet, or that
+					// timed out but was applied: adopt its revision.
+					ls.adopt(e.Revision())
+					return
+				}
+				// Someone wrote our lease: it is not ours any more.
+				l.lose(ls, MoveLostTaken)
 			}
-			// Someone wrote our lease: it is not ours any more.
-			l.lose(ls, MoveLostTaken)
 		}
 	case strings.HasPrefix(key, "w."):
 		id := key[2:]
@@ -288,6 +339,7 @@ func (l *Manager) observe(e jetstream.KeyValueEntry, now time.Time) {
 		}
 		if v, ok := l.workers[id]; !ok || e.Revision() > v.rev {
 			l.workers[id] = keyView{exists: true, rev: e.Revision(), seen: now}
+			delete(l.dead, id) // renewed: alive again (a reconnected worker)
 		}
 	}
 }
@@ -298,11 +350,18 @@ func (l *Manager) liveWorkers(now time.Time) int {
 	n := 1
 	for id, v := range l.workers {
 		age := now.Sub(v.seen)
+		_, dead := l.dead[id]
 		switch {
+		case dead:
 		case age < l.cfg.TTL:
 			n++
 		case age > 10*l.cfg.TTL:
 			delete(l.workers, id)
+		}
+	}
+	for id, at := range l.dead {
+		if now.Sub(at) > 10*l.cfg.TTL {
+			delete(l.dead, id)
 		}
 	}
 	l.workersN.Store(int64(n))
@@ -327,6 +386,11 @@ func (l *Manager) ownedChanged() {
 		ps = append(ps, p)
 	}
 	slices.Sort(ps)
+	held := make([]*Lease, len(ps))
+	for i, p := range ps {
+		held[i] = l.owned[p]
+	}
+	l.held.Store(&held)
 	l.ownedMu.Lock()
 	l.ownedSnap = ps
 	l.ownedMu.Unlock()
@@ -351,8 +415,11 @@ func (l *Manager) opCtx(ctx context.Context) (context.Context, context.CancelFun
 
 // leaseHelp is the # HELP text of the lease families.
 var leaseHelp = map[string]string{
-	"herd_rollup_lease_kv_errors_total": "Failed JetStream KV calls of the lease manager.",
-	"herd_rollup_partition_moves_total": "Changes of a partition's owner seen by this worker, by reason.",
-	"herd_rollup_partitions_owned":      "Partitions this worker holds a lease on.",
-	"herd_rollup_workers_live":          "Rollup workers whose heartbeat is fresh, this one included.",
+	"herd_rollup_lease_kv_errors_total":       "Failed JetStream KV calls of the lease manager.",
+	"herd_rollup_lease_renew_late_total":      "Lease renewals sent two heartbeats or more after the lease's previous renewal (a starved worker or a slow server).",
+	"herd_rollup_lease_renew_gap_max_seconds": "Longest time between two successful renewals of one lease since the worker started.",
+	"herd_rollup_lease_probes_total":          "Probes of silent workers' NATS connections, by result: alive, dead (leases taken over at once) or timeout (treated as alive).",
+	"herd_rollup_partition_moves_total":       "Changes of a partition's owner seen by this worker, by reason.",
+	"herd_rollup_partitions_owned":            "Partitions this worker holds a lease on.",
+	"herd_rollup_workers_live":                "Rollup workers whose heartbeat is fresh, this one included.",
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -289,5 +290,118 @@ func TestAbandonWhileBinding(t *testing.T) {
 	m.Abandon()
 	if err := <-done; err != nil {
 		t.Errorf("got %v after Abandon; want nil", err)
+	}
+}
+
+// TestLeasesSurviveBlockedRun blocks a worker's Run goroutine (its claims, callbacks and
+// watch) for a whole TTL, longer than a lease lasts after its last renewal (TTL − Margin):
+// had renewals run on Run's goroutine, every lease would have expired. The renewer keeps
+// renewing, so the worker keeps every lease it still holds and nobody takes one over.
+func TestLeasesSurviveBlockedRun(t *testing.T) {
+	t.Parallel()
+	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &leaseLog{}
+	cfg := DefaultConfig()
+	block := cfg.TTL
+	var once sync.Once
+	blocked, unblocked := make(chan struct{}), make(chan struct{})
+	// w1's first release (rebalancing when w3 joins) blocks its Run goroutine.
+	cfg.WorkerID = "w1"
+	w1, err := New(cfg, nil, js, log.acquire("w1"), func(*Lease) {
+		once.Do(func() {
+			close(blocked)
+			time.Sleep(block) // the starved work loop
+			close(unblocked)
+		})
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := w1.Run(ctx); err != nil {
+			t.Errorf("lease manager of w1: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	w2, _, _ := startManager(t, js, log, "w2")
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error { return checkBalanced([]*Manager{w1, w2}, proto.Partitions) })
+
+	w3, _, _ := startManager(t, js, log, "w3")
+	<-blocked
+	kept := w1.Owned()
+	<-unblocked
+	s0 := w1.steps.Load()
+	// Let Run's goroutine run a few steps: under the old design it would now find every
+	// deadline passed and lose the leases.
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if err := checkBalanced([]*Manager{w1, w2, w3}, proto.Partitions); err != nil {
+			return err
+		}
+		if !slices.Equal(w1.Owned(), kept) {
+			return fmt.Errorf("w1 holds %v; want the %v it held when its Run goroutine blocked", w1.Owned(), kept)
+		}
+		if w1.steps.Load() < s0+3 {
+			return errors.New("w1's Run has not stepped three times since the block")
+		}
+		return nil
+	})
+	for _, m := range []*Manager{w1, w2, w3} {
+		mv := m.Moves()
+		if mv[MoveLostExpired]+mv[MoveLostTaken]+mv[MoveAcquiredExpired] != 0 {
+			t.Errorf("worker %s: moves %v; want no lease lost or taken over while w1's Run was blocked %s", m.WorkerID(), mv, block)
+		}
+	}
+	log.checkInvariant(t)
+	t.Logf("w1's Run blocked %s: renewals late %d, longest gap between renewals %s", block, w1.RenewLate(), w1.RenewGapMax().Round(time.Millisecond))
+}
+
+// TestExpiryWaitsForRenewalInFlight checks the owner's expiry rule: at its deadline a lease is
+// given up unless a renewal is still in flight, which is waited for until TTL past the
+// deadline.
+func TestExpiryWaitsForRenewalInFlight(t *testing.T) {
+	t.Parallel()
+	cfg := DefaultConfig()
+	cfg.WorkerID = "w1"
+	var released []int
+	m, err := New(cfg, nil, struct{ jetstream.JetStream }{}, func(*Lease) {}, func(l *Lease) { released = append(released, l.Partition()) }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	m.claimAfter = now.Add(time.Hour) // no claims: this test has no KV store
+	hold := func(p int, deadline time.Time, renewing bool) *Lease {
+		ls := &Lease{partition: p, epoch: 1, done: make(chan struct{}), rev: 1, sent: deadline.Add(cfg.Margin - cfg.TTL), deadline: deadline}
+		ls.until.Store(deadline.UnixNano())
+		ls.renewing.Store(renewing)
+		m.owned[p] = ls
+		return ls
+	}
+	hold(1, now.Add(2*time.Second), false)            // before its deadline
+	inFlight := hold(2, now.Add(-time.Second), true)  // past it, a renewal in flight
+	hold(3, now.Add(-time.Second), false)             // past it, nothing in flight
+	hold(4, now.Add(-cfg.TTL-time.Millisecond), true) // in flight, but TTL past the deadline
+	m.step(context.Background(), now)
+	if !slices.Equal(released, []int{3, 4}) {
+		t.Errorf("got leases %v given up; want [3 4]", released)
+	}
+	if got := m.Moves()[MoveLostExpired]; got != 2 {
+		t.Errorf("got %d lost_expired; want 2", got)
+	}
+	// The renewal is applied late: the lease goes on with the new deadline.
+	sent := now.Add(-500 * time.Millisecond)
+	wall, deadline := m.expiry(sent)
+	inFlight.renewing.Store(false)
+	if gap := inFlight.renewed(2, sent, wall, deadline); gap <= 0 {
+		t.Errorf("got gap %s since the previous renewal; want it positive", gap)
+	}
+	m.step(context.Background(), now.Add(time.Second))
+	if inFlight.Released() || !slices.Equal(m.Owned(), []int{1, 2}) {
+		t.Errorf("after the late renewal: owned %v, lease 2 released %v; want [1 2] held", m.Owned(), inFlight.Released())
 	}
 }

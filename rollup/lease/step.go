@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"hash/fnv"
-	"strconv"
 	"sync"
 	"time"
 
@@ -72,15 +71,26 @@ func (l *Manager) applyRead(p int, r *kvResult) {
 	}
 }
 
-// step runs one round: expire, renew, rebalance, claim. The writes of each phase are issued
-// concurrently (inParallel) and their results applied in partition order afterwards.
+// step runs one round: expire, probe silent workers, rebalance, claim (the renewer renews).
+// The writes of each phase are issued concurrently (inParallel) and their results applied in
+// partition order afterwards.
 func (l *Manager) step(ctx context.Context, now time.Time) {
 	for _, ls := range l.sortedOwned() {
-		if !now.Before(ls.deadline) {
-			l.lose(ls, MoveLostExpired)
+		_, _, deadline := ls.state()
+		if now.Before(deadline) {
+			continue
 		}
+		// A renewal still in flight may yet be applied: its compare-and-set then proves that
+		// nobody wrote the key meanwhile, and the lease goes on. Until stays at the last
+		// acknowledged Expires, so nothing beyond it is published while we wait; a later
+		// owner's From is at least the Expires it replaced, ours or the renewal's. Wait at
+		// most TTL past the deadline.
+		if ls.renewing.Load() && now.Before(deadline.Add(l.cfg.TTL)) {
+			continue
+		}
+		l.lose(ls, MoveLostExpired)
 	}
-	l.renewAll(ctx, now)
+	l.probeSilent(ctx, now)
 	n := l.liveWorkers(now)
 	target := (proto.Partitions + n - 1) / n
 	if extra := len(l.owned) - target; extra > 0 {
@@ -113,6 +123,8 @@ func (l *Manager) step(ctx context.Context, now time.Time) {
 				ps, reasons = append(ps, p), append(reasons, MoveAcquiredFree)
 			case time.Since(v.seen) >= l.cfg.TTL:
 				ps, reasons = append(ps, p), append(reasons, MoveAcquiredExpired)
+			case l.isDead(v.val.Worker):
+				ps, reasons = append(ps, p), append(reasons, MoveAcquiredExpired)
 			}
 		}
 		if len(ps) == 0 {
@@ -120,29 +132,6 @@ func (l *Manager) step(ctx context.Context, now time.Time) {
 		}
 		l.claimAll(ctx, ps, reasons)
 	}
-}
-
-// heartbeat renews the worker's heartbeat key.
-func (l *Manager) heartbeat(ctx context.Context, now time.Time) {
-	l.applyHeartbeat(now, l.writeHeartbeat(ctx))
-}
-
-// writeHeartbeat writes the worker's heartbeat key; it touches no state.
-func (l *Manager) writeHeartbeat(ctx context.Context) kvResult {
-	cctx, cancel := l.opCtx(ctx)
-	defer cancel()
-	r := kvResult{sent: time.Now()}
-	r.rev, r.err = l.kv.Put(cctx, workerKey(l.cfg.WorkerID), []byte(strconv.FormatInt(r.sent.UnixMilli(), 10)))
-	return r
-}
-
-func (l *Manager) applyHeartbeat(now time.Time, r kvResult) {
-	if r.err != nil {
-		l.kvErrors.Inc()
-		l.logger.Debug("cannot renew the worker heartbeat", "err", r.err)
-		return
-	}
-	l.hbRev, l.hbSent = r.rev, now
 }
 
 func (l *Manager) encode(epoch uint64, worker string, expires time.Time) []byte {
@@ -212,7 +201,7 @@ func (l *Manager) applyClaim(p int, v keyView, reason string, r *kvResult) {
 		}
 	}
 	ls.from = from
-	ls.rev, ls.sent, ls.deadline = r.rev, r.sent, deadline
+	ls.rev, ls.sent, ls.deadline = r.rev, r.sent, deadline // not shared yet: no lock
 	ls.until.Store(wall.UnixNano())
 	l.parts[p] = keyView{exists: true, rev: r.rev, val: leaseValue{Worker: l.cfg.WorkerID, Epoch: ls.epoch, ExpiresMs: wall.UnixMilli()}, seen: r.sent}
 	l.owned[p] = ls
@@ -220,66 +209,6 @@ func (l *Manager) applyClaim(p int, v keyView, reason string, r *kvResult) {
 	l.moves[reason].Inc()
 	l.logger.Info("partition acquired", "partition", p, "epoch", ls.epoch, "reason", reason, "previous_owner", v.val.Worker)
 	l.onAcquire(ls)
-}
-
-// renewAll renews the worker's heartbeat if due and every held lease whose last renewal was
-// sent Heartbeat ago or more.
-func (l *Manager) renewAll(ctx context.Context, now time.Time) {
-	var due []*Lease
-	for _, ls := range l.sortedOwned() {
-		if time.Since(ls.sent) >= l.cfg.Heartbeat {
-			due = append(due, ls)
-		}
-	}
-	hb := now.Sub(l.hbSent) >= l.cfg.Heartbeat
-	// Slot 0 is the heartbeat, so that it never queues behind the leases.
-	res := make([]kvResult, len(due)+1)
-	inParallel(len(res), func(i int) {
-		if i == 0 {
-			if hb {
-				res[0] = l.writeHeartbeat(ctx)
-			}
-			return
-		}
-		ls, r := due[i-1], &res[i]
-		r.sent = time.Now()
-		wall, _ := l.expiry(r.sent)
-		cctx, cancel := l.opCtx(ctx)
-		r.rev, r.err = l.kv.Update(cctx, partKey(ls.partition), l.encode(ls.epoch, l.cfg.WorkerID, wall), ls.rev)
-		cancel()
-		if errors.Is(r.err, jetstream.ErrKeyRevisionMismatch) {
-			l.readBack(ctx, ls.partition, r)
-		}
-	})
-	if hb {
-		l.applyHeartbeat(now, res[0])
-	}
-	for i, ls := range due {
-		l.applyRenew(ls, &res[i+1])
-	}
-}
-
-// applyRenew applies the renewal of a held lease.
-func (l *Manager) applyRenew(ls *Lease, r *kvResult) {
-	if r.err != nil {
-		if errors.Is(r.err, jetstream.ErrKeyRevisionMismatch) {
-			l.lose(ls, MoveLostTaken)
-			l.applyRead(ls.partition, r)
-			return
-		}
-		// A timeout may or may not have been applied: keep the old deadline; if the write
-		// landed, the next renewal gets a revision mismatch and the lease is lost.
-		l.kvErrors.Inc()
-		l.logger.Debug("cannot renew lease", "partition", ls.partition, "err", r.err)
-		return
-	}
-	wall, deadline := l.expiry(r.sent)
-	ls.rev, ls.sent, ls.deadline = r.rev, r.sent, deadline
-	ls.until.Store(wall.UnixNano())
-	v := &l.parts[ls.partition]
-	if r.rev > v.rev {
-		*v = keyView{exists: true, rev: r.rev, val: leaseValue{Worker: l.cfg.WorkerID, Epoch: ls.epoch, ExpiresMs: wall.UnixMilli()}, seen: r.sent}
-	}
 }
 
 // releaseAll ends held leases now and writes their keys free, so other workers can claim
@@ -302,8 +231,12 @@ func (l *Manager) releaseAll(ctx context.Context, lss []*Lease, reason string) {
 	res := make([]kvResult, len(lss))
 	inParallel(len(lss), func(i int) {
 		ls, r := lss[i], &res[i]
+		// Wait for a renewal in flight: the release is compare-and-set on its revision.
+		ls.write.Lock()
+		defer ls.write.Unlock()
+		rev, _, _ := ls.state()
 		cctx, cancel := l.opCtx(ctx)
-		r.rev, r.err = l.kv.Update(cctx, partKey(ls.partition), l.encode(ls.epoch, "", untils[i]), ls.rev)
+		r.rev, r.err = l.kv.Update(cctx, partKey(ls.partition), l.encode(ls.epoch, "", untils[i]), rev)
 		cancel()
 	})
 	for i, ls := range lss {
