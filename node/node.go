@@ -220,11 +220,13 @@ func (n *Node) startEmbedded() (string, []nats.Option, error) {
 		sec.Auth = &a
 		own = append(own, opt)
 	}
-	ns, err := embednats.Start(embednats.Config{Host: host, Port: p, JetStream: true, StoreDir: cfg.DataDir, Security: sec, DeferListen: true})
+	ns, err := embednats.Start(embednats.Config{Host: host, Port: p, JetStream: true, StoreDir: cfg.DataDir, Security: sec,
+		DeferListen: true, MaxPending: EmbeddedMaxPending})
 	if err != nil {
 		return "", nil, err
 	}
 	n.ns = ns
+	n.metrics.NewGauge("herd_embedded_nats_slow_consumer_cuts", func() float64 { return float64(ns.NumSlowConsumers()) })
 	// The embedded server routes agent batches to partition subjects like a cluster does,
 	// so `herd rollup` workers can share the work; the local intake takes every partition.
 	if err := embednats.ApplyMapping(ns); err != nil {
@@ -388,8 +390,16 @@ func (n *Node) closeNATS() {
 }
 
 // nodeHelp is the # HELP text of the node's own families.
+// EmbeddedMaxPending bounds what the embedded nats-server buffers for one client before it
+// cuts the client as a slow consumer: 256 MiB, where the server's default is 64 MiB. serve's
+// own intake connection takes every agent's batches (about 30 MB/s from 50,000 instances), so
+// 64 MiB is two seconds of a starved intake; a cut loses what was in flight and is counted in
+// herd_embedded_nats_slow_consumer_cuts.
+const EmbeddedMaxPending = 256 << 20
+
 var nodeHelp = map[string]string{
-	"herd_node_deployments_refused_total": "Deployment announcements the local detector refused.",
-	"herd_node_replay_errors_total":       "Replayed decisions (decide) and deployments (announce) the detector or delivery refused at start.",
-	"herd_node_live_inputs_dropped_total": "Live windows, verdicts and deployments dropped while the history was replayed (over the bound of inputs held).",
+	"herd_embedded_nats_slow_consumer_cuts": "Connections the embedded nats-server cut because they read slower than it had to send (over EmbeddedMaxPending behind); their messages in flight are lost.",
+	"herd_node_deployments_refused_total":   "Deployment announcements the local detector refused.",
+	"herd_node_replay_errors_total":         "Replayed decisions (decide) and deployments (announce) the detector or delivery refused at start.",
+	"herd_node_live_inputs_dropped_total":   "Live windows, verdicts and deployments dropped while the history was replayed (over the bound of inputs held).",
 }

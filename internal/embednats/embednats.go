@@ -26,6 +26,10 @@ type Config struct {
 	StoreDir  string
 	// MaxPayload bounds one message (0: the server's default, 1 MiB).
 	MaxPayload int32
+	// MaxPending bounds what the server buffers for one client before it cuts the client as
+	// a slow consumer (0: the server's default, 64 MiB). The server counts those cuts
+	// (server.Server.NumSlowConsumers).
+	MaxPending int64
 	// Security holds authentication, TLS and monitoring; the zero value has none of them.
 	Security Security
 	// DeferListen starts the server without its client listener: only in-process clients
@@ -50,6 +54,7 @@ func Start(cfg Config) (*server.Server, error) {
 		JetStream:  cfg.JetStream,
 		StoreDir:   cfg.StoreDir,
 		MaxPayload: cfg.MaxPayload,
+		MaxPending: cfg.MaxPending,
 		DontListen: cfg.DeferListen,
 	}
 	if opts.Host == "" {
