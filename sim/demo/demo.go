@@ -69,7 +69,7 @@ var Scenarios = map[string]string{
 	"good":    "no regression (canary as good as baseline)",
 	// Request-flow scenarios (flow.go): the canary's own RED stays normal.
 	"fanout":     "canary calls payments 5× per request",
-	"downstream": "canary's calls make payments fail 5× as often",
+	"downstream": "canary's requests make payments fail 5× as often",
 }
 
 // Config configures a run. Start from DefaultConfig.
