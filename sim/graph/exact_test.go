@@ -144,7 +144,9 @@ func TestEdgesExactUnderChurn(t *testing.T) {
 		return nil
 	})
 	var calls, floodEdges uint64
+	var nWindows int
 	mu.Lock()
+	nWindows = windows
 	for id, w := range want {
 		calls += w.Calls
 		_ = id
@@ -166,7 +168,7 @@ func TestEdgesExactUnderChurn(t *testing.T) {
 		return nil
 	})
 	t.Logf("%d edges, %d calls exact over %d windows; flood: %d edges kept, %d series refused (too_many_series)",
-		len(want), calls, windows, floodEdges, refused)
+		len(want), calls, nWindows, floodEdges, refused)
 	if floodEdges == 0 || floodEdges > uint64(cfg.Rollup.MaxSeriesPerGroup) {
 		t.Errorf("flood edges in windows: got %d; want 1 to %d (the per-group series limit)", floodEdges, cfg.Rollup.MaxSeriesPerGroup)
 	}
