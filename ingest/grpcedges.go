@@ -104,8 +104,8 @@ func (e *Edges) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 
 // StreamClientInterceptor returns a gRPC client interceptor (grpc.WithStreamInterceptor) that
 // records every stream as one call on its edge, like UnaryClientInterceptor, when it ends:
-// when RecvMsg returns io.EOF (OK) or an error, when opening it fails, or when the call's
-// context is done first (its latency is then the time until then). A stream the caller
+// when RecvMsg returns io.EOF (OK) or an error (or the one answer of a client-streaming call),
+// when opening it fails, or when the call's context is done first (its latency is then the time until then). A stream the caller
 // neither reads to its end nor cancels is never recorded (gRPC leaks it too).
 func (e *Edges) StreamClientInterceptor() grpc.StreamClientInterceptor {
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
@@ -116,7 +116,7 @@ func (e *Edges) StreamClientInterceptor() grpc.StreamClientInterceptor {
 			e.Observe(callee, op, time.Since(start), GRPCFailed(err))
 			return nil, err
 		}
-		s := &edgeStream{ClientStream: cs}
+		s := &edgeStream{ClientStream: cs, single: !desc.ServerStreams}
 		s.end = func(err error) {
 			if s.done.CompareAndSwap(false, true) {
 				e.Observe(callee, op, time.Since(start), GRPCFailed(err))
@@ -130,14 +130,17 @@ func (e *Edges) StreamClientInterceptor() grpc.StreamClientInterceptor {
 // edgeStream records its stream's call once, when it ends.
 type edgeStream struct {
 	grpc.ClientStream
-	done atomic.Bool
-	end  func(error)
-	stop func() bool // stops the context watch
+	// single: the server answers with one message (a client-streaming call), so the stream
+	// has ended when RecvMsg returns it.
+	single bool
+	done   atomic.Bool
+	end    func(error)
+	stop   func() bool // stops the context watch
 }
 
 func (s *edgeStream) RecvMsg(m any) error {
 	err := s.ClientStream.RecvMsg(m)
-	if err != nil {
+	if err != nil || s.single {
 		s.stop()
 		if errors.Is(err, io.EOF) {
 			s.end(nil)

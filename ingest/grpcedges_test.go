@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,6 +51,19 @@ func (s *testService) StreamingOutputCall(req *testgrpc.StreamingOutputCallReque
 		return status.Error(codes.Code(st.Code), st.Message)
 	}
 	return nil
+}
+
+func (s *testService) StreamingInputCall(ss grpc.ClientStreamingServer[testgrpc.StreamingInputCallRequest, testgrpc.StreamingInputCallResponse]) error {
+	s.seen(ss.Context())
+	n := 0
+	for {
+		if _, err := ss.Recv(); errors.Is(err, io.EOF) {
+			return ss.SendAndClose(&testgrpc.StreamingInputCallResponse{AggregatedPayloadSize: int32(n)})
+		} else if err != nil {
+			return err
+		}
+		n++
+	}
 }
 
 func (s *testService) seen(ctx context.Context) {
@@ -145,7 +159,7 @@ func TestEdgesGRPC(t *testing.T) {
 	addr := startGRPC(t, svc, in)
 
 	edges := caller.Edges(EdgeConfig{GRPCCallee: func(target, method string) string {
-		if target != "passthrough:///"+addr || method != "/grpc.testing.TestService/UnaryCall" && method != "/grpc.testing.TestService/StreamingOutputCall" {
+		if target != "passthrough:///"+addr || !strings.HasPrefix(method, "/grpc.testing.TestService/") {
 			return "Wrong Target"
 		}
 		return "payments"
@@ -204,6 +218,19 @@ func TestEdgesGRPC(t *testing.T) {
 			t.Fatalf("stream %d: got %d responses and %v; want 3 and %v", i, n, err, want)
 		}
 	}
+	// A client-streaming call: one call when its answer arrives.
+	cs, err := client.StreamingInputCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := cs.Send(&testgrpc.StreamingInputCallRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if resp, err := cs.CloseAndRecv(); err != nil || resp.AggregatedPayloadSize != 3 {
+		t.Fatalf("client stream: got %v, %v; want 3 messages counted", resp, err)
+	}
 	// A stream the caller cancels without reading it: one call, Canceled (not an error).
 	cctx, cancel := context.WithCancel(ctx)
 	if _, err := client.StreamingOutputCall(cctx, &testgrpc.StreamingOutputCallRequest{}); err != nil {
@@ -218,14 +245,14 @@ func TestEdgesGRPC(t *testing.T) {
 
 	edge := proto.EdgeLabels(proto.EdgeKey{Callee: "payments"})
 	flushUntil(t, caller, &callerRec, start, []seriesWant{
-		{proto.SeriesEdgeCalls, edge, 14}, {proto.SeriesEdgeErrors, edge, 3}, {proto.SeriesEdgeLatency, edge, 14},
+		{proto.SeriesEdgeCalls, edge, 15}, {proto.SeriesEdgeErrors, edge, 3}, {proto.SeriesEdgeLatency, edge, 15},
 	})
 	from := []proto.Label{{Name: proto.LabelCaller, Value: "checkout"}, {Name: proto.LabelCallerVersion, Value: "1.5.0+build/7"}}
 	unknown := []proto.Label{{Name: proto.LabelCaller, Value: proto.CallerUnknown}}
 	flushUntil(t, callee, &calleeRec, start, []seriesWant{
-		{proto.SeriesInboundRequests, from, 14}, {proto.SeriesInboundErrors, from, 3},
+		{proto.SeriesInboundRequests, from, 15}, {proto.SeriesInboundErrors, from, 3},
 		{proto.SeriesInboundRequests, unknown, 1}, {proto.SeriesInboundErrors, unknown, 0},
-		{proto.SeriesRequests, nil, 15}, {proto.SeriesErrors, nil, 3}, {proto.SeriesLatency, nil, 15},
+		{proto.SeriesRequests, nil, 16}, {proto.SeriesErrors, nil, 3}, {proto.SeriesLatency, nil, 16},
 	})
 	if got := in.Unknown(); got != 1 {
 		t.Errorf("unknown callers: got %d; want 1", got)
