@@ -32,6 +32,14 @@ type EdgeConfig struct {
 	// Operation, if set, names the operation of an outbound request (e.g. a route template).
 	// It must be bounded: every distinct value is an edge of its own, within MaxCallees.
 	Operation func(*http.Request) string
+	// GRPCCallee names the callee of an outbound gRPC call from its connection's target and
+	// full method ("/shop.Payments/Charge"); nil takes the first label of the target's host
+	// ("payments" for dns:///payments.shop.svc:443). See Edges.UnaryClientInterceptor.
+	GRPCCallee func(target, method string) string
+	// GRPCOperation, if set, names the operation of an outbound gRPC call from its full method
+	// (returning the method itself is bounded by the services' definitions). Every distinct
+	// value is an edge of its own, within MaxCallees.
+	GRPCOperation func(method string) string
 }
 
 // Edges records the outbound calls of one instance as edges (see proto.SeriesEdgeCalls) in

@@ -2,9 +2,11 @@ package sim
 
 import (
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"math"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +24,10 @@ type Edge struct {
 	ErrorRate  float64
 	// Latency is log-normal with this median and 99th percentile (0 < median ≤ p99).
 	LatencyMedian, LatencyP99 time.Duration
+	// Retries is how many times a failed attempt is retried at once below the caller's
+	// instruments, as a mesh proxy's retry policy does: the callee sees every attempt (its
+	// inbound series), the caller's edge one call, failed only when every attempt failed.
+	Retries int
 }
 
 // validate checks an edge's spec.
@@ -35,6 +41,9 @@ func (e *Edge) validate() error {
 	if !(e.ErrorRate >= 0 && e.ErrorRate <= 1) {
 		return fmt.Errorf("edge to %s: error rate %g is not in [0, 1]", e.Callee, e.ErrorRate)
 	}
+	if e.Retries < 0 || e.Retries > 10 {
+		return fmt.Errorf("edge to %s: %d retries is not in [0, 10]", e.Callee, e.Retries)
+	}
 	if e.LatencyMedian <= 0 || e.LatencyP99 < e.LatencyMedian {
 		return fmt.Errorf("edge to %s: latency median %s and p99 %s must satisfy 0 < median ≤ p99", e.Callee, e.LatencyMedian, e.LatencyP99)
 	}
@@ -46,6 +55,10 @@ type edgeKnobs struct {
 	spec   []Edge
 	fanout []atomic.Uint64 // calls-per-request factor, float64 bits
 	errPPM []atomic.Int64  // error rate, parts per million
+	// inbox and slot are, per edge, the callee's inbox (nil when the fleet does not
+	// simulate the callee) and the group's slot in it; set by Fleet.linkInboxes.
+	inbox []*inbox
+	slot  []int
 }
 
 func (k *edgeKnobs) init(edges []Edge) error {
@@ -112,32 +125,53 @@ func (g *GroupState) EdgeErrorRate(callee string) float64 {
 }
 
 // withCalls returns observe extended with the calls every request makes along the group's
-// edges, recorded on in's edge instruments.
-func withCalls(in *instance, rng *rand.Rand, observe func(time.Duration, bool)) func(time.Duration, bool) {
+// edges, recorded on in's edge instruments, and a function that hands the calls made so far to
+// the callees' inboxes (call it after the interval's requests).
+func withCalls(in *instance, rng *rand.Rand, observe func(time.Duration, bool)) (func(time.Duration, bool), func()) {
 	g := in.g
 	type live struct {
-		callee string
-		k, err float64
-		m      traffic.LatencyModel
+		callee           string
+		k, err           float64
+		retries          int
+		m                traffic.LatencyModel
+		attempts, failed uint64 // as the callee sees them
 	}
 	es := make([]live, len(g.edges.spec))
 	for i, e := range g.edges.spec {
 		es[i] = live{callee: e.Callee, k: e.PerRequest * math.Float64frombits(g.edges.fanout[i].Load()),
-			err: float64(g.edges.errPPM[i].Load()) / 1e6, m: traffic.LogNormal(e.LatencyMedian, e.LatencyP99, 1)}
+			err: float64(g.edges.errPPM[i].Load()) / 1e6, retries: e.Retries, m: traffic.LogNormal(e.LatencyMedian, e.LatencyP99, 1)}
 	}
 	return func(d time.Duration, failed bool) {
-		observe(d, failed)
-		for _, e := range es {
-			n := int(e.k)
-			if rng.Float64() < e.k-float64(n) {
-				n++
+			observe(d, failed)
+			for i := range es {
+				e := &es[i]
+				n := int(e.k)
+				if rng.Float64() < e.k-float64(n) {
+					n++
+				}
+				for range n {
+					lat := time.Duration(e.m.Draw(rng) * float64(time.Second))
+					bad := rng.Float64() < e.err
+					e.attempts++
+					for r := 0; bad && r < e.retries; r++ {
+						e.failed++
+						e.attempts++
+						bad = rng.Float64() < e.err
+					}
+					if bad {
+						e.failed++
+					}
+					in.edges.Observe(e.callee, "", lat, bad)
+				}
 			}
-			for range n {
-				lat := time.Duration(e.m.Draw(rng) * float64(time.Second))
-				in.edges.Observe(e.callee, "", lat, rng.Float64() < e.err)
+		}, func() {
+			for i := range es {
+				if box := g.edges.inbox[i]; box != nil {
+					box.deliver(g.edges.slot[i], es[i].attempts, es[i].failed)
+				}
+				es[i].attempts, es[i].failed = 0, 0
 			}
 		}
-	}
 }
 
 // newEdges returns the edge recorder of an instance of g, or nil when g calls nothing.
@@ -207,4 +241,143 @@ func (f *Fleet) EdgeTotals() EdgeSums {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return maps.Clone(f.edgeSums)
+}
+
+// The callee's side of the calls (blast radius). Every call (every attempt, with Edge.Retries)
+// a group makes to a service the fleet also simulates is recorded by one of that service's
+// instances too, as the server
+// middleware would (ingest.Inbound): in the inbound series split by caller group
+// (proto.SeriesInboundRequests, proto.SeriesInboundErrors), failed when the caller's call
+// failed. The callee's own RED stays its configured traffic, whose rate the graph sizes to its
+// callers' calls. Calls wait in the callee's inbox until its instances take them at their next
+// traffic step (in rounds: each live instance takes an even share of what waits, the last of a
+// round all that is left), so the split follows the calls by at most an interval; while the
+// callee has no live instance they wait. Which
+// instance records a call depends on the shards' scheduling, unlike the traffic itself.
+
+// inbox holds the calls made to one callee service that none of its instances has recorded
+// yet, by caller group. Safe for concurrent use.
+type inbox struct {
+	callee  string
+	groups  []*GroupState // the callee service's groups
+	callers []*GroupState // the groups that call it, in slot order
+
+	mu      sync.Mutex  // Guards the fields below.
+	pending [][2]uint64 // calls and failed calls waiting, by caller slot
+	takers  int         // instances that took their share in this round
+	// rng splits the waiting calls: the shards' own sources stay untouched, so a seed still
+	// gives the same traffic whatever the scheduling.
+	rng *rand.Rand
+}
+
+// linkInboxes gives every callee service the fleet simulates an inbox and every caller's
+// edge to it the inbox and its slot.
+func (f *Fleet) linkInboxes() {
+	f.inboxes = map[string]*inbox{}
+	for _, g := range f.groups {
+		k := &g.edges
+		k.inbox = make([]*inbox, len(k.spec))
+		k.slot = make([]int, len(k.spec))
+		for i, e := range k.spec {
+			box := f.inboxes[e.Callee]
+			if box == nil {
+				for _, cg := range f.groups {
+					if cg.spec.Service == e.Callee {
+						if box == nil {
+							h := fnv.New64a()
+							h.Write([]byte(e.Callee))
+							box = &inbox{callee: e.Callee, rng: rand.New(rand.NewPCG(f.cfg.Seed, h.Sum64()))}
+							f.inboxes[e.Callee] = box
+						}
+						box.groups = append(box.groups, cg)
+					}
+				}
+			}
+			if box == nil {
+				continue // a callee the fleet does not simulate
+			}
+			k.inbox[i], k.slot[i] = box, len(box.callers)
+			box.callers = append(box.callers, g)
+			box.pending = append(box.pending, [2]uint64{})
+		}
+	}
+}
+
+// deliver adds an interval's attempts of one caller slot to the inbox.
+func (b *inbox) deliver(slot int, calls, failed uint64) {
+	if calls == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.pending[slot][0] += calls
+	b.pending[slot][1] += failed
+	b.mu.Unlock()
+}
+
+// take records this instance's share of the waiting calls on its inbound series.
+func (b *inbox) take(in *instance) {
+	live := 0
+	for _, g := range b.groups {
+		live += g.Live()
+	}
+	if in.inbound == nil {
+		in.inbound = make([][2]*ingest.Counter, len(b.callers))
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// Rounds: each of the live instances takes once per round, the last one what is left.
+	rest := live - b.takers
+	if rest < 1 {
+		b.takers, rest = 0, max(live, 1)
+	}
+	b.takers++
+	for slot := range b.pending {
+		p := &b.pending[slot]
+		if p[0] == 0 {
+			continue
+		}
+		n := share(b.rng, float64(p[0])/float64(rest))
+		// Failed calls among them: their expected share, within what the rest allows.
+		e := share(b.rng, float64(n)*float64(p[1])/float64(p[0]))
+		e = min(max(e, n-min(n, p[0]-p[1])), p[1], n)
+		p[0] -= n
+		p[1] -= e
+		if n == 0 {
+			continue
+		}
+		c := &in.inbound[slot]
+		if c[0] == nil {
+			caller := b.callers[slot].spec
+			ls := []proto.Label{{Name: proto.LabelCaller, Value: caller.Service}, {Name: proto.LabelCallerVersion, Value: caller.Version}}
+			c[0] = in.client.Counter(proto.SeriesInboundRequests, ls...)
+			c[1] = in.client.Counter(proto.SeriesInboundErrors, ls...)
+		}
+		c[0].Add(float64(n))
+		if e > 0 {
+			c[1].Add(float64(e))
+		}
+	}
+}
+
+// share rounds x ≥ 0 to an integer at random, up with the probability of its fraction.
+func share(rng *rand.Rand, x float64) uint64 {
+	n := math.Floor(x)
+	if rng.Float64() < x-n {
+		n++
+	}
+	return uint64(n)
+}
+
+// pendingCalls returns the calls waiting in every inbox, by callee and caller group.
+func (f *Fleet) pendingCalls() map[[3]string][2]uint64 {
+	out := map[[3]string][2]uint64{}
+	for _, b := range f.inboxes {
+		b.mu.Lock()
+		for slot, p := range b.pending {
+			c := b.callers[slot].spec
+			out[[3]string{b.callee, c.Service, c.Version}] = p
+		}
+		b.mu.Unlock()
+	}
+	return out
 }

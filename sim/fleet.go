@@ -64,6 +64,8 @@ type Fleet struct {
 	mu       sync.Mutex // guards totals and edgeSums
 	totals   map[*GroupState]*Totals
 	edgeSums EdgeSums
+
+	inboxes map[string]*inbox // by callee service (edges.go); read-only after NewFleet
 }
 
 // instance is one simulated instance: a real ingest.Client fed with generated traffic. Its
@@ -73,7 +75,10 @@ type instance struct {
 	client *ingest.Client
 	red    *ingest.RED
 	edges  *ingest.Edges // nil when the group calls nothing
-	dies   time.Time
+	// inbound are the instance's inbound requests and errors by caller slot of its
+	// service's inbox, registered on first use (edges.go).
+	inbound [][2]*ingest.Counter
+	dies    time.Time
 }
 
 // NewFleet checks cfg and returns a Fleet; it starts nothing.
@@ -116,6 +121,7 @@ func NewFleet(cfg FleetConfig) (*Fleet, error) {
 		f.groups = append(f.groups, g)
 		f.totals[g] = &Totals{Service: s.Service, Version: s.Version}
 	}
+	f.linkInboxes()
 	return f, nil
 }
 
@@ -355,9 +361,13 @@ func (f *Fleet) traffic(in *instance, rng *rand.Rand) {
 		errRate = 1 // a crash-looping instance fails what reaches it, then dies
 	}
 	m := traffic.LogNormal(g.spec.LatencyMedian, g.spec.LatencyP99, g.LatencyFactor())
-	observe := in.red.Observe
+	observe, deliver := in.red.Observe, func() {}
 	if in.edges != nil {
-		observe = withCalls(in, rng, observe)
+		observe, deliver = withCalls(in, rng, observe)
 	}
 	traffic.Requests(rng, g.spec.RPS*f.cfg.Interval.Seconds(), errRate, m, observe)
+	deliver()
+	if box := f.inboxes[g.spec.Service]; box != nil {
+		box.take(in)
+	}
 }

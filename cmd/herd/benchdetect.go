@@ -12,12 +12,13 @@ import (
 
 	"github.com/herd-dev/herd/sim"
 	"github.com/herd-dev/herd/sim/demo"
+	"github.com/herd-dev/herd/sim/graph"
 )
 
 func benchDetectCommand() command {
 	return command{
 		name:  "bench detect",
-		usage: "[--trials N] [--scenarios S,...] [--shares F,...] [--e2e N] [--json]",
+		usage: "[--trials N] [--scenarios S,...] [--shares F,...] [--graph-trials N] [--e2e N] [--json]",
 		short: "run the detector's statistical benchmark on simulated time, then real-time end-to-end trials",
 		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
 			var o benchDetectOptions
@@ -28,6 +29,8 @@ func benchDetectCommand() command {
 			fs.StringVar(&o.scenarios, "scenarios", "", "scenarios, comma-separated (default all)")
 			fs.Uint64Var(&o.seed, "seed", 1, "random seed")
 			fs.BoolVar(&o.json, "json", false, "print the JSON report after the table")
+			fs.IntVar(&o.graphTrials, "graph-trials", 200, "seeded trials per scenario and canary share of the request-flow suite on a generated 50-service graph (the published figures use 1000; count; 0 skips)")
+			fs.StringVar(&o.graphScenarios, "graph-scenarios", "", "request-flow suite scenarios, comma-separated (default all: "+strings.Join(sim.GraphScenarios, ", ")+")")
 			fs.IntVar(&o.e2e, "e2e", 3, "real-time end-to-end trials per regression scenario (crash, errors, latency) through agent library → NATS → rollup → detector → webhook receiver (count; 0 skips)")
 			return func(ctx context.Context) error { return benchDetect(ctx, e, o) }
 		},
@@ -42,6 +45,9 @@ type benchDetectOptions struct {
 	shares, scenarios string
 	seed              uint64
 	json              bool
+	// The request-flow suite on a service graph (sim.BenchDetectGraph).
+	graphTrials    int
+	graphScenarios string
 }
 
 // benchDetect runs the detector's statistical benchmark on simulated time and prints a table
@@ -67,6 +73,22 @@ func benchDetect(ctx context.Context, e *env, o benchDetectOptions) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "(%s wall time)\n", time.Since(start).Round(time.Second))
+	var flow *sim.DetectReport
+	if o.graphTrials > 0 {
+		gc := sim.GraphDetectConfig{Detect: sim.DetectConfig{Trials: o.graphTrials, Duration: o.duration, Shares: cfg.Shares, Seed: o.seed}}
+		if o.graphScenarios != "" {
+			gc.Scenarios = strings.Split(o.graphScenarios, ",")
+		}
+		start := time.Now()
+		if flow, err = graph.BenchDetect(graph.BenchConfig(1), gc); err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		fmt.Fprintln(e.stdout, "\nrequest flow on a generated 50-service graph (every caller deployed in turn; instance spread, bursts):")
+		if err := flow.WriteTable(e.stdout); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "(%s wall time)\n", time.Since(start).Round(time.Second))
+	}
 	var rt *e2eReport
 	if o.e2e > 0 {
 		if rt, err = benchE2E(ctx, e, o.e2e, o.seed); err != nil {
@@ -77,6 +99,11 @@ func benchDetect(ctx context.Context, e *env, o benchDetectOptions) error {
 	if o.json {
 		if err := rep.WriteJSON(e.stdout); err != nil {
 			return err
+		}
+		if flow != nil {
+			if err := flow.WriteJSON(e.stdout); err != nil {
+				return err
+			}
 		}
 		if rt != nil {
 			b, _ := json.Marshal(rt)

@@ -43,6 +43,8 @@ type Event struct {
 	DecisionID string          `json:"decision_id,omitempty"`
 	Evidence   *proto.Evidence `json:"evidence,omitempty"`
 	Summary    *Summary        `json:"summary,omitempty"`
+	// DashboardURL is the dashboard's address, on the start event.
+	DashboardURL string `json:"dashboard_url,omitempty"`
 }
 
 // Summary ends the story.
@@ -69,7 +71,7 @@ var Scenarios = map[string]string{
 	"good":    "no regression (canary as good as baseline)",
 	// Request-flow scenarios (flow.go): the canary's own RED stays normal.
 	"fanout":     "canary calls payments 5× per request",
-	"downstream": "canary's calls make payments fail 5× as often",
+	"downstream": "canary's requests make payments fail 5× as often",
 }
 
 // Config configures a run. Start from DefaultConfig.
@@ -289,7 +291,7 @@ func (d *demo) runStory(ctx context.Context, n *node.Node, secret []byte, recvLn
 	wg.Go(func() { d.watch(runCtx, fl.Group(demoService, demoCanary)) })
 
 	start := time.Now()
-	d.emit(Event{Type: "start", Text: fmt.Sprintf("herd demo (%s): dashboard %s, NATS %s, %d × %s %s at %.0f rps each",
+	d.emit(Event{Type: "start", DashboardURL: n.HTTPURL(), Text: fmt.Sprintf("herd demo (%s): dashboard %s, NATS %s, %d × %s %s at %.0f rps each",
 		d.cfg.Scenario, n.HTTPURL(), n.NATSURL(), d.cfg.Baseline, demoService, demoBaseline, d.cfg.RPS)})
 	storyErr := d.story(runCtx, n, fl, start)
 	if d.cfg.Duration > 0 {

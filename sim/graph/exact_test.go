@@ -144,7 +144,9 @@ func TestEdgesExactUnderChurn(t *testing.T) {
 		return nil
 	})
 	var calls, floodEdges uint64
+	var nWindows int
 	mu.Lock()
+	nWindows = windows
 	for id, w := range want {
 		calls += w.Calls
 		_ = id
@@ -154,7 +156,6 @@ func TestEdgesExactUnderChurn(t *testing.T) {
 			floodEdges++
 		}
 	}
-	nWindows := windows
 	mu.Unlock()
 	// Every flood batch reaches the rollup; all but the limit's worth of its series are refused.
 	wantRefused := uint64(floodCallees - cfg.Rollup.MaxSeriesPerGroup)

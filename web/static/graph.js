@@ -13,12 +13,27 @@ import { html, setHTML } from './format.js';
 
 const stats = window.__herdGraph = {
   polls: 0, draws: 0, drawMs: [], firstRenderMs: 0, layoutMs: 0, frames: 0, frameGaps: [], services: 0, edges: 0, highlighted: [],
+  focusEdges: [], // the neighbourhood's drawn edges of the focus: "version → callee: label"
 };
 
 const pollMs = 250;
 // A canary edge differs when its calls per request or its error ratio is this many times
-// its baseline's (and the error ratio above 0.5 %).
+// its baseline's (and the error ratio above 0.5 %, and clear of the rates' noise: see
+// clearOfNoise).
 const differs = 1.5;
+// The API's rates are exponentially weighted with a 2 s time constant (web/graph.go): their
+// noise is that of counts over rateSeconds.
+const rateSeconds = 4;
+
+// clearOfNoise reports whether the canary edge's error ratio exceeds its baseline's by at
+// least 3 standard errors (two proportions, pooled), so that a few errors more than expected
+// are not drawn as a difference.
+function clearOfNoise(e, be) {
+  const nc = e.rps * rateSeconds, nb = be.rps * rateSeconds;
+  const p = (nc * e.error_ratio + nb * be.error_ratio) / Math.max(nc + nb, 1);
+  const se = Math.sqrt(p * (1 - p) * (1 / Math.max(nc, 1) + 1 / Math.max(nb, 1)));
+  return se > 0 && (e.error_ratio - be.error_ratio) / se >= 3;
+}
 
 export function mount(el, app) {
   app.stream.subscribe('', 0);
@@ -231,7 +246,7 @@ export function mount(el, app) {
     const base = sv.baseline || (sv.groups[0] && sv.groups[0].version);
     const canary = sv.canary && sv.canary !== base ? sv.canary : '';
     const reqRate = (svc, ver) => { const gr = (g.services.get(svc)?.groups || []).find(x => x.version === ver); return gr ? gr.rps : 0; };
-    const diffs = [];
+    const diffs = [], focusEdges = [];
     ctx.font = '11px system-ui';
     for (const e of data.edges) {
       const p = pos.get(e.caller), r = pos.get(e.callee);
@@ -241,6 +256,7 @@ export function mount(el, app) {
         if (canary && e.version === canary) { color = c.canary; offset = 7; width = 2.2; } else if (e.version === base) { color = c.base; offset = -7; width = 2.2; } else continue;
         const perReq = reqRate(focus, e.version) > 0 ? e.rps / reqRate(focus, e.version) : 0;
         label = `${e.version}: ${perReq.toFixed(1)}/req · ${(100 * e.error_ratio).toFixed(1)} %`;
+        focusEdges.push(`${e.version} → ${e.callee}: ${perReq.toFixed(1)}/req · ${(100 * e.error_ratio).toFixed(1)} %`);
         if (canary && e.version === canary) {
           const be = data.edges.find(x => x.caller === focus && x.version === base && x.callee === e.callee);
           const bPer = be && reqRate(focus, base) > 0 ? be.rps / reqRate(focus, base) : 0;
@@ -248,7 +264,7 @@ export function mount(el, app) {
           const errX = be ? (e.error_ratio + 1e-3) / (be.error_ratio + 1e-3) : Infinity;
           if (!be) diffs.push({ callee: e.callee, text: `${focus} ${canary} → ${e.callee}: new dependency (${perReq.toFixed(1)} calls per request)` });
           else if (fan >= differs) diffs.push({ callee: e.callee, text: `${focus} ${canary} → ${e.callee}: ${perReq.toFixed(1)} calls per request vs ${bPer.toFixed(1)}` });
-          else if (errX >= differs && e.error_ratio > 0.005) diffs.push({ callee: e.callee, text: `${focus} ${canary} → ${e.callee}: ${(100 * e.error_ratio).toFixed(1)} % of calls fail vs ${(100 * be.error_ratio).toFixed(1)} %` });
+          else if (errX >= differs && e.error_ratio > 0.005 && clearOfNoise(e, be)) diffs.push({ callee: e.callee, text: `${focus} ${canary} → ${e.callee}: ${(100 * e.error_ratio).toFixed(1)} % of calls fail vs ${(100 * be.error_ratio).toFixed(1)} %` });
           if (diffs.length && diffs[diffs.length - 1].callee === e.callee) { color = c.bad; width = 3.5; }
         }
       } else if (e.callee === focus && col.get(e.caller) !== -1) {
@@ -283,6 +299,7 @@ export function mount(el, app) {
       nodesDrawn.push({ name: n, x: p.x, y: p.y, r: 14 });
     }
     stats.highlighted = diffs.map(d => d.text);
+    stats.focusEdges = focusEdges;
     info.textContent = canary ? `${focus}: baseline ${base} beside canary ${canary}${sv.state ? ' (' + sv.state + ')' : ''}` : `${focus} ${base || ''}`;
     setHTML(legend, html`<span><i class="line base"></i>baseline ${base || ''}</span>${canary ? html`<span><i class="line canary"></i>canary ${canary}</span>` : ''}
       <span><i class="line bad"></i>canary edge that differs</span>
