@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herd-dev/herd/internal/perftest"
 	"github.com/herd-dev/herd/sim/demo"
 	"github.com/herd-dev/herd/web"
 )
@@ -68,6 +69,7 @@ func (e *demoEvents) wait(t *testing.T, typ string, timeout time.Duration) demo.
 // neighbourhood shows checkout's baseline and canary edges side by side, and after the onset
 // highlights the canary's fan-out to payments, which the detector rolls back.
 func TestBrowserGraphDemoFanout(t *testing.T) {
+	perftest.Parallel(t)
 	if testing.Short() {
 		t.Skip("browser test of the live demo")
 	}
