@@ -227,13 +227,19 @@ func (n *Node) startEmbedded() (string, []nats.Option, error) {
 	}
 	n.ns = ns
 	n.metrics.NewGauge("herd_embedded_nats_slow_consumer_cuts", func() float64 { return float64(ns.NumSlowConsumers()) })
-	// The embedded server routes agent batches to partition subjects like a cluster does,
-	// so `herd rollup` workers can share the work; the local intake takes every partition.
-	if err := embednats.ApplyMapping(ns); err != nil {
-		return "", nil, err
-	}
-	if n.cfg.Intake.Subject == proto.SubjectInAll && n.cfg.Intake.Prefix == proto.PrefixIn {
-		n.cfg.Intake.Subject, n.cfg.Intake.Prefix = proto.SubjectPartitionAll, proto.PrefixPartition+"*."
+	// The embedded server routes agent batches to partition subjects like a cluster does, so
+	// that `herd rollup` workers can share the work (`herd serve --roles detect,web`), and the
+	// local intake takes every partition. With the ingest role and no authentication, the
+	// intake takes herd.in.> itself instead: the mapping would cost the server about a sixth
+	// of its CPU at 50,000 instances for nothing. (With authentication, the agents' account
+	// maps and exports partition subjects: see embednats.Security.)
+	if !n.cfg.Roles.Ingest || sec.Auth != nil {
+		if err := embednats.ApplyMapping(ns); err != nil {
+			return "", nil, err
+		}
+		if n.cfg.Intake.Subject == proto.SubjectInAll && n.cfg.Intake.Prefix == proto.PrefixIn {
+			n.cfg.Intake.Subject, n.cfg.Intake.Prefix = proto.SubjectPartitionAll, proto.PrefixPartition+"*."
+		}
 	}
 	if sec.TLS == (embednats.TLS{}) {
 		// The intake's loopback connection, opened after the listener; with TLS the intake
