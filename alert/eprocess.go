@@ -4,8 +4,25 @@ import (
 	"math"
 )
 
-// grid holds the alternatives of the mixture e-process as multiples of the margin ψ0.
-var grid = [...]float64{1.25, 1.5, 2, 3, 5, 10, 30, 100}
+// grid holds the alternatives of the mixture e-process as multiples of the margin ψ0. It
+// starts close to ψ0 (which the measured dispersion between instances sets, so that ψ0 is
+// tight) and is densest where evidence is slow to come: small effects. Effects beyond 30×
+// ψ0 are still caught by the 30× alternative within a window or two.
+var grid = [...]float64{1.1, 1.25, 1.5, 2, 3, 5, 10, 30}
+
+// gridWeights are the mixture weights w_j of the alternatives (they sum to 1): most on 1.5–3×
+// ψ0, where a regression takes longest to show, least on the ends (next to ψ0 nothing is
+// detected within a comparison anyway; beyond 10× the evidence comes within a window or two
+// whatever the weight).
+var gridWeights = [len(grid)]float64{0.08, 0.12, 0.16, 0.18, 0.16, 0.12, 0.1, 0.08}
+
+// logGridWeights are ln w_j.
+var logGridWeights = func() (l [len(grid)]float64) {
+	for j, w := range gridWeights {
+		l[j] = math.Log(w)
+	}
+	return l
+}()
 
 // maxLogE caps reported log e-values so that exp stays finite (JSON cannot carry +Inf).
 const maxLogE = 700
@@ -22,17 +39,35 @@ const maxLogE = 700
 //	         = e_B·ln(ψ_j/ψ0) − m·[ln(1+π(ψ_j−1)) − ln(1+π(ψ0−1))]
 //
 // (the second form needs one logarithm per alternative), and the e-process is
-// E_t = Σ_j w_j·exp(Σ_{k≤t} ℓ_k(ψ_j)) with ψ_j = ψ0×{1.25, 1.5, 2, 3, 5, 10, 30, 100} and
-// w_j = 1/8, kept in log space. Under any ψ ≤ ψ0 it is a nonnegative supermartingale with
+// E_t = Σ_j w_j·exp(Σ_{k≤t} ℓ_k(ψ_j)) with ψ_j = ψ0×{1.1, 1.25, 1.5, 2, 3, 5, 10, 30} and
+// w_j = {.08, .12, .16, .18, .16, .12, .1, .08}, kept in log space. Under any ψ ≤ ψ0 it is a nonnegative supermartingale with
 // E_0 = 1, so by Ville's inequality P(∃t: E_t ≥ 1/α) ≤ α.
+//
+// Bounded evidence per block (UpdateBlock). A burst of errors on one instance for a second
+// or two must not look like a regression of the version. With a cap C > 1, the windows are
+// grouped in blocks (of time) and the likelihood ratio each alternative gathers within one
+// block counts at most C: the factor of block b is min(Π_{k∈b} LR_k(ψ_j), C). Inside a block
+// min(martingale, C) is a supermartingale (the minimum of a martingale and a constant), and
+// the product over blocks of such factors is one too, so Ville's bound still holds: the cap
+// only ever lowers E_t. A burst that spans at most two blocks adds at most 2·ln C.
 //
 // An EProcess is not safe for concurrent use.
 type EProcess struct {
 	psi0     float64
 	psi      [len(grid)]float64 // ψ_j
 	logRatio [len(grid)]float64 // ln(ψ_j/ψ0)
-	sums     [len(grid)]float64 // Σ_k ℓ_k(ψ_j)
+	sums     [len(grid)]float64 // Σ over closed blocks of min(block log LR, logCap)
+	block    [len(grid)]float64 // the open block's log LR (uncapped)
+	blockID  int64
+	logCap   [len(grid)]float64 // per alternative: min(ln C, capEvents·ln(ψ_j/ψ0)); +Inf: no cap
 }
+
+// capEvents bounds the block evidence of an alternative ψ_j close to ψ0 further, to what
+// capEvents canary events more than expected would give it (capEvents·ln(ψ_j/ψ0)): a
+// regression within a few per cent of ψ0 never gathers more in one block, whereas a burst
+// would hand the alternatives next to ψ0 evidence that the windows after it hardly take
+// back.
+const capEvents = 8
 
 // NewEProcess returns an e-process with margin psi0 ≥ 1 (1 means "no worse than baseline").
 func NewEProcess(psi0 float64) *EProcess {
@@ -43,10 +78,22 @@ func NewEProcess(psi0 float64) *EProcess {
 
 func (p *EProcess) init(psi0 float64) {
 	p.psi0 = psi0
+	p.blockID = 0
 	for j, g := range grid {
 		p.psi[j] = psi0 * g
 		p.logRatio[j] = math.Log(g)
 		p.sums[j] = 0
+		p.block[j] = 0
+		p.logCap[j] = math.Inf(1)
+	}
+}
+
+// SetBlockCap sets ln C, the most log evidence one block adds per alternative (see
+// UpdateBlock; alternatives close to ψ0 get less, see capEvents); +Inf (the default) means
+// no cap. Set it before the first update.
+func (p *EProcess) SetBlockCap(logCap float64) {
+	for j := range p.logCap {
+		p.logCap[j] = min(logCap, capEvents*p.logRatio[j])
 	}
 }
 
@@ -54,7 +101,8 @@ func (p *EProcess) init(psi0 float64) {
 func (p *EProcess) Margin() float64 { return p.psi0 }
 
 // Update adds one window: nA, nB requests and eA, eB events of baseline and canary.
-// Windows with nA = 0, nB = 0 or no events add nothing.
+// Windows with nA = 0, nB = 0 or no events add nothing. Its evidence is not capped: Update
+// is UpdateBlock with every window a block of its own and no cap.
 func (p *EProcess) Update(nA, nB, eA, eB float64) {
 	if !(nA > 0 && nB > 0 && eA+eB > 0) {
 		return
@@ -67,9 +115,35 @@ func (p *EProcess) Update(nA, nB, eA, eB float64) {
 	}
 }
 
+// UpdateBlock adds one window of block id (block ids must not decrease): its log
+// likelihood ratios add to the open block's, which counts at most ln C (SetBlockCap) per
+// alternative; a new id closes the open block.
+func (p *EProcess) UpdateBlock(id int64, nA, nB, eA, eB float64) {
+	if !(nA > 0 && nB > 0 && eA+eB > 0) {
+		return
+	}
+	if id != p.blockID {
+		for j := range p.block {
+			p.sums[j] += min(p.block[j], p.logCap[j])
+			p.block[j] = 0
+		}
+		p.blockID = id
+	}
+	pi := nB / (nA + nB)
+	m := eA + eB
+	l0 := math.Log1p(pi * (p.psi0 - 1))
+	for j := range p.psi {
+		p.block[j] += eB*p.logRatio[j] - m*(math.Log1p(pi*(p.psi[j]-1))-l0)
+	}
+}
+
 // LogE returns ln E_t.
 func (p *EProcess) LogE() float64 {
-	return min(logSumExp(p.sums[:])-math.Log(float64(len(grid))), maxLogE)
+	var terms [len(grid)]float64
+	for j := range terms {
+		terms[j] = logGridWeights[j] + p.sums[j] + min(p.block[j], p.logCap[j])
+	}
+	return min(logSumExp(terms[:]), maxLogE)
 }
 
 // E returns E_t (capped at e^700).
