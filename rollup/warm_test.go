@@ -78,6 +78,8 @@ func TestWarmExcludesYoungInstancesAndHalvesPartitionThem(t *testing.T) {
 			var wantWarm float64
 			var wantHalf [2]float64
 			var wantHalfInst [2]int
+			var wantBucket [proto.NumBuckets]float64
+			var wantBucketInst [proto.NumBuckets]int
 			for i := 0; i <= young; i++ {
 				if i == young && !youngWarm {
 					continue
@@ -85,6 +87,19 @@ func TestWarmExcludesYoungInstancesAndHalvesPartitionThem(t *testing.T) {
 				wantWarm += float64(uint(1) << i)
 				wantHalf[half[i]] += float64(uint(1) << i)
 				wantHalfInst[half[i]]++
+				wantBucket[proto.BucketOf(instanceID(i))] += float64(uint(1) << i)
+				wantBucketInst[proto.BucketOf(instanceID(i))]++
+			}
+			if len(w.Buckets) != proto.NumBuckets || !slices.Equal(w.BucketInstances, wantBucketInst[:]) {
+				t.Errorf("window %d: got %d buckets with instances %v; want %d with %v", k, len(w.Buckets), w.BucketInstances, proto.NumBuckets, wantBucketInst)
+			}
+			for b := range min(len(w.Buckets), proto.NumBuckets) {
+				if v := valueIn(w.Buckets[b], proto.SeriesRequests); v != wantBucket[b] {
+					t.Errorf("window %d: bucket %d requests got %v; want %v (instances by BucketOf)", k, b, v, wantBucket[b])
+				}
+				if n := histCount(w.Buckets[b]); n != uint64(wantBucketInst[b]) {
+					t.Errorf("window %d: bucket %d latency count got %d; want %d", k, b, n, wantBucketInst[b])
+				}
 			}
 			all := float64(uint(1)<<(young+1) - 1)
 			if v := valueIn(w.Series, proto.SeriesRequests); v != all {
