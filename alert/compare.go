@@ -19,11 +19,18 @@ const minRefCount = 50
 const passCheckEvery = 4
 
 // burstBlockMs is the block of time whose evidence each alternative of a count test's
-// e-process counts at most burstLogCap of (EProcess.UpdateBlock): a burst of errors on one
-// instance for a second or two adds at most 2·burstLogCap, whereas a regression keeps adding.
+// e-process counts at most burstLogCap of (EProcess.UpdateBlock), above the larger of where
+// the alternative stood before the block and 0. The cap bounds the rate at which evidence can
+// grow to burstLogCap per second: a burst of errors on one instance for 2 s touches at most
+// three blocks and lifts the evidence by at most 3·burstLogCap = 4.2, short of a rollback
+// (ln(1/(0.7·α)) = 4.96 for the average, ln(1/(0.7·α·0.5)) = 5.66 for the errors test alone
+// at its weight), whereas a regression keeps adding and reaches the threshold four or five
+// blocks after its onset however strong it is, and however long a healthy stretch before it
+// piled up evidence against it. One-second blocks leave a moderate effect's noisy block
+// evidence (a few events a second) mostly below the cap; shorter blocks would cut it.
 const (
-	burstBlockMs = 2000
-	burstLogCap  = 2.3 // ln 10
+	burstBlockMs = 1000
+	burstLogCap  = 1.4
 )
 
 // record is what a comparison keeps of one group's window until the partner window arrives.
@@ -118,6 +125,11 @@ type comparison struct {
 	life    lifecycle // watch and live evidence (lifecycle.go, live.go)
 	// disp is the baseline's measured dispersion the tests were built from, or nil.
 	disp *dispersion
+	// latencyCold is set unless the baseline's young instances are known to be as fast as its
+	// warm ones: the canary then gets the fixed cold start and latency is compared young with
+	// young, warm with warm; otherwise whole. errorsCold likewise unless they are known to err
+	// no more (dispersion.go, "Learning the cold start").
+	latencyCold, errorsCold bool
 
 	edges *edgeComparison // outbound edges (edges.go); nil until a window is paired
 }
@@ -183,6 +195,14 @@ func (c *comparison) freeze(ref *proto.Histogram) bool {
 func (c *comparison) initTests(disp *dispersion) {
 	c.disp = disp // a watch after a pass restarts the tests from it (lifecycle.go)
 	s := c.set
+	c.latencyCold, c.errorsCold = true, true
+	if disp != nil {
+		edges := make([]int, len(c.thresholds))
+		for i, th := range c.thresholds {
+			edges[i] = th.bucket
+		}
+		c.latencyCold, c.errorsCold = disp.coldStart(edges)
+	}
 	w := s.weights
 	lat := w.Latency
 	if len(c.thresholds) == 0 {
@@ -231,7 +251,11 @@ func (c *comparison) initTests(disp *dispersion) {
 			}
 		}
 		t.ep.init(t.psi0)
-		t.ep.SetBlockCap(burstLogCap)
+		if !t.latency {
+			// Bursts are of errors (retry storms); a latency test's evidence is not bounded
+			// per block, so a strong latency regression is caught within a second or two.
+			t.ep.SetBlockCap(burstLogCap)
+		}
 		t.logW = math.Log(t.weight)
 		if t.name == "errors" || c.psi0 == 0 {
 			c.psi0 = t.psi0
@@ -271,15 +295,26 @@ func (c *comparison) release(r *record) {
 }
 
 // fill sets r from a window's extracted values: x of every instance, tx of the warm ones
-// (x itself when the window carries no warm split). cold puts the whole latency of the
-// window with the young instances (a canary in its cold start).
+// (x itself when the window carries no warm split). Errors and latency are compared whole (x)
+// when the baseline's young instances are known to be like its warm ones (errorsCold,
+// latencyCold unset); a split signal puts the warm instances' counts in
+// the warm stratum and the rest in the young one. cold puts the whole latency of the window
+// with the young instances (a canary in its cold start).
 func (c *comparison) fill(r *record, w *proto.Window, x, tx *extract, cold bool) {
 	r.startMs, r.endMs = w.StartMs, w.EndMs
-	r.n, r.e = tx.requests, tx.errors
-	r.yn, r.ye = 0, 0
 	split := tx != x
-	if split {
+	ex := x
+	if c.errorsCold {
+		ex = tx
+	}
+	r.n, r.e = ex.requests, ex.errors
+	r.yn, r.ye = 0, 0
+	if split && c.errorsCold {
 		r.yn, r.ye = max(x.requests-tx.requests, 0), max(x.errors-tx.errors, 0)
+	}
+	lx := x
+	if c.latencyCold {
+		lx = tx
 	}
 	r.hn, r.yhn, r.hasHist = 0, 0, false
 	clear(r.slow[:])
@@ -292,17 +327,17 @@ func (c *comparison) fill(r *record, w *proto.Window, x, tx *extract, cold bool)
 				r.yslow[j] = float64(x.latency.CountAtOrAbove(th.bucket))
 			}
 		}
-	case tx.hasLatency:
-		r.hn = float64(tx.latency.Count)
+	case lx.hasLatency:
+		r.hn = float64(lx.latency.Count)
 		for j, th := range c.thresholds {
-			r.slow[j] = float64(tx.latency.CountAtOrAbove(th.bucket))
+			r.slow[j] = float64(lx.latency.CountAtOrAbove(th.bucket))
 		}
 		if c.dkw != nil {
-			r.hist.CopyFrom(&tx.latency)
+			r.hist.CopyFrom(&lx.latency)
 			r.hasHist = true
 		}
 	}
-	if split && !cold && x.hasLatency {
+	if lx != x && !cold && x.hasLatency {
 		r.yhn = max(float64(x.latency.Count)-r.hn, 0)
 		for j, th := range c.thresholds {
 			r.yslow[j] = max(float64(x.latency.CountAtOrAbove(th.bucket))-r.slow[j], 0)

@@ -381,7 +381,7 @@ func (d *Detector) AddWindow(w *proto.Window) {
 	d.inboundWindowLocked(w) // a callee's errors by caller group (edges.go)
 	if c := s.comps[w.Version]; c == nil || c.final {
 		// A canary being judged is no baseline: its buckets can wait.
-		g.disp.observe(w, sig, &d.xb)
+		g.disp.observe(w, sig, &d.xb, x, tx)
 	}
 	if s.comps[w.Version] == nil {
 		d.inferLocked(s, g, w.StartMs)
@@ -609,7 +609,7 @@ func (d *Detector) pairLocked(c *comparison, w *proto.Window, x, tx *extract, is
 	c.life.live.add(isBaseline, w, x, !c.frozen || len(c.thresholds) > 0)
 	c.edgeWindow(w, isBaseline, d.services[c.service].choice.Definition()) // outbound edges (edges.go)
 	// A canary in its cold start compares its latency with the baseline's young instances only.
-	cold := !isBaseline && w.StartMs < c.firstCanaryMs+c.set.coldStart.Milliseconds()
+	cold := !isBaseline && c.latencyCold && w.StartMs < c.firstCanaryMs+c.set.coldStart.Milliseconds()
 	mine, other := &c.pendB, &c.pendA
 	if isBaseline {
 		mine, other = &c.pendA, &c.pendB

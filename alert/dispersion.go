@@ -57,17 +57,34 @@ type bucketStats struct {
 	instSum float64 // Σ instances over the span's windows
 }
 
-// dispersion holds a group's bucket statistics: cur since curStartMs, prev the span before.
-// The Detector's mutex guards it.
+// dispersion holds a group's bucket statistics and its young-versus-warm statistics: cur
+// since curStartMs, prev the span before. The Detector's mutex guards it.
 type dispersion struct {
 	cur, prev         [proto.NumBuckets]bucketStats
 	curWins, prevWins float64
 	curStartMs        int64
+	coldCur, coldPrev coldStats
 }
 
-// observe adds a window's buckets (read with the service's signals sig into x).
-func (d *dispersion) observe(w *proto.Window, sig *signals.Definition, x *extract) {
-	if len(w.Buckets) == 0 {
+// coldStats are a span's sums of a group's windows that carry a warm split: of every
+// instance and of the warm ones (the young ones are the difference).
+type coldStats struct {
+	an, ae, wn, we float64 // requests and errors: every instance, warm instances
+	all, warm      proto.Histogram
+}
+
+func (s *coldStats) reset() {
+	s.an, s.ae, s.wn, s.we = 0, 0, 0, 0
+	s.all.Reset()
+	s.warm.Reset()
+}
+
+// observe adds a window's buckets (read with the service's signals sig into xb) and, when
+// the window carries a warm split (tx is not x), its young and warm sums (x every
+// instance, tx the warm ones).
+func (d *dispersion) observe(w *proto.Window, sig *signals.Definition, xb, x, tx *extract) {
+	split := tx != x
+	if len(w.Buckets) == 0 && !split {
 		return
 	}
 	if w.StartMs-d.curStartMs >= dispersionSpanMs {
@@ -78,10 +95,29 @@ func (d *dispersion) observe(w *proto.Window, sig *signals.Definition, x *extrac
 			b.hist.Reset()
 		}
 		d.prevWins, d.curWins = d.curWins, 0
+		d.coldPrev, d.coldCur = d.coldCur, d.coldPrev
+		d.coldCur.reset()
 		d.curStartMs = w.StartMs
+	}
+	if split {
+		c := &d.coldCur
+		c.an += x.requests
+		c.ae += x.errors
+		c.wn += tx.requests
+		c.we += tx.errors
+		if x.hasLatency {
+			c.all.Merge(&x.latency)
+		}
+		if tx.hasLatency {
+			c.warm.Merge(&tx.latency)
+		}
+	}
+	if len(w.Buckets) == 0 {
+		return
 	}
 	d.curWins++
 	for i := range min(len(w.Buckets), proto.NumBuckets) {
+		x := xb
 		x.read(sig, w.Buckets[i])
 		b := &d.cur[i]
 		b.n += x.requests
@@ -91,6 +127,58 @@ func (d *dispersion) observe(w *proto.Window, sig *signals.Definition, x *extrac
 			b.hist.Merge(&x.latency)
 		}
 	}
+}
+
+// Learning the cold start. The rollup leaves each instance's first seconds (its warm-up) out
+// of Warm, so a baseline whose instances come and go shows how its young instances compare
+// with its warm ones. Over the dispersion span (15–30 minutes) herd counts the young
+// instances' requests above each latency threshold and their errors, and compares them with
+// the warm instances': a young share above a threshold within coldTolerance of the warm
+// one (its 2-sigma upper bound, with at least minColdCount young observations) at every
+// threshold means the service has no latency cold start to wait out, and the canary's
+// latency is compared whole from its first window (young and warm instances together, on
+// both sides). Otherwise — young instances slower, or too few of them to tell — the canary
+// is given the fixed cold start (-detect.cold-start, policy cold_start), during which its
+// latency is compared with the baseline's young instances only. Errors likewise: compared
+// whole when the baseline's young instances are known to err no more than its warm ones,
+// otherwise young with young and warm with warm (a canary's errors while its instances warm
+// up count only against the baseline's young instances, if any).
+
+// coldTolerance is the ratio of a young instance's event rate to a warm one's below which
+// young instances count as warm.
+const coldTolerance = 1.3
+
+// minColdCount is the least number of young latency observations or requests to learn from.
+const minColdCount = 1000
+
+// coldStart reports what the group's young instances tell about its cold start at the
+// latency thresholds (bucket indices edges): latencyCold is false only when they are known
+// to be as fast as the warm ones, errorsCold only when they are known to err no more.
+func (d *dispersion) coldStart(edges []int) (latencyCold, errorsCold bool) {
+	var all, warm proto.Histogram
+	all.CopyFrom(&d.coldCur.all)
+	all.Merge(&d.coldPrev.all)
+	warm.CopyFrom(&d.coldCur.warm)
+	warm.Merge(&d.coldPrev.warm)
+	latencyCold = true
+	if yc, wc := float64(all.Count)-float64(warm.Count), float64(warm.Count); yc >= minColdCount && wc >= minColdCount && len(edges) > 0 {
+		latencyCold = false
+		for _, b := range edges {
+			we := float64(warm.CountAtOrAbove(b))
+			ye := max(float64(all.CountAtOrAbove(b))-we, 0)
+			if (ye+2*math.Sqrt(ye)+2)/yc > coldTolerance*we/wc {
+				latencyCold = true
+				break
+			}
+		}
+	}
+	an, ae := d.coldCur.an+d.coldPrev.an, d.coldCur.ae+d.coldPrev.ae
+	wn, we := d.coldCur.wn+d.coldPrev.wn, d.coldCur.we+d.coldPrev.we
+	errorsCold = true
+	if yn, ye := an-wn, max(ae-we, 0); yn >= minColdCount && wn >= minColdCount && we > 0 {
+		errorsCold = (ye+2*math.Sqrt(ye)+2)/yn > coldTolerance*we/wn
+	}
+	return latencyCold, errorsCold
 }
 
 // bucketCount is one bucket's data for an estimate.

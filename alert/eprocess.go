@@ -46,10 +46,16 @@ const maxLogE = 700
 // Bounded evidence per block (UpdateBlock). A burst of errors on one instance for a second
 // or two must not look like a regression of the version. With a cap C > 1, the windows are
 // grouped in blocks (of time) and the likelihood ratio each alternative gathers within one
-// block counts at most C: the factor of block b is min(Π_{k∈b} LR_k(ψ_j), C). Inside a block
-// min(martingale, C) is a supermartingale (the minimum of a martingale and a constant), and
-// the product over blocks of such factors is one too, so Ville's bound still holds: the cap
-// only ever lowers E_t. A burst that spans at most two blocks adds at most 2·ln C.
+// block may lift its running product to at most C times the larger of the product before the
+// block and 1: the factor of block b is min(Π_{k∈b} LR_k(ψ_j), C_b) with
+// C_b = C/min(P_{b−1}, 1) fixed before the block (P_{b−1} the product over the blocks before).
+// Inside a block min(martingale, constant) is a supermartingale, and the product over blocks
+// of such factors is one too, so Ville's bound still holds: the cap only ever lowers E_t. A
+// burst that spans at most b blocks lifts every alternative to at most C^b times the larger
+// of where it stood and 1. The evidence a regression gathers is bounded per block the same
+// way, but the evidence against it that a long healthy stretch piled up (at high traffic
+// tens of nats before the onset of a regression) is won back in the first block, so a
+// regression is caught as fast after its onset as at the start.
 //
 // An EProcess is not safe for concurrent use.
 type EProcess struct {
@@ -66,8 +72,8 @@ type EProcess struct {
 // capEvents canary events more than expected would give it (capEvents·ln(ψ_j/ψ0)): a
 // regression within a few per cent of ψ0 never gathers more in one block, whereas a burst
 // would hand the alternatives next to ψ0 evidence that the windows after it hardly take
-// back.
-const capEvents = 8
+// back. It is per block of the comparison's (1 s).
+const capEvents = 4
 
 // NewEProcess returns an e-process with margin psi0 ≥ 1 (1 means "no worse than baseline").
 func NewEProcess(psi0 float64) *EProcess {
@@ -124,7 +130,7 @@ func (p *EProcess) UpdateBlock(id int64, nA, nB, eA, eB float64) {
 	}
 	if id != p.blockID {
 		for j := range p.block {
-			p.sums[j] += min(p.block[j], p.logCap[j])
+			p.sums[j] += p.capped(j)
 			p.block[j] = 0
 		}
 		p.blockID = id
@@ -137,11 +143,17 @@ func (p *EProcess) UpdateBlock(id int64, nA, nB, eA, eB float64) {
 	}
 }
 
+// capped returns the open block's log evidence of alternative j as it counts: at most its
+// cap above the larger of the closed blocks' sum and 0 (see EProcess).
+func (p *EProcess) capped(j int) float64 {
+	return min(p.block[j], p.logCap[j]-min(p.sums[j], 0))
+}
+
 // LogE returns ln E_t.
 func (p *EProcess) LogE() float64 {
 	var terms [len(grid)]float64
 	for j := range terms {
-		terms[j] = logGridWeights[j] + p.sums[j] + min(p.block[j], p.logCap[j])
+		terms[j] = logGridWeights[j] + p.sums[j] + p.capped(j)
 	}
 	return min(logSumExp(terms[:]), maxLogE)
 }

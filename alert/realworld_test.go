@@ -232,3 +232,101 @@ func TestDetectorComparesYoungWithYoung(t *testing.T) {
 			v.State, v.Evidence.Decisive, v.Sentence)
 	}
 }
+
+// TestEProcessBlockCapWinsBackAHealthyStretch: the evidence against a regression that a
+// healthy stretch at high traffic piled up is won back at the windows' own rate, as without
+// a cap, and only the evidence above it is bounded per block: a strong regression after a
+// healthy stretch is caught at most ⌈(th+ln(1/w_min))/ln C⌉ + 2 blocks after an uncapped e-process would
+// have climbed out of the stretch's deficit. A burst after the same stretch still adds at
+// most its blocks' caps.
+func TestEProcessBlockCapWinsBackAHealthyStretch(t *testing.T) {
+	t.Parallel()
+	healthy := func(capped bool) (*EProcess, int64) {
+		p := NewEProcess(1.3)
+		if capped {
+			p.SetBlockCap(burstLogCap)
+		}
+		// 30 s at 5,000 rps, 40 % canary, 1 % errors in both.
+		var b int64
+		for ; b < 30; b++ {
+			p.UpdateBlock(b, 3000, 2000, 30, 20)
+		}
+		return p, b
+	}
+	th := math.Log(1 / (alphaTests * 0.01 * 0.5)) // the errors test at its default weight
+	// blocksTo returns how many blocks of errors ×3 take p from b to ln E ≥ level.
+	blocksTo := func(p *EProcess, b int64, level float64) int {
+		n := 0
+		for p.LogE() < level && n < 100 {
+			p.UpdateBlock(b, 3000, 2000, 30, 60)
+			b++
+			n++
+		}
+		return n
+	}
+	u, b := healthy(false)
+	if got := u.LogE(); got > -8 {
+		t.Fatalf("after a healthy stretch: got ln E %.2f; want well below 0", got)
+	}
+	climb := blocksTo(u, b, 0)
+	p, b := healthy(true)
+	blocks := blocksTo(p, b, th)
+	// Once out of the deficit each block adds at most ln C to every alternative; one
+	// alternative's grid weight costs up to ln(1/0.08), and the block in which it climbs out
+	// counts partly.
+	if want := climb + int(math.Ceil((th-math.Log(0.08))/burstLogCap)) + 2; blocks > want {
+		t.Fatalf("errors ×3 after 30 healthy blocks: reached ln E %.2f after %d blocks; want ≤ %d (uncapped: out of the deficit after %d)",
+			p.LogE(), blocks, want, climb)
+	}
+	q, b := healthy(true)
+	for range 3 { // a 2 s burst touches at most three 1 s blocks
+		q.UpdateBlock(b, 3000, 2000, 30, 400)
+		b++
+	}
+	q.UpdateBlock(b, 3000, 2000, 30, 20)
+	if got := q.LogE(); got > 3*burstLogCap || got >= th {
+		t.Fatalf("a 2 s burst after a healthy stretch: got ln E %.2f; want ≤ %.2f, below the threshold %.2f", got, 3*burstLogCap, th)
+	}
+}
+
+// learningFleet runs a baseline of 10 warm instances and 2 young ones (it churns) whose
+// latency is youngScale times the warm ones', then a canary of 2 instances 2× slower than
+// the baseline for good; it returns the fleet after 20 s of canary.
+func learningFleet(t *testing.T, youngScale float64) *splitFleet {
+	t.Helper()
+	f := newSplitFleet(t, testConfig())
+	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
+	f.a.warming.Means[traffic.Normal] = f.bins.Means(traffic.LatencyModel{Median: 0.05, Sigma: 0.5, Scale: youngScale}, 200, nil)
+	f.a.warmingInst = 2
+	f.b = f.group("v2", 20, 0.005, [2]int{0, 0})
+	for _, g := range []*traffic.WindowGroup{f.b.half[0], f.b.half[1], f.b.warming} {
+		g.Means[traffic.Normal] = f.bins.Means(traffic.LatencyModel{Median: 0.05, Sigma: 0.5, Scale: 2}, 20, nil)
+	}
+	f.b.warmingInst = 2
+	f.step(4*40, false)
+	f.announce()
+	f.step(4*5, true)
+	f.b.warmingInst, f.b.inst = 0, [2]int{1, 1}
+	f.step(4*15, true)
+	return f
+}
+
+// TestDetectorLearnsTheColdStart: when the baseline's young instances are as fast as its
+// warm ones the service has no cold start to wait out, and a canary slower from its first
+// window is rolled back within seconds; when they are slower, the fixed cold start applies
+// and the same canary is not judged on latency in its first 30 s.
+func TestDetectorLearnsTheColdStart(t *testing.T) {
+	t.Parallel()
+	f := learningFleet(t, 1)
+	v := f.last()
+	if dec := v.Evidence.Decisive; v.State != proto.StateRollback || dec != "dkw" && !strings.HasPrefix(dec, "latency_") {
+		t.Fatalf("no cold start in the baseline, canary 2× slower: got %s by %q (%s); want a rollback by latency", v.State, dec, v.Sentence)
+	}
+	if v.UnixMs > v.StartedMs+10_000 {
+		t.Fatalf("no cold start in the baseline: decided %d ms after the canary started; want within 10 s", v.UnixMs-v.StartedMs)
+	}
+	g := learningFleet(t, 2)
+	if got := g.states(); len(got) != 1 || got[0] != proto.StatePending {
+		t.Fatalf("the baseline's young instances 2× slower, canary 2× slower for 20 s: got verdicts %v (%s); want [pending] (cold start)", got, g.last().Sentence)
+	}
+}

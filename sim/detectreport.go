@@ -39,6 +39,12 @@ type DetectResult struct {
 	// in which it decided.
 	OracleMedianSeconds float64 `json:"oracle_median_s,omitempty"`
 	OracleDecided       int     `json:"oracle_decided,omitempty"`
+	// OracleMarginMedianSeconds is the median time of the same oracle tested against the
+	// margin ψ0 the comparison held (its effect's test's margin) instead of "no worse",
+	// over the OracleMarginDecided trials in which it decided: what a method that knew the
+	// effect but had to hold herd's margin would need.
+	OracleMarginMedianSeconds float64 `json:"oracle_margin_median_s,omitempty"`
+	OracleMarginDecided       int     `json:"oracle_margin_decided,omitempty"`
 }
 
 // DetectReport is the result of BenchDetect.
@@ -66,7 +72,7 @@ func (r *DetectReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "herd bench detect%s: α=%g, %g rps, %s trials of %s, window %s, warm-up %s, baseline errors %.1f %%, seed %d (%s)\n",
 		suite, r.Alpha, r.RPS, fmt.Sprint(r.Trials), r.Duration, r.Window, r.Warmup, 100*r.BaseErrorRatio, r.Seed, r.Elapsed)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tcanary\tψ0\trollbacks\trate\t(95 % ≤)\tmedian s\tp90 s\tpasses\tpass median s\toracle median s\tdecided by\t")
+	fmt.Fprintln(tw, "scenario\tcanary\tψ0\trollbacks\trate\t(95 % ≤)\tmedian s\tp90 s\tpasses\tpass median s\toracle median s\toracle@ψ0 median s\tdecided by\t")
 	secs := func(n int, v float64) string {
 		if n == 0 {
 			return "-"
@@ -83,10 +89,11 @@ func (r *DetectReport) WriteTable(w io.Writer) error {
 			dec = append(dec, fmt.Sprintf("%s:%d", k, v))
 		}
 		slices.Sort(dec)
-		fmt.Fprintf(tw, "%s\t%.3g %%\t%s\t%d/%d\t%.2f %%\t%.2f %%\t%s\t%s\t%d\t%s\t%s\t%s\t\n",
+		fmt.Fprintf(tw, "%s\t%.3g %%\t%s\t%d/%d\t%.2f %%\t%.2f %%\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t\n",
 			res.Scenario, 100*res.Share, margin, res.Rollbacks, res.Trials, 100*res.RollbackRate,
 			100*res.RollbackRateUpper95, secs(res.Rollbacks, res.MedianSeconds), secs(res.Rollbacks, res.P90Seconds),
-			res.Passes, secs(res.Passes, res.PassMedianSeconds), secs(res.OracleDecided, res.OracleMedianSeconds), strings.Join(dec, " "))
+			res.Passes, secs(res.Passes, res.PassMedianSeconds), secs(res.OracleDecided, res.OracleMedianSeconds),
+			secs(res.OracleMarginDecided, res.OracleMarginMedianSeconds), strings.Join(dec, " "))
 	}
 	return tw.Flush()
 }

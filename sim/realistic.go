@@ -29,7 +29,7 @@ import (
 var RealisticScenarios = []string{
 	"null-cold-2x", "null-cold-1.3x", "null-low-traffic", "null-err-spread-0.5", "null-err-spread-0.5-k2",
 	"null-err-spread-0.3", "null-lat-spread-0.05", "null-retry-storms", "null-ramp-x3", "null-endpoint-mix",
-	"errors-x3-5%", "errors-x2-10%", "latency-tail-5%",
+	"errors-x3-5%", "errors-x2-10%", "latency-tail-5%", "errors-x3-5%-churn", "latency-tail-5%-churn",
 }
 
 // realScenario describes one fleet condition.
@@ -83,6 +83,10 @@ func realScenarioByName(name string) (realScenario, bool) {
 		s.regression, s.kA, s.kB, s.errFactor = true, 18, 2, 2
 	case "latency-tail-5%":
 		s.regression, s.kA, s.tailFrac, s.tailShift = true, 19, 0.05, 0.3
+	case "errors-x3-5%-churn": // as errors-x3-5% in an ephemeral fleet (baseline instances restart)
+		s.regression, s.kA, s.errFactor, s.churn = true, 19, 3, true
+	case "latency-tail-5%-churn":
+		s.regression, s.kA, s.tailFrac, s.tailShift, s.churn = true, 19, 0.05, 0.3, true
 	default:
 		return s, false
 	}
@@ -185,6 +189,8 @@ func BenchRealistic(cfg RealisticConfig) (*DetectReport, error) {
 type realTrial struct {
 	trialResult
 	oracle float64 // seconds to the oracle's decision; < 0: none
+	// oracleMargin is the same against the comparison's margin ψ0; < 0: none.
+	oracleMargin float64
 }
 
 func runRealScenario(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, sc realScenario) (DetectResult, error) {
@@ -206,7 +212,7 @@ func runRealScenario(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, s
 	wg.Wait()
 	share := float64(sc.kB) / float64(sc.kA+sc.kB)
 	res := DetectResult{Scenario: sc.name, Share: share, Regression: sc.regression, Trials: cfg.Trials, Decisive: map[string]int{}}
-	var times, passTimes, oracle []float64
+	var times, passTimes, oracle, oracleMargin []float64
 	for _, r := range results {
 		if r.err != nil {
 			return res, r.err
@@ -226,6 +232,9 @@ func runRealScenario(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, s
 		if r.oracle >= 0 && sc.regression {
 			oracle = append(oracle, r.oracle)
 		}
+		if r.oracleMargin >= 0 && sc.regression {
+			oracleMargin = append(oracleMargin, r.oracleMargin)
+		}
 	}
 	res.RollbackRate = float64(res.Rollbacks) / float64(res.Trials)
 	res.RollbackRateUpper95 = wilsonUpper(res.Rollbacks, res.Trials, 1.96)
@@ -243,6 +252,11 @@ func runRealScenario(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, s
 		sort.Float64s(oracle)
 		res.OracleMedianSeconds = quantileOf(oracle, 0.5)
 		res.OracleDecided = len(oracle)
+	}
+	if len(oracleMargin) > 0 {
+		sort.Float64s(oracleMargin)
+		res.OracleMarginMedianSeconds = quantileOf(oracleMargin, 0.5)
+		res.OracleMarginDecided = len(oracleMargin)
 	}
 	return res, nil
 }
@@ -311,25 +325,18 @@ func (g *realGroup) fill(r *rand.Rand, t0ms int64, startSec, width, load float64
 		if age <= width {
 			started++
 		}
-		young := age < realRollupWarmupSecs
 		bucket := in.bucket
 		if g.coarse {
 			bucket -= bucket % (proto.NumBuckets / 2) // halves only
 		}
-		p := 2 * bucket
-		if young {
-			p++
-		} else {
+		// As the rollup merges an agent's 250 ms batches: the instance's traffic while it was
+		// younger than the rollup's warm-up goes to its young partition, the rest to its warm
+		// one (each drawn cold or not at its middle's age).
+		from := max(startSec, in.startSec)
+		warmAt := in.startSec + realRollupWarmupSecs
+		if age >= realRollupWarmupSecs {
 			warm++
 			bucketInst[in.bucket]++
-		}
-		rate := g.perInstRPS * width * load
-		probs := in.normal
-		if in.cold != nil && age < sc.coldSecs {
-			probs = in.cold
-		}
-		for j, q := range probs {
-			g.means[p][j] += rate * q
 		}
 		er := in.errRate
 		if sc.bursts {
@@ -340,7 +347,24 @@ func (g *realGroup) fill(r *rand.Rand, t0ms int64, startSec, width, load float64
 				er = in.burstErr
 			}
 		}
-		g.errs[p] += rate * min(er, 1)
+		for _, seg := range [2][2]float64{{from, min(warmAt, startSec+width)}, {max(from, warmAt), startSec + width}} {
+			if seg[1] <= seg[0] {
+				continue
+			}
+			p := 2 * bucket
+			if seg[0] < warmAt {
+				p++ // young
+			}
+			rate := g.perInstRPS * (seg[1] - seg[0]) * load
+			probs := in.normal
+			if in.cold != nil && (seg[0]+seg[1])/2-in.startSec < sc.coldSecs {
+				probs = in.cold
+			}
+			for j, q := range probs {
+				g.means[p][j] += rate * q
+			}
+			g.errs[p] += rate * min(er, 1)
+		}
 	}
 	for p := range g.means {
 		g.n[p], g.e[p] = 0, 0
@@ -584,7 +608,6 @@ func runRealTrial(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, sc r
 		oraclePsi = (1 - tail.CDF(edge)) / (1 - base.CDF(edge))
 	}
 	oracle := -1.0
-
 	var last proto.Verdict
 	det, err := alert.NewWithPolicy(dc, nil, nil, func(v proto.Verdict) { last = v }, nil)
 	if err != nil {
@@ -597,6 +620,29 @@ func runRealTrial(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, sc r
 	}
 	ga.coarse = true
 	canaryStartMs := t0 + canarySec*1000
+	// The oracle against the comparison's margin ψ0 replays the windows' counts once the
+	// live evidence tells ψ0, then follows them.
+	type counts struct {
+		nA, nB, eA, eB float64
+		endMs          int64
+	}
+	var seen []counts
+	oracleMargin, marginLLR, psiM := -1.0, 0.0, 0.0
+	marginTest := "errors"
+	if oracleLatency {
+		marginTest = "latency_p99"
+	}
+	marginStep := func(c counts) {
+		if oracleMargin >= 0 || psiM >= oraclePsi || !(c.nA > 0 && c.nB > 0 && c.eA+c.eB > 0) {
+			return
+		}
+		pi := c.nB / (c.nA + c.nB)
+		marginLLR += c.eB*math.Log(oraclePsi/psiM) - (c.eA+c.eB)*(math.Log1p(pi*(oraclePsi-1))-math.Log1p(pi*(psiM-1)))
+		if marginLLR >= math.Log(1/dc.Alpha) {
+			oracleMargin = float64(c.endMs-canaryStartMs) / 1000
+		}
+	}
+
 	_ = det.Announce(proto.Deployment{Service: benchService, Baseline: "v1", Canary: "v2", UnixMs: canaryStartMs})
 	const width = 0.25
 	windows := int(cfg.Duration.Seconds() / width)
@@ -607,10 +653,16 @@ func runRealTrial(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, sc r
 		wa := ga.fill(r, t0, t, width, load(t), &sc)
 		det.AddWindow(wa)
 		wb := gb.fill(r, t0, t, width, load(t), &sc)
-		if oraclePsi > 1 && oracle < 0 {
+		if oraclePsi > 1 {
 			nA, eA := oracleCounts(wa, oracleLatency, oracleBucket)
 			nB, eB := oracleCounts(wb, oracleLatency, oracleBucket)
-			if nA > 0 && nB > 0 && eA+eB > 0 {
+			c := counts{nA, nB, eA, eB, wb.EndMs}
+			if psiM == 0 {
+				seen = append(seen, c)
+			} else {
+				marginStep(c)
+			}
+			if oracle < 0 && nA > 0 && nB > 0 && eA+eB > 0 {
 				pi := nB / (nA + nB)
 				oracleLLR += eB*math.Log(oraclePsi) - (eA+eB)*math.Log1p(pi*(oraclePsi-1))
 				if oracleLLR >= lnTh {
@@ -619,12 +671,25 @@ func runRealTrial(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, sc r
 			}
 		}
 		det.AddWindow(wb)
+		if psiM == 0 && oraclePsi > 1 {
+			for _, te := range last.Evidence.Tests {
+				if te.Name == marginTest && te.Margin > 0 {
+					psiM = te.Margin
+				}
+			}
+			if psiM > 0 {
+				for _, c := range seen {
+					marginStep(c)
+				}
+				seen = nil
+			}
+		}
 		final := last.State == proto.StatePass || last.State == proto.StateRollback
-		if final && (oraclePsi <= 1 || oracle >= 0) {
+		if final && (oraclePsi <= 1 || oracle >= 0 && (oracleMargin >= 0 || psiM >= oraclePsi)) {
 			break
 		}
 	}
-	tr := realTrial{oracle: oracle, trialResult: trialResult{state: last.State, decisive: last.Evidence.Decisive,
+	tr := realTrial{oracle: oracle, oracleMargin: oracleMargin, trialResult: trialResult{state: last.State, decisive: last.Evidence.Decisive,
 		seconds: float64(last.UnixMs-canaryStartMs) / 1000, margin: last.Evidence.Margin}}
 	if tr.state != proto.StatePass && tr.state != proto.StateRollback {
 		det.Tick(time.UnixMilli(canaryStartMs).Add(dc.MaxDuration + time.Millisecond))
