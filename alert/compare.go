@@ -18,19 +18,17 @@ const minRefCount = 50
 // confidence-sequence evaluation per test).
 const passCheckEvery = 4
 
-// burstBlockMs is the block of time whose evidence each alternative of a count test's
-// e-process counts at most burstLogCap of (EProcess.UpdateBlock), above the larger of where
-// the alternative stood before the block and 0. The cap bounds the rate at which evidence can
-// grow to burstLogCap per second: a burst of errors on one instance for 2 s touches at most
-// three blocks and lifts the evidence by at most 3·burstLogCap = 4.2, short of a rollback
-// (ln(1/(0.7·α)) = 4.96 for the average, ln(1/(0.7·α·0.5)) = 5.66 for the errors test alone
-// at its weight), whereas a regression keeps adding and reaches the threshold four or five
-// blocks after its onset however strong it is, and however long a healthy stretch before it
-// piled up evidence against it. One-second blocks leave a moderate effect's noisy block
-// evidence (a few events a second) mostly below the cap; shorter blocks would cut it.
+// burstBlockMs is the block of time by which the errors test's e-process bounds its
+// evidence (EProcess.UpdateBlock): each alternative's allowance to rise grows by burstLogCap
+// a block, up to capBlocks (2) blocks' worth. A burst of errors on one instance for 2 s
+// touches at most three blocks and lifts the evidence by at most (2+2)·burstLogCap = 4.2,
+// short of a rollback by the errors test at its default weight (ln(1/(0.7·α·0.5)) = 5.66),
+// whereas a regression keeps adding and reaches the threshold within five blocks of its onset
+// however strong it is, and however long a healthy stretch before it piled up evidence
+// against it.
 const (
 	burstBlockMs = 1000
-	burstLogCap  = 1.4
+	burstLogCap  = 1.05
 )
 
 // record is what a comparison keeps of one group's window until the partner window arrives.

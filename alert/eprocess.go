@@ -44,18 +44,20 @@ const maxLogE = 700
 // E_0 = 1, so by Ville's inequality P(∃t: E_t ≥ 1/α) ≤ α.
 //
 // Bounded evidence per block (UpdateBlock). A burst of errors on one instance for a second
-// or two must not look like a regression of the version. With a cap C > 1, the windows are
-// grouped in blocks (of time) and the likelihood ratio each alternative gathers within one
-// block may lift its running product to at most C times the larger of the product before the
-// block and 1: the factor of block b is min(Π_{k∈b} LR_k(ψ_j), C_b) with
-// C_b = C/min(P_{b−1}, 1) fixed before the block (P_{b−1} the product over the blocks before).
-// Inside a block min(martingale, constant) is a supermartingale, and the product over blocks
-// of such factors is one too, so Ville's bound still holds: the cap only ever lowers E_t. A
-// burst that spans at most b blocks lifts every alternative to at most C^b times the larger
-// of where it stood and 1. The evidence a regression gathers is bounded per block the same
-// way, but the evidence against it that a long healthy stretch piled up (at high traffic
-// tens of nats before the onset of a regression) is won back in the first block, so a
-// regression is caught as fast after its onset as at the start.
+// or two must not look like a regression of the version. The windows are grouped in blocks
+// (of time), and within a block the likelihood ratio each alternative gathers may lift its
+// running product at most by its allowance a_b above the larger of the product before the
+// block and 1: the factor of block b is min(Π_{k∈b} LR_k(ψ_j), e^{a_b}/min(P_{b−1}, 1)), P_{b−1}
+// the product over the blocks before. The allowance works like a token bucket: it grows by
+// ln C every block (C the cap, SetBlockCap) up to capBlocks·ln C, and what a block lifted the
+// product above max(P, 1) is taken off it. The allowance and P_{b−1} are fixed before block b
+// (predictable), and inside a block min(martingale, constant) is a supermartingale, so the
+// product over blocks of such factors is one too and Ville's bound still holds: the bound
+// only ever lowers E_t. A burst touching b blocks lifts every alternative to at most
+// (capBlocks + b − 1)·ln C above the larger of where it stood and 0, whereas a regression keeps
+// adding ln C a block. The evidence against a regression that a long healthy stretch piled up
+// (at high traffic tens of nats) is won back at the windows' own rate, as without a bound; the
+// saved allowance lets a moderate effect's lumpy blocks (a few events a second) count in full.
 //
 // An EProcess is not safe for concurrent use.
 type EProcess struct {
@@ -66,7 +68,16 @@ type EProcess struct {
 	block    [len(grid)]float64 // the open block's log LR (uncapped)
 	blockID  int64
 	logCap   [len(grid)]float64 // per alternative: min(ln C, capEvents·ln(ψ_j/ψ0)); +Inf: no cap
+	// tokens is each alternative's allowance for the open block: what it may still rise above
+	// the larger of its closed blocks' sum and 0 (see EProcess); it refills by logCap[j] a
+	// block up to capBlocks·logCap[j].
+	tokens [len(grid)]float64
 }
+
+// capBlocks is how many blocks' allowance an alternative may save up: a moderate effect's
+// evidence comes in lumps (a few events a second), and an allowance saved in quiet blocks
+// lets a lumpy block count in full, whereas the rate over any stretch stays bounded.
+const capBlocks = 2
 
 // capEvents bounds the block evidence of an alternative ψ_j close to ψ0 further, to what
 // capEvents canary events more than expected would give it (capEvents·ln(ψ_j/ψ0)): a
@@ -91,15 +102,17 @@ func (p *EProcess) init(psi0 float64) {
 		p.sums[j] = 0
 		p.block[j] = 0
 		p.logCap[j] = math.Inf(1)
+		p.tokens[j] = math.Inf(1)
 	}
 }
 
-// SetBlockCap sets ln C, the most log evidence one block adds per alternative (see
-// UpdateBlock; alternatives close to ψ0 get less, see capEvents); +Inf (the default) means
-// no cap. Set it before the first update.
+// SetBlockCap sets ln C, the log evidence per block each alternative's allowance grows by
+// (see UpdateBlock; alternatives close to ψ0 get less, see capEvents); +Inf (the default)
+// means no cap. Set it before the first update.
 func (p *EProcess) SetBlockCap(logCap float64) {
 	for j := range p.logCap {
 		p.logCap[j] = min(logCap, capEvents*p.logRatio[j])
+		p.tokens[j] = capBlocks * p.logCap[j]
 	}
 }
 
@@ -129,9 +142,15 @@ func (p *EProcess) UpdateBlock(id int64, nA, nB, eA, eB float64) {
 		return
 	}
 	if id != p.blockID {
+		refill := float64(max(id-p.blockID, 1))
 		for j := range p.block {
-			p.sums[j] += p.capped(j)
+			gain := p.capped(j)
+			used := max(p.sums[j]+gain-max(p.sums[j], 0), 0)
+			p.sums[j] += gain
 			p.block[j] = 0
+			if !math.IsInf(p.logCap[j], 1) {
+				p.tokens[j] = min(p.tokens[j]-used+refill*p.logCap[j], capBlocks*p.logCap[j])
+			}
 		}
 		p.blockID = id
 	}
@@ -144,9 +163,9 @@ func (p *EProcess) UpdateBlock(id int64, nA, nB, eA, eB float64) {
 }
 
 // capped returns the open block's log evidence of alternative j as it counts: at most its
-// cap above the larger of the closed blocks' sum and 0 (see EProcess).
+// allowance above the larger of the closed blocks' sum and 0 (see EProcess).
 func (p *EProcess) capped(j int) float64 {
-	return min(p.block[j], p.logCap[j]-min(p.sums[j], 0))
+	return min(p.block[j], p.tokens[j]-min(p.sums[j], 0))
 }
 
 // LogE returns ln E_t.

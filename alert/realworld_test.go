@@ -135,8 +135,8 @@ func TestCeilingGuardFalseAlarms(t *testing.T) {
 	}
 }
 
-// TestEProcessBlockCap: a block's evidence counts at most ln C per alternative (less next to
-// ψ0), and a new block starts from the capped sum.
+// TestEProcessBlockCap: a first block's evidence counts at most the saved allowance,
+// capBlocks·ln C per alternative (less next to ψ0), and the next block adds at most ln C.
 func TestEProcessBlockCap(t *testing.T) {
 	t.Parallel()
 	p := NewEProcess(1)
@@ -146,15 +146,15 @@ func TestEProcessBlockCap(t *testing.T) {
 	p.UpdateBlock(1, 950, 50, 10, 40)
 	var want float64
 	for j, g := range grid {
-		want += gridWeights[j] * math.Exp(min(burstLogCap, capEvents*math.Log(g)))
+		want += gridWeights[j] * math.Exp(capBlocks*min(burstLogCap, capEvents*math.Log(g)))
 	}
 	if got := math.Exp(p.LogE()); math.Abs(got-want) > 1e-9*want {
 		t.Fatalf("after a burst in one block: got E %.6f; want the capped %.6f", got, want)
 	}
 	// The next block adds its own (capped) evidence on top.
 	p.UpdateBlock(2, 950, 50, 10, 40)
-	if got := p.LogE(); got <= math.Log(want) || got > 2*burstLogCap {
-		t.Fatalf("after a second burst block: got ln E %.3f; want in (%.3f, %.3f]", got, math.Log(want), 2*burstLogCap)
+	if got := p.LogE(); got <= math.Log(want) || got > (capBlocks+1)*burstLogCap {
+		t.Fatalf("after a second burst block: got ln E %.3f; want in (%.3f, %.3f]", got, math.Log(want), (capBlocks+1)*burstLogCap)
 	}
 }
 
@@ -271,7 +271,8 @@ func TestEProcessBlockCapWinsBackAHealthyStretch(t *testing.T) {
 	climb := blocksTo(u, b, 0)
 	p, b := healthy(true)
 	blocks := blocksTo(p, b, th)
-	// Once out of the deficit each block adds at most ln C to every alternative; one
+	// Once out of the deficit each block adds at most ln C to every alternative (after the
+	// saved allowance); one
 	// alternative's grid weight costs up to ln(1/0.08), and the block in which it climbs out
 	// counts partly.
 	if want := climb + int(math.Ceil((th-math.Log(0.08))/burstLogCap)) + 2; blocks > want {
@@ -284,8 +285,8 @@ func TestEProcessBlockCapWinsBackAHealthyStretch(t *testing.T) {
 		b++
 	}
 	q.UpdateBlock(b, 3000, 2000, 30, 20)
-	if got := q.LogE(); got > 3*burstLogCap || got >= th {
-		t.Fatalf("a 2 s burst after a healthy stretch: got ln E %.2f; want ≤ %.2f, below the threshold %.2f", got, 3*burstLogCap, th)
+	if got := q.LogE(); got > (capBlocks+2)*burstLogCap || got >= th {
+		t.Fatalf("a 2 s burst after a healthy stretch: got ln E %.2f; want ≤ %.2f, below the threshold %.2f", got, (capBlocks+2)*burstLogCap, th)
 	}
 }
 
