@@ -388,9 +388,27 @@ type split struct {
 	names    []string // Config.SplitSeries, shared read-only by every window
 }
 
-// result builds the published form of w (of group k), copying everything it keeps.
-func (w *window) result(k groupKey, windowLen, closedNs int64) *proto.Window {
-	out := &proto.Window{
+// MaxBucketCells bounds what a window's instance buckets (proto.Window.Buckets) may hold: one
+// cell per series entry plus one per dense histogram bucket, over the 16 buckets. The buckets
+// repeat the split series up to 16 times more; a window whose buckets would hold more (many
+// label sets of the split series, wide histograms) is published without them, so that its
+// encoding stays near the size it had with Warm and Halves alone, and counted
+// (herd_rollup_window_buckets_omitted_total). Readers then fall back to an assumed spread.
+const MaxBucketCells = 1 << 14
+
+// result builds the published form of w (of group k), counting buckets left out.
+func (r *Rollup) result(w *window, k groupKey, closedNs int64) *proto.Window {
+	out, omitted := w.result(k, r.w, closedNs)
+	if omitted {
+		r.m.bucketsOmitted.Inc()
+	}
+	return out
+}
+
+// result builds the published form of w (of group k), copying everything it keeps; omitted
+// reports that the buckets were left out (MaxBucketCells).
+func (w *window) result(k groupKey, windowLen, closedNs int64) (out *proto.Window, omitted bool) {
+	out = &proto.Window{
 		Service:          k.service,
 		Version:          k.version,
 		StartMs:          w.start / 1e6,
@@ -406,7 +424,7 @@ func (w *window) result(k groupKey, windowLen, closedNs int64) *proto.Window {
 	}
 	slices.SortFunc(out.Series, compareSeries)
 	if w.split.warmupMs <= 0 {
-		return out
+		return out, false
 	}
 	out.WarmupMs, out.SplitSeries = w.split.warmupMs, w.split.names
 	const perHalf = proto.NumBuckets / 2
@@ -418,12 +436,14 @@ func (w *window) result(k groupKey, windowLen, closedNs int64) *proto.Window {
 	out.WarmInstances = out.HalfInstances[0] + out.HalfInstances[1]
 	var nb [proto.NumBuckets]int
 	var nh [2]int
+	cells := 0
 	for _, id := range w.touched {
 		var in [2]bool
 		for b := range nb {
-			if w.part(b, id) != nil {
+			if a := w.part(b, id); a != nil {
 				nb[b]++
 				in[b/perHalf] = true
+				cells += 1 + len(a.hist.Positive.Counts) + len(a.hist.Negative.Counts)
 			}
 		}
 		for h := range in {
@@ -432,11 +452,16 @@ func (w *window) result(k groupKey, windowLen, closedNs int64) *proto.Window {
 			}
 		}
 	}
-	out.Buckets = make([][]proto.WindowSeries, proto.NumBuckets)
-	for b := range nb {
-		if nb[b] > 0 {
-			out.Buckets[b] = make([]proto.WindowSeries, 0, nb[b])
+	keep := cells <= MaxBucketCells
+	if keep {
+		out.Buckets = make([][]proto.WindowSeries, proto.NumBuckets)
+		for b := range nb {
+			if nb[b] > 0 {
+				out.Buckets[b] = make([]proto.WindowSeries, 0, nb[b])
+			}
 		}
+	} else {
+		out.BucketInstances = nil
 	}
 	out.Halves[0] = make([]proto.WindowSeries, 0, nh[0])
 	out.Halves[1] = make([]proto.WindowSeries, 0, nh[1])
@@ -448,7 +473,9 @@ func (w *window) result(k groupKey, windowLen, closedNs int64) *proto.Window {
 			from := n
 			for b := h * perHalf; b < (h+1)*perHalf; b++ {
 				if a := w.part(b, id); a != nil {
-					out.Buckets[b] = append(out.Buckets[b], seriesResult(&w.meta[i], a, nil))
+					if keep {
+						out.Buckets[b] = append(out.Buckets[b], seriesResult(&w.meta[i], a, nil))
+					}
 					all[n] = a
 					n++
 				}
@@ -467,7 +494,7 @@ func (w *window) result(k groupKey, windowLen, closedNs int64) *proto.Window {
 	for _, ss := range out.Buckets {
 		slices.SortFunc(ss, compareSeries)
 	}
-	return out
+	return out, !keep
 }
 
 // part returns the accumulator of series id in warm bucket b, or nil if it has no sample.

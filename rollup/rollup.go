@@ -81,7 +81,9 @@
 // Window.Warm, with Window.BucketInstances, Window.HalfInstances and Window.WarmInstances. Warm leaves out every
 // instance's first seconds; the halves give consumers an A/A comparison within one group.
 // A warm sample of a split series costs one more merge (into its bucket); Halves and Warm
-// are built at close.
+// are built at close. A window whose buckets would hold more than MaxBucketCells entries
+// (many label sets of the split series) is published without them, counted in
+// herd_rollup_window_buckets_omitted_total.
 //
 // # Dedup and loss
 //
