@@ -506,7 +506,7 @@ func (w *window) part(b int, id int32) *acc {
 }
 
 // mergedResult returns the published form of the merge of as (at least one, each with a
-// sample), copying the histograms.
+// sample), copying the histograms (into one allocation per side: the union of their ranges).
 func mergedResult(m *seriesMeta, as []*acc) proto.WindowSeries {
 	if m.kind != proto.KindHistogram {
 		sum := *as[0]
@@ -517,14 +517,33 @@ func mergedResult(m *seriesMeta, as []*acc) proto.WindowSeries {
 		}
 		return seriesResult(m, &sum, nil)
 	}
-	s := seriesResult(m, as[0], nil)
-	if len(as) > 1 {
-		for _, a := range as[1:] {
-			s.Hist.Merge(&a.hist) // every bucket's range lies within the window's, which fits
-		}
-		s.SetQuantiles()
+	if len(as) == 1 {
+		return seriesResult(m, as[0], nil)
 	}
+	h := &proto.Histogram{
+		Positive: cover(as, func(a *acc) *proto.Buckets { return &a.hist.Positive }),
+		Negative: cover(as, func(a *acc) *proto.Buckets { return &a.hist.Negative }),
+	}
+	for _, a := range as {
+		h.Merge(&a.hist) // within the window's bucket bounds, which every part's range lies in
+	}
+	s := proto.WindowSeries{Name: m.name, Labels: m.labels, Kind: m.kind, Hist: h}
+	s.SetQuantiles()
 	return s
+}
+
+// cover returns empty buckets spanning the union of the ranges side picks from as.
+func cover(as []*acc, side func(*acc) *proto.Buckets) proto.Buckets {
+	lo, hi := math.MaxInt, math.MinInt
+	for _, a := range as {
+		if b := side(a); len(b.Counts) > 0 {
+			lo, hi = min(lo, int(b.Offset)), max(hi, int(b.Offset)+len(b.Counts))
+		}
+	}
+	if lo >= hi {
+		return proto.Buckets{}
+	}
+	return proto.Buckets{Offset: int32(lo), Counts: make([]uint64, hi-lo)}
 }
 
 // seriesResult returns the published form of the merge of a and b (b may be nil), copying
