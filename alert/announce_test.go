@@ -110,7 +110,7 @@ func TestAnnounceLateForInferredComparison(t *testing.T) {
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.stepSides(4*40, live, missing, false)
 	started := f.nowMs
-	f.step(1, true, true, 1, 0, 0.95) // inferred, then rolled back by the ceiling
+	f.step(4, true, true, 1, 0, 0.95) // inferred, then rolled back by the ceiling within a second
 	if s := f.last(); s.State != proto.StateRollback || !strings.Contains(f.verdicts[0].Sentence, "inferred") {
 		t.Fatalf("inferred crash loop: got %v; want [pending (inferred) rollback]", f.states())
 	}

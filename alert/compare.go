@@ -18,12 +18,30 @@ const minRefCount = 50
 // confidence-sequence evaluation per test).
 const passCheckEvery = 4
 
+// burstBlockMs is the block of time by which the errors test's e-process bounds its
+// evidence (EProcess.UpdateBlock): each alternative's allowance to rise grows by burstLogCap
+// a block, up to capBlocks (2) blocks' worth. A burst of errors on one instance for 2 s
+// touches at most three blocks and lifts the evidence by at most (2+2)·burstLogCap = 4.2,
+// short of a rollback by the errors test at its default weight (ln(1/(0.7·α·0.5)) = 5.66),
+// whereas a regression keeps adding and reaches the threshold within five blocks of its onset
+// however strong it is, and however long a healthy stretch before it piled up evidence
+// against it.
+const (
+	burstBlockMs = 1000
+	burstLogCap  = 1.05
+)
+
 // record is what a comparison keeps of one group's window until the partner window arrives.
+// The tests compare like with like: warm instances with warm (n, e, hn, slow), young
+// instances (those the rollup leaves out of Warm, and a canary's whole latency during its
+// cold start) with young (yn, ye, yhn, yslow).
 type record struct {
 	startMs, endMs int64
 	n, e           float64 // requests and errors
 	hn             float64 // latency observations
 	slow           [maxThresholds]float64
+	yn, ye, yhn    float64 // the same of the young instances
+	yslow          [maxThresholds]float64
 	hist           proto.Histogram // latency histogram, kept when the DKW test runs
 	hasHist        bool
 }
@@ -38,10 +56,15 @@ type countTest struct {
 	quantile  float64 // baseline quantile the threshold was frozen at; 0 for the SLO
 	logW      float64 // ln of the normalised weight
 	weight    float64
-	ep        EProcess
-	cs        ConfSeq
-	nA, nB    float64
-	eA, eB    float64
+	// psi0 is the test's margin, set from the baseline's measured dispersion sigma
+	// (measured) or the assumed instance spread (see dispersion.go).
+	psi0     float64
+	sigma    float64
+	measured bool
+	ep       EProcess
+	cs       ConfSeq
+	nA, nB   float64
+	eA, eB   float64
 }
 
 // comparison is the state of one canary against its baseline. The Detector's mutex guards it.
@@ -75,9 +98,10 @@ type comparison struct {
 	pendA, pendB []*record
 	free         []*record
 
-	// Lattice logs of the last π, shared by the tests of one window.
-	logsPi float64
-	logs   [csN]float64
+	// Lattice logs of the last π of each stratum (warm, young), shared by the tests of one
+	// window.
+	logsPi [2]float64
+	logs   [2][csN]float64
 
 	windows         int
 	firstMs, lastMs int64
@@ -92,12 +116,18 @@ type comparison struct {
 	lastBaselineEndMs, baselineServingMs int64
 	canaryInstances, baselineInstances   int
 	noTraffic                            bool // inconclusive for lack of canary traffic
-	// The canary's last windows since this comparison began, for the error-ceiling guard.
-	recentN, recentE [maxGuardWindows]float64
-	recentPos        int
+	// ceiling is the error-ceiling guard's test (ceiling.go).
+	ceiling ceilingGuard
 
 	verdict proto.Verdict
 	life    lifecycle // watch and live evidence (lifecycle.go, live.go)
+	// disp is the baseline's measured dispersion the tests were built from, or nil.
+	disp *dispersion
+	// latencyCold is set unless the baseline's young instances are known to be as fast as its
+	// warm ones: the canary then gets the fixed cold start and latency is compared young with
+	// young, warm with warm; otherwise whole. errorsCold likewise unless they are known to err
+	// no more (dispersion.go, "Learning the cold start").
+	latencyCold, errorsCold bool
 
 	edges *edgeComparison // outbound edges (edges.go); nil until a window is paired
 }
@@ -113,12 +143,12 @@ type threshold struct {
 func newComparison(service, baseline, canary string, set *settings, createdMs int64, announced bool) *comparison {
 	c := &comparison{
 		service: service, baseline: baseline, canary: canary, set: set,
-		createdMs: createdMs, announced: announced, logsPi: -1,
+		createdMs: createdMs, announced: announced, logsPi: [2]float64{-1, -1},
 	}
 	c.verdict = proto.Verdict{
 		Service: service, Baseline: baseline, Canary: canary,
 		State: proto.StatePending, UnixMs: createdMs, StartedMs: createdMs,
-		Evidence: proto.Evidence{Alpha: set.alpha, Threshold: 1 / set.alpha, EValue: 1},
+		Evidence: proto.Evidence{Alpha: set.alpha, Threshold: 1 / (alphaTests * set.alpha), EValue: 1},
 	}
 	return c
 }
@@ -157,14 +187,19 @@ func (c *comparison) freeze(ref *proto.Histogram) bool {
 	return true
 }
 
-// initTests builds the tests at the first compared window, freezing the margin from the
-// instance counts.
-func (c *comparison) initTests() {
+// initTests builds the tests at the first compared window, freezing each count test's
+// margin from the baseline's measured dispersion (disp, nil when unknown) or, without
+// instance buckets, from the assumed instance spread, and the instance counts.
+func (c *comparison) initTests(disp *dispersion) {
+	c.disp = disp // a watch after a pass restarts the tests from it (lifecycle.go)
 	s := c.set
-	c.psi0 = s.margin
-	if s.spread > 0 {
-		kA, kB := max(c.baselineInstances, 1), max(c.canaryInstances, 1)
-		c.psi0 = max(s.margin, math.Exp(3*s.spread*math.Sqrt(1/float64(kB)+1/float64(kA))))
+	c.latencyCold, c.errorsCold = true, true
+	if disp != nil {
+		edges := make([]int, len(c.thresholds))
+		for i, th := range c.thresholds {
+			edges[i] = th.bucket
+		}
+		c.latencyCold, c.errorsCold = disp.coldStart(edges)
 	}
 	w := s.weights
 	lat := w.Latency
@@ -191,17 +226,53 @@ func (c *comparison) initTests() {
 			c.tests = append(c.tests, t)
 		}
 	}
+	kA, kB := max(c.baselineInstances, 1), max(c.canaryInstances, 1)
+	var scratch []bucketCount
+	c.psi0 = 0
 	for _, t := range c.tests {
-		t.ep.init(c.psi0)
+		t.psi0, t.sigma, t.measured = s.margin, s.spread, false
+		if s.spread > 0 {
+			t.psi0 = max(s.margin, math.Exp(3*s.spread*math.Sqrt(1/float64(kB)+1/float64(kA))))
+		}
+		if disp != nil {
+			pick := func(b *bucketStats) (float64, float64) { return b.n, b.e }
+			if t.latency {
+				bucket := t.bucket
+				pick = func(b *bucketStats) (float64, float64) {
+					return float64(b.hist.Count), float64(b.hist.CountAtOrAbove(bucket))
+				}
+			}
+			scratch = disp.counts(pick, scratch[:0])
+			if v, nu, ok := overdispersion(scratch); ok {
+				t.sigma, t.measured = math.Sqrt(v), true
+				t.psi0 = max(s.margin, luckMargin(t.sigma, nu, alphaLuck*s.alpha*t.weight, kA, kB))
+			}
+		}
+		t.ep.init(t.psi0)
+		if !t.latency {
+			// Bursts are of errors (retry storms); a latency test's evidence is not bounded
+			// per block, so a strong latency regression is caught within a second or two.
+			t.ep.SetBlockCap(burstLogCap)
+		}
 		t.logW = math.Log(t.weight)
+		if t.name == "errors" || c.psi0 == 0 {
+			c.psi0 = t.psi0
+		}
 	}
 	if dkw > 0 {
 		c.dkwWeight = dkw / total
 		c.dkwLogW = math.Log(c.dkwWeight)
+		margin := s.dkwMargin
+		if disp != nil {
+			if sd, nu, ok := disp.cdfDispersion(); ok {
+				q := luckQuantile(nu, alphaLuck*s.alpha*c.dkwWeight)
+				margin = max(margin, q*sd*math.Sqrt(1/float64(kB)+1/float64(kA)))
+			}
+		}
 		// Band level α·w makes the flag alone reach the threshold: w·(1/(α·w)) = 1/α.
-		c.dkw = &dkwTest{alpha: s.alpha * c.dkwWeight, margin: s.dkwMargin}
+		c.dkw = &dkwTest{alpha: alphaTests * s.alpha * c.dkwWeight, margin: margin}
 	}
-	c.logTh = math.Log(1 / s.alpha)
+	c.logTh = math.Log(1 / (alphaTests * s.alpha))
 	c.testsReady = true
 }
 
@@ -221,32 +292,65 @@ func (c *comparison) release(r *record) {
 	}
 }
 
-// fill sets r from a window's extracted values.
-func (c *comparison) fill(r *record, w *proto.Window, x *extract) {
+// fill sets r from a window's extracted values: x of every instance, tx of the warm ones
+// (x itself when the window carries no warm split). Errors and latency are compared whole (x)
+// when the baseline's young instances are known to be like its warm ones (errorsCold,
+// latencyCold unset); a split signal puts the warm instances' counts in
+// the warm stratum and the rest in the young one. cold puts the whole latency of the window
+// with the young instances (a canary in its cold start).
+func (c *comparison) fill(r *record, w *proto.Window, x, tx *extract, cold bool) {
 	r.startMs, r.endMs = w.StartMs, w.EndMs
-	r.n, r.e = x.requests, x.errors
-	r.hn, r.hasHist = 0, false
-	if x.hasLatency {
-		r.hn = float64(x.latency.Count)
+	split := tx != x
+	ex := x
+	if c.errorsCold {
+		ex = tx
+	}
+	r.n, r.e = ex.requests, ex.errors
+	r.yn, r.ye = 0, 0
+	if split && c.errorsCold {
+		r.yn, r.ye = max(x.requests-tx.requests, 0), max(x.errors-tx.errors, 0)
+	}
+	lx := x
+	if c.latencyCold {
+		lx = tx
+	}
+	r.hn, r.yhn, r.hasHist = 0, 0, false
+	clear(r.slow[:])
+	clear(r.yslow[:])
+	switch {
+	case cold:
+		if x.hasLatency {
+			r.yhn = float64(x.latency.Count)
+			for j, th := range c.thresholds {
+				r.yslow[j] = float64(x.latency.CountAtOrAbove(th.bucket))
+			}
+		}
+	case lx.hasLatency:
+		r.hn = float64(lx.latency.Count)
 		for j, th := range c.thresholds {
-			r.slow[j] = float64(x.latency.CountAtOrAbove(th.bucket))
+			r.slow[j] = float64(lx.latency.CountAtOrAbove(th.bucket))
 		}
 		if c.dkw != nil {
-			r.hist.CopyFrom(&x.latency)
+			r.hist.CopyFrom(&lx.latency)
 			r.hasHist = true
 		}
-	} else {
-		clear(r.slow[:])
+	}
+	if lx != x && !cold && x.hasLatency {
+		r.yhn = max(float64(x.latency.Count)-r.hn, 0)
+		for j, th := range c.thresholds {
+			r.yslow[j] = max(float64(x.latency.CountAtOrAbove(th.bucket))-r.slow[j], 0)
+		}
 	}
 }
 
-// latticeFor returns the lattice logs for π, computing them when π changed.
-func (c *comparison) latticeFor(pi float64) *[csN]float64 {
-	if pi != c.logsPi {
-		latticeLogs(pi, &c.logs)
-		c.logsPi = pi
+// latticeFor returns the lattice logs for π of a stratum (0 warm, 1 young), computing them
+// when π changed.
+func (c *comparison) latticeFor(stratum int, pi float64) *[csN]float64 {
+	if pi != c.logsPi[stratum] {
+		latticeLogs(pi, &c.logs[stratum])
+		c.logsPi[stratum] = pi
 	}
-	return &c.logs
+	return &c.logs[stratum]
 }
 
 // update adds one window pair to the tests and returns ln of the weighted average e-value.
@@ -256,27 +360,36 @@ func (c *comparison) update(a, b *record) float64 {
 		c.firstMs = a.startMs
 	}
 	c.lastMs = max(c.lastMs, b.endMs)
+	block := a.startMs / burstBlockMs
 	for _, t := range c.tests {
-		var nA, nB, eA, eB float64
+		var st [2][4]float64 // per stratum: nA, nB, eA, eB
 		if t.latency {
-			nA, nB, eA, eB = a.hn, b.hn, a.slow[t.slowIdx], b.slow[t.slowIdx]
+			st[0] = [4]float64{a.hn, b.hn, a.slow[t.slowIdx], b.slow[t.slowIdx]}
+			st[1] = [4]float64{a.yhn, b.yhn, a.yslow[t.slowIdx], b.yslow[t.slowIdx]}
 		} else {
-			nA, nB, eA, eB = a.n, b.n, a.e, b.e
+			st[0] = [4]float64{a.n, b.n, a.e, b.e}
+			st[1] = [4]float64{a.yn, b.yn, a.ye, b.ye}
 		}
-		if !t.add(nA, nB, eA, eB) {
-			continue
+		for i, v := range st {
+			nA, nB, eA, eB := v[0], v[1], v[2], v[3]
+			if !(nA > 0 && nB > 0) {
+				continue // a stratum one side lacks compares nothing
+			}
+			t.nA += nA
+			t.nB += nB
+			t.eA += eA
+			t.eB += eB
+			if eA+eB == 0 {
+				continue
+			}
+			t.ep.UpdateBlock(block, nA, nB, eA, eB)
+			t.cs.Update(eA+eB, eB, c.latticeFor(i, nB/(nA+nB)))
 		}
-		t.cs.Update(eA+eB, eB, c.latticeFor(nB/(nA+nB)))
 	}
-	if c.dkw != nil {
-		var ha, hb *proto.Histogram
-		if a.hasHist {
-			ha = &a.hist
-		}
-		if b.hasHist {
-			hb = &b.hist
-		}
-		c.dkw.add(ha, hb)
+	if c.dkw != nil && a.hasHist && b.hasHist {
+		// Only pairs: a baseline window without its canary partner (a canary in its cold
+		// start) would shift the baseline's CDF alone under load or outages.
+		c.dkw.add(&a.hist, &b.hist)
 		c.dkw.check()
 	}
 	return c.logAverage()
@@ -311,8 +424,11 @@ func (c *comparison) decisive() string {
 	return name
 }
 
-// acceptMargin is the ratio every confidence sequence must lie below for a pass.
+// acceptMargin is the accept margin with the comparison's margin ψ0 (the errors test's).
 func (c *comparison) acceptMargin() float64 { return max(c.set.accept, c.psi0) }
+
+// acceptMarginOf is the ratio the confidence sequence of t must lie below for a pass.
+func (c *comparison) acceptMarginOf(t *countTest) float64 { return max(c.set.accept, t.psi0) }
 
 // passes reports whether every count test's confidence sequence lies below the accept
 // margin. A test without any event in either group has nothing to compare and does not block.
@@ -329,7 +445,7 @@ func (c *comparison) passes() bool {
 			continue
 		}
 		_, hi, ok := t.cs.Bounds(c.set.alpha)
-		if !ok || hi >= c.acceptMargin() {
+		if !ok || hi >= c.acceptMarginOf(t) {
 			return false
 		}
 	}
@@ -339,7 +455,7 @@ func (c *comparison) passes() bool {
 // evidence fills the verdict's evidence from the tests.
 func (c *comparison) evidence(decisive string) proto.Evidence {
 	ev := proto.Evidence{
-		Alpha: c.set.alpha, Threshold: 1 / c.set.alpha, EValue: 1, Decisive: decisive,
+		Alpha: c.set.alpha, Threshold: 1 / (alphaTests * c.set.alpha), EValue: 1, Decisive: decisive,
 		Windows: c.windows, FirstMs: c.firstMs, LastMs: c.lastMs,
 		CanaryInstances: c.canaryInstances, BaselineInstances: c.baselineInstances,
 	}
@@ -355,11 +471,16 @@ func (c *comparison) evidence(decisive string) proto.Evidence {
 			BaselineN:        uint64(t.nA), BaselineE: uint64(t.eA),
 			CanaryN: uint64(t.nB), CanaryE: uint64(t.eB),
 			Effect: rateRatio(t.nA, t.nB, t.eA, t.eB),
+			Margin: t.psi0, Dispersion: t.sigma, DispersionMeasured: t.measured,
 		}
 		if lo, hi, ok := t.cs.Bounds(c.set.alpha); ok {
 			te.CSLow, te.CSHigh = lo, hi
 		} else {
 			te.CSLow, te.CSHigh = te.Effect, te.Effect
+		}
+		if t.nA > 0 && t.nB > 0 {
+			te.BaselineRatio, te.CanaryRatio = t.eA/t.nA, t.eB/t.nB
+			te.CanaryRatioLow, te.CanaryRatioHigh = min(te.BaselineRatio*te.CSLow, 1), min(te.BaselineRatio*te.CSHigh, 1)
 		}
 		ev.Tests = append(ev.Tests, te)
 	}
@@ -406,14 +527,6 @@ func (c *comparison) setState(state proto.State, unixMs int64, decisive string, 
 // or its verdict if that came first (a window that began before the announcement). An
 // announcement of the same canary and baseline starting no later is that deployment again.
 func (c *comparison) judgedUntilMs() int64 { return max(c.createdMs, c.verdict.UnixMs) }
-
-// recentCanary records a canary window and sums requests and errors over the last k
-// windows of this comparison.
-func (c *comparison) recentCanary(n, e float64, k int) (sumN, sumE float64) {
-	c.recentPos = (c.recentPos + 1) % maxGuardWindows
-	c.recentN[c.recentPos], c.recentE[c.recentPos] = n, e
-	return sumRing(&c.recentN, &c.recentE, c.recentPos, k)
-}
 
 // sumRing sums the last k entries of a ring ending at pos.
 func sumRing(ns, es *[maxGuardWindows]float64, pos, k int) (n, e float64) {

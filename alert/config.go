@@ -30,6 +30,15 @@ type Config struct {
 	// out by the rollup (-rollup.warmup) when windows carry Warm: this covers only the group
 	// as a whole. Raise it to the instance warm-up when the rollup runs without one.
 	Warmup time.Duration
+	// ColdStart is how long after a canary group first reports its latency is compared only
+	// with the baseline's young instances (those the rollup leaves out of Warm), never with
+	// its warm ones: a canary that is slow while its instances start (JIT, caches, pools) is
+	// not rolled back for being cold; one that stays slow is, once ColdStart has passed. It is
+	// the fallback: when the baseline's own young instances are known to be as fast as its
+	// warm ones (docs/detector.md, "Learning the cold start") there is no cold start to wait
+	// out and latency is compared from the start. 0 compares the canary's warm instances with
+	// the baseline's from the start.
+	ColdStart time.Duration
 	// MinExposure is the least comparison time before a pass.
 	MinExposure time.Duration
 	// MaxDuration ends an undecided comparison as inconclusive.
@@ -88,6 +97,7 @@ func DefaultConfig() Config {
 		InstanceSpread:        0.1,
 		AcceptMargin:          1.5,
 		Warmup:                time.Second,
+		ColdStart:             30 * time.Second,
 		MinExposure:           5 * time.Minute,
 		MaxDuration:           30 * time.Minute,
 		ErrorCeiling:          0.5,
@@ -114,6 +124,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.InstanceSpread, "detect.instance-spread", c.InstanceSpread, "assumed log-sd of event rates between instances of one version; widens the margin for small groups (≥ 0; 0 = off)")
 	fs.Float64Var(&c.AcceptMargin, "detect.accept-margin", c.AcceptMargin, "pass when every ratio's confidence sequence lies below this (≥ 1)")
 	fs.DurationVar(&c.Warmup, "detect.warmup", c.Warmup, "leave a new canary group's first windows out of the tests for this long (each instance's first seconds are left out by -rollup.warmup; use 5s if that is 0)")
+	fs.DurationVar(&c.ColdStart, "detect.cold-start", c.ColdStart, "compare a new canary's latency only with the baseline's young instances for this long, so that a cold start is not a regression; not applied when the baseline's young instances are known to be as fast as its warm ones (0 = off)")
 	fs.DurationVar(&c.MinExposure, "detect.min-exposure", c.MinExposure, "least comparison time before a pass")
 	fs.DurationVar(&c.MaxDuration, "detect.max-duration", c.MaxDuration, "undecided comparisons end as inconclusive after this long")
 	fs.Float64Var(&c.ErrorCeiling, "detect.error-ceiling", c.ErrorCeiling, "canary error ratio (0–1, over 1 s) that rolls back at once")
@@ -136,7 +147,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 func (c *Config) Validate() error {
 	s := settings{
 		alpha: c.Alpha, margin: c.Margin, spread: c.InstanceSpread, accept: c.AcceptMargin,
-		warmup: c.Warmup, minExposure: c.MinExposure, maxDuration: c.MaxDuration,
+		warmup: c.Warmup, coldStart: c.ColdStart, minExposure: c.MinExposure, maxDuration: c.MaxDuration,
 		ceiling: c.ErrorCeiling, dkwMargin: c.DKWMargin, watch: c.Watch, watchAlpha: c.WatchAlpha,
 	}
 	if err := s.validate("detect."); err != nil {
@@ -185,6 +196,8 @@ func (s *settings) validate(prefix string) error {
 		return fmt.Errorf("bad %s %g: want a finite ratio ≥ 1", name("accept-margin", "accept_margin"), s.accept)
 	case s.warmup < 0:
 		return fmt.Errorf("bad %s %s: want ≥ 0", name("warmup", "warmup"), s.warmup)
+	case s.coldStart < 0:
+		return fmt.Errorf("bad %s %s: want ≥ 0", name("cold-start", "cold_start"), s.coldStart)
 	case s.minExposure < 0:
 		return fmt.Errorf("bad %s %s: want ≥ 0", name("min-exposure", "min_exposure"), s.minExposure)
 	case s.maxDuration <= 0:

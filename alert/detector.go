@@ -11,6 +11,7 @@ import (
 	"container/list"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -68,6 +69,7 @@ type Detector struct {
 	// tests, when the window carries it) and xh from Halves (the shadow A/A comparison).
 	x, xw extract
 	xh    [2]extract
+	xb    extract // a bucket of the window (the dispersion between instances)
 	out   []proto.Verdict
 }
 
@@ -116,6 +118,9 @@ type group struct {
 	// names the service's established version, unmoved by stalls and stops.
 	lastLiveMs int64
 	liveN      float64
+	// disp holds the group's instance-bucket statistics, from which a comparison with it as
+	// baseline measures how much its instances differ (dispersion.go).
+	disp dispersion
 	// judged: a comparison with this group as canary reached a final verdict, so it is not
 	// inferred to be a canary again (an announcement of a new deployment still restarts it).
 	// The judged deployment is the one against judgedBaseline started up to judgedUntilMs.
@@ -374,6 +379,10 @@ func (d *Detector) AddWindow(w *proto.Window) {
 	}
 	g.observe(w, x, tx)
 	d.inboundWindowLocked(w) // a callee's errors by caller group (edges.go)
+	if c := s.comps[w.Version]; c == nil || c.final {
+		// A canary being judged is no baseline: its buckets can wait.
+		g.disp.observe(w, sig, &d.xb, x, tx)
+	}
 	if s.comps[w.Version] == nil {
 		d.inferLocked(s, g, w.StartMs)
 	}
@@ -502,24 +511,32 @@ func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window
 			d.emitLocked(c.setState(proto.StatePending, w.EndMs, "", c.evidence(""), c.pendingSentence()))
 		}
 	}
-	// Error ceiling, over the last second (of windows as wide as this one), warm-up or not.
+	// Error ceiling, per second since the canary's first window, warm-up or not (ceiling.go).
 	width := time.Duration(w.EndMs-w.StartMs) * time.Millisecond
 	k := min(max(int(time.Second/width), 1), maxGuardWindows)
-	if n, e := c.recentCanary(x.requests, x.errors, k); n >= float64(d.cfg.GuardMinRequests) && e/n >= set.ceiling {
+	g := &c.ceiling
+	g.add(w.StartMs, c.firstCanaryMs, x.requests, x.errors)
+	if g.fired(set.ceiling, set.alpha) && g.firedN >= float64(d.cfg.GuardMinRequests) {
+		n, e := g.firedN, g.firedE
 		var bn, be float64
 		if b := s.groups[c.baseline]; b != nil && b.lastEndMs >= w.EndMs-time.Second.Milliseconds() {
 			bn, be = b.recent(k)
 		}
 		if bn == 0 || be/bn < set.ceiling/2 {
 			ev := c.evidence("guard_error_ceiling")
-			ev.Tests = append(ev.Tests, proto.TestEvidence{Name: "guard_error_ceiling", EValue: 1, Weight: 0,
-				BaselineN: uint64(bn), BaselineE: uint64(be), CanaryN: uint64(n), CanaryE: uint64(e), Effect: e / n})
+			ev.Tests = append(ev.Tests, proto.TestEvidence{Name: "guard_error_ceiling", EValue: math.Exp(min(logE(set.ceiling, n, e), maxLogE)),
+				BaselineN: uint64(bn), BaselineE: uint64(be), CanaryN: uint64(n), CanaryE: uint64(e), Effect: e / n,
+				CanaryRatio: e / n, BaselineRatio: be / max(bn, 1)})
 			base := "no baseline traffic"
 			if bn > 0 {
 				base = fmt.Sprintf("baseline %.1f %%", 100*be/bn)
 			}
+			blockStart := c.firstCanaryMs + (g.block-1)*1000
+			if n > g.n {
+				blockStart -= 1000
+			}
 			sentence := fmt.Sprintf("canary error ratio %.0f %% over the last %s (ceiling %.0f %%, %s), decided after %s",
-				100*e/n, after(time.Duration(k)*width), 100*set.ceiling, base, after(c.elapsed(w.EndMs)))
+				100*e/n, after(time.Duration(w.EndMs-blockStart)*time.Millisecond), 100*set.ceiling, base, after(c.elapsed(w.EndMs)))
 			d.finishLocked(c, proto.StateRollback, w.EndMs, "guard_error_ceiling", ev, sentence)
 			return
 		}
@@ -527,7 +544,7 @@ func (d *Detector) canaryWindowLocked(s *service, c *comparison, w *proto.Window
 	if w.StartMs < c.startMs {
 		return // warm-up
 	}
-	d.pairLocked(c, w, tx, false)
+	d.pairLocked(c, w, x, tx, false)
 }
 
 // baselineWindowLocked handles a window of c's baseline group (x and tx as for the canary).
@@ -566,11 +583,12 @@ func (d *Detector) baselineWindowLocked(s *service, c *comparison, w *proto.Wind
 	if w.StartMs < c.startMs {
 		return
 	}
-	d.pairLocked(c, w, tx, true)
+	d.pairLocked(c, w, x, tx, true)
 }
 
-// pairLocked buffers a window's record and runs the tests when its partner is there.
-func (d *Detector) pairLocked(c *comparison, w *proto.Window, x *extract, isBaseline bool) {
+// pairLocked buffers a window's record and runs the tests when its partner is there: x of
+// every instance, tx of the warm ones (x when the window has no warm split).
+func (d *Detector) pairLocked(c *comparison, w *proto.Window, x, tx *extract, isBaseline bool) {
 	if !c.testsReady {
 		groups := d.services[c.service].groups
 		if b := groups[c.baseline]; b != nil {
@@ -582,10 +600,16 @@ func (d *Detector) pairLocked(c *comparison, w *proto.Window, x *extract, isBase
 		if g := groups[c.canary]; g != nil {
 			c.canaryInstances = g.instances
 		}
-		c.initTests()
+		var disp *dispersion
+		if b := groups[c.baseline]; b != nil {
+			disp = &b.disp
+		}
+		c.initTests(disp)
 	}
 	c.life.live.add(isBaseline, w, x, !c.frozen || len(c.thresholds) > 0)
 	c.edgeWindow(w, isBaseline, d.services[c.service].choice.Definition()) // outbound edges (edges.go)
+	// A canary in its cold start compares its latency with the baseline's young instances only.
+	cold := !isBaseline && c.latencyCold && w.StartMs < c.firstCanaryMs+c.set.coldStart.Milliseconds()
 	mine, other := &c.pendB, &c.pendA
 	if isBaseline {
 		mine, other = &c.pendA, &c.pendB
@@ -605,12 +629,12 @@ func (d *Detector) pairLocked(c *comparison, w *proto.Window, x *extract, isBase
 			d.m.unpairedOverflow.Inc()
 		}
 		r := c.newRecord()
-		c.fill(r, w, x)
+		c.fill(r, w, x, tx, cold)
 		*mine = append(*mine, r)
 		return
 	}
 	r := c.newRecord()
-	c.fill(r, w, x)
+	c.fill(r, w, x, tx, cold)
 	a, b := partner, r
 	if isBaseline {
 		a, b = r, partner

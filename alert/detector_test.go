@@ -484,7 +484,7 @@ func TestDetectorDoesNotReinferJudgedCanary(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, testConfig(), nil, fleetOpts{rps: 2000, share: 0.05, errA: 0.005, errB: 0.005})
 	f.step(4*40, true, false, 1, 0, 0)
-	f.step(1, true, true, 1, 0, 0.95) // inferred, then rolled back by the ceiling
+	f.step(4, true, true, 1, 0, 0.95) // inferred, then rolled back by the ceiling within a second
 	f.mu.Lock()
 	f.verdicts = nil
 	f.mu.Unlock()

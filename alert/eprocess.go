@@ -4,8 +4,25 @@ import (
 	"math"
 )
 
-// grid holds the alternatives of the mixture e-process as multiples of the margin ψ0.
-var grid = [...]float64{1.25, 1.5, 2, 3, 5, 10, 30, 100}
+// grid holds the alternatives of the mixture e-process as multiples of the margin ψ0. It
+// starts close to ψ0 (which the measured dispersion between instances sets, so that ψ0 is
+// tight) and is densest where evidence is slow to come: small effects. Effects beyond 30×
+// ψ0 are still caught by the 30× alternative within a window or two.
+var grid = [...]float64{1.1, 1.25, 1.5, 2, 3, 5, 10, 30}
+
+// gridWeights are the mixture weights w_j of the alternatives (they sum to 1): most on 1.5–3×
+// ψ0, where a regression takes longest to show, least on the ends (next to ψ0 nothing is
+// detected within a comparison anyway; beyond 10× the evidence comes within a window or two
+// whatever the weight).
+var gridWeights = [len(grid)]float64{0.08, 0.12, 0.16, 0.18, 0.16, 0.12, 0.1, 0.08}
+
+// logGridWeights are ln w_j.
+var logGridWeights = func() (l [len(grid)]float64) {
+	for j, w := range gridWeights {
+		l[j] = math.Log(w)
+	}
+	return l
+}()
 
 // maxLogE caps reported log e-values so that exp stays finite (JSON cannot carry +Inf).
 const maxLogE = 700
@@ -22,17 +39,52 @@ const maxLogE = 700
 //	         = e_B·ln(ψ_j/ψ0) − m·[ln(1+π(ψ_j−1)) − ln(1+π(ψ0−1))]
 //
 // (the second form needs one logarithm per alternative), and the e-process is
-// E_t = Σ_j w_j·exp(Σ_{k≤t} ℓ_k(ψ_j)) with ψ_j = ψ0×{1.25, 1.5, 2, 3, 5, 10, 30, 100} and
-// w_j = 1/8, kept in log space. Under any ψ ≤ ψ0 it is a nonnegative supermartingale with
+// E_t = Σ_j w_j·exp(Σ_{k≤t} ℓ_k(ψ_j)) with ψ_j = ψ0×{1.1, 1.25, 1.5, 2, 3, 5, 10, 30} and
+// w_j = {.08, .12, .16, .18, .16, .12, .1, .08}, kept in log space. Under any ψ ≤ ψ0 it is a nonnegative supermartingale with
 // E_0 = 1, so by Ville's inequality P(∃t: E_t ≥ 1/α) ≤ α.
+//
+// Bounded evidence per block (UpdateBlock). A burst of errors on one instance for a second
+// or two must not look like a regression of the version. The windows are grouped in blocks
+// (of time), and within a block the likelihood ratio each alternative gathers may lift its
+// running product at most by its allowance a_b above the larger of the product before the
+// block and 1: the factor of block b is min(Π_{k∈b} LR_k(ψ_j), e^{a_b}/min(P_{b−1}, 1)), P_{b−1}
+// the product over the blocks before. The allowance works like a token bucket: it grows by
+// ln C every block (C the cap, SetBlockCap) up to capBlocks·ln C, and what a block lifted the
+// product above max(P, 1) is taken off it. The allowance and P_{b−1} are fixed before block b
+// (predictable), and inside a block min(martingale, constant) is a supermartingale, so the
+// product over blocks of such factors is one too and Ville's bound still holds: the bound
+// only ever lowers E_t. A burst touching b blocks lifts every alternative to at most
+// (capBlocks + b − 1)·ln C above the larger of where it stood and 0, whereas a regression keeps
+// adding ln C a block. The evidence against a regression that a long healthy stretch piled up
+// (at high traffic tens of nats) is won back at the windows' own rate, as without a bound; the
+// saved allowance lets a moderate effect's lumpy blocks (a few events a second) count in full.
 //
 // An EProcess is not safe for concurrent use.
 type EProcess struct {
 	psi0     float64
 	psi      [len(grid)]float64 // ψ_j
 	logRatio [len(grid)]float64 // ln(ψ_j/ψ0)
-	sums     [len(grid)]float64 // Σ_k ℓ_k(ψ_j)
+	sums     [len(grid)]float64 // Σ over closed blocks of min(block log LR, logCap)
+	block    [len(grid)]float64 // the open block's log LR (uncapped)
+	blockID  int64
+	logCap   [len(grid)]float64 // per alternative: min(ln C, capEvents·ln(ψ_j/ψ0)); +Inf: no cap
+	// tokens is each alternative's allowance for the open block: what it may still rise above
+	// the larger of its closed blocks' sum and 0 (see EProcess); it refills by logCap[j] a
+	// block up to capBlocks·logCap[j].
+	tokens [len(grid)]float64
 }
+
+// capBlocks is how many blocks' allowance an alternative may save up: a moderate effect's
+// evidence comes in lumps (a few events a second), and an allowance saved in quiet blocks
+// lets a lumpy block count in full, whereas the rate over any stretch stays bounded.
+const capBlocks = 2
+
+// capEvents bounds the block evidence of an alternative ψ_j close to ψ0 further, to what
+// capEvents canary events more than expected would give it (capEvents·ln(ψ_j/ψ0)): a
+// regression within a few per cent of ψ0 never gathers more in one block, whereas a burst
+// would hand the alternatives next to ψ0 evidence that the windows after it hardly take
+// back. It is per block of the comparison's (1 s).
+const capEvents = 4
 
 // NewEProcess returns an e-process with margin psi0 ≥ 1 (1 means "no worse than baseline").
 func NewEProcess(psi0 float64) *EProcess {
@@ -43,10 +95,24 @@ func NewEProcess(psi0 float64) *EProcess {
 
 func (p *EProcess) init(psi0 float64) {
 	p.psi0 = psi0
+	p.blockID = 0
 	for j, g := range grid {
 		p.psi[j] = psi0 * g
 		p.logRatio[j] = math.Log(g)
 		p.sums[j] = 0
+		p.block[j] = 0
+		p.logCap[j] = math.Inf(1)
+		p.tokens[j] = math.Inf(1)
+	}
+}
+
+// SetBlockCap sets ln C, the log evidence per block each alternative's allowance grows by
+// (see UpdateBlock; alternatives close to ψ0 get less, see capEvents); +Inf (the default)
+// means no cap. Set it before the first update.
+func (p *EProcess) SetBlockCap(logCap float64) {
+	for j := range p.logCap {
+		p.logCap[j] = min(logCap, capEvents*p.logRatio[j])
+		p.tokens[j] = capBlocks * p.logCap[j]
 	}
 }
 
@@ -54,7 +120,8 @@ func (p *EProcess) init(psi0 float64) {
 func (p *EProcess) Margin() float64 { return p.psi0 }
 
 // Update adds one window: nA, nB requests and eA, eB events of baseline and canary.
-// Windows with nA = 0, nB = 0 or no events add nothing.
+// Windows with nA = 0, nB = 0 or no events add nothing. Its evidence is not capped: Update
+// is UpdateBlock with every window a block of its own and no cap.
 func (p *EProcess) Update(nA, nB, eA, eB float64) {
 	if !(nA > 0 && nB > 0 && eA+eB > 0) {
 		return
@@ -67,9 +134,47 @@ func (p *EProcess) Update(nA, nB, eA, eB float64) {
 	}
 }
 
+// UpdateBlock adds one window of block id (block ids must not decrease): its log
+// likelihood ratios add to the open block's, which counts at most ln C (SetBlockCap) per
+// alternative; a new id closes the open block.
+func (p *EProcess) UpdateBlock(id int64, nA, nB, eA, eB float64) {
+	if !(nA > 0 && nB > 0 && eA+eB > 0) {
+		return
+	}
+	if id != p.blockID {
+		refill := float64(max(id-p.blockID, 1))
+		for j := range p.block {
+			gain := p.capped(j)
+			used := max(p.sums[j]+gain-max(p.sums[j], 0), 0)
+			p.sums[j] += gain
+			p.block[j] = 0
+			if !math.IsInf(p.logCap[j], 1) {
+				p.tokens[j] = min(p.tokens[j]-used+refill*p.logCap[j], capBlocks*p.logCap[j])
+			}
+		}
+		p.blockID = id
+	}
+	pi := nB / (nA + nB)
+	m := eA + eB
+	l0 := math.Log1p(pi * (p.psi0 - 1))
+	for j := range p.psi {
+		p.block[j] += eB*p.logRatio[j] - m*(math.Log1p(pi*(p.psi[j]-1))-l0)
+	}
+}
+
+// capped returns the open block's log evidence of alternative j as it counts: at most its
+// allowance above the larger of the closed blocks' sum and 0 (see EProcess).
+func (p *EProcess) capped(j int) float64 {
+	return min(p.block[j], p.tokens[j]-min(p.sums[j], 0))
+}
+
 // LogE returns ln E_t.
 func (p *EProcess) LogE() float64 {
-	return min(logSumExp(p.sums[:])-math.Log(float64(len(grid))), maxLogE)
+	var terms [len(grid)]float64
+	for j := range terms {
+		terms[j] = logGridWeights[j] + p.sums[j] + p.capped(j)
+	}
+	return min(logSumExp(terms[:]), maxLogE)
 }
 
 // E returns E_t (capped at e^700).

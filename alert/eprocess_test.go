@@ -13,6 +13,7 @@ import (
 // q(ψ) = ψ/(ψ+1), q(1) = 1/2, so the likelihood ratio of ψ against 1 is
 //
 //	(2q)^3·(2(1−q))^1 = 16ψ³/(ψ+1)⁴:
+//	ψ = 1.1:  16·1.331/19.4481        = 1.095017
 //	ψ = 1.25: 16·1.953125/25.62890625 = 1.219326
 //	ψ = 1.5:  16·3.375/39.0625        = 1.382400
 //	ψ = 2:    16·8/81                 = 1.580247
@@ -20,21 +21,21 @@ import (
 //	ψ = 5:    16·125/1296             = 1.543210
 //	ψ = 10:   16·1000/14641           = 1.092822
 //	ψ = 30:   16·27000/923521         = 0.467771
-//	ψ = 100:  16·1e6/104060401        = 0.153757
 //
-// and E = (sum)/8 = 9.127033/8 = 1.140879.
+// and E = Σ_j w_j·LR(ψ_j) = 1.341438 with the grid's weights
+// {.08, .12, .16, .18, .16, .12, .1, .08}.
 func TestEProcessHandComputed(t *testing.T) {
 	t.Parallel()
 	p := NewEProcess(1)
 	p.Update(100, 100, 1, 3)
-	if got, want := math.Exp(p.LogE()), 1.140879; math.Abs(got-want) > 1e-5 {
+	if got, want := math.Exp(p.LogE()), 1.341438; math.Abs(got-want) > 1e-5 {
 		t.Fatalf("E after one window: got %.6f; want %.6f", got, want)
 	}
-	// The same window again: each ratio squares. E = Σ LR²/8.
-	lrs := []float64{1.219326, 1.382400, 1.580247, 1.687500, 1.543210, 1.092822, 0.467771, 0.153757}
+	// The same window again: each ratio squares. E = Σ w_j·LR_j².
+	lrs := []float64{1.095017, 1.219326, 1.382400, 1.580247, 1.687500, 1.543210, 1.092822, 0.467771}
 	var want float64
-	for _, lr := range lrs {
-		want += lr * lr / 8
+	for j, lr := range lrs {
+		want += gridWeights[j] * lr * lr
 	}
 	p.Update(100, 100, 1, 3)
 	if got := math.Exp(p.LogE()); math.Abs(got-want) > 1e-4 {
@@ -49,9 +50,9 @@ func TestEProcessMargin(t *testing.T) {
 	p := NewEProcess(2)
 	p.Update(10, 10, 0, 1)
 	var want float64
-	for _, g := range grid {
+	for j, g := range grid {
 		psi := 2 * g
-		want += 1.5 * psi / (psi + 1) / 8
+		want += gridWeights[j] * 1.5 * psi / (psi + 1)
 	}
 	if got := math.Exp(p.LogE()); math.Abs(got-want) > 1e-9 {
 		t.Fatalf("E: got %.9f; want %.9f", got, want)

@@ -11,5 +11,5 @@ func ExampleEProcess() {
 	p := alert.NewEProcess(1)
 	p.Update(100, 100, 1, 3)
 	fmt.Printf("%.4f\n", p.E())
-	// Output: 1.1409
+	// Output: 1.3414
 }

@@ -108,7 +108,7 @@ func (d *Detector) startWatchLocked(c *comparison, nowMs int64) {
 // restartWatchTests starts the tests afresh for a segment of the watch beginning at nowMs,
 // at level α_watch/K: the count tests' e-processes and the distribution test.
 func (c *comparison) restartWatchTests(nowMs int64) {
-	c.initTests()
+	c.initTests(c.disp)
 	a := c.life.watch.Alpha / float64(c.life.segments)
 	c.logTh = math.Log(1 / a)
 	if c.dkw != nil {

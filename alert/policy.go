@@ -37,6 +37,7 @@ type ServicePolicy struct {
 	InstanceSpread *float64  `json:"instance_spread,omitempty"`
 	AcceptMargin   *float64  `json:"accept_margin,omitempty"`
 	Warmup         *Duration `json:"warmup,omitempty"`
+	ColdStart      *Duration `json:"cold_start,omitempty"`
 	MinExposure    *Duration `json:"min_exposure,omitempty"`
 	MaxDuration    *Duration `json:"max_duration,omitempty"`
 	ErrorCeiling   *float64  `json:"error_ceiling,omitempty"`
@@ -97,7 +98,7 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 // settings are one service's resolved settings.
 type settings struct {
 	alpha, margin, spread, accept, ceiling, dkwMargin float64
-	warmup, minExposure, maxDuration                  time.Duration
+	warmup, coldStart, minExposure, maxDuration       time.Duration
 	watch                                             time.Duration // 0: no watch after a pass
 	watchAlpha                                        float64
 	sloSeconds                                        float64 // 0: none
@@ -117,7 +118,7 @@ func (c *Config) baseSettings() settings {
 	return settings{
 		alpha: c.Alpha, margin: c.Margin, spread: c.InstanceSpread, accept: c.AcceptMargin,
 		ceiling: c.ErrorCeiling, dkwMargin: c.DKWMargin,
-		warmup: c.Warmup, minExposure: c.MinExposure, maxDuration: c.MaxDuration,
+		warmup: c.Warmup, coldStart: c.ColdStart, minExposure: c.MinExposure, maxDuration: c.MaxDuration,
 		watch: c.Watch, watchAlpha: c.WatchAlpha,
 		quantiles: defaultQuantiles, weights: defaultWeights,
 	}
@@ -142,6 +143,7 @@ func (s *settings) apply(sp *ServicePolicy) error {
 	setF(&s.ceiling, sp.ErrorCeiling)
 	setF(&s.dkwMargin, sp.DKWMargin)
 	setD(&s.warmup, sp.Warmup)
+	setD(&s.coldStart, sp.ColdStart)
 	setD(&s.minExposure, sp.MinExposure)
 	setD(&s.maxDuration, sp.MaxDuration)
 	setD(&s.watch, sp.Watch)

@@ -94,14 +94,14 @@ func (d *Detector) shadowWindowLocked(s *service, g *group, w *proto.Window) {
 		}
 		sh.baselineInstances, sh.canaryInstances = w.HalfInstances[0], w.HalfInstances[1]
 		sh.freeze(g.reference())
-		sh.initTests()
+		sh.initTests(&g.disp)
 	}
 	for h := range d.xh {
 		d.xh[h].read(s.choice.Definition(), w.Halves[h])
 	}
 	a, b := sh.newRecord(), sh.newRecord()
-	sh.fill(a, w, &d.xh[0])
-	sh.fill(b, w, &d.xh[1])
+	sh.fill(a, w, &d.xh[0], &d.xh[0], false)
+	sh.fill(b, w, &d.xh[1], &d.xh[1], false)
 	logAvg := sh.update(a, b)
 	sh.release(a)
 	sh.release(b)

@@ -35,6 +35,21 @@ type TestEvidence struct {
 	Effect float64 `json:"effect"`
 	CSLow  float64 `json:"cs_low"`
 	CSHigh float64 `json:"cs_high"`
+	// The same in the metric's own units, for a count test: BaselineRatio and CanaryRatio are
+	// the event ratios e/n (the error ratio, or the share of requests slower than the
+	// threshold), and [CanaryRatioLow, CanaryRatioHigh] the canary's ratio the confidence
+	// sequence allows (BaselineRatio × CSLow … × CSHigh, at most 1).
+	BaselineRatio   float64 `json:"baseline_ratio,omitempty"`
+	CanaryRatio     float64 `json:"canary_ratio,omitempty"`
+	CanaryRatioLow  float64 `json:"canary_ratio_low,omitempty"`
+	CanaryRatioHigh float64 `json:"canary_ratio_high,omitempty"`
+	// Margin is the test's own margin ψ0 (a count test): the ratio its e-process tolerates,
+	// set from Dispersion; Dispersion is the log-sd of the event rate between instances of the
+	// baseline that set it (measured from the instance buckets, or the assumed
+	// instance_spread), and DispersionMeasured says which.
+	Margin             float64 `json:"margin,omitempty"`
+	Dispersion         float64 `json:"dispersion,omitempty"`
+	DispersionMeasured bool    `json:"dispersion_measured,omitempty"`
 }
 
 // Evidence is what a verdict rests on, in numbers.

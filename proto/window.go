@@ -47,6 +47,16 @@ type Window struct {
 	Halves [2][]WindowSeries `json:"halves,omitzero"`
 	// HalfInstances counts the distinct warm instances merged into each half.
 	HalfInstances [2]int `json:"half_instances,omitzero"`
+	// Buckets, when present, splits Warm finer than Halves: NumBuckets entries, bucket b
+	// holding the series of the warm instances with BucketOf(id) == b, so that half h is the
+	// merge of the buckets b with b/(NumBuckets/2) == h. The detector estimates how much
+	// instances of one version differ from them (docs/detector.md, "Margin from the
+	// dispersion"). Optional: a producer may leave it out, and readers then fall back to an
+	// assumed spread.
+	Buckets [][]WindowSeries `json:"buckets,omitempty"`
+	// BucketInstances counts the distinct warm instances merged into each bucket; it has
+	// the length of Buckets.
+	BucketInstances []int `json:"bucket_instances,omitempty"`
 
 	// Correction marks a correction to a window published before: it carries only the
 	// batches that reached the rollup after the window [StartMs, EndMs) of the group had
@@ -67,6 +77,18 @@ func HalfOf(id [16]byte) int {
 	lo := binary.LittleEndian.Uint64(id[:8])
 	hi := binary.LittleEndian.Uint64(id[8:])
 	return int(((lo ^ hi) * 0x9e3779b97f4a7c15) >> 63)
+}
+
+// NumBuckets is the number of Window.Buckets.
+const NumBuckets = 16
+
+// BucketOf returns the bucket (0 … NumBuckets−1) of Window.Buckets that the instance with
+// this id contributes to: the top four bits of the product HalfOf takes the top bit of, so
+// BucketOf(id)/(NumBuckets/2) == HalfOf(id).
+func BucketOf(id [16]byte) int {
+	lo := binary.LittleEndian.Uint64(id[:8])
+	hi := binary.LittleEndian.Uint64(id[8:])
+	return int(((lo ^ hi) * 0x9e3779b97f4a7c15) >> 60)
 }
 
 // FindWarm returns the series of Warm with the given name and no labels, or nil.
@@ -263,7 +285,12 @@ func UnmarshalWindow(data []byte) (*Window, error) {
 	if err := ValidVersion(w.Version); err != nil {
 		return nil, fmt.Errorf("cannot decode window: %w", err)
 	}
-	for _, ss := range [][]WindowSeries{w.Series, w.Warm, w.Halves[0], w.Halves[1]} {
+	if len(w.Buckets) > NumBuckets || len(w.BucketInstances) != len(w.Buckets) {
+		return nil, fmt.Errorf("cannot decode window: %d buckets with %d instance counts; want at most %d, one count each",
+			len(w.Buckets), len(w.BucketInstances), NumBuckets)
+	}
+	all := append([][]WindowSeries{w.Series, w.Warm, w.Halves[0], w.Halves[1]}, w.Buckets...)
+	for _, ss := range all {
 		for i := range ss {
 			if k := ss[i].Kind; k != KindCounter && k != KindGauge && k != KindHistogram {
 				return nil, fmt.Errorf("cannot decode window: series %q has no kind", ss[i].Name)

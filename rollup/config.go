@@ -43,18 +43,18 @@ type Config struct {
 	// recently seen instance is forgotten.
 	MaxInstances int
 	// MaxWindowBuckets bounds the histogram buckets one open window of a group holds: the
-	// dense ranges of all its histograms, warm halves included (8 bytes each). A histogram
+	// dense ranges of all its histograms, warm buckets included (8 bytes each). A histogram
 	// sample that would take the window beyond it is refused as "too_many_buckets". Samples
 	// of instances whose buckets lie far apart are what fill it: every window holds the union
 	// of the ranges merged into it.
 	MaxWindowBuckets int
 	// Warmup is the per-instance warm-up: a batch whose End lies less than Warmup after its
-	// InstanceStart is merged into Window.Series but not into Window.Warm and Window.Halves.
-	// 0 disables Warm and Halves.
+	// InstanceStart is merged into Window.Series but not into Window.Warm, Window.Halves and Window.Buckets.
+	// 0 disables Warm, Halves and Buckets.
 	Warmup time.Duration
-	// SplitSeries is the comma-separated list of series names (any labels) that Warm and
+	// SplitSeries is the comma-separated list of series names (any labels) that Warm, Buckets and
 	// Halves carry; "*" alone means every series. Each split series costs one more merge per
-	// warm sample and appears three more times in a published window.
+	// warm sample and appears three more times in a published window, plus once in each warm bucket it has data in.
 	SplitSeries string
 	// MaxSkew bounds the clock offset corrected per instance: the rollup estimates each
 	// instance's offset from the arrival times of its batches and places its batches in the

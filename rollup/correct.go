@@ -11,7 +11,7 @@ type correction struct {
 	w      *window
 	opened int64 // arrival time of its first batch, unix nanos
 	// ids holds the instances merged: bit 0 once counted in w.instances, bit 1 once in
-	// w.halfInstances. (Instance states track windows near their newest only.)
+	// w.partInstances. (Instance states track windows near their newest only.)
 	ids map[[16]byte]uint8
 }
 

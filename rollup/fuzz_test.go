@@ -81,7 +81,7 @@ func checkWindows(t *testing.T, r *Rollup) {
 	for _, o := range open {
 		w := o.w
 		used, held := 0, 0
-		for _, accs := range [][]acc{w.accs, w.halves[0], w.halves[1]} {
+		for _, accs := range append([][]acc{w.accs}, w.parts[:]...) {
 			for i := range accs {
 				a := &accs[i]
 				used += len(a.hist.Positive.Counts) + len(a.hist.Negative.Counts)

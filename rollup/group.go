@@ -65,7 +65,7 @@ type seriesInfo struct {
 	name     string
 	labels   proto.Labels
 	kind     proto.Kind
-	split    bool  // carried by Window.Warm and Window.Halves (Config.SplitSeries)
+	split    bool  // carried by Window.Warm, Window.Halves and Window.Buckets (Config.SplitSeries)
 	lastUsed int64 // unix nanos of the last merge
 }
 
@@ -166,18 +166,20 @@ type window struct {
 	touched []int32
 	// meta[i] describes series touched[i], so a detached window needs no group state.
 	meta []seriesMeta
-	// halves[h] accumulates the split series of the warm instances of half h, indexed by
-	// series id like accs; a split series touched in a half is in touched too. Warm is
-	// their merge, built at close.
-	halves [2][]acc
+	// parts[b] accumulates the split series of the warm instances of bucket b
+	// (proto.BucketOf), indexed by series id like accs but grown only to the highest split
+	// series id merged into it; a split series touched in a bucket is in touched too. Halves
+	// and Warm are their merges, built at close.
+	parts [proto.NumBuckets][]acc
 	// split is the Rollup's warm aggregate description, so a detached window needs no
-	// Rollup state to build Warm and Halves.
+	// Rollup state to build Warm, Halves and Buckets.
 	split split
 	// Instance counts (see proto.Window).
 	instances, started, stopped int
 	// lastAdd is when the last batch was merged (unix nanos, local clock).
-	lastAdd       int64
-	halfInstances [2]int
+	lastAdd int64
+	// partInstances[b] counts the distinct warm instances merged into parts[b].
+	partInstances [proto.NumBuckets]int
 	// buckets is the dense histogram buckets of the accumulators in use (counted against
 	// Config.MaxWindowBuckets); held is the bucket capacity of every accumulator, which
 	// stays across reuse.
@@ -199,21 +201,25 @@ type acc struct {
 }
 
 // MaxSum bounds the magnitude of every sum a window accumulates (counter values, gauge sums,
-// histogram sums; in the window and in each warm half): a sample that would take one beyond
+// histogram sums; in the window and in each warm bucket): a sample that would take one beyond
 // it is refused as "overflow" and the rest of its batch merged. So a window's values stay
-// finite, even the warm aggregate that adds two halves, and every window can be encoded.
+// finite, even the warm aggregate that adds proto.NumBuckets buckets (at most 16·MaxSum), and
+// every window can be encoded.
 const MaxSum = 1e300
 
 // maxHistCount bounds a window's histogram count, and so each of its buckets, far enough
-// from uint64 overflow that the warm aggregate can add two halves.
+// from uint64 overflow that the warm aggregate can add its buckets (whose counts are parts
+// of the window's).
 const maxHistCount = 1 << 62
 
 // acc returns the accumulator of series id, growing the slice to size (the group's table
 // length) if needed.
 func (w *window) acc(id int32, size int) *acc { return growAcc(&w.accs, id, size) }
 
-// halfAcc returns the accumulator of series id in half h, growing like acc.
-func (w *window) halfAcc(h int, id int32, size int) *acc { return growAcc(&w.halves[h], id, size) }
+// partAcc returns the accumulator of split series id in warm bucket b, growing the slice to
+// id+1 if needed: only split series are merged there, so a bucket does not hold the whole
+// series table.
+func (w *window) partAcc(b int, id int32) *acc { return growAcc(&w.parts[b], id, int(id)+1) }
 
 func growAcc(accs *[]acc, id int32, size int) *acc {
 	if int(id) >= len(*accs) {
@@ -312,9 +318,9 @@ func (w *window) reset() {
 	}
 	for _, id := range w.touched {
 		w.accs[id].clear()
-		for h := range w.halves {
-			if int(id) < len(w.halves[h]) && w.halves[h][id].n > 0 {
-				w.halves[h][id].clear()
+		for b := range w.parts {
+			if int(id) < len(w.parts[b]) && w.parts[b][id].n > 0 {
+				w.parts[b][id].clear()
 			}
 		}
 	}
@@ -323,7 +329,7 @@ func (w *window) reset() {
 	w.meta = w.meta[:0]
 	w.instances, w.started, w.stopped = 0, 0, 0
 	w.lastAdd = 0
-	w.halfInstances = [2]int{}
+	w.partInstances = [proto.NumBuckets]int{}
 	w.buckets = 0
 }
 
@@ -331,7 +337,7 @@ func (w *window) reset() {
 // content, and recounts w.held.
 func (w *window) shrink() {
 	w.held = 0
-	for _, accs := range [][]acc{w.accs, w.halves[0], w.halves[1]} {
+	for _, accs := range append([][]acc{w.accs}, w.parts[:]...) {
 		for i := range accs {
 			h := &accs[i].hist
 			for _, b := range []*proto.Buckets{&h.Positive, &h.Negative} {
@@ -346,7 +352,11 @@ func (w *window) shrink() {
 
 // bytes estimates the memory w keeps while recycled.
 func (w *window) bytes() int {
-	return (cap(w.accs)+cap(w.halves[0])+cap(w.halves[1]))*int(unsafe.Sizeof(acc{})) + 8*w.held +
+	n := cap(w.accs)
+	for b := range w.parts {
+		n += cap(w.parts[b])
+	}
+	return n*int(unsafe.Sizeof(acc{})) + 8*w.held +
 		cap(w.touched)*4 + cap(w.meta)*int(unsafe.Sizeof(seriesMeta{}))
 }
 
@@ -378,9 +388,27 @@ type split struct {
 	names    []string // Config.SplitSeries, shared read-only by every window
 }
 
-// result builds the published form of w (of group k), copying everything it keeps.
-func (w *window) result(k groupKey, windowLen, closedNs int64) *proto.Window {
-	out := &proto.Window{
+// MaxBucketCells bounds what a window's instance buckets (proto.Window.Buckets) may hold: one
+// cell per series entry plus one per dense histogram bucket, over the 16 buckets. The buckets
+// repeat the split series up to 16 times more; a window whose buckets would hold more (many
+// label sets of the split series, wide histograms) is published without them, so that its
+// encoding stays near the size it had with Warm and Halves alone, and counted
+// (herd_rollup_window_buckets_omitted_total). Readers then fall back to an assumed spread.
+const MaxBucketCells = 1 << 14
+
+// result builds the published form of w (of group k), counting buckets left out.
+func (r *Rollup) result(w *window, k groupKey, closedNs int64) *proto.Window {
+	out, omitted := w.result(k, r.w, closedNs)
+	if omitted {
+		r.m.bucketsOmitted.Inc()
+	}
+	return out
+}
+
+// result builds the published form of w (of group k), copying everything it keeps; omitted
+// reports that the buckets were left out (MaxBucketCells).
+func (w *window) result(k groupKey, windowLen, closedNs int64) (out *proto.Window, omitted bool) {
+	out = &proto.Window{
 		Service:          k.service,
 		Version:          k.version,
 		StartMs:          w.start / 1e6,
@@ -396,40 +424,126 @@ func (w *window) result(k groupKey, windowLen, closedNs int64) *proto.Window {
 	}
 	slices.SortFunc(out.Series, compareSeries)
 	if w.split.warmupMs <= 0 {
-		return out
+		return out, false
 	}
 	out.WarmupMs, out.SplitSeries = w.split.warmupMs, w.split.names
-	out.HalfInstances = w.halfInstances
-	out.WarmInstances = w.halfInstances[0] + w.halfInstances[1]
+	const perHalf = proto.NumBuckets / 2
+	out.BucketInstances = make([]int, proto.NumBuckets)
+	for b, n := range w.partInstances {
+		out.BucketInstances[b] = n
+		out.HalfInstances[b/perHalf] += n
+	}
+	out.WarmInstances = out.HalfInstances[0] + out.HalfInstances[1]
+	var nb [proto.NumBuckets]int
 	var nh [2]int
+	cells := 0
 	for _, id := range w.touched {
-		for h := range nh {
-			if int(id) < len(w.halves[h]) && w.halves[h][id].n > 0 {
+		var in [2]bool
+		for b := range nb {
+			if a := w.part(b, id); a != nil {
+				nb[b]++
+				in[b/perHalf] = true
+				cells += 1 + len(a.hist.Positive.Counts) + len(a.hist.Negative.Counts)
+			}
+		}
+		for h := range in {
+			if in[h] {
 				nh[h]++
 			}
 		}
 	}
+	keep := cells <= MaxBucketCells
+	if keep {
+		out.Buckets = make([][]proto.WindowSeries, proto.NumBuckets)
+		for b := range nb {
+			if nb[b] > 0 {
+				out.Buckets[b] = make([]proto.WindowSeries, 0, nb[b])
+			}
+		}
+	} else {
+		out.BucketInstances = nil
+	}
 	out.Halves[0] = make([]proto.WindowSeries, 0, nh[0])
 	out.Halves[1] = make([]proto.WindowSeries, 0, nh[1])
 	out.Warm = make([]proto.WindowSeries, 0, max(nh[0], nh[1]))
-	var none acc
 	for i, id := range w.touched {
-		var a [2]*acc
-		for h := range a {
-			a[h] = &none
-			if int(id) < len(w.halves[h]) && w.halves[h][id].n > 0 {
-				a[h] = &w.halves[h][id]
-				out.Halves[h] = append(out.Halves[h], seriesResult(&w.meta[i], a[h], nil))
+		var all [proto.NumBuckets]*acc
+		n := 0
+		for h := range 2 {
+			from := n
+			for b := h * perHalf; b < (h+1)*perHalf; b++ {
+				if a := w.part(b, id); a != nil {
+					if keep {
+						out.Buckets[b] = append(out.Buckets[b], seriesResult(&w.meta[i], a, nil))
+					}
+					all[n] = a
+					n++
+				}
+			}
+			if n > from {
+				out.Halves[h] = append(out.Halves[h], mergedResult(&w.meta[i], all[from:n]))
 			}
 		}
-		if a[0].n+a[1].n > 0 {
-			out.Warm = append(out.Warm, seriesResult(&w.meta[i], a[0], a[1]))
+		if n > 0 {
+			out.Warm = append(out.Warm, mergedResult(&w.meta[i], all[:n]))
 		}
 	}
 	slices.SortFunc(out.Warm, compareSeries)
 	slices.SortFunc(out.Halves[0], compareSeries)
 	slices.SortFunc(out.Halves[1], compareSeries)
-	return out
+	for _, ss := range out.Buckets {
+		slices.SortFunc(ss, compareSeries)
+	}
+	return out, !keep
+}
+
+// part returns the accumulator of series id in warm bucket b, or nil if it has no sample.
+func (w *window) part(b int, id int32) *acc {
+	if int(id) < len(w.parts[b]) && w.parts[b][id].n > 0 {
+		return &w.parts[b][id]
+	}
+	return nil
+}
+
+// mergedResult returns the published form of the merge of as (at least one, each with a
+// sample), copying the histograms (into one allocation per side: the union of their ranges).
+func mergedResult(m *seriesMeta, as []*acc) proto.WindowSeries {
+	if m.kind != proto.KindHistogram {
+		sum := *as[0]
+		for _, a := range as[1:] {
+			sum.n += a.n
+			sum.sum += a.sum
+			sum.min, sum.max = min(sum.min, a.min), max(sum.max, a.max)
+		}
+		return seriesResult(m, &sum, nil)
+	}
+	if len(as) == 1 {
+		return seriesResult(m, as[0], nil)
+	}
+	h := &proto.Histogram{
+		Positive: cover(as, func(a *acc) *proto.Buckets { return &a.hist.Positive }),
+		Negative: cover(as, func(a *acc) *proto.Buckets { return &a.hist.Negative }),
+	}
+	for _, a := range as {
+		h.Merge(&a.hist) // within the window's bucket bounds, which every part's range lies in
+	}
+	s := proto.WindowSeries{Name: m.name, Labels: m.labels, Kind: m.kind, Hist: h}
+	s.SetQuantiles()
+	return s
+}
+
+// cover returns empty buckets spanning the union of the ranges side picks from as.
+func cover(as []*acc, side func(*acc) *proto.Buckets) proto.Buckets {
+	lo, hi := math.MaxInt, math.MinInt
+	for _, a := range as {
+		if b := side(a); len(b.Counts) > 0 {
+			lo, hi = min(lo, int(b.Offset)), max(hi, int(b.Offset)+len(b.Counts))
+		}
+	}
+	if lo >= hi {
+		return proto.Buckets{}
+	}
+	return proto.Buckets{Offset: int32(lo), Counts: make([]uint64, hi-lo)}
 }
 
 // seriesResult returns the published form of the merge of a and b (b may be nil), copying

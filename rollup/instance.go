@@ -22,10 +22,11 @@ type instance struct {
 
 	// wins records the windows the instance contributed to, so that Window.Instances counts
 	// distinct instances even when one instance sends several batches into a window;
-	// warmWins does the same for its warm batches (Window.HalfInstances).
+	// warmWins does the same for its warm batches (Window.BucketInstances).
 	wins, warmWins winSet
-	// half is proto.HalfOf(instance id): the Window.Halves entry its warm batches go to.
-	half int
+	// bucket is proto.BucketOf(instance id): the Window.Buckets entry its warm batches go
+	// to (and so the Window.Halves entry, bucket/(proto.NumBuckets/2)).
+	bucket int
 
 	lastSeen int64 // unix nanos of the last batch, any outcome
 	stopped  bool  // a final batch was seen; the state is a tombstone that refuses redeliveries
@@ -46,12 +47,12 @@ type instance struct {
 
 // reset makes in the state of a new instance whose first batch has sequence number seq and
 // lands in window index idx.
-func (in *instance) reset(service, version string, start int64, seq uint64, idx int64, half int, now int64) {
+func (in *instance) reset(service, version string, start int64, seq uint64, idx int64, bucket int, now int64) {
 	*in = instance{
 		service: service, version: version, start: start,
 		maxSeq: seq, firstSeq: seq, seen: 1,
 		wins: winSet{idx: idx}, warmWins: winSet{idx: idx},
-		half:     half,
+		bucket:   bucket,
 		lastSeen: now, unannounced: true,
 		clk: newClock(),
 	}

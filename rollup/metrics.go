@@ -81,6 +81,7 @@ type Metrics struct {
 	skewCorrected   *metrics.Counter
 	corrected       *metrics.Counter
 	corrections     *metrics.Counter
+	bucketsOmitted  *metrics.Counter
 
 	// Sizes, summed over the Rollups (each adds its deltas under its own mutex).
 	groups, instances, series atomic.Int64
@@ -131,6 +132,7 @@ func NewMetrics(set *metrics.Set) *Metrics {
 		skewCorrected:   set.NewCounter("herd_rollup_batches_skew_corrected_total"),
 		corrected:       set.NewCounter("herd_rollup_batches_corrected_total"),
 		corrections:     set.NewCounter("herd_rollup_corrections_emitted_total"),
+		bucketsOmitted:  set.NewCounter("herd_rollup_window_buckets_omitted_total"),
 		skipped:         make(map[string]*metrics.Counter),
 		discarded:       set.NewCounter("herd_rollup_partition_windows_discarded_total"),
 		gaps:            set.NewCounter("herd_rollup_partition_gap_windows_total"),
@@ -260,6 +262,7 @@ var rollupHelp = map[string]string{
 	"herd_rollup_batches_skew_corrected_total":      "Batches merged with their times corrected for the clock offset estimated for their instance.",
 	"herd_rollup_batches_corrected_total":           "Batches that arrived after their window closed, within the correction horizon, merged into a correction.",
 	"herd_rollup_corrections_emitted_total":         "Corrections emitted: late data of a closed window, published as a window marked correction.",
+	"herd_rollup_window_buckets_omitted_total":      "Windows (and corrections) published without their instance buckets because these would hold more than MaxBucketCells series entries and histogram buckets.",
 	"herd_rollup_groups":                            "Groups (service, version) held.",
 	"herd_rollup_instances":                         "Instances whose state is held.",
 	"herd_rollup_series":                            "Series held over all groups.",

@@ -76,10 +76,14 @@
 //
 // With Config.Warmup > 0 each window also merges the series named in Config.SplitSeries of
 // warm batches only (End − InstanceStart ≥ Warmup) into two halves chosen by
-// proto.HalfOf(instance id), and publishes them as Window.Halves and their merge as
-// Window.Warm, with Window.HalfInstances and Window.WarmInstances. Warm leaves out every
+// proto.BucketOf(instance id) into proto.NumBuckets buckets, and publishes them as
+// Window.Buckets, their merges by proto.HalfOf as Window.Halves and their merge as
+// Window.Warm, with Window.BucketInstances, Window.HalfInstances and Window.WarmInstances. Warm leaves out every
 // instance's first seconds; the halves give consumers an A/A comparison within one group.
-// A warm sample of a split series costs one more merge (into its half); Warm is built at close.
+// A warm sample of a split series costs one more merge (into its bucket); Halves and Warm
+// are built at close. A window whose buckets would hold more than MaxBucketCells entries
+// (many label sets of the split series) is published without them, counted in
+// herd_rollup_window_buckets_omitted_total.
 //
 // # Dedup and loss
 //
@@ -451,15 +455,15 @@ func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, at
 	if started {
 		w.started++
 	}
-	half := -1
+	part := -1
 	if r.split.warmupMs > 0 {
 		// End and InstanceStart are both the agent's stamps: their difference does not
 		// depend on its clock's offset.
 		if b.End-b.InstanceStart >= r.warmup {
 			if in != nil {
-				half = in.half
+				part = in.bucket
 			} else {
-				half = proto.HalfOf(b.Instance)
+				part = proto.BucketOf(b.Instance)
 			}
 			var firstHalf bool
 			switch {
@@ -472,13 +476,13 @@ func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, at
 				firstHalf = true
 			}
 			if firstHalf {
-				w.halfInstances[half]++
+				w.partInstances[part]++
 			}
 		} else {
 			r.m.batchesWarming.Inc()
 		}
 	}
-	r.mergeLocked(g, w, b, half, now)
+	r.mergeLocked(g, w, b, part, now)
 	w.lastAdd = now
 	r.touchLocked(g, now)
 	if in != nil {
@@ -504,8 +508,8 @@ func (r *Rollup) placeLocked(in *instance, orphan bool, b *proto.Batch, corr, at
 }
 
 // mergeLocked merges the series of b into w: every series into w's accumulators and, for a
-// warm batch (half ≥ 0), the split series into half half as well.
-func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, half int, now int64) {
+// warm batch (part ≥ 0), the split series into warm bucket part as well.
+func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, part int, now int64) {
 	merged := 0
 	for i := range b.Series {
 		s := &b.Series[i]
@@ -525,9 +529,9 @@ func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, half int, now 
 			continue
 		}
 		a := w.acc(id, len(g.series))
-		var ha *acc // the warm half's accumulator, if the sample goes there too
-		if half >= 0 && info.split {
-			ha = w.halfAcc(half, id, len(g.series))
+		var ha *acc // the warm bucket's accumulator, if the sample goes there too
+		if part >= 0 && info.split {
+			ha = w.partAcc(part, id)
 		}
 		reason, grow := r.refusal(w, a, ha, s)
 		if reason != "" {
@@ -547,7 +551,7 @@ func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, half int, now 
 			w.meta = append(w.meta, seriesMeta{name: info.name, labels: info.labels, kind: info.kind})
 		}
 		if ha != nil {
-			// The half's buckets are a subset of a's, which fit: this merge cannot fail.
+			// The warm bucket's histogram buckets are a subset of a's, which fit: this merge cannot fail.
 			held := histCap(&ha.hist)
 			ha.add(s.Kind, s)
 			w.held += histCap(&ha.hist) - held
@@ -559,7 +563,7 @@ func (r *Rollup) mergeLocked(g *group, w *window, b *proto.Batch, half int, now 
 }
 
 // refusal returns why sample s cannot be merged into window w, into accumulator a and, if ha
-// is not nil, into the warm half's accumulator ha; or "" and the dense histogram buckets the
+// is not nil, into the warm bucket's accumulator ha; or "" and the dense histogram buckets the
 // merges add to w.
 func (r *Rollup) refusal(w *window, a, ha *acc, s *proto.Series) (reason string, grow int) {
 	if reason := a.refusal(s.Kind, s); reason != "" {
@@ -583,7 +587,7 @@ func (r *Rollup) refusal(w *window, a, ha *acc, s *proto.Series) (reason string,
 	return "", grow
 }
 
-// splits reports whether series of this name are carried by Warm and Halves.
+// splits reports whether series of this name are carried by Warm, Halves and Buckets.
 func (r *Rollup) splits(name string) bool {
 	return r.splitAll || slices.Contains(r.split.names, name)
 }
@@ -614,7 +618,7 @@ func (r *Rollup) newInstanceLocked(b *proto.Batch, idx, now int64) *instance {
 	} else {
 		in = new(instance)
 	}
-	in.reset(b.Service, b.Version, b.InstanceStart, b.Seq, idx, proto.HalfOf(b.Instance), now)
+	in.reset(b.Service, b.Version, b.InstanceStart, b.Seq, idx, proto.BucketOf(b.Instance), now)
 	r.insts.Add(b.Instance, in) // may evict the least recently seen instance
 	r.live++
 	r.m.instances.Add(1)

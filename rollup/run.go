@@ -210,7 +210,7 @@ func (r *Rollup) emitClosing(closedNs int64) {
 	for _, c := range r.closing {
 		var out *proto.Window
 		if c.correction {
-			out = c.w.result(c.key, r.w, closedNs)
+			out = r.result(c.w, c.key, closedNs)
 			out.Correction = true
 			c.w.reset()
 			r.m.corrections.Inc()
@@ -218,7 +218,7 @@ func (r *Rollup) emitClosing(closedNs int64) {
 			continue
 		}
 		if c.w != nil {
-			out = c.w.result(c.key, r.w, closedNs)
+			out = r.result(c.w, c.key, closedNs)
 			c.w.reset()
 		} else {
 			out = emptyResult(c.key, c.start, r.w, closedNs)

@@ -2,6 +2,7 @@ package rollup
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -78,6 +79,8 @@ func TestWarmExcludesYoungInstancesAndHalvesPartitionThem(t *testing.T) {
 			var wantWarm float64
 			var wantHalf [2]float64
 			var wantHalfInst [2]int
+			var wantBucket [proto.NumBuckets]float64
+			var wantBucketInst [proto.NumBuckets]int
 			for i := 0; i <= young; i++ {
 				if i == young && !youngWarm {
 					continue
@@ -85,6 +88,19 @@ func TestWarmExcludesYoungInstancesAndHalvesPartitionThem(t *testing.T) {
 				wantWarm += float64(uint(1) << i)
 				wantHalf[half[i]] += float64(uint(1) << i)
 				wantHalfInst[half[i]]++
+				wantBucket[proto.BucketOf(instanceID(i))] += float64(uint(1) << i)
+				wantBucketInst[proto.BucketOf(instanceID(i))]++
+			}
+			if len(w.Buckets) != proto.NumBuckets || !slices.Equal(w.BucketInstances, wantBucketInst[:]) {
+				t.Errorf("window %d: got %d buckets with instances %v; want %d with %v", k, len(w.Buckets), w.BucketInstances, proto.NumBuckets, wantBucketInst)
+			}
+			for b := range min(len(w.Buckets), proto.NumBuckets) {
+				if v := valueIn(w.Buckets[b], proto.SeriesRequests); v != wantBucket[b] {
+					t.Errorf("window %d: bucket %d requests got %v; want %v (instances by BucketOf)", k, b, v, wantBucket[b])
+				}
+				if n := histCount(w.Buckets[b]); n != uint64(wantBucketInst[b]) {
+					t.Errorf("window %d: bucket %d latency count got %d; want %d", k, b, n, wantBucketInst[b])
+				}
 			}
 			all := float64(uint(1)<<(young+1) - 1)
 			if v := valueIn(w.Series, proto.SeriesRequests); v != all {
@@ -222,4 +238,42 @@ func TestSplitSeriesConfig(t *testing.T) {
 	if err := c.Validate(); err == nil || !strings.HasPrefix(err.Error(), "-rollup.warmup ") {
 		t.Errorf("warm-up 1.5ms: got %v; want an error naming -rollup.warmup", err)
 	}
+}
+
+// TestBucketsOmittedBeyondTheirBound: a window whose split series have so many label sets
+// that its 16 instance buckets would hold more than MaxBucketCells entries is published
+// without buckets, counted, and with Warm and Halves exact.
+func TestBucketsOmittedBeyondTheirBound(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		cfg := DefaultConfig()         // requests_total is split
+		labels := MaxBucketCells/4 + 1 // more than MaxBucketCells in any 4 buckets
+		cfg.MaxSeriesPerGroup, cfg.MaxSeriesPerService = labels, labels
+		r, s := newTestRollup(t, cfg)
+		end := time.Now().Add(win)
+		const instances = 16 // in at least 4 buckets
+		for i := range instances {
+			ss := make([]proto.Series, 0, labels)
+			for l := range labels {
+				ss = append(ss, counter(proto.SeriesRequests, 1, "route", strconv.Itoa(l)))
+			}
+			r.Add(batch(i, 0, end, ss...))
+		}
+		r.Add(batch(instances, 0, end, counter(proto.SeriesRequests, 1, "route", "0")))
+		closeAll(r, end)
+		w := s.take()[0]
+		if w.Buckets != nil || w.BucketInstances != nil {
+			t.Fatalf("%d label sets in 16 buckets: got %d buckets; want none (over MaxBucketCells)", labels, len(w.Buckets))
+		}
+		if got := r.m.bucketsOmitted.Get(); got != 1 {
+			t.Fatalf("windows without buckets: got %d counted; want 1", got)
+		}
+		var n float64
+		for _, ws := range w.Warm {
+			n += ws.Value
+		}
+		if want := float64(instances*labels + 1); n != want || w.WarmInstances != instances+1 {
+			t.Fatalf("Warm without buckets: got %v requests of %d instances; want %v of %d", n, w.WarmInstances, want, instances+1)
+		}
+	})
 }

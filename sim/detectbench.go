@@ -101,8 +101,8 @@ type DetectConfig struct {
 	Seed uint64
 	// Workers running trials in parallel [GOMAXPROCS].
 	Workers int
-	// Detector is the detector configuration [alert.DefaultConfig() with Warmup 0: the
-	// simulation has no cold starts]; its PolicyFile is ignored. A/A scenarios run with
+	// Detector is the detector configuration [alert.DefaultConfig() with Warmup and
+	// ColdStart 0: the simulation has no cold starts]; its PolicyFile is ignored. A/A scenarios run with
 	// promotion disabled so that every trial lasts the full Duration.
 	Detector *alert.Config
 }
@@ -137,7 +137,7 @@ func BenchDetect(cfg DetectConfig) (*DetectReport, error) {
 		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
 	dc := alert.DefaultConfig()
-	dc.Warmup = 0
+	dc.Warmup, dc.ColdStart = 0, 0
 	if cfg.Detector != nil {
 		dc = *cfg.Detector
 	}

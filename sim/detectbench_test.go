@@ -31,8 +31,10 @@ func TestBenchDetectSmall(t *testing.T) {
 				t.Errorf("aa at %g: got margin %.4f; want ψ0 ≈ %.2f, read from the undecided comparisons", r.Share, r.Margin, want)
 			}
 		case "crash-loop":
-			if r.Rollbacks != 10 || r.P90Seconds > 0.5 {
-				t.Errorf("crash-loop at %g: got %d/10 rollbacks, p90 %.2f s; want 10/10 within 0.5 s", r.Share, r.Rollbacks, r.P90Seconds)
+			// The error ceiling is a test with its share of α: at 90 % errors it needs about 20
+			// requests, which a 5 % canary serving half its traffic has in 2–3 windows.
+			if r.Rollbacks != 10 || r.P90Seconds > 2 {
+				t.Errorf("crash-loop at %g: got %d/10 rollbacks, p90 %.2f s; want 10/10 within 2 s", r.Share, r.Rollbacks, r.P90Seconds)
 			}
 		case "errors-x10":
 			if r.Rollbacks != 10 || r.MedianSeconds > 5 {

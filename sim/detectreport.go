@@ -34,10 +34,23 @@ type DetectResult struct {
 	// Margin is the largest margin ψ0 the comparisons used (it depends on the instance
 	// counts; proto.Evidence.Margin); 0 when no trial's tests started.
 	Margin float64 `json:"margin"`
+	// OracleMedianSeconds is the median time of the oracle (a sequential probability ratio
+	// test that knows the effect; realistic suite, regressions) over the OracleDecided trials
+	// in which it decided.
+	OracleMedianSeconds float64 `json:"oracle_median_s,omitempty"`
+	OracleDecided       int     `json:"oracle_decided,omitempty"`
+	// OracleMarginMedianSeconds is the median time of the same oracle tested against the
+	// margin ψ0 the comparison held (its effect's test's margin) instead of "no worse",
+	// over the OracleMarginDecided trials in which it decided: what a method that knew the
+	// effect but had to hold herd's margin would need.
+	OracleMarginMedianSeconds float64 `json:"oracle_margin_median_s,omitempty"`
+	OracleMarginDecided       int     `json:"oracle_margin_decided,omitempty"`
 }
 
 // DetectReport is the result of BenchDetect.
 type DetectReport struct {
+	// Suite is "realistic" for BenchRealistic, empty for BenchDetect.
+	Suite          string         `json:"suite,omitempty"`
 	Alpha          float64        `json:"alpha"`
 	RPS            float64        `json:"rps"`
 	Duration       string         `json:"duration"`
@@ -52,10 +65,14 @@ type DetectReport struct {
 
 // WriteTable prints the report as an aligned text table.
 func (r *DetectReport) WriteTable(w io.Writer) error {
-	fmt.Fprintf(w, "herd bench detect: α=%g, %g rps, %s trials of %s, window %s, warm-up %s, baseline errors %.1f %%, seed %d (%s)\n",
-		r.Alpha, r.RPS, fmt.Sprint(r.Trials), r.Duration, r.Window, r.Warmup, 100*r.BaseErrorRatio, r.Seed, r.Elapsed)
+	suite := ""
+	if r.Suite != "" {
+		suite = " (" + r.Suite + " suite)"
+	}
+	fmt.Fprintf(w, "herd bench detect%s: α=%g, %g rps, %s trials of %s, window %s, warm-up %s, baseline errors %.1f %%, seed %d (%s)\n",
+		suite, r.Alpha, r.RPS, fmt.Sprint(r.Trials), r.Duration, r.Window, r.Warmup, 100*r.BaseErrorRatio, r.Seed, r.Elapsed)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tcanary\tψ0\trollbacks\trate\t(95 % ≤)\tmedian s\tp90 s\tpasses\tpass median s\tdecided by\t")
+	fmt.Fprintln(tw, "scenario\tcanary\tψ0\trollbacks\trate\t(95 % ≤)\tmedian s\tp90 s\tpasses\tpass median s\toracle median s\toracle@ψ0 median s\tdecided by\t")
 	secs := func(n int, v float64) string {
 		if n == 0 {
 			return "-"
@@ -72,10 +89,11 @@ func (r *DetectReport) WriteTable(w io.Writer) error {
 			dec = append(dec, fmt.Sprintf("%s:%d", k, v))
 		}
 		slices.Sort(dec)
-		fmt.Fprintf(tw, "%s\t%g %%\t%s\t%d/%d\t%.2f %%\t%.2f %%\t%s\t%s\t%d\t%s\t%s\t\n",
+		fmt.Fprintf(tw, "%s\t%.3g %%\t%s\t%d/%d\t%.2f %%\t%.2f %%\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t\n",
 			res.Scenario, 100*res.Share, margin, res.Rollbacks, res.Trials, 100*res.RollbackRate,
 			100*res.RollbackRateUpper95, secs(res.Rollbacks, res.MedianSeconds), secs(res.Rollbacks, res.P90Seconds),
-			res.Passes, secs(res.Passes, res.PassMedianSeconds), strings.Join(dec, " "))
+			res.Passes, secs(res.Passes, res.PassMedianSeconds), secs(res.OracleDecided, res.OracleMedianSeconds),
+			secs(res.OracleMarginDecided, res.OracleMarginMedianSeconds), strings.Join(dec, " "))
 	}
 	return tw.Flush()
 }

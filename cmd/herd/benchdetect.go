@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/herd-dev/herd/alert"
 	"github.com/herd-dev/herd/sim"
 	"github.com/herd-dev/herd/sim/demo"
 	"github.com/herd-dev/herd/sim/graph"
@@ -18,7 +19,7 @@ import (
 func benchDetectCommand() command {
 	return command{
 		name:  "bench detect",
-		usage: "[--trials N] [--scenarios S,...] [--shares F,...] [--graph-trials N] [--e2e N] [--json]",
+		usage: "[--trials N] [--scenarios S,...] [--shares F,...] [--realistic N] [--realistic-scenarios S,...] [--graph-trials N] [--e2e N] [--json]",
 		short: "run the detector's statistical benchmark on simulated time, then real-time end-to-end trials",
 		flags: func(fs *flag.FlagSet, e *env) func(context.Context) error {
 			var o benchDetectOptions
@@ -29,6 +30,9 @@ func benchDetectCommand() command {
 			fs.StringVar(&o.scenarios, "scenarios", "", "scenarios, comma-separated (default all)")
 			fs.Uint64Var(&o.seed, "seed", 1, "random seed")
 			fs.BoolVar(&o.json, "json", false, "print the JSON report after the table")
+			fs.IntVar(&o.realistic, "realistic", 100, "trials per scenario of the realistic suite (fleet conditions, herd as shipped; the published figures use 1000; count; 0 skips)")
+			fs.StringVar(&o.realScenarios, "realistic-scenarios", "", "realistic-suite scenarios, comma-separated (default all)")
+			fs.DurationVar(&o.coldStart, "cold-start", alert.DefaultConfig().ColdStart, "the detector's -detect.cold-start in the realistic suite (duration; 0 compares latency from the start)")
 			fs.IntVar(&o.graphTrials, "graph-trials", 200, "seeded trials per scenario and canary share of the request-flow suite on a generated 50-service graph (the published figures use 1000; count; 0 skips)")
 			fs.StringVar(&o.graphScenarios, "graph-scenarios", "", "request-flow suite scenarios, comma-separated (default all: "+strings.Join(sim.GraphScenarios, ", ")+")")
 			fs.IntVar(&o.e2e, "e2e", 3, "real-time end-to-end trials per regression scenario (crash, errors, latency) through agent library → NATS → rollup → detector → webhook receiver (count; 0 skips)")
@@ -39,12 +43,14 @@ func benchDetectCommand() command {
 
 // benchDetectOptions are the flags of `herd bench detect`.
 type benchDetectOptions struct {
-	trials, e2e       int
-	duration          time.Duration
-	rps               float64
-	shares, scenarios string
-	seed              uint64
-	json              bool
+	trials, e2e, realistic int
+	realScenarios          string
+	coldStart              time.Duration
+	duration               time.Duration
+	rps                    float64
+	shares, scenarios      string
+	seed                   uint64
+	json                   bool
 	// The request-flow suite on a service graph (sim.BenchDetectGraph).
 	graphTrials    int
 	graphScenarios string
@@ -73,6 +79,23 @@ func benchDetect(ctx context.Context, e *env, o benchDetectOptions) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "(%s wall time)\n", time.Since(start).Round(time.Second))
+	var real *sim.DetectReport
+	if o.realistic > 0 {
+		dc := alert.DefaultConfig()
+		dc.ColdStart = o.coldStart
+		rc := sim.RealisticConfig{Trials: o.realistic, Duration: o.duration, Seed: o.seed, Detector: &dc}
+		if o.realScenarios != "" {
+			rc.Scenarios = strings.Split(o.realScenarios, ",")
+		}
+		start := time.Now()
+		if real, err = sim.BenchRealistic(rc); err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		if err := real.WriteTable(e.stdout); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "(%s wall time)\n", time.Since(start).Round(time.Second))
+	}
 	var flow *sim.DetectReport
 	if o.graphTrials > 0 {
 		gc := sim.GraphDetectConfig{Detect: sim.DetectConfig{Trials: o.graphTrials, Duration: o.duration, Shares: cfg.Shares, Seed: o.seed}}
@@ -99,6 +122,11 @@ func benchDetect(ctx context.Context, e *env, o benchDetectOptions) error {
 	if o.json {
 		if err := rep.WriteJSON(e.stdout); err != nil {
 			return err
+		}
+		if real != nil {
+			if err := real.WriteJSON(e.stdout); err != nil {
+				return err
+			}
 		}
 		if flow != nil {
 			if err := flow.WriteJSON(e.stdout); err != nil {

@@ -48,6 +48,16 @@ func NewBins(base LatencyModel) *Bins {
 	return b
 }
 
+// Lo returns the lowest herd bucket index of the bins; Width the dense width from it that
+// holds every bin's bucket.
+func (b *Bins) Lo() int { return b.lo }
+
+// Width returns the dense histogram width of the bins (see Lo).
+func (b *Bins) Width() int { return b.width }
+
+// Index returns the herd bucket index of bin j.
+func (b *Bins) Index(j int) int { return b.idx[j] }
+
 // Len returns the number of bins.
 func (b *Bins) Len() int { return len(b.idx) }
 
