@@ -55,6 +55,9 @@ func (w *worker) source(ctx context.Context, p int, add func(*proto.Batch)) erro
 	cfg.Prefix = proto.PartitionSubjectPrefix(p)
 	cfg.DrainTimeout = w.n.cfg.DrainTimeout
 	cfg.Limiter = w.limit
+	// One partition's share: a quarter of serve's single intake buffer each (a worker may
+	// own all 64 partitions, though its busy ones are few).
+	cfg.PendingMsgs, cfg.PendingBytes = ingest.DefaultPendingMsgs/2, ingest.DefaultPendingBytes/4
 	in, err := ingest.NewIntake(cfg, w.intakeMetrics, w.n.nc, add, w.n.logger.With("component", "intake", "partition", p))
 	if err != nil {
 		return err
