@@ -30,9 +30,10 @@ type ScraperConfig struct {
 	URL string
 	// Timeout bounds one scrape (default: the client's interval).
 	Timeout time.Duration
-	// FinalTimeout bounds the final scrape Run makes when it is stopped (default: Timeout).
-	// A target going away (a pod being deleted) still serves for a while, and its last
-	// counts are in that scrape alone: it may be worth waiting longer for.
+	// FinalTimeout bounds the final scrape Run makes when it is stopped (default: the larger
+	// of Timeout and DefaultFinalTimeout, 5 s). A target going away (a pod being deleted, an
+	// app shutting down with its agent) still serves for a while, and its last counts are in
+	// that scrape alone: worth waiting longer for than one interval.
 	FinalTimeout time.Duration
 	// MaxSeries bounds the series tracked from the target (default 1000). Series beyond it
 	// are skipped and counted with reason "limit".
@@ -70,6 +71,7 @@ type Rewriter interface {
 const (
 	DefaultMaxBodyBytes = 16 << 20
 	DefaultStaleAfter   = 5 * time.Minute
+	DefaultFinalTimeout = 5 * time.Second
 )
 
 // acceptHeader prefers the protobuf format (the only one carrying native histograms in this
@@ -147,7 +149,7 @@ func NewScraper(cfg ScraperConfig, c *Client, logger *slog.Logger, set *metrics.
 		cfg.Timeout = c.Interval()
 	}
 	if cfg.FinalTimeout == 0 {
-		cfg.FinalTimeout = cfg.Timeout
+		cfg.FinalTimeout = max(cfg.Timeout, DefaultFinalTimeout)
 	}
 	if cfg.MaxSeries == 0 {
 		cfg.MaxSeries = DefaultMaxSeries

@@ -49,7 +49,7 @@ const (
 // Defaults of Config.
 const (
 	DefaultMaxPods      = 500
-	DefaultFinalTimeout = 5 * time.Second
+	DefaultFinalTimeout = ingest.DefaultFinalTimeout
 )
 
 // DefaultNameLabels and DefaultVersionLabels are the pod labels the group is read from, first
