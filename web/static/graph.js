@@ -26,13 +26,16 @@ const differs = 1.5;
 const rateSeconds = 4;
 
 // clearOfNoise reports whether the canary edge's error ratio exceeds its baseline's by at
-// least 3 standard errors (two proportions, pooled), so that a few errors more than expected
-// are not drawn as a difference.
+// least 4 standard errors (two proportions, pooled) and rests on at least 5 failed calls of
+// the canary's, so that a few errors more than expected are not drawn as a difference: the
+// page looks 4 times a second, and at 3 standard errors over a handful of errors a good
+// canary's edge was highlighted now and then.
 function clearOfNoise(e, be) {
   const nc = e.rps * rateSeconds, nb = be.rps * rateSeconds;
+  if (nc * e.error_ratio < 5) return false;
   const p = (nc * e.error_ratio + nb * be.error_ratio) / Math.max(nc + nb, 1);
   const se = Math.sqrt(p * (1 - p) * (1 / Math.max(nc, 1) + 1 / Math.max(nb, 1)));
-  return se > 0 && (e.error_ratio - be.error_ratio) / se >= 3;
+  return se > 0 && (e.error_ratio - be.error_ratio) / se >= 4;
 }
 
 export function mount(el, app) {
