@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -71,7 +72,7 @@ func TestDemoScenarios(t *testing.T) {
 	} {
 		name := strings.Join(append([]string{tc.scenario}, tc.args...), " ")
 		t.Run(name, func(t *testing.T) {
-			t.Parallel()
+			perftest.Parallel(t) // make perf measures each demo alone
 			if slices.Contains(tc.args, "--graph") && !perftest.Enabled() {
 				// The graph's good canary passes only once every edge's interval is narrow:
 				// about 60 s of real time. make perf runs it.
@@ -103,7 +104,24 @@ func TestDemoScenarios(t *testing.T) {
 			if hook == nil || hook.SinceOnsetMs == nil {
 				t.Fatal("no webhook_received event after the onset")
 			}
-			perftest.Within(t, "webhook received after onset (ms)", *hook.SinceOnsetMs, tc.maxWebhookMs)
+			took, what := *hook.SinceOnsetMs, "webhook received after onset (ms)"
+			if tc.scenario == "crash" && perftest.Enabled() {
+				// The onset falls anywhere in a 250 ms window, and a crash loop shows from the
+				// first whole window after it: one run varies by up to a window. The bound is
+				// on the median of three seeds.
+				samples := []int64{took}
+				for _, seed := range []string{"2", "3"} {
+					_, more := runDemo(t, "--scenario", tc.scenario, "--duration", "90s", "--seed", seed)
+					if h := firstEvent(more, "webhook_received"); h != nil && h.SinceOnsetMs != nil {
+						samples = append(samples, *h.SinceOnsetMs)
+					} else {
+						t.Errorf("crash demo, seed %s: no webhook after the onset", seed)
+					}
+				}
+				slices.Sort(samples)
+				took, what = samples[len(samples)/2], fmt.Sprintf("median webhook received after onset over seeds 1-3 %v (ms)", samples)
+			}
+			perftest.Within(t, what, took, tc.maxWebhookMs)
 			if v := firstVerdict(events, "rollback"); tc.decisive != "" && (v == nil || v.Evidence == nil || v.Evidence.Decisive != tc.decisive) {
 				t.Errorf("rollback verdict %+v; want it decided by %s", v, tc.decisive)
 			} else if tc.decisive != "" && !strings.Contains(v.Text, "checkout 1.5.0 → payments: ") {
