@@ -154,6 +154,7 @@ func (wt *windowTotals) exact(agents map[string][]*clockAgent) error {
 // tells skew from delay, usually reaches its window after it closed: a correction of it.
 func TestSkewedAgentClocksExact(t *testing.T) {
 	t.Parallel()
+	oneHeavy(t) // placement by arrival time: not beside the floods and clusters
 	if testing.Short() {
 		t.Skip("runs agents in real time")
 	}
@@ -284,6 +285,7 @@ func freePort(t *testing.T) int {
 // not taken for clock skew).
 func TestServeRestartCorrectionsExact(t *testing.T) {
 	t.Parallel()
+	oneHeavy(t) // placement by arrival time: not beside the floods and clusters
 	if testing.Short() {
 		t.Skip("runs agents in real time across a restart")
 	}

@@ -63,9 +63,11 @@ func startRoles(t *testing.T, cfg Config, roles Roles) *Node {
 	return startNode(t, cfg)
 }
 
-// heavySlot lets one heavy real-time test (a NATS cluster with workers and a fleet, or the
-// group flood) run at a time, beside the package's light parallel tests: two at once on two
-// cores starve the lease renewals, and a lost lease loses windows by design (see rollup/lease).
+// heavySlot lets one heavy real-time test (a NATS cluster with workers and a fleet, the group
+// flood, or a test of placement by arrival time: skewed clocks, a restart) run at a time,
+// beside the package's light parallel tests: two at once on two cores starve the lease
+// renewals (a lost lease loses windows by design, see rollup/lease), and batches delayed by a
+// starved process are placed by the rollup's clock heuristics as if their clocks were off.
 var heavySlot sync.Mutex
 
 // oneHeavy waits for the heavy slot and holds it until the test and all its cleanups (the
