@@ -197,21 +197,7 @@ func runScenario(cfg DetectConfig, dc alert.Config, b *traffic.Bins, sc detectSc
 	}
 	dc.MaxDuration = max(dc.MaxDuration, cfg.Duration+time.Minute)
 	dc.EvidenceEvery = 0 // live evidence updates decide nothing, and the bench reads only the final verdicts
-	results := make([]trialResult, cfg.Trials)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range cfg.Workers {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= cfg.Trials {
-					return
-				}
-				results[i] = runTrial(cfg, dc, b, sc, share, i)
-			}
-		})
-	}
-	wg.Wait()
+	results := runTrials(cfg.Trials, cfg.Workers, func(i int) trialResult { return runTrial(cfg, dc, b, sc, share, i) })
 	res := DetectResult{Scenario: sc.name, Share: share, Regression: sc.regression, Trials: cfg.Trials, Decisive: map[string]int{}}
 	var times, passTimes []float64
 	for _, r := range results {
@@ -347,4 +333,25 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *traffic.Bins, sc detectScena
 		tr.margin = last.Evidence.Margin
 	}
 	return tr
+}
+
+// runTrials runs trial(i) for i in [0, n) on workers goroutines and returns the results in
+// trial order, so that a report depends on the trials' seeds only, not on their scheduling.
+func runTrials[T any](n, workers int, trial func(i int) T) []T {
+	results := make([]T, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				results[i] = trial(i)
+			}
+		})
+	}
+	wg.Wait()
+	return results
 }

@@ -10,8 +10,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/herd-dev/herd/alert"
@@ -301,21 +299,7 @@ func runGraphScenario(cfg DetectConfig, dc alert.Config, b *traffic.Bins, svcs [
 	}
 	dc.MaxDuration = max(dc.MaxDuration, cfg.Duration+time.Minute)
 	dc.EvidenceEvery = 0
-	results := make([]trialResult, cfg.Trials)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range cfg.Workers {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= cfg.Trials {
-					return
-				}
-				results[i] = runGraphTrial(cfg, dc, b, svcs[i%len(svcs)], sc, share, i)
-			}
-		})
-	}
-	wg.Wait()
+	results := runTrials(cfg.Trials, cfg.Workers, func(i int) trialResult { return runGraphTrial(cfg, dc, b, svcs[i%len(svcs)], sc, share, i) })
 	res := DetectResult{Scenario: sc.name, Share: share, Regression: sc.regression, Trials: cfg.Trials, Decisive: map[string]int{}}
 	var times []float64
 	for _, r := range results {

@@ -8,8 +8,6 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/herd-dev/herd/alert"
@@ -195,21 +193,7 @@ type realTrial struct {
 
 func runRealScenario(cfg RealisticConfig, dc alert.Config, bins *traffic.Bins, sc realScenario) (DetectResult, error) {
 	dc.MaxDuration = max(dc.MaxDuration, cfg.Duration+time.Minute)
-	results := make([]realTrial, cfg.Trials)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range cfg.Workers {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= cfg.Trials {
-					return
-				}
-				results[i] = runRealTrial(cfg, dc, bins, sc, i)
-			}
-		})
-	}
-	wg.Wait()
+	results := runTrials(cfg.Trials, cfg.Workers, func(i int) realTrial { return runRealTrial(cfg, dc, bins, sc, i) })
 	share := float64(sc.kB) / float64(sc.kA+sc.kB)
 	res := DetectResult{Scenario: sc.name, Share: share, Regression: sc.regression, Trials: cfg.Trials, Decisive: map[string]int{}}
 	var times, passTimes, oracle, oracleMargin []float64
