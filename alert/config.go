@@ -26,9 +26,10 @@ type Config struct {
 	// every count test lies below max(AcceptMargin, margin).
 	AcceptMargin float64
 	// Warmup is how long after a canary group first reports its windows are left out of the
-	// statistical tests (the guards still apply). Each instance's own first seconds are left
-	// out by the rollup (-rollup.warmup) when windows carry Warm: this covers only the group
-	// as a whole. Raise it to the instance warm-up when the rollup runs without one.
+	// statistical tests (the guards still apply). 0 (the default) compares from the first
+	// window: each instance's start is handled per instance, from the windows' warm split
+	// (its latency cold start, and its errors when the baseline's young instances err more;
+	// see docs/detector.md). Raise it to 5s when the rollup runs without a warm-up.
 	Warmup time.Duration
 	// ColdStart is how long after a canary group first reports its latency is compared only
 	// with the baseline's young instances (those the rollup leaves out of Warm), never with
@@ -96,7 +97,7 @@ func DefaultConfig() Config {
 		Margin:                1,
 		InstanceSpread:        0.1,
 		AcceptMargin:          1.5,
-		Warmup:                time.Second,
+		Warmup:                0,
 		ColdStart:             30 * time.Second,
 		MinExposure:           5 * time.Minute,
 		MaxDuration:           30 * time.Minute,
@@ -123,7 +124,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.Margin, "detect.margin", c.Margin, "least margin ψ0: canary/baseline event-rate ratio tolerated without rollback (≥ 1; 1 = no worse)")
 	fs.Float64Var(&c.InstanceSpread, "detect.instance-spread", c.InstanceSpread, "assumed log-sd of event rates between instances of one version; widens the margin for small groups (≥ 0; 0 = off)")
 	fs.Float64Var(&c.AcceptMargin, "detect.accept-margin", c.AcceptMargin, "pass when every ratio's confidence sequence lies below this (≥ 1)")
-	fs.DurationVar(&c.Warmup, "detect.warmup", c.Warmup, "leave a new canary group's first windows out of the tests for this long (each instance's first seconds are left out by -rollup.warmup; use 5s if that is 0)")
+	fs.DurationVar(&c.Warmup, "detect.warmup", c.Warmup, "leave a new canary group's first windows out of the tests for this long (each instance's start is handled per instance from -rollup.warmup's split; use 5s if that is 0)")
 	fs.DurationVar(&c.ColdStart, "detect.cold-start", c.ColdStart, "compare a new canary's latency only with the baseline's young instances for this long, so that a cold start is not a regression; not applied when the baseline's young instances are known to be as fast as its warm ones (0 = off)")
 	fs.DurationVar(&c.MinExposure, "detect.min-exposure", c.MinExposure, "least comparison time before a pass")
 	fs.DurationVar(&c.MaxDuration, "detect.max-duration", c.MaxDuration, "undecided comparisons end as inconclusive after this long")

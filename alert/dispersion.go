@@ -174,9 +174,8 @@ func (d *dispersion) coldStart(edges []int) (latencyCold, errorsCold bool) {
 	}
 	an, ae := d.coldCur.an+d.coldPrev.an, d.coldCur.ae+d.coldPrev.ae
 	wn, we := d.coldCur.wn+d.coldPrev.wn, d.coldCur.we+d.coldPrev.we
-	errorsCold = true
 	if yn, ye := an-wn, max(ae-we, 0); yn >= minColdCount && wn >= minColdCount && we > 0 {
-		errorsCold = (ye+2*math.Sqrt(ye)+2)/yn > coldTolerance*we/wn
+		errorsCold = (ye-2*math.Sqrt(ye))/yn > coldTolerance*we/wn
 	}
 	return latencyCold, errorsCold
 }
