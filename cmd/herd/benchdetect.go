@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 	"time"
@@ -112,12 +111,15 @@ func benchDetect(ctx context.Context, e *env, o benchDetectOptions) error {
 		}
 		fmt.Fprintf(e.stdout, "(%s wall time)\n", time.Since(start).Round(time.Second))
 	}
-	var rt *e2eReport
+	var rt *demo.E2EReport
 	if o.e2e > 0 {
-		if rt, err = benchE2E(ctx, e, o.e2e, o.seed); err != nil {
+		logger := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+		if rt, err = demo.BenchE2E(ctx, o.e2e, o.seed, logger); err != nil {
 			return err
 		}
-		rt.writeTable(e.stdout)
+		if err := rt.WriteTable(e.stdout); err != nil {
+			return err
+		}
 	}
 	if o.json {
 		if err := rep.WriteJSON(e.stdout); err != nil {
@@ -139,68 +141,4 @@ func benchDetect(ctx context.Context, e *env, o benchDetectOptions) error {
 		}
 	}
 	return nil
-}
-
-// e2eTrial is one real-time trial of `herd bench detect --e2e`.
-type e2eTrial struct {
-	Scenario string `json:"scenario"`
-	Seed     uint64 `json:"seed"`
-	Outcome  string `json:"outcome"`
-	// DetectMs is the deciding window's end minus the onset; WebhookMs the webhook's receipt
-	// minus the onset; OverheadMs the receipt minus the deciding window's end (the pipeline's
-	// own delay: lateness, closing, detector, delivery).
-	DetectMs   int64 `json:"detect_ms"`
-	WebhookMs  int64 `json:"webhook_ms"`
-	OverheadMs int64 `json:"overhead_ms"`
-}
-
-type e2eReport struct {
-	Trials        []e2eTrial `json:"trials"`
-	OverheadP50Ms int64      `json:"overhead_p50_ms"`
-	OverheadP99Ms int64      `json:"overhead_p99_ms"`
-	OverheadMaxMs int64      `json:"overhead_max_ms"`
-}
-
-// benchE2E runs the demo's story n times per regression scenario, in real time, and measures
-// the pipeline overhead from the deciding window's end to the webhook's receipt.
-func benchE2E(ctx context.Context, e *env, n int, seed uint64) (*e2eReport, error) {
-	rep := &e2eReport{}
-	var overheads []time.Duration
-	for _, sc := range []string{"crash", "errors", "latency"} {
-		for i := range n {
-			d := demo.DefaultConfig()
-			d.Scenario, d.Seed, d.Duration, d.JSON = sc, seed+uint64(i), 40*time.Second, true
-			d.DeployAfter, d.OnsetAfter = 2*time.Second, 7*time.Second
-			d.Node.HTTPListen = "127.0.0.1:0"
-			d.Logger = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-			res, err := demo.Run(ctx, d)
-			if err != nil {
-				return nil, fmt.Errorf("end-to-end trial %s #%d: %w", sc, i, err)
-			}
-			t := e2eTrial{Scenario: sc, Seed: d.Seed, Outcome: "none"}
-			if res.Verdict != nil && !res.WebhookAt.IsZero() {
-				end := time.UnixMilli(res.Verdict.UnixMs)
-				t.Outcome = string(res.Verdict.State)
-				t.DetectMs = end.Sub(res.Onset).Milliseconds()
-				t.WebhookMs = res.WebhookAt.Sub(res.Onset).Milliseconds()
-				t.OverheadMs = res.WebhookAt.Sub(end).Milliseconds()
-				overheads = append(overheads, res.WebhookAt.Sub(end))
-			}
-			rep.Trials = append(rep.Trials, t)
-		}
-	}
-	rep.OverheadP50Ms = percentile(overheads, 0.5).Milliseconds()
-	rep.OverheadP99Ms = percentile(overheads, 0.99).Milliseconds()
-	rep.OverheadMaxMs = percentile(overheads, 1).Milliseconds()
-	return rep, nil
-}
-
-func (r *e2eReport) writeTable(w io.Writer) {
-	fmt.Fprintln(w, "\nreal-time end-to-end trials (agent library → NATS → rollup → detector → webhook receiver)")
-	fmt.Fprintf(w, "%-9s %6s %-9s %12s %12s %14s\n", "scenario", "seed", "outcome", "detect_ms", "webhook_ms", "overhead_ms")
-	for _, t := range r.Trials {
-		fmt.Fprintf(w, "%-9s %6d %-9s %12d %12d %14d\n", t.Scenario, t.Seed, t.Outcome, t.DetectMs, t.WebhookMs, t.OverheadMs)
-	}
-	fmt.Fprintf(w, "pipeline overhead (webhook receipt − deciding window end): p50 %d ms, p99 %d ms, max %d ms\n",
-		r.OverheadP50Ms, r.OverheadP99Ms, r.OverheadMaxMs)
 }

@@ -1,7 +1,8 @@
 // Package demo tells herd's story with a simulated fleet against a real node: a steady
 // baseline, a canary deployed beside it, a regression at onset, the detector's verdict, the
 // signed rollback webhook received by a local deploy tool that scales the canary to zero.
-// `herd demo` and `herd bench detect`'s end-to-end trials run it.
+// `herd demo` runs it; BenchE2E runs it again and again for `herd bench detect`'s real-time
+// end-to-end trials.
 package demo
 
 import (
