@@ -3,7 +3,6 @@ package loadbench
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -12,15 +11,6 @@ import (
 	"github.com/herd-dev/herd/internal/bus"
 	"github.com/herd-dev/herd/node"
 )
-
-// testLogger logs to the test's output with -v and nowhere otherwise.
-func testLogger(t *testing.T) *slog.Logger {
-	t.Helper()
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(t.Output(), nil))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
 
 // TestLoadAgainstServe runs Load (`herd bench load`) against a node (embedded NATS, intake,
 // rollup, detector, web): what it sent is exactly what the windows hold, and it read serve's
@@ -32,7 +22,7 @@ func TestLoadAgainstServe(t *testing.T) {
 	}
 	cfg := node.DefaultConfig()
 	cfg.NATSListen, cfg.HTTPListen, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
-	n, err := node.New(cfg, testLogger(t))
+	n, err := node.New(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +38,7 @@ func TestLoadAgainstServe(t *testing.T) {
 	<-n.Ready() // the NATS port opens once the intake has subscribed
 	r, err := Load(context.Background(), LoadConfig{
 		Gen: GenConfig{NATS: bus.Client{URLs: n.NATSURL()}, Instances: 40, Conns: 3, RPS: 20, Duration: 2 * time.Second,
-			LifetimeMin: 500 * time.Millisecond, LifetimeMax: time.Second, Seed: 1, Templates: 64, Logger: testLogger(t)},
+			LifetimeMin: 500 * time.Millisecond, LifetimeMax: time.Second, Seed: 1, Templates: 64, Logger: slog.New(slog.DiscardHandler)},
 		Procs: 1, ServeMetrics: n.HTTPURL() + "/metrics", LagLimit: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("Load: %v", err)
@@ -71,7 +61,7 @@ func TestIngest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a fleet in real time")
 	}
-	r, err := Ingest(context.Background(), IngestConfig{Instances: 20, Duration: 1500 * time.Millisecond, RPS: 20, Conns: 2, Logger: testLogger(t)})
+	r, err := Ingest(context.Background(), IngestConfig{Instances: 20, Duration: 1500 * time.Millisecond, RPS: 20, Conns: 2, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("Ingest: %v", err)
 	}
