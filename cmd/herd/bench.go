@@ -61,6 +61,9 @@ func benchIngestCommand() command {
 			rps := fs.Float64("rps", 20, "requests per second per instance (rate)")
 			conns := fs.Int("conns", 8, "NATS connections the fleet publishes over (count)")
 			return func(ctx context.Context) error {
+				if *conns < 1 {
+					return fmt.Errorf("%w: -conns %d must be ≥ 1", errUsage, *conns)
+				}
 				r, err := loadbench.Ingest(ctx, loadbench.IngestConfig{Instances: *instances, Duration: *duration, RPS: *rps, Conns: *conns, Logger: e.logger})
 				return printReport(e, r, err)
 			}
