@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"time"
@@ -122,23 +123,25 @@ func benchDetect(ctx context.Context, e *env, o benchDetectOptions) error {
 		}
 	}
 	if o.json {
-		if err := rep.WriteJSON(e.stdout); err != nil {
+		return writeDetectJSON(e.stdout, rt, rep, real, flow)
+	}
+	return nil
+}
+
+// writeDetectJSON prints the suites' JSON reports in order (nil ones skipped), then the
+// end-to-end trials' (if not nil).
+func writeDetectJSON(w io.Writer, rt *demo.E2EReport, reps ...*sim.DetectReport) error {
+	for _, r := range reps {
+		if r == nil {
+			continue
+		}
+		if err := r.WriteJSON(w); err != nil {
 			return err
 		}
-		if real != nil {
-			if err := real.WriteJSON(e.stdout); err != nil {
-				return err
-			}
-		}
-		if flow != nil {
-			if err := flow.WriteJSON(e.stdout); err != nil {
-				return err
-			}
-		}
-		if rt != nil {
-			b, _ := json.Marshal(rt)
-			fmt.Fprintln(e.stdout, string(b))
-		}
+	}
+	if rt != nil {
+		b, _ := json.Marshal(rt)
+		fmt.Fprintln(w, string(b))
 	}
 	return nil
 }
