@@ -193,13 +193,18 @@ func (c *comparison) freeze(ref *proto.Histogram) bool {
 func (c *comparison) initTests(disp *dispersion) {
 	c.disp = disp // a watch after a pass restarts the tests from it (lifecycle.go)
 	s := c.set
-	c.latencyCold, c.errorsCold = true, true
+	c.latencyCold, c.errorsCold = true, false
 	if disp != nil {
 		edges := make([]int, len(c.thresholds))
 		for i, th := range c.thresholds {
 			edges[i] = th.bucket
 		}
 		c.latencyCold, c.errorsCold = disp.coldStart(edges)
+	}
+	if s.coldStart == 0 {
+		// The service declares no cold start (policy cold_start "0s"): latency is compared
+		// whole from the first window, as when the baseline shows none.
+		c.latencyCold = false
 	}
 	w := s.weights
 	lat := w.Latency

@@ -37,8 +37,9 @@ type Config struct {
 	// not rolled back for being cold; one that stays slow is, once ColdStart has passed. It is
 	// the fallback: when the baseline's own young instances are known to be as fast as its
 	// warm ones (docs/detector.md, "Learning the cold start") there is no cold start to wait
-	// out and latency is compared from the start. 0 compares the canary's warm instances with
-	// the baseline's from the start.
+	// out and latency is compared whole from the start. 0 declares that the service has no
+	// cold start: latency is compared whole (young and warm instances, on both sides) from the
+	// first window.
 	ColdStart time.Duration
 	// MinExposure is the least comparison time before a pass.
 	MinExposure time.Duration
@@ -125,7 +126,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.InstanceSpread, "detect.instance-spread", c.InstanceSpread, "assumed log-sd of event rates between instances of one version; widens the margin for small groups (≥ 0; 0 = off)")
 	fs.Float64Var(&c.AcceptMargin, "detect.accept-margin", c.AcceptMargin, "pass when every ratio's confidence sequence lies below this (≥ 1)")
 	fs.DurationVar(&c.Warmup, "detect.warmup", c.Warmup, "leave a new canary group's first windows out of the tests for this long (each instance's start is handled per instance from -rollup.warmup's split; use 5s if that is 0)")
-	fs.DurationVar(&c.ColdStart, "detect.cold-start", c.ColdStart, "compare a new canary's latency only with the baseline's young instances for this long, so that a cold start is not a regression; not applied when the baseline's young instances are known to be as fast as its warm ones (0 = off)")
+	fs.DurationVar(&c.ColdStart, "detect.cold-start", c.ColdStart, "compare a new canary's latency only with the baseline's young instances for this long, so that a cold start is not a regression; not applied when the baseline's young instances are known to be as fast as its warm ones (0 = the service has no cold start: compare latency whole from the first window)")
 	fs.DurationVar(&c.MinExposure, "detect.min-exposure", c.MinExposure, "least comparison time before a pass")
 	fs.DurationVar(&c.MaxDuration, "detect.max-duration", c.MaxDuration, "undecided comparisons end as inconclusive after this long")
 	fs.Float64Var(&c.ErrorCeiling, "detect.error-ceiling", c.ErrorCeiling, "canary error ratio (0–1, over 1 s) that rolls back at once")

@@ -161,9 +161,9 @@ func TestEProcessBlockCap(t *testing.T) {
 // coldCanary deploys a canary of 2 instances beside 10 whose latency is 2× the baseline's for
 // its first 30 s (5 s warming, 25 s warm but still cold), then `after` times it, and returns
 // the fleet after 90 s of canary.
-func coldCanary(t *testing.T, after float64) *splitFleet {
+func coldCanary(t *testing.T, cfg Config, after float64) *splitFleet {
 	t.Helper()
-	f := newSplitFleet(t, testConfig())
+	f := newSplitFleet(t, cfg)
 	f.a = f.group("v1", 200, 0.005, [2]int{5, 5})
 	f.b = f.group("v2", 20, 0.005, [2]int{0, 0})
 	scale := func(g *traffic.WindowGroup, s float64) {
@@ -188,17 +188,33 @@ func coldCanary(t *testing.T, after float64) *splitFleet {
 // after is not rolled back; one that stays 2× slower is, after the cold start, by latency.
 func TestDetectorColdStartIsNotARegression(t *testing.T) {
 	t.Parallel()
-	f := coldCanary(t, 1)
+	f := coldCanary(t, testConfig(), 1)
 	if got := f.states(); len(got) != 1 || got[0] != proto.StatePending {
 		t.Fatalf("2× slower for its first 30 s only: got verdicts %v (%s); want [pending]", got, f.last().Sentence)
 	}
-	g := coldCanary(t, 2)
+	g := coldCanary(t, testConfig(), 2)
 	v := g.last()
 	if dec := v.Evidence.Decisive; v.State != proto.StateRollback || dec != "dkw" && !strings.HasPrefix(dec, "latency_") {
 		t.Fatalf("2× slower for good: got %s by %q (%s); want a rollback by a latency test", v.State, dec, v.Sentence)
 	}
 	if v.UnixMs < v.StartedMs+30_000 {
 		t.Fatalf("2× slower for good: decided %d ms after the canary started; want after its 30 s cold start", v.UnixMs-v.StartedMs)
+	}
+}
+
+// TestDetectorColdStartZeroDeclaresNone: a service whose policy says it has no cold start
+// (cold_start 0) has its canary's latency compared whole from the first window, so the same
+// canary 2× slower for its first 30 s is rolled back within seconds of its start.
+func TestDetectorColdStartZeroDeclaresNone(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	cfg.ColdStart = 0
+	v := coldCanary(t, cfg, 1).last()
+	if dec := v.Evidence.Decisive; v.State != proto.StateRollback || dec != "dkw" && !strings.HasPrefix(dec, "latency_") {
+		t.Fatalf("cold_start 0, canary 2× slower for 30 s: got %s by %q (%s); want a rollback by latency", v.State, dec, v.Sentence)
+	}
+	if v.UnixMs > v.StartedMs+5_000 {
+		t.Fatalf("cold_start 0: decided %d ms after the canary started; want within its 5 s instance warm-up", v.UnixMs-v.StartedMs)
 	}
 }
 

@@ -25,7 +25,7 @@ import (
 // realistic nulls (a good canary: every rollback is false) first, then regressions, which
 // report an oracle's time beside herd's.
 var RealisticScenarios = []string{
-	"null-cold-2x", "null-cold-1.3x", "null-low-traffic", "null-err-spread-0.5", "null-err-spread-0.5-k2",
+	"null-cold-2x", "null-cold-1.3x", "null-cold-2x-steady", "null-low-traffic", "null-err-spread-0.5", "null-err-spread-0.5-k2",
 	"null-err-spread-0.3", "null-lat-spread-0.05", "null-retry-storms", "null-ramp-x3", "null-endpoint-mix",
 	"errors-x3-5%", "errors-x2-10%", "latency-tail-5%", "errors-x3-5%-churn", "latency-tail-5%-churn",
 }
@@ -59,6 +59,8 @@ func realScenarioByName(name string) (realScenario, bool) {
 		s.coldFactor, s.coldSecs, s.churn = 2, 30, true
 	case "null-cold-1.3x":
 		s.coldFactor, s.coldSecs, s.churn = 1.3, 30, true
+	case "null-cold-2x-steady": // the baseline never restarts: nothing to learn the cold start from
+		s.coldFactor, s.coldSecs = 2, 30
 	case "null-low-traffic":
 		s.rps, s.kA, s.baseErr = 50, 4, 0.10
 	case "null-err-spread-0.5":
