@@ -207,8 +207,7 @@ func partitionOfGroup(t *testing.T, service, version string) int {
 // within 2 s, losing (and reporting) only windows of the moved groups and counting nothing
 // twice.
 func TestRollupWorkersOnCluster(t *testing.T) {
-	t.Parallel()
-	oneHeavy(t)
+	heavyParallel(t)
 	if testing.Short() {
 		t.Skip("runs a NATS cluster and a fleet for several seconds")
 	}
