@@ -40,15 +40,19 @@ SOLO_PARALLEL ?= 64
 # The other slowest packages, started first so that none of them starts last.
 FIRST_PKGS ?= ./cmd/herd ./web
 
+# go vet, staticcheck and the tests without the race detector run at a lower priority: they
+# only compute, and take the CPU the real-time tests leave idle.
+NICE ?= nice -n 10
 # Test binaries are linked without DWARF (-w): linking them is most of the CPU a warm
 # make test spends before its first test; panics and race reports are symbolized all the same.
 TEST_LDFLAGS ?= -w
 
 # The README's test command: go vet, staticcheck and every test with the race detector (but
 # NORACE_PKGS and NORACE_TESTS, run without it), all at the same time: the tests wait far
-# more than they compute. Each part's output is printed once it is over, the race part's
-# (other than SOLO_PKGS) as it goes. Wall-clock bounds are only logged here; `make perf`
-# enforces them and runs the slowest real-time scenarios at full size.
+# more than they compute (the parts that only compute run at a lower priority, see NICE).
+# Each part's output is printed once it is over, the race part's (but SOLO_PKGS) as it goes.
+# Wall-clock bounds are only logged here; `make perf` enforces them and runs the slowest
+# real-time scenarios at full size.
 test:
 	@$(CHROMIUM_NOTICE)
 	@norace="$$($(GO) list $(NORACE_PKGS))"; solo="$$($(GO) list $(SOLO_PKGS))"; \
@@ -60,10 +64,10 @@ test:
 	race="$$(echo "$$race" | grep -x -F "$$first" || true; echo "$$race" | grep -v -x -F "$$first" || true)"; \
 	checkout="$$(mktemp)"; out="$$(mktemp)"; soloout="$$(mktemp)"; trap 'rm -f "$$checkout" "$$out" "$$soloout"' EXIT; \
 	echo "$(GO) vet $(PKGS); $(GO) tool staticcheck $(PKGS)  (output below)"; \
-	{ $(GO) vet $(PKGS) && $(GO) tool staticcheck $(PKGS); } >"$$checkout" 2>&1 & checkpid=$$!; \
+	{ $(NICE) $(GO) vet $(PKGS) && $(NICE) $(GO) tool staticcheck $(PKGS); } >"$$checkout" 2>&1 & checkpid=$$!; \
 	echo "$(GO) test -count=1 -timeout 20m $(NORACE_PKGS); $(GO) test -count=1 -run '$(NORACE_TESTS)' $(NORACE_TEST_PKGS)  (output below)"; \
-	( { [ -z "$$plain" ] || $(GO) test -count=1 -timeout 20m $$plain; } && \
-	  $(GO) test -count=1 -timeout 20m -run '$(NORACE_TESTS)' $(NORACE_TEST_PKGS) ) >"$$out" 2>&1 & plainpid=$$!; \
+	( { [ -z "$$plain" ] || $(NICE) $(GO) test -count=1 -timeout 20m $$plain; } && \
+	  $(NICE) $(GO) test -count=1 -timeout 20m -run '$(NORACE_TESTS)' $(NORACE_TEST_PKGS) ) >"$$out" 2>&1 & plainpid=$$!; \
 	echo "$(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -parallel $(SOLO_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' $(SOLO_PKGS)  (output below)"; \
 	{ [ -z "$$solo" ] || $(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -parallel $(SOLO_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' $$solo; } >"$$soloout" 2>&1 & solopid=$$!; \
 	echo "$(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -p $(TEST_P) -parallel $(TEST_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' <$$(echo "$$race" | wc -l) packages, $(FIRST_PKGS) first>"; \

@@ -91,12 +91,21 @@ var heavyOrder = []string{
 }
 
 // heavy is the heavy slot: held by one test, handed to the waiting test first in heavyOrder.
+// It opens heavyGather after the first heavy test asks for it, so that the heavy tests
+// resumed at once by go test (a few milliseconds apart) all wait, and the first in order goes
+// first.
 var heavy struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
+	asked   bool // a heavy test asked: the slot opens heavyGather later
+	open    bool
 	busy    bool
 	waiting map[int]int // rank → tests of that rank waiting
 }
+
+// heavyGather is how long the heavy slot waits, after the first heavy test asks for it, for
+// the others to ask too.
+const heavyGather = 300 * time.Millisecond
 
 func init() {
 	heavy.cond = sync.NewCond(&heavy.mu)
@@ -113,8 +122,17 @@ func heavyParallel(t *testing.T) {
 		rank = len(heavyOrder)
 	}
 	heavy.mu.Lock()
+	if !heavy.asked {
+		heavy.asked = true
+		time.AfterFunc(heavyGather, func() {
+			heavy.mu.Lock()
+			heavy.open = true
+			heavy.mu.Unlock()
+			heavy.cond.Broadcast()
+		})
+	}
 	heavy.waiting[rank]++
-	for heavy.busy || heavyWaitingBefore(rank) {
+	for !heavy.open || heavy.busy || heavyWaitingBefore(rank) {
 		heavy.cond.Wait()
 	}
 	if heavy.waiting[rank]--; heavy.waiting[rank] == 0 {
