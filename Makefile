@@ -40,8 +40,9 @@ SOLO_PARALLEL ?= 64
 # The other slowest packages, started first so that none of them starts last.
 FIRST_PKGS ?= ./cmd/herd ./web
 
-# go vet, staticcheck and the tests without the race detector run at a lower priority: they
-# only compute, and take the CPU the real-time tests leave idle.
+# go vet, staticcheck and NORACE_TESTS run at a lower priority: they only compute, and take
+# the CPU the real-time tests leave idle. (NORACE_PKGS do not: internal/deploytest kills a
+# NATS node under a publisher in real time.)
 NICE ?= nice -n 10
 # Test binaries are linked without DWARF (-w): linking them is most of the CPU a warm
 # make test spends before its first test; panics and race reports are symbolized all the same.
@@ -66,7 +67,7 @@ test:
 	echo "$(GO) vet $(PKGS); $(GO) tool staticcheck $(PKGS)  (output below)"; \
 	{ $(NICE) $(GO) vet $(PKGS) && $(NICE) $(GO) tool staticcheck $(PKGS); } >"$$checkout" 2>&1 & checkpid=$$!; \
 	echo "$(GO) test -count=1 -timeout 20m $(NORACE_PKGS); $(GO) test -count=1 -run '$(NORACE_TESTS)' $(NORACE_TEST_PKGS)  (output below)"; \
-	( { [ -z "$$plain" ] || $(NICE) $(GO) test -count=1 -timeout 20m $$plain; } && \
+	( { [ -z "$$plain" ] || $(GO) test -count=1 -timeout 20m $$plain; } && \
 	  $(NICE) $(GO) test -count=1 -timeout 20m -run '$(NORACE_TESTS)' $(NORACE_TEST_PKGS) ) >"$$out" 2>&1 & plainpid=$$!; \
 	echo "$(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -parallel $(SOLO_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' $(SOLO_PKGS)  (output below)"; \
 	{ [ -z "$$solo" ] || $(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -parallel $(SOLO_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' $$solo; } >"$$soloout" 2>&1 & solopid=$$!; \
