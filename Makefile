@@ -31,25 +31,52 @@ NORACE_TEST_PKGS ?= ./alert ./sim ./rollup
 # restart, skewed clocks, an agent's last scrape) into failing one CI run in two.
 TEST_P ?= 2
 TEST_PARALLEL ?= 2
+# Packages whose tests take their own slots (a heavy one at a time, a few light ones beside it;
+# see node/helpers_test.go) and wait most of the time: run by a go test of their own, started
+# first and beside the others, with a -parallel high enough for all their tests to wait for
+# their slots at once.
+SOLO_PKGS ?= ./node
+SOLO_PARALLEL ?= 64
+# The other slowest packages, started first so that none of them starts last.
+FIRST_PKGS ?= ./cmd/herd ./web
+
+# go vet, staticcheck and NORACE_TESTS run at a lower priority: they only compute, and take
+# the CPU the real-time tests leave idle. (NORACE_PKGS do not: internal/deploytest kills a
+# NATS node under a publisher in real time.)
+NICE ?= nice -n 10
+# Test binaries are linked without DWARF (-w): linking them is most of the CPU a warm
+# make test spends before its first test; panics and race reports are symbolized all the same.
+TEST_LDFLAGS ?= -w
 
 # The README's test command: go vet, staticcheck and every test with the race detector (but
-# NORACE_PKGS and NORACE_TESTS, run at the same time without it), packages in parallel.
+# NORACE_PKGS and NORACE_TESTS, run without it), all at the same time: the tests wait far
+# more than they compute (the parts that only compute run at a lower priority, see NICE).
+# Each part's output is printed once it is over, the race part's (but SOLO_PKGS) as it goes.
 # Wall-clock bounds are only logged here; `make perf` enforces them and runs the slowest
 # real-time scenarios at full size.
 test:
 	@$(CHROMIUM_NOTICE)
-	$(GO) vet $(PKGS)
-	$(GO) tool staticcheck $(PKGS)
-	@norace="$$($(GO) list $(NORACE_PKGS))"; all="$$($(GO) list $(PKGS))"; \
-	race="$$(echo "$$all" | grep -v -x -F "$$norace" || true)"; plain="$$(echo "$$all" | grep -x -F "$$norace" || true)"; \
-	out="$$(mktemp)"; trap 'rm -f "$$out"' EXIT; \
+	@norace="$$($(GO) list $(NORACE_PKGS))"; solo="$$($(GO) list $(SOLO_PKGS))"; \
+	first="$$($(GO) list $(FIRST_PKGS))"; all="$$($(GO) list $(PKGS))"; \
+	plain="$$(echo "$$all" | grep -x -F "$$norace" || true)"; \
+	race="$$(echo "$$all" | grep -v -x -F "$$norace" || true)"; \
+	solo="$$(echo "$$race" | grep -x -F "$$solo" || true)"; \
+	race="$$(echo "$$race" | grep -v -x -F "$$solo" || true)"; \
+	race="$$(echo "$$race" | grep -x -F "$$first" || true; echo "$$race" | grep -v -x -F "$$first" || true)"; \
+	checkout="$$(mktemp)"; out="$$(mktemp)"; soloout="$$(mktemp)"; trap 'rm -f "$$checkout" "$$out" "$$soloout"' EXIT; \
+	echo "$(GO) vet $(PKGS); $(GO) tool staticcheck $(PKGS)  (output below)"; \
+	{ $(NICE) $(GO) vet $(PKGS) && $(NICE) $(GO) tool staticcheck $(PKGS); } >"$$checkout" 2>&1 & checkpid=$$!; \
 	echo "$(GO) test -count=1 -timeout 20m $(NORACE_PKGS); $(GO) test -count=1 -run '$(NORACE_TESTS)' $(NORACE_TEST_PKGS)  (output below)"; \
 	( { [ -z "$$plain" ] || $(GO) test -count=1 -timeout 20m $$plain; } && \
-	  $(GO) test -count=1 -timeout 20m -run '$(NORACE_TESTS)' $(NORACE_TEST_PKGS) ) >"$$out" 2>&1 & plainpid=$$!; \
-	echo "$(GO) test -race -count=1 -p $(TEST_P) -parallel $(TEST_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' <$$(echo "$$race" | wc -l) packages>"; \
-	$(GO) test -race -count=1 -p $(TEST_P) -parallel $(TEST_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' $$race; rs=$$?; \
+	  $(NICE) $(GO) test -count=1 -timeout 20m -run '$(NORACE_TESTS)' $(NORACE_TEST_PKGS) ) >"$$out" 2>&1 & plainpid=$$!; \
+	echo "$(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -parallel $(SOLO_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' $(SOLO_PKGS)  (output below)"; \
+	{ [ -z "$$solo" ] || $(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -parallel $(SOLO_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' $$solo; } >"$$soloout" 2>&1 & solopid=$$!; \
+	echo "$(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -p $(TEST_P) -parallel $(TEST_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' <$$(echo "$$race" | wc -l) packages, $(FIRST_PKGS) first>"; \
+	$(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -p $(TEST_P) -parallel $(TEST_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' $$race; rs=$$?; \
+	wait $$solopid; ss=$$?; echo "-- $(SOLO_PKGS):"; cat "$$soloout"; \
 	wait $$plainpid; ps=$$?; echo "-- without the race detector:"; cat "$$out"; \
-	[ $$rs -eq 0 ] && [ $$ps -eq 0 ]
+	wait $$checkpid; cs=$$?; echo "-- go vet, staticcheck:"; cat "$$checkout"; \
+	[ $$rs -eq 0 ] && [ $$ss -eq 0 ] && [ $$ps -eq 0 ] && [ $$cs -eq 0 ]
 	@$(CHROMIUM_NOTICE)
 	@echo "make perf runs the latency bounds and the full-size scenarios (the graph's good demo, floods of 50,000, 10,000 pod lifecycles)."
 

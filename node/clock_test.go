@@ -153,8 +153,7 @@ func (wt *windowTotals) exact(agents map[string][]*clockAgent) error {
 // as long as the lateness, the first batch of an agent that is behind, held until its second
 // tells skew from delay, usually reaches its window after it closed: a correction of it.
 func TestSkewedAgentClocksExact(t *testing.T) {
-	t.Parallel()
-	oneHeavy(t) // placement by arrival time: not beside the floods and clusters
+	heavyParallel(t) // placement by arrival time: not beside the floods and clusters
 	if testing.Short() {
 		t.Skip("runs agents in real time")
 	}
@@ -284,8 +283,7 @@ func freePort(t *testing.T) int {
 // agents sent, and every batch sits in its own interval's window or correction (delay is
 // not taken for clock skew).
 func TestServeRestartCorrectionsExact(t *testing.T) {
-	t.Parallel()
-	oneHeavy(t) // placement by arrival time: not beside the floods and clusters
+	heavyParallel(t) // placement by arrival time: not beside the floods and clusters
 	if testing.Short() {
 		t.Skip("runs agents in real time across a restart")
 	}

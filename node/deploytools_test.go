@@ -204,7 +204,7 @@ func flaggerHook(t *testing.T, base, hook, checksum string) int {
 // back, herd aborts the workloadRef rollout with the exact requests, and Flagger's hooks
 // answer per revision (checksum).
 func TestDeployToolsAgainstServe(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	if testing.Short() {
 		t.Skip("runs a fleet in real time")
 	}

@@ -86,7 +86,7 @@ func collectWindows(t *testing.T, url, subject string) *windowSums {
 // TestExactUnderChurn runs a churning fleet through NATS, intake and rollup and checks that
 // the windows' totals equal what the fleet published, exactly.
 func TestExactUnderChurn(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	if testing.Short() {
 		t.Skip("runs a fleet for several seconds")
 	}

@@ -72,7 +72,7 @@ func promQuantile(q float64, bs []*dto.Bucket) float64 {
 // /metrics/groups, parsed with expfmt, carries the windows' totals, a latency histogram
 // whose histogram_quantile lands in herd's own p99 bucket, and the verdict the API shows.
 func TestExportGroups(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	ns := natstest.RunServer(t, natstest.Options{JetStream: true})
 	cfg := DefaultConfig()
 	cfg.NATS.URLs, cfg.DataDir, cfg.HTTPListen, cfg.MetricsListen = ns.ClientURL(), t.TempDir(), "127.0.0.1:0", "127.0.0.1:0"

@@ -31,8 +31,7 @@ func failoverFleet(t *testing.T, nc *nats.Conn) *sim.Fleet {
 // partition at the onset of the regression: the partition moves, and the detector's
 // rollback still arrives within 10 s of the onset.
 func TestFailoverWorkerCrashDuringBadCanary(t *testing.T) {
-	t.Parallel()
-	oneHeavy(t)
+	heavyParallel(t)
 	if testing.Short() {
 		t.Skip("runs a NATS cluster and a fleet in real time")
 	}
@@ -141,8 +140,7 @@ func contains(xs []int, x int) bool {
 // window reader are connected: everything reconnects, windows keep coming for every group,
 // nothing is counted twice, and what was lost is reported.
 func TestFailoverNATSNodeLoss(t *testing.T) {
-	t.Parallel()
-	oneHeavy(t)
+	heavyParallel(t)
 	if testing.Short() {
 		t.Skip("runs a NATS cluster and a fleet in real time")
 	}

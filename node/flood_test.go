@@ -61,8 +61,7 @@ func byReason(vals map[string]float64, family string) map[string]float64 {
 // is paced by what the intake has handled (at most 200 batches ahead), so that the test's
 // outcome does not depend on the machine's speed, only its duration does.
 func TestGroupFloodLeavesNewServiceExact(t *testing.T) {
-	t.Parallel()
-	oneHeavy(t)
+	heavyParallel(t)
 	if testing.Short() {
 		t.Skip("floods a node for 8-20 s")
 	}

@@ -19,7 +19,7 @@ import (
 // TestDashboardFreshness runs a 1,000-instance fleet through serve and measures, with a
 // websocket client of the dashboard's stream, how long after its end each window arrives.
 func TestDashboardFreshness(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	if testing.Short() {
 		t.Skip("runs a fleet in real time")
 	}

@@ -12,7 +12,7 @@ import (
 // after it, in arrival order, and directly once the gate is open; past the bound they are
 // counted, not held.
 func TestGateHoldsThenReleasesInOrder(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	g := gate{dropped: metrics.NewSet().NewCounter("dropped_total")}
 	var mu sync.Mutex
 	var got []int

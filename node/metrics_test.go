@@ -38,7 +38,7 @@ func scrape(t *testing.T, base string) map[string]string {
 // every ingest, rollup and bus family that serve's ingest role does, under the same name
 // and type, so one dashboard reads both.
 func TestServeAndRollupExportTheSameFamilies(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	serveCfg := DefaultConfig()
 	serveCfg.NATSListen, serveCfg.HTTPListen, serveCfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
 	serve := startRoles(t, serveCfg, Roles{Ingest: true, Detect: true, Web: true})

@@ -11,7 +11,7 @@ import (
 // /metrics there needs it, and the operations listener serves /metrics, /livez and /readyz
 // without it (and nothing else).
 func TestMetricsListenServesWithoutToken(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	cfg := DefaultConfig()
 	cfg.NATSListen, cfg.HTTPListen, cfg.MetricsListen, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
 	cfg.Web.HTTP.Token = "s3cret-token"

@@ -41,7 +41,7 @@ func withCalls(calls, rpcCalls, errPermille int64) func(*otlpGroup) {
 // one gRPC call to inventory (rpc.client.duration, in milliseconds); the closed windows' edge
 // totals (calls, errors, latency observations) equal what the OpenTelemetry SDK recorded.
 func TestOTLPEdgesExact(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	if testing.Short() {
 		t.Skip("runs instrumented services in real time")
 	}
@@ -144,7 +144,7 @@ func rollbackAfter(t *testing.T, n *Node, hookAt *atomic.Int64, onset time.Time)
 // convention names only (http.server.request.duration, http.client.request.duration), no
 // policy file. The verdict names the edge.
 func TestOTLPEdgesFanoutRollback(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	if testing.Short() {
 		t.Skip("runs instrumented services in real time")
 	}
@@ -264,7 +264,7 @@ func collectSignals(t *testing.T, url string, def *signals.Definition) *signalSu
 // equal what the SDK recorded, and a canary whose errors triple is rolled back by the
 // profile's errors test. No series carries herd's own names.
 func TestOTLPSemconvProfile(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	if testing.Short() {
 		t.Skip("runs instrumented services in real time")
 	}
@@ -357,7 +357,7 @@ func TestOTLPSemconvProfile(t *testing.T) {
 // service's windows exact. (ingest/otlp's TestClientMetricsEdgesFlood takes 100,000 callees
 // through the receiver alone: a node's real-time tests running beside this one would starve.)
 func TestOTLPEdgesCalleeFlood(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	if testing.Short() {
 		t.Skip("runs an instrumented service in real time")
 	}

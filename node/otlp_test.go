@@ -225,7 +225,7 @@ func (g *otlpGroup) Stop() error {
 // what the OpenTelemetry SDK recorded: every request counted and every latency observed,
 // exactly.
 func TestOTLPWindowsExact(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	if testing.Short() {
 		t.Skip("runs instrumented services in real time")
 	}
@@ -291,7 +291,7 @@ func TestOTLPWindowsExact(t *testing.T) {
 // alone: baseline and canary are services instrumented with the OpenTelemetry SDK under
 // names of their own, and the policy's selectors name them.
 func TestOTLPCanaryRollback(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	if testing.Short() {
 		t.Skip("runs instrumented services in real time")
 	}
@@ -357,7 +357,7 @@ func TestOTLPCanaryRollback(t *testing.T) {
 // service exports through the SDK: each is refused and counted by reason, and the good
 // service's windows stay exact.
 func TestOTLPBadInput(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	if testing.Short() {
 		t.Skip("runs an instrumented service in real time")
 	}

@@ -10,7 +10,7 @@ import (
 // TestTargetsFromPolicyFile checks that one policy file configures both the detector and the
 // deploy-tool targets, and that a bad targets section is refused naming the flag.
 func TestTargetsFromPolicyFile(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	dir := t.TempDir()
 	good := filepath.Join(dir, "policy.json")
 	if err := os.WriteFile(good, []byte(`{
@@ -50,7 +50,7 @@ func TestTargetsFromPolicyFile(t *testing.T) {
 // TestPolicyFileYAMLAndSignals: the policy file may be YAML, targets included; the rollup
 // splits every built-in profile's series, and the web role reads the signals the policy pins.
 func TestPolicyFileYAMLAndSignals(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	if err := os.WriteFile(path, []byte(`
 services:

@@ -10,7 +10,7 @@ import (
 // TestPprofNeedsToken checks that /debug/pprof/ on the main listener is behind the HTTP
 // token, serves profiles with it, and is absent from the operations listener.
 func TestPprofNeedsToken(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	cfg := DefaultConfig()
 	cfg.NATSListen, cfg.HTTPListen, cfg.MetricsListen, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
 	cfg.Web.HTTP.Token = "s3cret-token"

@@ -18,7 +18,7 @@ import (
 // the same data directory, and checks that the dashboard's history and the detector's
 // verdict come back from JetStream while the decision is not delivered again.
 func TestRestartKeepsHistoryAndDecisions(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	if testing.Short() {
 		t.Skip("runs a fleet in real time")
 	}

@@ -19,7 +19,7 @@ import (
 // stacks on one NATS: a crash-looping canary is rolled back with exactly one webhook, and
 // the web node shows the windows, the verdict and the decision.
 func TestSeparateRolesAndTwoDetectors(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	if testing.Short() {
 		t.Skip("runs a fleet in real time")
 	}

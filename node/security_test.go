@@ -32,13 +32,13 @@ func ingestConfig(t *testing.T) Config {
 // with its own identity, and closed windows come out on herd.rollup.> for a subscriber with
 // the internal identity.
 func TestNodeEndToEndWithSecurity(t *testing.T) {
-	t.Parallel()
+	t.Parallel() // each case takes a light slot of its own
 	for _, tc := range []struct {
 		name      string
 		auth, tls bool
 	}{{"open", false, false}, {"auth", true, false}, {"auth+tls", true, true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
+			lightParallel(t)
 			cfg := ingestConfig(t)
 			var internal, agent []nats.Option
 			if tc.auth {
@@ -158,7 +158,7 @@ func TestNodeEndToEndWithSecurity(t *testing.T) {
 }
 
 func TestNodeMonitor(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	n := startNode(t, ingestConfig(t))
 	if u := n.MonitorURL(); u != "" {
 		t.Errorf("got monitoring on %s by default; want none", u)
@@ -181,7 +181,7 @@ func TestNodeMonitor(t *testing.T) {
 }
 
 func TestValidateEmbeddedSecurity(t *testing.T) {
-	t.Parallel()
+	lightParallel(t)
 	for name, c := range map[string]struct {
 		edit func(*Config)
 		want string
