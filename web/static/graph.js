@@ -30,6 +30,23 @@ const rateSeconds = 4;
 // the canary's, so that a few errors more than expected are not drawn as a difference: the
 // page looks 4 times a second, and at 3 standard errors over a handful of errors a good
 // canary's edge was highlighted now and then.
+// errorPersistMs is how long an error-ratio difference must hold, on every look, before it is
+// drawn: a new canary's first calls, or a burst on one of its instances, lift its ratio for a
+// second or two (a handful of errors against a baseline at 0.1 % is many standard errors), and
+// the page looked at that moment. A regression lasts; fan-out differences are exact and drawn
+// at once.
+const errorPersistMs = 3000;
+// errorSince holds, per canary edge, when its error-ratio difference was first seen clear of
+// noise on the looks since.
+const errorSince = new Map();
+
+// errorDiffers reports whether the canary edge key has been clear of noise for errorPersistMs.
+function errorDiffers(key, clear, now) {
+  if (!clear) { errorSince.delete(key); return false; }
+  if (!errorSince.has(key)) errorSince.set(key, now);
+  return now - errorSince.get(key) >= errorPersistMs;
+}
+
 function clearOfNoise(e, be) {
   const nc = e.rps * rateSeconds, nb = be.rps * rateSeconds;
   if (nc * e.error_ratio < 5) return false;
@@ -267,7 +284,7 @@ export function mount(el, app) {
           const errX = be ? (e.error_ratio + 1e-3) / (be.error_ratio + 1e-3) : Infinity;
           if (!be) diffs.push({ callee: e.callee, text: `${focus} ${canary} → ${e.callee}: new dependency (${perReq.toFixed(1)} calls per request)` });
           else if (fan >= differs) diffs.push({ callee: e.callee, text: `${focus} ${canary} → ${e.callee}: ${perReq.toFixed(1)} calls per request vs ${bPer.toFixed(1)}` });
-          else if (errX >= differs && e.error_ratio > 0.005 && clearOfNoise(e, be)) diffs.push({ callee: e.callee, text: `${focus} ${canary} → ${e.callee}: ${(100 * e.error_ratio).toFixed(1)} % of calls fail vs ${(100 * be.error_ratio).toFixed(1)} %` });
+          else if (errorDiffers(`${focus} ${canary} → ${e.callee}`, errX >= differs && e.error_ratio > 0.005 && clearOfNoise(e, be), performance.now())) diffs.push({ callee: e.callee, text: `${focus} ${canary} → ${e.callee}: ${(100 * e.error_ratio).toFixed(1)} % of calls fail vs ${(100 * be.error_ratio).toFixed(1)} %` });
           if (diffs.length && diffs[diffs.length - 1].callee === e.callee) { color = c.bad; width = 3.5; }
         }
       } else if (e.callee === focus && col.get(e.caller) !== -1) {
