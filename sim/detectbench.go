@@ -279,16 +279,8 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *traffic.Bins, sc detectScena
 	}
 	edgesA := newBenchEdges(sc, "v1", perWindow*(1-share), false)
 	edgesB := newBenchEdges(sc, "v2", perWindow*share, true)
-	windows := int(cfg.Duration / cfg.Window)
-	pre := int(benchPreSeconds * time.Second / cfg.Window)
-	var outages [2]int
-	if sc.outage {
-		for i := range outages {
-			outages[i] = pre + r.IntN(max(windows-int(benchOutageSeconds*time.Second/cfg.Window), 1))
-		}
-	}
-	outageLen := int(benchOutageSeconds * time.Second / cfg.Window)
-	phase := r.Float64() * 2 * math.Pi
+	tl := newTrialTimeline(r, cfg.Duration, cfg.Window, sc.outage)
+	pre := tl.pre
 
 	// The detector calls back from AddWindow, Announce and Tick, on this goroutine.
 	var last proto.Verdict
@@ -296,17 +288,9 @@ func runTrial(cfg DetectConfig, dc alert.Config, b *traffic.Bins, sc detectScena
 	if err != nil {
 		return trialResult{err: err}
 	}
-	t0 := int64(1_700_000_000_000)
-	canaryStart := t0 + int64(pre)*winMs
-	for k := range pre + windows {
-		start := t0 + int64(k)*winMs
-		load := 1 + benchLoadSwing*math.Sin(phase+2*math.Pi*float64(start-t0)/(benchLoadPeriodSecs*1000))
-		st := traffic.Normal
-		for _, o := range outages {
-			if o > 0 && k >= o && k < o+outageLen {
-				st = traffic.Outage
-			}
-		}
+	canaryStart := tl.canaryStart()
+	for k := range pre + tl.windows {
+		start, load, st := tl.at(k)
 		det.AddWindow(edgesA.decorate(r, ga.Fill(r, start, start+winMs, load, st, 0), perWindow*(1-share), st))
 		if k == pre {
 			_ = det.Announce(proto.Deployment{Service: benchService, Baseline: "v1", Canary: "v2", UnixMs: canaryStart})
@@ -354,4 +338,45 @@ func runTrials[T any](n, workers int, trial func(i int) T) []T {
 	}
 	wg.Wait()
 	return results
+}
+
+// trialTimeline is a trial's simulated time: pre windows of the baseline alone, then the
+// comparison's windows, the load's swing and up to two outages hitting both versions.
+type trialTimeline struct {
+	pre, windows int
+	t0, winMs    int64
+	outages      [2]int // first window of each outage; 0: none
+	outageLen    int
+	phase        float64
+}
+
+// newTrialTimeline draws the outages (when outages is set) and then the load's phase from r.
+func newTrialTimeline(r *rand.Rand, duration, window time.Duration, outages bool) trialTimeline {
+	tl := trialTimeline{
+		pre: int(benchPreSeconds * time.Second / window), windows: int(duration / window),
+		t0: 1_700_000_000_000, winMs: window.Milliseconds(), outageLen: int(benchOutageSeconds * time.Second / window),
+	}
+	if outages {
+		for i := range tl.outages {
+			tl.outages[i] = tl.pre + r.IntN(max(tl.windows-tl.outageLen, 1))
+		}
+	}
+	tl.phase = r.Float64() * 2 * math.Pi
+	return tl
+}
+
+// canaryStart is the start of the canary's first window, unix milliseconds.
+func (tl *trialTimeline) canaryStart() int64 { return tl.t0 + int64(tl.pre)*tl.winMs }
+
+// at returns window k's start (unix milliseconds), load multiplier and traffic regime.
+func (tl *trialTimeline) at(k int) (start int64, load float64, st traffic.Regime) {
+	start = tl.t0 + int64(k)*tl.winMs
+	load = 1 + benchLoadSwing*math.Sin(tl.phase+2*math.Pi*float64(start-tl.t0)/(benchLoadPeriodSecs*1000))
+	st = traffic.Normal
+	for _, o := range tl.outages {
+		if o > 0 && k >= o && k < o+tl.outageLen {
+			st = traffic.Outage
+		}
+	}
+	return start, load, st
 }

@@ -403,30 +403,16 @@ func runGraphTrial(cfg DetectConfig, dc alert.Config, b *traffic.Bins, svc *grap
 		return w
 	}
 
-	windows := int(cfg.Duration / cfg.Window)
-	pre := int(benchPreSeconds * time.Second / cfg.Window)
-	outageLen := int(benchOutageSeconds * time.Second / cfg.Window)
-	var outages [2]int
-	for i := range outages {
-		outages[i] = pre + r.IntN(max(windows-outageLen, 1))
-	}
-	phase := r.Float64() * 2 * math.Pi
+	tl := newTrialTimeline(r, cfg.Duration, cfg.Window, true)
+	pre := tl.pre
 	var last proto.Verdict
 	det, err := alert.NewWithPolicy(dc, nil, nil, func(v proto.Verdict) { last = v }, nil)
 	if err != nil {
 		return trialResult{err: err}
 	}
-	t0 := int64(1_700_000_000_000)
-	canaryStart := t0 + int64(pre)*winMs
-	for k := range pre + windows {
-		start := t0 + int64(k)*winMs
-		load := 1 + benchLoadSwing*math.Sin(phase+2*math.Pi*float64(start-t0)/(benchLoadPeriodSecs*1000))
-		st := traffic.Normal
-		for _, o := range outages {
-			if k >= o && k < o+outageLen {
-				st = traffic.Outage
-			}
-		}
+	canaryStart := tl.canaryStart()
+	for k := range pre + tl.windows {
+		start, load, st := tl.at(k)
 		det.AddWindow(edgesA.decorate(r, ga.Fill(r, start, start+winMs, load, st, 0), perWindow*(1-share), st))
 		if k == pre {
 			_ = det.Announce(proto.Deployment{Service: svc.Name, Baseline: "v1", Canary: "v2", UnixMs: canaryStart})
