@@ -282,9 +282,11 @@ export function mount(el, app) {
           const bPer = be && reqRate(focus, base) > 0 ? be.rps / reqRate(focus, base) : 0;
           const fan = bPer > 0 ? perReq / bPer : Infinity;
           const errX = be ? (e.error_ratio + 1e-3) / (be.error_ratio + 1e-3) : Infinity;
+          // Tracked on every look, whatever is drawn, so that a difference's age stays true.
+          const errDiffers = errorDiffers(`${focus} ${canary} → ${e.callee}`, !!be && errX >= differs && e.error_ratio > 0.005 && clearOfNoise(e, be), performance.now());
           if (!be) diffs.push({ callee: e.callee, text: `${focus} ${canary} → ${e.callee}: new dependency (${perReq.toFixed(1)} calls per request)` });
           else if (fan >= differs) diffs.push({ callee: e.callee, text: `${focus} ${canary} → ${e.callee}: ${perReq.toFixed(1)} calls per request vs ${bPer.toFixed(1)}` });
-          else if (errorDiffers(`${focus} ${canary} → ${e.callee}`, errX >= differs && e.error_ratio > 0.005 && clearOfNoise(e, be), performance.now())) diffs.push({ callee: e.callee, text: `${focus} ${canary} → ${e.callee}: ${(100 * e.error_ratio).toFixed(1)} % of calls fail vs ${(100 * be.error_ratio).toFixed(1)} %` });
+          else if (errDiffers) diffs.push({ callee: e.callee, text: `${focus} ${canary} → ${e.callee}: ${(100 * e.error_ratio).toFixed(1)} % of calls fail vs ${(100 * be.error_ratio).toFixed(1)} %` });
           if (diffs.length && diffs[diffs.length - 1].callee === e.callee) { color = c.bad; width = 3.5; }
         }
       } else if (e.callee === focus && col.get(e.caller) !== -1) {
