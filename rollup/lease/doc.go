@@ -41,9 +41,13 @@
 // Every lease has a span of windows it may publish, [FromCut, UntilCut): FromCut is
 // Lease.From rounded up to the window grid, where From ≥ the previous lease's Until; UntilCut
 // is Lease.Until rounded up, where Until is the lease's current Expires while held and the
-// release instant (or, for a lost lease, the last Expires written) after. Since From_next ≥
-// Until_prev, the spans of successive owners of a partition never overlap, whatever the
-// clocks of the two workers: both read the same number from the KV store. A window (group,
+// release instant (or, for a lost lease, the last Expires written) after. No Expires a lease
+// writes is before its From or its Until so far: a claim writes at least the Expires it
+// replaces, a renewal at least the Until acknowledged, and a lease released before its From
+// (taken over from a dead owner whose Expires lay ahead) ends at its From, with an empty
+// span. So From_next ≥ Until_prev, and the spans of successive owners of a partition never
+// overlap, whatever the clocks of the two workers: both read the same number from the KV
+// store. A window (group,
 // start) is therefore published by at most one owner and no batch is counted twice, even if
 // a worker that lost its lease without noticing (a paused or partitioned process) keeps
 // running: its span stops growing when it can no longer renew.

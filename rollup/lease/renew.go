@@ -90,9 +90,14 @@ func (l *Manager) renewOne(ctx context.Context, ls *Lease, r *kvResult) {
 	}
 	rev, _, deadline := ls.state()
 	r.sent = time.Now()
-	wall, _ := l.expiry(r.sent)
+	// Never before the Until already acknowledged (a wall clock stepped back): Until, and
+	// the span published, only grow while the lease is held.
+	r.wall, _ = l.expiry(r.sent)
+	if u := ls.Until(); u.After(r.wall) {
+		r.wall = u
+	}
 	cctx, cancel := context.WithTimeout(ctx, max(l.cfg.Heartbeat, time.Until(deadline.Add(l.cfg.TTL))))
-	r.rev, r.err = l.kv.Update(cctx, partKey(ls.partition), l.encode(ls.epoch, l.cfg.WorkerID, wall), rev)
+	r.rev, r.err = l.kv.Update(cctx, partKey(ls.partition), l.encode(ls.epoch, l.cfg.WorkerID, r.wall), rev)
 	cancel()
 	if errors.Is(r.err, jetstream.ErrKeyRevisionMismatch) {
 		l.readBack(ctx, ls.partition, r)
@@ -137,8 +142,8 @@ func (l *Manager) applyRenew(ls *Lease, r *kvResult) {
 		l.kvErrors.Inc()
 		l.logger.Debug("cannot renew lease", "partition", ls.partition, "err", r.err)
 	default:
-		wall, deadline := l.expiry(r.sent)
-		gap := ls.renewed(r.rev, r.sent, wall, deadline)
+		_, deadline := l.expiry(r.sent)
+		gap := ls.renewed(r.rev, r.sent, r.wall, deadline)
 		if gap >= 2*l.cfg.Heartbeat {
 			l.renewLate.Inc()
 		}

@@ -41,6 +41,7 @@ func inParallel(n int, op func(i int)) {
 // kvResult is the outcome of one KV write of a step, applied on Run's goroutine.
 type kvResult struct {
 	sent time.Time // when the write was sent
+	wall time.Time // the Expires written (claims and renewals)
 	rev  uint64
 	err  error
 	// After a failed compare-and-set, the key read back (see readBack).
@@ -151,6 +152,27 @@ func (l *Manager) expiry(sent time.Time) (wall, deadline time.Time) {
 	return time.UnixMilli(wallMs), sent.Add(d)
 }
 
+// ceilMilli returns t rounded up to the millisecond, the precision Expires is stored with.
+func ceilMilli(t time.Time) time.Time {
+	ms := t.UnixMilli()
+	if time.UnixMilli(ms).Before(t) {
+		ms++
+	}
+	return time.UnixMilli(ms)
+}
+
+// claimExpiry returns the Expires a claim sent at sent writes over the key v: the usual
+// expiry, but never before the previous owner's Expires. A lease's Until is then never
+// before its From, whatever the clocks of the two workers, so every Expires the lease
+// writes, and so the next owner's From, is at least the previous owner's Until.
+func (l *Manager) claimExpiry(sent time.Time, v keyView) time.Time {
+	wall, _ := l.expiry(sent)
+	if prev := time.UnixMilli(v.val.ExpiresMs); v.exists && prev.After(wall) {
+		return prev
+	}
+	return wall
+}
+
 // claimAll tries to acquire partitions ps (for reasons), each with a compare-and-set on the
 // revision observed before the step's writes.
 func (l *Manager) claimAll(ctx context.Context, ps []int, reasons []string) {
@@ -162,8 +184,8 @@ func (l *Manager) claimAll(ctx context.Context, ps []int, reasons []string) {
 	inParallel(len(ps), func(i int) {
 		p, v, r := ps[i], views[i], &res[i]
 		r.sent = time.Now()
-		wall, _ := l.expiry(r.sent)
-		data := l.encode(v.val.Epoch+1, l.cfg.WorkerID, wall)
+		r.wall = l.claimExpiry(r.sent, v)
+		data := l.encode(v.val.Epoch+1, l.cfg.WorkerID, r.wall)
 		cctx, cancel := l.opCtx(ctx)
 		if v.rev == 0 {
 			r.rev, r.err = l.kv.Create(cctx, partKey(p), data)
@@ -191,7 +213,8 @@ func (l *Manager) applyClaim(p int, v keyView, reason string, r *kvResult) {
 		return
 	}
 	ls := &Lease{partition: p, epoch: v.val.Epoch + 1, done: make(chan struct{})}
-	wall, deadline := l.expiry(r.sent)
+	_, deadline := l.expiry(r.sent)
+	wall := r.wall
 	// The previous lease, at the revision we replaced, ended no later than its Expires.
 	from := time.Now()
 	if v.exists {
@@ -212,17 +235,14 @@ func (l *Manager) applyClaim(p int, v keyView, reason string, r *kvResult) {
 }
 
 // releaseAll ends held leases now and writes their keys free, so other workers can claim
-// them at once. Each lease's Until is fixed before its write is sent.
+// them at once. Each lease's Until is fixed before its write is sent (see releaseUntil).
 func (l *Manager) releaseAll(ctx context.Context, lss []*Lease, reason string) {
 	if len(lss) == 0 {
 		return
 	}
 	untils := make([]time.Time, len(lss))
 	for i, ls := range lss {
-		until := time.UnixMilli(time.Now().UnixMilli() + 1) // rounded up to the stored millisecond
-		if u := ls.Until(); until.After(u) {
-			until = u // never later than what others were told
-		}
+		until := releaseUntil(ls, time.Now())
 		ls.end(until)
 		delete(l.owned, ls.partition)
 		untils[i] = until
@@ -251,6 +271,23 @@ func (l *Manager) releaseAll(ctx context.Context, lss []*Lease, reason string) {
 		l.logger.Info("partition released", "partition", ls.partition, "epoch", ls.epoch, "reason", reason)
 		l.onRelease(ls)
 	}
+}
+
+// releaseUntil returns the Until of ls released at now, the Expires its release writes: now
+// (rounded up to the stored millisecond), but never later than what others were told (the
+// lease's Until) and never before the lease's From. A lease taken over from an owner whose
+// Expires lay ahead (a dead worker's, claimed at once) begins in the future; released
+// before that, it ends where it began, with an empty span. Ending it earlier would let the
+// next owner begin before the previous owner's Until: both would publish the windows between.
+func releaseUntil(ls *Lease, now time.Time) time.Time {
+	until := time.UnixMilli(now.UnixMilli() + 1)
+	if u := ls.Until(); until.After(u) {
+		until = u
+	}
+	if from := ceilMilli(ls.From()); until.Before(from) {
+		until = from
+	}
+	return until
 }
 
 // lose ends a lease this worker can no longer count on: its Until stays the last Expires
