@@ -49,9 +49,13 @@ func ClusterOptions(n int, dir string) ([]*server.Options, error) {
 	for i, p := range ports {
 		routes[i] = &url.URL{Scheme: "nats-route", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(p))}
 	}
+	// A name of its own: a route to a port another cluster freed (a node shut down in a test
+	// running beside) reaches a cluster of another name, which refuses it, instead of joining
+	// two clusters into one.
+	cluster := "herd-test-" + strconv.FormatUint(rand.Uint64(), 36)
 	opts := make([]*server.Options, n)
 	for i := range n {
-		name := "herd-" + strconv.Itoa(i+1)
+		name := cluster + "-" + strconv.Itoa(i+1)
 		opts[i] = &server.Options{
 			ServerName: name,
 			Host:       "127.0.0.1",
@@ -61,7 +65,7 @@ func ClusterOptions(n int, dir string) ([]*server.Options, error) {
 			JetStream:  true,
 			StoreDir:   filepath.Join(dir, name),
 			Cluster: server.ClusterOpts{
-				Name:     "herd-test",
+				Name:     cluster,
 				Host:     "127.0.0.1",
 				Port:     ports[i],
 				PoolSize: -1, // one route per peer: NumRoutes is n-1 once formed
