@@ -70,78 +70,78 @@ func startRoles(t *testing.T, cfg Config, roles Roles) *Node {
 // together does not grow with `go test -parallel` (make test runs this package by a go test of
 // its own with a high -parallel, beside the others):
 //
-//   - the heavy slots: heavyCap() units shared by the heavy real-time tests (a NATS cluster with
-//     workers and a fleet, the group flood, or a test of placement by arrival time: skewed
-//     clocks, a restart), taken in heavyOrder. A test of a cluster or of placement takes one
-//     unit: each uses about a quarter of a core under the race detector, and two of them side
-//     by side leave the lease renewals and the arrival times alone. The flood takes them all:
-//     it is CPU-bound for most of its run, and beside it renewals starve (a lost lease loses
-//     windows by design, see rollup/lease) and batches delayed by a starved process are placed
-//     by the rollup's clock heuristics as if their clocks were off.
+//   - the heavy lanes: the heavy real-time tests (a NATS cluster with workers and a fleet, a
+//     test of placement by arrival time: skewed clocks, a restart; the group flood) run one at
+//     a time in each lane of heavyLanes, in order, the lanes side by side. Two clusters at once
+//     on two cores, beside the other packages, starve the lease renewals and the bucket's
+//     elections (one took over 15 s to own every partition again), while a cluster beside a
+//     placement test leaves both alone: each uses about a quarter of a core under the race
+//     detector. The flood runs alone (heavyAlone): it is CPU-bound for most of its run, and
+//     beside it renewals starve (a lost lease loses windows by design, see rollup/lease) and
+//     batches delayed by a starved process are placed by the rollup's clock heuristics as if
+//     their clocks were off. Under make perf, which measures each heavy test alone, there is
+//     one lane.
 //   - lightSlots: lightParallel tests beside them, at most this many at a time. They wait
 //     most of the time (about a quarter of a core each), but more of them at once starve the
 //     heavy tests all the same.
 var lightSlots = make(chan struct{}, 3)
 
-// heavyCap returns the number of heavy units: 2, or 1 under make perf, which measures each
-// heavy test alone. heavyExclusive lists the tests that take them all.
-func heavyCap() int {
-	if perftest.Enabled() {
-		return 1
+// heavyLanes lists the heavy tests lane by lane, in the order each lane runs them (a test not
+// listed runs last in the first lane).
+var heavyLanes = [][]string{
+	{"TestFailoverWorkerCrashDuringBadCanary", "TestRollupWorkersOnCluster", "TestFailoverNATSNodeLoss"},
+	{"TestServeRestartCorrectionsExact", "TestSkewedAgentClocksExact"},
+}
+
+// heavyAlone lists the heavy tests that run with no other heavy test, before the lanes.
+var heavyAlone = []string{"TestGroupFloodLeavesNewServiceExact"}
+
+// heavyPlace returns the lane and the rank in it of test name (lane −1: alone).
+func heavyPlace(name string) (lane, rank int) {
+	if slices.Contains(heavyAlone, name) {
+		return -1, 0
 	}
-	return 2
+	offset := 0
+	for l, tests := range heavyLanes {
+		if r := slices.Index(tests, name); r >= 0 {
+			if perftest.Enabled() {
+				return 0, offset + r
+			}
+			return l, r
+		}
+		offset += len(tests)
+	}
+	return 0, offset
 }
 
-var heavyExclusive = []string{"TestGroupFloodLeavesNewServiceExact"}
-
-// heavyOrder is the order in which waiting heavy tests take heavy units (tests not listed go
-// last): the CPU-bound flood, paced by the intake, first, while the other packages' test
-// binaries are still being linked; the tests of placement by arrival time last, when the
-// machine is quietest.
-var heavyOrder = []string{
-	"TestGroupFloodLeavesNewServiceExact",
-	"TestFailoverWorkerCrashDuringBadCanary",
-	"TestRollupWorkersOnCluster",
-	"TestFailoverNATSNodeLoss",
-	"TestServeRestartCorrectionsExact",
-	"TestSkewedAgentClocksExact",
-}
-
-// heavy are the heavy units: a waiting test takes its units once they are free and no test
-// before it in heavyOrder waits. They open heavyGather after the first heavy test asks, so
+// heavy is the state of the lanes. They open heavyGather after the first heavy test asks, so
 // that the heavy tests resumed at once by go test (a few milliseconds apart) all wait, and the
-// first in order goes first.
+// first of each lane goes first.
 var heavy struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
-	asked   bool // a heavy test asked: the units open heavyGather later
+	asked   bool // a heavy test asked: the lanes open heavyGather later
 	open    bool
-	used    int         // units held
-	waiting map[int]int // rank → tests of that rank waiting
+	busy    map[int]bool   // lane → a test runs in it
+	waiting map[[2]int]int // (lane, rank) → tests waiting
 }
 
-// heavyGather is how long the heavy units wait, after the first heavy test asks for one, for
-// the others to ask too.
+// heavyGather is how long the lanes wait, after the first heavy test asks, for the others to
+// ask too.
 const heavyGather = 300 * time.Millisecond
 
 func init() {
 	heavy.cond = sync.NewCond(&heavy.mu)
-	heavy.waiting = map[int]int{}
+	heavy.busy = map[int]bool{}
+	heavy.waiting = map[[2]int]int{}
 }
 
-// heavyParallel marks t parallel, waits for its heavy units and holds them until the test
-// and all its cleanups (the cluster's shutdown included) are done.
+// heavyParallel marks t parallel, waits for its turn in its lane and holds the lane until the
+// test and all its cleanups (the cluster's shutdown included) are done.
 func heavyParallel(t *testing.T) {
 	t.Helper()
 	t.Parallel()
-	rank := slices.Index(heavyOrder, t.Name())
-	if rank < 0 {
-		rank = len(heavyOrder)
-	}
-	units := 1
-	if slices.Contains(heavyExclusive, t.Name()) {
-		units = heavyCap()
-	}
+	lane, rank := heavyPlace(t.Name())
 	heavy.mu.Lock()
 	if !heavy.asked {
 		heavy.asked = true
@@ -152,33 +152,40 @@ func heavyParallel(t *testing.T) {
 			heavy.cond.Broadcast()
 		})
 	}
-	heavy.waiting[rank]++
-	for !heavy.open || heavy.used+units > heavyCap() || heavyWaitingBefore(rank) {
+	key := [2]int{lane, rank}
+	heavy.waiting[key]++
+	for !heavy.open || !heavyMayRun(lane, rank) {
 		heavy.cond.Wait()
 	}
-	if heavy.waiting[rank]--; heavy.waiting[rank] == 0 {
-		delete(heavy.waiting, rank)
+	if heavy.waiting[key]--; heavy.waiting[key] == 0 {
+		delete(heavy.waiting, key)
 	}
-	heavy.used += units
+	heavy.busy[lane] = true
 	heavy.mu.Unlock()
-	heavy.cond.Broadcast() // the next in order may fit beside this one
-	t.Cleanup(func() {     // registered first, so it runs last
+	t.Cleanup(func() { // registered first, so it runs last
 		heavy.mu.Lock()
-		heavy.used -= units
+		delete(heavy.busy, lane)
 		heavy.mu.Unlock()
 		heavy.cond.Broadcast()
 	})
 }
 
-// heavyWaitingBefore reports whether a test ranked before rank waits for the heavy slot.
-// heavy.mu must be held.
-func heavyWaitingBefore(rank int) bool {
-	for r := range heavy.waiting {
-		if r < rank {
-			return true
+// heavyMayRun reports whether the test at (lane, rank) may start: a test alone once no heavy
+// test runs; another once no test runs alone or waits to, none runs in its lane and none
+// before it in its lane waits. heavy.mu must be held.
+func heavyMayRun(lane, rank int) bool {
+	if lane < 0 {
+		return len(heavy.busy) == 0
+	}
+	if heavy.busy[-1] || heavy.busy[lane] {
+		return false
+	}
+	for k := range heavy.waiting {
+		if k[0] < 0 || (k[0] == lane && k[1] < rank) {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // lightParallel marks t parallel and waits for a light slot, held until the test and all its
