@@ -49,6 +49,9 @@ FIRST_PKGS ?= ./cmd/herd ./web
 # go vet and staticcheck run at a lower priority: they only compute, and take the CPU the
 # real-time tests leave idle.
 NICE ?= nice -n 10
+# The other packages' race tests (linking their binaries included) yield to SOLO_PKGS, whose
+# real-time tests need little CPU but need it on time.
+RACE_NICE ?= nice -n 5
 # Test binaries are linked without DWARF (-w): linking them is most of the CPU a warm
 # make test spends before its first test; panics and race reports are symbolized all the same.
 TEST_LDFLAGS ?= -w
@@ -77,7 +80,7 @@ test:
 	echo "$(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -parallel $(SOLO_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' $(SOLO_PKGS)  (output below)"; \
 	{ [ -z "$$solo" ] || $(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -parallel $(SOLO_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' $$solo; } >"$$soloout" 2>&1 & solopid=$$!; \
 	echo "$(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -p $(TEST_P) -parallel $(TEST_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' <$$(echo "$$race" | wc -l) packages, $(FIRST_PKGS) first>"; \
-	$(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -p $(TEST_P) -parallel $(TEST_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' $$race; rs=$$?; \
+	$(RACE_NICE) $(GO) test -race -count=1 -ldflags=$(TEST_LDFLAGS) -p $(TEST_P) -parallel $(TEST_PARALLEL) -timeout 20m -skip '$(NORACE_TESTS)' $$race; rs=$$?; \
 	wait $$solopid; ss=$$?; echo "-- $(SOLO_PKGS):"; cat "$$soloout"; \
 	wait $$plainpid; ps=$$?; echo "-- without the race detector:"; cat "$$out"; \
 	wait $$checkpid; cs=$$?; echo "-- go vet, staticcheck:"; cat "$$checkout"; \

@@ -72,25 +72,24 @@ func startRoles(t *testing.T, cfg Config, roles Roles) *Node {
 //
 //   - the heavy lanes: the heavy real-time tests (a NATS cluster with workers and a fleet, a
 //     test of placement by arrival time: skewed clocks, a restart; the group flood) run one at
-//     a time in each lane of heavyLanes, in order, the lanes side by side. Two clusters at once
-//     on two cores, beside the other packages, starve the lease renewals and the bucket's
-//     elections (one took over 15 s to own every partition again), while a cluster beside a
-//     placement test leaves both alone: each uses about a quarter of a core under the race
-//     detector. The flood runs alone (heavyAlone): it is CPU-bound for most of its run, and
-//     beside it renewals starve (a lost lease loses windows by design, see rollup/lease) and
-//     batches delayed by a starved process are placed by the rollup's clock heuristics as if
-//     their clocks were off. Under make perf, which measures each heavy test alone, there is
-//     one lane.
+//     a time in each lane of heavyLanes, in order, the lanes side by side. There is one lane:
+//     two clusters at once on two cores, beside the other packages, starve the lease renewals
+//     and the bucket's elections (one took over 15 s to own every partition again), and a
+//     cluster beside a placement test misplaced the latter's batches (a starved process's
+//     batches are placed by the rollup's clock heuristics as if their clocks were off). The
+//     flood runs alone (heavyAlone): it is CPU-bound for most of its run, and beside it
+//     renewals starve (a lost lease loses windows by design, see rollup/lease). make test runs
+//     it without the race detector, in a go test of its own.
 //   - lightSlots: lightParallel tests beside them, at most this many at a time. They wait
-//     most of the time (about a quarter of a core each), but more of them at once starve the
-//     heavy tests all the same.
-var lightSlots = make(chan struct{}, 3)
+//     most of the time, but more of them at once starve the heavy tests all the same (two
+//     light tests beside a heavy one starved web's live demo in the packages beside).
+var lightSlots = make(chan struct{}, 1)
 
 // heavyLanes lists the heavy tests lane by lane, in the order each lane runs them (a test not
 // listed runs last in the first lane).
 var heavyLanes = [][]string{
-	{"TestFailoverWorkerCrashDuringBadCanary", "TestRollupWorkersOnCluster", "TestFailoverNATSNodeLoss"},
-	{"TestServeRestartCorrectionsExact", "TestSkewedAgentClocksExact"},
+	{"TestFailoverWorkerCrashDuringBadCanary", "TestRollupWorkersOnCluster", "TestFailoverNATSNodeLoss",
+		"TestServeRestartCorrectionsExact", "TestSkewedAgentClocksExact"},
 }
 
 // heavyAlone lists the heavy tests that run with no other heavy test, before the lanes.
