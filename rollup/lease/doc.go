@@ -30,7 +30,11 @@
 // included) and aims at ⌈partitions / workers⌉ leases: it claims free and expired partitions
 // below that and releases the excess above it, so that leases rebalance when workers join or
 // leave. A worker that stops cleanly releases its leases (an Update to a free value) and
-// deletes its heartbeat, so others take over at once. A worker whose heartbeat is silent for
+// deletes its heartbeat, so others take over at once. A release is a compare-and-set on the
+// revision of the lease's last write: a renewal records its revision before the release may
+// be sent, and if a renewal whose answer was lost (timed out, or canceled on stopping) was
+// applied, the key read back still holds the lease and the release is sent again on its
+// revision. A worker whose heartbeat is silent for
 // Config.ProbeAfter is probed on NATS: if its connection is gone ("no responders"), its leases
 // are claimed at once; the leases of a worker still connected but stuck are taken over TTL
 // after their last renewal. The owner renews from a goroutine of its own, so a worker whose

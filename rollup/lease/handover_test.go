@@ -178,3 +178,119 @@ func TestExpiresNeverBeforeFrom(t *testing.T) {
 		t.Errorf("the renewal wrote Expires %s, before w0's Until %s", s.Format(time.StampMilli), until0.Format(time.StampMilli))
 	}
 }
+
+// held returns the lease value key p holds and its revision.
+func held(t *testing.T, m *Manager, p int) (leaseValue, uint64) {
+	t.Helper()
+	e, err := m.kv.Get(t.Context(), partKey(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, ok := m.decode(e.Value())
+	if !ok {
+		t.Fatalf("key %s holds %q; want a lease value", partKey(p), e.Value())
+	}
+	return v, e.Revision()
+}
+
+// checkReleasedFree checks that the release of ls wrote its key free, with the lease's final
+// Until as Expires, and counted no KV error.
+func checkReleasedFree(t *testing.T, m *Manager, ls *Lease) {
+	t.Helper()
+	v, _ := held(t, m, ls.Partition())
+	if v.Worker != "" || v.Epoch != ls.Epoch() || !time.UnixMilli(v.ExpiresMs).Equal(ls.Until()) {
+		t.Errorf("after the release key %s holds worker %q epoch %d expires %s; want it free at epoch %d, expiring at the lease's Until %s",
+			partKey(ls.Partition()), v.Worker, v.Epoch, time.UnixMilli(v.ExpiresMs).Format(time.StampMilli), ls.Epoch(), ls.Until().Format(time.StampMilli))
+	}
+	if n := m.kvErrors.Get(); n != 0 {
+		t.Errorf("got %d KV errors; want none", n)
+	}
+}
+
+// TestReleaseRightAfterRenewal replays a rebalance seen on a three-node cluster: a worker
+// that held every partition released two thirds of them when two workers joined, in the
+// round its renewals were in flight. Each release waited for its lease's write lock and got
+// it as soon as the renewal was answered, before the renewer recorded the revision written:
+// the release's compare-and-set on the revision the renewal had replaced failed, the keys
+// kept the old owner's leases, and the partitions had no owner until they expired, TTL
+// later. The renewal now records its revision before it lets go of the lock.
+func TestReleaseRightAfterRenewal(t *testing.T) {
+	t.Parallel()
+	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	var got []*Lease
+	w1 := idleManager(t, js, "w1", &got)
+	const p = 5
+	w1.load(ctx, p)
+	w1.claimAll(ctx, []int{p}, []string{MoveAcquiredFree})
+	l1 := onlyLease(t, "w1", got)
+
+	var r kvResult
+	w1.renewOne(ctx, l1, &r) // answered and the lock let go; the renewer has yet to apply it
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if rev, _, _ := l1.state(); rev != r.rev {
+		t.Errorf("the renewal wrote revision %d but the lease knows revision %d when its write lock is let go", r.rev, rev)
+	}
+	w1.releaseAll(ctx, []*Lease{l1}, MoveReleased)
+	w1.applyRenew(l1, &r)
+	checkReleasedFree(t, w1, l1)
+}
+
+// TestReleaseAfterUnansweredRenewal releases a lease whose last renewal was applied though
+// the worker never learned its revision: it timed out, or, as when a worker stops, it was
+// canceled after it was sent. The key still holds this worker's lease, so the release is
+// sent again on the revision read back, and the partition is free at once instead of
+// ownerless until the lease expires. A key another worker holds is left alone.
+func TestReleaseAfterUnansweredRenewal(t *testing.T) {
+	t.Parallel()
+	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	var got1, got2 []*Lease
+	w1 := idleManager(t, js, "w1", &got1)
+	w2 := idleManager(t, js, "w2", &got2)
+	const p, q = 9, 10
+	w1.load(ctx, p)
+	w1.load(ctx, q)
+	w1.claimAll(ctx, []int{p, q}, []string{MoveAcquiredFree, MoveAcquiredFree})
+	if len(got1) != 2 {
+		t.Fatalf("w1 acquired %d leases; want 2", len(got1))
+	}
+	lp, lq := got1[0], got1[1]
+
+	// The renewal of p was applied, but its answer never reached w1.
+	rev, sent, _ := lp.state()
+	wall, _ := w1.expiry(sent.Add(w1.cfg.Heartbeat))
+	if _, err := w1.kv.Update(ctx, partKey(p), w1.encode(lp.Epoch(), "w1", wall), rev); err != nil {
+		t.Fatal(err)
+	}
+	// q was taken over by w2 (say w1 was thought dead): its key is w2's now.
+	revQ, _, _ := lq.state()
+	if _, err := w2.kv.Update(ctx, partKey(q), w2.encode(lq.Epoch()+1, "w2", wall), revQ); err != nil {
+		t.Fatal(err)
+	}
+
+	w1.releaseAll(ctx, []*Lease{lp}, MoveReleased)
+	checkReleasedFree(t, w1, lp)
+	w2.load(ctx, p)
+	w2.claimAll(ctx, []int{p}, []string{MoveAcquiredFree})
+	if l2 := onlyLease(t, "w2", got2); l2.From().Before(lp.Until()) {
+		t.Errorf("w2's lease begins %s, before w1's released lease ends %s", l2.From().Format(time.StampMilli), lp.Until().Format(time.StampMilli))
+	}
+
+	_, before := held(t, w1, q)
+	w1.releaseAll(ctx, []*Lease{lq}, MoveReleased)
+	if v, after := held(t, w1, q); v.Worker != "w2" || after != before {
+		t.Errorf("after w1's release key %s holds worker %q at revision %d; want w2's lease at revision %d untouched", partKey(q), v.Worker, after, before)
+	}
+	if n := w1.kvErrors.Get(); n != 1 {
+		t.Errorf("got %d KV errors; want 1, the release of the lease w2 holds", n)
+	}
+}

@@ -99,7 +99,13 @@ func (l *Manager) renewOne(ctx context.Context, ls *Lease, r *kvResult) {
 	cctx, cancel := context.WithTimeout(ctx, max(l.cfg.Heartbeat, time.Until(deadline.Add(l.cfg.TTL))))
 	r.rev, r.err = l.kv.Update(cctx, partKey(ls.partition), l.encode(ls.epoch, l.cfg.WorkerID, r.wall), rev)
 	cancel()
-	if errors.Is(r.err, jetstream.ErrKeyRevisionMismatch) {
+	switch {
+	case r.err == nil:
+		// Record the revision written before the write lock is released: a release waiting
+		// for the lock compare-and-sets on it, and would fail on the one this renewal
+		// replaced. Until and the deadline move in applyRenew.
+		ls.adopt(r.rev)
+	case errors.Is(r.err, jetstream.ErrKeyRevisionMismatch):
 		l.readBack(ctx, ls.partition, r)
 	}
 }

@@ -250,14 +250,10 @@ func (l *Manager) releaseAll(ctx context.Context, lss []*Lease, reason string) {
 	l.ownedChanged()
 	res := make([]kvResult, len(lss))
 	inParallel(len(lss), func(i int) {
-		ls, r := lss[i], &res[i]
 		// Wait for a renewal in flight: the release is compare-and-set on its revision.
-		ls.write.Lock()
-		defer ls.write.Unlock()
-		rev, _, _ := ls.state()
-		cctx, cancel := l.opCtx(ctx)
-		r.rev, r.err = l.kv.Update(cctx, partKey(ls.partition), l.encode(ls.epoch, "", untils[i]), rev)
-		cancel()
+		lss[i].write.Lock()
+		defer lss[i].write.Unlock()
+		l.releaseOne(ctx, lss[i], untils[i], &res[i])
 	})
 	for i, ls := range lss {
 		r := &res[i]
@@ -270,6 +266,40 @@ func (l *Manager) releaseAll(ctx context.Context, lss []*Lease, reason string) {
 		l.moves[reason].Inc()
 		l.logger.Info("partition released", "partition", ls.partition, "epoch", ls.epoch, "reason", reason)
 		l.onRelease(ls)
+	}
+}
+
+// releaseAttempts bounds the compare-and-sets of one release (see releaseOne).
+const releaseAttempts = 3
+
+// releaseOne writes the key of ls, which has ended at until, free: a compare-and-set on the
+// revision last known, with ls.write held. A renewal of this lease may have been applied
+// without this worker knowing its revision: one that timed out, or was canceled when the
+// worker began to stop, after it was sent. The compare-and-set then fails, and the key, read
+// back, still holds this lease (this worker, this epoch): nobody else wrote it, so the
+// release is sent again on the revision read. A key holding anything else is left alone; so
+// is a key that cannot be read: the lease then expires instead.
+func (l *Manager) releaseOne(ctx context.Context, ls *Lease, until time.Time, r *kvResult) {
+	rev, _, _ := ls.state()
+	val := l.encode(ls.epoch, "", until)
+	for attempt := 1; ; attempt++ {
+		cctx, cancel := l.opCtx(ctx)
+		r.rev, r.err = l.kv.Update(cctx, partKey(ls.partition), val, rev)
+		cancel()
+		if !errors.Is(r.err, jetstream.ErrKeyRevisionMismatch) || attempt == releaseAttempts {
+			return
+		}
+		var rb kvResult
+		l.readBack(ctx, ls.partition, &rb)
+		if rb.readErr != nil || rb.entry.Operation() != jetstream.KeyValuePut {
+			return
+		}
+		if v, ok := l.decode(rb.entry.Value()); !ok || v.Worker != l.cfg.WorkerID || v.Epoch != ls.epoch {
+			return
+		}
+		// A read served by a replica that lags may return the revision just refused: the
+		// next attempt then fails the same way and reads again.
+		rev = max(rev, rb.entry.Revision())
 	}
 }
 
