@@ -22,14 +22,12 @@ vet:
 # those tests run nothing concurrent of herd's).
 NORACE_PKGS ?= ./internal/deploytest
 # Tests run without the race detector, in NORACE_TEST_PKGS, by a go test of their own: seeded
-# statistical simulations and a heap measurement (single goroutine and CPU-bound), and two
-# scenarios whose whole pipeline runs under the race detector in other tests but which the race
-# detector makes the costliest CPU of the suite: the demos of `herd demo` (19 s of CPU with it,
-# 2.8 s without; the live fanout demo runs under it in web's TestBrowserGraphDemoFanout) and
-# the group flood (node's admission under pressure, 16 s of CPU with it; TestOTLPBadInput
-# floods the same tables under it). make perf runs both without it too.
-NORACE_TESTS ?= ^(TestEdgeAAFalseRollbacks|TestShadowRateNearAlphaOnAA|TestBenchDetect.*|TestZeroFillBatchMemory|TestDemoScenarios|TestGroupFloodLeavesNewServiceExact)$$
-NORACE_TEST_PKGS ?= ./alert ./sim ./rollup ./cmd/herd ./node
+# statistical simulations and a heap measurement (single goroutine and CPU-bound), and the
+# demos of `herd demo`, whose whole pipeline runs under the race detector in node's tests and
+# web's TestBrowserGraphDemoFanout (a live demo), but which the race detector made the costliest
+# CPU of the suite (19 s of CPU with it, 2.8 s without). make perf runs them without it too.
+NORACE_TESTS ?= ^(TestEdgeAAFalseRollbacks|TestShadowRateNearAlphaOnAA|TestBenchDetect.*|TestZeroFillBatchMemory|TestDemoScenarios)$$
+NORACE_TEST_PKGS ?= ./alert ./sim ./rollup ./cmd/herd
 # The demos wait for their story most of the time: all of them at once.
 NORACE_PARALLEL ?= 8
 # Packages and tests run two at a time (the default on two cores). Four at a time took 152 s

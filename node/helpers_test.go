@@ -77,9 +77,9 @@ func startRoles(t *testing.T, cfg Config, roles Roles) *Node {
 //     and the bucket's elections (one took over 15 s to own every partition again), and a
 //     cluster beside a placement test misplaced the latter's batches (a starved process's
 //     batches are placed by the rollup's clock heuristics as if their clocks were off). The
-//     flood runs alone (heavyAlone): it is CPU-bound for most of its run, and beside it
-//     renewals starve (a lost lease loses windows by design, see rollup/lease). make test runs
-//     it without the race detector, in a go test of its own.
+//     lane starts with the CPU-bound flood, paced by the intake, while the other packages'
+//     test binaries are still being compiled and linked; the tests of placement by arrival
+//     time come last, when the machine is quietest.
 //   - lightSlots: lightParallel tests beside them, at most this many at a time. They wait
 //     most of the time, but more of them at once starve the heavy tests all the same (two
 //     light tests beside a heavy one starved web's live demo in the packages beside).
@@ -88,12 +88,13 @@ var lightSlots = make(chan struct{}, 1)
 // heavyLanes lists the heavy tests lane by lane, in the order each lane runs them (a test not
 // listed runs last in the first lane).
 var heavyLanes = [][]string{
-	{"TestFailoverWorkerCrashDuringBadCanary", "TestRollupWorkersOnCluster", "TestFailoverNATSNodeLoss",
+	{"TestGroupFloodLeavesNewServiceExact", "TestFailoverWorkerCrashDuringBadCanary", "TestRollupWorkersOnCluster", "TestFailoverNATSNodeLoss",
 		"TestServeRestartCorrectionsExact", "TestSkewedAgentClocksExact"},
 }
 
-// heavyAlone lists the heavy tests that run with no other heavy test, before the lanes.
-var heavyAlone = []string{"TestGroupFloodLeavesNewServiceExact"}
+// heavyAlone lists the heavy tests that run with no other heavy test, before the lanes: none
+// while there is one lane.
+var heavyAlone []string
 
 // heavyPlace returns the lane and the rank in it of test name (lane −1: alone).
 func heavyPlace(name string) (lane, rank int) {
