@@ -7,8 +7,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/herd-dev/herd/internal/perftest"
 )
 
 // runNode builds cfg's node and runs it until stop or the test's end. stop cancels Run and
@@ -70,78 +68,59 @@ func startRoles(t *testing.T, cfg Config, roles Roles) *Node {
 // together does not grow with `go test -parallel` (make test runs this package by a go test of
 // its own with a high -parallel, beside the others):
 //
-//   - the heavy lanes: the heavy real-time tests (a NATS cluster with workers and a fleet, a
-//     test of placement by arrival time: skewed clocks, a restart; the group flood) run one at
-//     a time in each lane of heavyLanes, in order, the lanes side by side. There is one lane:
-//     two clusters at once on two cores, beside the other packages, starve the lease renewals
-//     and the bucket's elections (one took over 15 s to own every partition again), and a
-//     cluster beside a placement test misplaced the latter's batches (a starved process's
-//     batches are placed by the rollup's clock heuristics as if their clocks were off). The
-//     lane starts with the CPU-bound flood, paced by the intake, while the other packages'
-//     test binaries are still being compiled and linked; the tests of placement by arrival
-//     time come last, when the machine is quietest.
-//   - lightSlots: lightParallel tests beside them, at most this many at a time. They wait
-//     most of the time, but more of them at once starve the heavy tests all the same (two
-//     light tests beside a heavy one starved web's live demo in the packages beside).
+//   - the heavy slot: one heavy real-time test at a time (a NATS cluster with workers and a
+//     fleet, the group flood, or a test of placement by arrival time: skewed clocks, a
+//     restart). Two at once on two cores starve the lease renewals (a lost lease loses
+//     windows by design, see rollup/lease), and batches delayed by a starved process are
+//     placed by the rollup's clock heuristics as if their clocks were off.
+//   - lightSlots: lightParallel tests beside it, at most this many at a time. They wait
+//     most of the time, but more of them at once starve the heavy test all the same.
 var lightSlots = make(chan struct{}, 1)
 
-// heavyLanes lists the heavy tests lane by lane, in the order each lane runs them (a test not
-// listed runs last in the first lane).
-var heavyLanes = [][]string{
-	{"TestGroupFloodLeavesNewServiceExact", "TestFailoverWorkerCrashDuringBadCanary", "TestRollupWorkersOnCluster", "TestFailoverNATSNodeLoss",
-		"TestServeRestartCorrectionsExact", "TestSkewedAgentClocksExact"},
+// heavyOrder is the order in which waiting heavy tests take the heavy slot (tests not listed
+// go last): the CPU-bound flood, paced by the intake, first, while the other packages' test
+// binaries are still being linked; the tests of placement by arrival time last, when the
+// machine is quietest.
+var heavyOrder = []string{
+	"TestGroupFloodLeavesNewServiceExact",
+	"TestFailoverWorkerCrashDuringBadCanary",
+	"TestRollupWorkersOnCluster",
+	"TestFailoverNATSNodeLoss",
+	"TestServeRestartCorrectionsExact",
+	"TestSkewedAgentClocksExact",
 }
 
-// heavyAlone lists the heavy tests that run with no other heavy test, before the lanes: none
-// while there is one lane.
-var heavyAlone []string
-
-// heavyPlace returns the lane and the rank in it of test name (lane −1: alone).
-func heavyPlace(name string) (lane, rank int) {
-	if slices.Contains(heavyAlone, name) {
-		return -1, 0
-	}
-	offset := 0
-	for l, tests := range heavyLanes {
-		if r := slices.Index(tests, name); r >= 0 {
-			if perftest.Enabled() {
-				return 0, offset + r
-			}
-			return l, r
-		}
-		offset += len(tests)
-	}
-	return 0, offset
-}
-
-// heavy is the state of the lanes. They open heavyGather after the first heavy test asks, so
-// that the heavy tests resumed at once by go test (a few milliseconds apart) all wait, and the
-// first of each lane goes first.
+// heavy is the heavy slot: held by one test, handed to the waiting test first in heavyOrder.
+// It opens heavyGather after the first heavy test asks for it, so that the heavy tests
+// resumed at once by go test (a few milliseconds apart) all wait, and the first in order goes
+// first.
 var heavy struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
-	asked   bool // a heavy test asked: the lanes open heavyGather later
+	asked   bool // a heavy test asked: the slot opens heavyGather later
 	open    bool
-	busy    map[int]bool   // lane → a test runs in it
-	waiting map[[2]int]int // (lane, rank) → tests waiting
+	busy    bool
+	waiting map[int]int // rank → tests of that rank waiting
 }
 
-// heavyGather is how long the lanes wait, after the first heavy test asks, for the others to
-// ask too.
+// heavyGather is how long the heavy slot waits, after the first heavy test asks for it, for
+// the others to ask too.
 const heavyGather = 300 * time.Millisecond
 
 func init() {
 	heavy.cond = sync.NewCond(&heavy.mu)
-	heavy.busy = map[int]bool{}
-	heavy.waiting = map[[2]int]int{}
+	heavy.waiting = map[int]int{}
 }
 
-// heavyParallel marks t parallel, waits for its turn in its lane and holds the lane until the
-// test and all its cleanups (the cluster's shutdown included) are done.
+// heavyParallel marks t parallel, waits for the heavy slot and holds it until the test and
+// all its cleanups (the cluster's shutdown included) are done.
 func heavyParallel(t *testing.T) {
 	t.Helper()
 	t.Parallel()
-	lane, rank := heavyPlace(t.Name())
+	rank := slices.Index(heavyOrder, t.Name())
+	if rank < 0 {
+		rank = len(heavyOrder)
+	}
 	heavy.mu.Lock()
 	if !heavy.asked {
 		heavy.asked = true
@@ -152,40 +131,32 @@ func heavyParallel(t *testing.T) {
 			heavy.cond.Broadcast()
 		})
 	}
-	key := [2]int{lane, rank}
-	heavy.waiting[key]++
-	for !heavy.open || !heavyMayRun(lane, rank) {
+	heavy.waiting[rank]++
+	for !heavy.open || heavy.busy || heavyWaitingBefore(rank) {
 		heavy.cond.Wait()
 	}
-	if heavy.waiting[key]--; heavy.waiting[key] == 0 {
-		delete(heavy.waiting, key)
+	if heavy.waiting[rank]--; heavy.waiting[rank] == 0 {
+		delete(heavy.waiting, rank)
 	}
-	heavy.busy[lane] = true
+	heavy.busy = true
 	heavy.mu.Unlock()
 	t.Cleanup(func() { // registered first, so it runs last
 		heavy.mu.Lock()
-		delete(heavy.busy, lane)
+		heavy.busy = false
 		heavy.mu.Unlock()
 		heavy.cond.Broadcast()
 	})
 }
 
-// heavyMayRun reports whether the test at (lane, rank) may start: a test alone once no heavy
-// test runs; another once no test runs alone or waits to, none runs in its lane and none
-// before it in its lane waits. heavy.mu must be held.
-func heavyMayRun(lane, rank int) bool {
-	if lane < 0 {
-		return len(heavy.busy) == 0
-	}
-	if heavy.busy[-1] || heavy.busy[lane] {
-		return false
-	}
-	for k := range heavy.waiting {
-		if k[0] < 0 || (k[0] == lane && k[1] < rank) {
-			return false
+// heavyWaitingBefore reports whether a test ranked before rank waits for the heavy slot.
+// heavy.mu must be held.
+func heavyWaitingBefore(rank int) bool {
+	for r := range heavy.waiting {
+		if r < rank {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 // lightParallel marks t parallel and waits for a light slot, held until the test and all its

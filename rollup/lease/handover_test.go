@@ -10,6 +10,16 @@ import (
 	"github.com/herd-dev/herd/internal/natstest"
 )
 
+// runJetStream starts a nats-server with JetStream for the test and connects to it.
+func runJetStream(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
 // idleManager returns a manager of worker id bound to the bucket but not running: the test
 // drives its claims, renewals and releases. acquired receives its leases.
 func idleManager(t *testing.T, js jetstream.JetStream, id string, acquired *[]*Lease) *Manager {
@@ -65,10 +75,7 @@ func onlyLease(t *testing.T, who string, ls []*Lease) *Lease {
 // publishing its span).
 func TestReleaseBeforeFromKeepsSpansApart(t *testing.T) {
 	t.Parallel()
-	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := runJetStream(t)
 	ctx := t.Context()
 	var got1, got2 []*Lease
 	w1 := idleManager(t, js, "w1", &got1)
@@ -142,10 +149,7 @@ func TestReleaseUntil(t *testing.T) {
 // this worker lost it begins after the previous owner's span.
 func TestExpiresNeverBeforeFrom(t *testing.T) {
 	t.Parallel()
-	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := runJetStream(t)
 	ctx := t.Context()
 	var got []*Lease
 	w1 := idleManager(t, js, "w1", &got)
@@ -216,10 +220,7 @@ func checkReleasedFree(t *testing.T, m *Manager, ls *Lease) {
 // later. The renewal now records its revision before it lets go of the lock.
 func TestReleaseRightAfterRenewal(t *testing.T) {
 	t.Parallel()
-	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := runJetStream(t)
 	ctx := t.Context()
 	var got []*Lease
 	w1 := idleManager(t, js, "w1", &got)
@@ -248,10 +249,7 @@ func TestReleaseRightAfterRenewal(t *testing.T) {
 // ownerless until the lease expires. A key another worker holds is left alone.
 func TestReleaseAfterUnansweredRenewal(t *testing.T) {
 	t.Parallel()
-	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := runJetStream(t)
 	ctx := t.Context()
 	var got1, got2 []*Lease
 	w1 := idleManager(t, js, "w1", &got1)

@@ -146,10 +146,7 @@ func checkBalanced(ls []*Manager, parts int) error {
 // reports them).
 func TestManagerBalanceFailoverAndRebalance(t *testing.T) {
 	t.Parallel()
-	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := runJetStream(t)
 	log := &leaseLog{}
 	parts := proto.Partitions
 	w1, _, _ := startManager(t, js, log, "w1")
@@ -299,10 +296,7 @@ func TestAbandonWhileBinding(t *testing.T) {
 // renewing, so the worker keeps every lease it still holds and nobody takes one over.
 func TestLeasesSurviveBlockedRun(t *testing.T) {
 	t.Parallel()
-	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, natstest.Options{JetStream: true})))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := runJetStream(t)
 	log := &leaseLog{}
 	cfg := DefaultConfig()
 	block := cfg.TTL
