@@ -46,14 +46,7 @@ func (l *Manager) load(ctx context.Context, p int) {
 // stored returns the Expires key p holds.
 func stored(t *testing.T, m *Manager, p int) time.Time {
 	t.Helper()
-	e, err := m.kv.Get(t.Context(), partKey(p))
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, ok := m.decode(e.Value())
-	if !ok {
-		t.Fatalf("key %s holds %q; want a lease value", partKey(p), e.Value())
-	}
+	v, _ := held(t, m, p)
 	return time.UnixMilli(v.ExpiresMs)
 }
 
